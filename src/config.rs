@@ -1,0 +1,254 @@
+//! The configuration file: one struct tree deserialised from TOML, with defaults for every key.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every error names
+//! the file, the line and the key, so the operator can fix it without guessing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Gmail's upload limit for `users.messages.send` (35 MiB); also our default SMTP `SIZE`.
+pub const GMAIL_MAX_MESSAGE_SIZE: u64 = 36_700_160;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The SMTP listener.
+    pub smtp: SmtpConfig,
+    /// Which delivery target accepted mail goes to.
+    pub relay: RelayConfig,
+    /// Console mode output.
+    pub console: ConsoleConfig,
+    /// File mode output.
+    pub file: FileConfig,
+}
+
+/// `[smtp]`: the listener and the limits it enforces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Addresses for plain SMTP.
+    pub listen: Vec<SocketAddr>,
+    /// The name in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in bytes; advertised as `SIZE`.
+    pub max_message_size: u64,
+    /// Most recipients per message; more get 452 (Gmail's per-message limit is 100).
+    pub max_recipients: usize,
+    /// Most simultaneous connections; more are told 421 at once.
+    pub max_connections: usize,
+    /// A client silent for this long is told 421 and disconnected (RFC 5321 suggests 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On shutdown, how long open transactions may take to finish before sessions are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Where bodies larger than 1 MiB are kept while being received; default: the system temp dir.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            hostname: "localhost".to_string(),
+            max_message_size: GMAIL_MAX_MESSAGE_SIZE,
+            max_recipients: 100,
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+            spill_dir: None,
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// The directory large bodies are spilled into while they are received.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// `[relay]`: where mail goes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// The delivery target.
+    pub mode: RelayMode,
+}
+
+/// The delivery targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Print each message on stdout (the development catch-all).
+    #[default]
+    Console,
+    /// Store each message as `<id>.eml` + `<id>.json` in `[file] dir`.
+    File,
+    /// Accept and drop (load tests).
+    Discard,
+}
+
+/// `[console]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// How each message is printed.
+    pub format: ConsoleFormat,
+}
+
+/// How console mode prints a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleFormat {
+    /// Envelope, main headers, decoded text body, attachment list.
+    #[default]
+    Summary,
+    /// The exact received bytes.
+    Raw,
+}
+
+/// `[file]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// The directory messages are written to (created if missing).
+    pub dir: PathBuf,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            dir: PathBuf::from("mail"),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. The message is meant for the operator as it stands.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a key has a bad value or name.
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// The dotted key, followed by ": ", or empty when the error is not about one key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but make no sense together.
+    #[error("{path}: {key}: {message}")]
+    Semantic {
+        /// The file, or "built-in defaults".
+        path: PathBuf,
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given, else `./config.toml` if it exists, else the
+    /// built-in defaults. Returns the config and where it came from (for the startup log line).
+    pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match path {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+        };
+        let config = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::parse(&text, path)?
+            }
+            None => Config::default(),
+        };
+        Ok((config, path))
+    }
+
+    /// Parses configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let offset = span.map_or(0, |s| s.start).min(text.len());
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), String::new(), e.message().to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            let inner = e.into_inner();
+            invalid(inner.span(), key, inner.message().to_string())
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let fail = |key, message: &str| {
+            Err(ConfigError::Semantic {
+                path: path.to_path_buf(),
+                key,
+                message: message.to_string(),
+            })
+        };
+        let smtp = &self.smtp;
+        if smtp.listen.is_empty() {
+            return fail("smtp.listen", "at least one address is needed");
+        }
+        if smtp.hostname.is_empty()
+            || smtp
+                .hostname
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return fail("smtp.hostname", "must be a non-empty name without spaces");
+        }
+        if smtp.max_message_size == 0 {
+            return fail("smtp.max_message_size", "must be at least 1");
+        }
+        if smtp.max_recipients == 0 {
+            return fail("smtp.max_recipients", "must be at least 1");
+        }
+        if smtp.max_connections == 0 {
+            return fail("smtp.max_connections", "must be at least 1");
+        }
+        if smtp.idle_timeout.is_zero() {
+            return fail("smtp.idle_timeout", "must be longer than 0s");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! smtp2gmail: an SMTP server that lets any SMTP client send mail through the Gmail API, and a
+//! local development catch-all that prints or files mail instead.
+//!
+//! One message walks straight through a pipeline of small stages:
+//!
+//! ```text
+//! TcpListener ─▶ smtp::Session ─(Envelope, Message)─▶ relay::Deliver ─▶ 250 / 451 / 554
+//! ```
+//!
+//! # Layout
+//! - [`smtp`]: listeners, the connection cap, sessions (one method per SMTP verb), the DATA decoder,
+//!   replies, graceful shutdown.
+//! - [`message`]: what one accepted message is: its [`message::Envelope`] and raw bytes
+//!   ([`message::Message`]), spilled to disk when large.
+//! - [`relay`]: the one delivery trait ([`relay::Deliver`]) whose error says temporary or permanent,
+//!   and its targets: console, file, discard.
+//! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
+//! - [`cli`]: the command line at the edge.
+
+pub mod cli;
+pub mod config;
+pub mod message;
+pub mod relay;
+pub mod smtp;

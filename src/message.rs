@@ -1,0 +1,269 @@
+//! What one accepted message is: the envelope the SMTP dialogue established, and the raw bytes the
+//! client sent (after dot-unstuffing), never re-serialised.
+//!
+//! Large bodies do not live in memory: [`BodyWriter`] keeps the first [`SPILL_THRESHOLD`] bytes in a
+//! buffer and moves the rest to an unlinked-on-drop temporary file, so twenty clients sending 35 MB
+//! each cost disk, not RAM.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tempfile::TempPath;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
+pub const SPILL_THRESHOLD: usize = 1024 * 1024;
+
+/// A mailbox as it appeared in `MAIL FROM` or `RCPT TO`, without the angle brackets.
+///
+/// Kept as the client wrote it (local parts are case-sensitive in principle); only the parser in
+/// the SMTP layer decides what is acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Address(String);
+
+impl Address {
+    /// Wraps an address the SMTP parser has already validated.
+    pub fn new(address: impl Into<String>) -> Self {
+        Address(address.into())
+    }
+
+    /// The address as text, e.g. `user@example.com`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The server's own identifier for an accepted message: the name of its files in file mode, the
+/// queue id later, and the id in the `250 2.0.0 OK <id>` reply and in every log line about it.
+///
+/// Time-ordered (milliseconds since the epoch, then 32 random bits) so that a directory listing is
+/// in arrival order and ids from different processes do not collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// A fresh id for a message being received now.
+    pub fn generate() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        MessageId(format!("{millis:011x}{:08x}", fastrand::u32(..)))
+    }
+
+    /// The id as text: lowercase hex, safe as a file name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the SMTP dialogue established about one message. The envelope, not the headers, is the
+/// source of truth for who receives it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The id this message is known by from acceptance on.
+    pub id: MessageId,
+    /// The reverse path; `None` for the null sender `MAIL FROM:<>` (bounces).
+    pub mail_from: Option<Address>,
+    /// The accepted recipients, in the order given, duplicates removed.
+    pub rcpt_to: Vec<Address>,
+    /// The client's address, for logs and the file-mode record.
+    pub remote: SocketAddr,
+    /// The name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// The SMTP AUTH identity, when the client authenticated.
+    pub auth_user: Option<String>,
+    /// When the end of the message was received.
+    pub received_at: SystemTime,
+}
+
+impl Envelope {
+    /// The reverse path as it is written in SMTP: `<>` for the null sender.
+    pub fn sender_display(&self) -> Cow<'_, str> {
+        match &self.mail_from {
+            Some(address) => Cow::Borrowed(address.as_str()),
+            None => Cow::Borrowed("<>"),
+        }
+    }
+}
+
+/// The raw bytes of one message, held in memory or (when large) in a temporary file that is removed
+/// when the message is dropped.
+#[derive(Debug)]
+pub struct Message {
+    len: u64,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Memory(Vec<u8>),
+    Spilled(TempPath),
+}
+
+impl Message {
+    /// A message held in memory (tests, the `send` command, small bodies).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Message {
+            len: bytes.len() as u64,
+            body: Body::Memory(bytes),
+        }
+    }
+
+    /// The size in bytes, as counted for `SIZE` and `max_message_size`.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for the empty message (`DATA` followed at once by `.`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole message in memory; reads the spill file if there is one.
+    pub async fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
+        match &self.body {
+            Body::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
+            Body::Spilled(path) => Ok(Cow::Owned(tokio::fs::read(path).await?)),
+        }
+    }
+
+    /// Streams the message into `out` without holding it all in memory.
+    pub async fn copy_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
+        match &self.body {
+            Body::Memory(bytes) => out.write_all(bytes).await,
+            Body::Spilled(path) => {
+                let mut file = tokio::fs::File::open(path).await?;
+                tokio::io::copy(&mut file, out).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Collects a message body as it arrives, enforcing the size limit without buffering what is over it.
+///
+/// The DATA and BDAT readers append decoded bytes to [`BodyWriter::staging`] and then call
+/// [`BodyWriter::commit`], which spills to disk past [`SPILL_THRESHOLD`] and, once the body is
+/// refused (too large, or the spill file failed), throws away whatever else arrives: the client is
+/// still read to the end of its message, then told why, and memory stays flat meanwhile.
+#[derive(Debug)]
+pub struct BodyWriter {
+    limit: u64,
+    spill_dir: PathBuf,
+    staging: Vec<u8>,
+    /// The spill file and how many bytes it holds.
+    spill: Option<(tokio::fs::File, TempPath)>,
+    spilled: u64,
+    /// Set once the body cannot be accepted; reported by [`finish`](Self::finish).
+    refused: Option<BodyError>,
+}
+
+impl BodyWriter {
+    /// A writer that accepts at most `limit` bytes, spilling large bodies into `spill_dir`.
+    pub fn new(limit: u64, spill_dir: &Path) -> Self {
+        BodyWriter {
+            limit,
+            spill_dir: spill_dir.to_path_buf(),
+            staging: Vec::new(),
+            spill: None,
+            spilled: 0,
+            refused: None,
+        }
+    }
+
+    /// The buffer decoded bytes go into; call [`commit`](Self::commit) after appending.
+    pub fn staging(&mut self) -> &mut Vec<u8> {
+        &mut self.staging
+    }
+
+    /// Accounts for what was appended to the staging buffer since the last call.
+    pub async fn commit(&mut self) {
+        if self.refused.is_some() {
+            self.staging.clear();
+            return;
+        }
+        if self.spilled + self.staging.len() as u64 > self.limit {
+            self.refuse(BodyError::TooLarge { limit: self.limit });
+        } else if self.staging.len() >= SPILL_THRESHOLD {
+            match self.spill_staging().await {
+                Ok(()) => {
+                    self.spilled += self.staging.len() as u64;
+                    self.staging.clear();
+                }
+                Err(err) => self.refuse(BodyError::Storage(err)),
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: BodyError) {
+        self.refused = Some(why);
+        self.staging = Vec::new();
+        self.spill = None;
+    }
+
+    async fn spill_staging(&mut self) -> io::Result<()> {
+        if self.spill.is_none() {
+            let temp = tempfile::Builder::new()
+                .prefix(".smtp2gmail-body-")
+                .tempfile_in(&self.spill_dir)?;
+            let (file, path) = temp.into_parts();
+            self.spill = Some((tokio::fs::File::from_std(file), path));
+        }
+        let (file, _) = self.spill.as_mut().expect("spill file was just created");
+        file.write_all(&self.staging).await
+    }
+
+    /// Finishes the body: the complete message, or why it cannot be had.
+    pub async fn finish(mut self) -> Result<Message, BodyError> {
+        self.commit().await;
+        if let Some(why) = self.refused {
+            return Err(why);
+        }
+        match self.spill {
+            None => Ok(Message::from_bytes(self.staging)),
+            Some((mut file, path)) => {
+                let written = async {
+                    file.write_all(&self.staging).await?;
+                    file.flush().await
+                };
+                written.await.map_err(BodyError::Storage)?;
+                Ok(Message {
+                    len: self.spilled + self.staging.len() as u64,
+                    body: Body::Spilled(path),
+                })
+            }
+        }
+    }
+}
+
+/// Why a received body cannot become a [`Message`].
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// More than `max_message_size` bytes arrived.
+    #[error("message exceeds the size limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The temporary file for a large body could not be written.
+    #[error("cannot store the message body: {0}")]
+    Storage(io::Error),
+}

@@ -1,0 +1,116 @@
+//! Where accepted mail goes: one [`Deliver`] trait and its targets.
+//!
+//! Every target answers with a [`Receipt`] or a [`DeliveryError`] that says whether the failure is
+//! temporary or permanent. That one classification decides the SMTP reply after DATA (451 or 554/550)
+//! and, with the durable queue, whether to retry later or give up.
+
+mod console;
+mod discard;
+mod file;
+pub mod summary;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use console::Console;
+pub use discard::Discard;
+pub use file::FileDrop;
+
+use crate::config::{Config, RelayMode};
+use crate::message::{Envelope, Message};
+
+/// A delivery target. Implementations must be safe to call from many sessions at once.
+#[async_trait::async_trait]
+pub trait Deliver: Send + Sync {
+    /// Delivers one message. Returning `Ok` means the target has taken responsibility for it.
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Receipt, DeliveryError>;
+}
+
+/// Proof of delivery: the id the client is told in `250 2.0.0 OK <id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The target's id for the message (our own id for local targets, Gmail's id for Gmail).
+    pub id: String,
+}
+
+/// An RFC 3463 enhanced status code, `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u8, pub u16, pub u16);
+
+impl Status {
+    /// 4.3.0 / 5.3.0: mail system problem (our disk, our configuration).
+    pub const SYSTEM_TEMPORARY: Status = Status(4, 3, 0);
+    /// 5.3.4: message too big for the system.
+    pub const TOO_BIG: Status = Status(5, 3, 4);
+    /// 5.6.0: other or undefined media error (the message itself is unacceptable).
+    pub const BAD_MESSAGE: Status = Status(5, 6, 0);
+    /// 5.7.1: delivery not authorized, message refused (policy).
+    pub const POLICY: Status = Status(5, 7, 1);
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// Why a delivery failed, classified by what the sender should do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later: the target is unavailable, overloaded or misconfigured in a way a person can fix.
+    #[error("{reason}")]
+    Temporary {
+        /// The enhanced status code to report (class 4).
+        status: Status,
+        /// A short, secret-free explanation for the client and the log.
+        reason: String,
+        /// When the target said it would be worth trying again, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// Never retry: the message itself or the policy rules it out.
+    #[error("{reason}")]
+    Permanent {
+        /// The enhanced status code to report (class 5).
+        status: Status,
+        /// A short, secret-free explanation for the client and the log.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    /// A temporary failure of our own system (disk, I/O) with the default status 4.3.0.
+    pub fn local(reason: impl Into<String>) -> Self {
+        DeliveryError::Temporary {
+            status: Status::SYSTEM_TEMPORARY,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// True when retrying can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Permanent { .. })
+    }
+
+    /// The enhanced status code of this failure.
+    pub fn status(&self) -> Status {
+        match self {
+            DeliveryError::Temporary { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status
+            }
+        }
+    }
+}
+
+/// Builds the delivery target the configuration asks for.
+pub fn from_config(config: &Config) -> Arc<dyn Deliver> {
+    match config.relay.mode {
+        RelayMode::Console => Arc::new(Console::new(config.console.format)),
+        RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
+        RelayMode::Discard => Arc::new(Discard),
+    }
+}

@@ -1,0 +1,178 @@
+//! Framing for one SMTP connection: buffered reads of command lines and body bytes, buffered
+//! replies, and the idle timeout.
+//!
+//! Replies are queued and written only when the session is about to wait for more input. With
+//! PIPELINING that sends one packet per batch of commands instead of one per command, and it is
+//! the order RFC 2920 asks for.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::reply::Reply;
+
+/// Any byte stream a session can run over: plain TCP now, TLS later, an in-memory pipe in tests.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Bytes asked for per read while waiting for commands; small because most connections are idle.
+const COMMAND_READ: usize = 4 * 1024;
+/// Bytes asked for per read inside a message body.
+pub const BODY_READ: usize = 64 * 1024;
+
+/// Why no more input can be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The client closed the connection.
+    #[error("connection closed by client")]
+    Closed,
+    /// The client sent nothing for the idle timeout.
+    #[error("idle timeout")]
+    Timeout,
+    /// The server is shutting down and the grace period is over.
+    #[error("server shutting down")]
+    Shutdown,
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A complete command line at the front of the buffer, or a line that was too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A line of this many bytes (including its LF) is at the front of [`Connection::buffered`].
+    Complete(usize),
+    /// A line over the limit arrived; it has been thrown away.
+    TooLong,
+}
+
+/// A buffered, timed connection to one client.
+pub struct Connection {
+    stream: Box<dyn Io>,
+    /// Received bytes; `buf[start..]` is not yet consumed.
+    buf: Vec<u8>,
+    start: usize,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    /// True while the rest of an overlong line is being thrown away.
+    discarding: bool,
+    idle_timeout: Duration,
+    /// Fires when the shutdown grace period is over: reads give up at once.
+    abort: CancellationToken,
+}
+
+impl Connection {
+    /// Wraps a stream.
+    pub fn new(stream: Box<dyn Io>, idle_timeout: Duration, abort: CancellationToken) -> Self {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(COMMAND_READ),
+            start: 0,
+            out: Vec::new(),
+            discarding: false,
+            idle_timeout,
+            abort,
+        }
+    }
+
+    /// Queues a reply; it is sent before the next read that has to wait, or by [`flush`](Self::flush).
+    pub fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    /// Sends queued replies.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Received bytes not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+    }
+
+    /// Throws away everything received but not consumed. Used where earlier input must not be
+    /// trusted any more (after STARTTLS, plaintext pipelined behind it).
+    pub fn discard_buffered(&mut self) {
+        self.start = self.buf.len();
+    }
+
+    /// Sends queued replies, then reads at least one more byte (asking for about `want`).
+    pub async fn fill(&mut self, want: usize) -> Result<(), ReadError> {
+        self.flush().await?;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > 2 * BODY_READ {
+                // A long line or a big body grew the buffer; idle connections should be small.
+                self.buf.shrink_to(COMMAND_READ);
+            }
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(want);
+        let read = tokio::select! {
+            read = tokio::time::timeout(self.idle_timeout, self.stream.read_buf(&mut self.buf)) => read,
+            _ = self.abort.cancelled() => return Err(ReadError::Shutdown),
+        };
+        match read {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Err(err)) => Err(ReadError::Io(err)),
+            Ok(Ok(0)) => Err(ReadError::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Waits until a whole command line (ending in LF) is buffered. A line longer than `max`
+    /// bytes is read and thrown away as it arrives, so memory stays flat whatever the client sends.
+    pub async fn read_line(&mut self, max: usize) -> Result<Line, ReadError> {
+        loop {
+            let pending = self.buffered();
+            if let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                let len = at + 1;
+                if self.discarding || len > max {
+                    self.discarding = false;
+                    self.consume(len);
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Complete(len));
+            }
+            if self.discarding || pending.len() > max {
+                self.discarding = true;
+                self.discard_buffered();
+            }
+            self.fill(COMMAND_READ).await?;
+        }
+    }
+
+    /// Reads and throws away exactly `n` bytes (a BDAT chunk that cannot be accepted).
+    pub async fn skip(&mut self, mut n: usize) -> Result<(), ReadError> {
+        loop {
+            let take = n.min(self.buffered().len());
+            self.consume(take);
+            n -= take;
+            if n == 0 {
+                return Ok(());
+            }
+            self.fill(BODY_READ).await?;
+        }
+    }
+
+    /// Gives the stream back (for STARTTLS: the TLS handshake takes over the socket).
+    pub fn into_stream(self) -> Box<dyn Io> {
+        self.stream
+    }
+}

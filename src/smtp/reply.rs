@@ -1,0 +1,120 @@
+//! SMTP replies: a code, an enhanced status code (RFC 2034/3463) and text.
+
+use std::borrow::Cow;
+
+use crate::relay::{DeliveryError, Receipt, Status};
+
+/// One SMTP reply. Text with `\n` in it becomes a multi-line reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit reply code.
+    pub code: u16,
+    /// The enhanced status code; omitted only for the greeting and multi-line EHLO/HELP bodies.
+    pub status: Option<Status>,
+    /// Human-readable text, one line per `\n`-separated part.
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with an enhanced status code.
+    pub fn new(code: u16, status: Status, text: impl Into<Cow<'static, str>>) -> Self {
+        Reply {
+            code,
+            status: Some(status),
+            text: text.into(),
+        }
+    }
+
+    /// A reply without an enhanced status code (greeting, EHLO).
+    pub fn plain(code: u16, text: impl Into<Cow<'static, str>>) -> Self {
+        Reply {
+            code,
+            status: None,
+            text: text.into(),
+        }
+    }
+
+    /// True for 4xx and 5xx replies.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends the wire form (CRLF line endings, `-` continuation) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            // Writing into a Vec cannot fail.
+            let _ = match self.status {
+                Some(status) => write!(out, "{}{sep}{status} {line}\r\n", self.code),
+                None => write!(out, "{}{sep}{line}\r\n", self.code),
+            };
+        }
+    }
+
+    /// The reply after the end of DATA/BDAT LAST, from the delivery outcome: the one place where
+    /// the relay's temporary/permanent classification turns into an SMTP code.
+    pub fn from_delivery(outcome: &Result<Receipt, DeliveryError>) -> Self {
+        match outcome {
+            Ok(receipt) => Reply::new(250, Status(2, 0, 0), format!("OK {}", receipt.id)),
+            Err(err @ DeliveryError::Temporary { status, .. }) => {
+                Reply::new(451, *status, one_line(&err.to_string()))
+            }
+            Err(err @ DeliveryError::Permanent { status, .. }) => {
+                // RFC 5321: 550 for policy ("mailbox unavailable / not allowed"), 554 otherwise.
+                let code = if status.1 == 7 { 550 } else { 554 };
+                Reply::new(code, *status, one_line(&err.to_string()))
+            }
+        }
+    }
+}
+
+/// Reply text must not break the framing: fold any line breaks a reason might contain.
+fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(reply: &Reply) -> String {
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn single_and_multi_line() {
+        assert_eq!(
+            wire(&Reply::new(250, Status(2, 1, 0), "OK")),
+            "250 2.1.0 OK\r\n"
+        );
+        assert_eq!(
+            wire(&Reply::plain(250, "a\nb\nc")),
+            "250-a\r\n250-b\r\n250 c\r\n"
+        );
+    }
+
+    #[test]
+    fn delivery_outcomes_map_to_codes() {
+        let ok = Reply::from_delivery(&Ok(Receipt { id: "abc".into() }));
+        assert_eq!(wire(&ok), "250 2.0.0 OK abc\r\n");
+        let temp = Reply::from_delivery(&Err(DeliveryError::local("disk\r\nfull")));
+        assert_eq!(wire(&temp), "451 4.3.0 disk full\r\n");
+        let policy = Reply::from_delivery(&Err(DeliveryError::Permanent {
+            status: Status::POLICY,
+            reason: "no".into(),
+        }));
+        assert_eq!(policy.code, 550);
+        let bad = Reply::from_delivery(&Err(DeliveryError::Permanent {
+            status: Status::BAD_MESSAGE,
+            reason: "no".into(),
+        }));
+        assert_eq!(bad.code, 554);
+    }
+}
