@@ -102,7 +102,11 @@ impl Session {
                 self.conn.reply(&shutting_down());
                 return Ok(());
             }
-            self.conn.flush().await?;
+            if !self.conn.buffered().contains(&b'\n') {
+                // About to wait for the client: send the replies to everything it pipelined, here
+                // rather than inside the select below, where a shutdown could cut a write short.
+                self.conn.flush().await?;
+            }
             let shutdown = self.ctx.shutdown.clone();
             let idle = self.transaction.is_none();
             let line = tokio::select! {

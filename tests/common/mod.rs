@@ -1,0 +1,228 @@
+//! Shared test harness: a real server on 127.0.0.1:0 with a recording delivery target, and a raw
+//! SMTP client that speaks bytes over a real socket.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smtp2gmail::config::SmtpConfig;
+use smtp2gmail::message::{Envelope, Message};
+use smtp2gmail::relay::{Deliver, DeliveryError, Receipt};
+use smtp2gmail::smtp::Server;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound on any single wait, so a broken server fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A delivery target that remembers what it was given and can be told to fail.
+#[derive(Default)]
+pub struct Recorder {
+    delivered: Mutex<Vec<(Envelope, Vec<u8>)>>,
+    scripted: Mutex<VecDeque<DeliveryError>>,
+    notify: Notify,
+}
+
+impl Recorder {
+    /// The next delivery fails with `error` (then deliveries succeed again).
+    pub fn fail_next(&self, error: DeliveryError) {
+        self.scripted.lock().unwrap().push_back(error);
+    }
+
+    /// Everything delivered so far.
+    pub fn delivered(&self) -> Vec<(Envelope, Vec<u8>)> {
+        self.delivered.lock().unwrap().clone()
+    }
+
+    /// The bodies delivered so far.
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.delivered().into_iter().map(|(_, body)| body).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliver for Recorder {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Receipt, DeliveryError> {
+        if let Some(error) = self.scripted.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        let body = message
+            .bytes()
+            .await
+            .expect("message body readable")
+            .into_owned();
+        assert_eq!(body.len() as u64, message.len());
+        self.delivered
+            .lock()
+            .unwrap()
+            .push((envelope.clone(), body));
+        self.notify.notify_waiters();
+        Ok(Receipt {
+            id: envelope.id.to_string(),
+        })
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub recorder: Arc<Recorder>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Defaults as shipped, but on an ephemeral loopback port.
+pub fn test_config() -> SmtpConfig {
+    SmtpConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..SmtpConfig::default()
+    }
+}
+
+impl TestServer {
+    /// Starts a server with the default limits and a recording target.
+    pub async fn start() -> Self {
+        Self::with_config(test_config()).await
+    }
+
+    /// Starts a server with `config` (its listen address is replaced by 127.0.0.1:0).
+    pub async fn with_config(config: SmtpConfig) -> Self {
+        let recorder = Arc::new(Recorder::default());
+        let mut server = Self::with_target(config, recorder.clone()).await;
+        server.recorder = recorder;
+        server
+    }
+
+    /// Starts a server delivering to `target`.
+    pub async fn with_target(mut config: SmtpConfig, target: Arc<dyn Deliver>) -> Self {
+        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let server = Server::bind(config, target).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        TestServer {
+            addr,
+            recorder: Arc::new(Recorder::default()),
+            shutdown,
+            task,
+        }
+    }
+
+    /// A connected raw client that has read the greeting.
+    pub async fn client(&self) -> Client {
+        let (client, greeting) = Client::connect(self.addr).await;
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        client
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down and waits until every session has ended. Drop clients with open transactions
+    /// first, or this waits for the shutdown grace period.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
+
+/// A raw SMTP client over a real socket.
+pub struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects and returns the first reply (the greeting, or a 421).
+    pub async fn connect(addr: SocketAddr) -> (Client, String) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut client = Client {
+            stream: BufReader::new(stream),
+        };
+        let greeting = client.reply().await;
+        (client, greeting)
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream
+            .get_mut()
+            .write_all(bytes.as_ref())
+            .await
+            .expect("send");
+    }
+
+    /// Reads one complete reply (all lines of a multi-line reply), CRLFs included.
+    /// Returns an empty string if the server closed the connection.
+    pub async fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.stream.read_line(&mut line))
+                .await
+                .expect("reply within the wait bound")
+                .expect("read");
+            if n == 0 {
+                return reply;
+            }
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    }
+
+    /// Sends one command line (CRLF added) and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n")).await;
+        self.reply().await
+    }
+
+    /// EHLO, MAIL, RCPT for each recipient, all expected to succeed.
+    pub async fn start_transaction(&mut self, from: &str, to: &[&str]) {
+        assert_code(&self.cmd("EHLO client.test").await, 250);
+        assert_code(&self.cmd(&format!("MAIL FROM:<{from}>")).await, 250);
+        for rcpt in to {
+            assert_code(&self.cmd(&format!("RCPT TO:<{rcpt}>")).await, 250);
+        }
+    }
+
+    /// Sends DATA, then `wire` (already dot-stuffed, with its terminator); returns the final reply.
+    pub async fn data(&mut self, wire: &[u8]) -> String {
+        assert_code(&self.cmd("DATA").await, 354);
+        self.send(wire).await;
+        self.reply().await
+    }
+
+    /// True once the server has closed the connection (reads EOF), false if data arrives.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(WAIT, self.stream.read(&mut byte))
+                .await
+                .expect("EOF within the wait bound"),
+            Ok(0) | Err(_)
+        )
+    }
+}
+
+/// Asserts the reply has `code` (and, for multi-line replies, on every line).
+#[track_caller]
+pub fn assert_code(reply: &str, code: u16) {
+    assert!(
+        !reply.is_empty() && reply.lines().all(|l| l.starts_with(&code.to_string())),
+        "expected {code}, got {reply:?}"
+    );
+}
