@@ -267,3 +267,77 @@ pub enum BodyError {
     #[error("cannot store the message body: {0}")]
     Storage(io::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spill_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn small_bodies_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = BodyWriter::new(100, dir.path());
+        writer.staging().extend_from_slice(b"hello");
+        writer.commit().await;
+        let message = writer.finish().await.unwrap();
+        assert!(matches!(message.body, Body::Memory(_)));
+        assert_eq!(&*message.bytes().await.unwrap(), b"hello");
+        assert_eq!(spill_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn large_bodies_spill_to_a_file_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = BodyWriter::new(10 * SPILL_THRESHOLD as u64, dir.path());
+        let expected: Vec<u8> = (0..3 * SPILL_THRESHOLD + 7).map(|i| i as u8).collect();
+        for piece in expected.chunks(64 * 1024) {
+            writer.staging().extend_from_slice(piece);
+            writer.commit().await;
+            assert!(writer.staging.len() < SPILL_THRESHOLD, "memory bounded while receiving");
+        }
+        let message = writer.finish().await.unwrap();
+        assert!(matches!(message.body, Body::Spilled(_)));
+        assert_eq!(spill_files(dir.path()), 1);
+        assert_eq!(message.len(), expected.len() as u64);
+        assert!(message.bytes().await.unwrap() == expected);
+        let mut copied = Vec::new();
+        message.copy_to(&mut copied).await.unwrap();
+        assert!(copied == expected);
+        drop(message);
+        assert_eq!(spill_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_refused_and_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = BodyWriter::new(SPILL_THRESHOLD as u64 + 10, dir.path());
+        for _ in 0..40 {
+            writer.staging().extend_from_slice(&[b'x'; 64 * 1024]);
+            writer.commit().await;
+        }
+        assert!(writer.staging.is_empty() && writer.spill.is_none());
+        assert_eq!(spill_files(dir.path()), 0);
+        assert!(matches!(writer.finish().await, Err(BodyError::TooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn unwritable_spill_directory_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let mut writer = BodyWriter::new(u64::MAX, &missing);
+        writer.staging().extend_from_slice(&vec![b'x'; SPILL_THRESHOLD]);
+        writer.commit().await;
+        assert!(matches!(writer.finish().await, Err(BodyError::Storage(_))));
+    }
+
+    #[test]
+    fn ids_are_unique_and_file_name_safe() {
+        let a = MessageId::generate();
+        let b = MessageId::generate();
+        assert_ne!(a, b);
+        assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,134 @@
+//! The `smtp2gmail` binary as a user runs it: config errors, the startup line, console output on
+//! stdout with logs on stderr, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{Client, assert_code};
+
+fn smtp2gmail(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"));
+    command.current_dir(dir).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    command
+}
+
+/// Runs `serve --config` with `config` and returns the exit code and stderr.
+fn serve_with_config(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("smtp.toml"), config).unwrap();
+    let output = smtp2gmail(dir.path()).args(["serve", "--config", "smtp.toml"]).output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let (code, stderr) = serve_with_config("[smtp]\nhostname = \"mx\"\nlisten_on = [\"127.0.0.1:25\"]\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("smtp.toml:3:"), "{stderr}");
+    assert!(stderr.contains("listen_on"), "{stderr}");
+}
+
+#[test]
+fn bad_value_names_file_line_and_key() {
+    let (code, stderr) = serve_with_config("[relay]\n\nmode = \"gmial\"\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("smtp.toml:3:"), "{stderr}");
+    assert!(stderr.contains("relay.mode"), "{stderr}");
+    assert!(stderr.contains("console"), "lists the valid modes: {stderr}");
+
+    let (code, stderr) = serve_with_config("[smtp]\nlisten = [\"not an address\"]\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("smtp.toml:2:") && stderr.contains("smtp.listen"), "{stderr}");
+
+    let (code, stderr) = serve_with_config("[smtp]\nmax_connections = 0\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("smtp.max_connections"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = smtp2gmail(dir.path()).args(["serve", "--config", "nope.toml"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nope.toml"));
+}
+
+/// A running `smtp2gmail serve` with its stdout and stderr captured.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    startup: String,
+}
+
+impl Running {
+    fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut child = smtp2gmail(dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut startup = String::new();
+        stderr.read_line(&mut startup).unwrap();
+        let addr = startup
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in startup line: {startup}"))
+            .trim_end_matches(',')
+            .parse()
+            .unwrap();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Running { child, addr, startup }
+    }
+
+    /// SIGTERM, then the exit code and everything the server printed on stdout.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        (self.child.wait().unwrap().code(), stdout)
+    }
+}
+
+#[tokio::test]
+async fn console_mode_prints_mail_on_stdout_and_logs_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "[smtp]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    // No --config: ./config.toml is picked up.
+    let server = Running::start(dir.path(), &["serve"]);
+    assert!(server.startup.contains("console mode"), "{}", server.startup);
+    assert!(server.startup.contains("config.toml"), "{}", server.startup);
+    let (mut client, _) = Client::connect(server.addr).await;
+    client.start_transaction("dev@example.com", &["someone@example.com"]).await;
+    assert_code(&client.data(b"Subject: printed\r\n\r\nsecret body text\r\n.\r\n").await, 250);
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    let (code, stdout) = server.terminate();
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("someone@example.com"), "{stdout}");
+    assert!(stdout.contains("secret body text"), "{stdout}");
+    assert!(!stdout.contains("listening on"), "logs leaked into stdout: {stdout}");
+}
+
+#[test]
+fn without_config_it_runs_console_mode_on_2525() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = smtp2gmail(dir.path()).arg("serve").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    child.wait().unwrap();
+    // Another process may hold the port; then the error names it just the same.
+    assert!(first.contains("127.0.0.1:2525"), "{first}");
+    if first.contains("listening on") {
+        assert!(first.contains("console mode") && first.contains("built-in defaults"), "{first}");
+    }
+}
