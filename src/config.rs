@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Gmail's upload limit for `users.messages.send` (35 MiB); also our default SMTP `SIZE`.
 pub const GMAIL_MAX_MESSAGE_SIZE: u64 = 36_700_160;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The SMTP listener.
@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// `[smtp]`: the listener and the limits it enforces.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Addresses for plain SMTP.
@@ -47,6 +47,7 @@ pub struct SmtpConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Where bodies larger than 1 MiB are kept while being received; default: the system temp dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_dir: Option<PathBuf>,
 }
 
@@ -73,7 +74,7 @@ impl SmtpConfig {
 }
 
 /// `[relay]`: where mail goes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// The delivery target.
@@ -81,7 +82,7 @@ pub struct RelayConfig {
 }
 
 /// The delivery targets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayMode {
     /// Print each message on stdout (the development catch-all).
@@ -94,7 +95,7 @@ pub enum RelayMode {
 }
 
 /// `[console]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsoleConfig {
     /// How each message is printed.
@@ -102,7 +103,7 @@ pub struct ConsoleConfig {
 }
 
 /// How console mode prints a message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleFormat {
     /// Envelope, main headers, decoded text body, attachment list.
@@ -113,7 +114,7 @@ pub enum ConsoleFormat {
 }
 
 /// `[file]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     /// The directory messages are written to (created if missing).
@@ -250,5 +251,43 @@ impl Config {
             return fail("smtp.idle_timeout", "must be longer than 0s");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dotted names of every key in a TOML table.
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => keys(inner, &format!("{name}."), out),
+                _ => out.push(name),
+            }
+        }
+    }
+
+    #[test]
+    fn example_documents_every_key_with_its_default() {
+        let text = include_str!("../config.toml.example");
+        let parsed = Config::parse(text, Path::new("config.toml.example")).unwrap();
+        assert_eq!(parsed, Config::default(), "the example must show the defaults");
+
+        let mut documented = Vec::new();
+        keys(&text.parse::<toml::Table>().unwrap(), "", &mut documented);
+        let mut all = Vec::new();
+        keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut all);
+        documented.sort();
+        all.sort();
+        assert_eq!(documented, all, "keys in config.toml.example vs keys of Config");
+        // Keys without a default value appear commented out.
+        assert!(text.contains("\n# spill_dir = "));
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
     }
 }
