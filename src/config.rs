@@ -287,6 +287,17 @@ mod tests {
     }
 
     #[test]
+    fn reference_documents_every_key() {
+        let reference = include_str!("../docs/configuration.md");
+        let mut all = Vec::new();
+        keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut all);
+        all.push("smtp.spill_dir".to_string());
+        for key in all {
+            assert!(reference.contains(&format!("| `{key}` |")), "docs/configuration.md lacks {key}");
+        }
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
     }
