@@ -273,15 +273,26 @@ mod tests {
     fn example_documents_every_key_with_its_default() {
         let text = include_str!("../config.toml.example");
         let parsed = Config::parse(text, Path::new("config.toml.example")).unwrap();
-        assert_eq!(parsed, Config::default(), "the example must show the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the example must show the defaults"
+        );
 
         let mut documented = Vec::new();
         keys(&text.parse::<toml::Table>().unwrap(), "", &mut documented);
         let mut all = Vec::new();
-        keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut all);
+        keys(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut all,
+        );
         documented.sort();
         all.sort();
-        assert_eq!(documented, all, "keys in config.toml.example vs keys of Config");
+        assert_eq!(
+            documented, all,
+            "keys in config.toml.example vs keys of Config"
+        );
         // Keys without a default value appear commented out.
         assert!(text.contains("\n# spill_dir = "));
     }
@@ -290,15 +301,25 @@ mod tests {
     fn reference_documents_every_key() {
         let reference = include_str!("../docs/configuration.md");
         let mut all = Vec::new();
-        keys(&toml::Table::try_from(Config::default()).unwrap(), "", &mut all);
+        keys(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut all,
+        );
         all.push("smtp.spill_dir".to_string());
         for key in all {
-            assert!(reference.contains(&format!("| `{key}` |")), "docs/configuration.md lacks {key}");
+            assert!(
+                reference.contains(&format!("| `{key}` |")),
+                "docs/configuration.md lacks {key}"
+            );
         }
     }
 
     #[test]
     fn empty_file_means_defaults() {
-        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x.toml")).unwrap(),
+            Config::default()
+        );
     }
 }

@@ -296,7 +296,10 @@ mod tests {
         for piece in expected.chunks(64 * 1024) {
             writer.staging().extend_from_slice(piece);
             writer.commit().await;
-            assert!(writer.staging.len() < SPILL_THRESHOLD, "memory bounded while receiving");
+            assert!(
+                writer.staging.len() < SPILL_THRESHOLD,
+                "memory bounded while receiving"
+            );
         }
         let message = writer.finish().await.unwrap();
         assert!(matches!(message.body, Body::Spilled(_)));
@@ -320,7 +323,10 @@ mod tests {
         }
         assert!(writer.staging.is_empty() && writer.spill.is_none());
         assert_eq!(spill_files(dir.path()), 0);
-        assert!(matches!(writer.finish().await, Err(BodyError::TooLarge { .. })));
+        assert!(matches!(
+            writer.finish().await,
+            Err(BodyError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]
@@ -328,7 +334,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
         let mut writer = BodyWriter::new(u64::MAX, &missing);
-        writer.staging().extend_from_slice(&vec![b'x'; SPILL_THRESHOLD]);
+        writer
+            .staging()
+            .extend_from_slice(&vec![b'x'; SPILL_THRESHOLD]);
         writer.commit().await;
         assert!(matches!(writer.finish().await, Err(BodyError::Storage(_))));
     }

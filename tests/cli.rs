@@ -12,7 +12,10 @@ use common::{Client, assert_code};
 
 fn smtp2gmail(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"));
-    command.current_dir(dir).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    command
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
     command
 }
 
@@ -20,13 +23,20 @@ fn smtp2gmail(dir: &Path) -> Command {
 fn serve_with_config(config: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("smtp.toml"), config).unwrap();
-    let output = smtp2gmail(dir.path()).args(["serve", "--config", "smtp.toml"]).output().unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let output = smtp2gmail(dir.path())
+        .args(["serve", "--config", "smtp.toml"])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn unknown_key_names_file_line_and_key() {
-    let (code, stderr) = serve_with_config("[smtp]\nhostname = \"mx\"\nlisten_on = [\"127.0.0.1:25\"]\n");
+    let (code, stderr) =
+        serve_with_config("[smtp]\nhostname = \"mx\"\nlisten_on = [\"127.0.0.1:25\"]\n");
     assert_eq!(code, Some(2));
     assert!(stderr.contains("smtp.toml:3:"), "{stderr}");
     assert!(stderr.contains("listen_on"), "{stderr}");
@@ -38,11 +48,17 @@ fn bad_value_names_file_line_and_key() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("smtp.toml:3:"), "{stderr}");
     assert!(stderr.contains("relay.mode"), "{stderr}");
-    assert!(stderr.contains("console"), "lists the valid modes: {stderr}");
+    assert!(
+        stderr.contains("console"),
+        "lists the valid modes: {stderr}"
+    );
 
     let (code, stderr) = serve_with_config("[smtp]\nlisten = [\"not an address\"]\n");
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("smtp.toml:2:") && stderr.contains("smtp.listen"), "{stderr}");
+    assert!(
+        stderr.contains("smtp.toml:2:") && stderr.contains("smtp.listen"),
+        "{stderr}"
+    );
 
     let (code, stderr) = serve_with_config("[smtp]\nmax_connections = 0\n");
     assert_eq!(code, Some(2));
@@ -52,7 +68,10 @@ fn bad_value_names_file_line_and_key() {
 #[test]
 fn missing_config_file_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let output = smtp2gmail(dir.path()).args(["serve", "--config", "nope.toml"]).output().unwrap();
+    let output = smtp2gmail(dir.path())
+        .args(["serve", "--config", "nope.toml"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nope.toml"));
 }
@@ -62,6 +81,9 @@ struct Running {
     child: Child,
     addr: SocketAddr,
     startup: String,
+    /// Everything after the startup line, collected by a thread so the server never blocks on a
+    /// full pipe.
+    stderr: std::thread::JoinHandle<String>,
 }
 
 impl Running {
@@ -75,7 +97,14 @@ impl Running {
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut startup = String::new();
         stderr.read_line(&mut startup).unwrap();
-        let addr = startup
+        let text = match serde_json::from_str::<serde_json::Value>(&startup) {
+            Ok(json) => json["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            Err(_) => startup.clone(),
+        };
+        let addr = text
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
@@ -83,52 +112,144 @@ impl Running {
             .trim_end_matches(',')
             .parse()
             .unwrap();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Running { child, addr, startup }
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            stderr.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        Running {
+            child,
+            addr,
+            startup,
+            stderr,
+        }
     }
 
-    /// SIGTERM, then the exit code and everything the server printed on stdout.
-    fn terminate(mut self) -> (Option<i32>, String) {
+    /// SIGTERM, then the exit code and everything the server printed on stdout and stderr.
+    fn terminate(mut self) -> (Option<i32>, String, String) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let mut stdout = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-        (self.child.wait().unwrap().code(), stdout)
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let code = self.child.wait().unwrap().code();
+        (code, stdout, self.stderr.join().unwrap())
     }
 }
 
 #[tokio::test]
 async fn console_mode_prints_mail_on_stdout_and_logs_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), "[smtp]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
     // No --config: ./config.toml is picked up.
     let server = Running::start(dir.path(), &["serve"]);
-    assert!(server.startup.contains("console mode"), "{}", server.startup);
+    assert!(
+        server.startup.contains("console mode"),
+        "{}",
+        server.startup
+    );
     assert!(server.startup.contains("config.toml"), "{}", server.startup);
     let (mut client, _) = Client::connect(server.addr).await;
-    client.start_transaction("dev@example.com", &["someone@example.com"]).await;
-    assert_code(&client.data(b"Subject: printed\r\n\r\nsecret body text\r\n.\r\n").await, 250);
+    client
+        .start_transaction("dev@example.com", &["someone@example.com"])
+        .await;
+    assert_code(
+        &client
+            .data(b"Subject: printed\r\n\r\nsecret body text\r\n.\r\n")
+            .await,
+        250,
+    );
     assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-    let (code, stdout) = server.terminate();
+    let (code, stdout, stderr) = server.terminate();
     assert_eq!(code, Some(0));
     assert!(stdout.contains("someone@example.com"), "{stdout}");
     assert!(stdout.contains("secret body text"), "{stdout}");
-    assert!(!stdout.contains("listening on"), "logs leaked into stdout: {stdout}");
+    assert!(
+        !stdout.contains("listening on"),
+        "logs leaked into stdout: {stdout}"
+    );
+    assert!(
+        !stderr.contains("secret body text"),
+        "the body was logged: {stderr}"
+    );
+    assert!(!stderr.contains("Subject"), "headers were logged: {stderr}");
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtp.toml"),
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"discard\"\n",
+    )
+    .unwrap();
+    let server = Running::start(
+        dir.path(),
+        &["--log-format", "json", "serve", "--config", "smtp.toml"],
+    );
+    let (mut client, _) = Client::connect(server.addr).await;
+    client
+        .start_transaction("dev@example.com", &["x@example.com", "y@example.com"])
+        .await;
+    let reply = client.data(b"Subject: s\r\n\r\nbody\r\n.\r\n").await;
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    let (code, stdout, stderr) = server.terminate();
+    assert_eq!(code, Some(0));
+    assert!(stdout.is_empty(), "discard mode prints nothing: {stdout}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let messages: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["id"] == id.as_str())
+        .collect();
+    assert_eq!(messages.len(), 1, "{stderr}");
+    let fields = &messages[0]["fields"];
+    assert_eq!(fields["from"], "dev@example.com");
+    assert_eq!(fields["recipients"], 2);
+    assert_eq!(fields["size"], 20);
+    assert_eq!(fields["reply"], 250);
+    assert!(fields["duration_ms"].is_u64());
 }
 
 #[test]
 fn without_config_it_runs_console_mode_on_2525() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = smtp2gmail(dir.path()).arg("serve").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = smtp2gmail(dir.path())
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     child.wait().unwrap();
     // Another process may hold the port; then the error names it just the same.
     assert!(first.contains("127.0.0.1:2525"), "{first}");
     if first.contains("listening on") {
-        assert!(first.contains("console mode") && first.contains("built-in defaults"), "{first}");
+        assert!(
+            first.contains("console mode") && first.contains("built-in defaults"),
+            "{first}"
+        );
     }
 }

@@ -36,7 +36,11 @@ fn stored(dir: &Path) -> Vec<(Vec<u8>, serde_json::Value)> {
 #[tokio::test]
 async fn lettre_message_is_stored_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with_target(test_config(), std::sync::Arc::new(FileDrop::new(dir.path().into()))).await;
+    let server = TestServer::with_target(
+        test_config(),
+        std::sync::Arc::new(FileDrop::new(dir.path().into())),
+    )
+    .await;
     let message = lettre::Message::builder()
         .from("Sender <sender@example.com>".parse::<Mailbox>().unwrap())
         .to("Rcpt <rcpt@example.com>".parse().unwrap())
@@ -58,22 +62,42 @@ async fn lettre_message_is_stored_exactly() {
     sent.extend_from_slice(b"\r\n");
     assert_eq!(eml, &sent, "stored bytes differ from what lettre sent");
     assert_eq!(json["mail_from"], "sender@example.com");
-    let mut rcpts: Vec<&str> = json["rcpt_to"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut rcpts: Vec<&str> = json["rcpt_to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     rcpts.sort();
-    assert_eq!(rcpts, ["cc@example.com", "hidden@example.com", "rcpt@example.com"]);
+    assert_eq!(
+        rcpts,
+        ["cc@example.com", "hidden@example.com", "rcpt@example.com"]
+    );
     assert_eq!(json["size"], sent.len());
     assert_eq!(json["helo"].as_str().map(|h| !h.is_empty()), Some(true));
-    assert!(json["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        json["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert!(json["received_at"].as_str().unwrap().ends_with('Z'));
     let id = json["id"].as_str().unwrap();
-    assert!(response.message().any(|line| line.contains(id)), "the reply names the id");
+    assert!(
+        response.message().any(|line| line.contains(id)),
+        "the reply names the id"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn several_messages_over_one_lettre_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with_target(test_config(), std::sync::Arc::new(FileDrop::new(dir.path().into()))).await;
+    let server = TestServer::with_target(
+        test_config(),
+        std::sync::Arc::new(FileDrop::new(dir.path().into())),
+    )
+    .await;
     let transport = transport(&server);
     for i in 0..5 {
         let message = lettre::Message::builder()
@@ -94,7 +118,8 @@ async fn unwritable_directory_is_451_not_250() {
     let dir = tempfile::tempdir().unwrap();
     let blocked = dir.path().join("not-a-dir");
     std::fs::write(&blocked, b"a file where the mail directory should be").unwrap();
-    let server = TestServer::with_target(test_config(), std::sync::Arc::new(FileDrop::new(blocked))).await;
+    let server =
+        TestServer::with_target(test_config(), std::sync::Arc::new(FileDrop::new(blocked))).await;
     let message = lettre::Message::builder()
         .from("a@example.com".parse().unwrap())
         .to("b@example.com".parse().unwrap())

@@ -34,7 +34,9 @@ async fn huge_inputs_do_not_grow_memory() {
     assert_eq!(client.cmd("NOOP").await, "250 2.0.0 OK\r\n");
 
     // 50 MB of DATA against a 1 MiB limit.
-    client.start_transaction("a@example.com", &["b@example.com"]).await;
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
     assert!(client.cmd("DATA").await.starts_with("354 "));
     let line: Vec<u8> = [&chunk[..998], b"\r\n"].concat();
     let block = line.repeat(64);
@@ -46,7 +48,10 @@ async fn huge_inputs_do_not_grow_memory() {
     assert_code(&client.cmd("NOOP").await, 250);
 
     let grown = peak_rss_kib().saturating_sub(before);
-    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB while receiving 100 MB of junk");
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew by {grown} KiB while receiving 100 MB of junk"
+    );
     drop(client);
     server.stop().await;
 }

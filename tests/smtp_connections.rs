@@ -48,7 +48,10 @@ async fn idle_clients_are_told_421_and_disconnected() {
     let mut client = server.client().await;
     assert_code(&client.cmd("EHLO client.test").await, 250);
     // Send nothing: the next thing the server says is the timeout.
-    assert_eq!(client.reply().await, "421 4.4.2 idle timeout, closing connection\r\n");
+    assert_eq!(
+        client.reply().await,
+        "421 4.4.2 idle timeout, closing connection\r\n"
+    );
     assert!(client.is_closed().await);
     server.stop().await;
 }
@@ -59,7 +62,10 @@ async fn shutdown_closes_idle_sessions_with_421() {
     let mut client = server.client().await;
     assert_code(&client.cmd("EHLO client.test").await, 250);
     server.begin_shutdown();
-    assert_eq!(client.reply().await, "421 4.3.2 server shutting down, try again later\r\n");
+    assert_eq!(
+        client.reply().await,
+        "421 4.3.2 server shutting down, try again later\r\n"
+    );
     assert!(client.is_closed().await);
     server.stop().await;
 }
@@ -68,7 +74,9 @@ async fn shutdown_closes_idle_sessions_with_421() {
 async fn shutdown_lets_an_open_transaction_finish() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    client.start_transaction("a@example.com", &["b@example.com"]).await;
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
     server.begin_shutdown();
     // The listener is closed for new clients...
     let mut refused = false;
@@ -81,8 +89,14 @@ async fn shutdown_lets_an_open_transaction_finish() {
     }
     assert!(refused, "listener still accepting after shutdown");
     // ...but the client in the middle of a transaction gets to deliver, then is told 421.
-    assert_code(&client.data(b"Subject: last one\r\n\r\nbody\r\n.\r\n").await, 250);
-    assert_eq!(client.reply().await, "421 4.3.2 server shutting down, try again later\r\n");
+    assert_code(
+        &client.data(b"Subject: last one\r\n\r\nbody\r\n.\r\n").await,
+        250,
+    );
+    assert_eq!(
+        client.reply().await,
+        "421 4.3.2 server shutting down, try again later\r\n"
+    );
     assert_eq!(server.recorder.delivered().len(), 1);
     server.stop().await;
 }
@@ -95,11 +109,16 @@ async fn shutdown_closes_transactions_after_the_grace_period() {
     };
     let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
-    client.start_transaction("a@example.com", &["b@example.com"]).await;
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
     assert!(client.cmd("DATA").await.starts_with("354 "));
     client.send("Subject: never finished\r\n").await;
     server.begin_shutdown();
-    assert_eq!(client.reply().await, "421 4.3.2 server shutting down, try again later\r\n");
+    assert_eq!(
+        client.reply().await,
+        "421 4.3.2 server shutting down, try again later\r\n"
+    );
     assert!(client.is_closed().await);
     let recorder = server.recorder.clone();
     server.stop().await;
