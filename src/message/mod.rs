@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use tempfile::TempPath;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -115,7 +116,8 @@ pub struct Message {
 
 #[derive(Debug)]
 enum Body {
-    Memory(Vec<u8>),
+    /// `Bytes`, so handing the body to an HTTP upload is a reference count, not a copy.
+    Memory(Bytes),
     Spilled(TempPath),
 }
 
@@ -124,7 +126,7 @@ impl Message {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         Message {
             len: bytes.len() as u64,
-            body: Body::Memory(bytes),
+            body: Body::Memory(bytes.into()),
         }
     }
 
@@ -143,6 +145,14 @@ impl Message {
         match &self.body {
             Body::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
             Body::Spilled(path) => Ok(Cow::Owned(tokio::fs::read(path).await?)),
+        }
+    }
+
+    /// The whole message as shareable bytes (for uploads); reads the spill file if there is one.
+    pub async fn to_bytes(&self) -> io::Result<Bytes> {
+        match &self.body {
+            Body::Memory(bytes) => Ok(bytes.clone()),
+            Body::Spilled(path) => Ok(tokio::fs::read(path).await?.into()),
         }
     }
 

@@ -50,6 +50,8 @@ impl Status {
     pub const BAD_MESSAGE: Status = Status(5, 6, 0);
     /// 5.7.1: delivery not authorized, message refused (policy).
     pub const POLICY: Status = Status(5, 7, 1);
+    /// 4.7.0: our own credentials for the next hop failed; a person must act, the mail is kept.
+    pub const CREDENTIALS: Status = Status(4, 7, 0);
 }
 
 impl std::fmt::Display for Status {
@@ -79,6 +81,18 @@ pub enum DeliveryError {
         /// A short, secret-free explanation for the client and the log.
         reason: String,
     },
+    /// An account's Google credentials or project setup need a person: temporary for the client
+    /// (the mail is kept and retried), loud for the operator, and a reason for the queue to pause
+    /// the account instead of retrying hot.
+    #[error("account {account}: {reason}; {fix}")]
+    Credentials {
+        /// The account whose credentials failed.
+        account: String,
+        /// What Google said, without secrets.
+        reason: String,
+        /// What to do about it, e.g. the `smtp2gmail authorize` command line.
+        fix: String,
+    },
 }
 
 impl DeliveryError {
@@ -102,6 +116,7 @@ impl DeliveryError {
             DeliveryError::Temporary { status, .. } | DeliveryError::Permanent { status, .. } => {
                 *status
             }
+            DeliveryError::Credentials { .. } => Status::CREDENTIALS,
         }
     }
 }

@@ -58,8 +58,8 @@ impl Reply {
     pub fn from_delivery(outcome: &Result<Receipt, DeliveryError>) -> Self {
         match outcome {
             Ok(receipt) => Reply::new(250, Status(2, 0, 0), format!("OK {}", receipt.id)),
-            Err(err @ DeliveryError::Temporary { status, .. }) => {
-                Reply::new(451, *status, one_line(&err.to_string()))
+            Err(err @ (DeliveryError::Temporary { .. } | DeliveryError::Credentials { .. })) => {
+                Reply::new(451, err.status(), one_line(&err.to_string()))
             }
             Err(err @ DeliveryError::Permanent { status, .. }) => {
                 // RFC 5321: 550 for policy ("mailbox unavailable / not allowed"), 554 otherwise.

@@ -1,0 +1,183 @@
+//! Gmail accounts and the router that picks one per message.
+//!
+//! An account is everything needed to send as one Google identity: its token source, its rules
+//! (send-as addresses, From and header-recipient policy) and its concurrency limit, which is shared
+//! by every session (and later the queue) so that Gmail's per-user limit of about ten parallel
+//! requests is never reached.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::config::gmail::sender_matches;
+use crate::config::{AccountConfig, GmailConfig};
+use crate::google::{self, CredentialSpec, TokenSource};
+use crate::message::gmail_rules::Policy;
+
+/// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
+/// "Too many concurrent requests for user".
+pub const DEFAULT_CONCURRENT_SENDS: usize = 5;
+
+/// Who a service account sends as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Impersonate {
+    /// Refresh-token credentials: the token's own user.
+    TokenUser,
+    /// Service account: the envelope sender (restricted by `senders`).
+    Sender,
+    /// Service account: always this user.
+    Fixed(String),
+}
+
+/// One Google identity that can send.
+pub struct Account {
+    /// The name in logs and errors ("default" for `[gmail]`).
+    pub name: String,
+    /// Envelope senders this account serves; empty = any.
+    pub senders: Vec<String>,
+    /// The Gmail `userId` in API paths.
+    pub user_id: String,
+    /// Access tokens for this account.
+    pub tokens: Arc<TokenSource>,
+    /// Who the token is for.
+    pub impersonate: Impersonate,
+    /// Recipient and From rules.
+    pub policy: Policy,
+    /// Caps simultaneous sends.
+    pub sends: Semaphore,
+    /// The credentials file, for the `authorize` hint in errors.
+    pub token_file: Option<PathBuf>,
+    /// From addresses already warned about under `from_policy = "keep"`: one warning each.
+    warned_from: Mutex<HashSet<String>>,
+}
+
+impl Account {
+    /// Builds an account: loads and checks its credentials now, so a bad file stops the start.
+    pub fn from_config(config: &AccountConfig, http: &reqwest::Client) -> Result<Account, String> {
+        let name = &config.name;
+        let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
+        let credentials = google::load(&spec, config.token_uri.as_deref().filter(|u| !u.is_empty()))
+            .map_err(|err| format!("account {name}: {err}"))?;
+        let impersonate = match (credentials.is_service_account(), config.impersonate.as_deref()) {
+            (false, None) => Impersonate::TokenUser,
+            (false, Some(_)) => {
+                return Err(format!("account {name}: impersonate applies to service-account keys only"));
+            }
+            (true, None | Some("sender")) if config.senders.is_empty() => {
+                return Err(format!(
+                    "account {name}: a service account sending as the envelope sender can send as anyone \
+                     in the domain; list the allowed senders in `senders`"
+                ));
+            }
+            (true, None | Some("sender")) => Impersonate::Sender,
+            (true, Some(user)) => Impersonate::Fixed(user.to_string()),
+        };
+        let token_file = match &spec {
+            CredentialSpec::File(path) => Some(path.clone()),
+            _ => None,
+        };
+        Ok(Account {
+            name: name.clone(),
+            senders: config.senders.clone(),
+            user_id: config.user_id.clone().unwrap_or_else(|| "me".to_string()),
+            tokens: Arc::new(TokenSource::new(credentials, http.clone())),
+            impersonate,
+            policy: Policy {
+                header_only_recipients: config.header_only_recipients.unwrap_or_default(),
+                send_as: config.send_as.clone(),
+                from_policy: config.from_policy.unwrap_or_default(),
+            },
+            sends: Semaphore::new(config.max_concurrent_sends.unwrap_or(DEFAULT_CONCURRENT_SENDS)),
+            token_file,
+            warned_from: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// True when this account may send for `sender`.
+    pub fn serves(&self, sender: &str) -> bool {
+        self.senders.is_empty() || self.senders.iter().any(|p| sender_matches(p, sender))
+    }
+
+    /// The user a service-account token must be minted for; `None` for refresh tokens.
+    pub fn subject<'a>(&'a self, sender: Option<&'a str>) -> Option<&'a str> {
+        match &self.impersonate {
+            Impersonate::TokenUser => None,
+            Impersonate::Sender => sender,
+            Impersonate::Fixed(user) => Some(user),
+        }
+    }
+
+    /// True the first time `address` is reported; later calls stay quiet.
+    pub fn first_warning_for(&self, address: &str) -> bool {
+        let mut warned = self.warned_from.lock().unwrap_or_else(|e| e.into_inner());
+        warned.insert(address.to_ascii_lowercase())
+    }
+}
+
+/// Where an account's credentials come from: a file, inline values, or the environment variables
+/// django-gmailapi-backend users already have.
+fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, google::CredentialError> {
+    if let Some(path) = &config.credentials {
+        return Ok(CredentialSpec::File(path.clone()));
+    }
+    match (&config.client_id, &config.client_secret, &config.refresh_token) {
+        (None, None, None) => Ok(CredentialSpec::Environment),
+        (Some(id), Some(secret), Some(refresh)) => Ok(CredentialSpec::Inline {
+            client_id: google::resolve_secret(id)?.expose().to_string(),
+            client_secret: google::resolve_secret(secret)?,
+            refresh_token: google::resolve_secret(refresh)?,
+        }),
+        _ => Err(google::CredentialError::Incomplete(
+            "client_id, client_secret and refresh_token must be given together".to_string(),
+        )),
+    }
+}
+
+/// Picks the account for each message.
+pub struct Router {
+    /// Named accounts, in configuration order.
+    named: Vec<Arc<Account>>,
+    /// The `[gmail]` account, when it has credentials (or there are no named accounts).
+    default: Option<Arc<Account>>,
+}
+
+impl Router {
+    /// Builds every configured account.
+    pub fn from_config(config: &GmailConfig, http: &reqwest::Client) -> Result<Router, String> {
+        let named = config
+            .accounts
+            .iter()
+            .map(|account| Account::from_config(&config.inherit(account), http).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env_configured = std::env::var_os("GMAIL_API_REFRESH_TOKEN").is_some();
+        let default = if config.has_own_credentials() || named.is_empty() || env_configured {
+            Some(Arc::new(Account::from_config(&config.default_account(), http)?))
+        } else {
+            None
+        };
+        Ok(Router { named, default })
+    }
+
+    /// Every account, for `check` and status reports.
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.named.iter().chain(&self.default)
+    }
+
+    /// The account for a message: the first named account serving the envelope sender, else the
+    /// first serving the From address, else the default account if it serves the sender.
+    pub fn route(&self, sender: Option<&str>, from_header: Option<&str>) -> Option<&Arc<Account>> {
+        let named_for = |address: Option<&str>| {
+            let address = address?;
+            self.named.iter().find(|a| !a.senders.is_empty() && a.serves(address))
+        };
+        named_for(sender)
+            .or_else(|| named_for(from_header))
+            .or_else(|| {
+                let default = self.default.as_ref()?;
+                let claimed = sender.or(from_header);
+                (default.senders.is_empty() || claimed.is_some_and(|s| default.serves(s))).then_some(default)
+            })
+    }
+}

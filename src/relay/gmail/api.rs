@@ -1,0 +1,288 @@
+//! The Gmail API call that sends a message, and the classification of every answer Google gives.
+//!
+//! Only the upload endpoint is used (`/upload/gmail/v1/users/{user}/messages/send?uploadType=media`
+//! with `Content-Type: message/rfc822`): it takes the raw bytes up to 35 MB, while the JSON endpoint
+//! with a base64 `raw` field fails with 413 at a few MB. Errors are classified by HTTP status and
+//! `errors[0].reason`, never by message text, except for the "Retry after <time>" hint.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+/// Seconds of request timeout granted per mebibyte of message, on top of [`BASE_TIMEOUT`]: a 35 MB
+/// upload over a slow uplink must not be cut off, a hung small request must not wait forever.
+const SECONDS_PER_MIB: u64 = 2;
+const BASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Gmail API as one pooled HTTP client and a base URL.
+#[derive(Debug, Clone)]
+pub struct GmailApi {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// What Gmail says about a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Sent {
+    /// Gmail's message id (not the Message-ID header).
+    pub id: String,
+    /// Gmail's thread id.
+    #[serde(rename = "threadId", default)]
+    pub thread_id: Option<String>,
+}
+
+/// Why a send failed, in the terms the relay acts on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// 401: the access token was not accepted; refresh it once and try once more.
+    #[error("Gmail rejected the access token: {0}")]
+    Unauthorized(String),
+    /// Worth trying again later: rate limits, Google-side errors, timeouts, network trouble.
+    #[error("{reason}")]
+    Temporary {
+        /// What happened.
+        reason: String,
+        /// When Google said to come back, if it did.
+        retry_after: Option<Duration>,
+        /// True for rate and quota limits (as opposed to outages).
+        rate_limited: bool,
+    },
+    /// The message itself is unacceptable; retrying cannot help.
+    #[error("{reason}")]
+    Permanent {
+        /// The HTTP status.
+        status: u16,
+        /// Google's explanation.
+        reason: String,
+    },
+    /// The account or the Cloud project is set up wrongly; a person must fix it.
+    #[error("{reason}")]
+    Configuration {
+        /// Google's explanation.
+        reason: String,
+        /// What to change.
+        fix: String,
+    },
+}
+
+/// Google's JSON error envelope.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    reason: String,
+}
+
+impl GmailApi {
+    /// The API at `base` (e.g. `https://gmail.googleapis.com`), over a shared HTTP client.
+    pub fn new(http: reqwest::Client, base: &str) -> Self {
+        GmailApi {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Uploads one message, given as the chunks that make up its bytes.
+    pub async fn send(&self, user_id: &str, access_token: &str, chunks: Vec<Bytes>) -> Result<Sent, SendError> {
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let url = self.send_url(user_id)?;
+        // A stream of the chunks: large messages are never joined into one buffer.
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        let timeout = BASE_TIMEOUT + Duration::from_secs(SECONDS_PER_MIB * len.div_ceil(1 << 20));
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::CONTENT_TYPE, "message/rfc822")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(timeout)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|err| transport_error(&err))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after_header);
+        let body = response.bytes().await.map_err(|err| transport_error(&err))?;
+        if status == 200 {
+            return serde_json::from_slice(&body).map_err(|err| SendError::Temporary {
+                reason: format!("Gmail answered 200 with an unreadable body ({err}); the message may have been sent"),
+                retry_after: None,
+                rate_limited: false,
+            });
+        }
+        Err(classify(status, &body, retry_after))
+    }
+
+    fn send_url(&self, user_id: &str) -> Result<url::Url, SendError> {
+        let mut url = url::Url::parse(&self.base).map_err(|err| SendError::Configuration {
+            reason: format!("gmail.api_base {:?} is not a URL: {err}", self.base),
+            fix: "correct gmail.api_base in the configuration".to_string(),
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| SendError::Configuration {
+                reason: format!("gmail.api_base {:?} cannot be a base URL", self.base),
+                fix: "correct gmail.api_base in the configuration".to_string(),
+            })?
+            .pop_if_empty()
+            .extend(["upload", "gmail", "v1", "users", user_id, "messages", "send"]);
+        url.set_query(Some("uploadType=media"));
+        Ok(url)
+    }
+}
+
+fn transport_error(err: &reqwest::Error) -> SendError {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    // reqwest errors name the URL, which carries no secret (the token is in a header).
+    SendError::Temporary {
+        reason: format!("Gmail API {what}: {err}"),
+        retry_after: None,
+        rate_limited: false,
+    }
+}
+
+/// Classifies a non-200 answer from the send endpoint (shared/google.md, "Errors and quotas").
+pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> SendError {
+    let detail = serde_json::from_slice::<ErrorBody>(body).unwrap_or_default().error;
+    let reason = detail.errors.first().map(|e| e.reason.as_str()).unwrap_or_default();
+    let message = if detail.message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        detail.message.clone()
+    };
+    let said = format!("Gmail API {status} {}: {message}", if reason.is_empty() { &detail.status } else { reason });
+    // "User-rate limit exceeded. Retry after 2025-06-27T09:00:00.000Z (Mail sending)"
+    let retry_after = retry_after.or_else(|| retry_after_in_message(&message));
+    let temporary = |rate_limited| SendError::Temporary {
+        reason: said.clone(),
+        retry_after,
+        rate_limited,
+    };
+    match (status, reason) {
+        (401, _) => SendError::Unauthorized(said),
+        (403, "userRateLimitExceeded" | "rateLimitExceeded" | "dailyLimitExceeded" | "quotaExceeded") => {
+            temporary(true)
+        }
+        (429, _) => temporary(true),
+        (403, "accessNotConfigured") => SendError::Configuration {
+            reason: said,
+            fix: "enable the Gmail API for the Google Cloud project of this OAuth client \
+                  (console.cloud.google.com/apis/library/gmail.googleapis.com)"
+                .to_string(),
+        },
+        (403, "insufficientPermissions") => SendError::Configuration {
+            reason: said,
+            fix: "the token lacks the gmail.send scope: run `smtp2gmail authorize` again".to_string(),
+        },
+        (403 | 404, _) => SendError::Configuration {
+            reason: said,
+            fix: "check the account's user_id, its domain policy or delegation, and gmail.api_base".to_string(),
+        },
+        (408 | 500..=599, _) => temporary(false),
+        _ => SendError::Permanent { status, reason: said },
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after_header(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate_parse(value)?;
+    at.duration_since(SystemTime::now()).ok()
+}
+
+fn httpdate_parse(value: &str) -> Option<SystemTime> {
+    let format = time::format_description::well_known::Rfc2822;
+    time::OffsetDateTime::parse(value.trim(), &format).ok().map(SystemTime::from)
+}
+
+/// The RFC 3339 time after "Retry after " in Google's message, as a duration from now.
+fn retry_after_in_message(message: &str) -> Option<Duration> {
+    let rest = &message[message.find("Retry after ")? + "Retry after ".len()..];
+    let stamp = rest.split_whitespace().next()?;
+    let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(SystemTime::from(at).duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn google_error(code: u16, reason: &str, message: &str) -> Vec<u8> {
+        serde_json::json!({"error": {"code": code, "message": message, "status": "X",
+            "errors": [{"domain": "global", "reason": reason, "message": message}]}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn catalogue() {
+        let class = |status, reason| classify(status, &google_error(status, reason, "m"), None);
+        assert!(matches!(class(400, "invalidArgument"), SendError::Permanent { status: 400, .. }));
+        assert!(matches!(class(400, "failedPrecondition"), SendError::Permanent { .. }));
+        assert!(matches!(class(413, ""), SendError::Permanent { status: 413, .. }));
+        assert!(matches!(class(401, "authError"), SendError::Unauthorized(_)));
+        assert!(matches!(class(403, "rateLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
+        assert!(matches!(class(403, "dailyLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
+        assert!(matches!(class(429, "rateLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
+        assert!(matches!(class(503, "backendError"), SendError::Temporary { rate_limited: false, .. }));
+        assert!(matches!(class(500, ""), SendError::Temporary { .. }));
+        let SendError::Configuration { fix, .. } = class(403, "accessNotConfigured") else { panic!() };
+        assert!(fix.contains("enable the Gmail API"));
+        let SendError::Configuration { fix, .. } = class(403, "insufficientPermissions") else { panic!() };
+        assert!(fix.contains("authorize"));
+        assert!(matches!(class(403, "forbidden"), SendError::Configuration { .. }));
+    }
+
+    #[test]
+    fn unreadable_error_bodies_still_classify() {
+        assert!(matches!(classify(502, b"<html>bad gateway</html>", None), SendError::Temporary { .. }));
+        assert!(matches!(classify(400, b"", None), SendError::Permanent { .. }));
+    }
+
+    #[test]
+    fn retry_after_from_header_and_message() {
+        assert_eq!(parse_retry_after_header("120"), Some(Duration::from_secs(120)));
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
+        let stamp = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let body = google_error(429, "rateLimitExceeded", &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"));
+        let SendError::Temporary { retry_after: Some(wait), .. } = classify(429, &body, None) else { panic!() };
+        assert!(wait > Duration::from_secs(2 * 3600) && wait <= Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
+    fn upload_url() {
+        let api = GmailApi::new(reqwest::Client::new(), "http://127.0.0.1:9/base/");
+        assert_eq!(
+            api.send_url("me").unwrap().as_str(),
+            "http://127.0.0.1:9/base/upload/gmail/v1/users/me/messages/send?uploadType=media"
+        );
+        assert!(api.send_url("a b@example.com").unwrap().as_str().contains("/users/a%20b@example.com/"));
+    }
+}

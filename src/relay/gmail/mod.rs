@@ -1,0 +1,216 @@
+//! The Gmail target: route to an account, apply the recipient and From rules, get an access token,
+//! upload the raw bytes.
+//!
+//! [`Gmail::prepare`] and [`Gmail::attempt`] are the two halves the durable queue will call too;
+//! [`Deliver::deliver`] adds a small retry budget for synchronous delivery, so a transient 429 or
+//! 503 does not turn into a 451 while the client is still waiting.
+
+pub mod accounts;
+pub mod api;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Deliver, DeliveryError, Receipt, Status};
+use crate::config::GmailConfig;
+use crate::google::TokenError;
+use crate::message::gmail_rules::{self, Prepared};
+use crate::message::headers::HeaderAddresses;
+use crate::message::{Envelope, Message};
+use accounts::{Account, Router};
+use api::{GmailApi, SendError};
+
+/// How hard synchronous delivery tries before answering 451.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    pub attempts: u32,
+    /// Give up when the next attempt would start later than this after the first.
+    pub budget: Duration,
+    /// Wait before the second attempt; doubled for each further one, with ±20 % jitter.
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            budget: Duration::from_secs(20),
+            first_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A message ready to upload: which account, as whom, and the bytes.
+pub struct Outgoing {
+    /// The account that sends it.
+    pub account: Arc<Account>,
+    /// The user a service-account token is minted for.
+    pub subject: Option<String>,
+    /// The bytes to upload, as chunks (the received bytes plus any added header).
+    pub chunks: Vec<Bytes>,
+}
+
+/// Delivers through the Gmail API.
+pub struct Gmail {
+    api: GmailApi,
+    router: Router,
+    retry: RetryPolicy,
+}
+
+impl Gmail {
+    /// Builds the target from `[gmail]`, loading every account's credentials.
+    pub fn from_config(config: &GmailConfig, http: reqwest::Client) -> Result<Gmail, String> {
+        let router = Router::from_config(config, &http)?;
+        Ok(Gmail {
+            api: GmailApi::new(http, &config.api_base),
+            router,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The same target with another retry policy (tests use short waits).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The configured accounts.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Routes the message and applies the account's rules: everything that can refuse a message
+    /// before anything is sent.
+    pub async fn prepare(&self, envelope: &Envelope, message: &Message) -> Result<Outgoing, DeliveryError> {
+        let raw = message
+            .to_bytes()
+            .await
+            .map_err(|err| DeliveryError::local(format!("cannot read the message: {err}")))?;
+        let headers = HeaderAddresses::read(&raw);
+        let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
+        let from = headers.from.first().map(String::as_str);
+        let Some(account) = self.router.route(sender, from) else {
+            return Err(DeliveryError::Permanent {
+                status: Status::POLICY,
+                reason: format!(
+                    "no Gmail account is configured for sender {}; add it to the senders of an account",
+                    envelope.sender_display()
+                ),
+            });
+        };
+        let prepared: Prepared = gmail_rules::prepare(envelope, &raw, &headers, &account.policy).map_err(|violation| {
+            DeliveryError::Permanent {
+                status: Status::POLICY,
+                reason: violation.to_string(),
+            }
+        })?;
+        if let Some(address) = &prepared.unknown_from
+            && account.first_warning_for(address)
+        {
+            tracing::warn!(
+                account = %account.name,
+                from = %address,
+                "From address is not in send_as: Gmail will replace it with the account's address \
+                 (set from_policy = \"rewrite\" or \"reject\", or add it to send_as)"
+            );
+        }
+        Ok(Outgoing {
+            subject: account.subject(sender).map(str::to_string),
+            chunks: prepared.to_chunks(raw),
+            account: account.clone(),
+        })
+    }
+
+    /// One attempt: token, upload, and after a 401 one refresh and one more upload.
+    pub async fn attempt(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
+        let account = &outgoing.account;
+        let subject = outgoing.subject.as_deref();
+        let _slot = account.sends.acquire().await.map_err(|_| DeliveryError::local("account closed"))?;
+        let mut refreshed = false;
+        loop {
+            let token = account.tokens.access_token(subject).await.map_err(|err| token_failure(account, err))?;
+            match self.api.send(&account.user_id, token.expose(), outgoing.chunks.clone()).await {
+                Ok(sent) => return Ok(Receipt { id: sent.id }),
+                Err(SendError::Unauthorized(reason)) if !refreshed => {
+                    tracing::debug!(account = %account.name, %reason, "access token rejected, refreshing");
+                    account.tokens.invalidate(subject, &token);
+                    refreshed = true;
+                }
+                Err(err) => return Err(send_failure(account, err)),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliver for Gmail {
+    async fn deliver(&self, envelope: &Envelope, message: &Message) -> Result<Receipt, DeliveryError> {
+        let outgoing = self.prepare(envelope, message).await?;
+        let started = Instant::now();
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            let error = match self.attempt(&outgoing).await {
+                Ok(receipt) => return Ok(receipt),
+                Err(error @ DeliveryError::Temporary { .. }) => error,
+                Err(error) => return Err(error),
+            };
+            let DeliveryError::Temporary { retry_after, .. } = &error else { unreachable!() };
+            let wait = retry_after.unwrap_or_else(|| jitter(backoff));
+            if attempt >= self.retry.attempts || started.elapsed() + wait > self.retry.budget {
+                return Err(error);
+            }
+            tracing::debug!(id = %envelope.id, attempt, ?wait, %error, "temporary failure, retrying");
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+            attempt += 1;
+        }
+    }
+}
+
+/// ±20 %, so clients that failed together do not retry together.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
+    match err {
+        TokenError::Credentials { error, description, fix } => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason: format!("Google rejected the credentials ({error}: {description})"),
+            fix,
+        },
+        TokenError::Temporary { reason } => DeliveryError::Temporary {
+            status: Status(4, 4, 1),
+            reason: format!("cannot get an access token: {reason}"),
+            retry_after: None,
+        },
+    }
+}
+
+fn send_failure(account: &Account, err: SendError) -> DeliveryError {
+    match err {
+        SendError::Temporary { reason, retry_after, rate_limited } => DeliveryError::Temporary {
+            status: if rate_limited { Status(4, 4, 5) } else { Status(4, 4, 1) },
+            reason,
+            retry_after,
+        },
+        SendError::Permanent { status, reason } => DeliveryError::Permanent {
+            status: if status == 413 { Status::TOO_BIG } else { Status::BAD_MESSAGE },
+            reason,
+        },
+        SendError::Unauthorized(reason) => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason: format!("the access token was refused even after a refresh ({reason})"),
+            fix: "check that the token was granted the gmail.send scope; run `smtp2gmail authorize` again".to_string(),
+        },
+        SendError::Configuration { reason, fix } => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason,
+            fix,
+        },
+    }
+}
