@@ -1,0 +1,720 @@
+#!/usr/bin/env python3
+"""Client scenarios and checks for tests/e2e/run.sh.
+
+Every check prints exactly one line, `ok - NAME` or `not ok - NAME: WHY`; run.sh counts them. A
+scenario that crashes half-way is counted as a failure by run.sh from its exit status.
+
+The server under test runs in file mode: each accepted message becomes `<id>.eml` + `<id>.json` in
+E2E_MAIL_DIR, written before the server replies 250. So once a client has its 250 (or has exited
+after QUIT), the files are there: no waiting. After checking them, a scenario moves them to
+E2E_ARCHIVE, so the mail dir is empty again for the next one and every scenario sees only its own
+messages (and any stray message makes the next count wrong, loudly).
+
+Environment: E2E_PORT (the server's port), E2E_MAIL_DIR, E2E_ARCHIVE, E2E_MAX_SIZE (the
+configured max_message_size), E2E_SPILL_DIR (the configured spill_dir).
+"""
+
+import argparse
+import email
+import email.policy
+import json
+import os
+import re
+import shutil
+import smtplib
+import socket
+import sys
+from email.message import EmailMessage
+
+HOST = "127.0.0.1"
+TIMEOUT = 15
+JSON_KEYS = {"id", "mail_from", "rcpt_to", "received_at", "remote_addr", "helo", "size"}
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+REPLY_ID = re.compile(rb"^2\.0\.0 OK (\S+)$")
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+class Checks:
+    """Prints one line per check."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def check(self, name, passed, why=""):
+        if passed:
+            print(f"ok - {name}", flush=True)
+        else:
+            self.failed += 1
+            print(f"not ok - {name}: {why}", flush=True)
+        return passed
+
+    def equal(self, name, got, expected):
+        return self.check(name, got == expected, f"got {got!r}, expected {expected!r}")
+
+    def same_bytes(self, name, got, expected):
+        return self.check(name, got == expected, bytes_diff(got, expected))
+
+
+def bytes_diff(got, expected):
+    """Says where two byte strings first differ, with some context."""
+    if got is None:
+        return "nothing stored"
+    at = next(
+        (i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
+        min(len(got), len(expected)),
+    )
+    lo = max(0, at - 30)
+    return (
+        f"{len(got)} bytes stored, {len(expected)} expected; first difference at byte {at}: "
+        f"stored {got[lo:at + 30]!r}, expected {expected[lo:at + 30]!r}"
+    )
+
+
+def env(name):
+    value = os.environ.get(name)
+    if not value:
+        sys.exit(f"e2e.py: {name} is not set")
+    return value
+
+
+def port():
+    return int(env("E2E_PORT"))
+
+
+# --- the mail dir ----------------------------------------------------------------------------
+
+
+class Stored:
+    """One message the server wrote: its id, .eml bytes and .json record (None if missing)."""
+
+    def __init__(self, ident, eml, record):
+        self.id = ident
+        self.eml = eml
+        self.record = record
+
+
+def take_stored(c, name, count):
+    """Checks that exactly `count` complete messages are in the mail dir, moves them to the
+    archive and returns them in id (arrival) order."""
+    mail_dir, archive = env("E2E_MAIL_DIR"), env("E2E_ARCHIVE")
+    names = sorted(os.listdir(mail_dir)) if os.path.isdir(mail_dir) else []
+    emls = {n[: -len(".eml")] for n in names if n.endswith(".eml") and not n.startswith(".")}
+    jsons = {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")}
+    stray = [n for n in names if n.startswith(".") or not n.endswith((".eml", ".json"))]
+    c.check(
+        f"{name}: {count} message(s) stored, each as .eml + .json",
+        len(emls) == count and emls == jsons,
+        f".eml files for {sorted(emls)}, .json files for {sorted(jsons)}",
+    )
+    c.check(f"{name}: no temporary or stray files in the mail dir", not stray, f"found {stray}")
+    stored = []
+    for ident in sorted(emls | jsons):
+        eml_path = os.path.join(mail_dir, ident + ".eml")
+        json_path = os.path.join(mail_dir, ident + ".json")
+        eml = record = None
+        if os.path.exists(eml_path):
+            with open(eml_path, "rb") as f:
+                eml = f.read()
+            shutil.move(eml_path, os.path.join(archive, ident + ".eml"))
+        if os.path.exists(json_path):
+            with open(json_path, "rb") as f:
+                text = f.read()
+            shutil.move(json_path, os.path.join(archive, ident + ".json"))
+            try:
+                record = json.loads(text)
+            except ValueError as err:
+                c.check(f"{name}: {ident}.json is valid JSON", False, f"{err}: {text[:200]!r}")
+        stored.append(Stored(ident, eml, record))
+    return stored
+
+
+def find(stored, ident):
+    return next((s for s in stored if s.id == ident), None)
+
+
+def check_record(c, name, s, mail_from, rcpt_to, helo=None):
+    """Checks one message's .json against the envelope the client used."""
+    r = s.record
+    if not c.check(f"{name}: envelope record present", isinstance(r, dict), f"record is {r!r}"):
+        return
+    problems = []
+    if set(r) != JSON_KEYS:
+        problems.append(f"keys {sorted(r)} instead of {sorted(JSON_KEYS)}")
+    if r.get("id") != s.id:
+        problems.append(f"id {r.get('id')!r} but file name {s.id!r}")
+    if r.get("mail_from") != mail_from:
+        problems.append(f"mail_from {r.get('mail_from')!r}, expected {mail_from!r}")
+    if r.get("rcpt_to") != rcpt_to:
+        problems.append(f"rcpt_to {r.get('rcpt_to')!r}, expected {rcpt_to!r}")
+    if s.eml is not None and r.get("size") != len(s.eml):
+        problems.append(f"size {r.get('size')!r} but the .eml has {len(s.eml)} bytes")
+    if not RFC3339_UTC.match(str(r.get("received_at"))):
+        problems.append(f"received_at {r.get('received_at')!r} is not RFC 3339 UTC")
+    if not str(r.get("remote_addr")).startswith(HOST + ":"):
+        problems.append(f"remote_addr {r.get('remote_addr')!r} is not {HOST}:port")
+    if helo is not None and r.get("helo") != helo:
+        problems.append(f"helo {r.get('helo')!r}, expected {helo!r}")
+    c.check(f"{name}: envelope record", not problems, "; ".join(problems))
+
+
+# --- an smtplib client that remembers what it did --------------------------------------------
+
+
+def bare(address):
+    """The address smtplib puts between the angle brackets in MAIL/RCPT."""
+    return smtplib.quoteaddr(address)[1:-1]
+
+
+def wire_body(msg):
+    """What smtplib's data() sends for `msg`, before dot-stuffing: the server must store this."""
+    if isinstance(msg, str):
+        msg = re.sub(r"(?:\r\n|\n|\r(?!\n))", "\r\n", msg).encode("ascii")
+    return msg if msg.endswith(b"\r\n") else msg + b"\r\n"
+
+
+class Sent:
+    """One sendmail() call as it went over the wire, and the id from its 250 reply."""
+
+    def __init__(self, mail_from, rcpt_to, body, reply_id, conn):
+        self.mail_from = mail_from
+        self.rcpt_to = rcpt_to
+        self.body = body
+        self.reply_id = reply_id
+        self.conn = conn
+
+
+SENT = []
+
+
+class RecordingSMTP(smtplib.SMTP):
+    """smtplib.SMTP that records replies, MAIL/RCPT addresses and each sendmail() message."""
+
+    def __init__(self, *args, **kwargs):
+        self.replies = []
+        self.envelope = None
+        super().__init__(*args, **kwargs)
+
+    def getreply(self):
+        code, text = super().getreply()
+        self.replies.append((code, text))
+        return code, text
+
+    def mail(self, sender, options=()):
+        self.envelope = (bare(sender) or None, [])
+        return super().mail(sender, options)
+
+    def rcpt(self, recip, options=()):
+        code, text = super().rcpt(recip, options)
+        if code in (250, 251) and self.envelope is not None:
+            self.envelope[1].append(bare(recip))
+        return code, text
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
+        self.replies = []
+        refused = super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        SENT.append(Sent(*self.envelope, wire_body(msg), self.last_id(), self))
+        return refused
+
+    def last_id(self):
+        """The id from the last `250 2.0.0 OK <id>` reply, or None."""
+        for code, text in reversed(self.replies):
+            m = REPLY_ID.match(text)
+            if code == 250 and m:
+                return m.group(1).decode()
+        return None
+
+
+def connect(helo=None):
+    conn = RecordingSMTP(HOST, port(), local_hostname=helo, timeout=TIMEOUT)
+    conn.ehlo()
+    return conn
+
+
+def check_sent(c, name, sent, stored, helo=None):
+    """Checks that the message of one sendmail() call was stored byte for byte under the id of
+    its 250 reply, with the envelope the client used."""
+    s = find(stored, sent.reply_id)
+    if not c.check(
+        f"{name}: 250 reply names a stored message",
+        sent.reply_id is not None and s is not None,
+        f"reply id {sent.reply_id!r}, stored {[x.id for x in stored]}",
+    ):
+        return None
+    check_record(c, name, s, sent.mail_from, sent.rcpt_to, helo)
+    c.same_bytes(f"{name}: .eml is exactly the bytes sent (dot-unstuffed)", s.eml, sent.body)
+    return s
+
+
+def parse(eml):
+    return email.message_from_bytes(eml, policy=email.policy.default)
+
+
+def text_of(part):
+    return part.get_content().replace("\r\n", "\n")
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+RAW_MESSAGE = (
+    b"From: Raw Sender <raw@example.com>\r\n"
+    b"To: one@example.org, two@example.org\r\n"
+    b"Subject: smtplib sendmail with exact bytes\r\n"
+    b"Message-ID: <raw-1@e2e.example>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b".a line starting with a dot (stuffed on the wire)\r\n"
+    b"..two dots\r\n"
+    b".\r\n"
+    b"..\r\n"
+    b"a dot at the end.\r\n"
+    b" .a space, then a dot\r\n"
+    b"8-bit text: h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93\r\n"
+    b"a lone CR\rinside a line\r\n"
+    b"trailing blanks   \r\n"
+    b"\r\n"
+    b"\r\n"
+    + b"x" * 990
+    + b"\r\n"
+    b"last line\r\n"
+)
+
+
+def scenario_smtplib(c):
+    # sendmail with exact bytes, several recipients, dot-stuffing and 8-bit data.
+    conn = connect("e2e-smtplib")
+    refused = conn.sendmail(
+        "raw@example.com",
+        ["one@example.org", "two@example.org"],
+        RAW_MESSAGE,
+        mail_options=["BODY=8BITMIME"],
+    )
+    c.equal("smtplib sendmail: all recipients accepted", refused, {})
+    # send_message: recipients from To, Cc and Bcc; Bcc is not transmitted.
+    msg = EmailMessage()
+    msg["From"] = "Ann Sender <ann@example.com>"
+    msg["To"] = "bob@example.org, Carl <carl@example.org>"
+    msg["Cc"] = "dee@example.net"
+    msg["Bcc"] = "eve@example.net"
+    msg["Subject"] = "send_message: Gr\u00fc\u00dfe"
+    msg.set_content("Hello from send_message.\n.a dotted line\n")
+    msg.add_attachment(bytes(range(256)), maintype="application", subtype="octet-stream",
+                       filename="bytes.bin")
+    conn.send_message(msg)
+    conn.quit()
+    raw_sent, message_sent = SENT[-2:]
+    stored = take_stored(c, "smtplib", 2)
+    check_sent(c, "smtplib sendmail", raw_sent, stored, helo="e2e-smtplib")
+    c.equal("smtplib sendmail: envelope as given", (raw_sent.mail_from, raw_sent.rcpt_to),
+            ("raw@example.com", ["one@example.org", "two@example.org"]))
+    s = check_sent(c, "smtplib send_message", message_sent, stored, helo="e2e-smtplib")
+    if s:
+        c.equal(
+            "smtplib send_message: rcpt_to has To, Cc and Bcc",
+            sorted(s.record["rcpt_to"]),
+            ["bob@example.org", "carl@example.org", "dee@example.net", "eve@example.net"],
+        )
+        c.equal("smtplib send_message: mail_from from the From header",
+                s.record["mail_from"], "ann@example.com")
+        parsed = parse(s.eml)
+        c.check("smtplib send_message: no Bcc header stored", parsed["Bcc"] is None,
+                f"Bcc: {parsed['Bcc']}")
+        attachments = list(parsed.iter_attachments())
+        c.check(
+            "smtplib send_message: attachment decodes to the bytes sent",
+            len(attachments) == 1 and attachments[0].get_content() == bytes(range(256)),
+            f"{len(attachments)} attachment(s)",
+        )
+
+    # SMTPUTF8: non-ASCII addresses in the envelope and the headers.
+    sender, rcpt = "j\u00f6rg@ex\u00e4mple.org", "\u00f1and\u00fa@\u4f8b\u3048.jp"
+    utf8 = (
+        f"From: J\u00f6rg <{sender}>\r\nTo: {rcpt}\r\nSubject: SMTPUTF8 \u2713\r\n"
+        f"\r\nGr\u00fc\u00dfe aus K\u00f6ln\r\n.dot\r\n"
+    ).encode()
+    conn = connect("e2e-smtplib")
+    refused = conn.sendmail(sender, [rcpt, "plain@example.org"], utf8,
+                            mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    c.equal("smtplib SMTPUTF8: all recipients accepted", refused, {})
+    conn.quit()
+    stored = take_stored(c, "smtplib SMTPUTF8", 1)
+    check_sent(c, "smtplib SMTPUTF8", SENT[-1], stored, helo="e2e-smtplib")
+    if stored and stored[0].record:
+        c.equal("smtplib SMTPUTF8: UTF-8 addresses kept in the record",
+                (stored[0].record["mail_from"], stored[0].record["rcpt_to"]),
+                (sender, [rcpt, "plain@example.org"]))
+
+
+def sized_message(size, subject):
+    """A CRLF message of exactly `size` bytes (after unstuffing), many lines starting with '.'."""
+    head = f"Subject: {subject}\r\n\r\n".encode()
+    lines, left, n = [head], size - len(head), 0
+    while left > 80:
+        line = (b".dotted %07d " % n if n % 3 == 0 else b"line %07d " % n).ljust(76, b"-")
+        lines.append(line + b"\r\n")
+        left -= 78
+        n += 1
+    lines.append(b"z" * (left - 2) + b"\r\n")
+    body = b"".join(lines)
+    assert len(body) == size
+    return body
+
+
+def spill_files():
+    spill = os.environ.get("E2E_SPILL_DIR")
+    return sorted(os.listdir(spill)) if spill and os.path.isdir(spill) else []
+
+
+def scenario_size(c):
+    limit = int(env("E2E_MAX_SIZE"))
+    conn = connect("e2e-size")
+    exact = sized_message(limit, "exactly max_message_size")
+    c.equal("size: a message of exactly max_message_size is accepted",
+            conn.sendmail("big@example.com", ["r@example.org"], exact), {})
+    exact_sent = SENT[-1]
+    # smtplib declares SIZE= in MAIL when the server advertises SIZE: refused at MAIL.
+    try:
+        conn.sendmail("big@example.com", ["r@example.org"], sized_message(limit + 1, "too big"))
+        c.check("size: MAIL with SIZE over the limit gets 552", False, "the message was accepted")
+    except smtplib.SMTPSenderRefused as err:
+        c.equal("size: MAIL with SIZE over the limit gets 552", err.smtp_code, 552)
+    # Without SIZE= the body is read to its end and then refused.
+    c.equal("size: MAIL without SIZE is accepted", conn.mail("big@example.com")[0], 250)
+    c.equal("size: RCPT is accepted", conn.rcpt("r@example.org")[0], 250)
+    code, text = conn.data(sized_message(limit + 1, "one byte too big"))
+    c.check("size: DATA one byte over the limit gets 552 5.3.4",
+            code == 552 and text.startswith(b"5.3.4"), f"got {code} {text!r}")
+    c.equal("size: MAIL after the 552 (session still usable)", conn.mail("a@example.com")[0], 250)
+    c.equal("size: RCPT after the 552", conn.rcpt("b@example.org")[0], 250)
+    code, text = conn.data(sized_message(limit * 2, "twice the limit"))
+    c.check("size: DATA twice the limit gets 552", code == 552, f"got {code} {text!r}")
+    c.equal("size: NOOP after the 552", conn.noop()[0], 250)
+    small = b"Subject: after the 552\r\n\r\nstill works\r\n"
+    c.equal("size: a small message after the 552s is accepted",
+            conn.sendmail("small@example.com", ["r@example.org"], small), {})
+    small_sent = SENT[-1]
+    conn.quit()
+    stored = take_stored(c, "size", 2)
+    check_sent(c, "size: exact-limit message", exact_sent, stored, helo="e2e-size")
+    check_sent(c, "size: message after the 552s", small_sent, stored, helo="e2e-size")
+    c.equal("size: spilled bodies are removed", spill_files(), [])
+
+
+def read_reply(f):
+    """Reads one (possibly multi-line) SMTP reply: (code, [texts])."""
+    texts = []
+    while True:
+        line = f.readline()
+        if not line:
+            raise ConnectionError(f"connection closed; reply so far {texts!r}")
+        texts.append(line[4:].rstrip(b"\r\n"))
+        if line[3:4] != b"-":
+            return int(line[:3]), texts
+
+
+def scenario_chunking(c):
+    """BDAT (CHUNKING) over a raw socket, pipelined: no client above uses it."""
+    limit = int(env("E2E_MAX_SIZE"))
+    chunk1 = b"Subject: BDAT\r\n\r\n.a dot that is content, not stuffing\r\n"
+    chunk2 = b"..\r\n.\r\nno terminator in BDAT\r\nno final CRLF"
+    with socket.create_connection((HOST, port()), timeout=TIMEOUT) as sock:
+        f = sock.makefile("rb")
+        c.equal("chunking: greeting", read_reply(f)[0], 220)
+        sock.sendall(b"EHLO e2e-bdat\r\n")
+        code, texts = read_reply(f)
+        c.check("chunking: CHUNKING advertised", code == 250 and b"CHUNKING" in texts,
+                f"{code} {texts}")
+        sock.sendall(
+            b"MAIL FROM:<chunky@example.com>\r\nRCPT TO:<r@example.org>\r\n"
+            + b"BDAT %d\r\n" % len(chunk1) + chunk1
+            + b"BDAT %d LAST\r\n" % len(chunk2) + chunk2
+        )
+        replies = [read_reply(f) for _ in range(4)]
+        codes = [code for code, _ in replies]
+        c.equal("chunking: pipelined MAIL, RCPT, BDAT, BDAT LAST all get 250", codes,
+                [250] * 4)
+        m = REPLY_ID.match(replies[3][1][0])
+        reply_id = m.group(1).decode() if m else None
+        over = limit + 1
+        sock.sendall(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"
+                     + b"BDAT %d LAST\r\n" % over + b"y" * over + b"NOOP\r\n")
+        codes = [read_reply(f)[0] for _ in range(4)]
+        c.equal("chunking: BDAT over the limit gets 552, then NOOP 250", codes,
+                [250, 250, 552, 250])
+        sock.sendall(b"QUIT\r\n")
+        c.equal("chunking: QUIT", read_reply(f)[0], 221)
+    stored = take_stored(c, "chunking", 1)
+    s = find(stored, reply_id)
+    if c.check("chunking: 250 reply names the stored message", s is not None,
+               f"reply {replies[3]!r}"):
+        check_record(c, "chunking", s, "chunky@example.com", ["r@example.org"], "e2e-bdat")
+        c.same_bytes("chunking: .eml is the chunks, byte for byte", s.eml, chunk1 + chunk2)
+
+
+def scenario_django(c):
+    from django.conf import settings
+
+    settings.configure(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST=HOST,
+        EMAIL_PORT=port(),
+        EMAIL_USE_TLS=False,
+        EMAIL_USE_SSL=False,
+        EMAIL_TIMEOUT=TIMEOUT,
+        DEFAULT_FROM_EMAIL="webmaster@example.com",
+    )
+    import django
+
+    django.setup()
+    from django.core import mail
+    from django.core.mail.utils import DNS_NAME
+
+    # The stock backend, over an smtplib.SMTP that only records what went over the wire.
+    smtplib.SMTP = RecordingSMTP
+    helo = str(DNS_NAME)
+
+    sent = mail.send_mail(
+        "Django send_mail",
+        "Plain body from send_mail.\n.a line starting with a dot\n",
+        "noreply@example.com",
+        ["alice@example.org"],
+    )
+    c.equal("django send_mail: returns 1", sent, 1)
+    stored = take_stored(c, "django send_mail", 1)
+    s = check_sent(c, "django send_mail", SENT[-1], stored, helo=helo)
+    if s:
+        c.equal("django send_mail: envelope", (s.record["mail_from"], s.record["rcpt_to"]),
+                ("noreply@example.com", ["alice@example.org"]))
+        parsed = parse(s.eml)
+        c.equal("django send_mail: subject and body", (parsed["Subject"], text_of(parsed)),
+                ("Django send_mail", "Plain body from send_mail.\n.a line starting with a dot\n"))
+
+    subject = "Gr\u00fc\u00dfe \u2014 \u00e9t\u00e9 \u2713 \u65e5\u672c\u8a9e"
+    body = "H\u00e9llo w\u00f6rld, \u0437\u0434\u0440\u0430\u0432\u0441\u0442\u0432\u0443\u0439\u0442\u0435.\n.dot\nbye\n"
+    csv = "name,city\nJ\u00f6rg,K\u00f6ln\n"
+    blob = bytes(range(256)) * 4
+    msg = mail.EmailMessage(
+        subject,
+        body,
+        "\u00dcn\u00efc\u00f6de Sender <sender@example.com>",
+        to=["To Person <to@example.org>"],
+        cc=["cc@example.org"],
+        bcc=["hidden1@example.net", "Hidden Two <hidden2@example.net>"],
+        reply_to=["replies@example.com"],
+        headers={"X-E2E": "django"},
+    )
+    msg.attach("report.csv", csv, "text/csv")
+    msg.attach("blob.bin", blob, "application/octet-stream")
+    c.equal("django EmailMessage: send returns 1", msg.send(), 1)
+    stored = take_stored(c, "django EmailMessage", 1)
+    s = check_sent(c, "django EmailMessage", SENT[-1], stored, helo=helo)
+    if s:
+        c.equal(
+            "django EmailMessage: rcpt_to is to + cc + bcc",
+            s.record["rcpt_to"],
+            ["to@example.org", "cc@example.org", "hidden1@example.net", "hidden2@example.net"],
+        )
+        c.equal("django EmailMessage: mail_from", s.record["mail_from"], "sender@example.com")
+        parsed = parse(s.eml)
+        c.check("django EmailMessage: no Bcc header stored", parsed["Bcc"] is None,
+                f"Bcc: {parsed['Bcc']}")
+        c.equal("django EmailMessage: Cc header", str(parsed["Cc"]), "cc@example.org")
+        c.equal("django EmailMessage: non-ASCII subject decodes", str(parsed["Subject"]),
+                subject)
+        c.equal("django EmailMessage: non-ASCII body decodes",
+                text_of(parsed.get_body(("plain",))), body)
+        got = {
+            a.get_filename(): a.get_content() for a in parsed.iter_attachments()
+        }
+        c.check(
+            "django EmailMessage: attachments decode to what was attached",
+            set(got) == {"report.csv", "blob.bin"}
+            and got["blob.bin"] == blob
+            and got["report.csv"].replace("\r\n", "\n") == csv,
+            f"attachments {sorted(got)}",
+        )
+
+    messages = [
+        mail.EmailMessage("batch 1", "first\n", "batch@example.com", ["a1@example.org"]),
+        mail.EmailMultiAlternatives("batch 2", "second\n", "batch@example.com",
+                                    ["a2@example.org"], cc=["c2@example.org"]),
+        mail.EmailMessage("batch 3 \u2713", "third \u00e9 " + "\u00e9" * 600 + "\n",
+                          "batch@example.com", ["a3@example.org"], bcc=["b3@example.org"]),
+    ]
+    messages[1].attach_alternative("<p>second</p>", "text/html")
+    before = len(SENT)
+    with mail.get_connection() as connection:
+        c.equal("django send_messages: 3 sent", connection.send_messages(messages), 3)
+    batch = SENT[before:]
+    c.check("django send_messages: one SMTP connection for all",
+            len(batch) == 3 and len({id(x.conn) for x in batch}) == 1,
+            f"{len(batch)} sendmail calls over {len({id(x.conn) for x in batch})} connections")
+    stored = take_stored(c, "django send_messages", 3)
+    found = [check_sent(c, f"django send_messages #{i + 1}", x, stored, helo=helo)
+             for i, x in enumerate(batch)]
+    if all(found):
+        c.equal("django send_messages: envelopes",
+                [(s.record["mail_from"], s.record["rcpt_to"]) for s in found],
+                [("batch@example.com", ["a1@example.org"]),
+                 ("batch@example.com", ["a2@example.org", "c2@example.org"]),
+                 ("batch@example.com", ["a3@example.org", "b3@example.org"])])
+        addrs = {s.record["remote_addr"] for s in found}
+        c.check("django send_messages: the server saw one connection (same remote_addr)",
+                len(addrs) == 1, f"remote addresses {sorted(addrs)}")
+        c.equal("django send_messages: subjects",
+                [str(parse(s.eml)["Subject"]) for s in found],
+                ["batch 1", "batch 2", "batch 3 \u2713"])
+
+
+def swaks_sent(transcript):
+    """The message body swaks sent, reconstructed from its transcript (` -> ` lines between the
+    354 reply and the lone dot), with swaks's dot-stuffing undone and CRLF line ends."""
+    lines = transcript.split(b"\n")
+    start = next((i for i, line in enumerate(lines) if re.match(rb"^<-\s+354 ", line)), None)
+    if start is None:
+        return None
+    out = []
+    for line in lines[start + 1:]:
+        if line.rstrip(b"\r") == b" -> .":
+            return b"".join(out)
+        if not line.startswith(b" ->"):
+            return None
+        content = line[4:].rstrip(b"\r")
+        if content.startswith(b"."):
+            content = content[1:]
+        out.append(content + b"\r\n")
+    return None
+
+
+def curl_sent(path, crlf):
+    """What curl sends for --upload-file PATH (before its dot-stuffing): the file as is, LF turned
+    into CRLF with --crlf, and a CRLF added if the data does not end with one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if crlf:
+        data = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def scenario_verify(c, args):
+    """Checks what a command-line client (swaks, curl) left in the mail dir."""
+    with open(args.transcript, "rb") as f:
+        transcript = f.read()
+    ids = re.findall(rb"^<-?\s+250 2\.0\.0 OK (\S+)\s*$", transcript, re.M)
+    stored = take_stored(c, args.name, 1)
+    c.check(f"{args.name}: one 250 2.0.0 OK <id> reply in the transcript", len(ids) == 1,
+            f"found {ids}")
+    s = find(stored, ids[0].decode()) if ids else None
+    if not c.check(f"{args.name}: 250 reply names the stored message", s is not None,
+                   f"reply ids {ids}, stored {[x.id for x in stored]}"):
+        return
+    if args.pipelined:
+        lines = transcript.split(b"\n")
+        data = next((i for i, x in enumerate(lines) if x.startswith(b" -> DATA")), None)
+        mail_ok = next((i for i, x in enumerate(lines) if re.match(rb"^<-\s+250 2\.1\.0", x)),
+                       None)
+        c.check(f"{args.name}: MAIL, RCPT and DATA sent before the first reply (pipelined)",
+                data is not None and mail_ok is not None and data < mail_ok,
+                f"DATA at transcript line {data}, MAIL's 250 at line {mail_ok}")
+    mail_from = args.mail_from or None
+    check_record(c, args.name, s, mail_from, args.rcpt, args.helo)
+    kind, _, path = args.expect.partition(":")
+    if kind == "swaks":
+        expected = swaks_sent(transcript)
+        if not c.check(f"{args.name}: transcript shows the DATA sent", expected is not None,
+                       "no 354 ... lone-dot section in the transcript"):
+            return
+    elif kind in ("curl", "curl-crlf"):
+        expected = curl_sent(path, kind == "curl-crlf")
+    else:
+        sys.exit(f"e2e.py: unknown --expect {args.expect}")
+    c.same_bytes(f"{args.name}: .eml is exactly the bytes sent", s.eml, expected)
+    for text in args.contains:
+        c.check(f"{args.name}: .eml contains {text!r}", text.encode() in s.eml,
+                f"{s.eml[:300]!r}...")
+
+
+def scenario_console(c, args):
+    """Console mode: the message goes to stdout, the logs to stderr, and nothing crosses."""
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    c.equal(f"console {args.format}: stdout is empty before any mail", read(args.stdout), b"")
+    marker = "body-marker-" + os.urandom(8).hex()
+    raw = (
+        "From: Console <console@example.com>\r\nTo: dev@example.org\r\n"
+        f"Subject: console {args.format} check\r\n\r\nHello console.\r\n{marker}\r\n"
+    ).encode()
+    conn = connect("e2e-console")
+    conn.sendmail("console@example.com", ["dev@example.org", "ops@example.org"], raw)
+    conn.quit()
+    ident = SENT[-1].reply_id
+    c.check(f"console {args.format}: 250 2.0.0 OK <id>", ident is not None, f"{conn.replies}")
+    out, err = read(args.stdout), read(args.stderr)
+    name = f"console {args.format}"
+    if args.format == "raw":
+        c.check(f"{name}: stdout has the exact message bytes", raw in out, f"stdout {out!r}")
+    else:
+        for text in (marker, "Hello console.", f"console {args.format} check",
+                     "console@example.com", "dev@example.org", "ops@example.org"):
+            c.check(f"{name}: stdout shows {text!r}", text.encode() in out, f"stdout {out!r}")
+    c.check(f"{name}: stdout names the message id", ident and ident.encode() in out,
+            f"stdout {out!r}")
+    leaked = [w for w in (b"listening on", b"INFO", b'"level"', b"outcome") if w in out]
+    c.check(f"{name}: no log output on stdout", not leaked, f"found {leaked} in {out!r}")
+    c.check(f"{name}: startup log on stderr", b"listening on" in err, f"stderr {err!r}")
+    c.check(f"{name}: a log line for the message on stderr", ident and ident.encode() in err,
+            f"stderr {err!r}")
+    c.check(f"{name}: message content not on stderr", marker.encode() not in err,
+            f"stderr {err!r}")
+    if args.log_format == "json":
+        bad = []
+        for line in err.splitlines():
+            try:
+                if not isinstance(json.loads(line), dict):
+                    bad.append(line)
+            except ValueError:
+                bad.append(line)
+        c.check(f"{name}: every stderr line is a JSON log record", not bad, f"not JSON: {bad}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="scenario", required=True)
+    for name in ("smtplib", "size", "chunking", "django"):
+        sub.add_parser(name)
+    verify = sub.add_parser("verify", help="check what swaks or curl left in the mail dir")
+    verify.add_argument("--name", required=True)
+    verify.add_argument("--transcript", required=True, help="the client's output")
+    verify.add_argument("--mail-from", required=True, help="'' for the null sender")
+    verify.add_argument("--rcpt", action="append", required=True)
+    verify.add_argument("--helo")
+    verify.add_argument("--expect", required=True,
+                        help="swaks (from the transcript), curl:FILE or curl-crlf:FILE")
+    verify.add_argument("--contains", action="append", default=[])
+    verify.add_argument("--pipelined", action="store_true",
+                        help="check that MAIL, RCPT and DATA went out before their replies")
+    console = sub.add_parser("console")
+    console.add_argument("--stdout", required=True)
+    console.add_argument("--stderr", required=True)
+    console.add_argument("--format", choices=("raw", "summary"), required=True)
+    console.add_argument("--log-format", choices=("text", "json"), required=True)
+    args = parser.parse_args()
+
+    c = Checks()
+    if args.scenario == "verify":
+        scenario_verify(c, args)
+    elif args.scenario == "console":
+        scenario_console(c, args)
+    else:
+        globals()["scenario_" + args.scenario](c)
+    sys.exit(1 if c.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
