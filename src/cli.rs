@@ -81,7 +81,13 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(config: Config, source: Option<PathBuf>) -> ExitCode {
-    let deliver = relay::from_config(&config);
+    let deliver = match relay::from_config(&config) {
+        Ok(deliver) => deliver,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let server = match smtp::Server::bind(config.smtp.clone(), deliver).await {
         Ok(server) => server,
         Err(err) => {
@@ -101,6 +107,7 @@ async fn serve(config: Config, source: Option<PathBuf>) -> ExitCode {
             config.file.dir.display()
         ),
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
+        RelayMode::Gmail => "gmail mode: messages are sent through the Gmail API".to_string(),
     };
     let source = match &source {
         Some(path) => format!("config {}", path.display()),

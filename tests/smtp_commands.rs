@@ -265,3 +265,84 @@ async fn pipelined_commands_are_answered_in_order() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn address_edge_cases() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    assert_code(&client.cmd("EHLO client.test").await, 250);
+    // Non-ASCII needs SMTPUTF8 (RFC 6531); BINARYMIME is not offered.
+    assert!(
+        client
+            .cmd("MAIL FROM:<josé@example.com>")
+            .await
+            .starts_with("553 5.6.7 ")
+    );
+    assert!(
+        client
+            .cmd("MAIL FROM:<a@example.com> BODY=BINARYMIME")
+            .await
+            .starts_with("555 5.5.4 ")
+    );
+    // A quoted local part stays quoted.
+    assert_code(
+        &client.cmd("MAIL FROM:<\"john doe\"@example.com>").await,
+        250,
+    );
+    assert!(
+        client.cmd("RCPT TO:<>").await.starts_with("501 5.1.3 "),
+        "<> is no recipient"
+    );
+    assert!(
+        client
+            .cmd("RCPT TO:<zoë@example.com>")
+            .await
+            .starts_with("553 5.6.7 ")
+    );
+    assert_code(&client.cmd("RCPT TO:<A@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<a@EXAMPLE.com>").await, 250);
+    assert_eq!(
+        client.cmd("RCPT TO:<a@example.com>").await,
+        "250 2.1.5 OK (duplicate recipient)\r\n"
+    );
+    assert_code(&client.data(b"x\r\n.\r\n").await, 250);
+    let (envelope, _) = server.recorder.delivered().pop().unwrap();
+    assert_eq!(envelope.sender_display(), "\"john doe\"@example.com");
+    let rcpts: Vec<&str> = envelope.rcpt_to.iter().map(|a| a.as_str()).collect();
+    assert_eq!(rcpts, ["A@example.com", "a@EXAMPLE.com"]);
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn numbers_too_large_for_any_size() {
+    let config = SmtpConfig {
+        max_message_size: 1000,
+        ..test_config()
+    };
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    assert_code(&client.cmd("EHLO client.test").await, 250);
+    for size in ["99999999999999999999", "99999999999999999999999"] {
+        let reply = client
+            .cmd(&format!("MAIL FROM:<a@example.com> SIZE={size}"))
+            .await;
+        assert!(reply.starts_with("552 5.3.4 "), "{size}: {reply}");
+    }
+    // An all-digit local part is not a size.
+    assert_code(
+        &client
+            .cmd("MAIL FROM:<123456789012345678901234@example.com>")
+            .await,
+        250,
+    );
+    assert_code(&client.cmd("RCPT TO:<b@example.com>").await, 250);
+    // The chunk that follows cannot be skipped: the session ends instead of running data as commands.
+    client
+        .send("BDAT 100000000000000000000005 LAST\r\nhelloNOOP\r\n")
+        .await;
+    assert!(client.reply().await.starts_with("552 5.3.4 "));
+    assert!(client.is_closed().await);
+    assert!(server.recorder.delivered().is_empty());
+    server.stop().await;
+}

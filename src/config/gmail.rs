@@ -138,7 +138,9 @@ impl GmailConfig {
         let mut merged = account.clone();
         merged.token_uri = merged.token_uri.or_else(|| self.token_uri.clone());
         merged.from_policy = merged.from_policy.or(self.from_policy);
-        merged.header_only_recipients = merged.header_only_recipients.or(self.header_only_recipients);
+        merged.header_only_recipients = merged
+            .header_only_recipients
+            .or(self.header_only_recipients);
         merged.max_concurrent_sends = merged.max_concurrent_sends.or(self.max_concurrent_sends);
         merged
     }
@@ -169,24 +171,40 @@ impl GmailConfig {
     /// Checks what can be checked without reading credentials: names, patterns, URLs.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if url::Url::parse(&self.api_base).is_err() {
-            return Err(("gmail.api_base", format!("{:?} is not a URL", self.api_base)));
+            return Err((
+                "gmail.api_base",
+                format!("{:?} is not a URL", self.api_base),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for account in &self.accounts {
             if account.name.is_empty() || !names.insert(account.name.as_str()) {
-                let message = format!("account names must be unique and non-empty: {:?}", account.name);
+                let message = format!(
+                    "account names must be unique and non-empty: {:?}",
+                    account.name
+                );
                 return Err(("gmail.accounts.name", message));
             }
         }
         let default = self.default_account();
         for account in std::iter::once(&default).chain(&self.accounts) {
-            let bad = account.senders.iter().chain(&account.send_as).find(|p| !p.contains('@'));
+            let bad = account
+                .senders
+                .iter()
+                .chain(&account.send_as)
+                .find(|p| !p.contains('@'));
             if let Some(bad) = bad {
-                let message = format!("account {}: {bad:?} is not an address or *@domain", account.name);
+                let message = format!(
+                    "account {}: {bad:?} is not an address or *@domain",
+                    account.name
+                );
                 return Err(("gmail.senders", message));
             }
             if account.max_concurrent_sends == Some(0) {
-                return Err(("gmail.max_concurrent_sends", format!("account {}: must be at least 1", account.name)));
+                return Err((
+                    "gmail.max_concurrent_sends",
+                    format!("account {}: must be at least 1", account.name),
+                ));
             }
         }
         Ok(())

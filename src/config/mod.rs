@@ -258,11 +258,13 @@ impl Config {
         if smtp.idle_timeout.is_zero() {
             return fail("smtp.idle_timeout", "must be longer than 0s");
         }
-        self.gmail.validate().map_err(|(key, message)| ConfigError::Semantic {
-            path: path.to_path_buf(),
-            key,
-            message,
-        })
+        self.gmail
+            .validate()
+            .map_err(|(key, message)| ConfigError::Semantic {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })
     }
 }
 
@@ -276,7 +278,9 @@ mod tests {
             let name = format!("{prefix}{key}");
             match value {
                 toml::Value::Table(inner) => keys(inner, &format!("{name}."), out),
-                toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+                toml::Value::Array(items)
+                    if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+                {
                     for item in items {
                         keys(item.as_table().unwrap(), &format!("{name}."), out);
                     }
@@ -340,7 +344,11 @@ mod tests {
     fn example_shows_the_defaults_and_every_key() {
         let text = include_str!("../../config.toml.example");
         let parsed = Config::parse(text, Path::new("config.toml.example")).unwrap();
-        assert_eq!(parsed, Config::default(), "the example must show the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the example must show the defaults"
+        );
         for key in every_key() {
             let leaf = key.rsplit('.').next().unwrap();
             let shown = text.lines().any(|line| {
@@ -355,12 +363,18 @@ mod tests {
     fn reference_documents_every_key() {
         let reference = include_str!("../../docs/configuration.md");
         for key in every_key() {
-            assert!(reference.contains(&format!("`{key}`")), "docs/configuration.md lacks {key}");
+            assert!(
+                reference.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks {key}"
+            );
         }
     }
 
     #[test]
     fn empty_file_means_defaults() {
-        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x.toml")).unwrap(),
+            Config::default()
+        );
     }
 }

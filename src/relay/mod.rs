@@ -121,11 +121,13 @@ impl DeliveryError {
     }
 }
 
-/// Builds the delivery target the configuration asks for.
-pub fn from_config(config: &Config) -> Arc<dyn Deliver> {
-    match config.relay.mode {
+/// Builds the delivery target the configuration asks for. The error is for the operator: a
+/// credentials file that cannot be read or understood, an impossible account setup.
+pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
+    Ok(match config.relay.mode {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
         RelayMode::Discard => Arc::new(Discard),
-    }
+        RelayMode::Gmail => return Err("gmail mode is not available yet".to_string()),
+    })
 }

@@ -5,6 +5,7 @@
 //! shutdown the listeners stop accepting, idle sessions are told 421, open transactions get
 //! `shutdown_grace` to finish, and then every session is closed.
 
+pub mod address;
 pub mod connection;
 pub mod data;
 pub mod reply;

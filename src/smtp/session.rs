@@ -9,9 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
+use smtp_proto::{
+    Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request,
+};
 use tokio_util::sync::CancellationToken;
 
+use super::address::{self, AddressProblem};
 use super::connection::{BODY_READ, Connection, Line, ReadError};
 use super::data::DotDecoder;
 use super::reply::Reply;
@@ -43,6 +46,8 @@ enum Flow {
 /// One mail transaction: from MAIL to the end of DATA (or RSET).
 struct Transaction {
     mail_from: Option<Address>,
+    /// The client said SMTPUTF8 on MAIL: non-ASCII addresses are allowed.
+    smtputf8: bool,
     rcpt_to: Vec<Address>,
     /// The body collected so far by BDAT chunks; `None` until the first BDAT.
     chunks: Option<BodyWriter>,
@@ -121,11 +126,13 @@ impl Session {
                 }
                 Line::Complete(len) => len,
             };
-            let parsed =
-                Request::parse(&mut self.conn.buffered()[..len].iter()).map(Request::into_owned);
+            let line = &self.conn.buffered()[..len];
+            let facts = LineFacts::of(line);
+            let parsed = Request::parse(&mut line.iter()).map(Request::into_owned);
             self.conn.consume(len);
             let flow = match parsed {
-                Ok(request) => self.dispatch(request).await?,
+                _ if facts.oversized_number => self.oversized_number(facts.bdat),
+                Ok(request) => self.dispatch(request, facts.names_postmaster).await?,
                 Err(err) => {
                     self.conn.reply(&parse_error_reply(err));
                     Flow::Continue
@@ -137,12 +144,16 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, request: Request<String>) -> Result<Flow, ReadError> {
+    async fn dispatch(
+        &mut self,
+        request: Request<String>,
+        names_postmaster: bool,
+    ) -> Result<Flow, ReadError> {
         let reply = match request {
             Request::Ehlo { host } => self.ehlo(host),
             Request::Helo { host } => self.helo(host),
             Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Rcpt { to } => self.rcpt(to, names_postmaster),
             Request::Data => self.data().await?,
             Request::Bdat {
                 chunk_size,
@@ -198,9 +209,14 @@ impl Session {
         if self.transaction.is_some() {
             return Reply::new(503, Status(5, 5, 1), "nested MAIL command");
         }
-        if has_control_chars(&from.address) {
-            return Reply::new(501, Status(5, 1, 7), "bad sender address syntax");
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return Reply::new(555, Status(5, 5, 4), "BODY=BINARYMIME is not supported");
         }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        let address = match address::check(&from.address, smtputf8) {
+            Ok(address) => address.into_owned(),
+            Err(problem) => return address_refused(problem, Status(5, 1, 7), "sender"),
+        };
         let limit = self.ctx.config.max_message_size;
         if from.size as u64 > limit {
             return Reply::new(
@@ -209,33 +225,34 @@ impl Session {
                 format!("message size exceeds fixed limit of {limit} bytes"),
             );
         }
-        let mail_from = (!from.address.is_empty()).then(|| Address::new(from.address));
+        let mail_from = (!address.is_empty()).then(|| Address::new(address));
         self.transaction = Some(Transaction {
             mail_from,
+            smtputf8,
             rcpt_to: Vec::new(),
             chunks: None,
         });
         Reply::new(250, Status(2, 1, 0), "OK")
     }
 
-    fn rcpt(&mut self, to: RcptTo<String>) -> Reply {
+    fn rcpt(&mut self, to: RcptTo<String>, names_postmaster: bool) -> Reply {
         let max = self.ctx.config.max_recipients;
         let Some(transaction) = self.transaction.as_mut() else {
             return Reply::new(503, Status(5, 5, 1), "send MAIL first");
         };
-        if has_control_chars(&to.address) {
-            return Reply::new(501, Status(5, 1, 3), "bad recipient address syntax");
-        }
-        // smtp-proto reports the special recipient <postmaster> as an empty address.
-        let address = if to.address.is_empty() {
-            "postmaster".to_string()
-        } else {
-            to.address
+        let address = match address::check(&to.address, transaction.smtputf8) {
+            // smtp-proto reports both <> and the special recipient <postmaster> as empty.
+            Ok(address) if address.is_empty() && names_postmaster => "postmaster".to_string(),
+            Ok(address) if address.is_empty() => {
+                return Reply::new(501, Status(5, 1, 3), "the null address is not a recipient");
+            }
+            Ok(address) => address.into_owned(),
+            Err(problem) => return address_refused(problem, Status(5, 1, 3), "recipient"),
         };
         if transaction
             .rcpt_to
             .iter()
-            .any(|known| known.as_str().eq_ignore_ascii_case(&address))
+            .any(|known| address::same_mailbox(known.as_str(), &address))
         {
             return Reply::new(250, Status(2, 1, 5), "OK (duplicate recipient)");
         }
@@ -248,6 +265,24 @@ impl Session {
         }
         transaction.rcpt_to.push(Address::new(address));
         Reply::new(250, Status(2, 1, 5), "OK")
+    }
+
+    /// A size no message can have: refuse MAIL; for BDAT the chunk cannot be skipped, so the
+    /// session can no longer tell data from commands and must end.
+    fn oversized_number(&mut self, bdat: bool) -> Flow {
+        let limit = self.ctx.config.max_message_size;
+        let text = format!("message size exceeds fixed limit of {limit} bytes");
+        if bdat {
+            self.transaction = None;
+            self.conn.reply(&Reply::new(
+                552,
+                Status::TOO_BIG,
+                format!("{text}; closing connection"),
+            ));
+            return Flow::Close;
+        }
+        self.conn.reply(&Reply::new(552, Status::TOO_BIG, text));
+        Flow::Continue
     }
 
     fn rset(&mut self) -> Reply {
@@ -408,9 +443,49 @@ fn help() -> Reply {
     )
 }
 
-/// NUL and other control characters are never valid in an address, even quoted.
-fn has_control_chars(address: &str) -> bool {
-    address.chars().any(|c| c.is_control())
+/// The reply for an address [`address::check`] refused; `status` is 5.1.7 (sender) or 5.1.3.
+fn address_refused(problem: AddressProblem, status: Status, role: &str) -> Reply {
+    match problem {
+        AddressProblem::ControlCharacter => {
+            Reply::new(501, status, format!("bad {role} address syntax"))
+        }
+        AddressProblem::NeedsSmtpUtf8 => Reply::new(
+            553,
+            Status(5, 6, 7),
+            format!("non-ASCII {role} address requires the SMTPUTF8 parameter on MAIL"),
+        ),
+    }
+}
+
+/// What the raw command line says that smtp-proto's parse loses.
+#[derive(Debug, Clone, Copy, Default)]
+struct LineFacts {
+    /// A number longer than any size (smtp-proto would misread it).
+    oversized_number: bool,
+    /// `<postmaster>` was named (smtp-proto reports it like `<>`, as an empty address).
+    names_postmaster: bool,
+    /// The command is BDAT.
+    bdat: bool,
+}
+
+impl LineFacts {
+    fn of(line: &[u8]) -> LineFacts {
+        let verb = line.get(..4).unwrap_or_default();
+        let numbers_matter =
+            verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"BDAT");
+        let text = String::from_utf8_lossy(line);
+        // MAIL's address may be all digits; only the parameters after it are sizes.
+        let parameters = if verb.eq_ignore_ascii_case(b"MAIL") {
+            text.rsplit_once('>').map_or("", |(_, rest)| rest)
+        } else {
+            &text
+        };
+        LineFacts {
+            oversized_number: numbers_matter && address::has_oversized_number(parameters),
+            names_postmaster: text.to_ascii_lowercase().contains("<postmaster>"),
+            bdat: verb.eq_ignore_ascii_case(b"BDAT"),
+        }
+    }
 }
 
 fn parse_error_reply(err: ParseError) -> Reply {
