@@ -113,7 +113,7 @@ async fn start_server(
     config.smtp.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     config.smtp.max_connections = config.smtp.max_connections.max(slots);
     config.smtp.shutdown_grace = Duration::from_secs(1);
-    let deliver = relay::from_config(&config);
+    let deliver = relay::from_config(&config).map_err(anyhow::Error::msg)?;
     let server = smtp::Server::bind(config.smtp, deliver).await?;
     let addr = *server.local_addrs().first().context("no address bound")?;
     Ok((addr, tokio::spawn(server.run(shutdown))))
