@@ -81,6 +81,8 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(config: Config, source: Option<PathBuf>) -> ExitCode {
+    // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let deliver = match relay::from_config(&config) {
         Ok(deliver) => deliver,
         Err(err) => {
@@ -118,6 +120,15 @@ async fn serve(config: Config, source: Option<PathBuf>) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         addrs.join(", ")
     );
+    match nofile {
+        Ok(limit) if (limit as usize) < config.smtp.max_connections + 64 => tracing::warn!(
+            limit,
+            max_connections = config.smtp.max_connections,
+            "the open-file limit is below max_connections; raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signals(shutdown.clone()));
     server.run(shutdown).await;

@@ -13,11 +13,18 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use std::io::Write;
 use tempfile::TempPath;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Bodies up to this size stay in memory; larger ones are spilled to a temporary file.
+/// Bodies up to about this size stay in memory; larger ones are spilled to a temporary file.
 pub const SPILL_THRESHOLD: usize = 1024 * 1024;
+/// Room for one more socket read's worth of body, so the staging buffer never doubles past the
+/// threshold before it is spilled.
+const STAGING_HEADROOM: usize = 128 * 1024;
+/// Once spilling, staged bytes are written out whenever this much has gathered.
+const SPILL_CHUNK: usize = 256 * 1024;
 
 /// A mailbox as it appeared in `MAIL FROM` or `RCPT TO`, without the angle brackets.
 ///
@@ -180,7 +187,7 @@ pub struct BodyWriter {
     spill_dir: PathBuf,
     staging: Vec<u8>,
     /// The spill file and how many bytes it holds.
-    spill: Option<(tokio::fs::File, TempPath)>,
+    spill: Option<(std::fs::File, TempPath)>,
     spilled: u64,
     /// Set once the body cannot be accepted; reported by [`finish`](Self::finish).
     refused: Option<BodyError>,
@@ -211,15 +218,18 @@ impl BodyWriter {
             return;
         }
         if self.spilled + self.staging.len() as u64 > self.limit {
-            self.refuse(BodyError::TooLarge { limit: self.limit });
-        } else if self.staging.len() >= SPILL_THRESHOLD {
-            match self.spill_staging().await {
-                Ok(()) => {
-                    self.spilled += self.staging.len() as u64;
-                    self.staging.clear();
-                }
-                Err(err) => self.refuse(BodyError::Storage(err)),
-            }
+            return self.refuse(BodyError::TooLarge { limit: self.limit });
+        }
+        // Spill before the buffer would grow past the threshold; once spilling, write in modest
+        // pieces so each session holds little memory while its body streams to disk.
+        let due = match self.spill {
+            None => SPILL_THRESHOLD - STAGING_HEADROOM,
+            Some(_) => SPILL_CHUNK,
+        };
+        if self.staging.len() >= due
+            && let Err(err) = self.write_staging().await
+        {
+            self.refuse(BodyError::Storage(err));
         }
     }
 
@@ -229,16 +239,33 @@ impl BodyWriter {
         self.spill = None;
     }
 
-    async fn spill_staging(&mut self) -> io::Result<()> {
-        if self.spill.is_none() {
-            let temp = tempfile::Builder::new()
+    /// Moves the staged bytes to the spill file (created on first use). The write runs on the
+    /// blocking pool with the buffer moved in and back out: no copy, no stalled worker thread.
+    async fn write_staging(&mut self) -> io::Result<()> {
+        let (file, path) = match self.spill.take() {
+            Some(spill) => spill,
+            None => tempfile::Builder::new()
                 .prefix(".smtp2gmail-body-")
-                .tempfile_in(&self.spill_dir)?;
-            let (file, path) = temp.into_parts();
-            self.spill = Some((tokio::fs::File::from_std(file), path));
+                .tempfile_in(&self.spill_dir)?
+                .into_parts(),
+        };
+        let buffer = std::mem::take(&mut self.staging);
+        let (file, mut buffer, written) = tokio::task::spawn_blocking(move || {
+            let written = (&file).write_all(&buffer);
+            (file, buffer, written)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        written?;
+        self.spilled += buffer.len() as u64;
+        buffer.clear();
+        if buffer.capacity() > 2 * SPILL_CHUNK {
+            // The buffer that filled up before the first spill; later pieces are smaller.
+            buffer = Vec::with_capacity(SPILL_CHUNK);
         }
-        let (file, _) = self.spill.as_mut().expect("spill file was just created");
-        file.write_all(&self.staging).await
+        self.staging = buffer;
+        self.spill = Some((file, path));
+        Ok(())
     }
 
     /// Finishes the body: the complete message, or why it cannot be had.
@@ -247,20 +274,18 @@ impl BodyWriter {
         if let Some(why) = self.refused {
             return Err(why);
         }
-        match self.spill {
-            None => Ok(Message::from_bytes(self.staging)),
-            Some((mut file, path)) => {
-                let written = async {
-                    file.write_all(&self.staging).await?;
-                    file.flush().await
-                };
-                written.await.map_err(BodyError::Storage)?;
-                Ok(Message {
-                    len: self.spilled + self.staging.len() as u64,
-                    body: Body::Spilled(path),
-                })
-            }
+        if self.spill.is_none() {
+            return Ok(Message::from_bytes(self.staging));
         }
+        self.write_staging().await.map_err(BodyError::Storage)?;
+        let (_, path) = self
+            .spill
+            .take()
+            .expect("write_staging keeps the spill file");
+        Ok(Message {
+            len: self.spilled,
+            body: Body::Spilled(path),
+        })
     }
 }
 

@@ -97,6 +97,7 @@ mod tests {
     #[test]
     fn oversized_numbers() {
         assert!(has_oversized_number("BDAT 100000000000000000000005 LAST"));
-        assert!(!has_oversized_number("BDAT 18446744073709551615 LAST"));
+        assert!(!has_oversized_number("BDAT 1844674407370955161 LAST"));
+        assert!(has_oversized_number("BDAT 18446744073709551615 LAST"));
     }
 }

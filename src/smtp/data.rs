@@ -43,7 +43,7 @@ impl DotDecoder {
         let mut i = 0;
         while i < input.len() {
             match self.state {
-                State::Text => match input[i..].iter().position(|&b| b == b'\r') {
+                State::Text => match memchr::memchr(b'\r', &input[i..]) {
                     None => {
                         out.extend_from_slice(&input[i..]);
                         i = input.len();

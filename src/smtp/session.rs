@@ -321,6 +321,7 @@ impl Session {
             .reply(&Reply::plain(354, "end data with <CR><LF>.<CR><LF>"));
         let mut decoder = DotDecoder::default();
         let mut body = self.body_writer();
+        let mut fair = FairShare::default();
         loop {
             let (used, done) = decoder.decode(self.conn.buffered(), body.staging());
             self.conn.consume(used);
@@ -328,6 +329,7 @@ impl Session {
             if done {
                 break;
             }
+            fair.took(used).await;
             self.conn.fill(BODY_READ).await?;
         }
         Ok(self.end_of_message(body).await)
@@ -344,6 +346,7 @@ impl Session {
             None => self.body_writer(),
         };
         let mut left = size;
+        let mut fair = FairShare::default();
         while left > 0 {
             if self.conn.buffered().is_empty() {
                 self.conn.fill(BODY_READ.min(left)).await?;
@@ -354,6 +357,7 @@ impl Session {
             self.conn.consume(take);
             body.commit().await;
             left -= take;
+            fair.took(take).await;
         }
         if last {
             return Ok(self.end_of_message(body).await);
@@ -424,6 +428,27 @@ impl Session {
             "message"
         );
         reply
+    }
+}
+
+/// Makes a session reading a large body step aside now and then. A socket that always has data
+/// ready never makes the task wait, so without this one 35 MB upload could hold a worker thread
+/// for its whole duration while new clients wait for their greeting.
+#[derive(Default)]
+struct FairShare {
+    since_yield: usize,
+}
+
+impl FairShare {
+    /// Bytes a session may take in one go before letting other tasks run.
+    const QUANTUM: usize = 256 * 1024;
+
+    async fn took(&mut self, bytes: usize) {
+        self.since_yield += bytes;
+        if self.since_yield >= Self::QUANTUM {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 
