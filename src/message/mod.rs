@@ -5,6 +5,10 @@
 //! buffer and moves the rest to an unlinked-on-drop temporary file, so twenty clients sending 35 MB
 //! each cost disk, not RAM.
 
+pub mod gmail_rules;
+pub mod header_edits;
+pub mod headers;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::io;

@@ -1,0 +1,516 @@
+//! What a received message needs before Gmail gets it, decided without I/O.
+//!
+//! Gmail has no envelope: it delivers to the addresses in the To, Cc and Bcc headers and nowhere
+//! else, and it silently replaces a From that is not the account or a verified send-as alias. SMTP
+//! clients assume the opposite (Django writes bcc recipients into `RCPT TO` only). So
+//! [`prepare_for_gmail`] makes the headers say what the envelope says — envelope recipients missing
+//! from the headers are added as Bcc — and applies the operator's policy to recipients that are
+//! only in the headers and to the From address.
+//!
+//! The result is a list of [`Piece`]s, new bytes and ranges of the original, so a 35 MB message is
+//! uploaded without being copied. Apart from the edits listed in [`Prepared`], every byte is the
+//! one received.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+pub use super::header_edits::Piece;
+use super::header_edits::{add_bcc, rewrite_from, splice};
+use super::headers::{AddressField, Headers, normalize};
+use super::{Address, Envelope};
+use crate::relay::{DeliveryError, Status};
+
+/// Lists of addresses in a refusal are cut at about this many bytes: the text ends up in an SMTP
+/// reply line, which must stay under 512 octets.
+const LIST_BUDGET: usize = 200;
+
+/// What to do with To/Cc/Bcc addresses that are not envelope recipients.
+///
+/// Gmail delivers to them regardless of `RCPT TO`, so an SMTP server that relays them lets a client
+/// reach people it never named in the envelope. Refusing is the default because that surprises
+/// nobody who reads the refusal; `allow` is for applications that knowingly rely on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderOnlyRecipients {
+    /// Refuse the message with `550 5.7.1`, naming the addresses.
+    #[default]
+    Reject,
+    /// Send it; Gmail delivers to the header addresses too.
+    Allow,
+}
+
+/// What to do with a From address that is not in `send_as`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FromPolicy {
+    /// Send as is; Gmail shows the account's address instead. The caller logs a warning.
+    #[default]
+    Keep,
+    /// Replace the address with the first `send_as` address, keeping the display name, and add a
+    /// Reply-To with the original From so that replies still reach the sender.
+    Rewrite,
+    /// Refuse the message with `550 5.7.1`.
+    Reject,
+}
+
+/// The operator's choices for the rules, one per way Gmail differs from SMTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GmailPolicy {
+    /// Recipients that appear in To/Cc/Bcc but not in `RCPT TO`.
+    pub header_only_recipients: HeaderOnlyRecipients,
+    /// The From addresses Gmail keeps (the account and its verified aliases). Empty means unknown,
+    /// and then From is not checked: guessing would refuse or rewrite valid mail.
+    pub send_as: Vec<String>,
+    /// From addresses outside `send_as`.
+    pub from_policy: FromPolicy,
+}
+
+/// Why a message is refused. The text is the reply to the client, so it names the addresses
+/// involved and the setting that changes the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyViolation {
+    /// To/Cc/Bcc name addresses (or entries that are not addresses) outside the envelope.
+    #[error(
+        "header recipients not in the envelope: {} (set gmail.header_only_recipients = \"allow\" \
+         to send anyway)",
+        list(.addresses)
+    )]
+    HeaderOnlyRecipients {
+        /// The addresses, normalized, or the raw text of unreadable entries.
+        addresses: Vec<String>,
+    },
+    /// The From address is not one Gmail would keep.
+    #[error(
+        "From {} is not a send-as address of the account ({}); add it to gmail.send_as or set \
+         gmail.from_policy = \"rewrite\"",
+        list(std::slice::from_ref(.from)),
+        list(.send_as)
+    )]
+    UnknownFrom {
+        /// The offending From address.
+        from: String,
+        /// The configured send-as addresses.
+        send_as: Vec<String>,
+    },
+}
+
+impl From<PolicyViolation> for DeliveryError {
+    /// A policy refusal is permanent: sending the same message again gets the same answer.
+    fn from(violation: PolicyViolation) -> Self {
+        DeliveryError::Permanent {
+            status: Status::POLICY,
+            reason: violation.to_string(),
+        }
+    }
+}
+
+/// The message as Gmail should get it, and what was changed, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The upload, in order: received bytes with the new bytes between them.
+    pub pieces: Vec<Piece>,
+    /// Envelope recipients that no header named, now in a Bcc field.
+    pub added_bcc: Vec<Address>,
+    /// The From address when it is not in `send_as` and was kept or rewritten, so the caller can
+    /// warn (once per address) that Gmail will not show it.
+    pub unknown_from: Option<String>,
+    /// Whether that From was replaced by the first `send_as` address.
+    pub from_rewritten: bool,
+}
+
+impl Prepared {
+    /// The size of the upload in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::New(bytes) => bytes.len(),
+                Piece::Original(range) => range.len(),
+            })
+            .sum()
+    }
+
+    /// True when there is nothing to upload (an empty message with no recipient to add).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when the upload is exactly the received bytes, so the caller may send them as they are.
+    pub fn is_unchanged(&self) -> bool {
+        self.pieces.iter().all(|p| matches!(p, Piece::Original(_)))
+    }
+
+    /// The upload as chunks for a streaming request body; ranges of `raw` share its memory.
+    pub fn to_chunks(&self, raw: Bytes) -> Vec<Bytes> {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::New(bytes) => Bytes::copy_from_slice(bytes),
+                Piece::Original(range) => raw.slice(range.clone()),
+            })
+            .collect()
+    }
+
+    /// The upload in one buffer: for tests and small messages.
+    pub fn to_vec(&self, raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for piece in &self.pieces {
+            match piece {
+                Piece::New(bytes) => out.extend_from_slice(bytes),
+                Piece::Original(range) => out.extend_from_slice(&raw[range.clone()]),
+            }
+        }
+        out
+    }
+}
+
+/// Applies the rules to one message: the upload, or why the message must be refused.
+///
+/// Header-only recipients are checked before From, so a message with both problems is refused for
+/// the one that concerns who receives it. A message without any From (or with an empty one) passes
+/// the From check: Gmail then uses the account's address, which is what such a client expects.
+pub fn prepare_for_gmail(
+    policy: &GmailPolicy,
+    envelope: &Envelope,
+    raw: &[u8],
+) -> Result<Prepared, PolicyViolation> {
+    let headers = Headers::read(raw);
+    if policy.header_only_recipients == HeaderOnlyRecipients::Reject {
+        let outside = header_only_recipients(&headers, &envelope.rcpt_to);
+        if !outside.is_empty() {
+            return Err(PolicyViolation::HeaderOnlyRecipients { addresses: outside });
+        }
+    }
+
+    let mut edits = Vec::new();
+    let mut unknown_from = None;
+    let mut from_rewritten = false;
+    if let Some((from, fields)) = find_unknown_from(&policy.send_as, &headers) {
+        match policy.from_policy {
+            FromPolicy::Reject => {
+                return Err(PolicyViolation::UnknownFrom {
+                    from,
+                    send_as: policy.send_as.clone(),
+                });
+            }
+            FromPolicy::Keep => {}
+            FromPolicy::Rewrite => {
+                rewrite_from(&mut edits, raw, &headers, &fields, policy.send_as[0].trim());
+                from_rewritten = true;
+            }
+        }
+        unknown_from = Some(from);
+    }
+
+    let added_bcc = missing_recipients(&headers, &envelope.rcpt_to);
+    if !added_bcc.is_empty() {
+        edits.push(add_bcc(raw, &headers, &added_bcc));
+    }
+    Ok(Prepared {
+        pieces: splice(edits, raw.len()),
+        added_bcc,
+        unknown_from,
+        from_rewritten,
+    })
+}
+
+/// Header entries outside the envelope, in header order, each once. Unreadable entries count:
+/// nobody can tell whom Gmail would make of them.
+fn header_only_recipients(headers: &Headers, rcpt_to: &[Address]) -> Vec<String> {
+    let envelope: HashSet<String> = rcpt_to.iter().map(|a| normalize(a.as_str())).collect();
+    let mut seen = HashSet::new();
+    headers
+        .recipient_fields()
+        .flat_map(|field| {
+            let outside = field.addresses.iter().filter(|a| !envelope.contains(*a));
+            outside.chain(&field.unparsed)
+        })
+        .filter(|entry| seen.insert(entry.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Envelope recipients that no To/Cc/Bcc address names, in envelope order, each once.
+fn missing_recipients(headers: &Headers, rcpt_to: &[Address]) -> Vec<Address> {
+    let mut named = headers.recipients();
+    rcpt_to
+        .iter()
+        .filter(|a| named.insert(normalize(a.as_str())))
+        .cloned()
+        .collect()
+}
+
+/// The first From entry Gmail would replace, and every From field holding such an entry; `None`
+/// when `send_as` is empty (nothing to compare with) or every entry is allowed.
+fn find_unknown_from<'h>(
+    send_as: &[String],
+    headers: &'h Headers,
+) -> Option<(String, Vec<&'h AddressField>)> {
+    let allowed: HashSet<String> = send_as.iter().map(|a| normalize(a)).collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let unknown_entry = |field: &AddressField| {
+        let outside = field.addresses.iter().find(|a| !allowed.contains(*a));
+        outside.or(field.unparsed.first()).cloned()
+    };
+    let fields: Vec<&AddressField> = headers
+        .from
+        .iter()
+        .filter(|field| unknown_entry(field).is_some())
+        .collect();
+    let first = unknown_entry(fields.first()?)?;
+    Some((first, fields))
+}
+
+/// A list for a refusal text: control characters (a decoded header may contain CR LF) replaced so
+/// the reply stays one line, long entries cut, and the tail summarised past [`LIST_BUDGET`].
+fn list(items: &[String]) -> String {
+    const ENTRY_MAX: usize = 100;
+    let mut out = String::new();
+    for (shown, item) in items.iter().enumerate() {
+        let mut entry: String = item
+            .chars()
+            .take(ENTRY_MAX)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        if item.chars().nth(ENTRY_MAX).is_some() {
+            entry.push_str("...");
+        }
+        if !out.is_empty() && out.len() + entry.len() > LIST_BUDGET {
+            out.push_str(&format!(" and {} more", items.len() - shown));
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(&entry);
+    }
+    if out.is_empty() {
+        out.push_str("none");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::message::MessageId;
+
+    fn envelope(rcpt_to: &[&str]) -> Envelope {
+        Envelope {
+            id: MessageId::generate(),
+            mail_from: Some(Address::new("app@example.com")),
+            rcpt_to: rcpt_to.iter().map(|a| Address::new(*a)).collect(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            helo: "client".to_owned(),
+            auth_user: None,
+            received_at: SystemTime::now(),
+        }
+    }
+
+    fn policy(send_as: &[&str], from_policy: FromPolicy) -> GmailPolicy {
+        GmailPolicy {
+            send_as: send_as.iter().map(|a| a.to_string()).collect(),
+            from_policy,
+            ..GmailPolicy::default()
+        }
+    }
+
+    /// The upload for `raw` under `policy`, checked for consistency between its three forms.
+    fn prepare(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) -> (Prepared, Vec<u8>) {
+        let prepared = prepare_for_gmail(policy, &envelope(rcpt_to), raw).unwrap();
+        let out = prepared.to_vec(raw);
+        assert_eq!(prepared.len(), out.len());
+        assert_eq!(
+            prepared.to_chunks(Bytes::copy_from_slice(raw)).concat(),
+            out
+        );
+        (prepared, out)
+    }
+
+    fn refusal(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) -> PolicyViolation {
+        prepare_for_gmail(policy, &envelope(rcpt_to), raw).unwrap_err()
+    }
+
+    fn assert_unchanged(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) {
+        let (prepared, out) = prepare(policy, rcpt_to, raw);
+        assert!(prepared.is_unchanged() && prepared.added_bcc.is_empty());
+        assert_eq!(out, raw);
+    }
+
+    const DJANGO: &[u8] = b"From: app@example.com\r\nTo: a@x.org\r\nCc: b@x.org\r\n\
+        Subject: hi\r\n\r\nbody\r\n";
+
+    #[test]
+    fn envelope_only_recipients_become_a_bcc_field_in_front() {
+        let rcpt = ["a@x.org", "b@x.org", "c@x.org"];
+        let (prepared, out) = prepare(&GmailPolicy::default(), &rcpt, DJANGO);
+        let added = b"Bcc: c@x.org\r\n";
+        assert_eq!(&out[..added.len()], added);
+        assert_eq!(&out[added.len()..], DJANGO, "the rest is byte-identical");
+        assert_eq!(prepared.added_bcc, [Address::new("c@x.org")]);
+        assert_eq!(prepared.pieces[1], Piece::Original(0..DJANGO.len()));
+    }
+
+    #[test]
+    fn nothing_is_added_when_the_headers_name_every_recipient() {
+        assert_unchanged(&GmailPolicy::default(), &["a@x.org", "b@x.org"], DJANGO);
+        let names = b"To: \"Bob\" <Bob@Example.COM>, =?utf-8?q?J=C3=B6rg?= <jorg@x.org>\r\n\
+            Cc: \"eve@x.org\" <c@x.org>, (eve@x.org) d@x.org, =?utf-8?q?eve=40x.org?= <e@x.org>\r\n\r\n";
+        let rcpt = [
+            "bob@example.com",
+            "Jorg@X.org",
+            "c@x.org",
+            "d@x.org",
+            "e@x.org",
+        ];
+        assert_unchanged(&GmailPolicy::default(), &rcpt, names);
+        let group = b"To: team: a@x.org, b@x.org;\r\nCc: folded@x.org,\r\n  c@x.org\r\n\r\n";
+        let rcpt = ["a@x.org", "b@x.org", "c@x.org", "folded@x.org"];
+        assert_unchanged(&GmailPolicy::default(), &rcpt, group);
+    }
+
+    #[test]
+    fn undisclosed_recipients_are_all_added() {
+        let raw = b"To: undisclosed-recipients:;\r\n\r\nbody";
+        let (_, out) = prepare(&GmailPolicy::default(), &["a@x.org", "b@x.org"], raw);
+        assert_eq!(out, [&b"Bcc: a@x.org, b@x.org\r\n"[..], raw].concat());
+    }
+
+    #[test]
+    fn header_only_recipients_are_refused_unless_allowed() {
+        let raw = b"To: a@x.org, Eve <EVE@x.org>, bob\r\nCc: a@x.org\r\n\r\n";
+        let refused = refusal(&GmailPolicy::default(), &["a@x.org"], raw);
+        assert_eq!(
+            refused,
+            PolicyViolation::HeaderOnlyRecipients {
+                addresses: vec!["eve@x.org".into(), "bob".into()]
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "header recipients not in the envelope: eve@x.org, bob \
+             (set gmail.header_only_recipients = \"allow\" to send anyway)"
+        );
+        let reply = DeliveryError::from(refused);
+        assert!(reply.is_permanent() && reply.status() == Status::POLICY);
+
+        let allow = GmailPolicy {
+            header_only_recipients: HeaderOnlyRecipients::Allow,
+            ..GmailPolicy::default()
+        };
+        let (_, out) = prepare(&allow, &["a@x.org", "z@x.org"], raw);
+        assert_eq!(out, [&b"Bcc: z@x.org\r\n"[..], raw].concat());
+    }
+
+    const OTHER_FROM: &[u8] = b"From: \"Shop\" <Noreply@Shop.example>\r\nTo: a@x.org\r\n\r\nbody";
+
+    #[test]
+    fn an_unknown_from_is_kept_and_reported() {
+        let keep = policy(&["me@gmail.com"], FromPolicy::Keep);
+        let (prepared, out) = prepare(&keep, &["a@x.org"], OTHER_FROM);
+        assert_eq!(out, OTHER_FROM);
+        assert_eq!(
+            prepared.unknown_from.as_deref(),
+            Some("noreply@shop.example")
+        );
+        assert!(!prepared.from_rewritten);
+    }
+
+    #[test]
+    fn an_unknown_from_can_be_refused() {
+        let reject = policy(&["me@gmail.com", "alias@x.org"], FromPolicy::Reject);
+        let refused = refusal(&reject, &["a@x.org"], OTHER_FROM);
+        assert_eq!(
+            refused.to_string(),
+            "From noreply@shop.example is not a send-as address of the account (me@gmail.com, \
+             alias@x.org); add it to gmail.send_as or set gmail.from_policy = \"rewrite\""
+        );
+        // Header-only recipients are the first concern.
+        let refused = refusal(&reject, &["b@x.org"], OTHER_FROM);
+        assert!(matches!(
+            refused,
+            PolicyViolation::HeaderOnlyRecipients { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_from_can_be_rewritten() {
+        let rewrite = policy(&["Me@Gmail.com", "alias@x.org"], FromPolicy::Rewrite);
+        let (prepared, out) = prepare(&rewrite, &["a@x.org", "c@x.org"], OTHER_FROM);
+        let expected = b"Bcc: c@x.org\r\nFrom: \"Shop\" <Me@Gmail.com>\r\n\
+            Reply-To: \"Shop\" <Noreply@Shop.example>\r\nTo: a@x.org\r\n\r\nbody";
+        assert_eq!(out, expected);
+        assert!(prepared.from_rewritten);
+        assert_eq!(
+            prepared.unknown_from.as_deref(),
+            Some("noreply@shop.example")
+        );
+    }
+
+    #[test]
+    fn from_is_not_checked_without_send_as_nor_when_allowed_or_absent() {
+        let reject = |send_as: &[&str]| policy(send_as, FromPolicy::Reject);
+        let (prepared, _) = prepare(&reject(&[]), &["a@x.org"], OTHER_FROM);
+        assert_eq!(prepared.unknown_from, None);
+        assert_unchanged(&reject(&["noreply@shop.EXAMPLE"]), &["a@x.org"], OTHER_FROM);
+        assert_unchanged(
+            &reject(&["me@gmail.com"]),
+            &["a@x.org"],
+            b"To: a@x.org\r\n\r\n",
+        );
+        assert_unchanged(
+            &reject(&["me@gmail.com"]),
+            &["a@x.org"],
+            b"From:\r\nTo: a@x.org\r\n",
+        );
+        let unreadable = refusal(&reject(&["me@gmail.com"]), &["a@x.org"], b"From: me\r\n");
+        assert!(matches!(unreadable, PolicyViolation::UnknownFrom { from, .. } if from == "me"));
+    }
+
+    #[test]
+    fn a_huge_body_is_neither_read_nor_copied() {
+        let mut raw = b"From: app@example.com\r\nTo: a@x.org\r\n\r\n".to_vec();
+        let lines = b"To: body@x.org\r\nBcc: body@x.org\r\nFrom: body@x.org\r\n";
+        while raw.len() < 35 * 1024 * 1024 {
+            raw.extend_from_slice(lines);
+        }
+        let raw = Bytes::from(raw);
+        assert_eq!(
+            Headers::read(&raw).end,
+            36,
+            "the reader stops at the empty line"
+        );
+        let strict = policy(&["app@example.com"], FromPolicy::Reject);
+        let prepared = prepare_for_gmail(&strict, &envelope(&["a@x.org", "c@x.org"]), &raw)
+            .expect("body lines are no header recipients");
+        let chunks = prepared.to_chunks(raw.clone());
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(&chunks[0][..], b"Bcc: c@x.org\r\n");
+        assert_eq!(
+            chunks[1].as_ptr(),
+            raw.as_ptr(),
+            "the original is not copied"
+        );
+        assert_eq!(prepared.len(), raw.len() + chunks[0].len());
+    }
+
+    #[test]
+    fn refusal_texts_stay_one_short_line() {
+        let many: Vec<String> = (0..50).map(|i| format!("someone{i}@example.com")).collect();
+        let text = list(&many);
+        assert!(
+            text.len() < LIST_BUDGET + 40 && text.ends_with(" and 41 more"),
+            "{text}"
+        );
+        let hostile = list(&["a\r\nRSET\r\n".to_owned(), "x".repeat(500)]);
+        assert!(
+            !hostile.contains(['\r', '\n']) && hostile.len() < 120,
+            "{hostile}"
+        );
+    }
+}
