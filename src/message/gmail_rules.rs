@@ -25,34 +25,7 @@ use crate::relay::{DeliveryError, Status};
 /// reply line, which must stay under 512 octets.
 const LIST_BUDGET: usize = 200;
 
-/// What to do with To/Cc/Bcc addresses that are not envelope recipients.
-///
-/// Gmail delivers to them regardless of `RCPT TO`, so an SMTP server that relays them lets a client
-/// reach people it never named in the envelope. Refusing is the default because that surprises
-/// nobody who reads the refusal; `allow` is for applications that knowingly rely on it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeaderOnlyRecipients {
-    /// Refuse the message with `550 5.7.1`, naming the addresses.
-    #[default]
-    Reject,
-    /// Send it; Gmail delivers to the header addresses too.
-    Allow,
-}
-
-/// What to do with a From address that is not in `send_as`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FromPolicy {
-    /// Send as is; Gmail shows the account's address instead. The caller logs a warning.
-    #[default]
-    Keep,
-    /// Replace the address with the first `send_as` address, keeping the display name, and add a
-    /// Reply-To with the original From so that replies still reach the sender.
-    Rewrite,
-    /// Refuse the message with `550 5.7.1`.
-    Reject,
-}
+pub use crate::config::{FromPolicy, HeaderOnlyRecipients};
 
 /// The operator's choices for the rules, one per way Gmail differs from SMTP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,7 +148,17 @@ pub fn prepare_for_gmail(
     envelope: &Envelope,
     raw: &[u8],
 ) -> Result<Prepared, PolicyViolation> {
-    let headers = Headers::read(raw);
+    prepare_with_headers(policy, envelope, raw, &Headers::read(raw))
+}
+
+/// [`prepare_for_gmail`] for a caller that has already read the headers of `raw` (the relay reads
+/// them once, to route the message, and reuses them here).
+pub fn prepare_with_headers(
+    policy: &GmailPolicy,
+    envelope: &Envelope,
+    raw: &[u8],
+    headers: &Headers,
+) -> Result<Prepared, PolicyViolation> {
     if policy.header_only_recipients == HeaderOnlyRecipients::Reject {
         let outside = header_only_recipients(&headers, &envelope.rcpt_to);
         if !outside.is_empty() {

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::config::gmail::sender_matches;
 use crate::config::{AccountConfig, GmailConfig};
 use crate::google::{self, CredentialSpec, TokenSource};
-use crate::message::gmail_rules::Policy;
+use crate::message::gmail_rules::GmailPolicy;
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
 /// "Too many concurrent requests for user".
@@ -44,7 +44,7 @@ pub struct Account {
     /// Who the token is for.
     pub impersonate: Impersonate,
     /// Recipient and From rules.
-    pub policy: Policy,
+    pub policy: GmailPolicy,
     /// Caps simultaneous sends.
     pub sends: Semaphore,
     /// The credentials file, for the `authorize` hint in errors.
@@ -58,6 +58,7 @@ impl Account {
     pub fn from_config(config: &AccountConfig, http: &reqwest::Client) -> Result<Account, String> {
         let name = &config.name;
         let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
+        let from_environment = matches!(spec, CredentialSpec::Environment);
         let credentials = google::load(&spec, config.token_uri.as_deref().filter(|u| !u.is_empty()))
             .map_err(|err| format!("account {name}: {err}"))?;
         let impersonate = match (credentials.is_service_account(), config.impersonate.as_deref()) {
@@ -81,10 +82,14 @@ impl Account {
         Ok(Account {
             name: name.clone(),
             senders: config.senders.clone(),
-            user_id: config.user_id.clone().unwrap_or_else(|| "me".to_string()),
-            tokens: Arc::new(TokenSource::new(credentials, http.clone())),
+            user_id: config
+                .user_id
+                .clone()
+                .or_else(|| from_environment.then(|| std::env::var(google::ENV_USER_ID).ok()).flatten())
+                .unwrap_or_else(|| "me".to_string()),
+            tokens: Arc::new(TokenSource::new(name.clone(), credentials, http.clone())),
             impersonate,
-            policy: Policy {
+            policy: GmailPolicy {
                 header_only_recipients: config.header_only_recipients.unwrap_or_default(),
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
@@ -118,20 +123,19 @@ impl Account {
 
 /// Where an account's credentials come from: a file, inline values, or the environment variables
 /// django-gmailapi-backend users already have.
-fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, google::CredentialError> {
+fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, String> {
     if let Some(path) = &config.credentials {
         return Ok(CredentialSpec::File(path.clone()));
     }
+    let resolve = |value: &str| google::resolve_secret(value).map_err(|err| err.to_string());
     match (&config.client_id, &config.client_secret, &config.refresh_token) {
         (None, None, None) => Ok(CredentialSpec::Environment),
         (Some(id), Some(secret), Some(refresh)) => Ok(CredentialSpec::Inline {
-            client_id: google::resolve_secret(id)?.expose().to_string(),
-            client_secret: google::resolve_secret(secret)?,
-            refresh_token: google::resolve_secret(refresh)?,
+            client_id: resolve(id)?.expose().to_string(),
+            client_secret: resolve(secret)?,
+            refresh_token: resolve(refresh)?,
         }),
-        _ => Err(google::CredentialError::Incomplete(
-            "client_id, client_secret and refresh_token must be given together".to_string(),
-        )),
+        _ => Err("client_id, client_secret and refresh_token must be given together".to_string()),
     }
 }
 

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use super::{Deliver, DeliveryError, Receipt, Status};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
-use crate::message::gmail_rules::{self, Prepared};
-use crate::message::headers::HeaderAddresses;
+use crate::message::gmail_rules;
+use crate::message::headers::Headers;
 use crate::message::{Envelope, Message};
 use accounts::{Account, Router};
 use api::{GmailApi, SendError};
@@ -89,9 +89,9 @@ impl Gmail {
             .to_bytes()
             .await
             .map_err(|err| DeliveryError::local(format!("cannot read the message: {err}")))?;
-        let headers = HeaderAddresses::read(&raw);
+        let headers = Headers::read(&raw);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
-        let from = headers.from.first().map(String::as_str);
+        let from = headers.from.iter().flat_map(|field| &field.addresses).next().map(String::as_str);
         let Some(account) = self.router.route(sender, from) else {
             return Err(DeliveryError::Permanent {
                 status: Status::POLICY,
@@ -101,12 +101,7 @@ impl Gmail {
                 ),
             });
         };
-        let prepared: Prepared = gmail_rules::prepare(envelope, &raw, &headers, &account.policy).map_err(|violation| {
-            DeliveryError::Permanent {
-                status: Status::POLICY,
-                reason: violation.to_string(),
-            }
-        })?;
+        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, &raw, &headers)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
