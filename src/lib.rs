@@ -14,11 +14,14 @@
 //!   ([`message::Message`]), spilled to disk when large.
 //! - [`relay`]: the one delivery trait ([`relay::Deliver`]) whose error says temporary or permanent,
 //!   and its targets: console, file, discard.
+//! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
+//!   environment) and per-account access-token sources with single-flight refresh.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
 pub mod cli;
 pub mod config;
+pub mod google;
 pub mod message;
 pub mod relay;
 pub mod smtp;

@@ -2,6 +2,8 @@
 //! SMTP client that speaks bytes over a real socket.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fake_google;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

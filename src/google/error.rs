@@ -1,0 +1,168 @@
+//! Why no access token could be had, split by who must act: a person (`Credentials`) or time
+//! (`Temporary`). The relay turns the first into "hold mail and report loudly", the second into
+//! "retry with backoff".
+
+use super::GMAIL_SEND_SCOPE;
+use super::credentials::{CredentialKind, Credentials, Grant};
+
+/// Why [`TokenSource::access_token`](super::TokenSource::access_token) failed. Never contains a
+/// secret: only Google's error code and description, and our own advice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The credentials were refused; retrying cannot help until a person acts on `fix`.
+    #[error("credentials refused: {error}{}; to fix: {fix}", describe(description))]
+    Credentials {
+        /// The OAuth error code (`invalid_grant`, `invalid_client`, `unauthorized_client`, ...),
+        /// or our own code for problems found before asking Google (`missing_subject`).
+        error: String,
+        /// Google's `error_description`, possibly empty.
+        description: String,
+        /// One sentence saying what to do.
+        fix: String,
+    },
+    /// The token endpoint could not answer properly now (5xx, timeout, connection failure).
+    #[error("no access token for now: {reason}")]
+    Temporary {
+        /// What happened, for logs and the SMTP reply.
+        reason: String,
+    },
+}
+
+fn describe(description: &str) -> String {
+    if description.is_empty() {
+        String::new()
+    } else {
+        format!(" ({description})")
+    }
+}
+
+impl TokenError {
+    /// True when waiting and retrying may succeed.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, TokenError::Temporary { .. })
+    }
+
+    /// What a person should do, for credential problems.
+    pub fn fix(&self) -> Option<&str> {
+        match self {
+            TokenError::Credentials { fix, .. } => Some(fix),
+            TokenError::Temporary { .. } => None,
+        }
+    }
+
+    /// Classifies an OAuth error response. Google uses `error` codes for its own outages too, so
+    /// those become temporary; every other code needs a person.
+    pub(crate) fn from_oauth(
+        code: &str,
+        description: Option<&str>,
+        credentials: &Credentials,
+        subject: Option<&str>,
+    ) -> TokenError {
+        let description = description.unwrap_or_default().to_string();
+        if matches!(
+            code,
+            "server_error" | "temporarily_unavailable" | "internal_failure"
+        ) {
+            return TokenError::Temporary {
+                reason: format!(
+                    "token endpoint {} answered {code}{}",
+                    credentials.token_uri,
+                    describe(&description)
+                ),
+            };
+        }
+        TokenError::Credentials {
+            error: code.to_string(),
+            description,
+            fix: fix(code, credentials, subject),
+        }
+    }
+
+    /// A credentials problem found locally, before any request.
+    pub(crate) fn local(code: &str, description: &str, fix: String) -> TokenError {
+        TokenError::Credentials {
+            error: code.to_string(),
+            description: description.to_string(),
+            fix,
+        }
+    }
+}
+
+/// The advice for an OAuth error code, naming the file, client and user involved.
+fn fix(code: &str, credentials: &Credentials, subject: Option<&str>) -> String {
+    let source = credentials.to_string();
+    let token_uri = &credentials.token_uri;
+    let key = match &credentials.grant {
+        Grant::ServiceAccount(key) => key,
+        Grant::RefreshToken { .. } => {
+            return match code {
+                "invalid_grant" => format!(
+                    "the refresh token has expired or was revoked; {}. Apps whose OAuth consent screen \
+                     is in \"Testing\" publishing status get refresh tokens that expire after 7 days: \
+                     set it to \"In production\" to keep them. Tokens also end after 6 months unused, \
+                     a password change, or revocation by the user or an administrator",
+                    authorize_again(&credentials.kind)
+                ),
+                "invalid_client" => format!(
+                    "the client_id/client_secret ({source}) are wrong, or the OAuth client was \
+                     deleted; download the client secret file again from the Google Cloud console \
+                     (APIs & Services > Credentials), then {}",
+                    authorize_again(&credentials.kind)
+                ),
+                "unauthorized_client" => format!(
+                    "the refresh token belongs to a different OAuth client than the client_id \
+                     ({source}); {} with the client secret file of the client you use",
+                    authorize_again(&credentials.kind)
+                ),
+                "invalid_scope" => format!(
+                    "the token was not granted the {GMAIL_SEND_SCOPE} scope; {}",
+                    authorize_again(&credentials.kind)
+                ),
+                _ => format!("check the credentials ({source}) and the token endpoint {token_uri}"),
+            };
+        }
+    };
+    let email = &key.client_email;
+    let client_id = key.client_id.as_deref().unwrap_or("(client_id of the key)");
+    match code {
+        "invalid_grant" => format!(
+            "check that the key of service account {email} still exists and is enabled, that {} \
+             is a user of the Workspace domain, and that this machine's clock is correct",
+            subject.unwrap_or("the user to send as")
+        ),
+        "invalid_client" => format!(
+            "the service account {email} or its key was deleted or disabled; create a new key in \
+             the Google Cloud console (IAM & Admin > Service accounts)"
+        ),
+        "unauthorized_client" | "invalid_scope" => format!(
+            "domain-wide delegation is not set up for {email}: in the Google Admin console \
+             (Security > Access and data control > API controls > Manage domain-wide delegation) \
+             add client ID {client_id} with the scope {GMAIL_SEND_SCOPE}; changes can take up to \
+             24 hours to propagate"
+        ),
+        _ => format!("check the service account key ({source}) and the token endpoint {token_uri}"),
+    }
+}
+
+/// "run `smtp2gmail authorize ...`" pointed at the file the credentials came from.
+fn authorize_again(kind: &CredentialKind) -> String {
+    let command = |target: &str| {
+        format!(
+            "run `smtp2gmail authorize --client-secret CLIENT_SECRET.json --token-file {target}`"
+        )
+    };
+    match kind {
+        CredentialKind::TokenFile(path) | CredentialKind::AuthorizedUser(path) => {
+            command(&path.display().to_string())
+        }
+        CredentialKind::Inline => format!(
+            "{} and configure that file (or copy its refresh_token into the configuration)",
+            command("token.json")
+        ),
+        CredentialKind::Environment => format!(
+            "{} and put its refresh_token into GMAIL_API_REFRESH_TOKEN",
+            command("token.json")
+        ),
+        CredentialKind::ServiceAccount(_) => command("token.json"),
+    }
+}

@@ -1,0 +1,233 @@
+//! The JSON credential files people already have, read as they are, and the one write-back we do:
+//! saving a rotated refresh token into the token file it came from.
+//!
+//! Files are parsed into `serde_json::Value` and picked apart by hand rather than into typed
+//! structs, because serde's type errors quote the offending value, and that value may be a secret.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use jsonwebtoken::EncodingKey;
+use serde_json::{Map, Value};
+
+use super::credentials::{CredentialError, CredentialKind, Credentials, Grant, ServiceAccountKey};
+use super::{DEFAULT_TOKEN_URI, Secret};
+
+/// Reads a credentials file and works out what it is from its keys.
+pub(crate) fn load(path: &Path) -> Result<Credentials, CredentialError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| CredentialError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let Value::Object(map) = value else {
+        return Err(CredentialError::Unrecognised {
+            path: path.to_path_buf(),
+        });
+    };
+    let fields = Fields { path, map: &map };
+    if ["installed", "web"]
+        .iter()
+        .any(|k| map.get(*k).is_some_and(Value::is_object))
+    {
+        return Err(CredentialError::ClientSecretFile {
+            path: path.to_path_buf(),
+        });
+    }
+    match fields.optional("type")? {
+        Some("service_account") => service_account(&fields),
+        Some("authorized_user") => {
+            refresh_token(&fields, CredentialKind::AuthorizedUser(path.to_path_buf()))
+        }
+        Some(other) => Err(CredentialError::UnsupportedType {
+            path: path.to_path_buf(),
+            kind: other.to_string(),
+        }),
+        // token.json has no `type`; recognise it by the keys it cannot do without.
+        None if ["refresh_token", "client_id", "client_secret"]
+            .iter()
+            .any(|k| map.contains_key(*k)) =>
+        {
+            refresh_token(&fields, CredentialKind::TokenFile(path.to_path_buf()))
+        }
+        None => Err(CredentialError::Unrecognised {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// A quickstart token.json or a gcloud authorized_user file.
+fn refresh_token(fields: &Fields, kind: CredentialKind) -> Result<Credentials, CredentialError> {
+    let mut credentials = Credentials::refresh_token(
+        kind,
+        fields.required("client_id")?.to_string(),
+        Secret::new(fields.required("client_secret")?),
+        Secret::new(fields.required("refresh_token")?),
+    );
+    credentials.token_uri = fields.token_uri()?;
+    credentials.account = fields.optional("account")?.map(str::to_string);
+    credentials.scopes = fields.scopes()?;
+    credentials.cached_token = fields.cached_token()?;
+    Ok(credentials)
+}
+
+/// A service account key file.
+fn service_account(fields: &Fields) -> Result<Credentials, CredentialError> {
+    let key = EncodingKey::from_rsa_pem(fields.required("private_key")?.as_bytes())
+        .map_err(|_| fields.invalid("private_key", "is not a PEM-encoded RSA private key"))?;
+    let key = ServiceAccountKey {
+        client_email: fields.required("client_email")?.to_string(),
+        client_id: fields.optional("client_id")?.map(str::to_string),
+        private_key_id: fields.optional("private_key_id")?.map(str::to_string),
+        key,
+    };
+    Ok(Credentials {
+        kind: CredentialKind::ServiceAccount(fields.path.to_path_buf()),
+        grant: Grant::ServiceAccount(key),
+        token_uri: fields.token_uri()?,
+        account: None,
+        scopes: None,
+        cached_token: None,
+    })
+}
+
+/// One JSON object and the file it came from, for errors that name both.
+struct Fields<'a> {
+    path: &'a Path,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn invalid(&self, key: &'static str, problem: &'static str) -> CredentialError {
+        CredentialError::Key {
+            path: self.path.to_path_buf(),
+            key,
+            problem,
+        }
+    }
+
+    /// A string value; absent, null and "" all mean "not given" (google-auth writes `"account": ""`).
+    fn optional(&self, key: &'static str) -> Result<Option<&'a str>, CredentialError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.invalid(key, "must be a string")),
+        }
+    }
+
+    fn required(&self, key: &'static str) -> Result<&'a str, CredentialError> {
+        self.optional(key)?
+            .ok_or_else(|| self.invalid(key, "is missing"))
+    }
+
+    fn token_uri(&self) -> Result<String, CredentialError> {
+        let uri = self.optional("token_uri")?.unwrap_or(DEFAULT_TOKEN_URI);
+        oauth2::TokenUrl::new(uri.to_string())
+            .map_err(|_| self.invalid("token_uri", "is not a valid URL"))?;
+        Ok(uri.to_string())
+    }
+
+    /// google-auth writes a list; older tools and hand-made files a space-separated string.
+    fn scopes(&self) -> Result<Option<Vec<String>>, CredentialError> {
+        let problem = "must be a list of strings or a space-separated string";
+        match self.map.get("scopes") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.split_whitespace().map(str::to_string).collect())),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.invalid("scopes", problem)),
+            Some(_) => Err(self.invalid("scopes", problem)),
+        }
+    }
+
+    /// `token` with its `expiry`. A token without an expiry is ignored rather than trusted
+    /// forever (google-auth would treat it as never expiring); an expired one is harmless.
+    fn cached_token(&self) -> Result<Option<(Secret, SystemTime)>, CredentialError> {
+        let (Some(token), Some(expiry)) = (self.optional("token")?, self.optional("expiry")?)
+        else {
+            return Ok(None);
+        };
+        // google-auth writes naive UTC plus "Z", with microseconds only when non-zero;
+        // the weak parser also takes the Z-less form older versions wrote.
+        let expiry = humantime::parse_rfc3339_weak(expiry).map_err(|_| {
+            self.invalid("expiry", "is not a UTC timestamp like 2025-06-27T08:38:04Z")
+        })?;
+        Ok(Some((Secret::new(token), expiry)))
+    }
+}
+
+/// What happened to a rotated refresh token.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Saved {
+    /// Written to the file.
+    Written,
+    /// Someone else changed the file's refresh token meanwhile (e.g. `authorize`); theirs wins.
+    FileChanged,
+    /// The credentials did not come from a file.
+    NoFile,
+}
+
+/// Writes a rotated refresh token (and, for token.json, the access token and expiry that came
+/// with it) into the file the credentials were loaded from, keeping every other key. Only
+/// replaces `previous`: a file that now holds a different refresh token is left alone.
+pub(crate) fn save_rotated(
+    kind: &CredentialKind,
+    previous: &Secret,
+    refresh_token: &Secret,
+    access_token: &Secret,
+    expiry: SystemTime,
+) -> io::Result<Saved> {
+    let (path, with_access_token) = match kind {
+        CredentialKind::TokenFile(path) => (path, true),
+        // gcloud's format has no access token; keep the file in gcloud's shape.
+        CredentialKind::AuthorizedUser(path) => (path, false),
+        _ => return Ok(Saved::NoFile),
+    };
+    let text = std::fs::read_to_string(path)?;
+    let mut value: Value = serde_json::from_str(&text).map_err(io::Error::other)?;
+    let map = value
+        .as_object_mut()
+        .ok_or_else(|| io::Error::other("no longer a JSON object"))?;
+    if map.get("refresh_token").and_then(Value::as_str) != Some(previous.expose()) {
+        return Ok(Saved::FileChanged);
+    }
+    map.insert("refresh_token".into(), refresh_token.expose().into());
+    if with_access_token {
+        map.insert("token".into(), access_token.expose().into());
+        let expiry = humantime::format_rfc3339_seconds(expiry).to_string();
+        map.insert("expiry".into(), expiry.into());
+    }
+    let mut bytes = serde_json::to_vec_pretty(&value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomically(path, &bytes)?;
+    Ok(Saved::Written)
+}
+
+/// Replaces `path` so that a crash leaves either the old or the new file, never half of one: a
+/// private (0600) temporary file in the same directory, fsynced, renamed over the original, and
+/// the directory fsynced so the rename itself survives a power cut.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(&dir)?.sync_all()
+}

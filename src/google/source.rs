@@ -1,0 +1,379 @@
+//! One account's access tokens: cached per impersonated user, refreshed once shortly before they
+//! expire no matter how many deliveries ask at the same moment, and an account-wide state that
+//! tells operators when a person has to act.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::credentials::{Credentials, Grant};
+use super::files::Saved;
+use super::grant::{self, Granted};
+use super::{Secret, TokenError, files};
+
+/// A token is renewed when it has less than this left, so no request starts with a token that
+/// dies in flight (Google's own libraries use 3 min 45 s).
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// While the token endpoint is down, a cached token with at least this much left is still handed
+/// out, so a brief Google outage inside the refresh margin costs no deliveries.
+const STILL_USABLE: Duration = Duration::from_secs(60);
+
+/// Default bound on one token request; the shared HTTP client may have no timeout of its own.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An OAuth access token for the Gmail API.
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Secret,
+    valid_until: Instant,
+}
+
+impl AccessToken {
+    /// The bearer value for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        self.secret.expose()
+    }
+
+    /// When Google stops accepting it (monotonic clock, so paused-time tests can move it).
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// How long it remains valid.
+    pub fn remaining(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+
+    fn lasts(&self, at_least: Duration) -> bool {
+        self.remaining() > at_least
+    }
+}
+
+impl PartialEq for AccessToken {
+    /// Same token value; two tokens are never equal by accident.
+    fn eq(&self, other: &Self) -> bool {
+        self.secret == other.secret
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("secret", &self.secret)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+/// Whether an account's credentials work, for `check`, logs and readiness probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialState {
+    /// No token has been requested yet.
+    Unknown,
+    /// The last token request succeeded.
+    Ok {
+        /// When that token expires.
+        expires_at: SystemTime,
+    },
+    /// Google refused the credentials; mail for this account cannot go out until a person acts.
+    NeedsAttention {
+        /// When the refusals started (kept across repeated failures).
+        since: SystemTime,
+        /// The latest refusal, with its fix.
+        error: TokenError,
+    },
+}
+
+/// One cache entry per impersonated user (a single `None` entry for refresh-token credentials).
+#[derive(Default)]
+struct Slot {
+    /// Std mutex: only held to read or write the fields, never across an `.await`.
+    cache: Mutex<Cache>,
+    /// Held for the whole token request: the single-flight guard.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Cache {
+    token: Option<AccessToken>,
+    /// Counts finished token requests, so a caller that waited on `refresh` can tell that a
+    /// request happened meanwhile and share its outcome instead of making another.
+    attempts: u64,
+    failure: Option<TokenError>,
+}
+
+impl Cache {
+    /// A token fit to start a request with, if there is one.
+    fn fresh(&self) -> Option<AccessToken> {
+        self.token.clone().filter(|t| t.lasts(REFRESH_MARGIN))
+    }
+}
+
+/// The credentials in use; `generation` changes on [`TokenSource::replace`] so a request that
+/// started with the old credentials does not overwrite the new ones' state.
+struct Current {
+    credentials: Arc<Credentials>,
+    generation: u64,
+}
+
+/// Access tokens for one account. Share it with `Arc`; every method takes `&self`.
+pub struct TokenSource {
+    /// The account's name in logs.
+    name: String,
+    /// The process-wide pooled client.
+    http: reqwest::Client,
+    timeout: Duration,
+    current: RwLock<Current>,
+    slots: Mutex<HashMap<Option<String>, Arc<Slot>>>,
+    state: Mutex<CredentialState>,
+}
+
+impl TokenSource {
+    /// A token source for the account `name` (used in log lines), sending token requests through
+    /// `http`. A valid token carried by a token.json is used until it nears expiry.
+    pub fn new(name: impl Into<String>, credentials: Credentials, http: reqwest::Client) -> Self {
+        let source = TokenSource {
+            name: name.into(),
+            http,
+            timeout: DEFAULT_TIMEOUT,
+            current: RwLock::new(Current {
+                credentials: Arc::new(credentials),
+                generation: 0,
+            }),
+            slots: Mutex::new(HashMap::new()),
+            state: Mutex::new(CredentialState::Unknown),
+        };
+        source.seed_from_file();
+        source
+    }
+
+    /// Bounds each token request by `timeout` instead of [`DEFAULT_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The account's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The credentials in use now (a rotated refresh token included).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.current.read().unwrap().credentials.clone()
+    }
+
+    /// Whether the credentials currently work.
+    pub fn state(&self) -> CredentialState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// An access token for sending as `subject`: the user a service account impersonates
+    /// (required for them, ignored for refresh-token credentials).
+    pub async fn access_token(&self, subject: Option<&str>) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(subject);
+        let seen = {
+            let cache = slot.cache.lock().unwrap();
+            if let Some(token) = cache.fresh() {
+                return Ok(token);
+            }
+            cache.attempts
+        };
+        let _single_flight = slot.refresh.lock().await;
+        {
+            let cache = slot.cache.lock().unwrap();
+            if let Some(token) = cache.fresh() {
+                return Ok(token);
+            }
+            if cache.attempts != seen {
+                if let Some(token) = cache.token.clone().filter(|t| t.lasts(STILL_USABLE)) {
+                    return Ok(token);
+                }
+                if let Some(error) = &cache.failure {
+                    return Err(error.clone());
+                }
+            }
+        }
+        let (credentials, generation) = {
+            let current = self.current.read().unwrap();
+            (current.credentials.clone(), current.generation)
+        };
+        tracing::debug!(account = %self.name, subject, "requesting an access token");
+        let started = Instant::now();
+        let result = grant::request(&self.http, &credentials, subject, self.timeout).await;
+        match result {
+            Ok(granted) => {
+                let token = AccessToken {
+                    secret: granted.access_token.clone(),
+                    valid_until: started + granted.expires_in,
+                };
+                self.adopt_rotation(&credentials, generation, &granted)
+                    .await;
+                if self.is_generation(generation) {
+                    self.mark_ok(&token);
+                }
+                let mut cache = slot.cache.lock().unwrap();
+                cache.attempts += 1;
+                cache.failure = None;
+                cache.token = Some(token.clone());
+                Ok(token)
+            }
+            Err(error) => {
+                if self.is_generation(generation) && !error.is_temporary() {
+                    self.mark_needs_attention(&credentials, &error);
+                }
+                let mut cache = slot.cache.lock().unwrap();
+                cache.attempts += 1;
+                cache.failure = Some(error.clone());
+                match cache.token.clone().filter(|t| t.lasts(STILL_USABLE)) {
+                    Some(token) if error.is_temporary() => {
+                        tracing::debug!(account = %self.name, %error, "using the current access token a little longer");
+                        Ok(token)
+                    }
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Forgets `rejected` (after Gmail answered 401 with it) so the next call fetches a new token.
+    /// A token that was already replaced is left alone: many deliveries failing with the same
+    /// token cause one refresh, not one each.
+    pub fn invalidate(&self, subject: Option<&str>, rejected: &AccessToken) {
+        let slot = self.slot(subject);
+        let mut cache = slot.cache.lock().unwrap();
+        if cache.token.as_ref() == Some(rejected) {
+            cache.token = None;
+        }
+    }
+
+    /// Switches to new credentials (e.g. the token file was rewritten by `authorize`): cached
+    /// tokens are dropped and the state starts again from `Unknown`.
+    pub fn replace(&self, credentials: Credentials) {
+        {
+            let mut current = self.current.write().unwrap();
+            current.credentials = Arc::new(credentials);
+            current.generation += 1;
+        }
+        self.slots.lock().unwrap().clear();
+        *self.state.lock().unwrap() = CredentialState::Unknown;
+        self.seed_from_file();
+        tracing::info!(account = %self.name, credentials = %self.credentials(), "credentials replaced");
+    }
+
+    fn is_generation(&self, generation: u64) -> bool {
+        self.current.read().unwrap().generation == generation
+    }
+
+    fn slot(&self, subject: Option<&str>) -> Arc<Slot> {
+        // Refresh-token credentials have one token whoever the sender is.
+        let key = subject
+            .filter(|_| self.credentials().is_service_account())
+            .map(str::to_string);
+        self.slots.lock().unwrap().entry(key).or_default().clone()
+    }
+
+    /// Puts a token.json's still-valid access token into the cache.
+    fn seed_from_file(&self) {
+        let credentials = self.credentials();
+        let Some((secret, expiry)) = &credentials.cached_token else {
+            return;
+        };
+        let Ok(left) = expiry.duration_since(SystemTime::now()) else {
+            return;
+        };
+        let token = AccessToken {
+            secret: secret.clone(),
+            valid_until: Instant::now() + left,
+        };
+        self.slot(None).cache.lock().unwrap().token = Some(token);
+    }
+
+    /// Uses a rotated refresh token from now on, and writes it back to its file: the old one may
+    /// stop working, and a restart must not fall back to it.
+    async fn adopt_rotation(&self, credentials: &Credentials, generation: u64, granted: &Granted) {
+        let Some(new) = granted.refresh_token.clone() else {
+            return;
+        };
+        let Grant::RefreshToken {
+            refresh_token: previous,
+            ..
+        } = &credentials.grant
+        else {
+            return;
+        };
+        if *previous == new {
+            return;
+        }
+        let rotated = credentials.with_refresh_token(new.clone());
+        let (kind, previous) = (rotated.kind().clone(), previous.clone());
+        let access = granted.access_token.clone();
+        let expiry = SystemTime::now() + granted.expires_in;
+        let saved = tokio::task::spawn_blocking(move || {
+            files::save_rotated(&kind, &previous, &new, &access, expiry)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let file = rotated.path().map(|p| p.display().to_string());
+        let file = file.as_deref().unwrap_or_default();
+        match saved {
+            Ok(Saved::Written) => {
+                tracing::info!(account = %self.name, file, "saved the new refresh token Google issued")
+            }
+            Ok(Saved::NoFile) => {
+                tracing::warn!(account = %self.name, credentials = %rotated,
+                    "Google issued a new refresh token; it is used until restart, then the configured one may be refused")
+            }
+            Ok(Saved::FileChanged) => {
+                tracing::info!(account = %self.name, file, "not saving the new refresh token: the file was changed meanwhile")
+            }
+            Err(error) => {
+                tracing::warn!(account = %self.name, file, %error,
+                    "cannot save the new refresh token Google issued; it is used until restart, then the old one may be refused")
+            }
+        }
+        let mut current = self.current.write().unwrap();
+        if current.generation == generation {
+            current.credentials = Arc::new(rotated);
+        }
+    }
+
+    fn mark_ok(&self, token: &AccessToken) {
+        let mut state = self.state.lock().unwrap();
+        if matches!(*state, CredentialState::NeedsAttention { .. }) {
+            tracing::info!(account = %self.name, credentials = %self.credentials(), "credentials work again");
+        }
+        *state = CredentialState::Ok {
+            expires_at: SystemTime::now() + token.remaining(),
+        };
+    }
+
+    /// Logs once when the account starts needing attention, not on every failed delivery.
+    fn mark_needs_attention(&self, credentials: &Credentials, error: &TokenError) {
+        let mut state = self.state.lock().unwrap();
+        if let CredentialState::NeedsAttention { error: latest, .. } = &mut *state {
+            *latest = error.clone();
+            return;
+        }
+        tracing::warn!(account = %self.name, credentials = %credentials, %error, "credentials need attention");
+        *state = CredentialState::NeedsAttention {
+            since: SystemTime::now(),
+            error: error.clone(),
+        };
+    }
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("name", &self.name)
+            .field("credentials", &self.credentials())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}

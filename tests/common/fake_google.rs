@@ -1,0 +1,427 @@
+//! An in-process fake of Google's endpoints on 127.0.0.1, so tests exercise the real HTTP code.
+//!
+//! Today it serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants).
+//! More endpoints go into [`router`] with their own part of [`State`] and their own fault methods.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Form, State as Shared};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::json;
+
+/// The OAuth client the fake accepts. Values are obviously fake on purpose.
+pub const CLIENT_ID: &str = "fake-client-id.apps.googleusercontent.com";
+/// See [`CLIENT_ID`].
+pub const CLIENT_SECRET: &str = "fake-client-secret";
+/// The refresh token the fake accepts until it rotates it.
+pub const REFRESH_TOKEN: &str = "fake-refresh-token";
+/// The service account the fake trusts (with [`test_key`]'s public half).
+pub const SERVICE_ACCOUNT_EMAIL: &str = "fake-sender@fake-project.iam.gserviceaccount.com";
+/// The `private_key_id` of that service account's key.
+pub const SERVICE_ACCOUNT_KEY_ID: &str = "fake-key-id";
+/// The scope a service account must ask for.
+pub const GMAIL_SEND: &str = "https://www.googleapis.com/auth/gmail.send";
+
+/// What the next token requests should suffer instead of a normal answer.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// This status with a Google-style `{"error", "error_description"}` body.
+    OAuth {
+        status: u16,
+        error: &'static str,
+        description: &'static str,
+    },
+    /// This status with a plain-text body (a proxy or load balancer speaking).
+    Status(u16),
+    /// Answer normally, but only after this long.
+    Delay(Duration),
+}
+
+impl Fault {
+    /// What Google says about a revoked or expired refresh token.
+    pub fn invalid_grant() -> Fault {
+        Fault::OAuth {
+            status: 400,
+            error: "invalid_grant",
+            description: "Token has been expired or revoked.",
+        }
+    }
+}
+
+/// How `expires_in` is written in token responses (Google has sent both).
+#[derive(Debug, Clone, Copy)]
+pub enum ExpiresIn {
+    Number(u64),
+    Text(u64),
+}
+
+/// The token endpoint's configuration and records.
+struct TokenEndpoint {
+    accepted_refresh_tokens: Vec<String>,
+    rotate: bool,
+    expires_in: ExpiresIn,
+    requests: usize,
+    issued: usize,
+    faults: VecDeque<Fault>,
+    service_account_key: Option<String>,
+    subjects: Vec<String>,
+    rejections: Vec<String>,
+}
+
+/// Everything the fake knows; one part per endpoint.
+struct State {
+    token_uri: String,
+    token: TokenEndpoint,
+}
+
+type SharedState = Arc<Mutex<State>>;
+
+/// A running fake. Dropping it stops the server.
+pub struct FakeGoogle {
+    addr: SocketAddr,
+    state: SharedState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeGoogle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The routes; later endpoints are added here.
+fn router(state: SharedState) -> Router {
+    Router::new().route("/token", post(token)).with_state(state)
+}
+
+impl FakeGoogle {
+    /// Starts the fake on an ephemeral loopback port, accepting [`REFRESH_TOKEN`].
+    pub async fn start() -> FakeGoogle {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            token_uri: format!("http://{addr}/token"),
+            token: TokenEndpoint {
+                accepted_refresh_tokens: vec![REFRESH_TOKEN.to_string()],
+                rotate: false,
+                expires_in: ExpiresIn::Number(3599),
+                requests: 0,
+                issued: 0,
+                faults: VecDeque::new(),
+                service_account_key: None,
+                subjects: Vec::new(),
+                rejections: Vec::new(),
+            },
+        }));
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeGoogle { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, for endpoints added later.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint's URI.
+    pub fn token_uri(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut TokenEndpoint) -> T) -> T {
+        f(&mut self.state.lock().unwrap().token)
+    }
+
+    /// How many requests reached the token endpoint.
+    pub fn token_requests(&self) -> usize {
+        self.with(|t| t.requests)
+    }
+
+    /// The next `count` token requests get `fault`.
+    pub fn fail_token_requests(&self, count: usize, fault: Fault) {
+        self.with(|t| t.faults.extend(std::iter::repeat_n(fault, count)));
+    }
+
+    /// How `expires_in` is written from now on.
+    pub fn set_expires_in(&self, expires_in: ExpiresIn) {
+        self.with(|t| t.expires_in = expires_in);
+    }
+
+    /// From now on every refresh returns a new refresh token and revokes the one it was given.
+    pub fn rotate_refresh_tokens(&self) {
+        self.with(|t| t.rotate = true);
+    }
+
+    /// The refresh tokens the fake accepts now.
+    pub fn accepted_refresh_tokens(&self) -> Vec<String> {
+        self.with(|t| t.accepted_refresh_tokens.clone())
+    }
+
+    /// Accepts JWTs from [`SERVICE_ACCOUNT_EMAIL`] signed by the key whose public half is given.
+    pub fn trust_service_account(&self, public_key_pem: &str) {
+        self.with(|t| t.service_account_key = Some(public_key_pem.to_string()));
+    }
+
+    /// The `sub` of every accepted JWT, in order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.with(|t| t.subjects.clone())
+    }
+
+    /// Why the fake refused requests, for assertion messages.
+    pub fn rejections(&self) -> Vec<String> {
+        self.with(|t| t.rejections.clone())
+    }
+}
+
+fn oauth_error(status: u16, error: &str, description: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap();
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+async fn token(
+    Shared(state): Shared<SharedState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let fault = {
+        let mut state = state.lock().unwrap();
+        state.token.requests += 1;
+        state.token.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::OAuth {
+            status,
+            error,
+            description,
+        }) => return oauth_error(status, error, description),
+        Some(Fault::Status(status)) => {
+            return (StatusCode::from_u16(status).unwrap(), "fake outage").into_response();
+        }
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let mut state = state.lock().unwrap();
+    let token_uri = state.token_uri.clone();
+    let endpoint = &mut state.token;
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let verdict = match field("grant_type") {
+        "refresh_token" => check_refresh(
+            endpoint,
+            field("client_id"),
+            field("client_secret"),
+            field("refresh_token"),
+        ),
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            check_jwt(endpoint, &token_uri, field("assertion"))
+        }
+        other => Err((
+            400,
+            "unsupported_grant_type",
+            format!("grant_type {other:?}"),
+        )),
+    };
+    match verdict {
+        Ok(refresh_token) => issue(endpoint, refresh_token),
+        Err((status, error, why)) => {
+            endpoint.rejections.push(why);
+            let description = match error {
+                "invalid_client" => "Unauthorized",
+                "invalid_grant" => "Token has been expired or revoked.",
+                _ => "Bad Request",
+            };
+            oauth_error(status, error, description)
+        }
+    }
+}
+
+type Verdict = Result<Option<String>, (u16, &'static str, String)>;
+
+/// Accepts the configured client and refresh tokens; rotates when asked to.
+fn check_refresh(
+    endpoint: &mut TokenEndpoint,
+    client_id: &str,
+    secret: &str,
+    refresh: &str,
+) -> Verdict {
+    if client_id != CLIENT_ID || secret != CLIENT_SECRET {
+        return Err((401, "invalid_client", "wrong client id or secret".into()));
+    }
+    if !endpoint
+        .accepted_refresh_tokens
+        .iter()
+        .any(|t| t == refresh)
+    {
+        return Err((400, "invalid_grant", "unknown refresh token".into()));
+    }
+    if !endpoint.rotate {
+        return Ok(None);
+    }
+    let rotated = format!("{REFRESH_TOKEN}-{}", endpoint.issued + 1);
+    endpoint.accepted_refresh_tokens = vec![rotated.clone()];
+    Ok(Some(rotated))
+}
+
+/// Verifies a service account assertion the way Google does: signature, audience, lifetime.
+fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> Verdict {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+        scope: String,
+        iat: u64,
+        exp: u64,
+        sub: String,
+    }
+    let refuse = |why: String| Err((400, "invalid_grant", why));
+    let Some(public_key) = &endpoint.service_account_key else {
+        return refuse("no service account trusted".into());
+    };
+    let header = match jsonwebtoken::decode_header(assertion) {
+        Ok(header) => header,
+        Err(e) => return refuse(format!("header: {e}")),
+    };
+    if header.kid.as_deref() != Some(SERVICE_ACCOUNT_KEY_ID) {
+        return refuse(format!("kid {:?}", header.kid));
+    }
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[token_uri]);
+    validation.set_issuer(&[SERVICE_ACCOUNT_EMAIL]);
+    validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
+    let key = DecodingKey::from_rsa_pem(public_key.as_bytes()).unwrap();
+    let claims = match jsonwebtoken::decode::<Claims>(assertion, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => return refuse(format!("JWT: {e}")),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if claims.exp > claims.iat + 3600 || claims.iat > now + 60 {
+        return refuse("lifetime over an hour or issued in the future".into());
+    }
+    if claims.scope != GMAIL_SEND || claims.iss != SERVICE_ACCOUNT_EMAIL {
+        return refuse(format!("scope {:?}", claims.scope));
+    }
+    endpoint.subjects.push(claims.sub);
+    Ok(None)
+}
+
+fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Response {
+    endpoint.issued += 1;
+    let expires_in = match endpoint.expires_in {
+        ExpiresIn::Number(n) => json!(n),
+        ExpiresIn::Text(n) => json!(n.to_string()),
+    };
+    let mut body = json!({
+        "access_token": format!("fake-access-{}", endpoint.issued),
+        "expires_in": expires_in,
+        "scope": GMAIL_SEND,
+        "token_type": "Bearer",
+    });
+    if let Some(refresh_token) = refresh_token {
+        body["refresh_token"] = json!(refresh_token);
+    }
+    Json(body).into_response()
+}
+
+/// A throwaway RSA key pair, generated once per test binary so no private key is ever committed.
+pub struct TestKey {
+    /// PKCS#8 PEM, as in a service account key file.
+    pub private_pem: String,
+    /// SubjectPublicKeyInfo PEM, for the fake to verify signatures.
+    pub public_pem: String,
+}
+
+/// The key pair for this test binary (openssl, 2048 bits, like Google's keys).
+pub fn test_key() -> &'static TestKey {
+    static KEY: OnceLock<TestKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("key.pem");
+        let public = dir.path().join("pub.pem");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            // Captured, so its progress dots do not clutter test output.
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "openssl {args:?}: {stderr}");
+        };
+        openssl(&[
+            "genpkey".as_ref(),
+            "-algorithm".as_ref(),
+            "RSA".as_ref(),
+            "-pkeyopt".as_ref(),
+            "rsa_keygen_bits:2048".as_ref(),
+            "-out".as_ref(),
+            private.as_os_str(),
+        ]);
+        openssl(&[
+            "pkey".as_ref(),
+            "-in".as_ref(),
+            private.as_os_str(),
+            "-pubout".as_ref(),
+            "-out".as_ref(),
+            public.as_os_str(),
+        ]);
+        TestKey {
+            private_pem: std::fs::read_to_string(&private).unwrap(),
+            public_pem: std::fs::read_to_string(&public).unwrap(),
+        }
+    })
+}
+
+/// A quickstart `token.json` the fake accepts, as google-auth's `Credentials.to_json()` writes it:
+/// no `type`, an expired access token, scopes as a list.
+pub fn token_json(token_uri: &str) -> serde_json::Value {
+    json!({
+        "token": "fake-stale-access-token",
+        "refresh_token": REFRESH_TOKEN,
+        "token_uri": token_uri,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scopes": [GMAIL_SEND],
+        "universe_domain": "googleapis.com",
+        "account": "",
+        "expiry": "2020-01-01T00:00:00.000000Z",
+    })
+}
+
+/// A service account key file for [`SERVICE_ACCOUNT_EMAIL`] with [`test_key`]'s private half.
+pub fn service_account_json(token_uri: &str) -> serde_json::Value {
+    json!({
+        "type": "service_account",
+        "project_id": "fake-project",
+        "private_key_id": SERVICE_ACCOUNT_KEY_ID,
+        "private_key": test_key().private_pem,
+        "client_email": SERVICE_ACCOUNT_EMAIL,
+        "client_id": "100000000000000000001",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+        "universe_domain": "googleapis.com",
+    })
+}
+
+/// Writes `value` as `name` in `dir` and returns the path.
+pub fn write_json(
+    dir: &std::path::Path,
+    name: &str,
+    value: &serde_json::Value,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    path
+}
