@@ -160,7 +160,7 @@ pub fn prepare_with_headers(
     headers: &Headers,
 ) -> Result<Prepared, PolicyViolation> {
     if policy.header_only_recipients == HeaderOnlyRecipients::Reject {
-        let outside = header_only_recipients(&headers, &envelope.rcpt_to);
+        let outside = header_only_recipients(headers, &envelope.rcpt_to);
         if !outside.is_empty() {
             return Err(PolicyViolation::HeaderOnlyRecipients { addresses: outside });
         }
@@ -169,7 +169,7 @@ pub fn prepare_with_headers(
     let mut edits = Vec::new();
     let mut unknown_from = None;
     let mut from_rewritten = false;
-    if let Some((from, fields)) = find_unknown_from(&policy.send_as, &headers) {
+    if let Some((from, fields)) = find_unknown_from(&policy.send_as, headers) {
         match policy.from_policy {
             FromPolicy::Reject => {
                 return Err(PolicyViolation::UnknownFrom {
@@ -179,16 +179,16 @@ pub fn prepare_with_headers(
             }
             FromPolicy::Keep => {}
             FromPolicy::Rewrite => {
-                rewrite_from(&mut edits, raw, &headers, &fields, policy.send_as[0].trim());
+                rewrite_from(&mut edits, raw, headers, &fields, policy.send_as[0].trim());
                 from_rewritten = true;
             }
         }
         unknown_from = Some(from);
     }
 
-    let added_bcc = missing_recipients(&headers, &envelope.rcpt_to);
+    let added_bcc = missing_recipients(headers, &envelope.rcpt_to);
     if !added_bcc.is_empty() {
-        edits.push(add_bcc(raw, &headers, &added_bcc));
+        edits.push(add_bcc(raw, headers, &added_bcc));
     }
     Ok(Prepared {
         pieces: splice(edits, raw.len()),

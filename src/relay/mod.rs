@@ -7,6 +7,7 @@
 mod console;
 mod discard;
 mod file;
+pub mod gmail;
 pub mod summary;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub use console::Console;
 pub use discard::Discard;
 pub use file::FileDrop;
+pub use gmail::Gmail;
 
 use crate::config::{Config, RelayMode};
 use crate::message::{Envelope, Message};
@@ -128,6 +130,16 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
         RelayMode::Discard => Arc::new(Discard),
-        RelayMode::Gmail => return Err("gmail mode is not available yet".to_string()),
+        RelayMode::Gmail => Arc::new(Gmail::from_config(&config.gmail, http_client()?)?),
     })
+}
+
+/// The one HTTP client of the process: pooled connections to Google, rustls, bounded connects.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .user_agent(concat!("smtp2gmail/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .map_err(|err| format!("cannot create the HTTP client: {err}"))
 }

@@ -1,7 +1,8 @@
 //! An in-process fake of Google's endpoints on 127.0.0.1, so tests exercise the real HTTP code.
 //!
-//! Today it serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants).
-//! More endpoints go into [`router`] with their own part of [`State`] and their own fault methods.
+//! It serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants) and,
+//! from fake_gmail.rs, the Gmail upload endpoint. More endpoints go into [`router`] with their own
+//! part of [`State`] and their own fault methods.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -73,15 +74,34 @@ struct TokenEndpoint {
     service_account_key: Option<String>,
     subjects: Vec<String>,
     rejections: Vec<String>,
+    /// Access tokens numbered up to this one are revoked.
+    revoked_below: usize,
 }
 
 /// Everything the fake knows; one part per endpoint.
-struct State {
+pub struct State {
     token_uri: String,
     token: TokenEndpoint,
+    /// The Gmail send endpoint (fake_gmail.rs).
+    pub(super) gmail: super::fake_gmail::GmailEndpoint,
 }
 
-type SharedState = Arc<Mutex<State>>;
+impl State {
+    /// True when `token` is an access token this fake issued and has not revoked.
+    pub(super) fn is_valid_access_token(&self, token: &str) -> bool {
+        token
+            .strip_prefix("fake-access-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n > self.token.revoked_below && n <= self.token.issued)
+    }
+
+    /// Every access token issued so far stops working (as after a password change).
+    pub(super) fn revoke_access_tokens(&mut self) {
+        self.token.revoked_below = self.token.issued;
+    }
+}
+
+pub type SharedState = Arc<Mutex<State>>;
 
 /// A running fake. Dropping it stops the server.
 pub struct FakeGoogle {
@@ -98,7 +118,15 @@ impl Drop for FakeGoogle {
 
 /// The routes; later endpoints are added here.
 fn router(state: SharedState) -> Router {
-    Router::new().route("/token", post(token)).with_state(state)
+    Router::new()
+        .route("/token", post(token))
+        .route(
+            "/upload/gmail/v1/users/{user}/messages/send",
+            post(super::fake_gmail::send),
+        )
+        // Gmail takes uploads up to 35 MB; axum's default limit is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(40 << 20))
+        .with_state(state)
 }
 
 impl FakeGoogle {
@@ -118,7 +146,9 @@ impl FakeGoogle {
                 service_account_key: None,
                 subjects: Vec::new(),
                 rejections: Vec::new(),
+                revoked_below: 0,
             },
+            gmail: Default::default(),
         }));
         let app = router(state.clone());
         let task = tokio::spawn(async move {
@@ -139,6 +169,11 @@ impl FakeGoogle {
 
     fn with<T>(&self, f: impl FnOnce(&mut TokenEndpoint) -> T) -> T {
         f(&mut self.state.lock().unwrap().token)
+    }
+
+    /// The whole state, for the other endpoints' methods (fake_gmail.rs).
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
     }
 
     /// How many requests reached the token endpoint.

@@ -59,12 +59,18 @@ impl Account {
         let name = &config.name;
         let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
         let from_environment = matches!(spec, CredentialSpec::Environment);
-        let credentials = google::load(&spec, config.token_uri.as_deref().filter(|u| !u.is_empty()))
-            .map_err(|err| format!("account {name}: {err}"))?;
-        let impersonate = match (credentials.is_service_account(), config.impersonate.as_deref()) {
+        let credentials =
+            google::load(&spec, config.token_uri.as_deref().filter(|u| !u.is_empty()))
+                .map_err(|err| format!("account {name}: {err}"))?;
+        let impersonate = match (
+            credentials.is_service_account(),
+            config.impersonate.as_deref(),
+        ) {
             (false, None) => Impersonate::TokenUser,
             (false, Some(_)) => {
-                return Err(format!("account {name}: impersonate applies to service-account keys only"));
+                return Err(format!(
+                    "account {name}: impersonate applies to service-account keys only"
+                ));
             }
             (true, None | Some("sender")) if config.senders.is_empty() => {
                 return Err(format!(
@@ -85,7 +91,11 @@ impl Account {
             user_id: config
                 .user_id
                 .clone()
-                .or_else(|| from_environment.then(|| std::env::var(google::ENV_USER_ID).ok()).flatten())
+                .or_else(|| {
+                    from_environment
+                        .then(|| std::env::var(google::ENV_USER_ID).ok())
+                        .flatten()
+                })
                 .unwrap_or_else(|| "me".to_string()),
             tokens: Arc::new(TokenSource::new(name.clone(), credentials, http.clone())),
             impersonate,
@@ -94,7 +104,11 @@ impl Account {
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
             },
-            sends: Semaphore::new(config.max_concurrent_sends.unwrap_or(DEFAULT_CONCURRENT_SENDS)),
+            sends: Semaphore::new(
+                config
+                    .max_concurrent_sends
+                    .unwrap_or(DEFAULT_CONCURRENT_SENDS),
+            ),
             token_file,
             warned_from: Mutex::new(HashSet::new()),
         })
@@ -128,7 +142,11 @@ fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, String> {
         return Ok(CredentialSpec::File(path.clone()));
     }
     let resolve = |value: &str| google::resolve_secret(value).map_err(|err| err.to_string());
-    match (&config.client_id, &config.client_secret, &config.refresh_token) {
+    match (
+        &config.client_id,
+        &config.client_secret,
+        &config.refresh_token,
+    ) {
         (None, None, None) => Ok(CredentialSpec::Environment),
         (Some(id), Some(secret), Some(refresh)) => Ok(CredentialSpec::Inline {
             client_id: resolve(id)?.expose().to_string(),
@@ -157,7 +175,10 @@ impl Router {
             .collect::<Result<Vec<_>, _>>()?;
         let env_configured = std::env::var_os("GMAIL_API_REFRESH_TOKEN").is_some();
         let default = if config.has_own_credentials() || named.is_empty() || env_configured {
-            Some(Arc::new(Account::from_config(&config.default_account(), http)?))
+            Some(Arc::new(Account::from_config(
+                &config.default_account(),
+                http,
+            )?))
         } else {
             None
         };
@@ -174,14 +195,17 @@ impl Router {
     pub fn route(&self, sender: Option<&str>, from_header: Option<&str>) -> Option<&Arc<Account>> {
         let named_for = |address: Option<&str>| {
             let address = address?;
-            self.named.iter().find(|a| !a.senders.is_empty() && a.serves(address))
+            self.named
+                .iter()
+                .find(|a| !a.senders.is_empty() && a.serves(address))
         };
         named_for(sender)
             .or_else(|| named_for(from_header))
             .or_else(|| {
                 let default = self.default.as_ref()?;
                 let claimed = sender.or(from_header);
-                (default.senders.is_empty() || claimed.is_some_and(|s| default.serves(s))).then_some(default)
+                (default.senders.is_empty() || claimed.is_some_and(|s| default.serves(s)))
+                    .then_some(default)
             })
     }
 }

@@ -99,7 +99,12 @@ impl GmailApi {
     }
 
     /// Uploads one message, given as the chunks that make up its bytes.
-    pub async fn send(&self, user_id: &str, access_token: &str, chunks: Vec<Bytes>) -> Result<Sent, SendError> {
+    pub async fn send(
+        &self,
+        user_id: &str,
+        access_token: &str,
+        chunks: Vec<Bytes>,
+    ) -> Result<Sent, SendError> {
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let url = self.send_url(user_id)?;
         // A stream of the chunks: large messages are never joined into one buffer.
@@ -122,7 +127,10 @@ impl GmailApi {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after_header);
-        let body = response.bytes().await.map_err(|err| transport_error(&err))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| transport_error(&err))?;
         if status == 200 {
             return serde_json::from_slice(&body).map_err(|err| SendError::Temporary {
                 reason: format!("Gmail answered 200 with an unreadable body ({err}); the message may have been sent"),
@@ -144,7 +152,9 @@ impl GmailApi {
                 fix: "correct gmail.api_base in the configuration".to_string(),
             })?
             .pop_if_empty()
-            .extend(["upload", "gmail", "v1", "users", user_id, "messages", "send"]);
+            .extend([
+                "upload", "gmail", "v1", "users", user_id, "messages", "send",
+            ]);
         url.set_query(Some("uploadType=media"));
         Ok(url)
     }
@@ -168,14 +178,27 @@ fn transport_error(err: &reqwest::Error) -> SendError {
 
 /// Classifies a non-200 answer from the send endpoint (shared/google.md, "Errors and quotas").
 pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> SendError {
-    let detail = serde_json::from_slice::<ErrorBody>(body).unwrap_or_default().error;
-    let reason = detail.errors.first().map(|e| e.reason.as_str()).unwrap_or_default();
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .unwrap_or_default()
+        .error;
+    let reason = detail
+        .errors
+        .first()
+        .map(|e| e.reason.as_str())
+        .unwrap_or_default();
     let message = if detail.message.is_empty() {
         format!("HTTP {status}")
     } else {
         detail.message.clone()
     };
-    let said = format!("Gmail API {status} {}: {message}", if reason.is_empty() { &detail.status } else { reason });
+    let said = format!(
+        "Gmail API {status} {}: {message}",
+        if reason.is_empty() {
+            &detail.status
+        } else {
+            reason
+        }
+    );
     // "User-rate limit exceeded. Retry after 2025-06-27T09:00:00.000Z (Mail sending)"
     let retry_after = retry_after.or_else(|| retry_after_in_message(&message));
     let temporary = |rate_limited| SendError::Temporary {
@@ -185,9 +208,10 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Send
     };
     match (status, reason) {
         (401, _) => SendError::Unauthorized(said),
-        (403, "userRateLimitExceeded" | "rateLimitExceeded" | "dailyLimitExceeded" | "quotaExceeded") => {
-            temporary(true)
-        }
+        (
+            403,
+            "userRateLimitExceeded" | "rateLimitExceeded" | "dailyLimitExceeded" | "quotaExceeded",
+        ) => temporary(true),
         (429, _) => temporary(true),
         (403, "accessNotConfigured") => SendError::Configuration {
             reason: said,
@@ -197,14 +221,19 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Send
         },
         (403, "insufficientPermissions") => SendError::Configuration {
             reason: said,
-            fix: "the token lacks the gmail.send scope: run `smtp2gmail authorize` again".to_string(),
+            fix: "the token lacks the gmail.send scope: run `smtp2gmail authorize` again"
+                .to_string(),
         },
         (403 | 404, _) => SendError::Configuration {
             reason: said,
-            fix: "check the account's user_id, its domain policy or delegation, and gmail.api_base".to_string(),
+            fix: "check the account's user_id, its domain policy or delegation, and gmail.api_base"
+                .to_string(),
         },
         (408 | 500..=599, _) => temporary(false),
-        _ => SendError::Permanent { status, reason: said },
+        _ => SendError::Permanent {
+            status,
+            reason: said,
+        },
     }
 }
 
@@ -219,15 +248,22 @@ fn parse_retry_after_header(value: &str) -> Option<Duration> {
 
 fn httpdate_parse(value: &str) -> Option<SystemTime> {
     let format = time::format_description::well_known::Rfc2822;
-    time::OffsetDateTime::parse(value.trim(), &format).ok().map(SystemTime::from)
+    time::OffsetDateTime::parse(value.trim(), &format)
+        .ok()
+        .map(SystemTime::from)
 }
 
 /// The RFC 3339 time after "Retry after " in Google's message, as a duration from now.
 fn retry_after_in_message(message: &str) -> Option<Duration> {
     let rest = &message[message.find("Retry after ")? + "Retry after ".len()..];
     let stamp = rest.split_whitespace().next()?;
-    let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(SystemTime::from(at).duration_since(SystemTime::now()).unwrap_or_default())
+    let at =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(
+        SystemTime::from(at)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -244,35 +280,99 @@ mod tests {
     #[test]
     fn catalogue() {
         let class = |status, reason| classify(status, &google_error(status, reason, "m"), None);
-        assert!(matches!(class(400, "invalidArgument"), SendError::Permanent { status: 400, .. }));
-        assert!(matches!(class(400, "failedPrecondition"), SendError::Permanent { .. }));
-        assert!(matches!(class(413, ""), SendError::Permanent { status: 413, .. }));
-        assert!(matches!(class(401, "authError"), SendError::Unauthorized(_)));
-        assert!(matches!(class(403, "rateLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
-        assert!(matches!(class(403, "dailyLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
-        assert!(matches!(class(429, "rateLimitExceeded"), SendError::Temporary { rate_limited: true, .. }));
-        assert!(matches!(class(503, "backendError"), SendError::Temporary { rate_limited: false, .. }));
+        assert!(matches!(
+            class(400, "invalidArgument"),
+            SendError::Permanent { status: 400, .. }
+        ));
+        assert!(matches!(
+            class(400, "failedPrecondition"),
+            SendError::Permanent { .. }
+        ));
+        assert!(matches!(
+            class(413, ""),
+            SendError::Permanent { status: 413, .. }
+        ));
+        assert!(matches!(
+            class(401, "authError"),
+            SendError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            class(403, "rateLimitExceeded"),
+            SendError::Temporary {
+                rate_limited: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            class(403, "dailyLimitExceeded"),
+            SendError::Temporary {
+                rate_limited: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            class(429, "rateLimitExceeded"),
+            SendError::Temporary {
+                rate_limited: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            class(503, "backendError"),
+            SendError::Temporary {
+                rate_limited: false,
+                ..
+            }
+        ));
         assert!(matches!(class(500, ""), SendError::Temporary { .. }));
-        let SendError::Configuration { fix, .. } = class(403, "accessNotConfigured") else { panic!() };
+        let SendError::Configuration { fix, .. } = class(403, "accessNotConfigured") else {
+            panic!()
+        };
         assert!(fix.contains("enable the Gmail API"));
-        let SendError::Configuration { fix, .. } = class(403, "insufficientPermissions") else { panic!() };
+        let SendError::Configuration { fix, .. } = class(403, "insufficientPermissions") else {
+            panic!()
+        };
         assert!(fix.contains("authorize"));
-        assert!(matches!(class(403, "forbidden"), SendError::Configuration { .. }));
+        assert!(matches!(
+            class(403, "forbidden"),
+            SendError::Configuration { .. }
+        ));
     }
 
     #[test]
     fn unreadable_error_bodies_still_classify() {
-        assert!(matches!(classify(502, b"<html>bad gateway</html>", None), SendError::Temporary { .. }));
-        assert!(matches!(classify(400, b"", None), SendError::Permanent { .. }));
+        assert!(matches!(
+            classify(502, b"<html>bad gateway</html>", None),
+            SendError::Temporary { .. }
+        ));
+        assert!(matches!(
+            classify(400, b"", None),
+            SendError::Permanent { .. }
+        ));
     }
 
     #[test]
     fn retry_after_from_header_and_message() {
-        assert_eq!(parse_retry_after_header("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after_header("120"),
+            Some(Duration::from_secs(120))
+        );
         let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
-        let stamp = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
-        let body = google_error(429, "rateLimitExceeded", &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"));
-        let SendError::Temporary { retry_after: Some(wait), .. } = classify(429, &body, None) else { panic!() };
+        let stamp = soon
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let body = google_error(
+            429,
+            "rateLimitExceeded",
+            &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"),
+        );
+        let SendError::Temporary {
+            retry_after: Some(wait),
+            ..
+        } = classify(429, &body, None)
+        else {
+            panic!()
+        };
         assert!(wait > Duration::from_secs(2 * 3600) && wait <= Duration::from_secs(3 * 3600));
     }
 
@@ -283,6 +383,11 @@ mod tests {
             api.send_url("me").unwrap().as_str(),
             "http://127.0.0.1:9/base/upload/gmail/v1/users/me/messages/send?uploadType=media"
         );
-        assert!(api.send_url("a b@example.com").unwrap().as_str().contains("/users/a%20b@example.com/"));
+        assert!(
+            api.send_url("a b@example.com")
+                .unwrap()
+                .as_str()
+                .contains("/users/a%20b@example.com/")
+        );
     }
 }

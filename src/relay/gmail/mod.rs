@@ -84,14 +84,23 @@ impl Gmail {
 
     /// Routes the message and applies the account's rules: everything that can refuse a message
     /// before anything is sent.
-    pub async fn prepare(&self, envelope: &Envelope, message: &Message) -> Result<Outgoing, DeliveryError> {
+    pub async fn prepare(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Outgoing, DeliveryError> {
         let raw = message
             .to_bytes()
             .await
             .map_err(|err| DeliveryError::local(format!("cannot read the message: {err}")))?;
         let headers = Headers::read(&raw);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
-        let from = headers.from.iter().flat_map(|field| &field.addresses).next().map(String::as_str);
+        let from = headers
+            .from
+            .iter()
+            .flat_map(|field| &field.addresses)
+            .next()
+            .map(String::as_str);
         let Some(account) = self.router.route(sender, from) else {
             return Err(DeliveryError::Permanent {
                 status: Status::POLICY,
@@ -101,7 +110,8 @@ impl Gmail {
                 ),
             });
         };
-        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, &raw, &headers)?;
+        let prepared =
+            gmail_rules::prepare_with_headers(&account.policy, envelope, &raw, &headers)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -123,11 +133,23 @@ impl Gmail {
     pub async fn attempt(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
         let account = &outgoing.account;
         let subject = outgoing.subject.as_deref();
-        let _slot = account.sends.acquire().await.map_err(|_| DeliveryError::local("account closed"))?;
+        let _slot = account
+            .sends
+            .acquire()
+            .await
+            .map_err(|_| DeliveryError::local("account closed"))?;
         let mut refreshed = false;
         loop {
-            let token = account.tokens.access_token(subject).await.map_err(|err| token_failure(account, err))?;
-            match self.api.send(&account.user_id, token.expose(), outgoing.chunks.clone()).await {
+            let token = account
+                .tokens
+                .access_token(subject)
+                .await
+                .map_err(|err| token_failure(account, err))?;
+            match self
+                .api
+                .send(&account.user_id, token.expose(), outgoing.chunks.clone())
+                .await
+            {
                 Ok(sent) => return Ok(Receipt { id: sent.id }),
                 Err(SendError::Unauthorized(reason)) if !refreshed => {
                     tracing::debug!(account = %account.name, %reason, "access token rejected, refreshing");
@@ -142,7 +164,11 @@ impl Gmail {
 
 #[async_trait::async_trait]
 impl Deliver for Gmail {
-    async fn deliver(&self, envelope: &Envelope, message: &Message) -> Result<Receipt, DeliveryError> {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Receipt, DeliveryError> {
         let outgoing = self.prepare(envelope, message).await?;
         let started = Instant::now();
         let mut backoff = self.retry.first_backoff;
@@ -153,7 +179,9 @@ impl Deliver for Gmail {
                 Err(error @ DeliveryError::Temporary { .. }) => error,
                 Err(error) => return Err(error),
             };
-            let DeliveryError::Temporary { retry_after, .. } = &error else { unreachable!() };
+            let DeliveryError::Temporary { retry_after, .. } = &error else {
+                unreachable!()
+            };
             let wait = retry_after.unwrap_or_else(|| jitter(backoff));
             if attempt >= self.retry.attempts || started.elapsed() + wait > self.retry.budget {
                 return Err(error);
@@ -173,7 +201,11 @@ fn jitter(base: Duration) -> Duration {
 
 fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
     match err {
-        TokenError::Credentials { error, description, fix } => DeliveryError::Credentials {
+        TokenError::Credentials {
+            error,
+            description,
+            fix,
+        } => DeliveryError::Credentials {
             account: account.name.clone(),
             reason: format!("Google rejected the credentials ({error}: {description})"),
             fix,

@@ -1,0 +1,209 @@
+//! The fake's Gmail send endpoint:
+//! `POST /upload/gmail/v1/users/{user}/messages/send?uploadType=media`.
+//!
+//! It checks what Google checks (a live access token, the media upload type, `message/rfc822`),
+//! records every upload with the recipients Gmail would deliver to — the addresses in the To, Cc
+//! and Bcc headers, parsed with mail-parser independently of the code under test — and can be told
+//! to fail, to be slow, or to revoke tokens.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as Shared};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::fake_google::{FakeGoogle, SharedState};
+
+/// One message Gmail accepted.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The `userId` in the path.
+    pub user: String,
+    /// The access token it was sent with.
+    pub token: String,
+    /// The raw bytes as uploaded.
+    pub body: Vec<u8>,
+    /// Lowercased To, Cc and Bcc addresses: who Gmail would deliver to.
+    pub recipients: Vec<String>,
+    /// The From address, lowercased.
+    pub from: Option<String>,
+    /// The id the fake answered with.
+    pub id: String,
+}
+
+/// What the next sends should suffer.
+#[derive(Debug, Clone)]
+pub enum SendFault {
+    /// This status with Google's JSON error envelope.
+    Google {
+        status: u16,
+        reason: &'static str,
+        message: String,
+    },
+    /// This status with a `Retry-After: seconds` header.
+    RetryAfter { status: u16, seconds: u64 },
+}
+
+impl SendFault {
+    /// A Google error with `reason` and a generic message.
+    pub fn google(status: u16, reason: &'static str) -> SendFault {
+        SendFault::Google {
+            status,
+            reason,
+            message: format!("fake {reason}"),
+        }
+    }
+}
+
+/// The endpoint's configuration and records.
+#[derive(Default)]
+pub struct GmailEndpoint {
+    uploads: Vec<Upload>,
+    faults: VecDeque<SendFault>,
+    latency: Duration,
+    /// Requests answered 401 because of their token.
+    unauthorized: usize,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+}
+
+impl FakeGoogle {
+    /// The Gmail API base URL to configure (`gmail.api_base`).
+    pub fn api_base(&self) -> String {
+        self.base_url()
+    }
+
+    /// Every accepted upload, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state().gmail.uploads.clone()
+    }
+
+    /// The next sends get these faults, in order.
+    pub fn fail_sends(&self, faults: impl IntoIterator<Item = SendFault>) {
+        self.state().gmail.faults.extend(faults);
+    }
+
+    /// Every send is answered only after `latency` (Gmail takes 100-300 ms).
+    pub fn set_send_latency(&self, latency: Duration) {
+        self.state().gmail.latency = latency;
+    }
+
+    /// Access tokens issued so far stop working: the next send with one gets 401.
+    pub fn revoke_access_tokens(&self) {
+        self.state().revoke_access_tokens();
+    }
+
+    /// How many sends were refused for their token.
+    pub fn unauthorized_sends(&self) -> usize {
+        self.state().gmail.unauthorized
+    }
+
+    /// The most sends that were in progress at the same time.
+    pub fn most_concurrent_sends(&self) -> usize {
+        self.state().gmail.most_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn google_error(status: u16, reason: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": status, "message": message, "status": "FAKE",
+        "errors": [{"domain": "global", "reason": reason, "message": message}]}});
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+/// Lowercased addresses of the To, Cc and Bcc headers, groups expanded, and the From address.
+fn header_addresses(raw: &[u8]) -> (Vec<String>, Option<String>) {
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(raw) else {
+        return (Vec::new(), None);
+    };
+    let collect = |address: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+        address
+            .map(|a| {
+                a.iter()
+                    .filter_map(|addr| addr.address())
+                    .map(str::to_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut recipients = collect(message.to());
+    recipients.extend(collect(message.cc()));
+    recipients.extend(collect(message.bcc()));
+    let from = collect(message.from()).into_iter().next();
+    (recipients, from)
+}
+
+/// The send handler.
+pub async fn send(
+    Shared(state): Shared<SharedState>,
+    Path(user): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (fault, latency, in_flight, most) = {
+        let mut state = state.lock().unwrap();
+        let gmail = &mut state.gmail;
+        (
+            gmail.faults.pop_front(),
+            gmail.latency,
+            gmail.in_flight.clone(),
+            gmail.most_in_flight.clone(),
+        )
+    };
+    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    most.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(latency).await;
+    in_flight.fetch_sub(1, Ordering::SeqCst);
+    match fault {
+        Some(SendFault::Google {
+            status,
+            reason,
+            message,
+        }) => return google_error(status, reason, &message),
+        Some(SendFault::RetryAfter { status, seconds }) => {
+            let headers = [(header::RETRY_AFTER, seconds.to_string())];
+            return (StatusCode::from_u16(status).unwrap(), headers, "slow down").into_response();
+        }
+        None => {}
+    }
+    if query.get("uploadType").map(String::as_str) != Some("media") {
+        return google_error(400, "badRequest", "uploadType=media expected");
+    }
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some("message/rfc822")
+    {
+        return google_error(400, "badContent", "Media type not supported");
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    let mut state = state.lock().unwrap();
+    if !state.is_valid_access_token(&token) {
+        state.gmail.unauthorized += 1;
+        return google_error(401, "authError", "Invalid Credentials");
+    }
+    let (recipients, from) = header_addresses(&body);
+    if recipients.is_empty() {
+        return google_error(400, "invalidArgument", "Invalid To header");
+    }
+    let id = format!("fake-gmail-{}", state.gmail.uploads.len() + 1);
+    state.gmail.uploads.push(Upload {
+        user,
+        token,
+        body: body.to_vec(),
+        recipients,
+        from,
+        id: id.clone(),
+    });
+    axum::Json(json!({"id": id, "threadId": id, "labelIds": ["SENT"]})).into_response()
+}
