@@ -11,13 +11,12 @@ pub mod headers;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use std::io::Write;
 use tempfile::TempPath;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
