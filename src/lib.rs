@@ -21,6 +21,7 @@
 //!   Gmail API call and the classification of its answers).
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
+//! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
@@ -29,4 +30,5 @@ pub mod config;
 pub mod google;
 pub mod message;
 pub mod relay;
+pub mod safeio;
 pub mod smtp;

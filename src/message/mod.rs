@@ -166,6 +166,29 @@ impl Message {
         }
     }
 
+    /// Writes the message to `path` durably and atomically. A spilled body is hard-linked when the
+    /// spill file is on the same filesystem (no copy of a 35 MB message), else copied.
+    pub async fn store(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        let stored = match &self.body {
+            Body::Memory(bytes) => {
+                let bytes = bytes.clone();
+                tokio::task::spawn_blocking(move || crate::safeio::write_atomically(&path, &bytes))
+                    .await
+            }
+            Body::Spilled(temp) => {
+                let source = temp.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::File::open(&source)?.sync_all()?;
+                    std::fs::hard_link(&source, &path)
+                        .or_else(|_| crate::safeio::copy_atomically(&source, &path))
+                })
+                .await
+            }
+        };
+        stored.map_err(io::Error::other)?
+    }
+
     /// Streams the message into `out` without holding it all in memory.
     pub async fn copy_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
         match &self.body {
