@@ -21,6 +21,8 @@
 //!   Gmail API call and the classification of its answers).
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
+//! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
+//!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod google;
 pub mod message;
+pub mod queue;
 pub mod relay;
 pub mod safeio;
 pub mod smtp;

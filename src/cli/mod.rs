@@ -27,8 +27,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the SMTP server until SIGTERM or SIGINT
     Serve,
+    /// Inspect and steer the spool (works while the server runs)
+    Queue {
+        /// What to do
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
 }
 
+mod queue;
 mod serve;
 
 /// How logs are written.
@@ -65,6 +72,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve => runtime.block_on(serve::run(config, source)),
+        Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
     }
 }
 

@@ -74,6 +74,11 @@ impl MessageId {
         MessageId(format!("{millis:011x}{:08x}", fastrand::u32(..)))
     }
 
+    /// An id read back from storage (the spool), where it was written by [`MessageId::generate`].
+    pub fn from_stored(id: &str) -> Self {
+        MessageId(id.to_string())
+    }
+
     /// The id as text: lowercase hex, safe as a file name.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -75,9 +75,7 @@ impl Deliver for FileDrop {
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
         match self.store(envelope, message).await {
-            Ok(()) => Ok(Receipt {
-                id: envelope.id.to_string(),
-            }),
+            Ok(()) => Ok(Receipt::new(envelope.id.to_string())),
             Err(err) => {
                 tracing::error!(id = %envelope.id, dir = %self.dir.display(), %err, "cannot store message");
                 Err(DeliveryError::local(format!(

@@ -150,7 +150,7 @@ impl Gmail {
                 .send(&account.user_id, token.expose(), outgoing.chunks.clone())
                 .await
             {
-                Ok(sent) => return Ok(Receipt { id: sent.id }),
+                Ok(sent) => return Ok(Receipt::new(sent.id)),
                 Err(SendError::Unauthorized(reason)) if !refreshed => {
                     tracing::debug!(account = %account.name, %reason, "access token rejected, refreshing");
                     account.tokens.invalidate(subject, &token);
