@@ -171,6 +171,21 @@ impl Message {
         }
     }
 
+    /// The first `limit` bytes (or all of a shorter message): enough to read the headers without
+    /// loading a large body.
+    pub async fn head(&self, limit: usize) -> io::Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        match &self.body {
+            Body::Memory(bytes) => Ok(bytes.slice(..bytes.len().min(limit))),
+            Body::Spilled(path) => {
+                let mut head = Vec::with_capacity(limit);
+                let file = tokio::fs::File::open(path).await?;
+                file.take(limit as u64).read_to_end(&mut head).await?;
+                Ok(head.into())
+            }
+        }
+    }
+
     /// Writes the message to `path` durably and atomically. A spilled body is hard-linked when the
     /// spill file is on the same filesystem (no copy of a 35 MB message), else copied.
     pub async fn store(&self, path: &Path) -> io::Result<()> {

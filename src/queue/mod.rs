@@ -45,8 +45,8 @@ impl Deliver for Queue {
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
         // Policy first: a message Gmail mode would refuse is refused now, while the client listens.
-        let outgoing = self.gmail.prepare(envelope, message).await?;
-        let entry = Entry::new(envelope, message.len(), &outgoing.account.name);
+        let account = self.gmail.check(envelope, message).await?;
+        let entry = Entry::new(envelope, message.len(), &account.name);
         if let Err(err) = self.spool.put(&entry, message).await {
             tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot queue the message");
             return Err(DeliveryError::local(
