@@ -342,3 +342,32 @@ async fn the_queue_accepts_while_gmail_is_down() {
     );
     queued.stop().await;
 }
+
+#[tokio::test]
+async fn large_queued_messages_are_streamed_from_the_spool_with_the_bcc_added() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
+    let message = format!(
+        "From: app@example.com\r\nTo: alice@example.com\r\n\r\n{}",
+        line.repeat(5_000_000 / line.len())
+    );
+    let mut client = queued.server.client().await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com", "bob@example.com"])
+        .await;
+    queued_id(&client.data(format!("{message}.\r\n").as_bytes()).await);
+    drop(client);
+    google.wait_for_uploads(1).await;
+    let expected = format!("Bcc: bob@example.com\r\n{message}");
+    assert!(
+        google.uploads()[0].body == expected.as_bytes(),
+        "the streamed upload differs"
+    );
+    queued.until_files("queue", 0).await;
+    queued.stop().await;
+}

@@ -174,15 +174,9 @@ impl Message {
     /// The first `limit` bytes (or all of a shorter message): enough to read the headers without
     /// loading a large body.
     pub async fn head(&self, limit: usize) -> io::Result<Bytes> {
-        use tokio::io::AsyncReadExt;
         match &self.body {
             Body::Memory(bytes) => Ok(bytes.slice(..bytes.len().min(limit))),
-            Body::Spilled(path) => {
-                let mut head = Vec::with_capacity(limit);
-                let file = tokio::fs::File::open(path).await?;
-                file.take(limit as u64).read_to_end(&mut head).await?;
-                Ok(head.into())
-            }
+            Body::Spilled(path) => read_head(path, limit).await,
         }
     }
 
@@ -219,6 +213,15 @@ impl Message {
             }
         }
     }
+}
+
+/// The first `limit` bytes of a stored message (or all of a shorter one).
+pub async fn read_head(path: &Path, limit: usize) -> io::Result<Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let file = tokio::fs::File::open(path).await?;
+    file.take(limit as u64).read_to_end(&mut head).await?;
+    Ok(head.into())
 }
 
 /// Collects a message body as it arrives, enforcing the size limit without buffering what is over it.

@@ -24,7 +24,6 @@ use super::control::{self, Request};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
 use crate::google::Credentials;
-use crate::message::Message;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
 /// A rate limit further away than this is the daily sending limit: defer the whole account.
@@ -315,15 +314,10 @@ impl Scheduler {
     }
 }
 
-/// One attempt for one queued message, with the same code as synchronous delivery.
+/// One attempt for one queued message, with the same code as synchronous delivery; the upload
+/// streams the spool file instead of reading it into memory.
 async fn deliver(spool: &Spool, gmail: &Gmail, entry: &Entry) -> Result<Receipt, DeliveryError> {
     let path = spool.message_path(Place::Queue, &entry.id);
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|err| DeliveryError::local(format!("cannot read {}: {err}", path.display())))?;
-    let envelope = entry.envelope();
-    let outgoing = gmail
-        .prepare(&envelope, &Message::from_bytes(bytes))
-        .await?;
+    let outgoing = gmail.prepare_file(&entry.envelope(), &path).await?;
     gmail.attempt(&outgoing).await
 }

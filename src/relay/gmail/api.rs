@@ -7,8 +7,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use serde::Deserialize;
+
+use super::upload::Upload;
 
 /// Seconds of request timeout granted per mebibyte of message, on top of [`BASE_TIMEOUT`]: a 35 MB
 /// upload over a slow uplink must not be cut off, a hung small request must not wait forever.
@@ -98,17 +99,15 @@ impl GmailApi {
         }
     }
 
-    /// Uploads one message, given as the chunks that make up its bytes.
+    /// Uploads one message.
     pub async fn send(
         &self,
         user_id: &str,
         access_token: &str,
-        chunks: Vec<Bytes>,
+        upload: &Upload,
     ) -> Result<Sent, SendError> {
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let len = upload.len();
         let url = self.send_url(user_id)?;
-        // A stream of the chunks: large messages are never joined into one buffer.
-        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
         let timeout = BASE_TIMEOUT + Duration::from_secs(SECONDS_PER_MIB * len.div_ceil(1 << 20));
         let response = self
             .http
@@ -117,7 +116,7 @@ impl GmailApi {
             .header(reqwest::header::CONTENT_TYPE, "message/rfc822")
             .header(reqwest::header::CONTENT_LENGTH, len)
             .timeout(timeout)
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(upload.body())
             .send()
             .await
             .map_err(|err| transport_error(&err))?;

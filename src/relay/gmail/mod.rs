@@ -9,20 +9,21 @@
 pub mod accounts;
 pub mod api;
 pub mod reload;
+pub mod upload;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 
 use super::{Deliver, DeliveryError, Receipt, Status};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
-use crate::message::gmail_rules;
+use crate::message::gmail_rules::{self, Prepared};
 use crate::message::headers::Headers;
-use crate::message::{Envelope, Message};
+use crate::message::{Envelope, Message, read_head};
 use accounts::{Account, Router};
 use api::{GmailApi, SendError};
+use upload::Upload;
 
 /// The most of a message read to decide routing and policy: far more than any real header section.
 const HEAD_LIMIT: usize = 256 * 1024;
@@ -54,8 +55,8 @@ pub struct Outgoing {
     pub account: Arc<Account>,
     /// The user a service-account token is minted for.
     pub subject: Option<String>,
-    /// The bytes to upload, as chunks (the received bytes plus any added header).
-    pub chunks: Vec<Bytes>,
+    /// The bytes to upload: the received bytes plus any added header.
+    pub upload: Upload,
 }
 
 /// Delivers through the Gmail API.
@@ -94,11 +95,13 @@ impl Gmail {
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
-        let raw = message
-            .to_bytes()
-            .await
-            .map_err(|err| DeliveryError::local(format!("cannot read the message: {err}")))?;
-        self.prepare_bytes(envelope, raw)
+        let raw = message.to_bytes().await.map_err(unreadable)?;
+        let (account, subject, prepared) = self.decide(envelope, &raw)?;
+        Ok(Outgoing {
+            account,
+            subject,
+            upload: Upload::Memory(prepared.to_chunks(raw)),
+        })
     }
 
     /// What [`prepare`](Self::prepare) decides, from the head of the message only: the account, or
@@ -108,15 +111,38 @@ impl Gmail {
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Arc<Account>, DeliveryError> {
-        let head = message
-            .head(HEAD_LIMIT)
-            .await
-            .map_err(|err| DeliveryError::local(format!("cannot read the message: {err}")))?;
-        Ok(self.prepare_bytes(envelope, head)?.account)
+        let head = message.head(HEAD_LIMIT).await.map_err(unreadable)?;
+        Ok(self.decide(envelope, &head)?.0)
     }
 
-    fn prepare_bytes(&self, envelope: &Envelope, raw: Bytes) -> Result<Outgoing, DeliveryError> {
-        let headers = Headers::read(&raw);
+    /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.eml`): only the
+    /// head is read, and the upload streams the file.
+    pub async fn prepare_file(
+        &self,
+        envelope: &Envelope,
+        path: &Path,
+    ) -> Result<Outgoing, DeliveryError> {
+        let file_len = tokio::fs::metadata(path).await.map_err(unreadable)?.len() as usize;
+        let head = read_head(path, HEAD_LIMIT).await.map_err(unreadable)?;
+        let (account, subject, prepared) = self.decide(envelope, &head)?;
+        let pieces = upload::extend_to(prepared.pieces, head.len(), file_len);
+        Ok(Outgoing {
+            account,
+            subject,
+            upload: Upload::File {
+                path: path.to_path_buf(),
+                pieces,
+            },
+        })
+    }
+
+    /// The account, the user a service-account token is for, and the rules' edits.
+    fn decide(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+    ) -> Result<(Arc<Account>, Option<String>, Prepared), DeliveryError> {
+        let headers = Headers::read(raw);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
         let from = headers
             .from
@@ -133,8 +159,7 @@ impl Gmail {
                 ),
             });
         };
-        let prepared =
-            gmail_rules::prepare_with_headers(&account.policy, envelope, &raw, &headers)?;
+        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, raw, &headers)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -145,11 +170,11 @@ impl Gmail {
                  (set from_policy = \"rewrite\" or \"reject\", or add it to send_as)"
             );
         }
-        Ok(Outgoing {
-            subject: account.subject(sender).map(str::to_string),
-            chunks: prepared.to_chunks(raw),
-            account: account.clone(),
-        })
+        Ok((
+            account.clone(),
+            account.subject(sender).map(str::to_string),
+            prepared,
+        ))
     }
 
     /// One attempt: token, upload, and after a 401 one refresh and one more upload.
@@ -170,7 +195,7 @@ impl Gmail {
                 .map_err(|err| token_failure(account, err))?;
             match self
                 .api
-                .send(&account.user_id, token.expose(), outgoing.chunks.clone())
+                .send(&account.user_id, token.expose(), &outgoing.upload)
                 .await
             {
                 Ok(sent) => return Ok(Receipt::new(sent.id)),
@@ -215,6 +240,10 @@ impl Deliver for Gmail {
             attempt += 1;
         }
     }
+}
+
+fn unreadable(err: std::io::Error) -> DeliveryError {
+    DeliveryError::local(format!("cannot read the message: {err}"))
 }
 
 /// ±20 %, so clients that failed together do not retry together.
