@@ -371,3 +371,64 @@ async fn large_queued_messages_are_streamed_from_the_spool_with_the_bcc_added() 
     queued.until_files("queue", 0).await;
     queued.stop().await;
 }
+
+/// The record of the one queued message.
+fn only_record(spool: &Path) -> serde_json::Value {
+    let records: Vec<_> = std::fs::read_dir(spool.join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_daily_sending_limit_defers_for_hours_not_seconds() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends([SendFault::RetryAfter {
+        status: 429,
+        seconds: 3 * 3600,
+    }]);
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_failed_once(1).await;
+    let record = only_record(&queued.spool);
+    let next: std::time::SystemTime =
+        humantime::parse_rfc3339(record["next_attempt"].as_str().unwrap()).unwrap();
+    let wait = next.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        wait > Duration::from_secs(2 * 3600),
+        "retry in {wait:?}, not hours"
+    );
+    assert!(google.uploads().is_empty());
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_gmail_keeps_the_message_queued() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut gmail = gmail_config(&google, dir.path());
+    gmail.api_base = format!("http://{closed}");
+    let queued = Queued::start(&gmail, queue_config(&dir.path().join("spool"))).await;
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_failed_once(1).await;
+    let record = only_record(&queued.spool);
+    assert!(
+        record["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect"),
+        "{record}"
+    );
+    assert!(record["dead_reason"].is_null());
+    queued.stop().await;
+}
