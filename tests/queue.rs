@@ -432,3 +432,45 @@ async fn an_unreachable_gmail_keeps_the_message_queued() {
     assert!(record["dead_reason"].is_null());
     queued.stop().await;
 }
+
+#[tokio::test]
+async fn messages_older_than_max_age_become_dead_letters() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends([SendFault::google(503, "backendError")]);
+    let mut config = queue_config(&dir.path().join("spool"));
+    config.max_age = Duration::from_millis(1);
+    let queued = Queued::start(&gmail_config(&google, dir.path()), config).await;
+    let id = queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_files("dead", 2).await;
+    queued.until_files("queue", 0).await;
+    let (_, shown) = queue_command(&queued.spool, &["show", &id]).await;
+    assert!(shown.contains("dead because: too old"), "{shown}");
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_reported_and_the_rest_of_the_queue_works() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(spool.join("queue")).unwrap();
+    std::fs::write(spool.join("queue/00000000000000000001.json"), b"{ not json").unwrap();
+    std::fs::write(
+        spool.join("queue/00000000000000000001.eml"),
+        b"kept for the operator",
+    )
+    .unwrap();
+    let queued = Queued::start(&gmail_config(&google, dir.path()), queue_config(&spool)).await;
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    google.wait_for_uploads(1).await;
+    let (ok, listed) = queue_command(&spool, &["list"]).await;
+    assert!(
+        ok && listed.contains("00000000000000000001  UNREADABLE RECORD"),
+        "{listed}"
+    );
+    queued.until_files("queue", 2).await;
+    assert!(
+        spool.join("queue/00000000000000000001.eml").exists(),
+        "nothing acknowledged is deleted"
+    );
+    queued.stop().await;
+}
