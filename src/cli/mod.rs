@@ -25,10 +25,13 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Obtain a token file: Google's consent screen in a browser, a loopback redirect, PKCE
+    Authorize(authorize::AuthorizeArgs),
     /// Run the SMTP server until SIGTERM or SIGINT
     Serve,
 }
 
+mod authorize;
 mod serve;
 
 /// How logs are written.
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Serve => runtime.block_on(serve::run(config, source)),
     }
 }
