@@ -5,17 +5,25 @@
 //!
 //! ```text
 //! TcpListener ─▶ smtp::Session ─(Envelope, Message)─▶ relay::Deliver ─▶ 250 / 451 / 554
+//!                                                        │ gmail: route to an account,
+//!                                                        │ Bcc and From rules, access token,
+//!                                                        ▼ upload the raw bytes
 //! ```
 //!
 //! # Layout
 //! - [`smtp`]: listeners, the connection cap, sessions (one method per SMTP verb), the DATA decoder,
 //!   replies, graceful shutdown.
 //! - [`message`]: what one accepted message is: its [`message::Envelope`] and raw bytes
-//!   ([`message::Message`]), spilled to disk when large.
-//! - [`relay`]: the one delivery trait ([`relay::Deliver`]) whose error says temporary or permanent,
-//!   and its targets: console, file, discard.
+//!   ([`message::Message`]), spilled to disk when large; reading its headers and the Gmail rules
+//!   (Bcc synthesis, header-only recipients, From policy) as edits of the raw bytes.
+//! - [`relay`]: the one delivery trait ([`relay::Deliver`]) whose error says temporary, permanent
+//!   or credentials, and its targets: console, file, discard, and gmail (accounts, the router, the
+//!   Gmail API call and the classification of its answers).
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
+//! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
+//!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
+//! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
@@ -23,5 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod google;
 pub mod message;
+pub mod queue;
 pub mod relay;
+pub mod safeio;
 pub mod smtp;

@@ -253,3 +253,23 @@ fn without_config_it_runs_console_mode_on_2525() {
         );
     }
 }
+
+#[test]
+fn gmail_settings_are_checked_at_start() {
+    let (code, stderr) = serve_with_config(
+        "[relay]\nmode = \"gmail\"\n[[gmail.accounts]]\nname = \"support\"\ncredentials = \"t.json\"\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("gmail.accounts.senders"), "{stderr}");
+
+    let (code, stderr) = serve_with_config(
+        "[relay]\nmode = \"gmail\"\n[gmail]\ncredentials = \"missing-token.json\"\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("missing-token.json"), "{stderr}");
+
+    let (code, stderr) =
+        serve_with_config("[relay]\nmode = \"gmail\"\n[gmail]\nclient_id = \"x\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("client_secret"), "{stderr}");
+}

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_gmail::SendFault;
+use common::fake_gmail::{SendFault, gmail_config};
 use common::fake_google::{self, FakeGoogle, Fault};
 use common::{Client, TestServer, assert_code, test_config};
 use smtp2gmail::config::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
@@ -20,20 +19,6 @@ const FAST: RetryPolicy = RetryPolicy {
     budget: Duration::from_secs(5),
     first_backoff: Duration::from_millis(10),
 };
-
-/// `[gmail]` for the fake: a quickstart token.json in `dir`.
-fn gmail_config(google: &FakeGoogle, dir: &Path) -> GmailConfig {
-    let token = fake_google::write_json(
-        dir,
-        "token.json",
-        &fake_google::token_json(&google.token_uri()),
-    );
-    GmailConfig {
-        api_base: google.api_base(),
-        credentials: Some(token),
-        ..GmailConfig::default()
-    }
-}
 
 async fn start(gmail: &GmailConfig) -> TestServer {
     let relay = Gmail::from_config(gmail, http_client().unwrap())

@@ -29,9 +29,16 @@ pub enum Command {
     Authorize(authorize::AuthorizeArgs),
     /// Run the SMTP server until SIGTERM or SIGINT
     Serve,
+    /// Inspect and steer the spool (works while the server runs)
+    Queue {
+        /// What to do
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
 }
 
 mod authorize;
+mod queue;
 mod serve;
 
 /// How logs are written.
@@ -69,6 +76,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Serve => runtime.block_on(serve::run(config, source)),
+        Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
     }
 }
 

@@ -2,25 +2,44 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{Config, RelayMode};
-use crate::{relay, smtp};
+use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
+use crate::relay::{Deliver, Gmail};
+use crate::{queue, relay, smtp};
+
+/// The delivery target, and the queue when gmail mode queues. In queue mode, large bodies are
+/// spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
+fn target(
+    config: &Config,
+    smtp: &mut SmtpConfig,
+) -> Result<(Arc<dyn Deliver>, Option<queue::Started>), String> {
+    if config.relay.mode != RelayMode::Gmail || config.relay.delivery != Delivery::Queue {
+        return Ok((relay::from_config(config)?, None));
+    }
+    let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
+    let started = queue::start(&config.queue, gmail)?;
+    smtp.spill_dir
+        .get_or_insert_with(|| started.spill_dir.clone());
+    Ok((started.acceptor.clone(), Some(started)))
+}
 
 /// Runs the server until a signal, then drains.
 pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
-    let deliver = match relay::from_config(&config) {
-        Ok(deliver) => deliver,
+    let mut smtp_config = config.smtp.clone();
+    let (deliver, queue) = match target(&config, &mut smtp_config) {
+        Ok(built) => built,
         Err(err) => {
             tracing::error!("{err}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let server = match smtp::Server::bind(config.smtp.clone(), deliver).await {
+    let server = match smtp::Server::bind(smtp_config, deliver).await {
         Ok(server) => server,
         Err(err) => {
             tracing::error!("{err}");
@@ -39,7 +58,13 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
             config.file.dir.display()
         ),
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
-        RelayMode::Gmail => "gmail mode: messages are sent through the Gmail API".to_string(),
+        RelayMode::Gmail if queue.is_some() => format!(
+            "gmail mode: messages are queued in {} and sent through the Gmail API",
+            config.queue.dir.display()
+        ),
+        RelayMode::Gmail => {
+            "gmail mode: messages are sent through the Gmail API before 250".to_string()
+        }
     };
     let source = match &source {
         Some(path) => format!("config {}", path.display()),
@@ -61,7 +86,17 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signals(shutdown.clone()));
+    // The spool lock lives until the deliveries have stopped.
+    let deliveries = queue.map(|started| {
+        let run = started
+            .scheduler
+            .run(shutdown.clone(), config.smtp.shutdown_grace);
+        (tokio::spawn(run), started.lock)
+    });
     server.run(shutdown).await;
+    if let Some((scheduler, _lock)) = deliveries {
+        let _ = scheduler.await;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

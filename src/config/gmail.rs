@@ -186,8 +186,26 @@ impl GmailConfig {
                 return Err(("gmail.accounts.name", message));
             }
         }
+        if let Some(account) = self.accounts.iter().find(|a| a.senders.is_empty()) {
+            let message = format!(
+                "account {} needs senders: a named account is chosen by its senders",
+                account.name
+            );
+            return Err(("gmail.accounts.senders", message));
+        }
         let default = self.default_account();
         for account in std::iter::once(&default).chain(&self.accounts) {
+            // send_as[0] is written into a From header by from_policy = "rewrite".
+            if let Some(bad) = account
+                .send_as
+                .iter()
+                .find(|a| a.chars().any(|c| c.is_control() || c.is_whitespace()))
+            {
+                return Err((
+                    "gmail.send_as",
+                    format!("account {}: {bad:?} is not a plain address", account.name),
+                ));
+            }
             let bad = account
                 .senders
                 .iter()

@@ -30,6 +30,8 @@ pub struct Config {
     pub file: FileConfig,
     /// Gmail mode: accounts, credentials, recipient and From rules.
     pub gmail: GmailConfig,
+    /// The durable queue (gmail mode with `relay.delivery = "queue"`).
+    pub queue: QueueConfig,
 }
 
 /// `[smtp]`: the listener and the limits it enforces.
@@ -85,6 +87,57 @@ impl SmtpConfig {
 pub struct RelayConfig {
     /// The delivery target.
     pub mode: RelayMode,
+    /// Gmail mode: answer 250 once queued on disk, or only after Gmail accepted the message.
+    pub delivery: Delivery,
+}
+
+/// When the client gets its 250 in gmail mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Once the message is fsynced in the spool; delivered in the background with retries.
+    #[default]
+    Queue,
+    /// Only after Gmail answered 200 (the reply carries Gmail's id); nothing is stored.
+    Sync,
+}
+
+/// `[queue]`: the spool and the retry schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// The spool directory (created if missing).
+    pub dir: PathBuf,
+    /// A message still undelivered after this long becomes a dead letter.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The wait after the first failed attempt; doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// The longest wait between attempts.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Most sends per second per account (Gmail's API quota allows 2.5).
+    pub max_send_rate: f64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            dir: PathBuf::from("spool"),
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_send_rate: 2.0,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The spacing between two sends of one account.
+    pub fn send_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.max_send_rate)
+    }
 }
 
 /// The delivery targets.

@@ -4,8 +4,9 @@
 //! Files are parsed into `serde_json::Value` and picked apart by hand rather than into typed
 //! structs, because serde's type errors quote the offending value, and that value may be a secret.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use crate::safeio;
+use std::io;
+use std::path::Path;
 use std::time::SystemTime;
 
 use jsonwebtoken::EncodingKey;
@@ -255,23 +256,9 @@ pub(crate) fn write_json(path: &Path, value: &Value) -> io::Result<()> {
     write_atomically(path, &bytes)
 }
 
-/// Replaces `path` so that a crash leaves either the old or the new file, never half of one: a
-/// private (0600) temporary file in the same directory, fsynced, renamed over the original, and
-/// the directory fsynced so the rename itself survives a power cut.
+/// Replaces `path` so that a crash leaves either the old or the new file, never half of one, and
+/// the rename itself survives a power cut.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(&dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(&dir)?.sync_all()
+    safeio::write_atomically(path, bytes)?;
+    safeio::sync_dir(&safeio::parent_dir(path))
 }

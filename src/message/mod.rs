@@ -11,13 +11,12 @@ pub mod headers;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use std::io::Write;
 use tempfile::TempPath;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -73,6 +72,11 @@ impl MessageId {
             .unwrap_or_default()
             .as_millis();
         MessageId(format!("{millis:011x}{:08x}", fastrand::u32(..)))
+    }
+
+    /// An id read back from storage (the spool), where it was written by [`MessageId::generate`].
+    pub fn from_stored(id: &str) -> Self {
+        MessageId(id.to_string())
     }
 
     /// The id as text: lowercase hex, safe as a file name.
@@ -165,6 +169,44 @@ impl Message {
             Body::Memory(bytes) => Ok(bytes.clone()),
             Body::Spilled(path) => Ok(tokio::fs::read(path).await?.into()),
         }
+    }
+
+    /// The first `limit` bytes (or all of a shorter message): enough to read the headers without
+    /// loading a large body.
+    pub async fn head(&self, limit: usize) -> io::Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        match &self.body {
+            Body::Memory(bytes) => Ok(bytes.slice(..bytes.len().min(limit))),
+            Body::Spilled(path) => {
+                let mut head = Vec::with_capacity(limit);
+                let file = tokio::fs::File::open(path).await?;
+                file.take(limit as u64).read_to_end(&mut head).await?;
+                Ok(head.into())
+            }
+        }
+    }
+
+    /// Writes the message to `path` durably and atomically. A spilled body is hard-linked when the
+    /// spill file is on the same filesystem (no copy of a 35 MB message), else copied.
+    pub async fn store(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        let stored = match &self.body {
+            Body::Memory(bytes) => {
+                let bytes = bytes.clone();
+                tokio::task::spawn_blocking(move || crate::safeio::write_atomically(&path, &bytes))
+                    .await
+            }
+            Body::Spilled(temp) => {
+                let source = temp.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::File::open(&source)?.sync_all()?;
+                    std::fs::hard_link(&source, &path)
+                        .or_else(|_| crate::safeio::copy_atomically(&source, &path))
+                })
+                .await
+            }
+        };
+        stored.map_err(io::Error::other)?
     }
 
     /// Streams the message into `out` without holding it all in memory.

@@ -42,8 +42,6 @@ impl Deliver for Console {
             .write_all(&block)
             .and_then(|()| stdout.flush())
             .map_err(|err| DeliveryError::local(format!("cannot write to stdout: {err}")))?;
-        Ok(Receipt {
-            id: envelope.id.to_string(),
-        })
+        Ok(Receipt::new(envelope.id.to_string()))
     }
 }

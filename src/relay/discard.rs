@@ -14,8 +14,6 @@ impl Deliver for Discard {
         envelope: &Envelope,
         _message: &Message,
     ) -> Result<Receipt, DeliveryError> {
-        Ok(Receipt {
-            id: envelope.id.to_string(),
-        })
+        Ok(Receipt::new(envelope.id.to_string()))
     }
 }

@@ -2,12 +2,11 @@
 //! (the envelope), each written atomically so a reader never sees half a file.
 
 use std::io;
-use std::path::{Path, PathBuf};
-
-use tokio::io::AsyncWriteExt;
+use std::path::PathBuf;
 
 use super::{Deliver, DeliveryError, Receipt};
 use crate::message::{Envelope, Message};
+use crate::safeio;
 
 /// Writes messages into a directory.
 #[derive(Debug, Clone)]
@@ -50,43 +49,15 @@ impl FileDrop {
         let mut json = serde_json::to_vec_pretty(&record)?;
         json.push(b'\n');
         // The .eml first: whoever waits for the .json finds the message complete.
-        let eml = self.dir.join(format!("{id}.eml"));
-        write_atomically(&eml, Contents::Message(message)).await?;
-        let json_path = self.dir.join(format!("{id}.json"));
-        write_atomically(&json_path, Contents::Bytes(&json)).await?;
-        sync_dir(&self.dir).await
-    }
-}
-
-/// What goes into one file.
-enum Contents<'a> {
-    Message(&'a Message),
-    Bytes(&'a [u8]),
-}
-
-/// Writes `path` via a temporary file in the same directory: write, fsync, rename.
-async fn write_atomically(path: &Path, contents: Contents<'_>) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let (file, temp_path) = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)?
-        .into_parts();
-    let mut file = tokio::fs::File::from_std(file);
-    match contents {
-        Contents::Message(message) => message.copy_to(&mut file).await?,
-        Contents::Bytes(bytes) => file.write_all(bytes).await?,
-    }
-    file.flush().await?;
-    file.sync_all().await?;
-    temp_path.persist(path).map_err(|err| err.error)
-}
-
-/// Makes renames in `dir` durable.
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        message.store(&self.dir.join(format!("{id}.eml"))).await?;
+        let (dir, id) = (self.dir.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || {
+            safeio::write_atomically(&dir.join(format!("{id}.json")), &json)?;
+            safeio::sync_dir(&dir)
+        })
         .await
         .map_err(io::Error::other)?
+    }
 }
 
 /// Formats a time as RFC 3339 in UTC.
@@ -104,9 +75,7 @@ impl Deliver for FileDrop {
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
         match self.store(envelope, message).await {
-            Ok(()) => Ok(Receipt {
-                id: envelope.id.to_string(),
-            }),
+            Ok(()) => Ok(Receipt::new(envelope.id.to_string())),
             Err(err) => {
                 tracing::error!(id = %envelope.id, dir = %self.dir.display(), %err, "cannot store message");
                 Err(DeliveryError::local(format!(

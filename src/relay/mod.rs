@@ -37,6 +37,18 @@ pub trait Deliver: Send + Sync {
 pub struct Receipt {
     /// The target's id for the message (our own id for local targets, Gmail's id for Gmail).
     pub id: String,
+    /// True when the message was durably queued rather than delivered (`250 … queued as <id>`).
+    pub queued: bool,
+}
+
+impl Receipt {
+    /// The target has the message: delivered, printed or stored.
+    pub fn new(id: impl Into<String>) -> Self {
+        Receipt {
+            id: id.into(),
+            queued: false,
+        }
+    }
 }
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.

@@ -57,6 +57,9 @@ impl Reply {
     /// the relay's temporary/permanent classification turns into an SMTP code.
     pub fn from_delivery(outcome: &Result<Receipt, DeliveryError>) -> Self {
         match outcome {
+            Ok(receipt) if receipt.queued => {
+                Reply::new(250, Status(2, 0, 0), format!("queued as {}", receipt.id))
+            }
             Ok(receipt) => Reply::new(250, Status(2, 0, 0), format!("OK {}", receipt.id)),
             Err(err @ (DeliveryError::Temporary { .. } | DeliveryError::Credentials { .. })) => {
                 Reply::new(451, err.status(), one_line(&err.to_string()))
@@ -102,7 +105,7 @@ mod tests {
 
     #[test]
     fn delivery_outcomes_map_to_codes() {
-        let ok = Reply::from_delivery(&Ok(Receipt { id: "abc".into() }));
+        let ok = Reply::from_delivery(&Ok(Receipt::new("abc")));
         assert_eq!(wire(&ok), "250 2.0.0 OK abc\r\n");
         let temp = Reply::from_delivery(&Err(DeliveryError::local("disk\r\nfull")));
         assert_eq!(wire(&temp), "451 4.3.0 disk full\r\n");

@@ -70,6 +70,8 @@ pub struct GmailEndpoint {
     unauthorized: usize,
     in_flight: Arc<AtomicUsize>,
     most_in_flight: Arc<AtomicUsize>,
+    /// The number of uploads, for tests that wait for deliveries.
+    count: Option<tokio::sync::watch::Sender<usize>>,
 }
 
 impl FakeGoogle {
@@ -81,6 +83,26 @@ impl FakeGoogle {
     /// Every accepted upload, in order.
     pub fn uploads(&self) -> Vec<Upload> {
         self.state().gmail.uploads.clone()
+    }
+
+    /// Waits until at least `n` uploads were accepted (bounded by the harness's wait).
+    pub async fn wait_for_uploads(&self, n: usize) {
+        let mut count = {
+            let mut state = self.state();
+            let uploads = state.gmail.uploads.len();
+            let sender = state
+                .gmail
+                .count
+                .get_or_insert_with(|| tokio::sync::watch::channel(0).0);
+            sender.send_replace(uploads);
+            sender.subscribe()
+        };
+        let waited = tokio::time::timeout(super::WAIT, count.wait_for(|&c| c >= n)).await;
+        assert!(
+            waited.is_ok(),
+            "expected {n} uploads, have {}",
+            self.uploads().len()
+        );
     }
 
     /// The next sends get these faults, in order.
@@ -205,5 +227,19 @@ pub async fn send(
         from,
         id: id.clone(),
     });
+    let count = state.gmail.uploads.len();
+    if let Some(sender) = &state.gmail.count {
+        sender.send_replace(count);
+    }
     axum::Json(json!({"id": id, "threadId": id, "labelIds": ["SENT"]})).into_response()
+}
+
+/// `[gmail]` for the fake: a quickstart token.json written into `dir`.
+pub fn gmail_config(google: &FakeGoogle, dir: &std::path::Path) -> smtp2gmail::config::GmailConfig {
+    let token = super::fake_google::token_json(&google.token_uri());
+    smtp2gmail::config::GmailConfig {
+        api_base: google.api_base(),
+        credentials: Some(super::fake_google::write_json(dir, "token.json", &token)),
+        ..Default::default()
+    }
 }

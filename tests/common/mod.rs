@@ -69,9 +69,7 @@ impl Deliver for Recorder {
             .unwrap()
             .push((envelope.clone(), body));
         self.notify.notify_waiters();
-        Ok(Receipt {
-            id: envelope.id.to_string(),
-        })
+        Ok(Receipt::new(envelope.id.to_string()))
     }
 }
 

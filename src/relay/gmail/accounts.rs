@@ -47,6 +47,8 @@ pub struct Account {
     pub policy: GmailPolicy,
     /// Caps simultaneous sends.
     pub sends: Semaphore,
+    /// The cap itself, so the queue dispatches no more than can run.
+    pub max_sends: usize,
     /// The credentials file, for the `authorize` hint in errors.
     pub token_file: Option<PathBuf>,
     /// From addresses already warned about under `from_policy = "keep"`: one warning each.
@@ -81,6 +83,9 @@ impl Account {
             (true, None | Some("sender")) => Impersonate::Sender,
             (true, Some(user)) => Impersonate::Fixed(user.to_string()),
         };
+        let max_sends = config
+            .max_concurrent_sends
+            .unwrap_or(DEFAULT_CONCURRENT_SENDS);
         let token_file = match &spec {
             CredentialSpec::File(path) => Some(path.clone()),
             _ => None,
@@ -104,11 +109,8 @@ impl Account {
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
             },
-            sends: Semaphore::new(
-                config
-                    .max_concurrent_sends
-                    .unwrap_or(DEFAULT_CONCURRENT_SENDS),
-            ),
+            sends: Semaphore::new(max_sends),
+            max_sends,
             token_file,
             warned_from: Mutex::new(HashSet::new()),
         })
@@ -183,6 +185,11 @@ impl Router {
             None
         };
         Ok(Router { named, default })
+    }
+
+    /// The account with this name, if it still exists.
+    pub fn account(&self, name: &str) -> Option<&Arc<Account>> {
+        self.accounts().find(|a| a.name == name)
     }
 
     /// Every account, for `check` and status reports.

@@ -1,0 +1,101 @@
+//! The durable queue: the server answers 250 only once a message is on disk, and delivers it in
+//! the background with retries — the promise Postfix makes.
+//!
+//! [`Queue`] is the delivery target the SMTP session sees in queue mode: it applies everything
+//! that can refuse a message before 250 (account routing, the recipient and From rules — the same
+//! code as synchronous delivery), stores the message with fsync ([`spool`]) and hands it to the
+//! [`schedule::Scheduler`], which delivers through the same Gmail code with its own retry schedule.
+//! A 250 from the queue means: on disk, and delivered at least once unless an operator deletes it.
+
+pub mod control;
+pub mod schedule;
+pub mod spool;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::message::{Envelope, Message};
+use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
+use spool::{Entry, Spool};
+
+/// The accepting half of the queue.
+pub struct Queue {
+    spool: Spool,
+    gmail: Arc<Gmail>,
+    scheduled: mpsc::UnboundedSender<Entry>,
+}
+
+impl Queue {
+    /// A queue storing into `spool` and announcing new entries to the scheduler.
+    pub fn new(spool: Spool, gmail: Arc<Gmail>, scheduled: mpsc::UnboundedSender<Entry>) -> Self {
+        Queue {
+            spool,
+            gmail,
+            scheduled,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliver for Queue {
+    async fn deliver(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Receipt, DeliveryError> {
+        // Policy first: a message Gmail mode would refuse is refused now, while the client listens.
+        let account = self.gmail.check(envelope, message).await?;
+        let entry = Entry::new(envelope, message.len(), &account.name);
+        if let Err(err) = self.spool.put(&entry, message).await {
+            tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot queue the message");
+            return Err(DeliveryError::local(
+                "cannot queue the message, try again later",
+            ));
+        }
+        // The scheduler only stops at shutdown; the entry is on disk and resumes at the next start.
+        let _ = self.scheduled.send(entry);
+        Ok(Receipt {
+            id: envelope.id.to_string(),
+            queued: true,
+        })
+    }
+}
+
+/// A queue ready to run: the acceptor for the SMTP sessions, the scheduler to spawn, and the lock
+/// that keeps a second server off the same spool.
+pub struct Started {
+    /// The delivery target for the SMTP sessions.
+    pub acceptor: Arc<Queue>,
+    /// The background deliveries; run it until shutdown.
+    pub scheduler: schedule::Scheduler,
+    /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
+    pub spill_dir: std::path::PathBuf,
+    /// Held for as long as the server runs.
+    pub lock: std::fs::File,
+}
+
+/// Opens the spool, takes its lock, cleans up after a crash, and builds the queue's parts.
+pub fn start(config: &crate::config::QueueConfig, gmail: Arc<Gmail>) -> Result<Started, String> {
+    let dir = config.dir.display();
+    let spool = Spool::open(&config.dir).map_err(|err| format!("queue.dir: {err}"))?;
+    let lock = control::try_lock(&spool)
+        .map_err(|err| format!("cannot lock the spool {dir}: {err}"))?
+        .ok_or_else(|| format!("another smtp2gmail server is using the spool {dir}"))?;
+    let removed = spool
+        .recover()
+        .map_err(|err| format!("cannot recover the spool {dir}: {err}"))?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed message bodies whose acceptance never completed (no 250 was sent)"
+        );
+    }
+    let (scheduled, incoming) = mpsc::unbounded_channel();
+    Ok(Started {
+        acceptor: Arc::new(Queue::new(spool.clone(), gmail.clone(), scheduled)),
+        spill_dir: spool.incoming(),
+        scheduler: schedule::Scheduler::new(spool, gmail, config.clone(), incoming),
+        lock,
+    })
+}

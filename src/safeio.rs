@@ -1,0 +1,75 @@
+//! Durable, atomic file writes: the one way this project replaces a file it must not lose.
+//!
+//! Write a private temporary file in the target's directory, fsync it, rename it over the target,
+//! and (when the caller needs the rename itself to survive a power cut) fsync the directory. A
+//! reader sees the old file or the new one, never half of one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The directory a file lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes the renames and unlinks already done in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` atomically; the file is private (mode 0600). The directory is not
+/// synced: callers writing several files sync it once at the end.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_with(path, |file| file.write_all(bytes))
+}
+
+/// Copies `source` to `path` atomically, for bodies too large to hold in memory.
+pub fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
+    write_with(path, |file| {
+        io::copy(&mut File::open(source)?, file).map(drop)
+    })
+}
+
+fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(parent_dir(path))?;
+    let (mut file, temp_path) = temp.into_parts();
+    fill(&mut file)?;
+    file.sync_all()?;
+    temp_path.persist(path).map_err(|err| err.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_atomically_and_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        copy_atomically(&path, &dir.path().join("g.json")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("g.json")).unwrap(), b"two");
+        sync_dir(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary files left"
+        );
+    }
+}

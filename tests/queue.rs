@@ -1,0 +1,344 @@
+//! The durable queue end to end: an SMTP client, the queue acceptor, the spool on disk, the
+//! scheduler, the fake Google — and the `queue` commands against the running server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_gmail::{SendFault, gmail_config};
+use common::fake_google::{FakeGoogle, Fault};
+use common::{TestServer, WAIT, assert_code, test_config};
+use smtp2gmail::config::{GmailConfig, QueueConfig, SmtpConfig};
+use smtp2gmail::google::{CredentialSpec, load};
+use smtp2gmail::queue;
+use smtp2gmail::relay::gmail::RetryPolicy;
+use smtp2gmail::relay::{Gmail, http_client};
+use tokio_util::sync::CancellationToken;
+
+const MESSAGE: &[u8] =
+    b"From: app@example.com\r\nTo: alice@example.com\r\nSubject: queued\r\n\r\nhello\r\n.\r\n";
+
+/// A server in queue mode with its scheduler running.
+struct Queued {
+    server: TestServer,
+    gmail: Arc<Gmail>,
+    spool: PathBuf,
+    shutdown: CancellationToken,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+fn queue_config(spool: &Path) -> QueueConfig {
+    QueueConfig {
+        dir: spool.to_path_buf(),
+        retry_min: Duration::from_millis(20),
+        retry_max: Duration::from_millis(100),
+        max_send_rate: 1000.0,
+        ..QueueConfig::default()
+    }
+}
+
+impl Queued {
+    async fn start(gmail: &GmailConfig, queue: QueueConfig) -> Queued {
+        let no_retries = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let relay = Arc::new(
+            Gmail::from_config(gmail, http_client().unwrap())
+                .unwrap()
+                .with_retry(no_retries),
+        );
+        let started = queue::start(&queue, relay.clone()).unwrap();
+        let smtp = SmtpConfig {
+            spill_dir: Some(started.spill_dir.clone()),
+            ..test_config()
+        };
+        let server = TestServer::with_target(smtp, started.acceptor.clone()).await;
+        let shutdown = CancellationToken::new();
+        let scheduler = tokio::spawn({
+            let (run, lock) = (
+                started
+                    .scheduler
+                    .run(shutdown.clone(), Duration::from_secs(5)),
+                started.lock,
+            );
+            async move {
+                run.await;
+                drop(lock);
+            }
+        });
+        Queued {
+            server,
+            gmail: relay,
+            spool: queue.dir,
+            shutdown,
+            scheduler,
+        }
+    }
+
+    async fn send(&self, rcpts: &[&str]) -> String {
+        let mut client = self.server.client().await;
+        client.start_transaction("app@example.com", rcpts).await;
+        let reply = client.data(MESSAGE).await;
+        assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+        reply
+    }
+
+    fn files(&self, place: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.spool.join(place))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until `place` holds `count` files (the scheduler works in the background).
+    async fn until_files(&self, place: &str, count: usize) {
+        let waited = tokio::time::timeout(WAIT, async {
+            while self.files(place).len() != count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert!(waited.await.is_ok(), "{place}: {:?}", self.files(place));
+    }
+
+    /// Waits until `count` queue records show one failed attempt.
+    async fn until_failed_once(&self, count: usize) {
+        let failed_once = || {
+            let records = std::fs::read_dir(self.spool.join("queue"))
+                .unwrap()
+                .filter_map(|e| e.ok());
+            records
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .contains("\"attempts\": 1")
+                })
+                .count()
+        };
+        let waited = tokio::time::timeout(WAIT, async {
+            while failed_once() < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert!(waited.await.is_ok(), "{:?}", self.files("queue"));
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+        self.shutdown.cancel();
+        self.scheduler.await.unwrap();
+    }
+}
+
+fn queued_id(reply: &str) -> String {
+    assert!(reply.starts_with("250 2.0.0 queued as "), "{reply}");
+    reply.trim_end().rsplit(' ').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_250_means_on_disk_then_delivered_with_retries() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends([SendFault::google(503, "backendError")]);
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    let id = queued_id(&queued.send(&["alice@example.com"]).await);
+    google.wait_for_uploads(1).await;
+    queued.until_files("queue", 0).await;
+    let upload = &google.uploads()[0];
+    assert_eq!(
+        upload.body,
+        &MESSAGE[..MESSAGE.len() - 3],
+        "the exact bytes, once"
+    );
+    assert!(!id.is_empty());
+    assert!(
+        queued.files("incoming").is_empty(),
+        "no leftover spill files"
+    );
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn policy_is_decided_before_250_and_nothing_is_queued() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    // To: alice is in the header, but the envelope names only bob: a header-only recipient.
+    let reply = queued.send(&["bob@example.com"]).await;
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}");
+    assert!(queued.files("queue").is_empty());
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn a_spool_that_cannot_be_written_is_451() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    // Root ignores permissions, so break the spool by putting a file where its directory was.
+    std::fs::remove_dir_all(queued.spool.join("queue")).unwrap();
+    std::fs::write(queued.spool.join("queue"), b"not a directory").unwrap();
+    let reply = queued.send(&["alice@example.com"]).await;
+    assert!(reply.starts_with("451 4.3.0 "), "{reply}");
+    queued.stop().await;
+}
+
+/// Runs `smtp2gmail queue ARGS` against the spool, as an operator would while the server runs.
+async fn queue_command(spool: &Path, args: &[&str]) -> (bool, String) {
+    let config = spool.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!("[queue]\ndir = {:?}\n", spool.display().to_string()),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+        .arg("--config")
+        .arg(&config)
+        .arg("queue")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn permanent_failures_become_dead_letters_that_can_be_retried() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends([SendFault::google(400, "invalidArgument")]);
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    let id = queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_files("dead", 2).await;
+    let (ok, listed) = queue_command(&queued.spool, &["list"]).await;
+    assert!(
+        ok && listed.contains(&id) && listed.contains("DEAD LETTER"),
+        "{listed}"
+    );
+    let (ok, shown) = queue_command(&queued.spool, &["show", &id]).await;
+    assert!(
+        ok && shown.contains("invalidArgument") && shown.contains("Subject: queued"),
+        "{shown}"
+    );
+    // The server is running: the command goes through it.
+    let (ok, retried) = queue_command(&queued.spool, &["retry", &id]).await;
+    assert!(ok, "{retried}");
+    google.wait_for_uploads(1).await;
+    queued.until_files("dead", 0).await;
+    queued.until_files("queue", 0).await;
+    let (ok, missing) = queue_command(&queued.spool, &["delete", &id]).await;
+    assert!(!ok && missing.contains("no such message"), "{missing}");
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn dead_credentials_pause_the_account_until_new_credentials_arrive() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_token_requests(1, Fault::invalid_grant());
+    let mut config = queue_config(&dir.path().join("spool"));
+    config.retry_max = Duration::from_secs(3600);
+    let gmail = gmail_config(&google, dir.path());
+    let queued = Queued::start(&gmail, config).await;
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    // The refusal is recorded on disk, and the account waits (an hour, in this configuration).
+    queued.until_failed_once(1).await;
+    // What the file watcher does when `authorize` writes a new token file.
+    let account = queued.gmail.router().account("default").unwrap();
+    let credentials = load(
+        &CredentialSpec::File(gmail.credentials.clone().unwrap()),
+        None,
+    )
+    .unwrap();
+    account.tokens.replace(credentials);
+    google.wait_for_uploads(1).await;
+    queued.until_files("queue", 0).await;
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn queued_messages_survive_a_restart() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let spool = dir.path().join("spool");
+    let mut config = queue_config(&spool);
+    config.retry_min = Duration::from_secs(3600);
+    config.retry_max = Duration::from_secs(3600);
+    google.fail_sends([
+        SendFault::google(503, "backendError"),
+        SendFault::google(503, "backendError"),
+    ]);
+    let queued = Queued::start(&gmail_config(&google, dir.path()), config.clone()).await;
+    for _ in 0..2 {
+        queued_id(&queued.send(&["alice@example.com"]).await);
+    }
+    // Both failed once and now wait an hour; the server stops.
+    queued.until_failed_once(2).await;
+    queued.stop().await;
+    assert!(google.uploads().is_empty());
+    // A body whose accept never finished (no record, so no 250 was given) is cleaned up.
+    std::fs::write(spool.join("queue").join("0123456789abcdef.eml"), b"half").unwrap();
+    config.retry_min = Duration::from_millis(20);
+    let queued = Queued::start(&gmail_config(&google, dir.path()), config).await;
+    let (ok, _) = queue_command(&spool, &["retry", "--all"]).await;
+    assert!(ok);
+    google.wait_for_uploads(2).await;
+    queued.until_files("queue", 0).await;
+    queued.stop().await;
+}
+
+#[test]
+fn backoff_doubles_from_retry_min_to_retry_max_with_jitter() {
+    let config = QueueConfig {
+        retry_min: Duration::from_secs(60),
+        retry_max: Duration::from_secs(3600),
+        ..QueueConfig::default()
+    };
+    for (attempts, base) in [(1, 60), (2, 120), (3, 240), (7, 3600), (40, 3600)] {
+        let wait = queue::schedule::backoff(&config, attempts).as_secs_f64();
+        let base = base as f64;
+        assert!(
+            wait >= base * 0.8 && wait <= base * 1.2,
+            "attempt {attempts}: {wait}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_queue_accepts_while_gmail_is_down() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends(std::iter::repeat_n(
+        SendFault::google(503, "backendError"),
+        1000,
+    ));
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_code(&queued.send(&["alice@example.com"]).await, 250);
+    }
+    assert!(
+        queued.files("queue").len() >= 6,
+        "{:?}",
+        queued.files("queue")
+    );
+    queued.stop().await;
+}
