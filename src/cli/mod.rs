@@ -35,10 +35,16 @@ pub enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// Validate the config and every account's credentials (gets an access token)
+    Check(check::CheckArgs),
+    /// Send one test message through the configured relay and print the result
+    Send(send::SendArgs),
 }
 
 mod authorize;
+mod check;
 mod queue;
+mod send;
 mod serve;
 
 /// How logs are written.
@@ -58,7 +64,7 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, default_log_level(&cli.command));
     let (config, source) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -77,12 +83,25 @@ pub fn main() -> ExitCode {
         Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Serve => runtime.block_on(serve::run(config, source)),
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
+        Command::Check(args) => runtime.block_on(check::run(config, source, args)),
+        Command::Send(args) => runtime.block_on(send::run(config, args)),
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// The log level when RUST_LOG is unset. One-shot commands print their own report on stdout;
+/// info lines about tokens on stderr would only repeat it.
+fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Check(_) => "error",
+        Command::Send(_) => "warn",
+        _ => "info",
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colours only for a terminal: escape codes in a log file or the journal are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

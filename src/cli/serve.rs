@@ -4,39 +4,38 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
+use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
 use crate::{queue, relay, smtp};
-
-/// The delivery target, and the queue when gmail mode queues. In queue mode, large bodies are
-/// spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
-fn target(
-    config: &Config,
-    smtp: &mut SmtpConfig,
-) -> Result<(Arc<dyn Deliver>, Option<queue::Started>), String> {
-    if config.relay.mode != RelayMode::Gmail || config.relay.delivery != Delivery::Queue {
-        return Ok((relay::from_config(config)?, None));
-    }
-    let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
-    let started = queue::start(&config.queue, gmail)?;
-    smtp.spill_dir
-        .get_or_insert_with(|| started.spill_dir.clone());
-    Ok((started.acceptor.clone(), Some(started)))
-}
 
 /// Runs the server until a signal, then drains.
 pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let mut smtp_config = config.smtp.clone();
-    let (deliver, queue) = match target(&config, &mut smtp_config) {
-        Ok(built) => built,
+    let Relay {
+        deliver,
+        watcher,
+        queue,
+    } = match build_relay(&config, &mut smtp_config) {
+        Ok(relay) => relay,
         Err(err) => {
             tracing::error!("{err}");
             return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Installed before the first log line, so a SIGHUP sent once the server says it is listening
+    // never meets the default action (terminate).
+    let hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(err) => {
+            tracing::warn!(%err, "cannot install the SIGHUP handler; credentials still reload when their files change");
+            None
         }
     };
     let server = match smtp::Server::bind(smtp_config, deliver).await {
@@ -51,21 +50,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let mode = match config.relay.mode {
-        RelayMode::Console => "console mode: messages are printed on stdout".to_string(),
-        RelayMode::File => format!(
-            "file mode: messages are written to {}",
-            config.file.dir.display()
-        ),
-        RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
-        RelayMode::Gmail if queue.is_some() => format!(
-            "gmail mode: messages are queued in {} and sent through the Gmail API",
-            config.queue.dir.display()
-        ),
-        RelayMode::Gmail => {
-            "gmail mode: messages are sent through the Gmail API before 250".to_string()
-        }
-    };
+    let mode = mode_description(&config);
     let source = match &source {
         Some(path) => format!("config {}", path.display()),
         None => "no config file, built-in defaults".to_string(),
@@ -86,6 +71,12 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signals(shutdown.clone()));
+    if let Some(hangup) = hangup {
+        tokio::spawn(reload_on_hangup(hangup, watcher.clone(), shutdown.clone()));
+    }
+    if let Some(watcher) = watcher {
+        tokio::spawn(watcher.run(shutdown.clone()));
+    }
     // The spool lock lives until the deliveries have stopped.
     let deliveries = queue.map(|started| {
         let run = started
@@ -101,9 +92,89 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What the relay mode does with mail, for the startup line and `check`.
+pub(super) fn mode_description(config: &Config) -> String {
+    match config.relay.mode {
+        RelayMode::Console => "console mode: messages are printed on stdout".to_string(),
+        RelayMode::File => format!(
+            "file mode: messages are written to {}",
+            config.file.dir.display()
+        ),
+        RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
+        RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
+            "gmail mode: messages are queued in {} and sent through the Gmail API",
+            config.queue.dir.display()
+        ),
+        RelayMode::Gmail => {
+            "gmail mode: messages are sent through the Gmail API before 250".to_string()
+        }
+    }
+}
+
+/// The delivery target; in gmail mode the watcher that reloads the accounts' credentials, and
+/// the queue when gmail mode queues.
+struct Relay {
+    deliver: Arc<dyn Deliver>,
+    watcher: Option<Arc<CredentialWatcher>>,
+    queue: Option<queue::Started>,
+}
+
+/// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
+/// queue need the concrete accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies
+/// are spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
+fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> {
+    if config.relay.mode != RelayMode::Gmail {
+        let deliver = relay::from_config(config)?;
+        return Ok(Relay {
+            deliver,
+            watcher: None,
+            queue: None,
+        });
+    }
+    let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
+    let accounts = gmail.router().accounts().cloned();
+    let watcher = Some(Arc::new(CredentialWatcher::new(accounts, POLL_INTERVAL)));
+    if config.relay.delivery == Delivery::Sync {
+        return Ok(Relay {
+            deliver: gmail,
+            watcher,
+            queue: None,
+        });
+    }
+    let started = queue::start(&config.queue, gmail)?;
+    smtp.spill_dir
+        .get_or_insert_with(|| started.spill_dir.clone());
+    Ok(Relay {
+        deliver: started.acceptor.clone(),
+        watcher,
+        queue: Some(started),
+    })
+}
+
+/// SIGHUP reloads every account's credentials, as daemons conventionally reload on it; in the
+/// other modes there is nothing to reload, but the signal must not stop the server either.
+async fn reload_on_hangup(
+    mut hangup: Signal,
+    watcher: Option<Arc<CredentialWatcher>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = hangup.recv() => if received.is_none() { return },
+        }
+        match &watcher {
+            Some(watcher) => {
+                tracing::info!("SIGHUP: reloading credentials");
+                watcher.reload_all().await;
+            }
+            None => tracing::info!("SIGHUP: no Google credentials to reload in this mode"),
+        }
+    }
+}
+
 /// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -298,6 +298,44 @@ impl Credentials {
         }
     }
 
+    /// A copy without the access token a token.json carried, so the first token request really
+    /// goes to Google: `check` must prove the refresh token works, which a cached access token
+    /// (valid for up to an hour after the refresh token died) cannot.
+    pub fn without_cached_token(&self) -> Credentials {
+        Credentials {
+            cached_token: None,
+            ..self.clone()
+        }
+    }
+
+    /// True when `other` obtains tokens exactly as these do: same refresh token, client and token
+    /// endpoint. The credential watcher uses it to ignore a rewrite that changes nothing (our own
+    /// write-back of a rotated refresh token, or another tool saving a new access token), which
+    /// would otherwise throw away a good cached token. Service-account keys never compare equal:
+    /// their key material is not comparable, and replacing them costs only one token request.
+    pub fn is_same_grant(&self, other: &Credentials) -> bool {
+        let same_grant = match (&self.grant, &other.grant) {
+            (
+                Grant::RefreshToken {
+                    client_id,
+                    client_secret,
+                    refresh_token,
+                },
+                Grant::RefreshToken {
+                    client_id: other_id,
+                    client_secret: other_secret,
+                    refresh_token: other_token,
+                },
+            ) => {
+                client_id == other_id
+                    && client_secret == other_secret
+                    && refresh_token == other_token
+            }
+            _ => false,
+        };
+        same_grant && self.kind == other.kind && self.token_uri == other.token_uri
+    }
+
     /// A copy that uses a rotated refresh token from now on.
     pub(crate) fn with_refresh_token(&self, new: Secret) -> Self {
         let mut credentials = self.clone();

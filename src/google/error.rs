@@ -144,8 +144,9 @@ fn fix(code: &str, credentials: &Credentials, subject: Option<&str>) -> String {
     }
 }
 
-/// "run `smtp2gmail authorize ...`" pointed at the file the credentials came from.
-fn authorize_again(kind: &CredentialKind) -> String {
+/// "run `smtp2gmail authorize ...`" pointed at the file the credentials came from, for every
+/// fix that needs a new refresh token (here, and `check` when a token's scopes cannot send).
+pub fn authorize_again(kind: &CredentialKind) -> String {
     let command = |target: &str| {
         format!(
             "run `smtp2gmail authorize --client-secret CLIENT_SECRET.json --token-file {target}`"

@@ -26,6 +26,8 @@ pub(crate) struct Granted {
     pub(crate) expires_in: Duration,
     /// Set when Google rotated the refresh token.
     pub(crate) refresh_token: Option<Secret>,
+    /// The scopes Google says the token carries, when it says so (`check` reports them).
+    pub(crate) scopes: Option<Vec<String>>,
 }
 
 /// Google's token response. The `oauth2` crate's standard response insists on a numeric
@@ -120,6 +122,9 @@ impl From<GoogleTokenResponse> for Granted {
             refresh_token: response
                 .refresh_token
                 .map(|t| Secret::new(t.secret().as_str())),
+            scopes: response
+                .scopes
+                .map(|scopes| scopes.iter().map(|s| s.to_string()).collect()),
         }
     }
 }

@@ -30,6 +30,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AccessToken {
     secret: Secret,
     valid_until: Instant,
+    /// What the token may do, as Google (or the token file) said; shared, as tokens are cloned
+    /// for every request.
+    scopes: Option<Arc<[String]>>,
 }
 
 impl AccessToken {
@@ -41,6 +44,12 @@ impl AccessToken {
     /// When Google stops accepting it (monotonic clock, so paused-time tests can move it).
     pub fn valid_until(&self) -> Instant {
         self.valid_until
+    }
+
+    /// The scopes granted with it, when known: from the token response, or for a token read
+    /// from a token.json, the file's `scopes`. `check` uses them to spot a token that cannot send.
+    pub fn scopes(&self) -> Option<&[String]> {
+        self.scopes.as_deref()
     }
 
     /// How long it remains valid.
@@ -210,6 +219,7 @@ impl TokenSource {
                 let token = AccessToken {
                     secret: granted.access_token.clone(),
                     valid_until: started + granted.expires_in,
+                    scopes: granted.scopes.as_deref().map(Arc::from),
                 };
                 self.adopt_rotation(&credentials, generation, &granted)
                     .await;
@@ -262,7 +272,8 @@ impl TokenSource {
         self.slots.lock().unwrap().clear();
         *self.state.lock().unwrap() = CredentialState::Unknown;
         self.seed_from_file();
-        tracing::info!(account = %self.name, credentials = %self.credentials(), "credentials replaced");
+        // Debug only: whoever replaces the credentials says why, at the level that fits.
+        tracing::debug!(account = %self.name, credentials = %self.credentials(), "credentials replaced");
     }
 
     fn is_generation(&self, generation: u64) -> bool {
@@ -289,6 +300,7 @@ impl TokenSource {
         let token = AccessToken {
             secret: secret.clone(),
             valid_until: Instant::now() + left,
+            scopes: credentials.scopes().map(Arc::from),
         };
         self.slot(None).cache.lock().unwrap().token = Some(token);
     }

@@ -77,6 +77,8 @@ struct TokenEndpoint {
     rejections: Vec<String>,
     /// Access tokens numbered up to this one are revoked.
     revoked_below: usize,
+    /// The `scope` of token responses.
+    scope: String,
 }
 
 /// Everything the fake knows; one part per endpoint.
@@ -161,6 +163,7 @@ impl FakeGoogle {
                 subjects: Vec::new(),
                 rejections: Vec::new(),
                 revoked_below: 0,
+                scope: GMAIL_SEND.to_string(),
             },
             gmail: Default::default(),
             oauth: Default::default(),
@@ -214,6 +217,17 @@ impl FakeGoogle {
     /// The refresh tokens the fake accepts now.
     pub fn accepted_refresh_tokens(&self) -> Vec<String> {
         self.with(|t| t.accepted_refresh_tokens.clone())
+    }
+
+    /// From now on only `token` is accepted: the old refresh token was revoked and `authorize`
+    /// obtained this one.
+    pub fn accept_only_refresh_token(&self, token: &str) {
+        self.with(|t| t.accepted_refresh_tokens = vec![token.to_string()]);
+    }
+
+    /// Token responses say this `scope` from now on (a token authorized with the wrong scopes).
+    pub fn set_granted_scope(&self, scope: &str) {
+        self.with(|t| t.scope = scope.to_string());
     }
 
     /// Accepts JWTs from [`SERVICE_ACCOUNT_EMAIL`] signed by the key whose public half is given.
@@ -379,7 +393,7 @@ fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Respons
     let mut body = json!({
         "access_token": format!("fake-access-{}", endpoint.issued),
         "expires_in": expires_in,
-        "scope": GMAIL_SEND,
+        "scope": endpoint.scope,
         "token_type": "Bearer",
     });
     if let Some(refresh_token) = refresh_token {

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::gmail::sender_matches;
 use crate::config::{AccountConfig, GmailConfig};
-use crate::google::{self, CredentialSpec, TokenSource};
+use crate::google::{self, CredentialSpec, Credentials, TokenSource};
 use crate::message::gmail_rules::GmailPolicy;
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -53,17 +53,15 @@ pub struct Account {
     pub token_file: Option<PathBuf>,
     /// From addresses already warned about under `from_policy = "keep"`: one warning each.
     warned_from: Mutex<HashSet<String>>,
+    /// The account's settings, kept so its credentials can be loaded again the same way.
+    config: AccountConfig,
 }
 
 impl Account {
     /// Builds an account: loads and checks its credentials now, so a bad file stops the start.
     pub fn from_config(config: &AccountConfig, http: &reqwest::Client) -> Result<Account, String> {
         let name = &config.name;
-        let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
-        let from_environment = matches!(spec, CredentialSpec::Environment);
-        let credentials =
-            google::load(&spec, config.token_uri.as_deref().filter(|u| !u.is_empty()))
-                .map_err(|err| format!("account {name}: {err}"))?;
+        let (spec, credentials) = load_credentials(config)?;
         let impersonate = match (
             credentials.is_service_account(),
             config.impersonate.as_deref(),
@@ -86,9 +84,10 @@ impl Account {
         let max_sends = config
             .max_concurrent_sends
             .unwrap_or(DEFAULT_CONCURRENT_SENDS);
-        let token_file = match &spec {
-            CredentialSpec::File(path) => Some(path.clone()),
-            _ => None,
+        let (token_file, from_environment) = match &spec {
+            CredentialSpec::File(path) => (Some(path.clone()), false),
+            CredentialSpec::Environment => (None, true),
+            CredentialSpec::Inline { .. } => (None, false),
         };
         Ok(Account {
             name: name.clone(),
@@ -113,7 +112,37 @@ impl Account {
             max_sends,
             token_file,
             warned_from: Mutex::new(HashSet::new()),
+            config: config.clone(),
         })
+    }
+
+    /// Loads the credentials again from where the configuration says they are (file, `file:`
+    /// and `env:` values, the environment), for a reload while the server runs. The account
+    /// keeps using its current credentials until the caller hands these to
+    /// [`TokenSource::replace`].
+    pub fn load_credentials(&self) -> Result<Credentials, String> {
+        load_credentials(&self.config).map(|(_, credentials)| credentials)
+    }
+
+    /// The files the credentials are read from: the `credentials` file and any `file:PATH`
+    /// values. Watching them is how a token written by `authorize` reaches a running server.
+    pub fn credential_files(&self) -> Vec<PathBuf> {
+        let config = &self.config;
+        let secret_files = [
+            &config.client_id,
+            &config.client_secret,
+            &config.refresh_token,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|value| value.strip_prefix("file:"))
+        .map(PathBuf::from);
+        config
+            .credentials
+            .iter()
+            .cloned()
+            .chain(secret_files)
+            .collect()
     }
 
     /// True when this account may send for `sender`.
@@ -135,6 +164,16 @@ impl Account {
         let mut warned = self.warned_from.lock().unwrap_or_else(|e| e.into_inner());
         warned.insert(address.to_ascii_lowercase())
     }
+}
+
+/// Reads an account's credentials the way its configuration says; errors name the account.
+fn load_credentials(config: &AccountConfig) -> Result<(CredentialSpec, Credentials), String> {
+    let name = &config.name;
+    let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
+    let token_uri = config.token_uri.as_deref().filter(|u| !u.is_empty());
+    let credentials =
+        google::load(&spec, token_uri).map_err(|err| format!("account {name}: {err}"))?;
+    Ok((spec, credentials))
 }
 
 /// Where an account's credentials come from: a file, inline values, or the environment variables
@@ -170,21 +209,29 @@ pub struct Router {
 impl Router {
     /// Builds every configured account.
     pub fn from_config(config: &GmailConfig, http: &reqwest::Client) -> Result<Router, String> {
-        let named = config
+        let (named, default) = Router::account_configs(config);
+        let build = |account: &AccountConfig| Account::from_config(account, http).map(Arc::new);
+        Ok(Router {
+            named: named.iter().map(build).collect::<Result<_, _>>()?,
+            default: default.as_ref().map(build).transpose()?,
+        })
+    }
+
+    /// The settings of every account the configuration asks for, without loading anything: the
+    /// named accounts (with the policy keys they inherit), and the `[gmail]` account when it has
+    /// credentials of its own, the environment provides them, or there is no other account.
+    /// `check` builds the accounts one by one from this, so one bad account does not hide the
+    /// state of the others.
+    pub fn account_configs(config: &GmailConfig) -> (Vec<AccountConfig>, Option<AccountConfig>) {
+        let named: Vec<AccountConfig> = config
             .accounts
             .iter()
-            .map(|account| Account::from_config(&config.inherit(account), http).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let env_configured = std::env::var_os("GMAIL_API_REFRESH_TOKEN").is_some();
-        let default = if config.has_own_credentials() || named.is_empty() || env_configured {
-            Some(Arc::new(Account::from_config(
-                &config.default_account(),
-                http,
-            )?))
-        } else {
-            None
-        };
-        Ok(Router { named, default })
+            .map(|account| config.inherit(account))
+            .collect();
+        let env_configured = std::env::var_os(google::ENV_REFRESH_TOKEN).is_some();
+        let default = (config.has_own_credentials() || named.is_empty() || env_configured)
+            .then(|| config.default_account());
+        (named, default)
     }
 
     /// The account with this name, if it still exists.

@@ -3,10 +3,12 @@
 //!
 //! [`Gmail::prepare`] and [`Gmail::attempt`] are the two halves the durable queue will call too;
 //! [`Deliver::deliver`] adds a small retry budget for synchronous delivery, so a transient 429 or
-//! 503 does not turn into a 451 while the client is still waiting.
+//! 503 does not turn into a 451 while the client is still waiting. [`reload`] switches an
+//! account to rewritten credential files while the server runs.
 
 pub mod accounts;
 pub mod api;
+pub mod reload;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

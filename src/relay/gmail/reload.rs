@@ -1,0 +1,220 @@
+//! Credentials reloaded while the server runs: when `smtp2gmail authorize` (or a secret manager,
+//! or an operator) rewrites an account's credentials file, the next token request uses the new
+//! file, without a restart and without losing mail; SIGHUP reloads every account on demand.
+//!
+//! Files are polled (metadata every [`POLL_INTERVAL`]) rather than watched with inotify/kqueue:
+//! polling is portable, needs no extra dependency, costs a few `stat` calls per interval, and sees
+//! the cases that matter. Atomic writers (`authorize`, google-auth, Kubernetes secret updates)
+//! rename a new file over the old one, which changes the inode even when size and modification
+//! time happen to match; in-place editors change the size or the modification time. A file that is
+//! caught half-written fails to parse, is reported once, and is read again when it changes next,
+//! while the account keeps the credentials it had.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::accounts::Account;
+
+/// How often credential files are checked for changes. Short enough that a token written by
+/// `authorize` is used for the next message, long enough to cost nothing.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a file looked like at the last look; `None` when it did not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    modified: Option<SystemTime>,
+    len: u64,
+    /// Device and inode: an atomic rename replaces them even when time and size match.
+    file_id: (u64, u64),
+}
+
+impl Fingerprint {
+    /// Follows symlinks, so a Kubernetes secret (a symlink into a directory swapped on update)
+    /// is seen to change.
+    fn of(path: &std::path::Path) -> Option<Fingerprint> {
+        let metadata = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let file_id = {
+            use std::os::unix::fs::MetadataExt;
+            (metadata.dev(), metadata.ino())
+        };
+        #[cfg(not(unix))]
+        let file_id = (0, 0);
+        Some(Fingerprint {
+            modified: metadata.modified().ok(),
+            len: metadata.len(),
+            file_id,
+        })
+    }
+}
+
+/// Reloads accounts' credentials when their files change, and on request (SIGHUP).
+pub struct CredentialWatcher {
+    accounts: Vec<Watched>,
+    interval: Duration,
+}
+
+/// One account and the last fingerprints of its files. Per account, not per path: two accounts
+/// sharing a file must both see it change.
+struct Watched {
+    account: Arc<Account>,
+    seen: Mutex<HashMap<PathBuf, Option<Fingerprint>>>,
+}
+
+impl CredentialWatcher {
+    /// Watches the credential files of `accounts`, checking every `interval` ([`POLL_INTERVAL`]
+    /// in the server; tests use milliseconds). The files are fingerprinted now, so only changes
+    /// made from here on cause a reload.
+    pub fn new(accounts: impl IntoIterator<Item = Arc<Account>>, interval: Duration) -> Self {
+        let accounts = accounts
+            .into_iter()
+            .map(|account| {
+                let seen = account
+                    .credential_files()
+                    .into_iter()
+                    .map(|path| {
+                        let fingerprint = Fingerprint::of(&path);
+                        (path, fingerprint)
+                    })
+                    .collect();
+                Watched {
+                    account,
+                    seen: Mutex::new(seen),
+                }
+            })
+            .collect();
+        CredentialWatcher { accounts, interval }
+    }
+
+    /// Polls until `shutdown` is cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        // After a stall (a suspended laptop) one look is enough, not a burst of them.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let watcher = self.clone();
+            // stat and a small JSON read: blocking calls, kept off the SMTP sessions' threads.
+            if let Err(err) = tokio::task::spawn_blocking(move || watcher.poll()).await {
+                tracing::warn!(%err, "credential file check failed");
+            }
+        }
+    }
+
+    /// Reloads every account whose files changed since the last look; returns how many it
+    /// reloaded.
+    pub fn poll(&self) -> usize {
+        let mut reloaded = 0;
+        for watched in &self.accounts {
+            if watched.files_changed() && reload(&watched.account, Trigger::FileChanged) {
+                reloaded += 1;
+            }
+        }
+        reloaded
+    }
+
+    /// Reloads every account now, changed or not: what SIGHUP does. Returns how many accounts
+    /// switched to different credentials.
+    pub async fn reload_all(self: &Arc<Self>) -> usize {
+        let watcher = self.clone();
+        let reload_all = move || {
+            let mut reloaded = 0;
+            for watched in &watcher.accounts {
+                // Take the fingerprints too, so the next poll does not reload the same files.
+                watched.files_changed();
+                if reload(&watched.account, Trigger::Signal) {
+                    reloaded += 1;
+                }
+            }
+            reloaded
+        };
+        // Reading files: a blocking call, kept off the SMTP sessions' threads.
+        tokio::task::spawn_blocking(reload_all)
+            .await
+            .unwrap_or_default()
+    }
+}
+
+impl Watched {
+    /// Updates the fingerprints of the account's files; true when any of them changed.
+    fn files_changed(&self) -> bool {
+        let account = &self.account;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for (path, before) in seen.iter_mut() {
+            let now = Fingerprint::of(path);
+            if now.is_none() && before.is_some() {
+                tracing::warn!(
+                    account = %account.name,
+                    file = %path.display(),
+                    "credentials file disappeared; keeping the credentials loaded earlier"
+                );
+            }
+            changed |= now.is_some() && now != *before;
+            *before = now;
+        }
+        changed
+    }
+}
+
+/// Why a reload happens, for the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    FileChanged,
+    Signal,
+}
+
+/// Loads `account`'s credentials again and switches to them if they differ and fit; true when
+/// it switched. A file that cannot be used leaves the account on its current credentials.
+fn reload(account: &Account, trigger: Trigger) -> bool {
+    let name = &account.name;
+    let from = account
+        .credential_files()
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from = if from.is_empty() {
+        "the configuration and environment".to_string()
+    } else {
+        from
+    };
+    let fresh = match account.load_credentials() {
+        Ok(fresh) => fresh,
+        Err(err) => {
+            tracing::warn!(
+                "credentials for account {name} not reloaded, keeping the previous ones: {err}"
+            );
+            return false;
+        }
+    };
+    let current = account.tokens.credentials();
+    if fresh.is_service_account() != current.is_service_account() {
+        // Who the token is minted for (`impersonate`) was decided at start for the old kind.
+        tracing::warn!(
+            "credentials for account {name} not reloaded: {from} switched between a refresh token \
+             and a service-account key; restart smtp2gmail to use it"
+        );
+        return false;
+    }
+    if current.is_same_grant(&fresh) {
+        match trigger {
+            // Our own write-back of a rotated refresh token lands here: nothing to do.
+            Trigger::FileChanged => {
+                tracing::debug!(account = %name, "credentials file rewritten with the same credentials")
+            }
+            Trigger::Signal => tracing::info!("credentials for account {name} unchanged ({from})"),
+        }
+        return false;
+    }
+    account.tokens.replace(fresh);
+    tracing::info!("credentials for account {name} reloaded from {from}");
+    true
+}

@@ -1,0 +1,303 @@
+//! Credentials replaced while the server runs: a revoked token answers 451 with the fix, and once
+//! a new token file is written (as `authorize` does) the next message goes through, no restart.
+//! In process with the credential watcher, and through the real binary with SIGHUP.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use common::fake_google::{self, FakeGoogle};
+use common::{Client, TestServer, WAIT, assert_code, test_config};
+use smtp2gmail::config::{AccountConfig, GmailConfig};
+use smtp2gmail::google::CredentialState;
+use smtp2gmail::relay::gmail::RetryPolicy;
+use smtp2gmail::relay::gmail::reload::CredentialWatcher;
+use smtp2gmail::relay::{Gmail, http_client};
+use tokio_util::sync::CancellationToken;
+
+/// The refresh token `authorize` obtains in these tests.
+const NEW_REFRESH_TOKEN: &str = "fake-refresh-token-from-authorize";
+
+const FAST: RetryPolicy = RetryPolicy {
+    attempts: 1,
+    budget: Duration::from_secs(1),
+    first_backoff: Duration::from_millis(10),
+};
+
+/// Writes a token.json the way `authorize` does: a new file renamed over the old one.
+fn write_token_atomically(path: &Path, token: &serde_json::Value) {
+    let temporary = path.with_extension("json.new");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(token).unwrap()).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// What `authorize` would write after the user consented again.
+fn authorized_token(google: &FakeGoogle) -> serde_json::Value {
+    let mut token = fake_google::token_json(&google.token_uri());
+    token["refresh_token"] = NEW_REFRESH_TOKEN.into();
+    token
+}
+
+async fn send(addr: std::net::SocketAddr) -> String {
+    let (mut client, _) = Client::connect(addr).await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    let reply = client
+        .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    reply
+}
+
+/// A Gmail relay on the fake with its watcher, and the token file it reads.
+struct Relay {
+    gmail: Arc<Gmail>,
+    watcher: Arc<CredentialWatcher>,
+    token_file: PathBuf,
+}
+
+fn relay(google: &FakeGoogle, dir: &Path, poll: Duration) -> Relay {
+    let token_file = fake_google::write_json(
+        dir,
+        "token.json",
+        &fake_google::token_json(&google.token_uri()),
+    );
+    let config = GmailConfig {
+        api_base: google.api_base(),
+        credentials: Some(token_file.clone()),
+        ..GmailConfig::default()
+    };
+    let gmail = Arc::new(
+        Gmail::from_config(&config, http_client().unwrap())
+            .unwrap()
+            .with_retry(FAST),
+    );
+    let watcher = Arc::new(CredentialWatcher::new(
+        gmail.router().accounts().cloned(),
+        poll,
+    ));
+    Relay {
+        gmail,
+        watcher,
+        token_file,
+    }
+}
+
+/// The first message works; then the refresh token is revoked (and the access token with it).
+async fn revoke_after_one_message(google: &FakeGoogle, server: &TestServer) {
+    assert_code(&send(server.addr).await, 250);
+    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    google.revoke_access_tokens();
+    let reply = send(server.addr).await;
+    assert!(reply.starts_with("451 4.7.0 "), "{reply}");
+    assert!(
+        reply.contains("invalid_grant") && reply.contains("smtp2gmail authorize"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_token_file_is_used_without_restart() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let relay = relay(&google, dir.path(), Duration::from_millis(20));
+    let stop = CancellationToken::new();
+    let watching = tokio::spawn(relay.watcher.clone().run(stop.clone()));
+    let server = TestServer::with_target(test_config(), relay.gmail.clone()).await;
+    revoke_after_one_message(&google, &server).await;
+
+    write_token_atomically(&relay.token_file, &authorized_token(&google));
+    // The watcher's own signal that it switched: the state starts again from Unknown.
+    let account = relay.gmail.router().accounts().next().unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    while matches!(
+        account.tokens.state(),
+        CredentialState::NeedsAttention { .. }
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "the new file was never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_code(&send(server.addr).await, 250);
+    assert!(matches!(account.tokens.state(), CredentialState::Ok { .. }));
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, watching)
+        .await
+        .expect("the watcher stops on shutdown")
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reload_all_switches_now_and_keeps_credentials_when_the_file_is_bad() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    // Never polls within the test: only reload_all (what SIGHUP calls) acts.
+    let relay = relay(&google, dir.path(), Duration::from_secs(3600));
+    let server = TestServer::with_target(test_config(), relay.gmail.clone()).await;
+    assert_code(&send(server.addr).await, 250);
+
+    std::fs::write(&relay.token_file, "{ half a file").unwrap();
+    assert_eq!(relay.watcher.reload_all().await, 0);
+    google.revoke_access_tokens();
+    assert_code(&send(server.addr).await, 250);
+    assert_eq!(
+        google.token_requests(),
+        2,
+        "the old refresh token is still in use"
+    );
+
+    // The same credentials again (as after our own write-back): nothing is thrown away.
+    let same = fake_google::token_json(&google.token_uri());
+    write_token_atomically(&relay.token_file, &same);
+    assert_eq!(relay.watcher.reload_all().await, 0);
+
+    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    google.revoke_access_tokens();
+    write_token_atomically(&relay.token_file, &authorized_token(&google));
+    assert_eq!(relay.watcher.reload_all().await, 1);
+    assert_code(&send(server.addr).await, 250);
+    assert_eq!(google.token_requests(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn accounts_sharing_a_file_each_reload_once() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let token_file = fake_google::write_json(
+        dir.path(),
+        "token.json",
+        &fake_google::token_json(&google.token_uri()),
+    );
+    let config = GmailConfig {
+        api_base: google.api_base(),
+        credentials: Some(token_file.clone()),
+        accounts: vec![AccountConfig {
+            name: "support".into(),
+            senders: vec!["support@example.org".into()],
+            credentials: Some(token_file.clone()),
+            ..AccountConfig::default()
+        }],
+        ..GmailConfig::default()
+    };
+    let gmail = Gmail::from_config(&config, http_client().unwrap()).unwrap();
+    let watcher = CredentialWatcher::new(gmail.router().accounts().cloned(), WAIT);
+    assert_eq!(watcher.poll(), 0, "nothing changed yet");
+    write_token_atomically(&token_file, &authorized_token(&google));
+    assert_eq!(watcher.poll(), 2, "both accounts use the file");
+    assert_eq!(watcher.poll(), 0, "a change is acted on once");
+}
+
+/// `smtp2gmail serve` as a child, its stderr read line by line on a thread.
+struct Serve {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> (Serve, std::net::SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+            .arg("serve")
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut serve = Serve { child, lines };
+        let startup = serve.wait_for("listening on");
+        let addr = startup
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        (serve, addr)
+    }
+
+    /// The next stderr line containing `text` (earlier lines are skipped).
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    panic!("no log line containing {text:?}")
+                }
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn stop(mut self) -> Option<i32> {
+        self.signal("-TERM");
+        self.child.wait().unwrap().code()
+    }
+}
+
+// Multi-threaded: the test thread blocks on the child's log lines while the fake keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_running_server() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    fake_google::write_json(
+        dir.path(),
+        "token.json",
+        &fake_google::token_json(&google.token_uri()),
+    );
+    let config = format!(
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\ndelivery = \"sync\"\n\
+         [gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n",
+        google.api_base()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let (mut serve, addr) = Serve::start(dir.path());
+
+    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    let reply = send(addr).await;
+    assert!(reply.starts_with("451 4.7.0 "), "{reply}");
+
+    write_token_atomically(&dir.path().join("token.json"), &authorized_token(&google));
+    serve.signal("-HUP");
+    serve.wait_for("SIGHUP: reloading credentials");
+    serve.wait_for("credentials for account default");
+    assert_code(&send(addr).await, 250);
+    assert_eq!(serve.stop(), Some(0), "SIGHUP must not stop the server");
+}
+
+#[tokio::test]
+async fn sighup_in_console_mode_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let (mut serve, addr) = Serve::start(dir.path());
+    serve.signal("-HUP");
+    serve.wait_for("SIGHUP: no Google credentials to reload");
+    assert_code(&send(addr).await, 250);
+    assert_eq!(serve.stop(), Some(0));
+}
