@@ -25,6 +25,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Obtain a token file: Google's consent screen in a browser, a loopback redirect, PKCE
+    Authorize(authorize::AuthorizeArgs),
     /// Run the SMTP server until SIGTERM or SIGINT
     Serve,
     /// Inspect and steer the spool (works while the server runs)
@@ -39,6 +41,7 @@ pub enum Command {
     Send(send::SendArgs),
 }
 
+mod authorize;
 mod check;
 mod queue;
 mod send;
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Serve => runtime.block_on(serve::run(config, source)),
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),

@@ -17,47 +17,86 @@ use super::{DEFAULT_TOKEN_URI, Secret};
 
 /// Reads a credentials file and works out what it is from its keys.
 pub(crate) fn load(path: &Path) -> Result<Credentials, CredentialError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| CredentialError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let Value::Object(map) = value else {
+    let Value::Object(map) = read_json(path)? else {
         return Err(CredentialError::Unrecognised {
             path: path.to_path_buf(),
         });
     };
     let fields = Fields { path, map: &map };
+    match shape(&map) {
+        Shape::ClientSecret => Err(CredentialError::ClientSecretFile {
+            path: path.to_path_buf(),
+        }),
+        Shape::ServiceAccount => service_account(&fields),
+        Shape::AuthorizedUser => {
+            refresh_token(&fields, CredentialKind::AuthorizedUser(path.to_path_buf()))
+        }
+        // `required` also reports a `type` that is not a string.
+        Shape::OtherType => Err(CredentialError::UnsupportedType {
+            path: path.to_path_buf(),
+            kind: fields.required("type")?.to_string(),
+        }),
+        Shape::TokenFile => refresh_token(&fields, CredentialKind::TokenFile(path.to_path_buf())),
+        Shape::Unknown => Err(CredentialError::Unrecognised {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Reads and parses a JSON file; errors name the file and a position, never content.
+pub(crate) fn read_json(path: &Path) -> Result<Value, CredentialError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CredentialError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// What a Google JSON file is, judged by its keys. Shared by credential loading and `authorize`,
+/// which must each recognise the other's file when a user hands over the wrong one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `installed` or `web`: an OAuth client (client_secret.json), not a token.
+    ClientSecret,
+    /// `"type": "service_account"`.
+    ServiceAccount,
+    /// `"type": "authorized_user"` (gcloud).
+    AuthorizedUser,
+    /// Another `type` (e.g. `external_account`), or one that is not a string.
+    OtherType,
+    /// A quickstart token.json: no `type`, but the keys a refresh needs.
+    TokenFile,
+    /// None of these.
+    Unknown,
+}
+
+/// Classifies a JSON object; see [`Shape`].
+pub(crate) fn shape(map: &Map<String, Value>) -> Shape {
     if ["installed", "web"]
         .iter()
         .any(|k| map.get(*k).is_some_and(Value::is_object))
     {
-        return Err(CredentialError::ClientSecretFile {
-            path: path.to_path_buf(),
-        });
+        return Shape::ClientSecret;
     }
-    match fields.optional("type")? {
-        Some("service_account") => service_account(&fields),
-        Some("authorized_user") => {
-            refresh_token(&fields, CredentialKind::AuthorizedUser(path.to_path_buf()))
-        }
-        Some(other) => Err(CredentialError::UnsupportedType {
-            path: path.to_path_buf(),
-            kind: other.to_string(),
-        }),
+    // Absent, null and "" all mean "no type", as everywhere in these files.
+    let kind = map
+        .get("type")
+        .filter(|v| !v.is_null() && v.as_str() != Some(""));
+    match kind.map(|v| v.as_str()) {
+        Some(Some("service_account")) => Shape::ServiceAccount,
+        Some(Some("authorized_user")) => Shape::AuthorizedUser,
+        Some(_) => Shape::OtherType,
         // token.json has no `type`; recognise it by the keys it cannot do without.
         None if ["refresh_token", "client_id", "client_secret"]
             .iter()
             .any(|k| map.contains_key(*k)) =>
         {
-            refresh_token(&fields, CredentialKind::TokenFile(path.to_path_buf()))
+            Shape::TokenFile
         }
-        None => Err(CredentialError::Unrecognised {
-            path: path.to_path_buf(),
-        }),
+        None => Shape::Unknown,
     }
 }
 
@@ -206,10 +245,15 @@ pub(crate) fn save_rotated(
         let expiry = humantime::format_rfc3339_seconds(expiry).to_string();
         map.insert("expiry".into(), expiry.into());
     }
-    let mut bytes = serde_json::to_vec_pretty(&value).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    write_atomically(path, &bytes)?;
+    write_json(path, &value)?;
     Ok(Saved::Written)
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically and private (see [`write_atomically`]).
+pub(crate) fn write_json(path: &Path, value: &Value) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomically(path, &bytes)
 }
 
 /// Replaces `path` so that a crash leaves either the old or the new file, never half of one, and

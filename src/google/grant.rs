@@ -56,6 +56,21 @@ pub struct GoogleTokenResponse {
         skip_serializing_if = "Option::is_none"
     )]
     scopes: Option<Vec<Scope>>,
+    /// The OpenID Connect ID token, present when `openid` was among the scopes: `authorize`
+    /// reads the account's address from it.
+    #[serde(
+        default,
+        with = "super::secret::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    id_token: Option<Secret>,
+}
+
+impl GoogleTokenResponse {
+    /// The ID token (a JWT), when `openid` was requested.
+    pub fn id_token(&self) -> Option<&Secret> {
+        self.id_token.as_ref()
+    }
 }
 
 fn bearer() -> BasicTokenType {
@@ -326,18 +341,8 @@ impl HttpFailure {
     pub(crate) fn into_token_error(self, credentials: &Credentials) -> TokenError {
         let uri = &credentials.token_uri;
         match self {
-            HttpFailure::Transport(error) => {
-                // reqwest's own message is generic; the cause ("connection refused") is in the chain.
-                let mut reason = format!("cannot reach token endpoint {uri}: {error}");
-                let mut source = error.source();
-                while let Some(cause) = source {
-                    reason.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                TokenError::Temporary { reason }
-            }
-            HttpFailure::Retryable(status) => TokenError::Temporary {
-                reason: format!("token endpoint {uri} answered HTTP {status}"),
+            HttpFailure::Transport(_) | HttpFailure::Retryable(_) => TokenError::Temporary {
+                reason: self.describe(uri),
             },
             HttpFailure::Unexpected(status) => TokenError::local(
                 &format!("http_{status}"),
@@ -348,12 +353,34 @@ impl HttpFailure {
             ),
         }
     }
+
+    /// What went wrong talking to the token endpoint at `uri`, as one line.
+    pub(crate) fn describe(&self, uri: &str) -> String {
+        match self {
+            HttpFailure::Transport(error) => {
+                // reqwest's own message is generic; the cause ("connection refused") is in the chain.
+                let mut reason = format!("cannot reach token endpoint {uri}: {error}");
+                let mut source = error.source();
+                while let Some(cause) = source {
+                    reason.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                reason
+            }
+            HttpFailure::Retryable(status) => {
+                format!("token endpoint {uri} answered HTTP {status}")
+            }
+            HttpFailure::Unexpected(status) => {
+                format!("token endpoint {uri} answered HTTP {status} without an OAuth error")
+            }
+        }
+    }
 }
 
 /// The shared client as the `oauth2` crate wants it. A named type with a boxed `Send` future,
 /// because a closure here makes the whole refresh future fail the `Send` check (a higher-ranked
 /// lifetime the compiler cannot see through).
-struct Http<'a>(&'a reqwest::Client);
+pub(crate) struct Http<'a>(pub(crate) &'a reqwest::Client);
 
 impl<'c> AsyncHttpClient<'c> for Http<'_> {
     type Error = HttpFailure;

@@ -10,9 +10,13 @@
 //! Nothing here ever prints a secret: they live in [`Secret`], whose `Debug` is `[redacted]`, and
 //! errors carry only Google's error code and description plus our advice.
 //!
+//! New refresh tokens come from [`authorize`]: the consent flow with a loopback redirect and PKCE
+//! that writes a token file.
+//!
 //! Every Google endpoint is configurable (the token URI comes from the file or an override), so
 //! tests run against a fake on 127.0.0.1.
 
+pub mod authorize;
 mod credentials;
 mod error;
 mod files;

@@ -74,3 +74,21 @@ pub(crate) fn env_secret(name: &str) -> Result<Secret, CredentialError> {
 pub(crate) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
+
+/// Serde for an optional [`Secret`], for responses the `oauth2` crate requires to serialize.
+pub(crate) mod optional {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Secret;
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Option<Secret>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.as_ref().map(Secret::expose).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+    }
+}

@@ -1,8 +1,9 @@
 //! An in-process fake of Google's endpoints on 127.0.0.1, so tests exercise the real HTTP code.
 //!
-//! It serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants) and,
-//! from fake_gmail.rs, the Gmail upload endpoint. More endpoints go into [`router`] with their own
-//! part of [`State`] and their own fault methods.
+//! It serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants), from
+//! fake_oauth.rs the consent screen and the authorization-code grant, and from fake_gmail.rs the
+//! Gmail upload endpoint. More endpoints go into [`router`] with their own part of [`State`] and
+//! their own fault methods.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::{Form, State as Shared};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
@@ -86,6 +87,8 @@ pub struct State {
     token: TokenEndpoint,
     /// The Gmail send endpoint (fake_gmail.rs).
     pub(super) gmail: super::fake_gmail::GmailEndpoint,
+    /// The consent screen and code exchanges (fake_oauth.rs).
+    pub(super) oauth: super::fake_oauth::ConsentEndpoint,
 }
 
 impl State {
@@ -95,6 +98,16 @@ impl State {
             .strip_prefix("fake-access-")
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| n > self.token.revoked_below && n <= self.token.issued)
+    }
+
+    /// Issues an access token, and accepts `refresh_token` from now on (the code grant).
+    pub(super) fn grant(&mut self, refresh_token: Option<&str>) -> String {
+        if let Some(refresh_token) = refresh_token {
+            let accepted = &mut self.token.accepted_refresh_tokens;
+            accepted.push(refresh_token.to_string());
+        }
+        self.token.issued += 1;
+        format!("fake-access-{}", self.token.issued)
     }
 
     /// Every access token issued so far stops working (as after a password change).
@@ -122,6 +135,7 @@ impl Drop for FakeGoogle {
 fn router(state: SharedState) -> Router {
     Router::new()
         .route("/token", post(token))
+        .route("/o/oauth2/auth", get(super::fake_oauth::consent))
         .route(
             "/upload/gmail/v1/users/{user}/messages/send",
             post(super::fake_gmail::send),
@@ -152,6 +166,7 @@ impl FakeGoogle {
                 scope: GMAIL_SEND.to_string(),
             },
             gmail: Default::default(),
+            oauth: Default::default(),
         }));
         let app = router(state.clone());
         let task = tokio::spawn(async move {
@@ -262,6 +277,9 @@ async fn token(
         None => {}
     }
     let mut state = state.lock().unwrap();
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        return super::fake_oauth::exchange(&mut state, &form);
+    }
     let token_uri = state.token_uri.clone();
     let endpoint = &mut state.token;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();

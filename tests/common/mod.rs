@@ -4,6 +4,7 @@
 
 pub mod fake_gmail;
 pub mod fake_google;
+pub mod fake_oauth;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
