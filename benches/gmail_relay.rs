@@ -23,6 +23,10 @@
 mod common {
     pub mod fake_gmail;
     pub mod fake_google;
+    pub mod fake_oauth;
+
+    /// The fakes' bound on any wait (tests/common/mod.rs has the same).
+    pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 }
 
 use std::collections::HashMap;
