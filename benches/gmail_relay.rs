@@ -188,7 +188,7 @@ fn write_config(google: &FakeGoogle, dir: &Path, limit: usize) -> anyhow::Result
     );
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let text = format!(
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\nspill_dir = {spill}\n\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nspill_dir = {spill}\n\n\
          [relay]\nmode = \"gmail\"\n\n\
          [gmail]\napi_base = {api}\ncredentials = {token}\nmax_concurrent_sends = {limit}\n",
         spill = quote(&dir.to_string_lossy()),

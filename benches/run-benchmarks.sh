@@ -39,6 +39,8 @@ load() { "$load_bin" "$@"; }
 start_server() {
     stop_server
     cat >"$work/config.toml" <<EOF
+[http]
+listen = ""
 [smtp]
 listen = ["127.0.0.1:$PORT"]
 max_connections = $1

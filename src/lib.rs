@@ -24,14 +24,18 @@
 //! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
 //!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
+//! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
+//! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
 pub mod cli;
 pub mod config;
 pub mod google;
+pub mod http;
 pub mod message;
 pub mod queue;
 pub mod relay;
 pub mod safeio;
 pub mod smtp;
+pub mod telemetry;

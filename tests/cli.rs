@@ -152,7 +152,7 @@ async fn console_mode_prints_mail_on_stdout_and_logs_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("config.toml"),
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
     )
     .unwrap();
     // No --config: ./config.toml is picked up.
@@ -194,7 +194,7 @@ async fn json_logs_have_one_line_per_message() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("smtp.toml"),
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"discard\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"discard\"\n",
     )
     .unwrap();
     let server = Running::start(

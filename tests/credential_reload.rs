@@ -20,28 +20,11 @@ use smtp2gmail::relay::gmail::reload::CredentialWatcher;
 use smtp2gmail::relay::{Gmail, http_client};
 use tokio_util::sync::CancellationToken;
 
-/// The refresh token `authorize` obtains in these tests.
-const NEW_REFRESH_TOKEN: &str = "fake-refresh-token-from-authorize";
-
 const FAST: RetryPolicy = RetryPolicy {
     attempts: 1,
     budget: Duration::from_secs(1),
     first_backoff: Duration::from_millis(10),
 };
-
-/// Writes a token.json the way `authorize` does: a new file renamed over the old one.
-fn write_token_atomically(path: &Path, token: &serde_json::Value) {
-    let temporary = path.with_extension("json.new");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(token).unwrap()).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
-
-/// What `authorize` would write after the user consented again.
-fn authorized_token(google: &FakeGoogle) -> serde_json::Value {
-    let mut token = fake_google::token_json(&google.token_uri());
-    token["refresh_token"] = NEW_REFRESH_TOKEN.into();
-    token
-}
 
 async fn send(addr: std::net::SocketAddr) -> String {
     let (mut client, _) = Client::connect(addr).await;
@@ -92,7 +75,7 @@ fn relay(google: &FakeGoogle, dir: &Path, poll: Duration) -> Relay {
 /// The first message works; then the refresh token is revoked (and the access token with it).
 async fn revoke_after_one_message(google: &FakeGoogle, server: &TestServer) {
     assert_code(&send(server.addr).await, 250);
-    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     google.revoke_access_tokens();
     let reply = send(server.addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
@@ -111,7 +94,7 @@ async fn a_new_token_file_is_used_without_restart() {
     let server = TestServer::with_target(test_config(), relay.gmail.clone()).await;
     revoke_after_one_message(&google, &server).await;
 
-    write_token_atomically(&relay.token_file, &authorized_token(&google));
+    fake_google::write_token_atomically(&relay.token_file, &fake_google::authorized_token(&google));
     // The watcher's own signal that it switched: the state starts again from Unknown.
     let account = relay.gmail.router().accounts().next().unwrap().clone();
     let deadline = Instant::now() + WAIT;
@@ -156,12 +139,12 @@ async fn reload_all_switches_now_and_keeps_credentials_when_the_file_is_bad() {
 
     // The same credentials again (as after our own write-back): nothing is thrown away.
     let same = fake_google::token_json(&google.token_uri());
-    write_token_atomically(&relay.token_file, &same);
+    fake_google::write_token_atomically(&relay.token_file, &same);
     assert_eq!(relay.watcher.reload_all().await, 0);
 
-    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     google.revoke_access_tokens();
-    write_token_atomically(&relay.token_file, &authorized_token(&google));
+    fake_google::write_token_atomically(&relay.token_file, &fake_google::authorized_token(&google));
     assert_eq!(relay.watcher.reload_all().await, 1);
     assert_code(&send(server.addr).await, 250);
     assert_eq!(google.token_requests(), 3);
@@ -190,7 +173,7 @@ async fn accounts_sharing_a_file_each_reload_once() {
     let gmail = Gmail::from_config(&config, http_client().unwrap()).unwrap();
     let watcher = CredentialWatcher::new(gmail.router().accounts().cloned(), WAIT);
     assert_eq!(watcher.poll(), 0, "nothing changed yet");
-    write_token_atomically(&token_file, &authorized_token(&google));
+    fake_google::write_token_atomically(&token_file, &fake_google::authorized_token(&google));
     assert_eq!(watcher.poll(), 2, "both accounts use the file");
     assert_eq!(watcher.poll(), 0, "a change is acted on once");
 }
@@ -268,18 +251,21 @@ async fn sighup_reloads_a_running_server() {
         &fake_google::token_json(&google.token_uri()),
     );
     let config = format!(
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\ndelivery = \"sync\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\ndelivery = \"sync\"\n\
          [gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n",
         google.api_base()
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let (mut serve, addr) = Serve::start(dir.path());
 
-    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     let reply = send(addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
 
-    write_token_atomically(&dir.path().join("token.json"), &authorized_token(&google));
+    fake_google::write_token_atomically(
+        &dir.path().join("token.json"),
+        &fake_google::authorized_token(&google),
+    );
     serve.signal("-HUP");
     serve.wait_for("SIGHUP: reloading credentials");
     serve.wait_for("credentials for account default");
@@ -292,7 +278,7 @@ async fn sighup_in_console_mode_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("config.toml"),
-        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
     )
     .unwrap();
     let (mut serve, addr) = Serve::start(dir.path());

@@ -83,7 +83,7 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\n\
              [queue]\ndir = {:?}\nretry_min = \"50ms\"\nretry_max = \"200ms\"\nmax_send_rate = 100000.0\n\
              [gmail]\napi_base = {:?}\ncredentials = {:?}\n",
             dir.path().join("spool").display().to_string(),

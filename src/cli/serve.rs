@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
+use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
-use crate::{queue, relay, smtp};
+use crate::{http, queue, relay, smtp};
 
 /// Runs the server until a signal, then drains.
 pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
@@ -22,6 +23,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         deliver,
         watcher,
         queue,
+        accounts,
     } = match build_relay(&config, &mut smtp_config) {
         Ok(relay) => relay,
         Err(err) => {
@@ -44,6 +46,18 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
             tracing::error!("{err}");
             return ExitCode::from(EXIT_FAILURE);
         }
+    };
+    let http = match config.http.address() {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!(
+                    "cannot serve the HTTP endpoints on {addr}: {err} (set [http] listen, or \"\" to turn them off)"
+                );
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        None => None,
     };
     let addrs: Vec<String> = server
         .local_addrs()
@@ -71,6 +85,17 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signals(shutdown.clone()));
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("HTTP endpoints on http://{addr}/ (healthz, readyz, metrics)");
+        }
+        let readiness = Arc::new(http::Readiness {
+            accounts,
+            spool: queue.as_ref().map(|started| started.spill_dir.clone()),
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(http::serve(listener, readiness, shutdown.clone()));
+    }
     if let Some(hangup) = hangup {
         tokio::spawn(reload_on_hangup(hangup, watcher.clone(), shutdown.clone()));
     }
@@ -117,6 +142,8 @@ struct Relay {
     deliver: Arc<dyn Deliver>,
     watcher: Option<Arc<CredentialWatcher>>,
     queue: Option<queue::Started>,
+    /// The Gmail accounts, for readiness.
+    accounts: Vec<Arc<Account>>,
 }
 
 /// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
@@ -129,16 +156,21 @@ fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> 
             deliver,
             watcher: None,
             queue: None,
+            accounts: Vec::new(),
         });
     }
     let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
-    let accounts = gmail.router().accounts().cloned();
-    let watcher = Some(Arc::new(CredentialWatcher::new(accounts, POLL_INTERVAL)));
+    let accounts: Vec<Arc<Account>> = gmail.router().accounts().cloned().collect();
+    let watcher = Some(Arc::new(CredentialWatcher::new(
+        accounts.iter().cloned(),
+        POLL_INTERVAL,
+    )));
     if config.relay.delivery == Delivery::Sync {
         return Ok(Relay {
             deliver: gmail,
             watcher,
             queue: None,
+            accounts,
         });
     }
     let started = queue::start(&config.queue, gmail)?;
@@ -148,6 +180,7 @@ fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> 
         deliver: started.acceptor.clone(),
         watcher,
         queue: Some(started),
+        accounts,
     })
 }
 

@@ -32,6 +32,31 @@ pub struct Config {
     pub gmail: GmailConfig,
     /// The durable queue (gmail mode with `relay.delivery = "queue"`).
     pub queue: QueueConfig,
+    /// The operator's HTTP endpoints.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The address to serve on; `""` turns the endpoints off.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9925".to_string(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address, or `None` when the endpoints are off.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[smtp]`: the listener and the limits it enforces.

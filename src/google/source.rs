@@ -214,6 +214,12 @@ impl TokenSource {
         tracing::debug!(account = %self.name, subject, "requesting an access token");
         let started = Instant::now();
         let result = grant::request(&self.http, &credentials, subject, self.timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) if error.is_temporary() => "temporary",
+            Err(_) => "credentials",
+        };
+        crate::telemetry::token_refresh(&self.name, outcome);
         match result {
             Ok(granted) => {
                 let token = AccessToken {

@@ -97,6 +97,7 @@ impl Scheduler {
         let mut control_tick = tokio::time::interval(control::POLL);
         loop {
             self.dispatch();
+            self.report();
             let wait = self.next_wake();
             tokio::select! {
                 Some(entry) = self.incoming.recv() => self.schedule(entry),
@@ -123,6 +124,31 @@ impl Scheduler {
                 _ = self.deliveries.wait() => {}
             }
         }
+    }
+
+    /// Queue depth and oldest age per account, and the dead letters, for `/metrics`.
+    fn report(&self) {
+        let now = SystemTime::now();
+        let mut per_account: HashMap<&str, (usize, SystemTime)> = HashMap::new();
+        for entry in self.entries.values() {
+            let (depth, oldest) = per_account
+                .entry(&entry.account)
+                .or_insert((0, entry.received_at));
+            *depth += 1;
+            *oldest = (*oldest).min(entry.received_at);
+        }
+        for account in self.gmail.router().accounts() {
+            let (depth, oldest) = per_account
+                .get(account.name.as_str())
+                .copied()
+                .unwrap_or((0, now));
+            crate::telemetry::queue_state(
+                &account.name,
+                depth,
+                now.duration_since(oldest).unwrap_or_default(),
+            );
+        }
+        crate::telemetry::dead_letters(self.spool.count(Place::Dead));
     }
 
     fn load(&mut self) {

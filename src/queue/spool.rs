@@ -262,6 +262,11 @@ impl Spool {
         Ok((entries, broken))
     }
 
+    /// How many records `place` holds (no parsing; for metrics).
+    pub fn count(&self, place: Place) -> usize {
+        self.ids(place, "json").map_or(0, |ids| ids.len())
+    }
+
     fn ids(&self, place: Place, extension: &str) -> io::Result<Vec<String>> {
         let mut ids = Vec::new();
         for item in std::fs::read_dir(self.dir(place))? {

@@ -131,6 +131,7 @@ impl Acceptor {
     fn start_session(&self, stream: TcpStream, remote: SocketAddr) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection refused: max_connections reached");
+            crate::telemetry::connection_rejected("max_connections");
             // A fresh socket's send buffer is empty, so this short write completes at once.
             let _ = stream.try_write(b"421 4.7.0 too many connections, try again later\r\n");
             return;
@@ -142,8 +143,10 @@ impl Acceptor {
             self.abort.clone(),
         );
         let session = Session::new(conn, self.ctx.clone(), remote);
+        crate::telemetry::connection_opened();
         self.sessions.spawn(async move {
             session.run().await;
+            crate::telemetry::connection_closed();
             drop(permit);
         });
     }

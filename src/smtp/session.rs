@@ -382,6 +382,7 @@ impl Session {
         let message = match body.finish().await {
             Ok(message) => message,
             Err(err @ BodyError::TooLarge { .. }) => {
+                crate::telemetry::message_received("too_large");
                 return Reply::new(552, Status::TOO_BIG, err.to_string());
             }
             Err(err) => {
@@ -403,6 +404,11 @@ impl Session {
             received_at: SystemTime::now(),
         };
         let outcome = self.ctx.deliver.deliver(&envelope, &message).await;
+        crate::telemetry::message_received(match &outcome {
+            Ok(_) => "accepted",
+            Err(err) if err.is_permanent() => "permanent",
+            Err(_) => "temporary",
+        });
         let reply = Reply::from_delivery(&outcome);
         let outcome_text = match &outcome {
             Ok(receipt) => format!("accepted {}", receipt.id),

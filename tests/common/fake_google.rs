@@ -492,3 +492,20 @@ pub fn write_json(
     std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
     path
 }
+
+/// The refresh token a new authorization yields (see [`authorized_token`]).
+pub const NEW_REFRESH_TOKEN: &str = "fake-refresh-token-from-authorize";
+
+/// What `authorize` would write after the user consented again.
+pub fn authorized_token(google: &FakeGoogle) -> serde_json::Value {
+    let mut token = token_json(&google.token_uri());
+    token["refresh_token"] = NEW_REFRESH_TOKEN.into();
+    token
+}
+
+/// Writes a token.json the way `authorize` does: a new file renamed over the old one.
+pub fn write_token_atomically(path: &std::path::Path, token: &serde_json::Value) {
+    let temporary = path.with_extension("json.new");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(token).unwrap()).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}

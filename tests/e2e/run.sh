@@ -235,6 +235,8 @@ file_mode() {
     export E2E_MAIL_DIR=$WORK/mail E2E_ARCHIVE=$WORK/archive E2E_SPILL_DIR=$WORK/spill
     export E2E_MAX_SIZE=2097152
     cat >"$WORK/file.toml" <<EOF
+[http]
+listen = ""
 [smtp]
 listen = ["127.0.0.1:0"]
 hostname = "e2e.smtp2gmail.test"
@@ -343,7 +345,7 @@ console_mode() {
     local format=$1 log_format=$2 name=console-$1
     header "console mode ($format, $log_format logs): stdout carries mail, stderr logs"
     {
-        printf '[smtp]\nlisten = ["127.0.0.1:0"]\nshutdown_grace = "5s"\n\n[relay]\nmode = "console"\n'
+        printf '[http]\nlisten = ""\n[smtp]\nlisten = ["127.0.0.1:0"]\nshutdown_grace = "5s"\n\n[relay]\nmode = "console"\n'
         # summary is the default format: leave it implicit.
         [[ $format == summary ]] || printf '\n[console]\nformat = "%s"\n' "$format"
     } >"$WORK/$name.toml"

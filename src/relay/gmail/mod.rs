@@ -179,6 +179,19 @@ impl Gmail {
 
     /// One attempt: token, upload, and after a 401 one refresh and one more upload.
     pub async fn attempt(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
+        let started = Instant::now();
+        let outcome = self.attempt_once(outgoing).await;
+        let word = match &outcome {
+            Ok(_) => "sent",
+            Err(DeliveryError::Temporary { .. }) => "temporary",
+            Err(DeliveryError::Permanent { .. }) => "permanent",
+            Err(DeliveryError::Credentials { .. }) => "credentials",
+        };
+        crate::telemetry::delivery(&outgoing.account.name, word, started.elapsed());
+        outcome
+    }
+
+    async fn attempt_once(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
         let account = &outgoing.account;
         let subject = outgoing.subject.as_deref();
         let _slot = account

@@ -1,0 +1,95 @@
+//! The operator's HTTP endpoints: `/healthz` (alive), `/readyz` (able to do its job) and
+//! `/metrics` (Prometheus text format).
+//!
+//! Readiness means: the SMTP listeners are up (this server only starts after they are bound, and
+//! turns unready when shutdown begins), the spool is writable (queue mode), and no account's
+//! credentials need attention. A 503 says which account and why, with the fix, so a load balancer
+//! stops sending mail that would only be held and the operator's probe shows what to do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::google::CredentialState;
+use crate::relay::gmail::accounts::Account;
+
+/// What readiness looks at.
+pub struct Readiness {
+    /// The Gmail accounts (none outside gmail mode).
+    pub accounts: Vec<Arc<Account>>,
+    /// The spool's directory for incoming bodies, in queue mode.
+    pub spool: Option<PathBuf>,
+    /// Fires when shutdown begins.
+    pub shutdown: CancellationToken,
+}
+
+impl Readiness {
+    /// Every reason not to be ready, as JSON objects.
+    fn problems(&self) -> Vec<serde_json::Value> {
+        let mut problems = Vec::new();
+        if self.shutdown.is_cancelled() {
+            problems.push(json!({"problem": "shutting down"}));
+        }
+        if let Some(dir) = &self.spool
+            && let Err(err) = tempfile::tempfile_in(dir)
+        {
+            problems
+                .push(json!({"problem": format!("spool not writable: {}: {err}", dir.display())}));
+        }
+        for account in &self.accounts {
+            if let CredentialState::NeedsAttention { since, error } = account.tokens.state() {
+                problems.push(json!({
+                    "account": account.name,
+                    "problem": error.to_string(),
+                    "since": humantime::format_rfc3339_seconds(since).to_string(),
+                    "fix": error.fix(),
+                }));
+            }
+        }
+        problems
+    }
+}
+
+/// Serves the endpoints until `shutdown`.
+pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(readiness);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(err) = served {
+        tracing::error!(%err, "the HTTP endpoints failed");
+    }
+}
+
+async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
+    let problems = readiness.problems();
+    if problems.is_empty() {
+        return (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"ready": false, "problems": problems})),
+    )
+        .into_response()
+}
+
+async fn metrics() -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        crate::telemetry::render(),
+    )
+        .into_response()
+}
