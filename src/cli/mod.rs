@@ -39,10 +39,13 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Send one test message through the configured relay and print the result
     Send(send::SendArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
+    Completions(completions::CompletionsArgs),
 }
 
 mod authorize;
 mod check;
+mod completions;
 mod queue;
 mod send;
 mod serve;
@@ -64,6 +67,10 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config, logging or runtime: a broken or missing config must not stop it.
+    if let Command::Completions(args) = cli.command {
+        return completions::run(args);
+    }
     init_logging(cli.log_format, default_log_level(&cli.command));
     let (config, source) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
@@ -85,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
+        Command::Completions(args) => completions::run(args),
     }
 }
 
