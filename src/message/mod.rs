@@ -180,15 +180,24 @@ impl Message {
         }
     }
 
-    /// Writes the message to `path` durably and atomically. A spilled body is hard-linked when the
-    /// spill file is on the same filesystem (no copy of a 35 MB message), else copied.
+    /// Writes the message to `path` (a new file) durably. Not atomic: callers write a record
+    /// beside it afterwards, and a message file without its record is an unfinished write. A
+    /// spilled body is hard-linked when the spill file is on the same filesystem (no copy of a
+    /// 35 MB message), else copied. The directory entry is made durable by the caller.
     pub async fn store(&self, path: &Path) -> io::Result<()> {
         let path = path.to_path_buf();
         let stored = match &self.body {
             Body::Memory(bytes) => {
                 let bytes = bytes.clone();
-                tokio::task::spawn_blocking(move || crate::safeio::write_atomically(&path, &bytes))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    let mut file = std::fs::File::options()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)?;
+                    file.write_all(&bytes)?;
+                    file.sync_all()
+                })
+                .await
             }
             Body::Spilled(temp) => {
                 let source = temp.to_path_buf();

@@ -7,8 +7,10 @@
 //! that was in flight but never loses one that was acknowledged. An `.eml` without `.json` is an
 //! accept that never finished (no 250 was given): it is removed at start.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -138,6 +140,44 @@ pub type Listing = (Vec<Entry>, Vec<(String, io::Error)>);
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// Group commit of `queue/`'s directory entries.
+    queue_sync: Arc<DirSync>,
+}
+
+/// One directory fsync shared by everyone waiting for one: twenty sessions storing at once pay
+/// for one or two directory syncs instead of twenty in a row (group commit).
+#[derive(Debug)]
+pub struct DirSync {
+    dir: PathBuf,
+    /// Numbers handed to callers, each taken after the caller's rename or unlink.
+    requested: AtomicU64,
+    /// The highest number a finished sync is known to cover; held while a sync runs.
+    synced: tokio::sync::Mutex<u64>,
+}
+
+impl DirSync {
+    fn new(dir: PathBuf) -> Self {
+        DirSync {
+            dir,
+            requested: AtomicU64::new(0),
+            synced: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    /// Returns once a directory fsync that started after this call's changes has finished.
+    pub async fn sync(&self) -> io::Result<()> {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().await;
+        if *synced >= mine {
+            return Ok(());
+        }
+        // Everything requested so far happened before this sync starts, so it covers them all.
+        let covers = self.requested.load(Ordering::SeqCst);
+        let dir = self.dir.clone();
+        blocking(move || safeio::sync_dir(&dir)).await?;
+        *synced = covers;
+        Ok(())
+    }
 }
 
 /// True for a queue id: the server's own ids are lowercase hex, and nothing else may reach a path.
@@ -150,6 +190,7 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let spool = Spool {
             root: root.to_path_buf(),
+            queue_sync: Arc::new(DirSync::new(root.join(Place::Queue.dir_name()))),
         };
         for dir in [
             spool.incoming(),
@@ -190,15 +231,27 @@ impl Spool {
     }
 
     /// Stores a newly accepted message durably. Returns only when a crash can no longer lose it.
+    ///
+    /// The body and a temporary record are written and fsynced in parallel; the record is renamed
+    /// into place only once both are durable, and one directory fsync shared with the sessions
+    /// storing at the same moment makes the names durable ([`DirSync`]).
     pub async fn put(&self, entry: &Entry, message: &Message) -> io::Result<()> {
-        message.store(&self.eml(Place::Queue, &entry.id)).await?;
-        let (json, dir) = (self.json(Place::Queue, &entry.id), self.dir(Place::Queue));
+        let json = self.json(Place::Queue, &entry.id);
         let bytes = to_json(entry)?;
-        blocking(move || {
-            safeio::write_atomically(&json, &bytes)?;
-            safeio::sync_dir(&dir)
-        })
-        .await
+        let dir = self.dir(Place::Queue);
+        let record = blocking(move || {
+            let temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+            let (mut file, temp_path) = temp.into_parts();
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            Ok(temp_path)
+        });
+        let eml = self.eml(Place::Queue, &entry.id);
+        let (stored, record) = tokio::join!(message.store(&eml), record);
+        stored?;
+        let record = record?;
+        blocking(move || record.persist(&json).map_err(|err| err.error)).await?;
+        self.queue_sync.sync().await
     }
 
     /// Rewrites an entry's record (after an attempt, or a retry request).
