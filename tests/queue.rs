@@ -86,10 +86,12 @@ impl Queued {
         reply
     }
 
+    /// The messages and records in `place` (temporary files of atomic writes are not counted).
     fn files(&self, place: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.spool.join(place))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.starts_with(".tmp-"))
             .collect();
         names.sort();
         names
@@ -111,7 +113,9 @@ impl Queued {
             let records = std::fs::read_dir(self.spool.join("queue"))
                 .unwrap()
                 .filter_map(|e| e.ok());
+            // Records only: a temporary file holding the next version is not the record yet.
             records
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
                 .filter(|e| {
                     std::fs::read_to_string(e.path())
                         .unwrap_or_default()
@@ -228,6 +232,7 @@ async fn permanent_failures_become_dead_letters_that_can_be_retried() {
     .await;
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_files("dead", 2).await;
+    queued.until_files("queue", 0).await;
     let (ok, listed) = queue_command(&queued.spool, &["list"]).await;
     assert!(
         ok && listed.contains(&id) && listed.contains("DEAD LETTER"),
