@@ -37,9 +37,13 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Send one test message through the configured relay and print the result
     Send(send::SendArgs),
+    /// Read a password (from the terminal without echo, or from stdin) and print its argon2 hash
+    /// for `password_hash` in [[smtp.users]]
+    HashPassword,
 }
 
 mod check;
+mod hash_password;
 mod queue;
 mod send;
 mod serve;
@@ -62,6 +66,10 @@ pub const EXIT_FAILURE: u8 = 1;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, default_log_level(&cli.command));
+    // Needs no configuration: it is how one writes the configuration.
+    if let Command::HashPassword = cli.command {
+        return hash_password::run();
+    }
     let (config, source) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -81,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
+        Command::HashPassword => hash_password::run(),
     }
 }
 
