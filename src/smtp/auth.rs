@@ -61,6 +61,23 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .map_err(AuthError::Hash)
 }
 
+/// A hash of a random password with the same algorithm and parameters as `model`.
+fn dummy_like(model: &str) -> Result<String, AuthError> {
+    let model = PasswordHash::new(model).map_err(AuthError::Hash)?;
+    let algorithm = argon2::Algorithm::try_from(model.algorithm).map_err(AuthError::Hash)?;
+    let version = model
+        .version
+        .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
+        .map_err(|_| AuthError::Hash(password_hash::Error::Version))?;
+    let params = argon2::Params::try_from(&model).map_err(AuthError::Hash)?;
+    let salt = SaltString::generate(&mut OsRng);
+    let password = format!("{:x}", fastrand::u128(..));
+    Argon2::new(algorithm, version, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(AuthError::Hash)
+}
+
 /// One account that may AUTH.
 #[derive(Debug)]
 pub struct User {
@@ -117,11 +134,11 @@ impl Users {
                 (u.name.clone(), Arc::new(user))
             })
             .collect();
-        // Only needed when somebody can log in; spares loopback-only setups a hash at startup.
-        let dummy = if users.is_empty() {
-            String::new()
-        } else {
-            hash_password(&format!("{:x}", fastrand::u128(..)))?
+        // Made with the first user's algorithm and cost, so an unknown name takes as long as a
+        // known one. Only needed when somebody can log in.
+        let dummy = match users.first() {
+            None => String::new(),
+            Some(user) => dummy_like(&user.password_hash)?,
         };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Users {
