@@ -122,18 +122,31 @@ fn users() -> Arc<Users> {
     Arc::new(Users::new(&[user]).unwrap())
 }
 
-/// Runs one input through a session; returns everything the server wrote.
+const LOOPBACK: Origin = Origin {
+    loopback: true,
+    tls: false,
+};
+
+/// Runs one input (then [`RECOVERY`]) through a session; returns everything the server wrote.
 async fn run_case(ctx: Arc<SessionContext>, seed: u64, bytes: Vec<u8>) -> Vec<u8> {
+    run(ctx, LOOPBACK, seed, bytes, RECOVERY).await
+}
+
+/// Runs `bytes` and then `tail` through a session that came in at `origin`, written in chunks
+/// whose size depends on `seed`; returns everything the server wrote.
+async fn run(
+    ctx: Arc<SessionContext>,
+    origin: Origin,
+    seed: u64,
+    bytes: Vec<u8>,
+    tail: &'static [u8],
+) -> Vec<u8> {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let conn = Connection::new(
         Box::new(server),
         Duration::from_secs(60),
         CancellationToken::new(),
     );
-    let origin = Origin {
-        loopback: true,
-        tls: false,
-    };
     let remote = "127.0.0.1:1".parse().unwrap();
     let session = tokio::spawn(Session::new(conn, ctx, remote, origin).run());
     let (mut reader, mut writer) = tokio::io::split(client);
@@ -144,7 +157,7 @@ async fn run_case(ctx: Arc<SessionContext>, seed: u64, bytes: Vec<u8>) -> Vec<u8
                 return;
             }
         }
-        let _ = writer.write_all(RECOVERY).await;
+        let _ = writer.write_all(tail).await;
         let _ = writer.shutdown().await;
     };
     let mut out = Vec::new();
@@ -218,4 +231,27 @@ fn random_inputs_never_break_the_session() {
         }
         eprintln!("fuzz: {count} inputs from seed {first}, {closed} ended in a 421 close");
     });
+}
+
+/// Off loopback and without TLS, AUTH is neither advertised nor accepted: passwords must not
+/// cross a network in clear. Under TLS it is both.
+#[tokio::test]
+async fn auth_needs_tls_off_loopback() {
+    let exchange = b"EHLO x\r\nAUTH PLAIN AGFwcAByaWdodA==\r\nQUIT\r\n";
+    let clear = Origin {
+        loopback: false,
+        tls: false,
+    };
+    let out = run(context(users()), clear, 0, Vec::new(), exchange).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("AUTH PLAIN LOGIN"), "{text}");
+    assert!(text.contains("538 5.7.11 "), "{text}");
+    let encrypted = Origin {
+        loopback: false,
+        tls: true,
+    };
+    let out = run(context(users()), encrypted, 0, Vec::new(), exchange).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("250 AUTH PLAIN LOGIN"), "{text}");
+    assert!(text.contains("235 2.7.0 "), "{text}");
 }
