@@ -147,7 +147,9 @@ async fn run(
         Duration::from_secs(60),
         CancellationToken::new(),
     );
-    let remote = "127.0.0.1:1".parse().unwrap();
+    // One address per case: AUTH failures are throttled per address across sessions, and the
+    // driver must measure each input on its own, without delays earned by earlier ones.
+    let remote = (std::net::Ipv4Addr::from(seed as u32), 1).into();
     let session = tokio::spawn(Session::new(conn, ctx, remote, origin).run());
     let (mut reader, mut writer) = tokio::io::split(client);
     let write = async move {

@@ -6,7 +6,9 @@
 //! its timing tells a guesser whether the name exists.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use argon2::Argon2;
 use base64::Engine;
@@ -15,6 +17,7 @@ use password_hash::rand_core::OsRng;
 use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use tokio::sync::Semaphore;
 
+use super::throttle::Throttle;
 use crate::config::UserConfig;
 use crate::message::Address;
 
@@ -118,6 +121,8 @@ pub struct Users {
     /// Each argon2 check takes ~19 MiB and tens of milliseconds of CPU: a flood of AUTH attempts
     /// must queue here instead of exhausting memory or starving the sessions' threads.
     checking: Semaphore,
+    /// Slows down addresses that keep failing.
+    throttle: Throttle,
 }
 
 impl Users {
@@ -145,6 +150,7 @@ impl Users {
             by_name,
             dummy,
             checking: Semaphore::new(parallel),
+            throttle: Throttle::default(),
         })
     }
 
@@ -153,8 +159,18 @@ impl Users {
         !self.by_name.is_empty()
     }
 
-    /// The user if `password` is theirs. Unknown names and wrong passwords take the same path.
-    pub async fn verify(&self, name: &str, password: String) -> Option<Arc<User>> {
+    /// The user if `password` is theirs. Unknown names and wrong passwords take the same path;
+    /// a failure from an address that keeps failing is answered only after a growing delay.
+    pub async fn verify(&self, from: IpAddr, name: &str, password: String) -> Option<Arc<User>> {
+        let user = self.check(name, password).await;
+        match &user {
+            Some(_) => self.throttle.succeeded(from),
+            None => tokio::time::sleep(self.throttle.failed(from, Instant::now())).await,
+        }
+        user
+    }
+
+    async fn check(&self, name: &str, password: String) -> Option<Arc<User>> {
         let user = self.by_name.get(name).cloned();
         let hash = user.as_ref().map_or(&self.dummy, |u| &u.hash).clone();
         let _permit = self.checking.acquire().await.ok()?;
@@ -265,8 +281,9 @@ mod tests {
             senders: vec![],
         };
         let users = Users::new(&[config]).unwrap();
-        assert!(users.verify("app", "right".into()).await.is_some());
-        assert!(users.verify("app", "wrong".into()).await.is_none());
-        assert!(users.verify("nobody", "right".into()).await.is_none());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert!(users.verify(ip, "app", "right".into()).await.is_some());
+        assert!(users.verify(ip, "app", "wrong".into()).await.is_none());
+        assert!(users.verify(ip, "nobody", "right".into()).await.is_none());
     }
 }

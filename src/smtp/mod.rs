@@ -14,6 +14,7 @@ pub mod data;
 mod peers;
 pub mod reply;
 pub mod session;
+mod throttle;
 pub mod tls;
 
 use std::io;

@@ -89,7 +89,12 @@ impl Session {
         };
         // The name is client input: bounded and escaped before it reaches a log line.
         let shown: String = name.chars().take(64).collect();
-        match self.ctx.users.verify(&name, password).await {
+        match self
+            .ctx
+            .users
+            .verify(self.remote.ip(), &name, password)
+            .await
+        {
             Some(user) => {
                 tracing::info!(remote = %self.remote, user = %user.name, "authenticated");
                 self.user = Some(user);
