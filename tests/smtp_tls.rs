@@ -164,29 +164,81 @@ async fn lettre_starttls_and_implicit_tls_with_auth() {
     }
 }
 
+/// The hostile inputs of the SMTP front-end spec, over STARTTLS: TLS must change nothing.
 #[tokio::test]
 async fn hostile_inputs_over_tls_leave_the_session_usable() {
     let cert = TestCert::new();
-    let server = TestServer::with_config(cert.smtp_config()).await;
+    let config = SmtpConfig {
+        max_message_size: 1000,
+        max_recipients: 2,
+        ..with_user(cert.smtp_config())
+    };
+    let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
     assert_code(&client.cmd("EHLO client.test").await, 250);
     assert_code(&client.cmd("STARTTLS").await, 220);
     let mut client = client.start_tls(&cert).await;
+    // Out of order.
+    assert_code(&client.cmd("MAIL FROM:<a@example.com>").await, 503);
     assert_code(&client.cmd("EHLO client.test").await, 250);
+    assert_code(&client.cmd("DATA").await, 503);
+    // An overlong line, control characters in addresses, an absurd SIZE.
     client.send(vec![b'x'; 64 * 1024]).await;
     assert_code(&client.cmd("").await, 500);
-    assert_code(
-        &client
-            .cmd("MAIL FROM:<a@example.com> SIZE=999999999999999999999999")
-            .await,
-        552,
+    assert_code(&client.cmd("MAIL FROM:<a\x01b@example.com>").await, 501);
+    let size = "MAIL FROM:<a@example.com> SIZE=999999999999999999999999";
+    assert_code(&client.cmd(size).await, 552);
+    // AUTH cancelled, then a bare-LF command.
+    assert_code(&client.cmd("AUTH LOGIN").await, 334);
+    assert_eq!(
+        client.cmd("*").await,
+        "501 5.7.0 authentication cancelled\r\n"
     );
-    assert_code(&client.cmd("\0\x01\x02").await, 500);
+    client.send("NOOP\n").await;
+    assert_code(&client.reply().await, 250);
+    // Too many recipients, then a body with smuggling attempts: one message, stored as sent.
+    assert_code(&client.cmd("MAIL FROM:<a@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<b@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<c@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<d@example.com>").await, 452);
+    let smuggled = b"a\n.\nMAIL FROM:<x@example.com>\r\nb\n.\r\nc\r.\nd\r\n..dot\r\n.\r\n";
+    assert_code(&client.data(smuggled).await, 250);
+    // Over the size limit: read to the end, refused, session usable; the exact limit passes.
     client
         .start_transaction("a@example.com", &["b@example.com"])
         .await;
-    assert_code(&client.data(b"..dot\r\n.\r\n").await, 250);
-    assert_eq!(server.recorder.bodies(), vec![b".dot\r\n".to_vec()]);
+    let mut big = vec![b'y'; 1001];
+    big.extend_from_slice(b"\r\n.\r\n");
+    assert_code(&client.data(&big).await, 552);
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    let mut exact = vec![b'z'; 998];
+    exact.extend_from_slice(b"\r\n.\r\n");
+    assert_code(&client.data(&exact).await, 250);
+    // An empty message.
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&client.data(b".\r\n").await, 250);
+    let bodies = server.recorder.bodies();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        bodies[0],
+        b"a\n.\nMAIL FROM:<x@example.com>\r\nb\n.\r\nc\r.\nd\r\n.dot\r\n".to_vec()
+    );
+    assert_eq!(bodies[1].len(), 1000);
+    assert!(bodies[2].is_empty());
+    // A client that disconnects mid-DATA leaves nothing behind.
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&client.cmd("DATA").await, 354);
+    client.send("Subject: cut\r\n\r\nhalf").await;
+    drop(client);
+    let mut next = server.client().await;
+    assert_code(&next.cmd("NOOP").await, 250);
+    assert_eq!(server.recorder.bodies().len(), 3);
 }
 
 #[tokio::test]
