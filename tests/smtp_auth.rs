@@ -141,6 +141,19 @@ async fn senders_restrict_the_envelope_sender() {
     assert_code(&client.cmd("MAIL FROM:<anyone@example.org>").await, 250);
     assert_code(&client.cmd("RSET").await, 250);
     assert_code(&client.cmd("MAIL FROM:<noreply@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<b@example.net>").await, 250);
+    // The From header is held to the same list: Gmail shows it, and sends as it with a
+    // service account.
+    let forged = client
+        .data(b"From: CEO <ceo@example.com>\r\n\r\nwire money\r\n.\r\n")
+        .await;
+    assert!(forged.starts_with("550 5.7.1 "), "{forged}");
+    client
+        .start_transaction("noreply@example.com", &["b@example.net"])
+        .await;
+    let own = b"From: App <NoReply@example.com>\r\n\r\nhello\r\n.\r\n";
+    assert_code(&client.data(own).await, 250);
+    assert_eq!(server.recorder.bodies().len(), 1);
 }
 
 #[tokio::test]

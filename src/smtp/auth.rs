@@ -95,12 +95,22 @@ impl User {
     /// Whether this user may use `sender` in MAIL FROM. A restricted user may not send with the
     /// null sender either: bounces are the relay's business, not an application's.
     pub fn may_send_as(&self, sender: Option<&Address>) -> bool {
-        if self.senders.is_empty() {
+        match sender {
+            Some(sender) => self.may_use(sender.as_str()),
+            None => !self.is_restricted(),
+        }
+    }
+
+    /// True when `senders` limits the addresses this user may use.
+    pub fn is_restricted(&self) -> bool {
+        !self.senders.is_empty()
+    }
+
+    /// Whether this user may use `sender` (in MAIL FROM or the From header).
+    pub fn may_use(&self, sender: &str) -> bool {
+        if !self.is_restricted() {
             return true;
         }
-        let Some(sender) = sender.map(Address::as_str) else {
-            return false;
-        };
         self.senders
             .iter()
             .any(|allowed| match allowed.strip_prefix("*@") {

@@ -20,12 +20,9 @@ use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules;
 use crate::message::headers::Headers;
-use crate::message::{Envelope, Message};
+use crate::message::{Envelope, HEAD_LIMIT, Message};
 use accounts::{Account, Router};
 use api::{GmailApi, SendError};
-
-/// The most of a message read to decide routing and policy: far more than any real header section.
-const HEAD_LIMIT: usize = 256 * 1024;
 
 /// How hard synchronous delivery tries before answering 451.
 #[derive(Debug, Clone, Copy)]

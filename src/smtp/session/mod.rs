@@ -439,6 +439,10 @@ impl Session {
                 );
             }
         };
+        if let Some(refused) = secure::from_refused(self.user.as_ref(), self.remote, &message).await
+        {
+            return refused;
+        }
         let envelope = Envelope {
             id: MessageId::generate(),
             mail_from: transaction.mail_from,

@@ -5,12 +5,14 @@
 //! where the operator allowed plaintext AUTH, so that passwords never cross a network in clear
 //! by default.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 use super::{Flow, MAX_LINE, Session};
-use crate::message::Address;
+use crate::message::headers::Headers;
+use crate::message::{Address, HEAD_LIMIT, Message};
 use crate::relay::Status;
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
@@ -246,6 +248,38 @@ impl Session {
         self.conn.reply(&reply);
         Ok(Flow::Continue)
     }
+}
+
+/// The reply to the end of DATA when the From header names an address the user may not use.
+/// Without this check `senders` would be cosmetic: Gmail shows the From, and with a service
+/// account impersonating the sender, the From is who the mail is sent as.
+/// (A function of the parts it needs rather than a `&self` method: a shared borrow of the
+/// session held across the read would need the session's stream to be `Sync`.)
+pub(super) async fn from_refused(
+    user: Option<&Arc<User>>,
+    remote: SocketAddr,
+    message: &Message,
+) -> Option<Reply> {
+    let user = user.filter(|user| user.is_restricted())?;
+    let head = match message.head(HEAD_LIMIT).await {
+        Ok(head) => head,
+        Err(err) => {
+            tracing::error!(remote = %remote, %err, "cannot read the message head");
+            let text = "cannot read the message, try again later";
+            return Some(Reply::new(451, Status::SYSTEM_TEMPORARY, text));
+        }
+    };
+    let headers = Headers::read(&head);
+    let mut fields = headers.from.iter();
+    let bad = fields.find(|field| {
+        !field.unparsed.is_empty() || field.addresses.iter().any(|a| !user.may_use(a))
+    })?;
+    let shown = bad.addresses.join(", ");
+    Some(Reply::new(
+        550,
+        Status(5, 7, 1),
+        format!("user {} may not send with From: {shown}", user.name),
+    ))
 }
 
 fn not_allowed(user: &Arc<User>, sender: Option<&Address>) -> Reply {
