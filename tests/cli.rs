@@ -373,3 +373,20 @@ async fn passwords_never_reach_the_logs() {
         assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
     }
 }
+
+#[test]
+fn check_loads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtp.toml"),
+        "[smtp.tls]\ncert = \"missing-cert.pem\"\nkey = \"missing-key.pem\"\n",
+    )
+    .unwrap();
+    let output = smtp2gmail(dir.path())
+        .args(["check", "--config", "smtp.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("missing-cert.pem"), "{stdout}");
+}
