@@ -273,3 +273,120 @@ fn gmail_settings_are_checked_at_start() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("client_secret"), "{stderr}");
 }
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// `hash-password` with the password on stdin, as a script would run it.
+fn hash_password(dir: &Path, password: &str) -> String {
+    use std::io::Write;
+    let mut child = smtp2gmail(dir)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    hash
+}
+
+#[test]
+fn refuses_to_start_as_an_open_relay() {
+    let (code, stderr) = serve_with_config("[smtp]\nlisten = [\"0.0.0.0:0\"]\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("open relay"), "{stderr}");
+    assert!(stderr.contains("allow_unauthenticated_remote"), "{stderr}");
+
+    let (code, stderr) = serve_with_config(
+        "[smtp]\nlisten = [\"0.0.0.0:0\"]\nauth_required = false\nallow_unauthenticated_remote = false\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn an_explicitly_allowed_open_listener_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtp.toml"),
+        "[smtp]\nlisten = [\"0.0.0.0:0\"]\nallow_unauthenticated_remote = true\nshutdown_grace = \"1s\"\n",
+    )
+    .unwrap();
+    let server = Running::start(dir.path(), &["serve", "--config", "smtp.toml"]);
+    let (code, _, _) = server.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn plaintext_passwords_in_the_config_are_refused() {
+    let (code, stderr) =
+        serve_with_config("[[smtp.users]]\nname = \"app\"\npassword_hash = \"hunter2\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("smtp.users") && stderr.contains("plaintext"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the value is not echoed: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn passwords_never_reach_the_logs() {
+    const RIGHT: &str = "Right-Pa55word";
+    const WRONG: &str = "Wr0ng-Guess";
+    let dir = tempfile::tempdir().unwrap();
+    let hash = hash_password(dir.path(), RIGHT);
+    std::fs::write(
+        dir.path().join("smtp.toml"),
+        format!(
+            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nauth_required = true\n\n\
+             [[smtp.users]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Running::start(dir.path(), &["serve", "--config", "smtp.toml"]);
+    let (mut client, _) = Client::connect(server.addr).await;
+    assert_code(&client.cmd("EHLO client.test").await, 250);
+    let plain = |password: &str| b64(&format!("\0app\0{password}"));
+    assert_code(
+        &client.cmd(&format!("AUTH PLAIN {}", plain(WRONG))).await,
+        535,
+    );
+    assert_code(&client.cmd("AUTH LOGIN").await, 334);
+    assert_code(&client.cmd("YXBw").await, 334);
+    assert_code(&client.cmd(&b64(RIGHT)).await, 235);
+    assert_code(&client.cmd("QUIT").await, 221);
+    let (_, _, stderr) = server.terminate();
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(
+        stderr.contains("\"app\"") && stderr.contains("127.0.0.1"),
+        "{stderr}"
+    );
+    for secret in [RIGHT, WRONG, &plain(RIGHT), &plain(WRONG), &hash] {
+        assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
+    }
+}
+
+#[test]
+fn check_loads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("smtp.toml"),
+        "[smtp.tls]\ncert = \"missing-cert.pem\"\nkey = \"missing-key.pem\"\n",
+    )
+    .unwrap();
+    let output = smtp2gmail(dir.path())
+        .args(["check", "--config", "smtp.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("missing-cert.pem"), "{stdout}");
+}

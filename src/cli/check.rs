@@ -16,6 +16,7 @@ use crate::config::{AccountConfig, Config, RelayMode};
 use crate::google::{self, TokenError, TokenSource};
 use crate::relay;
 use crate::relay::gmail::accounts::{Account, Impersonate, Router};
+use crate::smtp::tls::Tls;
 
 /// Options of `check`.
 #[derive(Debug, clap::Args)]
@@ -66,6 +67,16 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
         None => println!("no config file: built-in defaults"),
     }
     println!("{}", mode_description(&config));
+    // The certificate is only loaded when serving; a renewal is best checked before the SIGHUP.
+    if let Some(files) = &config.smtp.tls {
+        match Tls::load(files) {
+            Ok(_) => println!("TLS certificate {}: loads", files.cert.display()),
+            Err(err) => {
+                println!("TLS: {err}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     if config.relay.mode != RelayMode::Gmail {
         println!("No Google credentials are needed in this mode. All good.");
         return ExitCode::SUCCESS;

@@ -41,11 +41,15 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     Completions(completions::CompletionsArgs),
+    /// Read a password (from the terminal without echo, or from stdin) and print its argon2 hash
+    /// for `password_hash` in [[smtp.users]]
+    HashPassword,
 }
 
 mod authorize;
 mod check;
 mod completions;
+mod hash_password;
 mod queue;
 mod send;
 mod serve;
@@ -72,6 +76,10 @@ pub fn main() -> ExitCode {
         return completions::run(args);
     }
     init_logging(cli.log_format, default_log_level(&cli.command));
+    // Needs no configuration: it is how one writes the configuration.
+    if let Command::HashPassword = cli.command {
+        return hash_password::run();
+    }
     let (config, source) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -93,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
         Command::Completions(args) => completions::run(args),
+        Command::HashPassword => hash_password::run(),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
+use crate::smtp::tls::Tls;
 use crate::{http, queue, relay, smtp};
 
 /// Runs the server until a signal, then drains.
@@ -44,9 +45,19 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Ok(server) => server,
         Err(err) => {
             tracing::error!("{err}");
-            return ExitCode::from(EXIT_FAILURE);
+            let code = if err.is_config() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            };
+            return ExitCode::from(code);
         }
     };
+    // Also before the log line: a SIGTERM right after it must stop the server gracefully.
+    let stop_signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     let http = match config.http.address() {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
@@ -84,7 +95,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signals(shutdown.clone()));
+    tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("HTTP endpoints on http://{addr}/ (healthz, readyz, metrics)");
@@ -97,7 +108,11 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         tokio::spawn(http::serve(listener, readiness, shutdown.clone()));
     }
     if let Some(hangup) = hangup {
-        tokio::spawn(reload_on_hangup(hangup, watcher.clone(), shutdown.clone()));
+        let reload = Reloadable {
+            credentials: watcher.clone(),
+            tls: server.tls(),
+        };
+        tokio::spawn(reload_on_hangup(hangup, reload, shutdown.clone()));
     }
     if let Some(watcher) = watcher {
         tokio::spawn(watcher.run(shutdown.clone()));
@@ -184,34 +199,44 @@ fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> 
     })
 }
 
-/// SIGHUP reloads every account's credentials, as daemons conventionally reload on it; in the
-/// other modes there is nothing to reload, but the signal must not stop the server either.
-async fn reload_on_hangup(
-    mut hangup: Signal,
-    watcher: Option<Arc<CredentialWatcher>>,
-    shutdown: CancellationToken,
-) {
+/// What SIGHUP reloads.
+struct Reloadable {
+    /// Gmail mode: every account's Google credentials.
+    credentials: Option<Arc<CredentialWatcher>>,
+    /// The TLS certificate and key (after a renewal).
+    tls: Option<Arc<Tls>>,
+}
+
+/// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
+/// reload on it; with nothing to reload the signal must still not stop the server.
+async fn reload_on_hangup(mut hangup: Signal, reload: Reloadable, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             received = hangup.recv() => if received.is_none() { return },
         }
-        match &watcher {
+        match &reload.credentials {
             Some(watcher) => {
                 tracing::info!("SIGHUP: reloading credentials");
                 watcher.reload_all().await;
             }
             None => tracing::info!("SIGHUP: no Google credentials to reload in this mode"),
         }
+        if let Some(tls) = &reload.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(err) => tracing::error!("SIGHUP: keeping the previous TLS certificate: {err}"),
+            }
+        }
     }
 }
 
 /// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
-async fn wait_for_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn wait_for_signals(
+    signals: (std::io::Result<Signal>, std::io::Result<Signal>),
+    shutdown: CancellationToken,
+) {
+    let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
         return;
     };

@@ -63,8 +63,28 @@ impl HttpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
-    /// Addresses for plain SMTP.
+    /// Addresses for plain SMTP (STARTTLS is offered on them when `tls` is set).
     pub listen: Vec<SocketAddr>,
+    /// Addresses for implicit TLS (SMTPS, port 465 style): the handshake comes before the greeting.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Whether MAIL needs a successful AUTH first. `None` means the safe default: required unless
+    /// every listener is on loopback (see [`SmtpConfig::auth_required`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_required: Option<bool>,
+    /// Lets the server start with a non-loopback listener and no AUTH: an open relay for whoever
+    /// can reach the port. Off unless the operator says so, because that is how relays get abused.
+    pub allow_unauthenticated_remote: bool,
+    /// Offers AUTH on plaintext connections of non-loopback listeners too (passwords then cross
+    /// the network in clear). For private networks such as a Docker bridge.
+    pub allow_auth_without_tls: bool,
+    /// Most simultaneous connections from one IP address, so one client cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// Certificate and key for STARTTLS and `listen_tls`; without them no TLS is offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// The accounts that may AUTH.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
     /// The name in the greeting and the EHLO reply.
     pub hostname: String,
     /// Largest message accepted, in bytes; advertised as `SIZE`.
@@ -88,6 +108,13 @@ impl Default for SmtpConfig {
     fn default() -> Self {
         SmtpConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen_tls: Vec::new(),
+            auth_required: None,
+            allow_unauthenticated_remote: false,
+            allow_auth_without_tls: false,
+            max_connections_per_ip: 50,
+            tls: None,
+            users: Vec::new(),
             hostname: "localhost".to_string(),
             max_message_size: GMAIL_MAX_MESSAGE_SIZE,
             max_recipients: 100,
@@ -104,6 +131,46 @@ impl SmtpConfig {
     pub fn spill_dir(&self) -> PathBuf {
         self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
+
+    /// Every address listened on, plain and implicit TLS.
+    pub fn all_listeners(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.listen.iter().chain(&self.listen_tls)
+    }
+
+    /// True when no listener can be reached from another machine.
+    pub fn loopback_only(&self) -> bool {
+        self.all_listeners().all(|addr| addr.ip().is_loopback())
+    }
+
+    /// Whether MAIL needs AUTH: as configured, else when some listener is not on loopback
+    /// (unless the operator allowed unauthenticated remote clients).
+    pub fn auth_required(&self) -> bool {
+        self.auth_required
+            .unwrap_or(!self.loopback_only() && !self.allow_unauthenticated_remote)
+    }
+}
+
+/// `[smtp.tls]`: the server's certificate chain and private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (e.g. Let's Encrypt's fullchain.pem).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[[smtp.users]]`: one account that may AUTH.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name given in AUTH.
+    pub name: String,
+    /// An argon2 PHC string from `smtp2gmail hash-password`; never the password itself.
+    pub password_hash: String,
+    /// Envelope senders this user may use (`user@domain` or `*@domain`); empty means any.
+    #[serde(default)]
+    pub senders: Vec<String>,
 }
 
 /// `[relay]`: where mail goes.
@@ -313,8 +380,66 @@ impl Config {
             })
         };
         let smtp = &self.smtp;
-        if smtp.listen.is_empty() {
+        if smtp.listen.is_empty() && smtp.listen_tls.is_empty() {
             return fail("smtp.listen", "at least one address is needed");
+        }
+        if !smtp.listen_tls.is_empty() && smtp.tls.is_none() {
+            return fail(
+                "smtp.listen_tls",
+                "implicit TLS needs [smtp.tls] cert and key",
+            );
+        }
+        if smtp.max_connections_per_ip == 0 {
+            return fail("smtp.max_connections_per_ip", "must be at least 1");
+        }
+        for user in &smtp.users {
+            if let Err(message) = crate::smtp::auth::check_user(user) {
+                return fail("smtp.users", &message);
+            }
+        }
+        let remote = smtp.all_listeners().find(|addr| !addr.ip().is_loopback());
+        let open_relay = |key, why: &str| {
+            let addr = remote.map_or(String::new(), ToString::to_string);
+            fail(
+                key,
+                &format!(
+                    "refusing to run an open relay: {addr} is not on loopback and {why}; add \
+                     [[smtp.users]] (`smtp2gmail hash-password` makes the password_hash), listen \
+                     on 127.0.0.1, or set allow_unauthenticated_remote = true if every client \
+                     that can reach the port may send as you"
+                ),
+            )
+        };
+        match (
+            remote.is_some(),
+            smtp.auth_required(),
+            smtp.users.is_empty(),
+        ) {
+            (true, true, true) => {
+                return open_relay("smtp.users", "no [[smtp.users]] are configured for AUTH");
+            }
+            (true, false, _) if !smtp.allow_unauthenticated_remote => {
+                return open_relay("smtp.auth_required", "auth_required is false");
+            }
+            (false, true, true) => {
+                return fail(
+                    "smtp.users",
+                    "auth_required is true but no [[smtp.users]] are configured",
+                );
+            }
+            _ => {}
+        }
+        let remote_plain = smtp.listen.iter().any(|addr| !addr.ip().is_loopback());
+        if smtp.auth_required()
+            && remote_plain
+            && smtp.tls.is_none()
+            && !smtp.allow_auth_without_tls
+        {
+            return fail(
+                "smtp.tls",
+                "AUTH is required but is only offered under TLS on listeners that are not on \
+                 loopback; set [smtp.tls] cert and key (or allow_auth_without_tls = true)",
+            );
         }
         if smtp.hostname.is_empty()
             || smtp
@@ -408,6 +533,16 @@ mod tests {
         let config = Config {
             smtp: SmtpConfig {
                 spill_dir: Some("x".into()),
+                auth_required: Some(true),
+                tls: Some(TlsConfig {
+                    cert: "x".into(),
+                    key: "x".into(),
+                }),
+                users: vec![UserConfig {
+                    name: "x".into(),
+                    password_hash: "x".into(),
+                    senders: vec!["x".into()],
+                }],
                 ..SmtpConfig::default()
             },
             gmail,

@@ -5,6 +5,9 @@
 //! buffer and moves the rest to an unlinked-on-drop temporary file, so twenty clients sending 35 MB
 //! each cost disk, not RAM.
 
+/// The most of a message read to decide routing and policy: far more than any real header section.
+pub const HEAD_LIMIT: usize = 256 * 1024;
+
 pub mod gmail_rules;
 pub mod header_edits;
 pub mod headers;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Reply;
+use super::tls::Tls;
 
 /// Any byte stream a session can run over: plain TCP now, TLS later, an in-memory pipe in tests.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -171,8 +172,24 @@ impl Connection {
         }
     }
 
-    /// Gives the stream back (for STARTTLS: the TLS handshake takes over the socket).
+    /// Gives the stream back.
     pub fn into_stream(self) -> Box<dyn Io> {
         self.stream
+    }
+
+    /// STARTTLS: sends the queued replies (the 220), hands the socket to a TLS handshake and goes
+    /// on over the encrypted stream. Whatever was received in plaintext and not yet consumed is
+    /// thrown away: it was pipelined behind STARTTLS before encryption, so a man in the middle may
+    /// have injected it (CVE-2011-0411 and its many relatives).
+    pub async fn start_tls(&mut self, tls: &Tls) -> Result<(), ReadError> {
+        self.flush().await?;
+        self.discard_buffered();
+        self.discarding = false;
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::empty()));
+        self.stream = tokio::select! {
+            encrypted = tls.accept(plain, self.idle_timeout) => encrypted?,
+            _ = self.abort.cancelled() => return Err(ReadError::Shutdown),
+        };
+        Ok(())
     }
 }

@@ -1,15 +1,21 @@
-//! The SMTP front end: listeners, the connection cap, sessions, and graceful shutdown.
+//! The SMTP front end: listeners, the connection caps, TLS, sessions, and graceful shutdown.
 //!
-//! Each accepted connection becomes a [`session::Session`] task. A semaphore caps how many run at
-//! once; a client over the cap is told `421 4.7.0` at once instead of waiting unanswered. On
+//! Each accepted connection becomes a [`session::Session`] task; on a `listen_tls` listener the
+//! TLS handshake comes first, inside that task. A semaphore caps how many run at once and a
+//! per-IP count stops one address from taking every slot; a client over either cap is told
+//! `421 4.7.0` at once instead of waiting unanswered. On
 //! shutdown the listeners stop accepting, idle sessions are told 421, open transactions get
 //! `shutdown_grace` to finish, and then every session is closed.
 
 pub mod address;
+pub mod auth;
 pub mod connection;
 pub mod data;
+mod peers;
 pub mod reply;
 pub mod session;
+mod throttle;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,39 +29,91 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SmtpConfig;
 use crate::relay::Deliver;
+use auth::{AuthError, Users};
 use connection::Connection;
-use session::{Session, SessionContext};
+use peers::Peers;
+use session::{Origin, Session, SessionContext};
+use tls::{Tls, TlsError};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The certificate or key of `[smtp.tls]` is unusable (a configuration error).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The users of `[[smtp.users]]` are unusable (a configuration error).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl StartError {
+    /// True when the operator's configuration is at fault rather than the environment.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, StartError::Bind { .. })
+    }
+}
 
 /// A bound SMTP server, ready to [`run`](Server::run).
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    /// Each socket, and whether it speaks implicit TLS.
+    listeners: Vec<(TcpListener, bool)>,
     config: SmtpConfig,
     deliver: Arc<dyn Deliver>,
+    tls: Option<Arc<Tls>>,
+    users: Arc<Users>,
 }
 
 impl Server {
-    /// Binds every address in `config.listen` (port 0 picks a free port, for tests).
-    pub async fn bind(config: SmtpConfig, deliver: Arc<dyn Deliver>) -> io::Result<Server> {
+    /// Loads the TLS identity and the users, then binds every address in `config.listen` and
+    /// `config.listen_tls` (port 0 picks a free port, for tests).
+    pub async fn bind(config: SmtpConfig, deliver: Arc<dyn Deliver>) -> Result<Server, StartError> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()?
+            .map(Arc::new);
+        let users = Arc::new(Users::new(&config.users)?);
         let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
-            })?;
-            listeners.push(listener);
+        let plain = config.listen.iter().map(|addr| (addr, false));
+        let implicit = config.listen_tls.iter().map(|addr| (addr, true));
+        for (addr, implicit_tls) in plain.chain(implicit) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push((listener, implicit_tls));
         }
         Ok(Server {
             listeners,
             config,
             deliver,
+            tls,
+            users,
         })
     }
 
-    /// The addresses actually bound, in the order of `config.listen`.
+    /// The addresses actually bound: `config.listen`, then `config.listen_tls`.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The TLS identity, so that SIGHUP can reload it while the server runs.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// Serves until `shutdown` fires, then drains: returns once every session has ended.
@@ -63,16 +121,21 @@ impl Server {
         let abort = CancellationToken::new();
         let grace = self.config.shutdown_grace;
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let peers = Arc::new(Peers::new(self.config.max_connections_per_ip));
         let ctx = Arc::new(SessionContext {
             config: self.config,
             deliver: self.deliver,
             shutdown: shutdown.clone(),
+            tls: self.tls,
+            users: self.users,
         });
         let sessions = TaskTracker::new();
         let acceptors = TaskTracker::new();
-        for listener in self.listeners {
+        for (listener, implicit_tls) in self.listeners {
             let acceptor = Acceptor {
                 listener,
+                implicit_tls,
+                peers: peers.clone(),
                 permits: permits.clone(),
                 ctx: ctx.clone(),
                 sessions: sessions.clone(),
@@ -99,9 +162,19 @@ impl Server {
     }
 }
 
+/// Tells a client over a connection cap to come back later. A fresh socket's send buffer is
+/// empty, so this short write completes at once; on a TLS listener the client cannot read it,
+/// but it sees the connection close, which is as good.
+fn refuse(stream: &TcpStream) {
+    let _ = stream.try_write(b"421 4.7.0 too many connections, try again later\r\n");
+}
+
 /// The accept loop of one listening socket.
 struct Acceptor {
     listener: TcpListener,
+    /// The handshake comes before the greeting (`listen_tls`).
+    implicit_tls: bool,
+    peers: Arc<Peers>,
     permits: Arc<Semaphore>,
     ctx: Arc<SessionContext>,
     sessions: TaskTracker,
@@ -132,22 +205,57 @@ impl Acceptor {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection refused: max_connections reached");
             crate::telemetry::connection_rejected("max_connections");
-            // A fresh socket's send buffer is empty, so this short write completes at once.
-            let _ = stream.try_write(b"421 4.7.0 too many connections, try again later\r\n");
+            refuse(&stream);
+            return;
+        };
+        let Some(peer) = self.peers.admit(remote.ip()) else {
+            tracing::warn!(%remote, "connection refused: max_connections_per_ip reached");
+            crate::telemetry::connection_rejected("max_connections_per_ip");
+            refuse(&stream);
             return;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection::new(
-            Box::new(stream),
-            self.ctx.config.idle_timeout,
-            self.abort.clone(),
-        );
-        let session = Session::new(conn, self.ctx.clone(), remote);
+        let loopback = stream.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let ctx = self.ctx.clone();
+        let abort = self.abort.clone();
+        let implicit_tls = self.implicit_tls;
         crate::telemetry::connection_opened();
         self.sessions.spawn(async move {
-            session.run().await;
-            crate::telemetry::connection_closed();
-            drop(permit);
+            // Counted closed however the task ends, handshake failures included.
+            let _open = OpenConnection;
+            let mut stream: Box<dyn connection::Io> = Box::new(stream);
+            let timeout = ctx.config.idle_timeout;
+            if let (true, Some(tls)) = (implicit_tls, &ctx.tls) {
+                // A failed handshake ends this connection only; the log says why at debug level,
+                // since scanners and health checks fail handshakes all day long.
+                let handshake = tokio::select! {
+                    handshake = tls.accept(stream, timeout) => handshake,
+                    _ = abort.cancelled() => return,
+                };
+                stream = match handshake {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::debug!(%remote, %err, "TLS handshake failed");
+                        return;
+                    }
+                };
+            }
+            let origin = Origin {
+                loopback,
+                tls: implicit_tls,
+            };
+            let conn = Connection::new(stream, timeout, abort);
+            Session::new(conn, ctx, remote, origin).run().await;
+            drop((permit, peer));
         });
+    }
+}
+
+/// Marks a connection closed in the metrics when its task ends, whichever way it ends.
+struct OpenConnection;
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::telemetry::connection_closed();
     }
 }

@@ -5,6 +5,7 @@
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -75,7 +76,10 @@ impl Deliver for Recorder {
 
 /// A server running in this process.
 pub struct TestServer {
+    /// The plain listener (STARTTLS), or the implicit-TLS one when there is no plain listener.
     pub addr: SocketAddr,
+    /// The implicit-TLS listener, when `listen_tls` was configured.
+    pub tls_addr: Option<SocketAddr>,
     pub recorder: Arc<Recorder>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -95,7 +99,7 @@ impl TestServer {
         Self::with_config(test_config()).await
     }
 
-    /// Starts a server with `config` (its listen address is replaced by 127.0.0.1:0).
+    /// Starts a server with `config` (its listen addresses are replaced by 127.0.0.1:0).
     pub async fn with_config(config: SmtpConfig) -> Self {
         let recorder = Arc::new(Recorder::default());
         let mut server = Self::with_target(config, recorder.clone()).await;
@@ -105,13 +109,23 @@ impl TestServer {
 
     /// Starts a server delivering to `target`.
     pub async fn with_target(mut config: SmtpConfig, target: Arc<dyn Deliver>) -> Self {
-        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let implicit_tls = !config.listen_tls.is_empty();
+        if !config.listen.is_empty() || !implicit_tls {
+            config.listen = vec![any_port];
+        }
+        if implicit_tls {
+            config.listen_tls = vec![any_port];
+        }
         let server = Server::bind(config, target).await.expect("bind");
-        let addr = server.local_addrs()[0];
+        let addrs = server.local_addrs();
+        let addr = addrs[0];
+        let tls_addr = implicit_tls.then(|| *addrs.last().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            tls_addr,
             recorder: Arc::new(Recorder::default()),
             shutdown,
             task,
@@ -141,20 +155,48 @@ impl TestServer {
     }
 }
 
+/// What a raw client can speak over: TCP, or TLS over TCP.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A raw SMTP client over a real socket.
 pub struct Client {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
 }
 
 impl Client {
     /// Connects and returns the first reply (the greeting, or a 421).
     pub async fn connect(addr: SocketAddr) -> (Client, String) {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::over(Box::new(stream)).await
+    }
+
+    /// A client over an established stream; returns the first reply.
+    pub async fn over(stream: Box<dyn Stream>) -> (Client, String) {
         let mut client = Client {
             stream: BufReader::new(stream),
         };
         let greeting = client.reply().await;
         (client, greeting)
+    }
+
+    /// Connects to an implicit-TLS listener trusting `cert`; returns the client and greeting.
+    pub async fn connect_tls(addr: SocketAddr, cert: &tls::TestCert) -> (Client, String) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = cert.handshake(Box::new(stream)).await.expect("handshake");
+        Self::over(stream).await
+    }
+
+    /// After a `220` to STARTTLS: the client side of the handshake, then go on encrypted.
+    pub async fn start_tls(self, cert: &tls::TestCert) -> Client {
+        assert!(self.stream.buffer().is_empty(), "no bytes after the 220");
+        let stream = cert
+            .handshake(self.stream.into_inner())
+            .await
+            .expect("handshake");
+        Client {
+            stream: BufReader::new(stream),
+        }
     }
 
     /// Sends bytes as they are.

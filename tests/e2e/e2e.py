@@ -600,6 +600,56 @@ def curl_sent(path, crlf):
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+def scenario_django_secure(c):
+    """Django's stock backend with a user and password, over STARTTLS (EMAIL_USE_TLS) and implicit
+    TLS (EMAIL_USE_SSL); the certificate is trusted through SSL_CERT_FILE."""
+    from django.conf import settings
+
+    settings.configure(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="localhost",
+        EMAIL_HOST_USER=env("E2E_USER"),
+        EMAIL_HOST_PASSWORD=env("E2E_PASSWORD"),
+        EMAIL_TIMEOUT=TIMEOUT,
+    )
+    import django
+
+    django.setup()
+    from django.core.mail import get_connection, send_mail
+
+    for name, tls, ssl_, port_var in (
+        ("django EMAIL_USE_TLS", True, False, "E2E_PORT"),
+        ("django EMAIL_USE_SSL", False, True, "E2E_TLS_PORT"),
+    ):
+        connection = get_connection(port=int(env(port_var)), use_tls=tls, use_ssl=ssl_)
+        try:
+            sent = send_mail(name, "over TLS with AUTH\n", "app@example.com",
+                             ["alice@example.org"], connection=connection)
+        except Exception as err:  # the check reports any client-side failure
+            c.check(f"{name}: send_mail succeeds", False, repr(err))
+            continue
+        c.equal(f"{name}: send_mail returns 1", sent, 1)
+        stored = take_stored(c, name, 1)
+        if stored and stored[0].record:
+            c.equal(f"{name}: envelope sender", stored[0].record.get("mail_from"),
+                    "app@example.com")
+
+    # A sender outside the user's `senders` is refused with 550 5.7.1.
+    connection = get_connection(port=port(), use_tls=True)
+    try:
+        send_mail("refused", "x\n", "ceo@elsewhere.test", ["alice@example.org"],
+                  connection=connection)
+        c.check("django: a sender the user may not use is refused", False, "it was accepted")
+    except smtplib.SMTPSenderRefused as err:
+        c.equal("django: a sender the user may not use is refused", err.smtp_code, 550)
+    take_stored(c, "django refused sender", 0)
+
+
+def scenario_count(c, args):
+    """Checks that a client left `--count` messages in the mail dir (and archives them)."""
+    take_stored(c, args.name, args.count)
+
+
 def scenario_verify(c, args):
     """Checks what a command-line client (swaks, curl) left in the mail dir."""
     with open(args.transcript, "rb") as f:
@@ -686,8 +736,11 @@ def scenario_console(c, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="scenario", required=True)
-    for name in ("smtplib", "size", "chunking", "django"):
+    for name in ("smtplib", "size", "chunking", "django", "django_secure"):
         sub.add_parser(name)
+    count = sub.add_parser("count", help="check how many messages a client left in the mail dir")
+    count.add_argument("--name", required=True)
+    count.add_argument("--count", type=int, required=True)
     verify = sub.add_parser("verify", help="check what swaks or curl left in the mail dir")
     verify.add_argument("--name", required=True)
     verify.add_argument("--transcript", required=True, help="the client's output")
@@ -709,6 +762,8 @@ def main():
     c = Checks()
     if args.scenario == "verify":
         scenario_verify(c, args)
+    elif args.scenario == "count":
+        scenario_count(c, args)
     elif args.scenario == "console":
         scenario_console(c, args)
     else:

@@ -20,13 +20,10 @@ use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
 use crate::message::headers::Headers;
-use crate::message::{Envelope, Message, read_head};
+use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
 use accounts::{Account, Router};
 use api::{GmailApi, SendError};
 use upload::Upload;
-
-/// The most of a message read to decide routing and policy: far more than any real header section.
-const HEAD_LIMIT: usize = 256 * 1024;
 
 /// How hard synchronous delivery tries before answering 451.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,5 @@
-//! One SMTP session: the state machine, with one method per verb.
+//! One SMTP session: the state machine, with one method per verb (STARTTLS and AUTH, and the
+//! sender checks that AUTH implies, are in [`secure`]).
 //!
 //! smtp-proto parses each command line; everything else — state, limits, replies, reading the body —
 //! is here. Every verb method returns the reply to queue; the end of DATA hands the envelope and
@@ -15,9 +16,11 @@ use smtp_proto::{
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, AddressProblem};
+use super::auth::{User, Users};
 use super::connection::{BODY_READ, Connection, Line, ReadError};
 use super::data::DotDecoder;
 use super::reply::Reply;
+use super::tls::Tls;
 use crate::config::SmtpConfig;
 use crate::message::{Address, BodyError, BodyWriter, Envelope, MessageId};
 use crate::relay::{Deliver, Status};
@@ -25,6 +28,8 @@ use crate::relay::{Deliver, Status};
 /// Longest command line accepted. RFC 5321 says 512 octets; real clients (long AUTH responses,
 /// DSN parameters) need more, so be lenient up to a few KiB.
 pub const MAX_LINE: usize = 4096;
+
+mod secure;
 
 /// What every session of one server shares.
 pub struct SessionContext {
@@ -34,11 +39,24 @@ pub struct SessionContext {
     pub deliver: Arc<dyn Deliver>,
     /// Fires when the server stops accepting: idle sessions close at once, open transactions finish.
     pub shutdown: CancellationToken,
+    /// The TLS identity; `None` when `[smtp.tls]` is not set (no STARTTLS then).
+    pub tls: Option<Arc<Tls>>,
+    /// The accounts that may AUTH.
+    pub users: Arc<Users>,
+}
+
+/// Where a connection came in, which decides what it is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The listener is on loopback: only this machine can connect, so AUTH without TLS is fine.
+    pub loopback: bool,
+    /// TLS is already on (a `listen_tls` listener).
+    pub tls: bool,
 }
 
 /// Whether the session goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Close,
 }
@@ -61,17 +79,31 @@ pub struct Session {
     /// The name from HELO/EHLO; `None` until the client has greeted.
     helo: Option<String>,
     transaction: Option<Transaction>,
+    /// Where the connection came in; `origin.tls` turns true after STARTTLS.
+    origin: Origin,
+    /// The authenticated user, once AUTH succeeded.
+    user: Option<Arc<User>>,
+    /// Failed AUTH attempts in this session; too many close it.
+    auth_failures: u32,
 }
 
 impl Session {
     /// A session over an accepted connection.
-    pub fn new(conn: Connection, ctx: Arc<SessionContext>, remote: SocketAddr) -> Self {
+    pub fn new(
+        conn: Connection,
+        ctx: Arc<SessionContext>,
+        remote: SocketAddr,
+        origin: Origin,
+    ) -> Self {
         Session {
             conn,
             ctx,
             remote,
             helo: None,
             transaction: None,
+            origin,
+            user: None,
+            auth_failures: 0,
         }
     }
 
@@ -167,6 +199,11 @@ impl Session {
                 "cannot verify, but will accept the message",
             ),
             Request::Help { .. } => help(),
+            Request::StartTls => return self.starttls().await,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await,
             Request::Quit => {
                 self.conn.reply(&Reply::new(221, Status(2, 0, 0), "bye"));
                 return Ok(Flow::Close);
@@ -183,10 +220,16 @@ impl Session {
 
     fn ehlo(&mut self, host: String) -> Reply {
         let config = &self.ctx.config;
-        let text = format!(
+        let mut text = format!(
             "{} greets {host}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nHELP",
             config.hostname, config.max_message_size
         );
+        if self.starttls_offered() {
+            text.push_str("\nSTARTTLS");
+        }
+        if self.auth_offered() {
+            text.push_str("\nAUTH PLAIN LOGIN");
+        }
         self.greeted(host);
         Reply::plain(250, text)
     }
@@ -226,6 +269,9 @@ impl Session {
             );
         }
         let mail_from = (!address.is_empty()).then(|| Address::new(address));
+        if let Some(refused) = self.sender_refused(mail_from.as_ref()) {
+            return refused;
+        }
         self.transaction = Some(Transaction {
             mail_from,
             smtputf8,
@@ -394,13 +440,17 @@ impl Session {
                 );
             }
         };
+        if let Some(refused) = secure::from_refused(self.user.as_ref(), self.remote, &message).await
+        {
+            return refused;
+        }
         let envelope = Envelope {
             id: MessageId::generate(),
             mail_from: transaction.mail_from,
             rcpt_to: transaction.rcpt_to,
             remote: self.remote,
             helo: self.helo.clone().unwrap_or_default(),
-            auth_user: None,
+            auth_user: self.user.as_ref().map(|user| user.name.clone()),
             received_at: SystemTime::now(),
         };
         let outcome = self.ctx.deliver.deliver(&envelope, &message).await;

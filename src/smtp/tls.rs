@@ -1,0 +1,121 @@
+//! TLS for STARTTLS and implicit-TLS listeners: loading the PEM certificate chain and key into a
+//! rustls configuration (TLS 1.2 and 1.3 only, ring provider), reloading it on SIGHUP, and the
+//! server side of the handshake.
+//!
+//! Each handshake takes the configuration current at that moment, so a reload affects new
+//! connections only and never disturbs one in progress.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use super::connection::Io;
+use crate::config::TlsConfig;
+
+/// Why the certificate or key could not be used. The message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file holds no usable PEM section of the expected kind.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and not found.
+        what: String,
+    },
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("smtp.tls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server's TLS identity, replaceable while serving.
+pub struct Tls {
+    files: TlsConfig,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Loads the certificate chain and key named in `[smtp.tls]`.
+    pub fn load(files: &TlsConfig) -> Result<Tls, TlsError> {
+        let config = server_config(files)?;
+        Ok(Tls {
+            files: files.clone(),
+            current: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Reads the files again (SIGHUP, after a certificate renewal). On error the previous
+    /// identity stays in use: a half-written renewal must not take TLS down.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = Arc::new(server_config(&self.files)?);
+        // A poisoned lock only means another reload panicked; the value is still whole.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The server side of a handshake over `stream`, bounded by `timeout` so that a client that
+    /// stalls mid-handshake holds its connection slot no longer than an idle one would.
+    pub async fn accept(&self, stream: Box<dyn Io>, timeout: Duration) -> io::Result<Box<dyn Io>> {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let handshake = TlsAcceptor::from(config).accept(stream);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+}
+
+fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
+    let certs = read_pem(&files.cert, |pem| {
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: files.cert.clone(),
+            what: "no CERTIFICATE section found".to_string(),
+        });
+    }
+    let key = read_pem(&files.key, PrivateKeyDer::from_pem_slice)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(config)
+}
+
+fn read_pem<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> Result<T, rustls_pki_types::pem::Error>,
+) -> Result<T, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&bytes).map_err(|err| TlsError::Pem {
+        path: path.to_path_buf(),
+        what: err.to_string(),
+    })
+}

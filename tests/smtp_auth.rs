@@ -1,0 +1,208 @@
+//! SMTP AUTH on a loopback listener (where it is offered without TLS): PLAIN and LOGIN, one reply
+//! for every refusal, cancellation, `auth_required`, the senders restriction, brute-force closing,
+//! and the per-IP connection cap.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{Client, TestServer, assert_code, test_config};
+use smtp2gmail::config::{SmtpConfig, UserConfig};
+use smtp2gmail::smtp::auth::hash_password;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn config(senders: &[&str]) -> SmtpConfig {
+    SmtpConfig {
+        auth_required: Some(true),
+        users: vec![UserConfig {
+            name: "app".into(),
+            password_hash: hash_password(PASSWORD).unwrap(),
+            senders: senders.iter().map(|s| s.to_string()).collect(),
+        }],
+        ..test_config()
+    }
+}
+
+fn plain(user: &str, password: &str) -> String {
+    BASE64.encode(format!("\0{user}\0{password}"))
+}
+
+async fn greeted(server: &TestServer) -> Client {
+    let mut client = server.client().await;
+    let ehlo = client.cmd("EHLO client.test").await;
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN"),
+        "loopback offers AUTH: {ehlo}"
+    );
+    client
+}
+
+#[tokio::test]
+async fn plain_and_login_authenticate_and_are_recorded() {
+    let server = TestServer::with_config(config(&[])).await;
+    let mut client = greeted(&server).await;
+    assert_code(&client.cmd("MAIL FROM:<a@example.com>").await, 530);
+    let reply = client
+        .cmd(&format!("AUTH PLAIN {}", plain("app", PASSWORD)))
+        .await;
+    assert_eq!(reply, "235 2.7.0 authentication succeeded\r\n");
+    assert_code(
+        &client
+            .cmd(&format!("AUTH PLAIN {}", plain("app", PASSWORD)))
+            .await,
+        503,
+    );
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&client.data(b"hi\r\n.\r\n").await, 250);
+
+    let mut client = greeted(&server).await;
+    assert_eq!(client.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        client.cmd(&BASE64.encode("app")).await,
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    assert_code(&client.cmd(&BASE64.encode(PASSWORD)).await, 235);
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&client.data(b"hi\r\n.\r\n").await, 250);
+
+    // PLAIN without an initial response prompts with an empty 334.
+    let mut client = greeted(&server).await;
+    assert_eq!(client.cmd("AUTH PLAIN").await, "334 \r\n");
+    assert_code(&client.cmd(&plain("app", PASSWORD)).await, 235);
+
+    let delivered = server.recorder.delivered();
+    assert_eq!(delivered.len(), 2);
+    assert!(
+        delivered
+            .iter()
+            .all(|(e, _)| e.auth_user.as_deref() == Some("app"))
+    );
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_get_the_same_reply() {
+    let server = TestServer::with_config(config(&[])).await;
+    let mut client = greeted(&server).await;
+    let wrong_password = client
+        .cmd(&format!("AUTH PLAIN {}", plain("app", "nope")))
+        .await;
+    let unknown_user = client
+        .cmd(&format!("AUTH PLAIN {}", plain("root", PASSWORD)))
+        .await;
+    assert_eq!(
+        wrong_password,
+        "535 5.7.8 authentication credentials invalid\r\n"
+    );
+    assert_eq!(unknown_user, wrong_password);
+}
+
+#[tokio::test]
+async fn cancelled_and_malformed_exchanges_return_to_the_start() {
+    let server = TestServer::with_config(config(&[])).await;
+    let mut client = greeted(&server).await;
+    assert_code(&client.cmd("AUTH LOGIN").await, 334);
+    assert_eq!(
+        client.cmd("*").await,
+        "501 5.7.0 authentication cancelled\r\n"
+    );
+    assert_code(&client.cmd("AUTH PLAIN").await, 334);
+    assert_eq!(
+        client.cmd("*").await,
+        "501 5.7.0 authentication cancelled\r\n"
+    );
+    assert_code(&client.cmd("AUTH PLAIN !!!notbase64").await, 501);
+    assert_code(&client.cmd("AUTH CRAM-MD5").await, 504);
+    assert_code(
+        &client
+            .cmd(&format!("AUTH PLAIN {}", plain("app", PASSWORD)))
+            .await,
+        235,
+    );
+}
+
+#[tokio::test]
+async fn senders_restrict_the_envelope_sender() {
+    let server = TestServer::with_config(config(&["noreply@example.com", "*@example.org"])).await;
+    let mut client = greeted(&server).await;
+    assert_code(
+        &client
+            .cmd(&format!("AUTH PLAIN {}", plain("app", PASSWORD)))
+            .await,
+        235,
+    );
+    let refused = client.cmd("MAIL FROM:<ceo@example.com>").await;
+    assert!(refused.starts_with("550 5.7.1 "), "{refused}");
+    assert_code(&client.cmd("MAIL FROM:<>").await, 550);
+    assert_code(&client.cmd("MAIL FROM:<anyone@example.org>").await, 250);
+    assert_code(&client.cmd("RSET").await, 250);
+    assert_code(&client.cmd("MAIL FROM:<noreply@example.com>").await, 250);
+    assert_code(&client.cmd("RCPT TO:<b@example.net>").await, 250);
+    // The From header is held to the same list: Gmail shows it, and sends as it with a
+    // service account.
+    let forged = client
+        .data(b"From: CEO <ceo@example.com>\r\n\r\nwire money\r\n.\r\n")
+        .await;
+    assert!(forged.starts_with("550 5.7.1 "), "{forged}");
+    client
+        .start_transaction("noreply@example.com", &["b@example.net"])
+        .await;
+    let own = b"From: App <NoReply@example.com>\r\n\r\nhello\r\n.\r\n";
+    assert_code(&client.data(own).await, 250);
+    assert_eq!(server.recorder.bodies().len(), 1);
+}
+
+#[tokio::test]
+async fn repeated_failures_close_the_connection() {
+    let server = TestServer::with_config(config(&[])).await;
+    let mut client = greeted(&server).await;
+    for _ in 0..2 {
+        assert_code(
+            &client
+                .cmd(&format!("AUTH PLAIN {}", plain("app", "guess")))
+                .await,
+            535,
+        );
+    }
+    let last = client
+        .cmd(&format!("AUTH PLAIN {}", plain("app", "guess")))
+        .await;
+    assert!(last.starts_with("421 4.7.0 "), "{last}");
+    assert!(client.is_closed().await);
+    // Counted for /metrics (other tests in this binary fail too, so at least these three).
+    let metrics = smtp2gmail::telemetry::render();
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smtp2gmail_smtp_auth_failures_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 3.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn without_users_auth_is_not_offered_and_mail_needs_none() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let ehlo = client.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_code(&client.cmd("AUTH PLAIN AGFwcABwdw==").await, 502);
+    assert_code(&client.cmd("MAIL FROM:<a@example.com>").await, 250);
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let server = TestServer::with_config(SmtpConfig {
+        max_connections_per_ip: 2,
+        ..test_config()
+    })
+    .await;
+    let _first = server.client().await;
+    let _second = server.client().await;
+    let (mut third, reply) = Client::connect(server.addr).await;
+    assert!(reply.starts_with("421 4.7.0 "), "{reply}");
+    assert!(third.is_closed().await);
+}
