@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use common::fake_google::{self, FakeGoogle};
-use common::{Client, TestServer, WAIT, assert_code, test_config};
+use common::{TestServer, WAIT, assert_code, test_config};
 use smtp2gmail::config::{AccountConfig, GmailConfig};
 use smtp2gmail::google::CredentialState;
 use smtp2gmail::relay::gmail::RetryPolicy;
@@ -25,18 +25,6 @@ const FAST: RetryPolicy = RetryPolicy {
     budget: Duration::from_secs(1),
     first_backoff: Duration::from_millis(10),
 };
-
-async fn send(addr: std::net::SocketAddr) -> String {
-    let (mut client, _) = Client::connect(addr).await;
-    client
-        .start_transaction("app@example.com", &["alice@example.com"])
-        .await;
-    let reply = client
-        .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
-        .await;
-    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-    reply
-}
 
 /// A Gmail relay on the fake with its watcher, and the token file it reads.
 struct Relay {
@@ -74,10 +62,10 @@ fn relay(google: &FakeGoogle, dir: &Path, poll: Duration) -> Relay {
 
 /// The first message works; then the refresh token is revoked (and the access token with it).
 async fn revoke_after_one_message(google: &FakeGoogle, server: &TestServer) {
-    assert_code(&send(server.addr).await, 250);
+    assert_code(&common::send_simple(server.addr).await, 250);
     google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     google.revoke_access_tokens();
-    let reply = send(server.addr).await;
+    let reply = common::send_simple(server.addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
     assert!(
         reply.contains("invalid_grant") && reply.contains("smtp2gmail authorize"),
@@ -108,7 +96,7 @@ async fn a_new_token_file_is_used_without_restart() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_code(&send(server.addr).await, 250);
+    assert_code(&common::send_simple(server.addr).await, 250);
     assert!(matches!(account.tokens.state(), CredentialState::Ok { .. }));
 
     stop.cancel();
@@ -125,12 +113,12 @@ async fn reload_all_switches_now_and_keeps_credentials_when_the_file_is_bad() {
     // Never polls within the test: only reload_all (what SIGHUP calls) acts.
     let relay = relay(&google, dir.path(), Duration::from_secs(3600));
     let server = TestServer::with_target(test_config(), relay.gmail.clone()).await;
-    assert_code(&send(server.addr).await, 250);
+    assert_code(&common::send_simple(server.addr).await, 250);
 
     std::fs::write(&relay.token_file, "{ half a file").unwrap();
     assert_eq!(relay.watcher.reload_all().await, 0);
     google.revoke_access_tokens();
-    assert_code(&send(server.addr).await, 250);
+    assert_code(&common::send_simple(server.addr).await, 250);
     assert_eq!(
         google.token_requests(),
         2,
@@ -146,7 +134,7 @@ async fn reload_all_switches_now_and_keeps_credentials_when_the_file_is_bad() {
     google.revoke_access_tokens();
     fake_google::write_token_atomically(&relay.token_file, &fake_google::authorized_token(&google));
     assert_eq!(relay.watcher.reload_all().await, 1);
-    assert_code(&send(server.addr).await, 250);
+    assert_code(&common::send_simple(server.addr).await, 250);
     assert_eq!(google.token_requests(), 3);
     server.stop().await;
 }
@@ -259,7 +247,7 @@ async fn sighup_reloads_a_running_server() {
     let (mut serve, addr) = Serve::start(dir.path());
 
     google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
-    let reply = send(addr).await;
+    let reply = common::send_simple(addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
 
     fake_google::write_token_atomically(
@@ -269,7 +257,7 @@ async fn sighup_reloads_a_running_server() {
     serve.signal("-HUP");
     serve.wait_for("SIGHUP: reloading credentials");
     serve.wait_for("credentials for account default");
-    assert_code(&send(addr).await, 250);
+    assert_code(&common::send_simple(addr).await, 250);
     assert_eq!(serve.stop(), Some(0), "SIGHUP must not stop the server");
 }
 
@@ -284,6 +272,6 @@ async fn sighup_in_console_mode_does_not_stop_the_server() {
     let (mut serve, addr) = Serve::start(dir.path());
     serve.signal("-HUP");
     serve.wait_for("SIGHUP: no Google credentials to reload");
-    assert_code(&send(addr).await, 250);
+    assert_code(&common::send_simple(addr).await, 250);
     assert_eq!(serve.stop(), Some(0));
 }

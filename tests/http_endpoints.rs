@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use common::fake_google::{self, FakeGoogle};
-use common::{Client, WAIT, assert_code};
+use common::{WAIT, assert_code};
 
 /// The server and the addresses from its log.
 struct Running {
@@ -88,15 +88,7 @@ impl Running {
     }
 
     async fn send(&self) -> String {
-        let (mut client, _) = Client::connect(self.smtp).await;
-        client
-            .start_transaction("app@example.com", &["alice@example.com"])
-            .await;
-        let reply = client
-            .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
-            .await;
-        assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-        reply
+        common::send_simple(self.smtp).await
     }
 }
 

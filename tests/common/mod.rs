@@ -262,6 +262,20 @@ impl Client {
     }
 }
 
+/// Sends one small message from app@example.com to alice@example.com (named in its To header) on
+/// a new connection, and returns the reply to DATA.
+pub async fn send_simple(addr: SocketAddr) -> String {
+    let (mut client, _) = Client::connect(addr).await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    let reply = client
+        .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    reply
+}
+
 /// Asserts the reply has `code` (and, for multi-line replies, on every line).
 #[track_caller]
 pub fn assert_code(reply: &str, code: u16) {
