@@ -38,6 +38,17 @@ async fn send(server: &TestServer, from: &str, rcpts: &[&str], message: &str) ->
     reply
 }
 
+/// The Django-style message from app@example.com to the two recipients its headers name.
+async fn send_django(server: &TestServer) -> String {
+    send(
+        server,
+        "app@example.com",
+        &["alice@example.com", "bob@example.com"],
+        DJANGO_STYLE,
+    )
+    .await
+}
+
 const DJANGO_STYLE: &str = "From: app@example.com\nTo: Alice <alice@example.com>\nCc: bob@EXAMPLE.com\nSubject: report\nMessage-ID: <1@example.com>\n\nhello\n";
 
 #[tokio::test]
@@ -69,16 +80,7 @@ async fn envelope_only_recipients_become_bcc_and_nothing_else_changes() {
 async fn all_recipients_in_headers_means_the_exact_bytes() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let server = start(&gmail_config(&google, dir.path())).await;
-    assert_code(
-        &send(
-            &server,
-            "app@example.com",
-            &["alice@example.com", "bob@example.com"],
-            DJANGO_STYLE,
-        )
-        .await,
-        250,
-    );
+    assert_code(&send_django(&server).await, 250);
     assert_eq!(
         google.uploads()[0].body,
         DJANGO_STYLE.replace('\n', "\r\n").into_bytes()
@@ -162,13 +164,7 @@ async fn rate_limit_then_success_is_retried_within_the_transaction() {
             seconds: 0,
         },
     ]);
-    let reply = send(
-        &server,
-        "app@example.com",
-        &["alice@example.com", "bob@example.com"],
-        DJANGO_STYLE,
-    )
-    .await;
+    let reply = send_django(&server).await;
     assert_eq!(reply, "250 2.0.0 OK fake-gmail-1\r\n");
     assert_eq!(google.uploads().len(), 1);
     server.stop().await;
@@ -182,13 +178,7 @@ async fn a_lasting_outage_is_451_and_nothing_is_sent() {
         SendFault::google(503, "backendError"),
         3,
     ));
-    let reply = send(
-        &server,
-        "app@example.com",
-        &["alice@example.com", "bob@example.com"],
-        DJANGO_STYLE,
-    )
-    .await;
+    let reply = send_django(&server).await;
     assert!(
         reply.starts_with("451 4.4.1 ") && reply.contains("503"),
         "{reply}"
@@ -206,13 +196,7 @@ async fn bad_request_is_554_with_googles_message() {
         reason: "invalidArgument",
         message: "Invalid To header".into(),
     }]);
-    let reply = send(
-        &server,
-        "app@example.com",
-        &["alice@example.com", "bob@example.com"],
-        DJANGO_STYLE,
-    )
-    .await;
+    let reply = send_django(&server).await;
     assert!(
         reply.starts_with("554 5.6.0 ") && reply.contains("Invalid To header"),
         "{reply}"
@@ -224,28 +208,10 @@ async fn bad_request_is_554_with_googles_message() {
 async fn a_revoked_access_token_is_refreshed_once() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let server = start(&gmail_config(&google, dir.path())).await;
-    assert_code(
-        &send(
-            &server,
-            "app@example.com",
-            &["alice@example.com", "bob@example.com"],
-            DJANGO_STYLE,
-        )
-        .await,
-        250,
-    );
+    assert_code(&send_django(&server).await, 250);
     assert_eq!(google.token_requests(), 1);
     google.revoke_access_tokens();
-    assert_code(
-        &send(
-            &server,
-            "app@example.com",
-            &["alice@example.com", "bob@example.com"],
-            DJANGO_STYLE,
-        )
-        .await,
-        250,
-    );
+    assert_code(&send_django(&server).await, 250);
     assert_eq!(google.unauthorized_sends(), 1);
     assert_eq!(google.token_requests(), 2);
     assert_eq!(google.uploads().len(), 2);
@@ -258,13 +224,7 @@ async fn invalid_grant_is_451_with_the_fix() {
     let server = start(&gmail_config(&google, dir.path())).await;
     google.fail_token_requests(2, Fault::invalid_grant());
     for _ in 0..2 {
-        let reply = send(
-            &server,
-            "app@example.com",
-            &["alice@example.com", "bob@example.com"],
-            DJANGO_STYLE,
-        )
-        .await;
+        let reply = send_django(&server).await;
         assert!(
             reply.starts_with("451 4.7.0 "),
             "never a 5xx for dead credentials: {reply}"
@@ -275,16 +235,7 @@ async fn invalid_grant_is_451_with_the_fix() {
         );
     }
     // New credentials at Google's end: the next message goes through.
-    assert_code(
-        &send(
-            &server,
-            "app@example.com",
-            &["alice@example.com", "bob@example.com"],
-            DJANGO_STYLE,
-        )
-        .await,
-        250,
-    );
+    assert_code(&send_django(&server).await, 250);
     server.stop().await;
 }
 
