@@ -48,7 +48,8 @@ impl Queued {
         let relay = Arc::new(
             Gmail::from_config(gmail, http_client().unwrap())
                 .unwrap()
-                .with_retry(no_retries),
+                .with_retry(no_retries)
+                .with_request_timeout(Duration::from_millis(300)),
         );
         let started = queue::start(&queue, relay.clone()).unwrap();
         let smtp = SmtpConfig {
@@ -478,4 +479,40 @@ async fn a_corrupt_record_is_reported_and_the_rest_of_the_queue_works() {
         "nothing acknowledged is deleted"
     );
     queued.stop().await;
+}
+
+/// A "Gmail" at a loopback address that accepts connections and then hangs up (`hang_up`) or
+/// never answers.
+async fn broken_gmail(hang_up: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            if !hang_up {
+                held.push(socket);
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn dropped_connections_and_timeouts_keep_the_message_queued() {
+    for (hang_up, expected) in [(true, "Gmail API"), (false, "timed out")] {
+        let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+        let mut gmail = gmail_config(&google, dir.path());
+        gmail.api_base = broken_gmail(hang_up).await;
+        let queued = Queued::start(&gmail, queue_config(&dir.path().join("spool"))).await;
+        queued_id(&queued.send(&["alice@example.com"]).await);
+        queued.until_failed_once(1).await;
+        let record = only_record(&queued.spool);
+        let error = record["last_error"].as_str().unwrap();
+        assert!(error.contains(expected), "{error}");
+        assert!(
+            record["dead_reason"].is_null(),
+            "a temporary failure, not a dead letter"
+        );
+        queued.stop().await;
+    }
 }

@@ -80,6 +80,12 @@ impl Gmail {
         self
     }
 
+    /// The same target with another base request timeout (tests of hung requests).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.api = self.api.with_timeout(timeout);
+        self
+    }
+
     /// The configured accounts.
     pub fn router(&self) -> &Router {
         &self.router
