@@ -83,7 +83,15 @@ struct Running {
     startup: String,
     /// Everything after the startup line, collected by a thread so the server never blocks on a
     /// full pipe.
-    stderr: std::thread::JoinHandle<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Running {
@@ -121,7 +129,7 @@ impl Running {
             child,
             addr,
             startup,
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
@@ -143,7 +151,7 @@ impl Running {
             .read_to_string(&mut stdout)
             .unwrap();
         let code = self.child.wait().unwrap().code();
-        (code, stdout, self.stderr.join().unwrap())
+        (code, stdout, self.stderr.take().unwrap().join().unwrap())
     }
 }
 

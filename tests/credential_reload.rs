@@ -172,6 +172,14 @@ struct Serve {
     lines: Receiver<String>,
 }
 
+impl Drop for Serve {
+    /// A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Serve {
     fn start(dir: &Path) -> (Serve, std::net::SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
