@@ -6,7 +6,7 @@
 
 use crate::safeio;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use jsonwebtoken::EncodingKey;
@@ -22,7 +22,7 @@ pub(crate) fn load(path: &Path) -> Result<Credentials, CredentialError> {
             path: path.to_path_buf(),
         });
     };
-    let fields = Fields { path, map: &map };
+    let fields = Fields::new(path, &map, key_error);
     match shape(&map) {
         Shape::ClientSecret => Err(CredentialError::ClientSecretFile {
             path: path.to_path_buf(),
@@ -101,7 +101,10 @@ pub(crate) fn shape(map: &Map<String, Value>) -> Shape {
 }
 
 /// A quickstart token.json or a gcloud authorized_user file.
-fn refresh_token(fields: &Fields, kind: CredentialKind) -> Result<Credentials, CredentialError> {
+fn refresh_token(
+    fields: &Fields<CredentialError>,
+    kind: CredentialKind,
+) -> Result<Credentials, CredentialError> {
     let mut credentials = Credentials::refresh_token(
         kind,
         fields.required("client_id")?.to_string(),
@@ -116,7 +119,7 @@ fn refresh_token(fields: &Fields, kind: CredentialKind) -> Result<Credentials, C
 }
 
 /// A service account key file.
-fn service_account(fields: &Fields) -> Result<Credentials, CredentialError> {
+fn service_account(fields: &Fields<CredentialError>) -> Result<Credentials, CredentialError> {
     let key = EncodingKey::from_rsa_pem(fields.required("private_key")?.as_bytes())
         .map_err(|_| fields.invalid("private_key", "is not a PEM-encoded RSA private key"))?;
     let key = ServiceAccountKey {
@@ -135,23 +138,41 @@ fn service_account(fields: &Fields) -> Result<Credentials, CredentialError> {
     })
 }
 
-/// One JSON object and the file it came from, for errors that name both.
-struct Fields<'a> {
+/// One JSON object and the file it came from, for errors that name both. Generic over the error
+/// type so that credential files and client-secret files (`authorize`) share the same key checks.
+pub(crate) struct Fields<'a, E> {
     path: &'a Path,
     map: &'a Map<String, Value>,
+    /// Builds the caller's error for a bad key: (file, key, problem).
+    error: fn(PathBuf, &'static str, &'static str) -> E,
 }
 
-impl<'a> Fields<'a> {
-    fn invalid(&self, key: &'static str, problem: &'static str) -> CredentialError {
-        CredentialError::Key {
-            path: self.path.to_path_buf(),
-            key,
-            problem,
-        }
+fn key_error(path: PathBuf, key: &'static str, problem: &'static str) -> CredentialError {
+    CredentialError::Key { path, key, problem }
+}
+
+impl<'a, E> Fields<'a, E> {
+    /// The object `map` read from `path`.
+    pub(crate) fn new(
+        path: &'a Path,
+        map: &'a Map<String, Value>,
+        error: fn(PathBuf, &'static str, &'static str) -> E,
+    ) -> Self {
+        Fields { path, map, error }
+    }
+
+    /// The object itself, for keys that are not strings.
+    pub(crate) fn map(&self) -> &'a Map<String, Value> {
+        self.map
+    }
+
+    /// The error for `key` with `problem` (never the value: it may be a secret).
+    pub(crate) fn invalid(&self, key: &'static str, problem: &'static str) -> E {
+        (self.error)(self.path.to_path_buf(), key, problem)
     }
 
     /// A string value; absent, null and "" all mean "not given" (google-auth writes `"account": ""`).
-    fn optional(&self, key: &'static str) -> Result<Option<&'a str>, CredentialError> {
+    pub(crate) fn optional(&self, key: &'static str) -> Result<Option<&'a str>, E> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -160,11 +181,14 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn required(&self, key: &'static str) -> Result<&'a str, CredentialError> {
+    /// A string value that must be given.
+    pub(crate) fn required(&self, key: &'static str) -> Result<&'a str, E> {
         self.optional(key)?
             .ok_or_else(|| self.invalid(key, "is missing"))
     }
+}
 
+impl Fields<'_, CredentialError> {
     fn token_uri(&self) -> Result<String, CredentialError> {
         let uri = self.optional("token_uri")?.unwrap_or(DEFAULT_TOKEN_URI);
         oauth2::TokenUrl::new(uri.to_string())

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use oauth2::{AuthUrl, TokenUrl};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::AuthorizeError;
-use crate::google::files::{self, Shape};
+use crate::google::files::{self, Fields, Shape};
 use crate::google::{DEFAULT_TOKEN_URI, Secret};
 
 /// Google's authorization endpoint, for the rare client file without `auth_uri`.
@@ -111,12 +111,12 @@ impl ClientSecretFile {
             (_, Some(Value::Object(client))) => (ClientType::Web, client),
             _ => return Err(not_client("JSON of an unknown kind", UNKNOWN_HINT)),
         };
-        let fields = Fields { path, map: client };
+        let fields = Fields::new(path, client, key_error);
         Ok(ClientSecretFile {
             path: path.to_path_buf(),
             client_type,
-            client_id: fields.string("client_id")?.to_string(),
-            client_secret: Secret::new(fields.string("client_secret")?),
+            client_id: fields.required("client_id")?.to_string(),
+            client_secret: Secret::new(fields.required("client_secret")?),
             auth_uri: AuthUrl::new(fields.uri("auth_uri", DEFAULT_AUTH_URI)?)
                 .map_err(|_| fields.invalid("auth_uri", "is not a valid URL"))?,
             token_uri: TokenUrl::new(fields.uri("token_uri", DEFAULT_TOKEN_URI)?)
@@ -192,42 +192,18 @@ fn registered_loopback(uri: &str) -> Option<RedirectPlan> {
     })
 }
 
-/// The `installed` or `web` object and its file, for errors that name both.
-struct Fields<'a> {
-    path: &'a Path,
-    map: &'a Map<String, Value>,
+fn key_error(path: PathBuf, key: &'static str, problem: &'static str) -> AuthorizeError {
+    AuthorizeError::ClientKey { path, key, problem }
 }
 
-impl<'a> Fields<'a> {
-    fn invalid(&self, key: &'static str, problem: &'static str) -> AuthorizeError {
-        AuthorizeError::ClientKey {
-            path: self.path.to_path_buf(),
-            key,
-            problem,
-        }
-    }
-
-    /// A string value; absent, null and "" all mean "not given".
-    fn optional(&self, key: &'static str) -> Result<Option<&'a str>, AuthorizeError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.invalid(key, "must be a string")),
-        }
-    }
-
-    fn string(&self, key: &'static str) -> Result<&'a str, AuthorizeError> {
-        self.optional(key)?
-            .ok_or_else(|| self.invalid(key, "is missing"))
-    }
-
+/// The keys of the `installed` or `web` object that only a client secret file has.
+impl Fields<'_, AuthorizeError> {
     fn uri(&self, key: &'static str, default: &str) -> Result<String, AuthorizeError> {
         Ok(self.optional(key)?.unwrap_or(default).to_string())
     }
 
     fn redirect_uris(&self) -> Result<Vec<String>, AuthorizeError> {
-        match self.map.get("redirect_uris") {
+        match self.map().get("redirect_uris") {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
