@@ -97,12 +97,15 @@ impl Scheduler {
         let mut control_tick = tokio::time::interval(control::POLL);
         loop {
             self.dispatch();
-            self.report();
             let wait = self.next_wake();
             tokio::select! {
                 Some(entry) = self.incoming.recv() => self.schedule(entry),
                 Some((entry, outcome)) = self.results.1.recv() => self.finish(entry, outcome).await,
-                _ = control_tick.tick() => self.serve_requests().await,
+                // Once a second, not per message: reporting walks the whole index.
+                _ = control_tick.tick() => {
+                    self.serve_requests().await;
+                    self.report();
+                }
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => break,
             }

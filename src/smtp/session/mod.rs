@@ -552,19 +552,22 @@ struct LineFacts {
 impl LineFacts {
     fn of(line: &[u8]) -> LineFacts {
         let verb = line.get(..4).unwrap_or_default();
-        let numbers_matter =
-            verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"BDAT");
+        let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
+        // Most lines are none of these: no copy, no scan.
+        if !(is(b"MAIL") || is(b"RCPT") || is(b"BDAT")) {
+            return LineFacts::default();
+        }
         let text = String::from_utf8_lossy(line);
         // MAIL's address may be all digits; only the parameters after it are sizes.
-        let parameters = if verb.eq_ignore_ascii_case(b"MAIL") {
+        let parameters = if is(b"MAIL") {
             text.rsplit_once('>').map_or("", |(_, rest)| rest)
         } else {
             &text
         };
         LineFacts {
-            oversized_number: numbers_matter && address::has_oversized_number(parameters),
-            names_postmaster: text.to_ascii_lowercase().contains("<postmaster>"),
-            bdat: verb.eq_ignore_ascii_case(b"BDAT"),
+            oversized_number: !is(b"RCPT") && address::has_oversized_number(parameters),
+            names_postmaster: is(b"RCPT") && text.to_ascii_lowercase().contains("<postmaster>"),
+            bdat: is(b"BDAT"),
         }
     }
 }
