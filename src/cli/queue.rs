@@ -191,7 +191,9 @@ async fn steer(spool: &Spool, request: Request) -> ExitCode {
     let answer = match control::try_lock(spool) {
         Ok(Some(_lock)) => match &request {
             Request::Retry { id: Some(id) } => {
-                control::retry(spool, id).await.map(|(_, done)| done)
+                control::retry(spool, id, std::time::SystemTime::now())
+                    .await
+                    .map(|(_, done)| done)
             }
             Request::Retry { id: None } => retry_all(spool).await,
             Request::Delete { id } => control::delete(spool, id).await,
@@ -227,7 +229,7 @@ async fn retry_all(spool: &Spool) -> Result<String, String> {
         ids.extend(entries.into_iter().map(|e| e.id));
     }
     for id in &ids {
-        control::retry(spool, id).await?;
+        control::retry(spool, id, std::time::SystemTime::now()).await?;
     }
     Ok(format!(
         "{} messages will be retried at the next start",

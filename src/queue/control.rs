@@ -134,8 +134,7 @@ pub fn answer(spool: &Spool, name: &str, answer: Result<String, String>) {
 
 /// Makes a message due now: a queued one keeps its history, a dead one moves back to the queue.
 /// Returns the updated entry and what was done.
-pub async fn retry(spool: &Spool, id: &str) -> Result<(Entry, String), String> {
-    let now = SystemTime::now();
+pub async fn retry(spool: &Spool, id: &str, now: SystemTime) -> Result<(Entry, String), String> {
     if let Ok(mut entry) = spool.read(Place::Queue, id) {
         entry.next_attempt = now;
         spool

@@ -8,6 +8,7 @@
 //! A 250 from the queue means: on disk, and delivered at least once unless an operator deletes it.
 
 pub mod control;
+pub mod courier;
 pub mod schedule;
 pub mod spool;
 

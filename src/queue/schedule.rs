@@ -11,8 +11,13 @@
 //! - credentials problem: the account pauses until its credentials change (a new token file), with
 //!   one log line, and is probed again every `retry_max` in case the fix was made at Google's end;
 //! - permanent failure, or older than `max_age`: a dead letter, kept with the reason.
+//!
+//! The index is kept per account, so that choosing what to send next costs the number of
+//! accounts, not the number of queued messages: a backlog of a hundred thousand messages held
+//! back by a rate limit or an outage must not make every new message walk all of them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,10 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::{self, Request};
+use super::courier::{Clock, Courier};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
-use crate::google::Credentials;
-use crate::relay::{DeliveryError, Gmail, Receipt};
+use crate::relay::{DeliveryError, Receipt};
+
+#[cfg(test)]
+mod tests;
 
 /// A rate limit further away than this is the daily sending limit: defer the whole account.
 const ACCOUNT_DEFERRAL: Duration = Duration::from_secs(10 * 60);
@@ -42,25 +50,37 @@ pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
 /// A delivery task's report: the entry and how its attempt went.
 type Finished = (Entry, Result<Receipt, DeliveryError>);
 
-/// What the scheduler knows about one account.
+/// One account's share of the queue.
 #[derive(Default)]
-struct AccountState {
+struct AccountQueue {
+    /// (next attempt, id) of its waiting entries, not in flight.
+    due: BTreeSet<(SystemTime, String)>,
     in_flight: usize,
     /// No sends before this time (rate limit spacing, or a deferral).
     not_before: Option<SystemTime>,
     /// Paused for a credentials problem: the credentials in use when it happened.
-    paused_with: Option<Arc<Credentials>>,
+    paused_with: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl AccountQueue {
+    fn held_back(&self, now: SystemTime) -> bool {
+        self.not_before.is_some_and(|t| t > now)
+    }
 }
 
 /// Owns the queue while the server runs.
 pub struct Scheduler {
     spool: Spool,
-    gmail: Arc<Gmail>,
+    courier: Arc<dyn Courier>,
     config: QueueConfig,
-    /// (next attempt, id) of every waiting entry not in flight.
-    due: BTreeSet<(SystemTime, String)>,
+    clock: Clock,
+    /// Every waiting entry not in flight, by id.
     entries: HashMap<String, Entry>,
-    accounts: HashMap<String, AccountState>,
+    accounts: HashMap<String, AccountQueue>,
+    /// Ids whose delivery is running.
+    in_flight: HashSet<String>,
+    /// Ids deleted by an operator while their delivery was running.
+    deleted_in_flight: HashSet<String>,
     incoming: mpsc::UnboundedReceiver<Entry>,
     results: (
         mpsc::UnboundedSender<Finished>,
@@ -70,24 +90,33 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for the entries already in `spool` and those `incoming` brings.
+    /// A scheduler for the entries already in `spool` and those `incoming` brings, reading the
+    /// system clock.
     pub fn new(
         spool: Spool,
-        gmail: Arc<Gmail>,
+        courier: Arc<dyn Courier>,
         config: QueueConfig,
         incoming: mpsc::UnboundedReceiver<Entry>,
     ) -> Self {
         Scheduler {
             spool,
-            gmail,
+            courier,
             config,
-            due: BTreeSet::new(),
+            clock: Clock::System,
             entries: HashMap::new(),
             accounts: HashMap::new(),
+            in_flight: HashSet::new(),
+            deleted_in_flight: HashSet::new(),
             incoming,
             results: mpsc::unbounded_channel(),
             deliveries: TaskTracker::new(),
         }
+    }
+
+    /// The same scheduler reading `clock` instead (tests: paused tokio time).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight; anything left
@@ -131,7 +160,7 @@ impl Scheduler {
 
     /// Queue depth and oldest age per account, and the dead letters, for `/metrics`.
     fn report(&self) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut per_account: HashMap<&str, (usize, SystemTime)> = HashMap::new();
         for entry in self.entries.values() {
             let (depth, oldest) = per_account
@@ -140,13 +169,13 @@ impl Scheduler {
             *depth += 1;
             *oldest = (*oldest).min(entry.received_at);
         }
-        for account in self.gmail.router().accounts() {
+        for account in self.courier.accounts() {
             let (depth, oldest) = per_account
-                .get(account.name.as_str())
+                .get(account.as_str())
                 .copied()
                 .unwrap_or((0, now));
             crate::telemetry::queue_state(
-                &account.name,
+                &account,
                 depth,
                 now.duration_since(oldest).unwrap_or_default(),
             );
@@ -170,84 +199,102 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, entry: Entry) {
-        self.due.insert((entry.next_attempt, entry.id.clone()));
+        let account = self.accounts.entry(entry.account.clone()).or_default();
+        account.due.insert((entry.next_attempt, entry.id.clone()));
         self.entries.insert(entry.id.clone(), entry);
     }
 
     fn unschedule(&mut self, id: &str) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
-        self.due.remove(&(entry.next_attempt, entry.id.clone()));
+        if let Some(account) = self.accounts.get_mut(&entry.account) {
+            account.due.remove(&(entry.next_attempt, entry.id.clone()));
+        }
         Some(entry)
     }
 
     /// How long until something may become due (bounded, so pauses are re-checked).
     fn next_wake(&self) -> Duration {
-        let earliest = self.due.first().map(|(at, _)| *at);
+        let now = self.clock.now();
+        let earliest = self
+            .accounts
+            .iter()
+            .filter_map(|(name, account)| {
+                let (first, _) = account.due.first()?;
+                let limits = self.courier.limits(name);
+                if limits.is_some_and(|l| account.in_flight >= l.max_sends) {
+                    return None; // a finishing delivery wakes the loop
+                }
+                Some(account.not_before.map_or(*first, |t| t.max(*first)))
+            })
+            .min();
         let until = earliest
-            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .and_then(|at| at.duration_since(now).ok())
             .unwrap_or_default();
         until.clamp(Duration::from_millis(20), control::POLL)
     }
 
     /// Starts every due delivery its account has room for.
     fn dispatch(&mut self) {
-        let now = SystemTime::now();
-        let ready: Vec<(SystemTime, String)> = self
-            .due
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .cloned()
-            .collect();
-        for key in ready {
-            let Some(entry) = self.entries.get(&key.1) else {
+        let now = self.clock.now();
+        let interval = self.config.send_interval();
+        let mut starting = Vec::new();
+        for (name, account) in &mut self.accounts {
+            if account.due.first().is_none_or(|(at, _)| *at > now) {
                 continue;
-            };
-            let Some(account) = self.gmail.router().account(&entry.account).cloned() else {
-                // The account was removed from the configuration: route again at delivery.
-                self.start(key);
-                continue;
-            };
-            let state = self.accounts.entry(account.name.clone()).or_default();
-            if let Some(paused_with) = &state.paused_with {
-                if Arc::ptr_eq(paused_with, &account.tokens.credentials())
-                    && state.not_before.is_some_and(|t| t > now)
-                {
+            }
+            let limits = self.courier.limits(name);
+            if let (Some(paused_with), Some(limits)) = (&account.paused_with, &limits) {
+                if Arc::ptr_eq(paused_with, &limits.credentials) && account.held_back(now) {
                     continue;
                 }
-                tracing::info!(account = %account.name, "account resumed: credentials changed or probing again");
-                state.paused_with = None;
-                state.not_before = None;
+                tracing::info!(account = %name, "account resumed: credentials changed or probing again");
+                account.paused_with = None;
+                account.not_before = None;
             }
-            if state.in_flight >= account.max_sends || state.not_before.is_some_and(|t| t > now) {
-                continue;
+            while account.due.first().is_some_and(|(at, _)| *at <= now) {
+                // An account no longer configured has no limits: its messages are routed again.
+                if let Some(limits) = &limits {
+                    if account.in_flight >= limits.max_sends || account.held_back(now) {
+                        break;
+                    }
+                    account.not_before = Some(now + interval);
+                }
+                account.in_flight += 1;
+                starting.extend(account.due.pop_first().map(|(_, id)| id));
             }
-            state.in_flight += 1;
-            state.not_before = Some(now + self.config.send_interval());
-            self.start(key);
+        }
+        for id in starting {
+            self.start(id);
         }
     }
 
-    fn start(&mut self, key: (SystemTime, String)) {
-        self.due.remove(&key);
-        let Some(entry) = self.entries.remove(&key.1) else {
+    fn start(&mut self, id: String) {
+        let Some(entry) = self.entries.remove(&id) else {
             return;
         };
-        let (spool, gmail, results) = (
+        self.in_flight.insert(id);
+        let (spool, courier, results) = (
             self.spool.clone(),
-            self.gmail.clone(),
+            self.courier.clone(),
             self.results.0.clone(),
         );
         self.deliveries.spawn(async move {
-            let outcome = deliver(&spool, &gmail, &entry).await;
+            let path = spool.message_path(Place::Queue, &entry.id);
+            let outcome = courier.deliver(&entry, &path).await;
             let _ = results.send((entry, outcome));
         });
     }
 
     /// Records one delivery's outcome.
     async fn finish(&mut self, mut entry: Entry, outcome: Result<Receipt, DeliveryError>) {
-        let state = self.accounts.entry(entry.account.clone()).or_default();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        let now = SystemTime::now();
+        let now = self.clock.now();
+        let account = self.accounts.entry(entry.account.clone()).or_default();
+        account.in_flight = account.in_flight.saturating_sub(1);
+        self.in_flight.remove(&entry.id);
+        if self.deleted_in_flight.remove(&entry.id) {
+            tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "attempt ended after the message was deleted");
+            return;
+        }
         let error = match outcome {
             Ok(receipt) => {
                 if let Err(err) = self.spool.remove(Place::Queue, &entry.id).await {
@@ -258,7 +305,7 @@ impl Scheduler {
             }
             Err(error) => error,
         };
-        entry.record(error.to_string());
+        entry.record(now, error.to_string());
         let too_old =
             now.duration_since(entry.received_at).unwrap_or_default() > self.config.max_age;
         if error.is_permanent() || too_old {
@@ -283,16 +330,16 @@ impl Scheduler {
                 wait = *after;
                 if *after >= ACCOUNT_DEFERRAL {
                     tracing::warn!(account = %entry.account, ?after, "sending limit reached: account deferred");
-                    state.not_before = Some(now + *after);
+                    account.not_before = Some(now + *after);
                 }
             }
             DeliveryError::Credentials { .. } => {
-                if let Some(account) = self.gmail.router().account(&entry.account) {
-                    if state.paused_with.is_none() {
+                if let Some(limits) = self.courier.limits(&entry.account) {
+                    if account.paused_with.is_none() {
                         tracing::warn!(account = %entry.account, %error, "account paused until its credentials change");
                     }
-                    state.paused_with = Some(account.tokens.credentials());
-                    state.not_before = Some(now + self.config.retry_max);
+                    account.paused_with = Some(limits.credentials);
+                    account.not_before = Some(now + self.config.retry_max);
                 }
             }
             _ => {}
@@ -329,24 +376,34 @@ impl Scheduler {
         }
     }
 
+    /// An operator's "deliver now": the message is due at once, and its account's deferral or
+    /// pause is lifted — the operator knows something the schedule does not (the daily limit
+    /// was raised, the credentials were fixed at Google's end).
     async fn retry(&mut self, id: &str) -> Result<String, String> {
-        // In flight: it is being delivered right now.
+        if self.in_flight.contains(id) {
+            return Err(format!("{id}: being delivered right now"));
+        }
         self.unschedule(id);
-        let (entry, done) = control::retry(&self.spool, id).await?;
+        let (entry, done) = control::retry(&self.spool, id, self.clock.now()).await?;
+        if let Some(account) = self.accounts.get_mut(&entry.account)
+            && (account.not_before.is_some() || account.paused_with.is_some())
+        {
+            tracing::info!(account = %entry.account, "operator retry: account deferral lifted");
+            account.not_before = None;
+            account.paused_with = None;
+        }
         self.schedule(entry);
         Ok(done)
     }
 
     async fn delete(&mut self, id: &str) -> Result<String, String> {
+        let in_flight = self.in_flight.contains(id);
         self.unschedule(id);
-        control::delete(&self.spool, id).await
+        let done = control::delete(&self.spool, id).await?;
+        if in_flight {
+            // The attempt's outcome must not write the record back.
+            self.deleted_in_flight.insert(id.to_string());
+        }
+        Ok(done)
     }
-}
-
-/// One attempt for one queued message, with the same code as synchronous delivery; the upload
-/// streams the spool file instead of reading it into memory.
-async fn deliver(spool: &Spool, gmail: &Gmail, entry: &Entry) -> Result<Receipt, DeliveryError> {
-    let path = spool.message_path(Place::Queue, &entry.id);
-    let outgoing = gmail.prepare_file(&entry.envelope(), &path).await?;
-    gmail.attempt(&outgoing).await
 }

@@ -122,11 +122,11 @@ impl Entry {
         }
     }
 
-    /// Records an attempt's outcome.
-    pub fn record(&mut self, outcome: String) {
+    /// Records the outcome of an attempt that ended `at`.
+    pub fn record(&mut self, at: SystemTime, outcome: String) {
         self.attempts += 1;
         self.history.push(Attempt {
-            at: SystemTime::now(),
+            at,
             outcome: outcome.clone(),
         });
         self.last_error = Some(outcome);

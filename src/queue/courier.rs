@@ -1,0 +1,95 @@
+//! What the scheduler needs from a delivery target, and the clock it reads.
+//!
+//! The scheduler decides *when*; a [`Courier`] carries one message and says how it went, with a
+//! [`DeliveryError`] that tells a temporary failure from a permanent one (chasquid's courier). The
+//! seam keeps the retry schedule testable without Gmail: the tests drive the scheduler with a
+//! scripted courier under paused tokio time ([`Clock::Tokio`]).
+
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::relay::{DeliveryError, Gmail, Receipt};
+
+use super::spool::Entry;
+
+/// The per-account facts the scheduler obeys.
+pub struct Limits {
+    /// How many deliveries of this account may run at once.
+    pub max_sends: usize,
+    /// The credentials in use, compared by identity: an account paused for a credentials problem
+    /// resumes as soon as this changes (a new token file).
+    pub credentials: Arc<dyn Any + Send + Sync>,
+}
+
+/// Delivers one queued message.
+#[async_trait::async_trait]
+pub trait Courier: Send + Sync + 'static {
+    /// One attempt for `entry`, whose exact received bytes are at `path`.
+    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError>;
+
+    /// The limits of the account called `name`; `None` once it is no longer configured (its
+    /// messages are then routed again at delivery, without limits of their own).
+    fn limits(&self, name: &str) -> Option<Limits>;
+
+    /// Every configured account's name, for the queue metrics.
+    fn accounts(&self) -> Vec<String>;
+}
+
+/// Gmail delivers queued messages with the same code as synchronous delivery; the upload streams
+/// the spool file instead of reading it into memory.
+#[async_trait::async_trait]
+impl Courier for Gmail {
+    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError> {
+        let outgoing = self.prepare_file(&entry.envelope(), path).await?;
+        self.attempt(&outgoing).await
+    }
+
+    fn limits(&self, name: &str) -> Option<Limits> {
+        self.router().account(name).map(|account| Limits {
+            max_sends: account.max_sends,
+            credentials: account.tokens.credentials(),
+        })
+    }
+
+    fn accounts(&self) -> Vec<String> {
+        self.router().accounts().map(|a| a.name.clone()).collect()
+    }
+}
+
+/// The scheduler's idea of the time.
+///
+/// Records store wall-clock times so that a schedule survives restarts; the server reads the
+/// system clock. Tests read tokio's clock instead, mapped onto wall-clock time, so that hours of
+/// backoff pass in milliseconds under `tokio::time::pause`.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// `SystemTime::now()`.
+    System,
+    /// Wall-clock time as of `origin`, advanced by tokio's (pausable) clock since then.
+    Tokio {
+        /// The tokio instant the clock started at.
+        origin: tokio::time::Instant,
+        /// The wall-clock time it stood for.
+        wall: SystemTime,
+    },
+}
+
+impl Clock {
+    /// A clock that follows tokio's time from now on.
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            origin: tokio::time::Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        match self {
+            Clock::System => SystemTime::now(),
+            Clock::Tokio { origin, wall } => *wall + origin.elapsed(),
+        }
+    }
+}

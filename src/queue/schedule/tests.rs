@@ -1,0 +1,360 @@
+//! The retry schedule under paused tokio time: hours of backoff pass in milliseconds, and the
+//! times asserted are the scheduler's own, not the test machine's speed.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Scheduler;
+use crate::config::QueueConfig;
+use crate::message::{Address, Envelope, Message, MessageId};
+use crate::queue::control::{self, Request};
+use crate::queue::courier::{Clock, Courier, Limits};
+use crate::queue::spool::{Entry, Place, Spool};
+use crate::relay::{DeliveryError, Receipt, Status};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A courier that answers from a script per message (delivered once the script runs out) and
+/// reports every attempt with the tokio time it started.
+struct Scripted {
+    script: Mutex<HashMap<String, VecDeque<DeliveryError>>>,
+    credentials: Mutex<Arc<dyn std::any::Any + Send + Sync>>,
+    attempts: mpsc::UnboundedSender<(String, Instant)>,
+}
+
+#[async_trait::async_trait]
+impl Courier for Scripted {
+    async fn deliver(&self, entry: &Entry, _path: &Path) -> Result<Receipt, DeliveryError> {
+        let _ = self.attempts.send((entry.id.clone(), Instant::now()));
+        let next = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&entry.id)
+            .and_then(VecDeque::pop_front);
+        match next {
+            Some(error) => Err(error),
+            None => Ok(Receipt {
+                id: format!("gmail-{}", entry.id),
+                queued: false,
+            }),
+        }
+    }
+
+    fn limits(&self, _name: &str) -> Option<Limits> {
+        Some(Limits {
+            max_sends: 5,
+            credentials: self.credentials.lock().unwrap().clone(),
+        })
+    }
+
+    fn accounts(&self) -> Vec<String> {
+        vec!["default".into(), "other".into()]
+    }
+}
+
+/// A running scheduler over a fresh spool, with the courier's attempt reports.
+struct Harness {
+    spool: Spool,
+    courier: Arc<Scripted>,
+    attempts: mpsc::UnboundedReceiver<(String, Instant)>,
+    incoming: mpsc::UnboundedSender<Entry>,
+    clock: Clock,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start(config: QueueConfig) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (report, attempts) = mpsc::unbounded_channel();
+        let courier = Arc::new(Scripted {
+            script: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(Arc::new(1)),
+            attempts: report,
+        });
+        let (incoming, receiver) = mpsc::unbounded_channel();
+        let clock = Clock::tokio();
+        let scheduler =
+            Scheduler::new(spool.clone(), courier.clone(), config, receiver).with_clock(clock);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(scheduler.run(shutdown.clone(), Duration::from_secs(5)));
+        Harness {
+            spool,
+            courier,
+            attempts,
+            incoming,
+            clock,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// Queues a message for `account` that fails with `failures` (in order) before it is sent.
+    async fn queue(&self, account: &str, failures: Vec<DeliveryError>) -> String {
+        let envelope = Envelope {
+            id: MessageId::generate(),
+            mail_from: Some(Address::new("app@example.com")),
+            rcpt_to: vec![Address::new("someone@example.org")],
+            remote: ([127, 0, 0, 1], 40000).into(),
+            helo: "client.example".into(),
+            auth_user: None,
+            received_at: self.clock.now(),
+        };
+        let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
+        let entry = Entry::new(&envelope, message.len(), account);
+        self.spool.put(&entry, &message).await.unwrap();
+        let id = entry.id.clone();
+        self.courier
+            .script
+            .lock()
+            .unwrap()
+            .insert(id.clone(), failures.into());
+        self.incoming.send(entry).unwrap();
+        id
+    }
+
+    /// The next attempt's message and start time.
+    async fn attempt(&mut self) -> (String, Instant) {
+        self.attempts.recv().await.expect("the scheduler stopped")
+    }
+
+    /// Waits (in tokio time) until the scheduler has written `id`'s outcome.
+    async fn settled(&self, id: &str, place: Place) -> Entry {
+        loop {
+            if let Ok(entry) = self.spool.read(place, id)
+                && (place == Place::Dead || entry.attempts > 0)
+            {
+                return entry;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn delivered(&self, id: &str) {
+        while self.spool.read(Place::Queue, id).is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn temporary(retry_after: Option<Duration>) -> DeliveryError {
+    DeliveryError::Temporary {
+        status: Status::SYSTEM_TEMPORARY,
+        reason: "Gmail answered 503".into(),
+        retry_after,
+    }
+}
+
+fn credentials() -> DeliveryError {
+    DeliveryError::Credentials {
+        account: "default".into(),
+        reason: "invalid_grant".into(),
+        fix: "run smtp2gmail authorize".into(),
+    }
+}
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        max_send_rate: 1000.0,
+        ..QueueConfig::default()
+    }
+}
+
+/// `got` is within the ±20 % jitter of `expected`.
+fn assert_jittered(got: Duration, expected: Duration, what: &str) {
+    let (low, high) = (
+        expected.mul_f64(0.8),
+        expected.mul_f64(1.2) + Duration::from_secs(1),
+    );
+    assert!(
+        got >= low && got <= high,
+        "{what}: waited {got:?}, expected {expected:?} ± 20 %"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_doubles_from_retry_min_to_retry_max() {
+    let mut harness = Harness::start(config());
+    let id = harness.queue("default", vec![temporary(None); 8]).await;
+    let mut starts = Vec::new();
+    for _ in 0..9 {
+        let (attempted, at) = harness.attempt().await;
+        assert_eq!(attempted, id);
+        starts.push(at);
+    }
+    // Defaults: 1 min doubling to 1 h.
+    let expected = [1, 2, 4, 8, 16, 32, 60, 60].map(|m| m * MINUTE);
+    for (i, gap) in starts.windows(2).map(|w| w[1] - w[0]).enumerate() {
+        assert_jittered(gap, expected[i], &format!("wait after attempt {}", i + 1));
+    }
+    harness.delivered(&id).await;
+    assert!(harness.spool.read(Place::Dead, &id).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_from_google_is_honoured_exactly() {
+    let mut harness = Harness::start(config());
+    let after = Duration::from_secs(90);
+    let id = harness.queue("default", vec![temporary(Some(after))]).await;
+    let (_, first) = harness.attempt().await;
+    let (_, second) = harness.attempt().await;
+    let waited = second - first;
+    assert!(
+        waited >= after && waited < after + Duration::from_secs(1),
+        "waited {waited:?}, Google asked for {after:?}"
+    );
+    harness.delivered(&id).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn daily_limit_defers_the_whole_account_for_hours() {
+    let mut harness = Harness::start(config());
+    let limit = 6 * HOUR;
+    let first = harness.queue("default", vec![temporary(Some(limit))]).await;
+    let (_, limited_at) = harness.attempt().await;
+    harness.settled(&first, Place::Queue).await;
+    // Another message of the same account waits out the deferral; another account does not.
+    let held = harness.queue("default", vec![]).await;
+    let free = harness.queue("other", vec![]).await;
+    let (id, at) = harness.attempt().await;
+    assert_eq!(id, free);
+    assert!(at - limited_at < Duration::from_secs(2));
+    let mut next = [harness.attempt().await, harness.attempt().await];
+    next.sort_by_key(|(_, at)| *at);
+    for (id, at) in next {
+        assert!([&first, &held].contains(&&id));
+        assert!(
+            at - limited_at >= limit,
+            "{id} sent {:?} after the limit",
+            at - limited_at
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_retry_lifts_the_accounts_deferral() {
+    let mut harness = Harness::start(config());
+    let first = harness
+        .queue("default", vec![temporary(Some(24 * HOUR))])
+        .await;
+    let (_, limited_at) = harness.attempt().await;
+    harness.settled(&first, Place::Queue).await;
+    let held = harness.queue("default", vec![]).await;
+    tokio::time::sleep(MINUTE).await;
+    control::submit(&harness.spool, &Request::Retry { id: None }).unwrap();
+    let mut retried = vec![harness.attempt().await, harness.attempt().await];
+    retried.sort();
+    let mut expected = vec![first.clone(), held.clone()];
+    expected.sort();
+    assert_eq!(
+        retried.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    for (id, at) in retried {
+        assert!(
+            at - limited_at < 2 * MINUTE,
+            "{id} waited {:?}",
+            at - limited_at
+        );
+    }
+    harness.delivered(&first).await;
+    harness.delivered(&held).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_problem_pauses_the_account_until_they_change() {
+    let mut harness = Harness::start(config());
+    let id = harness.queue("default", vec![credentials()]).await;
+    let (_, failed_at) = harness.attempt().await;
+    harness.settled(&id, Place::Queue).await;
+    // The message's own backoff (about a minute) passes; the paused account holds it.
+    tokio::time::sleep(20 * MINUTE).await;
+    assert!(harness.attempts.try_recv().is_err(), "retried while paused");
+    let changed_at = Instant::now();
+    *harness.courier.credentials.lock().unwrap() = Arc::new(2);
+    let (_, resumed_at) = harness.attempt().await;
+    assert!(resumed_at - failed_at >= 20 * MINUTE);
+    assert!(
+        resumed_at - changed_at < Duration::from_secs(2),
+        "resumed {:?} after the new credentials",
+        resumed_at - changed_at
+    );
+    harness.delivered(&id).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_account_is_probed_again_after_retry_max() {
+    let mut harness = Harness::start(config());
+    let id = harness.queue("default", vec![credentials()]).await;
+    let (_, failed_at) = harness.attempt().await;
+    let (_, probed_at) = harness.attempt().await;
+    let waited = probed_at - failed_at;
+    assert!(
+        waited >= HOUR && waited < HOUR + Duration::from_secs(2),
+        "probed after {waited:?}"
+    );
+    harness.delivered(&id).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn message_older_than_max_age_becomes_a_dead_letter() {
+    // Half a day rather than the default five, so the virtual days do not cost real seconds.
+    let max_age = 12 * HOUR;
+    let harness = Harness::start(QueueConfig {
+        max_age,
+        ..config()
+    });
+    let id = harness.queue("default", vec![temporary(None); 1000]).await;
+    let dead = harness.settled(&id, Place::Dead).await;
+    let reason = dead.dead_reason.as_deref().expect("a dead letter says why");
+    assert!(reason.starts_with("too old after"), "{reason}");
+    let last = dead.history.last().expect("attempts are recorded").at;
+    let age = last.duration_since(dead.received_at).unwrap();
+    assert!(
+        age > max_age && age < max_age + 2 * HOUR,
+        "dead at age {age:?}"
+    );
+    // 7 attempts in the first hour of backoff, then about one an hour (retry_max).
+    assert!(
+        (14..=22).contains(&dead.attempts),
+        "{} attempts",
+        dead.attempts
+    );
+    assert!(harness.spool.read(Place::Queue, &id).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_backlog_does_not_hold_up_another_account() {
+    let mut harness = Harness::start(QueueConfig {
+        max_send_rate: 1.0,
+        ..QueueConfig::default()
+    });
+    for _ in 0..200 {
+        harness.queue("default", vec![]).await;
+    }
+    let started = Instant::now();
+    let other = harness.queue("other", vec![]).await;
+    loop {
+        let (id, at) = harness.attempt().await;
+        if id == other {
+            assert!(at - started < Duration::from_secs(2));
+            break;
+        }
+    }
+    harness.delivered(&other).await;
+}
