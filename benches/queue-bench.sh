@@ -139,7 +139,7 @@ stop_server() {
     fi
 }
 
-queued() { find "$1" -name '*.eml' 2>/dev/null | wc -l; } # messages in a spool's queue/
+queued() { find "$1" -name '*.msg' 2>/dev/null | wc -l; } # messages in a spool's queue/
 
 # A private Postfix: own config_directory, queue_directory and data_directory under $work, smtpd on
 # 127.0.0.1:$PF_PORT only, nothing local, everything relayed to a closed port (so it is deferred

@@ -138,7 +138,8 @@ fn show(spool: &Spool, id: &str) -> ExitCode {
         return fail(EXIT_FAILURE, &format!("{id}: no such message"));
     };
     print_entry(&entry, place);
-    let raw = std::fs::read(spool.message_path(place, id)).unwrap_or_default();
+    let mut raw = std::fs::read(spool.message_path(place, id)).unwrap_or_default();
+    raw.truncate(entry.size as usize);
     let end = crate::message::headers::header_end(&raw);
     println!(
         "\nheaders:\n{}",

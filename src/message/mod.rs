@@ -162,7 +162,7 @@ impl Message {
     pub async fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
         match &self.body {
             Body::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
-            Body::Spilled(path) => Ok(Cow::Owned(tokio::fs::read(path).await?)),
+            Body::Spilled(path) => Ok(Cow::Owned(read_head(path, self.len).await?.into())),
         }
     }
 
@@ -170,7 +170,7 @@ impl Message {
     pub async fn to_bytes(&self) -> io::Result<Bytes> {
         match &self.body {
             Body::Memory(bytes) => Ok(bytes.clone()),
-            Body::Spilled(path) => Ok(tokio::fs::read(path).await?.into()),
+            Body::Spilled(path) => read_head(path, self.len).await,
         }
     }
 
@@ -179,15 +179,26 @@ impl Message {
     pub async fn head(&self, limit: usize) -> io::Result<Bytes> {
         match &self.body {
             Body::Memory(bytes) => Ok(bytes.slice(..bytes.len().min(limit))),
-            Body::Spilled(path) => read_head(path, limit).await,
+            Body::Spilled(path) => read_head(path, self.len.min(limit as u64)).await,
         }
     }
 
-    /// Writes the message to `path` (a new file) durably. Not atomic: callers write a record
-    /// beside it afterwards, and a message file without its record is an unfinished write. A
-    /// spilled body is hard-linked when the spill file is on the same filesystem (no copy of a
-    /// 35 MB message), else copied. The directory entry is made durable by the caller.
+    /// Writes the message to `path` (a new file) durably. Not atomic: see [`store_with`].
+    ///
+    /// [`store_with`]: Self::store_with
     pub async fn store(&self, path: &Path) -> io::Result<()> {
+        self.store_with(path, Vec::new()).await
+    }
+
+    /// Writes the message followed by `trailer` to `path` (a new file) and fsyncs it; the queue
+    /// appends its record, so that a message costs one file and one fsync. Not atomic: callers
+    /// must recognise an unfinished file (the queue checks the trailer). A spilled body gets the
+    /// trailer appended and is then hard-linked when the spill file is on the same filesystem (no
+    /// copy of a 35 MB message), else copied; every reader of a spilled body stops at [`len`], so
+    /// the appended trailer is invisible to it. The directory entry is made durable by the caller.
+    ///
+    /// [`len`]: Self::len
+    pub async fn store_with(&self, path: &Path, trailer: Vec<u8>) -> io::Result<()> {
         let path = path.to_path_buf();
         let stored = match &self.body {
             Body::Memory(bytes) => {
@@ -198,14 +209,21 @@ impl Message {
                         .create_new(true)
                         .open(&path)?;
                     file.write_all(&bytes)?;
+                    file.write_all(&trailer)?;
                     file.sync_all()
                 })
                 .await
             }
             Body::Spilled(temp) => {
-                let source = temp.to_path_buf();
+                let (source, len) = (temp.to_path_buf(), self.len);
                 tokio::task::spawn_blocking(move || {
-                    std::fs::File::open(&source)?.sync_all()?;
+                    let mut file = std::fs::File::options().write(true).open(&source)?;
+                    // Written at `len`, not appended: a second store of the same message must
+                    // not stack trailers.
+                    file.set_len(len)?;
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
+                    file.write_all(&trailer)?;
+                    file.sync_all()?;
                     std::fs::hard_link(&source, &path)
                         .or_else(|_| crate::safeio::copy_atomically(&source, &path))
                 })
@@ -220,19 +238,22 @@ impl Message {
         match &self.body {
             Body::Memory(bytes) => out.write_all(bytes).await,
             Body::Spilled(path) => {
-                let mut file = tokio::fs::File::open(path).await?;
-                tokio::io::copy(&mut file, out).await.map(drop)
+                use tokio::io::AsyncReadExt;
+                let file = tokio::fs::File::open(path).await?;
+                tokio::io::copy(&mut file.take(self.len), out)
+                    .await
+                    .map(drop)
             }
         }
     }
 }
 
 /// The first `limit` bytes of a stored message (or all of a shorter one).
-pub async fn read_head(path: &Path, limit: usize) -> io::Result<Bytes> {
+pub async fn read_head(path: &Path, limit: u64) -> io::Result<Bytes> {
     use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let file = tokio::fs::File::open(path).await?;
-    file.take(limit as u64).read_to_end(&mut head).await?;
+    file.take(limit).read_to_end(&mut head).await?;
     Ok(head.into())
 }
 

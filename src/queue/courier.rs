@@ -42,7 +42,9 @@ pub trait Courier: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl Courier for Gmail {
     async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError> {
-        let outgoing = self.prepare_file(&entry.envelope(), path).await?;
+        let outgoing = self
+            .prepare_file(&entry.envelope(), path, entry.size)
+            .await?;
         self.attempt(&outgoing).await
     }
 

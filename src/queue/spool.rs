@@ -1,13 +1,21 @@
-//! The spool on disk: one `<id>.eml` (the exact received bytes) and one `<id>.json` (the [`Entry`])
-//! per message, in `queue/` while it waits and in `dead/` once given up.
+//! The spool on disk: one `<id>.msg` per message, in `queue/` while it waits and in `dead/` once
+//! given up, plus an `<id>.json` once the message has a history.
 //!
-//! The `.json` is the commit record. On accept the `.eml` is stored first, then the `.json`, then
-//! the directory is fsynced — only then does the client get its 250. After Gmail's 200 the `.json`
-//! is removed and the directory fsynced before anything else, so a crash can repeat a delivery
-//! that was in flight but never loses one that was acknowledged. An `.eml` without `.json` is an
-//! accept that never finished (no 250 was given): it is removed at start.
+//! A `.msg` holds the exact received bytes followed by the message's first record (the [`Entry`]
+//! as JSON) and a fixed-size footer that gives the record's length. One file, written under its
+//! final name and fsynced, then one directory fsync shared with the sessions storing at the same
+//! moment ([`DirSync`]) — only then does the client get its 250. One file and one fsync per message,
+//! as Postfix does: the first version wrote a body and a separate record and cost twice the file
+//! creations and fsyncs on the hot path.
+//!
+//! A `.msg` whose footer is missing or does not add up is an accept that never finished (no 250 was
+//! given): it is removed at start. Attempts, retries and dead-letter reasons are written to
+//! `<id>.json` beside it (atomically: temporary file, fsync, rename); when it exists it supersedes
+//! the record in the `.msg`. After Gmail's 200 the `.msg` is removed and the directory fsynced
+//! before anything else, so a crash can repeat a delivery that was in flight but never loses one
+//! that was acknowledged; a `.json` without its `.msg` is a leftover, removed at start.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -222,8 +230,8 @@ impl Spool {
         self.root.join(place.dir_name())
     }
 
-    fn eml(&self, place: Place, id: &str) -> PathBuf {
-        self.dir(place).join(format!("{id}.eml"))
+    fn msg(&self, place: Place, id: &str) -> PathBuf {
+        self.dir(place).join(format!("{id}.msg"))
     }
 
     fn json(&self, place: Place, id: &str) -> PathBuf {
@@ -232,25 +240,16 @@ impl Spool {
 
     /// Stores a newly accepted message durably. Returns only when a crash can no longer lose it.
     ///
-    /// The body and a temporary record are written and fsynced in parallel; the record is renamed
-    /// into place only once both are durable, and one directory fsync shared with the sessions
-    /// storing at the same moment makes the names durable ([`DirSync`]).
+    /// The message and its record go into one new file under its final name, fsynced; the
+    /// directory fsync that makes the name durable is shared with the sessions storing at the same
+    /// moment ([`DirSync`]). A crash before the fsync leaves a file without a valid footer, which
+    /// [`recover`](Self::recover) removes: no 250 was given for it.
     pub async fn put(&self, entry: &Entry, message: &Message) -> io::Result<()> {
-        let json = self.json(Place::Queue, &entry.id);
-        let bytes = to_json(entry)?;
-        let dir = self.dir(Place::Queue);
-        let record = blocking(move || {
-            let temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-            let (mut file, temp_path) = temp.into_parts();
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            Ok(temp_path)
-        });
-        let eml = self.eml(Place::Queue, &entry.id);
-        let (stored, record) = tokio::join!(message.store(&eml), record);
-        stored?;
-        let record = record?;
-        blocking(move || record.persist(&json).map_err(|err| err.error)).await?;
+        let mut trailer = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        trailer.extend_from_slice(&footer(trailer.len()));
+        message
+            .store_with(&self.msg(Place::Queue, &entry.id), trailer)
+            .await?;
         self.queue_sync.sync().await
     }
 
@@ -260,51 +259,54 @@ impl Spool {
         blocking(move || safeio::write_atomically(&json, &bytes)).await
     }
 
-    /// Reads an entry's record.
+    /// Reads an entry's record: its `.json` if it has one, else the record inside its `.msg`.
     pub fn read(&self, place: Place, id: &str) -> io::Result<Entry> {
-        let bytes = std::fs::read(self.json(place, id))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+        match std::fs::read(self.json(place, id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(invalid),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => read_trailer(&self.msg(place, id)),
+            Err(err) => Err(err),
+        }
     }
 
-    /// The path of an entry's message bytes.
+    /// The path of the file that begins with an entry's message bytes ([`Entry::size`] of them).
     pub fn message_path(&self, place: Place, id: &str) -> PathBuf {
-        self.eml(place, id)
+        self.msg(place, id)
     }
 
-    /// Removes a delivered (or deleted) message: the record first, durably, then the bytes.
+    /// Removes a delivered (or deleted) message: the message first, durably, then its record.
     pub async fn remove(&self, place: Place, id: &str) -> io::Result<()> {
-        let (json, eml, dir) = (self.json(place, id), self.eml(place, id), self.dir(place));
+        let (msg, json, dir) = (self.msg(place, id), self.json(place, id), self.dir(place));
         blocking(move || {
-            std::fs::remove_file(&json)?;
+            std::fs::remove_file(&msg)?;
             safeio::sync_dir(&dir)?;
-            std::fs::remove_file(&eml).or_else(ignore_missing)
+            std::fs::remove_file(&json).or_else(ignore_missing)
         })
         .await
     }
 
-    /// Moves an entry between `queue/` and `dead/`, writing its new record there. The record moves
-    /// last, so a crash midway leaves the message where its record is (see [`Spool::recover`]).
+    /// Moves an entry between `queue/` and `dead/`, writing its new record there. The record is
+    /// written first and the old one removed last, so a crash midway leaves the message with a
+    /// record beside it; a record without its message is a leftover (see [`Spool::recover`]).
     pub async fn move_to(&self, from: Place, to: Place, entry: &Entry) -> io::Result<()> {
         let id = &entry.id;
-        let (eml_from, eml_to) = (self.eml(from, id), self.eml(to, id));
+        let (msg_from, msg_to) = (self.msg(from, id), self.msg(to, id));
         let (json_from, json_to) = (self.json(from, id), self.json(to, id));
         let (dir_from, dir_to) = (self.dir(from), self.dir(to));
         let bytes = to_json(entry)?;
         blocking(move || {
-            std::fs::rename(&eml_from, &eml_to)?;
             safeio::write_atomically(&json_to, &bytes)?;
+            std::fs::rename(&msg_from, &msg_to)?;
             safeio::sync_dir(&dir_to)?;
-            std::fs::remove_file(&json_from)?;
+            std::fs::remove_file(&json_from).or_else(ignore_missing)?;
             safeio::sync_dir(&dir_from)
         })
         .await
     }
 
-    /// Every readable entry in `place`, oldest first; unreadable records are reported, not fatal.
+    /// Every readable entry in `place`, oldest first; unreadable ones are reported, not fatal.
     pub fn list(&self, place: Place) -> io::Result<Listing> {
         let (mut entries, mut broken) = (Vec::new(), Vec::new());
-        for id in self.ids(place, "json")? {
+        for id in self.ids(place, "msg")? {
             match self.read(place, &id) {
                 Ok(entry) => entries.push(entry),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -315,9 +317,9 @@ impl Spool {
         Ok((entries, broken))
     }
 
-    /// How many records `place` holds (no parsing; for metrics).
+    /// How many messages `place` holds (no parsing; for metrics).
     pub fn count(&self, place: Place) -> usize {
-        self.ids(place, "json").map_or(0, |ids| ids.len())
+        self.ids(place, "msg").map_or(0, |ids| ids.len())
     }
 
     fn ids(&self, place: Place, extension: &str) -> io::Result<Vec<String>> {
@@ -336,19 +338,25 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Cleans up after a crash: finishes interrupted moves to `dead/`, removes bodies whose accept
-    /// never completed and leftover temporary files. Returns how many incomplete accepts it removed.
+    /// Cleans up after a crash: removes messages whose accept never completed, records left
+    /// behind by an interrupted removal or move, spilled bodies and temporary files. Returns how
+    /// many incomplete accepts it removed. Runs before the server accepts or delivers anything.
     pub fn recover(&self) -> io::Result<usize> {
         let mut removed = 0;
-        for id in self.ids(Place::Queue, "eml")? {
-            if self.json(Place::Queue, &id).exists() {
-                continue;
-            }
-            if self.json(Place::Dead, &id).exists() {
-                std::fs::rename(self.eml(Place::Queue, &id), self.eml(Place::Dead, &id))?;
-            } else {
-                std::fs::remove_file(self.eml(Place::Queue, &id))?;
+        for id in self.ids(Place::Queue, "msg")? {
+            let msg = self.msg(Place::Queue, &id);
+            // With a `.json` it had attempts, so it was acknowledged: never removed here; an
+            // unreadable one is reported by `list`.
+            if !self.json(Place::Queue, &id).exists() && read_trailer(&msg).is_err() {
+                std::fs::remove_file(&msg)?;
                 removed += 1;
+            }
+        }
+        for place in [Place::Queue, Place::Dead] {
+            for id in self.ids(place, "json")? {
+                if !self.msg(place, &id).exists() {
+                    std::fs::remove_file(self.json(place, &id)).or_else(ignore_missing)?;
+                }
             }
         }
         for dir in [
@@ -366,8 +374,54 @@ impl Spool {
             }
         }
         safeio::sync_dir(&self.dir(Place::Queue))?;
+        safeio::sync_dir(&self.dir(Place::Dead))?;
         Ok(removed)
     }
+}
+
+/// Ends a `.msg`: a newline (so `tail` shows the record on a line of its own), a marker, and the
+/// record's length in ten digits. Fixed size, so a reader finds the record from the file's end.
+const FOOTER_MARK: &[u8] = b"\nsmtp2gmail record v1 ";
+const FOOTER_LEN: usize = FOOTER_MARK.len() + 10 + 1;
+
+fn footer(record_len: usize) -> Vec<u8> {
+    let mut footer = FOOTER_MARK.to_vec();
+    footer.extend_from_slice(format!("{record_len:010}\n").as_bytes());
+    footer
+}
+
+/// The record inside a `.msg`; an error when the file is not a complete one.
+fn read_trailer(path: &Path) -> io::Result<Entry> {
+    let mut file = std::fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let incomplete = || invalid("incomplete message file: no valid record at its end");
+    if file_len < FOOTER_LEN as u64 {
+        return Err(incomplete());
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    file.seek(SeekFrom::End(-(FOOTER_LEN as i64)))?;
+    file.read_exact(&mut footer)?;
+    let record_len: u64 = footer
+        .strip_prefix(FOOTER_MARK)
+        .and_then(|rest| rest.strip_suffix(b"\n"))
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(incomplete)?;
+    let size = (file_len - FOOTER_LEN as u64)
+        .checked_sub(record_len)
+        .ok_or_else(incomplete)?;
+    let mut record = vec![0u8; record_len as usize];
+    file.seek(SeekFrom::Start(size))?;
+    file.read_exact(&mut record)?;
+    let entry: Entry = serde_json::from_slice(&record).map_err(invalid)?;
+    if entry.size != size {
+        return Err(incomplete());
+    }
+    Ok(entry)
+}
+
+fn invalid(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err)
 }
 
 fn to_json(entry: &Entry) -> io::Result<Vec<u8>> {
@@ -391,3 +445,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(io::Error::other)?
 }
+
+#[cfg(test)]
+mod tests;

@@ -118,17 +118,19 @@ impl Gmail {
         Ok(self.decide(envelope, &head)?.0)
     }
 
-    /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.eml`): only the
-    /// head is read, and the upload streams the file.
+    /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.msg`), whose first
+    /// `len` bytes are the message: only the head is read, and the upload streams the file.
     pub async fn prepare_file(
         &self,
         envelope: &Envelope,
         path: &Path,
+        len: u64,
     ) -> Result<Outgoing, DeliveryError> {
-        let file_len = tokio::fs::metadata(path).await.map_err(unreadable)?.len() as usize;
-        let head = read_head(path, HEAD_LIMIT).await.map_err(unreadable)?;
+        let head = read_head(path, len.min(HEAD_LIMIT as u64))
+            .await
+            .map_err(unreadable)?;
         let (account, subject, prepared) = self.decide(envelope, &head)?;
-        let pieces = upload::extend_to(prepared.pieces, head.len(), file_len);
+        let pieces = upload::extend_to(prepared.pieces, head.len(), len as usize);
         Ok(Outgoing {
             account,
             subject,

@@ -1,0 +1,141 @@
+//! The `.msg` format and crash recovery, on real files.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use super::{Entry, FOOTER_LEN, Place, Spool};
+use crate::message::{Address, BodyWriter, Envelope, Message, MessageId, SPILL_THRESHOLD};
+
+fn entry_for(message: &Message) -> Entry {
+    let envelope = Envelope {
+        id: MessageId::generate(),
+        mail_from: Some(Address::new("app@example.com")),
+        rcpt_to: vec![Address::new("someone@example.org")],
+        remote: ([127, 0, 0, 1], 40000).into(),
+        helo: "client.example".into(),
+        auth_user: None,
+        received_at: SystemTime::now(),
+    };
+    Entry::new(&envelope, message.len(), "default")
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_message_is_one_file_holding_the_exact_bytes_then_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let bytes = b"Subject: hi\r\n\r\nbody without a final newline".to_vec();
+    let message = Message::from_bytes(bytes.clone());
+    let entry = entry_for(&message);
+    spool.put(&entry, &message).await.unwrap();
+
+    assert_eq!(
+        files(&dir.path().join("queue")),
+        [format!("{}.msg", entry.id)]
+    );
+    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    assert_eq!(&stored[..bytes.len()], &bytes[..]);
+    assert!(stored.ends_with(b"\n") && stored.len() > bytes.len() + FOOTER_LEN);
+    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
+    let (listed, broken) = spool.list(Place::Queue).unwrap();
+    assert_eq!((listed, broken.len()), (vec![entry], 0));
+}
+
+#[tokio::test]
+async fn the_record_file_supersedes_the_first_record_and_goes_with_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let message = Message::from_bytes(b"Subject: hi\r\n\r\nx\r\n".to_vec());
+    let mut entry = entry_for(&message);
+    spool.put(&entry, &message).await.unwrap();
+    entry.record(SystemTime::now(), "Gmail answered 503".into());
+    spool.update(Place::Queue, &entry).await.unwrap();
+    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap().attempts, 1);
+
+    entry.dead_reason = Some("400 invalidArgument".into());
+    spool
+        .move_to(Place::Queue, Place::Dead, &entry)
+        .await
+        .unwrap();
+    assert!(files(&dir.path().join("queue")).is_empty());
+    assert_eq!(spool.read(Place::Dead, &entry.id).unwrap(), entry);
+
+    spool.remove(Place::Dead, &entry.id).await.unwrap();
+    assert!(files(&dir.path().join("dead")).is_empty());
+}
+
+#[tokio::test]
+async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledged_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let message = Message::from_bytes(b"Subject: hi\r\n\r\nx\r\n".to_vec());
+    let complete = entry_for(&message);
+    spool.put(&complete, &message).await.unwrap();
+    let with_history = entry_for(&message);
+    spool.put(&with_history, &message).await.unwrap();
+    spool.update(Place::Queue, &with_history).await.unwrap();
+    let queue = dir.path().join("queue");
+    // A crash mid-write: the file is cut short anywhere, even inside the footer.
+    let whole = std::fs::read(spool.message_path(Place::Queue, &complete.id)).unwrap();
+    for (name, cut) in [("aa01", 0), ("aa02", 10), ("aa03", whole.len() - 3)] {
+        std::fs::write(queue.join(format!("{name}.msg")), &whole[..cut]).unwrap();
+        assert!(spool.read(Place::Queue, name).is_err());
+    }
+    // A record left behind by a removal that stopped halfway, and a spilled body.
+    std::fs::write(queue.join("bb01.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("incoming/.tmpXYZ"), b"partial").unwrap();
+    // A damaged message whose record says it was acknowledged is kept for the operator.
+    std::fs::write(queue.join("cc01.msg"), b"damaged").unwrap();
+    std::fs::copy(
+        queue.join(format!("{}.json", with_history.id)),
+        queue.join("cc01.json"),
+    )
+    .unwrap();
+
+    assert_eq!(spool.recover().unwrap(), 3);
+    let mut expected = vec![
+        format!("{}.msg", complete.id),
+        format!("{}.json", with_history.id),
+        format!("{}.msg", with_history.id),
+        "cc01.json".to_string(),
+        "cc01.msg".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(files(&queue), expected);
+    assert!(files(&dir.path().join("incoming")).is_empty());
+    assert_eq!(spool.read(Place::Queue, &complete.id).unwrap(), complete);
+}
+
+#[tokio::test]
+async fn a_spilled_message_is_linked_with_its_record_and_still_reads_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut writer = BodyWriter::new(4 * SPILL_THRESHOLD as u64, &spool.incoming());
+    let bytes: Vec<u8> = (0..2 * SPILL_THRESHOLD + 3).map(|i| i as u8).collect();
+    for piece in bytes.chunks(64 * 1024) {
+        writer.staging().extend_from_slice(piece);
+        writer.commit().await;
+    }
+    let message = writer.finish().await.unwrap();
+    let entry = entry_for(&message);
+    spool.put(&entry, &message).await.unwrap();
+
+    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
+    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    assert!(stored[..bytes.len()] == bytes[..]);
+    // The session's view of the message is unchanged by the record appended to its file.
+    assert!(message.bytes().await.unwrap() == bytes);
+    let mut copied = Vec::new();
+    message.copy_to(&mut copied).await.unwrap();
+    assert!(copied == bytes);
+    drop(message);
+    assert!(files(&spool.incoming()).is_empty());
+}
