@@ -171,6 +171,28 @@ async fn a_250_means_on_disk_then_delivered_with_retries() {
 }
 
 #[tokio::test]
+async fn a_401_refreshes_the_token_and_the_queued_message_is_delivered_once() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    google.wait_for_uploads(1).await;
+    let tokens = google.token_requests();
+    // Google stops honouring the access token the server holds (revoked, or expired early).
+    google.revoke_access_tokens();
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    google.wait_for_uploads(2).await;
+    queued.until_files("queue", 0).await;
+    assert_eq!(google.unauthorized_sends(), 1, "one 401");
+    assert_eq!(google.token_requests(), tokens + 1, "one refresh");
+    assert_eq!(google.uploads().len(), 2, "each message once");
+    queued.stop().await;
+}
+
+#[tokio::test]
 async fn policy_is_decided_before_250_and_nothing_is_queued() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let queued = Queued::start(
