@@ -267,6 +267,19 @@ async fn headless_run_takes_the_bare_code() {
 }
 
 #[tokio::test]
+async fn a_broken_config_toml_in_the_directory_does_not_stop_authorize() {
+    // authorize is how one gets to a working configuration: it must not need one.
+    let setup = Setup::new().await;
+    std::fs::write(setup.dir.path().join("config.toml"), "[smtp\nlisten = ").unwrap();
+    let mut run = setup.run(&[]).await;
+    let location = setup.fake.consent(run.url.as_str()).await;
+    run.paste(&query_param(&location, "code").unwrap()).await;
+    let finished = run.finish().await;
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    assert_token_file(&setup, &finished);
+}
+
+#[tokio::test]
 async fn a_redirect_with_another_state_is_refused() {
     let setup = Setup::new().await;
     let run = setup.run(&[]).await;

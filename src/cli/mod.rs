@@ -76,10 +76,15 @@ pub fn main() -> ExitCode {
         return completions::run(args);
     }
     init_logging(cli.log_format, default_log_level(&cli.command));
-    // Needs no configuration: it is how one writes the configuration.
-    if let Command::HashPassword = cli.command {
-        return hash_password::run();
-    }
+    // These need no configuration: they are how one writes it, so a missing or broken
+    // config.toml must not stop them.
+    let command = match cli.command {
+        Command::HashPassword => return hash_password::run(),
+        Command::Authorize(args) => {
+            return with_runtime(|runtime| runtime.block_on(authorize::run(args)));
+        }
+        command => command,
+    };
     let (config, source) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -87,21 +92,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("smtp2gmail: cannot start the async runtime: {err}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    match cli.command {
-        Command::Authorize(args) => runtime.block_on(authorize::run(args)),
+    with_runtime(|runtime| match command {
         Command::Serve => runtime.block_on(serve::run(config, source)),
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
+        Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Completions(args) => completions::run(args),
         Command::HashPassword => hash_password::run(),
+    })
+}
+
+/// Runs `command` on a new tokio runtime.
+fn with_runtime(command: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => command(&runtime),
+        Err(err) => {
+            eprintln!("smtp2gmail: cannot start the async runtime: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
