@@ -108,12 +108,10 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let token = dir.path().join("token.json");
+/// A gmail-mode config using token.json in `dir`, with the HTTP endpoints on a free port.
+fn gmail_config(google: &FakeGoogle, dir: &std::path::Path) {
     fake_google::write_json(
-        dir.path(),
+        dir,
         "token.json",
         &fake_google::token_json(&google.token_uri()),
     );
@@ -122,7 +120,38 @@ async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
          [relay]\nmode = \"gmail\"\ndelivery = \"sync\"\n[gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n",
         google.api_base()
     );
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_verified_at_start_not_with_the_first_message() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    gmail_config(&google, dir.path());
+    let mut server = Running::start(dir.path());
+    server.wait_for("credentials verified");
+    assert_eq!(google.token_requests(), 1);
+    assert_eq!(server.get("/readyz").await.0, 200);
+    drop(server);
+
+    // The refresh token died while the server was down (revoked, or the 7-day Testing expiry).
+    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
+    let mut server = Running::start(dir.path());
+    let line = server.wait_for("credentials need attention");
+    assert!(line.contains("invalid_grant"), "{line}");
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("smtp2gmail authorize"), "{body}");
+    assert!(
+        google.uploads().is_empty(),
+        "no mail was needed to find out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let token = dir.path().join("token.json");
+    gmail_config(&google, dir.path());
     let mut server = Running::start(dir.path());
 
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));

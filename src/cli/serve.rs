@@ -96,6 +96,8 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
+    // After the startup lines, so that what it logs comes after them.
+    let verify = accounts.clone();
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("HTTP endpoints on http://{addr}/ (healthz, readyz, metrics)");
@@ -107,6 +109,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         });
         tokio::spawn(http::serve(listener, readiness, shutdown.clone()));
     }
+    verify_credentials(&verify);
     if let Some(hangup) = hangup {
         let reload = Reloadable {
             credentials: watcher.clone(),
@@ -209,6 +212,31 @@ struct Reloadable {
 
 /// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
 /// reload on it; with nothing to reload the signal must still not stop the server.
+/// Asks Google for each account's first access token in the background, so that credentials that
+/// died while the server was down show in the log and in `/readyz` at start, not with the first
+/// message. The server does not wait: the queue accepts mail while Google is unreachable. A
+/// service account that impersonates each sender has no user to ask for until a message names one.
+fn verify_credentials(accounts: &[Arc<Account>]) {
+    for account in accounts {
+        let Some(subject) = account.probe_subject().map(|s| s.map(str::to_string)) else {
+            continue;
+        };
+        let account = account.clone();
+        tokio::spawn(async move {
+            match account.tokens.access_token(subject.as_deref()).await {
+                Ok(_) => {
+                    tracing::info!(account = %account.name, "credentials verified: Google issued an access token")
+                }
+                // A refusal is logged by the token source, with its fix, and shown in /readyz.
+                Err(err) if !err.is_temporary() => {}
+                Err(err) => {
+                    tracing::warn!(account = %account.name, %err, "cannot verify the credentials now; will try again with the first message")
+                }
+            }
+        });
+    }
+}
+
 async fn reload_on_hangup(mut hangup: Signal, reload: Reloadable, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -58,6 +58,17 @@ pub struct Account {
 }
 
 impl Account {
+    /// The user a token can be asked for without a message: `Some(None)` for the token's own user,
+    /// `Some(Some(user))` for a service account with a fixed user, `None` when the user is each
+    /// message's sender.
+    pub fn probe_subject(&self) -> Option<Option<&str>> {
+        match &self.impersonate {
+            Impersonate::TokenUser => Some(None),
+            Impersonate::Fixed(user) => Some(Some(user)),
+            Impersonate::Sender => None,
+        }
+    }
+
     /// Builds an account: loads and checks its credentials now, so a bad file stops the start.
     pub fn from_config(config: &AccountConfig, http: &reqwest::Client) -> Result<Account, String> {
         let name = &config.name;
