@@ -29,24 +29,20 @@ mod common {
     pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 }
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+#[path = "gmail_relay/clients.rs"]
+mod clients;
+#[path = "gmail_relay/server.rs"]
+mod server;
+
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Parser;
+use clients::{ClientKind, Mail, Tally, client, message};
 use common::fake_google::{self, FakeGoogle};
-use lettre::address::Envelope;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::response::Response;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use server::{Server, clock_ticks};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -189,7 +185,7 @@ fn write_config(google: &FakeGoogle, dir: &Path, limit: usize) -> anyhow::Result
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nspill_dir = {spill}\n\n\
-         [relay]\nmode = \"gmail\"\n\n\
+         [relay]\nmode = \"gmail\"\ndelivery = \"sync\"\n\n\
          [gmail]\napi_base = {api}\ncredentials = {token}\nmax_concurrent_sends = {limit}\n",
         spill = quote(&dir.to_string_lossy()),
         api = quote(&google.api_base()),
@@ -200,286 +196,7 @@ fn write_config(google: &FakeGoogle, dir: &Path, limit: usize) -> anyhow::Result
     Ok(path)
 }
 
-/// The server binary running as a child process.
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    /// Warning and error lines of its log (the rest is read and dropped).
-    problems: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `smtp2gmail serve --config CONFIG` and reads its address from the first log line.
-    async fn start(binary: &Path, config: &Path) -> anyhow::Result<Server> {
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("server exited at once")?;
-        let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
-        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .context("no log line from the server within 10 s")??
-            .unwrap_or_default();
-        let Some(addr) = listening_address(&first) else {
-            let mut rest = String::new();
-            while let Ok(Ok(Some(line))) =
-                tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await
-            {
-                rest.push_str(&line);
-                rest.push('\n');
-            }
-            bail!("the server did not say where it listens:\n{first}\n{rest}");
-        };
-        // Keep reading, or the server blocks once the pipe is full.
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let kept = problems.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("WARN") || line.contains("ERROR") {
-                    kept.lock().unwrap().push(line);
-                }
-            }
-        });
-        Ok(Server {
-            child,
-            pid,
-            addr,
-            problems,
-        })
-    }
-
-    /// utime + stime of the server so far, in clock ticks.
-    fn cpu_ticks(&self) -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // The fields after the command name, which is in parentheses and may contain spaces:
-        // state is field 3, utime field 14, stime field 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("unreadable /proc/PID/stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let field = |n: usize| -> anyhow::Result<u64> {
-            Ok(fields.get(n - 3).context("short /proc/PID/stat")?.parse()?)
-        };
-        Ok(field(14)? + field(15)?)
-    }
-
-    /// Nanoseconds on CPU of each live thread of the server (first field of
-    /// `/proc/PID/task/TID/schedstat`): a finer cross-check of [`Server::cpu_ticks`].
-    fn thread_cpu_ns(&self) -> anyhow::Result<HashMap<u32, u64>> {
-        let mut threads = HashMap::new();
-        for entry in std::fs::read_dir(format!("/proc/{}/task", self.pid))? {
-            let entry = entry?;
-            let Ok(tid) = entry.file_name().to_string_lossy().parse() else {
-                continue;
-            };
-            // A thread may end between the listing and the read.
-            let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
-                continue;
-            };
-            let ns = text.split_whitespace().next().unwrap_or("0").parse()?;
-            threads.insert(tid, ns);
-        }
-        Ok(threads)
-    }
-
-    /// A sample of the server's CPU time so far.
-    fn cpu(&self) -> anyhow::Result<Cpu> {
-        Ok(Cpu {
-            ticks: self.cpu_ticks()?,
-            threads: self.thread_cpu_ns()?,
-        })
-    }
-
-    /// A `/proc/PID/status` field in kB (KiB).
-    fn status_kb(&self, name: &str) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .with_context(|| format!("no {name} in /proc/PID/status"))?;
-        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
-    }
-
-    /// SIGTERM, then waits for the graceful shutdown (SIGKILL after 40 s); reports log problems.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let status = std::process::Command::new("kill")
-            .arg(self.pid.to_string())
-            .status()?;
-        ensure!(status.success(), "kill {} failed", self.pid);
-        let exit = match tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await {
-            Ok(exit) => exit?,
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("the server did not stop within 40 s of SIGTERM; killed");
-            }
-        };
-        let problems = self.problems.lock().unwrap();
-        if !problems.is_empty() {
-            println!("server log: {} warning/error lines:", problems.len());
-            for line in problems.iter().take(5) {
-                println!("  {line}");
-            }
-        }
-        ensure!(exit.success(), "the server exited with {exit}");
-        Ok(())
-    }
-}
-
-/// The server's CPU time at one moment.
-struct Cpu {
-    ticks: u64,
-    threads: HashMap<u32, u64>,
-}
-
-impl Cpu {
-    /// (clock ticks, nanoseconds) used since `before`. The nanoseconds miss threads that ended
-    /// in between; the ticks do not.
-    fn since(&self, before: &Cpu) -> (u64, u64) {
-        let ns = self
-            .threads
-            .iter()
-            .map(|(tid, ns)| ns - before.threads.get(tid).copied().unwrap_or(0))
-            .sum();
-        (self.ticks - before.ticks, ns)
-    }
-}
-
-/// The first address in "... listening on ADDR[, ADDR] (...)".
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("listening on ")?;
-    rest.split([' ', ',']).next()?.parse().ok()
-}
-
-/// `getconf CLK_TCK`, or 100 (and false) if it cannot be run.
-fn clock_ticks() -> (u64, bool) {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
-        .map_or((100, false), |ticks| (ticks, true))
-}
-
 /// What the clients of one step achieved.
-#[derive(Debug, Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    errors: usize,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn merge(&mut self, other: Tally) {
-        self.latencies.extend(other.latencies);
-        self.errors += other.errors;
-        if let Some(why) = other.first_error {
-            self.first_error.get_or_insert(why);
-        }
-    }
-}
-
-/// How the benchmark's SMTP clients talk to the server.
-#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
-enum ClientKind {
-    /// lettre's SMTP client code over a socket with TCP_NODELAY, one connection per message
-    Nodelay,
-    /// lettre's AsyncSmtpTransport as applications use it (no pool): Nagle's algorithm stays on,
-    /// and lettre writes the final ".\r\n" apart from the body, which costs a delayed ACK (~40 ms)
-    Transport,
-}
-
-/// A message ready to send: its envelope and its bytes.
-struct Mail {
-    envelope: Envelope,
-    bytes: Vec<u8>,
-}
-
-impl Mail {
-    fn new(message: &Message) -> Arc<Mail> {
-        Arc::new(Mail {
-            envelope: message.envelope().clone(),
-            bytes: message.formatted(),
-        })
-    }
-}
-
-/// One client: `count` messages one after the other, each over a new connection (connect, EHLO,
-/// MAIL, RCPT, DATA, QUIT).
-async fn client(kind: ClientKind, addr: SocketAddr, count: usize, mail: Arc<Mail>) -> Tally {
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
-        .port(addr.port())
-        .timeout(Some(Duration::from_secs(60)))
-        .build();
-    let mut tally = Tally::default();
-    for _ in 0..count {
-        let started = Instant::now();
-        let outcome = match kind {
-            ClientKind::Transport => transport
-                .send_raw(&mail.envelope, &mail.bytes)
-                .await
-                .map_err(anyhow::Error::from),
-            ClientKind::Nodelay => send_nodelay(addr, &mail).await,
-        };
-        match outcome {
-            Ok(response) if response.is_positive() => tally.latencies.push(started.elapsed()),
-            Ok(response) => {
-                tally.errors += 1;
-                let text = response.message().collect::<Vec<_>>().join(" ");
-                let code = response.code();
-                tally.first_error.get_or_insert(format!("{code} {text}"));
-            }
-            Err(err) => {
-                tally.errors += 1;
-                tally.first_error.get_or_insert(format!("{err:#}"));
-            }
-        }
-    }
-    tally
-}
-
-/// One message over a fresh connection with TCP_NODELAY, then QUIT.
-async fn send_nodelay(addr: SocketAddr, mail: &Mail) -> anyhow::Result<Response> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let hello = ClientId::Domain("gmail-relay.bench.localhost".to_string());
-    let mut connection =
-        AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello).await?;
-    let response = connection.send(&mail.envelope, &mail.bytes).await?;
-    connection.quit().await?;
-    Ok(response)
-}
-
-/// A message from [`SENDER`] to [`RECIPIENT`] (so the envelope matches the headers) whose body is
-/// `size` bytes of ASCII lines of 70 characters and CRLF, so that lettre sends it as it is (7bit).
-/// The CRs are there already because lettre inserts missing ones one `String::insert` at a time,
-/// which takes minutes for 30 MB.
-fn message(size: usize, subject: &str) -> anyhow::Result<Message> {
-    let mut body = String::with_capacity(size + 80);
-    let mut row = 0;
-    while body.len() < size {
-        let len = (size - body.len()).clamp(2, 72) - 2;
-        body.extend((0..len).map(|i| char::from(b'a' + ((row + i) % 26) as u8)));
-        body.push_str("\r\n");
-        row += 1;
-    }
-    Ok(Message::builder()
-        .from(SENDER.parse()?)
-        .to(RECIPIENT.parse()?)
-        .subject(subject)
-        .body(body)?)
-}
-
 /// One row of the table.
 struct Step {
     clients: usize,
