@@ -193,6 +193,40 @@ async fn a_401_refreshes_the_token_and_the_queued_message_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn shutdown_lets_the_delivery_in_flight_finish_and_keeps_the_rest_queued() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.set_send_latency(Duration::from_millis(200));
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        QueueConfig {
+            // One start per 100 s: the second message cannot start before the shutdown.
+            max_send_rate: 0.01,
+            ..queue_config(&dir.path().join("spool"))
+        },
+    )
+    .await;
+    let first = queued_id(&queued.send(&["alice@example.com"]).await);
+    let second = queued_id(&queued.send(&["alice@example.com"]).await);
+    let started = tokio::time::timeout(WAIT, async {
+        while google.most_concurrent_sends() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(started.await.is_ok(), "the first delivery never started");
+    queued.stop().await;
+    assert_eq!(google.uploads().len(), 1, "the delivery in flight finished");
+    let left = std::fs::read_dir(dir.path().join("spool/queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        left,
+        [format!("{second}.msg")],
+        "{first} was delivered and removed"
+    );
+}
+
+#[tokio::test]
 async fn policy_is_decided_before_250_and_nothing_is_queued() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let queued = Queued::start(
