@@ -34,7 +34,8 @@ pub fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
     })
 }
 
-fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+/// Like [`write_atomically`], with the content written by `fill`.
+pub fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let temp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(parent_dir(path))?;

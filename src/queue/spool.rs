@@ -342,7 +342,7 @@ impl Spool {
     /// behind by an interrupted removal or move, spilled bodies and temporary files. Returns how
     /// many incomplete accepts it removed. Runs before the server accepts or delivers anything.
     pub fn recover(&self) -> io::Result<usize> {
-        let mut removed = 0;
+        let mut removed = self.upgrade_eml_pairs()?;
         for id in self.ids(Place::Queue, "msg")? {
             let msg = self.msg(Place::Queue, &id);
             // With a `.json` it had attempts, so it was acknowledged: never removed here; an
@@ -375,6 +375,53 @@ impl Spool {
         }
         safeio::sync_dir(&self.dir(Place::Queue))?;
         safeio::sync_dir(&self.dir(Place::Dead))?;
+        Ok(removed)
+    }
+}
+
+impl Spool {
+    /// Spools written before a message became one file held `<id>.eml` (the bytes) and `<id>.json`
+    /// (the record, the same [`Entry`] as now). Each pair becomes a `.msg`, the `.json` staying as
+    /// the current record, so mail queued by an older server is delivered by a newer one. An
+    /// `.eml` without its record was an unfinished accept then too: removed (and counted).
+    fn upgrade_eml_pairs(&self) -> io::Result<usize> {
+        let (mut upgraded, mut removed) = (0, 0);
+        for place in [Place::Queue, Place::Dead] {
+            for id in self.ids(place, "eml")? {
+                let eml = self.dir(place).join(format!("{id}.eml"));
+                let record = match std::fs::read(self.json(place, &id)) {
+                    Ok(bytes) => serde_json::from_slice::<Entry>(&bytes).map_err(invalid),
+                    Err(err) => Err(err),
+                };
+                match record {
+                    Ok(mut entry) => {
+                        entry.size = std::fs::metadata(&eml)?.len();
+                        let mut trailer = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+                        trailer.extend_from_slice(&footer(trailer.len()));
+                        safeio::write_with(&self.msg(place, &id), |file| {
+                            io::copy(&mut std::fs::File::open(&eml)?, file)?;
+                            io::Write::write_all(file, &trailer)
+                        })?;
+                        std::fs::remove_file(&eml)?;
+                        upgraded += 1;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        std::fs::remove_file(&eml)?;
+                        removed += 1;
+                    }
+                    Err(err) => {
+                        tracing::error!(id, %err, "unreadable record beside an old-format message file; left in place (see docs/queue.md)")
+                    }
+                }
+            }
+            safeio::sync_dir(&self.dir(place))?;
+        }
+        if upgraded > 0 {
+            tracing::info!(
+                upgraded,
+                "queued messages converted to the one-file spool format"
+            );
+        }
         Ok(removed)
     }
 }

@@ -139,3 +139,32 @@ async fn a_spilled_message_is_linked_with_its_record_and_still_reads_as_itself()
     drop(message);
     assert!(files(&spool.incoming()).is_empty());
 }
+
+#[tokio::test]
+async fn a_spool_of_the_two_file_format_is_upgraded_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let bytes = b"Subject: queued by an older server\r\n\r\nbody\r\n".to_vec();
+    let mut entry = entry_for(&Message::from_bytes(bytes.clone()));
+    entry.record(SystemTime::now(), "Gmail answered 503".into());
+    let queue = dir.path().join("queue");
+    std::fs::write(queue.join(format!("{}.eml", entry.id)), &bytes).unwrap();
+    std::fs::write(
+        queue.join(format!("{}.json", entry.id)),
+        serde_json::to_vec_pretty(&entry).unwrap(),
+    )
+    .unwrap();
+    // An old-format accept that never got its record (no 250 was given).
+    std::fs::write(queue.join("dd01.eml"), b"half").unwrap();
+
+    assert_eq!(spool.recover().unwrap(), 1);
+    let mut expected = vec![format!("{}.json", entry.id), format!("{}.msg", entry.id)];
+    expected.sort();
+    assert_eq!(files(&queue), expected);
+    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
+    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    assert_eq!(&stored[..bytes.len()], &bytes[..]);
+    // Once the history file goes, the record inside the `.msg` still describes the message.
+    std::fs::remove_file(queue.join(format!("{}.json", entry.id))).unwrap();
+    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
+}
