@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +123,11 @@ fn users() -> Arc<Users> {
     Arc::new(Users::new(&[user]).unwrap())
 }
 
+/// The listener the driver's sessions pretend to have come in on.
+const LISTENER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 2525);
+
 const LOOPBACK: Origin = Origin {
+    listener: LISTENER,
     loopback: true,
     tls: false,
 };
@@ -241,6 +246,7 @@ fn random_inputs_never_break_the_session() {
 async fn auth_needs_tls_off_loopback() {
     let exchange = b"EHLO x\r\nAUTH PLAIN AGFwcAByaWdodA==\r\nQUIT\r\n";
     let clear = Origin {
+        listener: LISTENER,
         loopback: false,
         tls: false,
     };
@@ -249,6 +255,7 @@ async fn auth_needs_tls_off_loopback() {
     assert!(!text.contains("AUTH PLAIN LOGIN"), "{text}");
     assert!(text.contains("538 5.7.11 "), "{text}");
     let encrypted = Origin {
+        listener: LISTENER,
         loopback: false,
         tls: true,
     };
