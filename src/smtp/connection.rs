@@ -22,6 +22,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const COMMAND_READ: usize = 4 * 1024;
 /// Bytes asked for per read inside a message body.
 pub const BODY_READ: usize = 64 * 1024;
+/// Queued replies past this size are sent before the next command is read, even when more
+/// pipelined commands are already buffered. Without a cap, a client pipelining thousands of short
+/// commands (`HELP`, bare newlines) would make the server hold ~15 bytes of reply per byte it
+/// sent, for everything one read brought in.
+pub const MAX_QUEUED_REPLIES: usize = 16 * 1024;
 
 /// Why no more input can be had.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,13 @@ impl Connection {
     /// Queues a reply; it is sent before the next read that has to wait, or by [`flush`](Self::flush).
     pub fn reply(&mut self, reply: &Reply) {
         reply.write_to(&mut self.out);
+    }
+
+    /// Whether queued replies must go out before the next command is read: when the session is
+    /// about to wait for input (no complete line buffered), or when [`MAX_QUEUED_REPLIES`] have
+    /// piled up behind pipelined commands.
+    pub fn must_flush(&self) -> bool {
+        self.out.len() >= MAX_QUEUED_REPLIES || !self.buffered().contains(&b'\n')
     }
 
     /// Sends queued replies.

@@ -132,8 +132,8 @@ impl Session {
                 self.conn.reply(&shutting_down());
                 return Ok(());
             }
-            if !self.conn.buffered().contains(&b'\n') {
-                // About to wait for the client: send the replies to everything it pipelined, here
+            if self.conn.must_flush() {
+                // About to wait for the client (or too many replies queued): send them, here
                 // rather than inside the select below, where a shutdown could cut a write short.
                 self.conn.flush().await?;
             }
