@@ -270,3 +270,43 @@ async fn a_stalled_tls_handshake_does_not_hold_a_slot() {
     greeted_when_free(addr, &cert).await;
     drop(server);
 }
+
+/// A client that pipelines commands and never reads the replies fills the socket buffers until
+/// the server cannot write; it is dropped after `idle_timeout` like a silent one, instead of
+/// holding its slot (and a graceful shutdown) for ever.
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_a_slot() {
+    let config = SmtpConfig {
+        idle_timeout: Duration::from_millis(200),
+        max_connections: 1,
+        ..test_config()
+    };
+    let server = TestServer::with_config(config).await;
+    let mut deaf = TcpStream::connect(server.addr).await.unwrap();
+    // Writes until the server stops reading (its replies have nowhere to go), then waits; the
+    // write fails once the server has dropped the connection.
+    let flood = tokio::spawn(async move {
+        let commands = b"NOOP\r\n".repeat(64 * 1024);
+        while deaf.write_all(&commands).await.is_ok() {}
+        deaf
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (mut client, reply) = Client::connect(server.addr).await;
+        if reply.starts_with("220 ") {
+            assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot is still held by the client that does not read"
+        );
+        tokio::task::yield_now().await;
+    }
+    let flood = tokio::time::timeout(WAIT, flood).await;
+    assert!(
+        flood.is_ok(),
+        "the writes fail once the server has dropped the connection"
+    );
+    server.stop().await;
+}

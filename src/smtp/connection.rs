@@ -95,13 +95,29 @@ impl Connection {
         self.out.len() >= MAX_QUEUED_REPLIES || !self.buffered().contains(&b'\n')
     }
 
-    /// Sends queued replies.
+    /// Sends queued replies. A client that does not read them for the idle timeout is as idle
+    /// as one that does not write, and after the shutdown grace period a stuck write gives up:
+    /// otherwise a client that pipelines and never reads would hold its connection slot, and
+    /// the server's shutdown, for ever.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
+        let (stream, out) = (&mut self.stream, &self.out);
+        let write = tokio::time::timeout(self.idle_timeout, async move {
+            stream.write_all(out).await?;
+            stream.flush().await
+        });
+        let written = tokio::select! {
+            // Biased to the write: after the grace period a client that still reads gets its 421.
+            biased;
+            written = write => written.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "client not reading replies"))
+            }),
+            _ = self.abort.cancelled() => Err(io::Error::other("server shutting down")),
+        };
+        written?;
+        self.out.clear();
         Ok(())
     }
 
