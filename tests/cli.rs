@@ -318,6 +318,20 @@ fn refuses_to_start_as_an_open_relay() {
 }
 
 #[test]
+fn auth_without_tls_may_only_name_plain_listeners() {
+    let (code, stderr) = serve_with_config(
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\nallow_auth_without_tls = [\"10.0.0.5:2525\"]\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "smtp.toml:3:27: smtp.allow_auth_without_tls: 10.0.0.5:2525 is not in smtp.listen"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_explicitly_allowed_open_listener_starts() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

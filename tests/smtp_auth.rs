@@ -1,13 +1,18 @@
 //! SMTP AUTH on a loopback listener (where it is offered without TLS): PLAIN and LOGIN, one reply
 //! for every refusal, cancellation, `auth_required`, the senders restriction, brute-force closing,
-//! and the per-IP connection cap.
+//! and the per-IP connection cap; and off loopback, AUTH without TLS only on the listeners
+//! `allow_auth_without_tls` names.
 
 mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{Client, TestServer, assert_code, test_config};
-use smtp2gmail::config::{SmtpConfig, UserConfig};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use common::tls::TestCert;
+use common::{Client, Recorder, TestServer, assert_code, non_loopback_ip, test_config};
+use smtp2gmail::config::{AuthWithoutTls, SmtpConfig, UserConfig};
 use smtp2gmail::smtp::auth::hash_password;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -205,4 +210,58 @@ async fn one_address_cannot_take_every_connection() {
     let (mut third, reply) = Client::connect(server.addr).await;
     assert!(reply.starts_with("421 4.7.0 "), "{reply}");
     assert!(third.is_closed().await);
+}
+
+/// Two listeners reached from the network, one named in `allow_auth_without_tls`: AUTH in clear
+/// on that one only; the other offers it after STARTTLS. Both are reached through this machine's
+/// non-loopback address, since a connection through 127.0.0.1 is local and always offered AUTH.
+#[tokio::test]
+async fn auth_without_tls_only_on_the_listeners_named() {
+    let ip = non_loopback_ip();
+    let any = match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    // Port 0 twice, on two different addresses, so that each listener has its own name.
+    let named = SocketAddr::new(ip, 0);
+    let other = SocketAddr::new(any, 0);
+    let cert = TestCert::new();
+    let config = SmtpConfig {
+        listen: vec![named, other],
+        allow_auth_without_tls: AuthWithoutTls::On(vec![named]),
+        tls: Some(cert.tls_config()),
+        ..config(&[])
+    };
+    let recorder = Arc::new(Recorder::default());
+    let server = TestServer::as_configured(config, recorder.clone()).await;
+    let (named_port, other_port) = (server.addrs[0].port(), server.addrs[1].port());
+
+    let (mut clear, greeting) = Client::connect(SocketAddr::new(ip, named_port)).await;
+    assert_code(&greeting, 220);
+    let ehlo = clear.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "named listener: {ehlo}");
+    let auth = format!("AUTH PLAIN {}", plain("app", PASSWORD));
+    assert_code(&clear.cmd(&auth).await, 235);
+    clear
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&clear.data(b"hi\r\n.\r\n").await, 250);
+    assert_eq!(recorder.delivered().len(), 1);
+
+    let (mut other, greeting) = Client::connect(SocketAddr::new(ip, other_port)).await;
+    assert_code(&greeting, 220);
+    let ehlo = other.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("AUTH"), "other listener, in clear: {ehlo}");
+    assert_eq!(
+        other.cmd(&auth).await,
+        "538 5.7.11 encryption required: send STARTTLS first\r\n"
+    );
+    assert_code(&other.cmd("MAIL FROM:<a@example.com>").await, 530);
+    assert_code(&other.cmd("STARTTLS").await, 220);
+    let mut other = other.start_tls(&cert).await;
+    let ehlo = other.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "under TLS: {ehlo}");
+    assert_code(&other.cmd(&auth).await, 235);
+    drop((clear, other));
+    server.stop().await;
 }

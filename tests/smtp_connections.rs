@@ -1,11 +1,16 @@
-//! Connection-level behaviour: the connection cap, the idle timeout, graceful shutdown.
+//! Connection-level behaviour: the connection caps, the idle timeout, graceful shutdown; and the
+//! caps and timeouts again on an implicit-TLS listener, where a stalled handshake is bounded too.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Client, TestServer, assert_code, test_config};
+use common::tls::TestCert;
+use common::{Client, TestServer, WAIT, assert_code, test_config};
 use smtp2gmail::config::SmtpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn connections_over_the_cap_get_421_at_once() {
@@ -123,4 +128,185 @@ async fn shutdown_closes_transactions_after_the_grace_period() {
     let recorder = server.recorder.clone();
     server.stop().await;
     assert!(recorder.delivered().is_empty());
+}
+
+// The same limits on an implicit-TLS listener (`listen_tls`), where the handshake comes first.
+
+/// A server with only an implicit-TLS listener.
+async fn tls_server(cert: &TestCert, config: SmtpConfig) -> (TestServer, SocketAddr) {
+    let config = SmtpConfig {
+        listen: vec![],
+        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(cert.tls_config()),
+        ..config
+    };
+    let server = TestServer::with_config(config).await;
+    let addr = server.tls_addr.unwrap();
+    (server, addr)
+}
+
+/// Everything the server sends on a raw TCP connection until it closes it.
+async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+        .await
+        .expect("closed by the server within the wait bound")
+        .expect("read");
+    received
+}
+
+/// A TLS client greeted with 220, once the session that held the slot has let go of it (its task
+/// ends just after the socket closes, so the first attempts may still be refused).
+async fn greeted_when_free(addr: SocketAddr, cert: &TestCert) -> Client {
+    for _ in 0..10_000 {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        if let Ok(stream) = cert.handshake(Box::new(stream)).await {
+            let (client, greeting) = Client::over(stream).await;
+            if greeting.starts_with("220 ") {
+                return client;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("no slot came free");
+}
+
+/// Over the cap, a TLS listener refuses before any handshake work: the 421 goes out in clear
+/// (what a raw reader sees), a TLS client sees its handshake fail at once instead of hanging.
+async fn assert_refused_at_once(addr: SocketAddr, cert: &TestCert) {
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let said = until_closed(&mut raw).await;
+    assert_eq!(said, b"421 4.7.0 too many connections, try again later\r\n");
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let handshake = tokio::time::timeout(WAIT, cert.handshake(Box::new(stream))).await;
+    assert!(
+        matches!(handshake, Ok(Err(_))),
+        "the handshake fails at once"
+    );
+}
+
+#[tokio::test]
+async fn idle_tls_clients_are_told_421_and_disconnected() {
+    let cert = TestCert::new();
+    let config = SmtpConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..test_config()
+    };
+    let (server, addr) = tls_server(&cert, config).await;
+    let (mut client, greeting) = Client::connect_tls(addr, &cert).await;
+    assert_code(&greeting, 220);
+    assert_code(&client.cmd("EHLO client.test").await, 250);
+    // Send nothing: the next thing the server says, encrypted, is the timeout; then EOF.
+    assert_eq!(
+        client.reply().await,
+        "421 4.4.2 idle timeout, closing connection\r\n"
+    );
+    assert!(client.is_closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tls_connections_over_the_cap_get_421_at_once() {
+    let cert = TestCert::new();
+    let config = SmtpConfig {
+        max_connections: 2,
+        ..test_config()
+    };
+    let (server, addr) = tls_server(&cert, config).await;
+    let (_first, greeting) = Client::connect_tls(addr, &cert).await;
+    assert_code(&greeting, 220);
+    let (mut second, greeting) = Client::connect_tls(addr, &cert).await;
+    assert_code(&greeting, 220);
+    assert_refused_at_once(addr, &cert).await;
+    assert_eq!(second.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    assert!(second.is_closed().await);
+    let mut again = greeted_when_free(addr, &cert).await;
+    assert_eq!(again.cmd("NOOP").await, "250 2.0.0 OK\r\n");
+    drop(again);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_tls_connection() {
+    let cert = TestCert::new();
+    let config = SmtpConfig {
+        max_connections_per_ip: 2,
+        ..test_config()
+    };
+    let (server, addr) = tls_server(&cert, config).await;
+    let (_first, greeting) = Client::connect_tls(addr, &cert).await;
+    assert_code(&greeting, 220);
+    let (mut second, greeting) = Client::connect_tls(addr, &cert).await;
+    assert_code(&greeting, 220);
+    assert_refused_at_once(addr, &cert).await;
+    assert_eq!(second.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    assert!(second.is_closed().await);
+    greeted_when_free(addr, &cert).await;
+    drop(server);
+}
+
+/// A client that connects to the TLS port and never sends a ClientHello, or stops half-way
+/// through one, holds its slot only until the handshake times out (`idle_timeout`): with one
+/// slot, the next client is served once the silent one has been closed.
+#[tokio::test]
+async fn a_stalled_tls_handshake_does_not_hold_a_slot() {
+    let cert = TestCert::new();
+    let config = SmtpConfig {
+        idle_timeout: Duration::from_millis(200),
+        max_connections: 1,
+        ..test_config()
+    };
+    let (server, addr) = tls_server(&cert, config).await;
+    // Not a byte sent: closed by the server with nothing said (a greeting would be in clear).
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(until_closed(&mut silent).await, b"");
+    let mut client = greeted_when_free(addr, &cert).await;
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    assert!(client.is_closed().await);
+    // The header of a handshake record announcing 512 bytes, then silence.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"\x16\x03\x01\x02\x00").await.unwrap();
+    assert_eq!(until_closed(&mut stalled).await, b"");
+    greeted_when_free(addr, &cert).await;
+    drop(server);
+}
+
+/// A client that pipelines commands and never reads the replies fills the socket buffers until
+/// the server cannot write; it is dropped after `idle_timeout` like a silent one, instead of
+/// holding its slot (and a graceful shutdown) for ever.
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_a_slot() {
+    let config = SmtpConfig {
+        idle_timeout: Duration::from_millis(200),
+        max_connections: 1,
+        ..test_config()
+    };
+    let server = TestServer::with_config(config).await;
+    let mut deaf = TcpStream::connect(server.addr).await.unwrap();
+    // Writes until the server stops reading (its replies have nowhere to go), then waits; the
+    // write fails once the server has dropped the connection.
+    let flood = tokio::spawn(async move {
+        let commands = b"NOOP\r\n".repeat(64 * 1024);
+        while deaf.write_all(&commands).await.is_ok() {}
+        deaf
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (mut client, reply) = Client::connect(server.addr).await;
+        if reply.starts_with("220 ") {
+            assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot is still held by the client that does not read"
+        );
+        tokio::task::yield_now().await;
+    }
+    let flood = tokio::time::timeout(WAIT, flood).await;
+    assert!(
+        flood.is_ok(),
+        "the writes fail once the server has dropped the connection"
+    );
+    server.stop().await;
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod gmail;
+mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
+pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
 
 /// Gmail's upload limit for `users.messages.send` (35 MiB); also our default SMTP `SIZE`.
 pub const GMAIL_MAX_MESSAGE_SIZE: u64 = 36_700_160;
@@ -57,120 +59,6 @@ impl HttpConfig {
     pub fn address(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
     }
-}
-
-/// `[smtp]`: the listener and the limits it enforces.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SmtpConfig {
-    /// Addresses for plain SMTP (STARTTLS is offered on them when `tls` is set).
-    pub listen: Vec<SocketAddr>,
-    /// Addresses for implicit TLS (SMTPS, port 465 style): the handshake comes before the greeting.
-    pub listen_tls: Vec<SocketAddr>,
-    /// Whether MAIL needs a successful AUTH first. `None` means the safe default: required unless
-    /// every listener is on loopback (see [`SmtpConfig::auth_required`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth_required: Option<bool>,
-    /// Lets the server start with a non-loopback listener and no AUTH: an open relay for whoever
-    /// can reach the port. Off unless the operator says so, because that is how relays get abused.
-    pub allow_unauthenticated_remote: bool,
-    /// Offers AUTH on plaintext connections of non-loopback listeners too (passwords then cross
-    /// the network in clear). For private networks such as a Docker bridge.
-    pub allow_auth_without_tls: bool,
-    /// Most simultaneous connections from one IP address, so one client cannot take every slot.
-    pub max_connections_per_ip: usize,
-    /// Certificate and key for STARTTLS and `listen_tls`; without them no TLS is offered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    /// The accounts that may AUTH.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<UserConfig>,
-    /// The name in the greeting and the EHLO reply.
-    pub hostname: String,
-    /// Largest message accepted, in bytes; advertised as `SIZE`.
-    pub max_message_size: u64,
-    /// Most recipients per message; more get 452 (Gmail's per-message limit is 100).
-    pub max_recipients: usize,
-    /// Most simultaneous connections; more are told 421 at once.
-    pub max_connections: usize,
-    /// A client silent for this long is told 421 and disconnected (RFC 5321 suggests 5 minutes).
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// On shutdown, how long open transactions may take to finish before sessions are closed.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// Where bodies larger than 1 MiB are kept while being received; default: the system temp dir.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spill_dir: Option<PathBuf>,
-}
-
-impl Default for SmtpConfig {
-    fn default() -> Self {
-        SmtpConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
-            listen_tls: Vec::new(),
-            auth_required: None,
-            allow_unauthenticated_remote: false,
-            allow_auth_without_tls: false,
-            max_connections_per_ip: 50,
-            tls: None,
-            users: Vec::new(),
-            hostname: "localhost".to_string(),
-            max_message_size: GMAIL_MAX_MESSAGE_SIZE,
-            max_recipients: 100,
-            max_connections: 1000,
-            idle_timeout: Duration::from_secs(300),
-            shutdown_grace: Duration::from_secs(30),
-            spill_dir: None,
-        }
-    }
-}
-
-impl SmtpConfig {
-    /// The directory large bodies are spilled into while they are received.
-    pub fn spill_dir(&self) -> PathBuf {
-        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
-    }
-
-    /// Every address listened on, plain and implicit TLS.
-    pub fn all_listeners(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.listen.iter().chain(&self.listen_tls)
-    }
-
-    /// True when no listener can be reached from another machine.
-    pub fn loopback_only(&self) -> bool {
-        self.all_listeners().all(|addr| addr.ip().is_loopback())
-    }
-
-    /// Whether MAIL needs AUTH: as configured, else when some listener is not on loopback
-    /// (unless the operator allowed unauthenticated remote clients).
-    pub fn auth_required(&self) -> bool {
-        self.auth_required
-            .unwrap_or(!self.loopback_only() && !self.allow_unauthenticated_remote)
-    }
-}
-
-/// `[smtp.tls]`: the server's certificate chain and private key, both PEM files.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The certificate chain, leaf first (e.g. Let's Encrypt's fullchain.pem).
-    pub cert: PathBuf,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-/// `[[smtp.users]]`: one account that may AUTH.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// The user name given in AUTH.
-    pub name: String,
-    /// An argon2 PHC string from `smtp2gmail hash-password`; never the password itself.
-    pub password_hash: String,
-    /// Envelope senders this user may use (`user@domain` or `*@domain`); empty means any.
-    #[serde(default)]
-    pub senders: Vec<String>,
 }
 
 /// `[relay]`: where mail goes.
@@ -367,107 +255,75 @@ impl Config {
             let inner = e.into_inner();
             invalid(inner.span(), key, inner.message().to_string())
         })?;
-        config.validate(path)?;
+        config.validate().map_err(|broken| {
+            let key = broken.key;
+            match broken.span(text) {
+                Some(span) => invalid(Some(span), format!("{key}: "), broken.message),
+                // A key left at its default is not in the file: name the key alone.
+                None => ConfigError::Semantic {
+                    path: path.to_path_buf(),
+                    key,
+                    message: broken.message,
+                },
+            }
+        })?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let fail = |key, message: &str| {
-            Err(ConfigError::Semantic {
-                path: path.to_path_buf(),
-                key,
-                message: message.to_string(),
-            })
-        };
-        let smtp = &self.smtp;
-        if smtp.listen.is_empty() && smtp.listen_tls.is_empty() {
-            return fail("smtp.listen", "at least one address is needed");
-        }
-        if !smtp.listen_tls.is_empty() && smtp.tls.is_none() {
-            return fail(
-                "smtp.listen_tls",
-                "implicit TLS needs [smtp.tls] cert and key",
-            );
-        }
-        if smtp.max_connections_per_ip == 0 {
-            return fail("smtp.max_connections_per_ip", "must be at least 1");
-        }
-        for user in &smtp.users {
-            if let Err(message) = crate::smtp::auth::check_user(user) {
-                return fail("smtp.users", &message);
-            }
-        }
-        let remote = smtp.all_listeners().find(|addr| !addr.ip().is_loopback());
-        let open_relay = |key, why: &str| {
-            let addr = remote.map_or(String::new(), ToString::to_string);
-            fail(
-                key,
-                &format!(
-                    "refusing to run an open relay: {addr} is not on loopback and {why}; add \
-                     [[smtp.users]] (`smtp2gmail hash-password` makes the password_hash), listen \
-                     on 127.0.0.1, or set allow_unauthenticated_remote = true if every client \
-                     that can reach the port may send as you"
-                ),
-            )
-        };
-        match (
-            remote.is_some(),
-            smtp.auth_required(),
-            smtp.users.is_empty(),
-        ) {
-            (true, true, true) => {
-                return open_relay("smtp.users", "no [[smtp.users]] are configured for AUTH");
-            }
-            (true, false, _) if !smtp.allow_unauthenticated_remote => {
-                return open_relay("smtp.auth_required", "auth_required is false");
-            }
-            (false, true, true) => {
-                return fail(
-                    "smtp.users",
-                    "auth_required is true but no [[smtp.users]] are configured",
-                );
-            }
-            _ => {}
-        }
-        let remote_plain = smtp.listen.iter().any(|addr| !addr.ip().is_loopback());
-        if smtp.auth_required()
-            && remote_plain
-            && smtp.tls.is_none()
-            && !smtp.allow_auth_without_tls
-        {
-            return fail(
-                "smtp.tls",
-                "AUTH is required but is only offered under TLS on listeners that are not on \
-                 loopback; set [smtp.tls] cert and key (or allow_auth_without_tls = true)",
-            );
-        }
-        if smtp.hostname.is_empty()
-            || smtp
-                .hostname
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return fail("smtp.hostname", "must be a non-empty name without spaces");
-        }
-        if smtp.max_message_size == 0 {
-            return fail("smtp.max_message_size", "must be at least 1");
-        }
-        if smtp.max_recipients == 0 {
-            return fail("smtp.max_recipients", "must be at least 1");
-        }
-        if smtp.max_connections == 0 {
-            return fail("smtp.max_connections", "must be at least 1");
-        }
-        if smtp.idle_timeout.is_zero() {
-            return fail("smtp.idle_timeout", "must be longer than 0s");
-        }
+    /// The rules between keys, checked once every value has parsed.
+    fn validate(&self) -> Result<(), Broken> {
+        self.smtp.validate()?;
         self.gmail
             .validate()
-            .map_err(|(key, message)| ConfigError::Semantic {
-                path: path.to_path_buf(),
-                key,
-                message,
-            })
+            .map_err(|(key, message)| Broken::new(key, &message))
+    }
+}
+
+/// A rule broken by values that each parsed on their own. [`Config::parse`] points at the key in
+/// the text (at the entry, for a list), so these errors name a line like every other.
+#[derive(Debug)]
+pub(crate) struct Broken {
+    /// The dotted key.
+    key: &'static str,
+    /// The entry of a list value at fault, when it is one entry.
+    entry: Option<usize>,
+    /// What is wrong.
+    message: String,
+}
+
+impl Broken {
+    /// The rule about `key` that is broken, and how.
+    pub(crate) fn new(key: &'static str, message: &str) -> Broken {
+        Broken {
+            key,
+            entry: None,
+            message: message.to_string(),
+        }
+    }
+
+    /// Points at one entry of the list `key` holds.
+    pub(crate) fn at_entry(mut self, entry: usize) -> Broken {
+        self.entry = Some(entry);
+        self
+    }
+
+    /// Where in `text` the key (or its entry) is, if it is written there at all.
+    fn span(&self, text: &str) -> Option<std::ops::Range<usize>> {
+        let document = toml::de::DeTable::parse(text).ok()?;
+        let mut table = document.get_ref();
+        let mut parts = self.key.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let (key, value) = table.get_key_value(part)?;
+            if parts.peek().is_some() {
+                table = value.get_ref().as_table()?;
+                continue;
+            }
+            return match self.entry {
+                None => Some(key.span()),
+                Some(entry) => Some(value.get_ref().get(entry)?.span()),
+            };
+        }
+        None
     }
 }
 

@@ -22,6 +22,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const COMMAND_READ: usize = 4 * 1024;
 /// Bytes asked for per read inside a message body.
 pub const BODY_READ: usize = 64 * 1024;
+/// Queued replies past this size are sent before the next command is read, even when more
+/// pipelined commands are already buffered. Without a cap, a client pipelining thousands of short
+/// commands (`HELP`, bare newlines) would make the server hold ~15 bytes of reply per byte it
+/// sent, for everything one read brought in.
+pub const MAX_QUEUED_REPLIES: usize = 16 * 1024;
 
 /// Why no more input can be had.
 #[derive(Debug, thiserror::Error)]
@@ -83,13 +88,36 @@ impl Connection {
         reply.write_to(&mut self.out);
     }
 
-    /// Sends queued replies.
+    /// Whether queued replies must go out before the next command is read: when the session is
+    /// about to wait for input (no complete line buffered), or when [`MAX_QUEUED_REPLIES`] have
+    /// piled up behind pipelined commands.
+    pub fn must_flush(&self) -> bool {
+        self.out.len() >= MAX_QUEUED_REPLIES || !self.buffered().contains(&b'\n')
+    }
+
+    /// Sends queued replies. A client that does not read them for the idle timeout is as idle
+    /// as one that does not write, and after the shutdown grace period a stuck write gives up:
+    /// otherwise a client that pipelines and never reads would hold its connection slot, and
+    /// the server's shutdown, for ever.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
+        let (stream, out) = (&mut self.stream, &self.out);
+        let write = tokio::time::timeout(self.idle_timeout, async move {
+            stream.write_all(out).await?;
+            stream.flush().await
+        });
+        let written = tokio::select! {
+            // Biased to the write: after the grace period a client that still reads gets its 421.
+            biased;
+            written = write => written.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "client not reading replies"))
+            }),
+            _ = self.abort.cancelled() => Err(io::Error::other("server shutting down")),
+        };
+        written?;
+        self.out.clear();
         Ok(())
     }
 

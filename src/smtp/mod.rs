@@ -64,8 +64,8 @@ impl StartError {
 
 /// A bound SMTP server, ready to [`run`](Server::run).
 pub struct Server {
-    /// Each socket, and whether it speaks implicit TLS.
-    listeners: Vec<(TcpListener, bool)>,
+    /// Each socket, the address it was configured as, and whether it speaks implicit TLS.
+    listeners: Vec<(TcpListener, SocketAddr, bool)>,
     config: SmtpConfig,
     deliver: Arc<dyn Deliver>,
     tls: Option<Arc<Tls>>,
@@ -93,7 +93,7 @@ impl Server {
                     addr: *addr,
                     source,
                 })?;
-            listeners.push((listener, implicit_tls));
+            listeners.push((listener, *addr, implicit_tls));
         }
         Ok(Server {
             listeners,
@@ -108,7 +108,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -132,9 +132,10 @@ impl Server {
         });
         let sessions = TaskTracker::new();
         let acceptors = TaskTracker::new();
-        for (listener, implicit_tls) in self.listeners {
+        for (listener, configured, implicit_tls) in self.listeners {
             let acceptor = Acceptor {
                 listener,
+                configured,
                 implicit_tls,
                 peers: peers.clone(),
                 permits: permits.clone(),
@@ -173,6 +174,9 @@ fn refuse(stream: &TcpStream) {
 /// The accept loop of one listening socket.
 struct Acceptor {
     listener: TcpListener,
+    /// The address as written in the config, which is how per-listener settings name it (port 0
+    /// and `0.0.0.0` included: the bound address is not what the operator wrote).
+    configured: SocketAddr,
     /// The handshake comes before the greeting (`listen_tls`).
     implicit_tls: bool,
     peers: Arc<Peers>,
@@ -220,6 +224,7 @@ impl Acceptor {
         let ctx = self.ctx.clone();
         let abort = self.abort.clone();
         let implicit_tls = self.implicit_tls;
+        let listener = self.configured;
         crate::telemetry::connection_opened();
         self.sessions.spawn(async move {
             // Counted closed however the task ends, handshake failures included.
@@ -242,6 +247,7 @@ impl Acceptor {
                 };
             }
             let origin = Origin {
+                listener,
                 loopback,
                 tls: implicit_tls,
             };

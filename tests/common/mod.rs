@@ -80,6 +80,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The implicit-TLS listener, when `listen_tls` was configured.
     pub tls_addr: Option<SocketAddr>,
+    /// Every bound address: `listen`, then `listen_tls`.
+    pub addrs: Vec<SocketAddr>,
     pub recorder: Arc<Recorder>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -117,6 +119,12 @@ impl TestServer {
         if implicit_tls {
             config.listen_tls = vec![any_port];
         }
+        Self::as_configured(config, target).await
+    }
+
+    /// Starts a server on exactly the addresses in `config` (use port 0), delivering to `target`.
+    pub async fn as_configured(config: SmtpConfig, target: Arc<dyn Deliver>) -> Self {
+        let implicit_tls = !config.listen_tls.is_empty();
         let server = Server::bind(config, target).await.expect("bind");
         let addrs = server.local_addrs();
         let addr = addrs[0];
@@ -126,6 +134,7 @@ impl TestServer {
         TestServer {
             addr,
             tls_addr,
+            addrs,
             recorder: Arc::new(Recorder::default()),
             shutdown,
             task,
@@ -260,6 +269,28 @@ impl Client {
             Ok(0) | Err(_)
         )
     }
+}
+
+/// An address of this machine that is not on loopback: the source address the kernel would use
+/// for a packet leaving the machine (a UDP "connect" sends nothing). Tests of what non-loopback
+/// clients are offered connect to it; a machine with no network interface but `lo` cannot run them.
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    // Documentation prefixes (RFC 5737, RFC 3849): routed by the default route, never reached.
+    for (bind, probe) in [("0.0.0.0:0", "192.0.2.1:9"), ("[::]:0", "[2001:db8::1]:9")] {
+        let Ok(socket) = std::net::UdpSocket::bind(bind) else {
+            continue;
+        };
+        if socket.connect(probe).is_err() {
+            continue;
+        }
+        if let Ok(local) = socket.local_addr()
+            && !local.ip().is_loopback()
+            && !local.ip().is_unspecified()
+        {
+            return local.ip();
+        }
+    }
+    panic!("no non-loopback address on this machine: these tests need a network interface");
 }
 
 /// Sends one small message from app@example.com to alice@example.com (named in its To header) on

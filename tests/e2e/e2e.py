@@ -570,24 +570,37 @@ def scenario_django(c):
                 ["batch 1", "batch 2", "batch 3 \u2713"])
 
 
-def swaks_sent(transcript):
-    """The message body swaks sent, reconstructed from its transcript (` -> ` lines between the
-    354 reply and the lone dot), with swaks's dot-stuffing undone and CRLF line ends."""
+def transcript_sent(transcript, received, sent):
+    """The message body a client sent, reconstructed from its transcript: the lines marked `sent`
+    between the 354 reply (marked `received`) and the lone dot, with dot-stuffing undone and CRLF
+    line ends. swaks marks lines `<-  ` and ` -> `, msmtp --debug `<-- ` and `--> `."""
     lines = transcript.split(b"\n")
-    start = next((i for i, line in enumerate(lines) if re.match(rb"^<-\s+354 ", line)), None)
+    is_354 = re.compile(re.escape(received) + rb"\s*354 ")
+    start = next((i for i, line in enumerate(lines) if is_354.match(line)), None)
     if start is None:
         return None
     out = []
     for line in lines[start + 1:]:
-        if line.rstrip(b"\r") == b" -> .":
+        if line.rstrip(b"\r") == sent + b".":
             return b"".join(out)
-        if not line.startswith(b" ->"):
+        if not line.startswith(sent.rstrip(b" ")):
             return None
-        content = line[4:].rstrip(b"\r")
+        content = line[len(sent):].rstrip(b"\r")
         if content.startswith(b"."):
             content = content[1:]
         out.append(content + b"\r\n")
     return None
+
+
+def swaks_sent(transcript):
+    """The message body swaks sent, from its transcript."""
+    return transcript_sent(transcript, b"<-", b" -> ")
+
+
+def msmtp_sent(transcript):
+    """The message msmtp sent (its Date and Message-ID headers included), from its --debug
+    transcript."""
+    return transcript_sent(transcript, b"<--", b"--> ")
 
 
 def curl_sent(path, crlf):
@@ -654,7 +667,8 @@ def scenario_verify(c, args):
     """Checks what a command-line client (swaks, curl) left in the mail dir."""
     with open(args.transcript, "rb") as f:
         transcript = f.read()
-    ids = re.findall(rb"^<-?\s+250 2\.0\.0 OK (\S+)\s*$", transcript, re.M)
+    # Replies are marked `<-  ` by swaks, `< ` by curl -v and `<-- ` by msmtp --debug.
+    ids = re.findall(rb"^<-{0,2}\s+250 2\.0\.0 OK (\S+)\s*$", transcript, re.M)
     stored = take_stored(c, args.name, 1)
     c.check(f"{args.name}: one 250 2.0.0 OK <id> reply in the transcript", len(ids) == 1,
             f"found {ids}")
@@ -673,8 +687,8 @@ def scenario_verify(c, args):
     mail_from = args.mail_from or None
     check_record(c, args.name, s, mail_from, args.rcpt, args.helo)
     kind, _, path = args.expect.partition(":")
-    if kind == "swaks":
-        expected = swaks_sent(transcript)
+    if kind in ("swaks", "msmtp"):
+        expected = swaks_sent(transcript) if kind == "swaks" else msmtp_sent(transcript)
         if not c.check(f"{args.name}: transcript shows the DATA sent", expected is not None,
                        "no 354 ... lone-dot section in the transcript"):
             return
@@ -741,14 +755,14 @@ def main():
     count = sub.add_parser("count", help="check how many messages a client left in the mail dir")
     count.add_argument("--name", required=True)
     count.add_argument("--count", type=int, required=True)
-    verify = sub.add_parser("verify", help="check what swaks or curl left in the mail dir")
+    verify = sub.add_parser("verify", help="check what swaks, msmtp or curl left in the mail dir")
     verify.add_argument("--name", required=True)
     verify.add_argument("--transcript", required=True, help="the client's output")
     verify.add_argument("--mail-from", required=True, help="'' for the null sender")
     verify.add_argument("--rcpt", action="append", required=True)
     verify.add_argument("--helo")
     verify.add_argument("--expect", required=True,
-                        help="swaks (from the transcript), curl:FILE or curl-crlf:FILE")
+                        help="swaks or msmtp (from the transcript), curl:FILE or curl-crlf:FILE")
     verify.add_argument("--contains", action="append", default=[])
     verify.add_argument("--pipelined", action="store_true",
                         help="check that MAIL, RCPT and DATA went out before their replies")

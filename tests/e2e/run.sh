@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test: real SMTP clients against the real smtp2gmail binary.
 #
-# Builds the binary, installs what the clients need if it is missing (swaks and curl from apt, a
-# virtualenv with Django under target/), starts the server in file mode on a free loopback port
-# with a temporary mail dir, and sends mail with Python's smtplib, Django's stock SMTP
+# Builds the binary, installs what the clients need if it is missing (swaks, curl and msmtp from
+# apt, a virtualenv with Django under target/), starts the server in file mode on a free loopback
+# port with a temporary mail dir, and sends mail with Python's smtplib, Django's stock SMTP
 # EmailBackend, swaks and curl. Each accepted message must appear as <id>.eml (the exact bytes the
 # client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py next to this
-# file. Then two console-mode servers check that stdout carries only mail and stderr only logs.
+# file. A second server with TLS and AUTH is used by swaks, curl, msmtp and Django over STARTTLS
+# and implicit TLS. Then two console-mode servers check that stdout carries only mail and stderr
+# only logs.
 #
 # Prints one `ok - ...` / `not ok - ...` line per check and ends with `N passed, M failed`; exits 1
 # if anything failed (the temporary directory is then kept for inspection).
@@ -104,7 +106,7 @@ apt_install() {
 
 install_tools() {
     local missing=() tool
-    for tool in swaks curl python3; do
+    for tool in swaks curl msmtp python3; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     # swaks --tls needs Net::SSLeay; openssl makes the test certificate.
@@ -113,7 +115,8 @@ install_tools() {
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     fi
-    echo "e2e: $(swaks --version | head -n1); $(curl --version | head -n1 | cut -d' ' -f1-2)"
+    echo "e2e: $(swaks --version | head -n1); $(curl --version | head -n1 | cut -d' ' -f1-2);" \
+        "$(msmtp --version | head -n1)"
     curl --version | grep -qw smtp || die "this curl has no smtp:// support"
 }
 
@@ -358,7 +361,7 @@ expect_refusal() {
 }
 
 secure_mode() {
-    header "TLS and AUTH: swaks, curl, Django over STARTTLS and implicit TLS"
+    header "TLS and AUTH: swaks, curl, msmtp, Django over STARTTLS and implicit TLS"
     # Run after file_mode, which exported its own mail dir.
     local dir=$WORK/secure
     mkdir -p "$dir/mail" "$dir/archive"
@@ -429,6 +432,51 @@ EOF
         --user "$E2E_USER:$E2E_PASSWORD" --mail-from app@example.com \
         --mail-rcpt r1@example.org --upload-file "$dir/curl.txt"
     checks "curl TLS" py count --name "curl TLS and AUTH" --count 2
+
+    echo "--- msmtp"
+    # A user's msmtprc: the password in the file (msmtp insists on mode 0600 then), the test
+    # certificate as the only trusted one, one account per kind of TLS. --debug prints the
+    # dialogue, from which e2e.py reads what was sent (msmtp adds Date and Message-ID headers).
+    cat >"$dir/msmtprc" <<EOF
+defaults
+auth on
+user $E2E_USER
+password "$E2E_PASSWORD"
+from app@example.com
+domain e2e-msmtp
+host 127.0.0.1
+tls on
+tls_trust_file $dir/cert.pem
+
+account starttls
+port $PORT
+tls_starttls on
+
+account implicit
+port $tls_port
+tls_starttls off
+EOF
+    chmod 600 "$dir/msmtprc"
+    printf 'From: app@example.com\r\nTo: r1@example.org\r\nSubject: msmtp\r\n\r\n.leading dot\r\nhello\r\n' \
+        >"$dir/msmtp-message.txt"
+    local account t
+    for account in starttls implicit; do
+        t=$dir/msmtp-$account.txt
+        # client() gives commands no stdin; msmtp reads the message from it.
+        client "msmtp $account + AUTH" "$t" sh -c 'exec msmtp -C "$1" -a "$2" --debug "$3" <"$4"' \
+            sh "$dir/msmtprc" "$account" r1@example.org "$dir/msmtp-message.txt"
+        checks "msmtp $account" py verify --name "msmtp $account + AUTH" --transcript "$t" \
+            --mail-from app@example.com --rcpt r1@example.org --helo e2e-msmtp --expect msmtp \
+            --contains $'\r\n\r\n.leading dot\r\nhello\r\n'
+    done
+    # Which TLS each account used: STARTTLS after a plaintext greeting, or TLS from the start.
+    if grep -q '^--> STARTTLS' "$dir/msmtp-starttls.txt" &&
+        ! grep -q '^--> STARTTLS' "$dir/msmtp-implicit.txt" &&
+        grep -q 'TLS session parameters' "$dir/msmtp-implicit.txt"; then
+        pass "msmtp: STARTTLS on listen, implicit TLS on listen_tls"
+    else
+        fail "msmtp: expected STARTTLS on $PORT only and TLS from the start on $tls_port"
+    fi
 
     echo "--- Django"
     SSL_CERT_FILE=$dir/cert.pem checks "django secure" py django_secure

@@ -31,6 +31,8 @@ pub const MAX_LINE: usize = 4096;
 
 mod secure;
 
+pub use secure::Origin;
+
 /// What every session of one server shares.
 pub struct SessionContext {
     /// Limits and names from `[smtp]`.
@@ -43,15 +45,6 @@ pub struct SessionContext {
     pub tls: Option<Arc<Tls>>,
     /// The accounts that may AUTH.
     pub users: Arc<Users>,
-}
-
-/// Where a connection came in, which decides what it is offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    /// The listener is on loopback: only this machine can connect, so AUTH without TLS is fine.
-    pub loopback: bool,
-    /// TLS is already on (a `listen_tls` listener).
-    pub tls: bool,
 }
 
 /// Whether the session goes on after a command.
@@ -139,8 +132,8 @@ impl Session {
                 self.conn.reply(&shutting_down());
                 return Ok(());
             }
-            if !self.conn.buffered().contains(&b'\n') {
-                // About to wait for the client: send the replies to everything it pipelined, here
+            if self.conn.must_flush() {
+                // About to wait for the client (or too many replies queued): send them, here
                 // rather than inside the select below, where a shutdown could cut a write short.
                 self.conn.flush().await?;
             }

@@ -1,9 +1,9 @@
 //! STARTTLS and AUTH for a session, and what authentication decides about MAIL.
 //!
-//! What is offered depends on where the connection came in ([`Origin`](super::Origin)): STARTTLS
+//! What is offered depends on where the connection came in ([`Origin`]): STARTTLS
 //! only while TLS is configured and not yet on; AUTH only under TLS, on a loopback listener, or
-//! where the operator allowed plaintext AUTH, so that passwords never cross a network in clear
-//! by default.
+//! on a listener where the operator allowed plaintext AUTH, so that passwords never cross a
+//! network in clear by default.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,19 @@ use crate::relay::Status;
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
 use crate::smtp::reply::Reply;
+
+/// Where a connection came in, which decides what it is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The listener that accepted the connection, as written in `smtp.listen`/`listen_tls`.
+    pub listener: SocketAddr,
+    /// The connection came in on a loopback address (decided per connection, so a `0.0.0.0`
+    /// listener reached through 127.0.0.1 counts): only this machine can have sent it, so AUTH
+    /// without TLS is fine.
+    pub loopback: bool,
+    /// TLS is on: a `listen_tls` listener, or after STARTTLS.
+    pub tls: bool,
+}
 
 /// Failed AUTH attempts allowed in one session; the next failure closes it with 421. Three is
 /// what a person mistyping needs, and makes guessing cost a new connection (and handshake).
@@ -38,7 +51,8 @@ impl Session {
 
     /// Whether AUTH may be used on this connection at all (whatever the session state).
     fn auth_allowed_here(&self) -> bool {
-        self.origin.tls || self.origin.loopback || self.ctx.config.allow_auth_without_tls
+        let plaintext = &self.ctx.config.allow_auth_without_tls;
+        self.origin.tls || self.origin.loopback || plaintext.allows(self.origin.listener)
     }
 
     /// Whether EHLO lists AUTH.
