@@ -18,8 +18,11 @@
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +32,14 @@ use super::control::{self, Request};
 use super::courier::{Clock, Courier};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
-use crate::relay::{DeliveryError, Receipt};
+use crate::relay::{DeliveryError, Receipt, Status};
 
 #[cfg(test)]
 mod tests;
+
+/// The shortest sleep of the loop: below it, waking costs more than it gains. Sends a send rate
+/// allows within it start in the same wake-up.
+const WAKE_FLOOR: Duration = Duration::from_millis(20);
 
 /// A rate limit further away than this is the daily sending limit: defer the whole account.
 const ACCOUNT_DEFERRAL: Duration = Duration::from_secs(10 * 60);
@@ -98,7 +105,7 @@ impl Scheduler {
         config: QueueConfig,
         incoming: mpsc::UnboundedReceiver<Entry>,
     ) -> Self {
-        Scheduler {
+        let mut scheduler = Scheduler {
             spool,
             courier,
             config,
@@ -110,7 +117,11 @@ impl Scheduler {
             incoming,
             results: mpsc::unbounded_channel(),
             deliveries: TaskTracker::new(),
-        }
+        };
+        // Now, before the acceptor exists: a message stored during a later scan of the
+        // directory would be both loaded and announced, and delivered twice.
+        scheduler.load();
+        scheduler
     }
 
     /// The same scheduler reading `clock` instead (tests: paused tokio time).
@@ -122,7 +133,6 @@ impl Scheduler {
     /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight; anything left
     /// stays in the spool for the next start.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        self.load();
         let mut control_tick = tokio::time::interval(control::POLL);
         loop {
             self.dispatch();
@@ -132,6 +142,10 @@ impl Scheduler {
                 Some((entry, outcome)) = self.results.1.recv() => self.finish(entry, outcome).await,
                 // Once a second, not per message: reporting walks the whole index.
                 _ = control_tick.tick() => {
+                    // Announced messages first, so a request can name a message just accepted.
+                    while let Ok(entry) = self.incoming.try_recv() {
+                        self.schedule(entry);
+                    }
                     self.serve_requests().await;
                     self.report();
                 }
@@ -198,7 +212,12 @@ impl Scheduler {
         }
     }
 
+    /// Adds an entry to the index, unless it is there already or in flight (announced after an
+    /// operator's retry reached it first).
     fn schedule(&mut self, entry: Entry) {
+        if self.entries.contains_key(&entry.id) || self.in_flight.contains(&entry.id) {
+            return;
+        }
         let account = self.accounts.entry(entry.account.clone()).or_default();
         account.due.insert((entry.next_attempt, entry.id.clone()));
         self.entries.insert(entry.id.clone(), entry);
@@ -230,7 +249,7 @@ impl Scheduler {
         let until = earliest
             .and_then(|at| at.duration_since(now).ok())
             .unwrap_or_default();
-        until.clamp(Duration::from_millis(20), control::POLL)
+        until.clamp(WAKE_FLOOR, control::POLL)
     }
 
     /// Starts every due delivery its account has room for.
@@ -254,13 +273,22 @@ impl Scheduler {
             while account.due.first().is_some_and(|(at, _)| *at <= now) {
                 // An account no longer configured has no limits: its messages are routed again.
                 if let Some(limits) = &limits {
-                    if account.in_flight >= limits.max_sends || account.held_back(now) {
+                    // Rate spacing counts from the previous slot, not from this wake-up, so a
+                    // rate above one per WAKE_FLOOR is kept; unused slots older than that lapse.
+                    let recent = now.checked_sub(WAKE_FLOOR).unwrap_or(now);
+                    let slot = account.not_before.map_or(now, |t| t.max(recent));
+                    if account.in_flight >= limits.max_sends || slot > now {
                         break;
                     }
-                    account.not_before = Some(now + interval);
+                    account.not_before = Some(slot + interval);
                 }
-                account.in_flight += 1;
-                starting.extend(account.due.pop_first().map(|(_, id)| id));
+                let Some((_, id)) = account.due.pop_first() else {
+                    break;
+                };
+                if self.entries.contains_key(&id) {
+                    account.in_flight += 1;
+                    starting.push(id);
+                }
             }
         }
         for id in starting {
@@ -280,7 +308,19 @@ impl Scheduler {
         );
         self.deliveries.spawn(async move {
             let path = spool.message_path(Place::Queue, &entry.id);
-            let outcome = courier.deliver(&entry, &path).await;
+            // A panic must still report back, or the account's slot would be lost for good.
+            let outcome = AssertUnwindSafe(courier.deliver(&entry, &path))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(id = %entry.id, "the delivery attempt panicked (a bug in smtp2gmail)");
+                    Err(DeliveryError::Permanent {
+                        status: Status(5, 3, 0),
+                        reason: "internal error while delivering (a bug in smtp2gmail); \
+                                 retry it after an upgrade"
+                            .into(),
+                    })
+                });
             let _ = results.send((entry, outcome));
         });
     }
@@ -293,6 +333,12 @@ impl Scheduler {
         self.in_flight.remove(&entry.id);
         if self.deleted_in_flight.remove(&entry.id) {
             tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "attempt ended after the message was deleted");
+            return;
+        }
+        if outcome.is_err() && !self.spool.message_path(Place::Queue, &entry.id).exists() {
+            // Deleted by an operator before the scheduler heard of it: nothing left to send.
+            tracing::info!(id = %entry.id, "the message is gone from the spool; forgotten");
+            let _ = self.spool.remove(Place::Queue, &entry.id).await;
             return;
         }
         let error = match outcome {
@@ -318,6 +364,9 @@ impl Scheduler {
             entry.dead_reason = Some(reason);
             if let Err(err) = self.spool.move_to(Place::Queue, Place::Dead, &entry).await {
                 tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
+                entry.dead_reason = None;
+                entry.next_attempt = now + backoff(&self.config, entry.attempts);
+                self.schedule(entry);
             }
             return;
         }
@@ -383,8 +432,16 @@ impl Scheduler {
         if self.in_flight.contains(id) {
             return Err(format!("{id}: being delivered right now"));
         }
-        self.unschedule(id);
-        let (entry, done) = control::retry(&self.spool, id, self.clock.now()).await?;
+        let now = self.clock.now();
+        let (entry, done) = match self.unschedule(id) {
+            // Only the schedule changes: not worth an fsync per message of a `retry --all`. After
+            // a restart the record's own time applies, which only delays the attempt.
+            Some(mut entry) => {
+                entry.next_attempt = now;
+                (entry, format!("{id}: will be retried now"))
+            }
+            None => control::retry(&self.spool, id, now).await?,
+        };
         if let Some(account) = self.accounts.get_mut(&entry.account)
             && (account.not_before.is_some() || account.paused_with.is_some())
         {
@@ -398,8 +455,15 @@ impl Scheduler {
 
     async fn delete(&mut self, id: &str) -> Result<String, String> {
         let in_flight = self.in_flight.contains(id);
-        self.unschedule(id);
-        let done = control::delete(&self.spool, id).await?;
+        let scheduled = self.unschedule(id);
+        let done = match control::delete(&self.spool, id).await {
+            Ok(done) => done,
+            Err(err) => {
+                // Still on disk: keep delivering it.
+                scheduled.into_iter().for_each(|entry| self.schedule(entry));
+                return Err(err);
+            }
+        };
         if in_flight {
             // The attempt's outcome must not write the record back.
             self.deleted_in_flight.insert(id.to_string());

@@ -73,7 +73,7 @@ pub struct Entry {
     /// When the server accepted it.
     #[serde(with = "humantime_serde")]
     pub received_at: SystemTime,
-    /// Size of the `.eml` in bytes.
+    /// Size of the message in bytes (the start of its `.msg`).
     pub size: u64,
     /// The Gmail account chosen at accept time.
     pub account: String,
@@ -157,7 +157,7 @@ pub struct Spool {
 #[derive(Debug)]
 pub struct DirSync {
     dir: PathBuf,
-    /// Numbers handed to callers, each taken after the caller's rename or unlink.
+    /// Numbers handed to callers, each taken after the caller created or removed a name.
     requested: AtomicU64,
     /// The highest number a finished sync is known to cover; held while a sync runs.
     synced: tokio::sync::Mutex<u64>,
@@ -247,10 +247,18 @@ impl Spool {
     pub async fn put(&self, entry: &Entry, message: &Message) -> io::Result<()> {
         let mut trailer = serde_json::to_vec(entry).map_err(io::Error::other)?;
         trailer.extend_from_slice(&footer(trailer.len()));
-        message
-            .store_with(&self.msg(Place::Queue, &entry.id), trailer)
-            .await?;
-        self.queue_sync.sync().await
+        let path = self.msg(Place::Queue, &entry.id);
+        let stored = match message.store_with(&path, trailer).await {
+            Ok(()) => self.queue_sync.sync().await,
+            // Another message's file: not ours to remove.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(err),
+            Err(err) => Err(err),
+        };
+        if stored.is_err() {
+            // The client gets 451 and sends again: a file left here would be a second copy.
+            let _ = std::fs::remove_file(&path);
+        }
+        stored
     }
 
     /// Rewrites an entry's record (after an attempt, or a retry request).
@@ -263,7 +271,9 @@ impl Spool {
     pub fn read(&self, place: Place, id: &str) -> io::Result<Entry> {
         match std::fs::read(self.json(place, id)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(invalid),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => read_trailer(&self.msg(place, id)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                read_trailer(&self.msg(place, id)).map_err(io::Error::from)
+            }
             Err(err) => Err(err),
         }
     }
@@ -345,16 +355,21 @@ impl Spool {
         let mut removed = self.upgrade_eml_pairs()?;
         for id in self.ids(Place::Queue, "msg")? {
             let msg = self.msg(Place::Queue, &id);
-            // With a `.json` it had attempts, so it was acknowledged: never removed here; an
-            // unreadable one is reported by `list`.
-            if !self.json(Place::Queue, &id).exists() && read_trailer(&msg).is_err() {
+            // With a `.json` it had attempts, so it was acknowledged: never removed here. Only a
+            // file cut short is removed; one that cannot be read now (EIO, permissions) or was
+            // written by a newer version is kept and reported by `list`.
+            if !self.json(Place::Queue, &id).exists()
+                && matches!(read_trailer(&msg), Err(TrailerError::Incomplete))
+            {
                 std::fs::remove_file(&msg)?;
                 removed += 1;
             }
         }
         for place in [Place::Queue, Place::Dead] {
             for id in self.ids(place, "json")? {
-                if !self.msg(place, &id).exists() {
+                // Beside an `.eml` it is an old-format record the upgrade could not read: kept.
+                let eml = self.dir(place).join(format!("{id}.eml"));
+                if !self.msg(place, &id).exists() && !eml.exists() {
                     std::fs::remove_file(self.json(place, &id)).or_else(ignore_missing)?;
                 }
             }
@@ -429,6 +444,8 @@ impl Spool {
 /// Ends a `.msg`: a newline (so `tail` shows the record on a line of its own), a marker, and the
 /// record's length in ten digits. Fixed size, so a reader finds the record from the file's end.
 const FOOTER_MARK: &[u8] = b"\nsmtp2gmail record v1 ";
+/// The start of every version's footer.
+const FOOTER_FAMILY: &[u8] = b"\nsmtp2gmail record v";
 const FOOTER_LEN: usize = FOOTER_MARK.len() + 10 + 1;
 
 fn footer(record_len: usize) -> Vec<u8> {
@@ -437,32 +454,70 @@ fn footer(record_len: usize) -> Vec<u8> {
     footer
 }
 
-/// The record inside a `.msg`; an error when the file is not a complete one.
-fn read_trailer(path: &Path) -> io::Result<Entry> {
+/// Why the record inside a `.msg` could not be read.
+#[derive(Debug)]
+enum TrailerError {
+    /// No footer at the end, or one that does not add up: the write was cut short.
+    Incomplete,
+    /// A complete file that cannot be used: unreadable now, a record that does not parse or does
+    /// not match, a footer of another version.
+    Unusable(io::Error),
+}
+
+impl From<io::Error> for TrailerError {
+    fn from(err: io::Error) -> Self {
+        TrailerError::Unusable(err)
+    }
+}
+
+impl From<TrailerError> for io::Error {
+    fn from(err: TrailerError) -> Self {
+        match err {
+            TrailerError::Incomplete => {
+                invalid("incomplete message file (being received, or cut short by a crash)")
+            }
+            TrailerError::Unusable(err) => err,
+        }
+    }
+}
+
+/// The record inside a `.msg`.
+fn read_trailer(path: &Path) -> Result<Entry, TrailerError> {
     let mut file = std::fs::File::open(path)?;
     let file_len = file.metadata()?.len();
-    let incomplete = || invalid("incomplete message file: no valid record at its end");
     if file_len < FOOTER_LEN as u64 {
-        return Err(incomplete());
+        return Err(TrailerError::Incomplete);
     }
     let mut footer = [0u8; FOOTER_LEN];
     file.seek(SeekFrom::End(-(FOOTER_LEN as i64)))?;
     file.read_exact(&mut footer)?;
-    let record_len: u64 = footer
-        .strip_prefix(FOOTER_MARK)
-        .and_then(|rest| rest.strip_suffix(b"\n"))
+    let Some(rest) = footer.strip_prefix(FOOTER_MARK) else {
+        if footer.starts_with(FOOTER_FAMILY) {
+            let footer = String::from_utf8_lossy(&footer).trim().to_string();
+            return Err(TrailerError::Unusable(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("written by another version of smtp2gmail ({footer})"),
+            )));
+        }
+        return Err(TrailerError::Incomplete);
+    };
+    let record_len: u64 = rest
+        .strip_suffix(b"\n")
         .and_then(|digits| std::str::from_utf8(digits).ok())
         .and_then(|digits| digits.parse().ok())
-        .ok_or_else(incomplete)?;
+        .ok_or(TrailerError::Incomplete)?;
     let size = (file_len - FOOTER_LEN as u64)
         .checked_sub(record_len)
-        .ok_or_else(incomplete)?;
+        .ok_or(TrailerError::Incomplete)?;
     let mut record = vec![0u8; record_len as usize];
     file.seek(SeekFrom::Start(size))?;
     file.read_exact(&mut record)?;
     let entry: Entry = serde_json::from_slice(&record).map_err(invalid)?;
     if entry.size != size {
-        return Err(incomplete());
+        return Err(TrailerError::Unusable(invalid(format!(
+            "the record says {} bytes, the file holds {size}",
+            entry.size
+        ))));
     }
     Ok(entry)
 }

@@ -25,14 +25,27 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// reports every attempt with the tokio time it started.
 struct Scripted {
     script: Mutex<HashMap<String, VecDeque<DeliveryError>>>,
+    /// Messages whose delivery panics.
+    panics: Mutex<Vec<String>>,
+    /// How long each attempt takes.
+    delay: Mutex<Duration>,
     credentials: Mutex<Arc<dyn std::any::Any + Send + Sync>>,
     attempts: mpsc::UnboundedSender<(String, Instant)>,
 }
 
 #[async_trait::async_trait]
 impl Courier for Scripted {
-    async fn deliver(&self, entry: &Entry, _path: &Path) -> Result<Receipt, DeliveryError> {
+    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError> {
+        if !path.exists() {
+            // As Gmail's courier: nothing is uploaded when the spool file is gone.
+            return Err(temporary(None));
+        }
         let _ = self.attempts.send((entry.id.clone(), Instant::now()));
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        if self.panics.lock().unwrap().contains(&entry.id) {
+            panic!("a bug while delivering {}", entry.id);
+        }
         let next = self
             .script
             .lock()
@@ -78,6 +91,8 @@ impl Harness {
         let (report, attempts) = mpsc::unbounded_channel();
         let courier = Arc::new(Scripted {
             script: Mutex::new(HashMap::new()),
+            panics: Mutex::new(Vec::new()),
+            delay: Mutex::new(Duration::ZERO),
             credentials: Mutex::new(Arc::new(1)),
             attempts: report,
         });
@@ -100,6 +115,14 @@ impl Harness {
 
     /// Queues a message for `account` that fails with `failures` (in order) before it is sent.
     async fn queue(&self, account: &str, failures: Vec<DeliveryError>) -> String {
+        let entry = self.store(account, failures).await;
+        let id = entry.id.clone();
+        self.incoming.send(entry).unwrap();
+        id
+    }
+
+    /// Stores a message without announcing it, as the acceptor does just before it announces.
+    async fn store(&self, account: &str, failures: Vec<DeliveryError>) -> Entry {
         let envelope = Envelope {
             id: MessageId::generate(),
             mail_from: Some(Address::new("app@example.com")),
@@ -112,23 +135,27 @@ impl Harness {
         let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
         let entry = Entry::new(&envelope, message.len(), account);
         self.spool.put(&entry, &message).await.unwrap();
-        let id = entry.id.clone();
         self.courier
             .script
             .lock()
             .unwrap()
-            .insert(id.clone(), failures.into());
-        self.incoming.send(entry).unwrap();
-        id
+            .insert(entry.id.clone(), failures.into());
+        entry
     }
 
     /// The next attempt's message and start time.
     async fn attempt(&mut self) -> (String, Instant) {
-        self.attempts.recv().await.expect("the scheduler stopped")
+        bounded(self.attempts.recv())
+            .await
+            .expect("the scheduler stopped")
     }
 
     /// Waits (in tokio time) until the scheduler has written `id`'s outcome.
     async fn settled(&self, id: &str, place: Place) -> Entry {
+        bounded(self.settled_unbounded(id, place)).await
+    }
+
+    async fn settled_unbounded(&self, id: &str, place: Place) -> Entry {
         loop {
             if let Ok(entry) = self.spool.read(place, id)
                 && (place == Place::Dead || entry.attempts > 0)
@@ -140,10 +167,21 @@ impl Harness {
     }
 
     async fn delivered(&self, id: &str) {
-        while self.spool.read(Place::Queue, id).is_ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        bounded(async {
+            while self.spool.read(Place::Queue, id).is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
+}
+
+/// `work`, or a failure once two virtual days have passed: a stalled scheduler fails the test
+/// instead of hanging it (under paused time two days pass in seconds).
+async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(2 * 24 * HOUR, work)
+        .await
+        .expect("nothing happened for two (virtual) days")
 }
 
 impl Drop for Harness {
@@ -357,4 +395,109 @@ async fn a_rate_limited_backlog_does_not_hold_up_another_account() {
         }
     }
     harness.delivered(&other).await;
+}
+
+/// Waits (in tokio time) until `id`'s message file is gone.
+async fn gone(spool: &Spool, id: &str) {
+    while spool.message_path(Place::Queue, id).exists() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_announced_while_its_retry_is_in_flight_is_sent_once() {
+    // The acceptor announces after storing; an operator's retry, or the scan at start, can reach
+    // the message first. The late announcement must not start a second delivery.
+    let mut harness = Harness::start(config());
+    *harness.courier.delay.lock().unwrap() = MINUTE;
+    let entry = harness.store("default", vec![]).await;
+    control::submit(
+        &harness.spool,
+        &Request::Retry {
+            id: Some(entry.id.clone()),
+        },
+    )
+    .unwrap();
+    let (id, _) = harness.attempt().await;
+    assert_eq!(id, entry.id);
+    harness.incoming.send(entry.clone()).unwrap();
+    harness.delivered(&entry.id).await;
+    tokio::time::sleep(10 * MINUTE).await;
+    assert!(harness.attempts.try_recv().is_err(), "delivered twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_deleted_before_it_was_announced_is_forgotten() {
+    let mut harness = Harness::start(config());
+    let entry = harness.store("default", vec![]).await;
+    control::submit(
+        &harness.spool,
+        &Request::Delete {
+            id: entry.id.clone(),
+        },
+    )
+    .unwrap();
+    gone(&harness.spool, &entry.id).await;
+    harness.incoming.send(entry.clone()).unwrap();
+    tokio::time::sleep(10 * MINUTE).await;
+    assert!(
+        harness.attempts.try_recv().is_err(),
+        "a deleted message was sent"
+    );
+    let queue = harness.spool.root().join("queue");
+    assert_eq!(
+        std::fs::read_dir(queue).unwrap().count(),
+        0,
+        "no record written back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_delivery_becomes_a_dead_letter_and_frees_its_slot() {
+    let mut harness = Harness::start(config());
+    // More panics than the account's five delivery slots: a leaked slot would stall the account.
+    let mut doomed = Vec::new();
+    for _ in 0..6 {
+        let entry = harness.store("default", vec![]).await;
+        harness
+            .courier
+            .panics
+            .lock()
+            .unwrap()
+            .push(entry.id.clone());
+        doomed.push(entry.id.clone());
+        harness.incoming.send(entry).unwrap();
+    }
+    for id in &doomed {
+        let dead = harness.settled(id, Place::Dead).await;
+        assert!(dead.dead_reason.unwrap().contains("a bug in smtp2gmail"));
+    }
+    let fine = harness.queue("default", vec![]).await;
+    harness.delivered(&fine).await;
+    while let Ok((id, _)) = harness.attempts.try_recv() {
+        assert!(doomed.contains(&id) || id == fine);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_rate_above_the_wake_up_rate_is_kept() {
+    let mut harness = Harness::start(QueueConfig {
+        max_send_rate: 500.0,
+        ..QueueConfig::default()
+    });
+    *harness.courier.delay.lock().unwrap() = Duration::from_millis(1);
+    for _ in 0..300 {
+        let entry = harness.store("default", vec![]).await;
+        harness.incoming.send(entry).unwrap();
+    }
+    let mut starts = Vec::new();
+    for _ in 0..300 {
+        starts.push(harness.attempt().await.1);
+    }
+    let took = starts[299] - starts[0];
+    // 299 gaps of 2 ms; one wake-up's worth of slots may start together.
+    assert!(
+        took >= Duration::from_millis(550) && took <= Duration::from_millis(700),
+        "300 sends at 500/s took {took:?}"
+    );
 }

@@ -168,3 +168,27 @@ async fn a_spool_of_the_two_file_format_is_upgraded_and_nothing_is_lost() {
     std::fs::remove_file(queue.join(format!("{}.json", entry.id))).unwrap();
     assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
 }
+
+#[tokio::test]
+async fn recovery_keeps_what_it_cannot_read_and_what_a_newer_version_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let queue = dir.path().join("queue");
+    // An old-format message whose record does not parse: the upgrade cannot convert it, and the
+    // leftover sweep must not take its record (then the body would go at the next start).
+    std::fs::write(queue.join("ee01.eml"), b"Subject: old\r\n\r\nx\r\n").unwrap();
+    std::fs::write(queue.join("ee01.json"), b"{ not json").unwrap();
+    // A message file from a newer server (a downgrade): complete, just not ours to read.
+    let mut newer = b"Subject: new\r\n\r\nx\r\n{}".to_vec();
+    newer.extend_from_slice(b"\nsmtp2gmail record v2 0000000002\n");
+    std::fs::write(queue.join("ee02.msg"), &newer).unwrap();
+
+    for _ in 0..2 {
+        assert_eq!(spool.recover().unwrap(), 0);
+        assert_eq!(files(&queue), ["ee01.eml", "ee01.json", "ee02.msg"]);
+    }
+    let err = spool.read(Place::Queue, "ee02").unwrap_err();
+    assert!(err.to_string().contains("record v2"), "{err}");
+    let (_, broken) = spool.list(Place::Queue).unwrap();
+    assert_eq!(broken.len(), 1, "reported by queue list");
+}

@@ -1,6 +1,6 @@
 //! The bytes of one upload: chunks already in memory, or pieces of a spool file streamed from disk.
 //!
-//! The queue delivers from its `.eml` files. Reading a 35 MB message into memory for each of an
+//! The queue delivers from its `.msg` files. Reading a 35 MB message into memory for each of an
 //! account's five parallel uploads would cost 175 MB; streaming the file costs a 64 KiB buffer.
 
 use std::io::SeekFrom;
