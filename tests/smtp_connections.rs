@@ -51,14 +51,19 @@ async fn idle_clients_are_told_421_and_disconnected() {
     };
     let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
+    told_idle_timeout(&mut client).await;
+    server.stop().await;
+}
+
+/// After EHLO the client sends nothing: the next thing the server says is the timeout (encrypted
+/// on a TLS connection), then it closes.
+async fn told_idle_timeout(client: &mut Client) {
     assert_code(&client.cmd("EHLO client.test").await, 250);
-    // Send nothing: the next thing the server says is the timeout.
     assert_eq!(
         client.reply().await,
         "421 4.4.2 idle timeout, closing connection\r\n"
     );
     assert!(client.is_closed().await);
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -195,23 +200,14 @@ async fn idle_tls_clients_are_told_421_and_disconnected() {
     let (server, addr) = tls_server(&cert, config).await;
     let (mut client, greeting) = Client::connect_tls(addr, &cert).await;
     assert_code(&greeting, 220);
-    assert_code(&client.cmd("EHLO client.test").await, 250);
-    // Send nothing: the next thing the server says, encrypted, is the timeout; then EOF.
-    assert_eq!(
-        client.reply().await,
-        "421 4.4.2 idle timeout, closing connection\r\n"
-    );
-    assert!(client.is_closed().await);
+    told_idle_timeout(&mut client).await;
     server.stop().await;
 }
 
-#[tokio::test]
-async fn tls_connections_over_the_cap_get_421_at_once() {
+/// With a cap of two (`config`), two TLS clients are served, a third gets 421 before any
+/// handshake, and a slot freed by QUIT serves the next client.
+async fn third_tls_client_is_refused_at_once(config: SmtpConfig) {
     let cert = TestCert::new();
-    let config = SmtpConfig {
-        max_connections: 2,
-        ..test_config()
-    };
     let (server, addr) = tls_server(&cert, config).await;
     let (_first, greeting) = Client::connect_tls(addr, &cert).await;
     assert_code(&greeting, 220);
@@ -227,22 +223,21 @@ async fn tls_connections_over_the_cap_get_421_at_once() {
 }
 
 #[tokio::test]
+async fn tls_connections_over_the_cap_get_421_at_once() {
+    third_tls_client_is_refused_at_once(SmtpConfig {
+        max_connections: 2,
+        ..test_config()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn one_address_cannot_take_every_tls_connection() {
-    let cert = TestCert::new();
-    let config = SmtpConfig {
+    third_tls_client_is_refused_at_once(SmtpConfig {
         max_connections_per_ip: 2,
         ..test_config()
-    };
-    let (server, addr) = tls_server(&cert, config).await;
-    let (_first, greeting) = Client::connect_tls(addr, &cert).await;
-    assert_code(&greeting, 220);
-    let (mut second, greeting) = Client::connect_tls(addr, &cert).await;
-    assert_code(&greeting, 220);
-    assert_refused_at_once(addr, &cert).await;
-    assert_eq!(second.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-    assert!(second.is_closed().await);
-    greeted_when_free(addr, &cert).await;
-    drop(server);
+    })
+    .await;
 }
 
 /// A client that connects to the TLS port and never sends a ClientHello, or stops half-way

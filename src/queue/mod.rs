@@ -100,3 +100,19 @@ pub fn start(config: &crate::config::QueueConfig, gmail: Arc<Gmail>) -> Result<S
         lock,
     })
 }
+
+/// An envelope from app@example.com to someone@example.org received at `received_at`, for the
+/// queue's tests.
+#[cfg(test)]
+fn test_envelope(received_at: std::time::SystemTime) -> Envelope {
+    use crate::message::{Address, MessageId};
+    Envelope {
+        id: MessageId::generate(),
+        mail_from: Some(Address::new("app@example.com")),
+        rcpt_to: vec![Address::new("someone@example.org")],
+        remote: ([127, 0, 0, 1], 40000).into(),
+        helo: "client.example".into(),
+        auth_user: None,
+        received_at,
+    }
+}

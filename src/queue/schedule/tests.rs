@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Scheduler;
 use crate::config::QueueConfig;
-use crate::message::{Address, Envelope, Message, MessageId};
+use crate::message::Message;
 use crate::queue::control::{self, Request};
 use crate::queue::courier::{Clock, Courier, Limits};
 use crate::queue::spool::{Entry, Place, Spool};
+use crate::queue::test_envelope;
 use crate::relay::{DeliveryError, Receipt, Status};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -123,15 +124,7 @@ impl Harness {
 
     /// Stores a message without announcing it, as the acceptor does just before it announces.
     async fn store(&self, account: &str, failures: Vec<DeliveryError>) -> Entry {
-        let envelope = Envelope {
-            id: MessageId::generate(),
-            mail_from: Some(Address::new("app@example.com")),
-            rcpt_to: vec![Address::new("someone@example.org")],
-            remote: ([127, 0, 0, 1], 40000).into(),
-            helo: "client.example".into(),
-            auth_user: None,
-            received_at: self.clock.now(),
-        };
+        let envelope = test_envelope(self.clock.now());
         let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
         let entry = Entry::new(&envelope, message.len(), account);
         self.spool.put(&entry, &message).await.unwrap();
@@ -244,19 +237,24 @@ async fn backoff_doubles_from_retry_min_to_retry_max() {
     assert!(harness.spool.read(Place::Dead, &id).is_err());
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_after_from_google_is_honoured_exactly() {
+/// How long after failing once with `error` a message is tried again (and then delivered).
+async fn retried_after(error: DeliveryError) -> Duration {
     let mut harness = Harness::start(config());
-    let after = Duration::from_secs(90);
-    let id = harness.queue("default", vec![temporary(Some(after))]).await;
+    let id = harness.queue("default", vec![error]).await;
     let (_, first) = harness.attempt().await;
     let (_, second) = harness.attempt().await;
-    let waited = second - first;
+    harness.delivered(&id).await;
+    second - first
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_from_google_is_honoured_exactly() {
+    let after = Duration::from_secs(90);
+    let waited = retried_after(temporary(Some(after))).await;
     assert!(
         waited >= after && waited < after + Duration::from_secs(1),
         "waited {waited:?}, Google asked for {after:?}"
     );
-    harness.delivered(&id).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -337,16 +335,11 @@ async fn credentials_problem_pauses_the_account_until_they_change() {
 
 #[tokio::test(start_paused = true)]
 async fn paused_account_is_probed_again_after_retry_max() {
-    let mut harness = Harness::start(config());
-    let id = harness.queue("default", vec![credentials()]).await;
-    let (_, failed_at) = harness.attempt().await;
-    let (_, probed_at) = harness.attempt().await;
-    let waited = probed_at - failed_at;
+    let waited = retried_after(credentials()).await;
     assert!(
         waited >= HOUR && waited < HOUR + Duration::from_secs(2),
         "probed after {waited:?}"
     );
-    harness.delivered(&id).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,19 +4,11 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::{Entry, FOOTER_LEN, Place, Spool};
-use crate::message::{Address, BodyWriter, Envelope, Message, MessageId, SPILL_THRESHOLD};
+use crate::message::{BodyWriter, Message, SPILL_THRESHOLD};
+use crate::queue::test_envelope;
 
 fn entry_for(message: &Message) -> Entry {
-    let envelope = Envelope {
-        id: MessageId::generate(),
-        mail_from: Some(Address::new("app@example.com")),
-        rcpt_to: vec![Address::new("someone@example.org")],
-        remote: ([127, 0, 0, 1], 40000).into(),
-        helo: "client.example".into(),
-        auth_user: None,
-        received_at: SystemTime::now(),
-    };
-    Entry::new(&envelope, message.len(), "default")
+    Entry::new(&test_envelope(SystemTime::now()), message.len(), "default")
 }
 
 fn files(dir: &Path) -> Vec<String> {
