@@ -217,7 +217,9 @@ async fn one_address_cannot_take_every_connection() {
 /// non-loopback address, since a connection through 127.0.0.1 is local and always offered AUTH.
 #[tokio::test]
 async fn auth_without_tls_only_on_the_listeners_named() {
-    let ip = non_loopback_ip();
+    let Some(ip) = non_loopback_ip() else {
+        return;
+    };
     let any = match ip {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -263,5 +265,32 @@ async fn auth_without_tls_only_on_the_listeners_named() {
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "under TLS: {ehlo}");
     assert_code(&other.cmd(&auth).await, 235);
     drop((clear, other));
+    server.stop().await;
+}
+
+/// A dual-stack `[::]` listener sees a client of 127.0.0.1 as `::ffff:127.0.0.1`: still loopback,
+/// so AUTH is offered in clear as on any loopback listener.
+#[tokio::test]
+async fn a_dual_stack_listener_counts_ipv4_loopback_as_loopback() {
+    let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+    if std::net::TcpListener::bind(any6).is_err() {
+        eprintln!("SKIPPED: no IPv6 on this machine");
+        return;
+    }
+    let config = SmtpConfig {
+        listen: vec![any6],
+        auth_required: Some(true),
+        ..config(&[])
+    };
+    let server = TestServer::as_configured(config, Arc::new(Recorder::default())).await;
+    let port = server.addrs[0].port();
+    let (mut client, greeting) =
+        Client::connect(SocketAddr::new([127, 0, 0, 1].into(), port)).await;
+    assert_code(&greeting, 220);
+    let ehlo = client.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    let auth = format!("AUTH PLAIN {}", plain("app", PASSWORD));
+    assert_code(&client.cmd(&auth).await, 235);
+    drop(client);
     server.stop().await;
 }

@@ -190,9 +190,9 @@ impl SmtpConfig {
         if self.max_connections_per_ip == 0 {
             return fail("smtp.max_connections_per_ip", "must be at least 1");
         }
-        for user in &self.users {
+        for (entry, user) in self.users.iter().enumerate() {
             if let Err(message) = crate::smtp::auth::check_user(user) {
-                return fail("smtp.users", &message);
+                return Err(Broken::new("smtp.users", &message).at_entry(entry));
             }
         }
         self.check_open_relay()?;
@@ -286,7 +286,8 @@ impl SmtpConfig {
                  under TLS; set [smtp.tls] cert and key (or list {addr} in \
                  allow_auth_without_tls)"
             );
-            return Err(Broken::new("smtp.tls", &message));
+            let entry = self.listen.iter().position(|a| a == addr).unwrap_or(0);
+            return Err(Broken::new("smtp.listen", &message).at_entry(entry));
         }
         Ok(())
     }
@@ -426,13 +427,26 @@ mod tests {
             )
         };
         let err = parse("[\"10.0.0.5:2525\"]").unwrap_err().to_string();
+        // Pointed at the stranded listener's entry in smtp.listen.
         assert!(
-            err.contains("smtp.tls") && err.contains("10.0.0.6:2525"),
+            err.starts_with("c.toml:2:28: smtp.listen: AUTH is required but 10.0.0.6:2525"),
             "{err}"
         );
         parse("[\"10.0.0.5:2525\", \"10.0.0.6:2525\"]").unwrap();
         parse("true").unwrap();
         let err = parse("false").unwrap_err().to_string();
         assert!(err.contains("10.0.0.5:2525"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_user_is_reported_at_its_own_entry() {
+        let text = format!(
+            "[smtp]\n[[smtp.users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n\
+             [[smtp.users]]\nname = \"b\"\npassword_hash = \"plain text\"\n"
+        );
+        let err = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:5:"), "{err}");
     }
 }

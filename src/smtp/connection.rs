@@ -62,6 +62,9 @@ pub struct Connection {
     start: usize,
     /// Replies not yet written.
     out: Vec<u8>,
+    /// A write failed part-way: the stream is out of step with the replies, so nothing more
+    /// may be written to it (a retry would send the cut-off reply's predecessors again).
+    broken: bool,
     /// True while the rest of an overlong line is being thrown away.
     discarding: bool,
     idle_timeout: Duration,
@@ -77,6 +80,7 @@ impl Connection {
             buf: Vec::with_capacity(COMMAND_READ),
             start: 0,
             out: Vec::new(),
+            broken: false,
             discarding: false,
             idle_timeout,
             abort,
@@ -99,7 +103,18 @@ impl Connection {
     /// as one that does not write, and after the shutdown grace period a stuck write gives up:
     /// otherwise a client that pipelines and never reads would hold its connection slot, and
     /// the server's shutdown, for ever.
+    ///
+    /// After a failed write the connection is finished: later replies are dropped and later
+    /// flushes fail at once, so the closing flush does not wait another `idle_timeout` nor repeat
+    /// what was half sent.
     pub async fn flush(&mut self) -> io::Result<()> {
+        if self.broken {
+            self.out.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier write to this client failed",
+            ));
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -116,9 +131,9 @@ impl Connection {
             }),
             _ = self.abort.cancelled() => Err(io::Error::other("server shutting down")),
         };
-        written?;
         self.out.clear();
-        Ok(())
+        self.broken = written.is_err();
+        written
     }
 
     /// Received bytes not yet consumed.
@@ -140,7 +155,13 @@ impl Connection {
 
     /// Sends queued replies, then reads at least one more byte (asking for about `want`).
     pub async fn fill(&mut self, want: usize) -> Result<(), ReadError> {
-        self.flush().await?;
+        if let Err(err) = self.flush().await {
+            return Err(if self.abort.is_cancelled() {
+                ReadError::Shutdown
+            } else {
+                ReadError::Io(err)
+            });
+        }
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -219,5 +240,42 @@ impl Connection {
             _ = self.abort.cancelled() => return Err(ReadError::Shutdown),
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::smtp::reply::Reply;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_failed_is_neither_repeated_nor_waited_for_again() {
+        // Room for 64 bytes, and a client that never reads.
+        let (server_end, mut client_end) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(300);
+        let mut conn = Connection::new(Box::new(server_end), idle, CancellationToken::new());
+        let mut expected = Vec::new();
+        for n in 0..10 {
+            let reply = Reply::plain(250, format!("reply number {n}"));
+            reply.write_to(&mut expected);
+            conn.reply(&reply);
+        }
+        let started = tokio::time::Instant::now();
+        assert!(conn.flush().await.is_err(), "the client never read");
+        assert!(started.elapsed() >= idle);
+        let again = tokio::time::Instant::now();
+        conn.reply(&Reply::plain(421, "closing"));
+        assert!(conn.flush().await.is_err());
+        assert!(again.elapsed() < Duration::from_secs(1), "waited again");
+        drop(conn);
+        let mut received = Vec::new();
+        client_end.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received.len(), 64, "only what fitted before the failure");
+        assert!(
+            expected.starts_with(&received),
+            "replies repeated or out of order"
+        );
     }
 }

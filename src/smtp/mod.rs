@@ -213,14 +213,16 @@ impl Acceptor {
             refuse(&stream);
             return;
         };
-        let Some(peer) = self.peers.admit(remote.ip()) else {
+        let Some(peer) = self.peers.admit(remote.ip().to_canonical()) else {
             tracing::warn!(%remote, "connection refused: max_connections_per_ip reached");
             crate::telemetry::connection_rejected("max_connections_per_ip");
             refuse(&stream);
             return;
         };
         let _ = stream.set_nodelay(true);
-        let loopback = stream.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let loopback = stream
+            .local_addr()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
         let ctx = self.ctx.clone();
         let abort = self.abort.clone();
         let implicit_tls = self.implicit_tls;

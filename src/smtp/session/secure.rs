@@ -24,8 +24,8 @@ pub struct Origin {
     /// The listener that accepted the connection, as written in `smtp.listen`/`listen_tls`.
     pub listener: SocketAddr,
     /// The connection came in on a loopback address (decided per connection, so a `0.0.0.0`
-    /// listener reached through 127.0.0.1 counts): only this machine can have sent it, so AUTH
-    /// without TLS is fine.
+    /// listener reached through 127.0.0.1 counts, and so does a dual-stack `[::]` listener, which
+    /// sees `::ffff:127.0.0.1`): only this machine can have sent it, so AUTH without TLS is fine.
     pub loopback: bool,
     /// TLS is on: a `listen_tls` listener, or after STARTTLS.
     pub tls: bool,
@@ -108,7 +108,7 @@ impl Session {
         match self
             .ctx
             .users
-            .verify(self.remote.ip(), &name, password)
+            .verify(self.remote.ip().to_canonical(), &name, password)
             .await
         {
             Some(user) => {
