@@ -27,17 +27,7 @@ async fn connections_over_the_cap_get_421_at_once() {
     // A slot freed is a slot available again.
     assert_eq!(second.cmd("QUIT").await, "221 2.0.0 bye\r\n");
     assert!(second.is_closed().await);
-    let mut again = None;
-    for _ in 0..10_000 {
-        // The session task releases its slot just after the socket closes; retry until it has.
-        let (client, reply) = Client::connect(server.addr).await;
-        if reply.starts_with("220 ") {
-            again = Some(client);
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    let mut again = again.expect("a slot frees up after QUIT");
+    let mut again = greeted_plain_when_free(server.addr, "a slot frees up after QUIT").await;
     assert_eq!(again.cmd("NOOP").await, "250 2.0.0 OK\r\n");
     drop((first, again));
     server.stop().await;
@@ -158,6 +148,20 @@ async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
         .expect("closed by the server within the wait bound")
         .expect("read");
     received
+}
+
+/// A client greeted with 220 once a slot is free: a session task releases its slot just after
+/// its socket closes, so the first attempts may still be refused. Fails with `why` after `WAIT`.
+async fn greeted_plain_when_free(addr: SocketAddr, why: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (client, reply) = Client::connect(addr).await;
+        if reply.starts_with("220 ") {
+            return client;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// A TLS client greeted with 220, once the session that held the slot has let go of it (its task
@@ -285,19 +289,12 @@ async fn a_client_that_never_reads_does_not_hold_a_slot() {
         while deaf.write_all(&commands).await.is_ok() {}
         deaf
     });
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (mut client, reply) = Client::connect(server.addr).await;
-        if reply.starts_with("220 ") {
-            assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot is still held by the client that does not read"
-        );
-        tokio::task::yield_now().await;
-    }
+    let mut client = greeted_plain_when_free(
+        server.addr,
+        "the slot is still held by the client that does not read",
+    )
+    .await;
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
     let flood = tokio::time::timeout(WAIT, flood).await;
     assert!(
         flood.is_ok(),
