@@ -5,8 +5,8 @@
 # apt, a virtualenv with Django under target/), starts the server in file mode on a free loopback
 # port with a temporary mail dir, and sends mail with Python's smtplib, Django's stock SMTP
 # EmailBackend, swaks and curl. Each accepted message must appear as <id>.eml (the exact bytes the
-# client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py (helpers in e2e_support.py) next to this
-# file. A second server with TLS and AUTH is used by swaks, curl, msmtp and Django over STARTTLS
+# client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py next to this
+# file (its helpers in e2e_support.py). A second server with TLS and AUTH is used by swaks, curl, msmtp and Django over STARTTLS
 # and implicit TLS. Then two console-mode servers check that stdout carries only mail and stderr
 # only logs.
 #
