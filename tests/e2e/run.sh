@@ -6,8 +6,8 @@
 # port with a temporary mail dir, and sends mail with Python's smtplib, Django's stock SMTP
 # EmailBackend, swaks and curl. Each accepted message must appear as <id>.eml (the exact bytes the
 # client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py next to this
-# file (its helpers in e2e_support.py). A second server with TLS and AUTH is used by swaks, curl, msmtp and Django over STARTTLS
-# and implicit TLS. Then two console-mode servers check that stdout carries only mail and stderr
+# file (its helpers in e2e_support.py). A second server with TLS and AUTH is used by swaks, curl,
+# msmtp and Django over STARTTLS and implicit TLS. Then two console-mode servers check that stdout carries only mail and stderr
 # only logs.
 #
 # Prints one `ok - ...` / `not ok - ...` line per check and ends with `N passed, M failed`; exits 1
