@@ -7,8 +7,8 @@
 # EmailBackend, swaks and curl. Each accepted message must appear as <id>.eml (the exact bytes the
 # client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py next to this
 # file (its helpers in e2e_support.py). A second server with TLS and AUTH is used by swaks, curl,
-# msmtp and Django over STARTTLS and implicit TLS. Then two console-mode servers check that stdout carries only mail and stderr
-# only logs.
+# msmtp and Django over STARTTLS and implicit TLS. Then two console-mode servers check that stdout
+# carries only mail and stderr only logs.
 #
 # Prints one `ok - ...` / `not ok - ...` line per check and ends with `N passed, M failed`; exits 1
 # if anything failed (the temporary directory is then kept for inspection).
