@@ -40,6 +40,17 @@ fn queue_config(spool: &Path) -> QueueConfig {
 }
 
 impl Queued {
+    /// A fake Google, a temporary directory, and a queue in its `spool` with the test defaults.
+    async fn with_defaults() -> (FakeGoogle, tempfile::TempDir, Queued) {
+        let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+        let queued = Queued::start(
+            &gmail_config(&google, dir.path()),
+            queue_config(&dir.path().join("spool")),
+        )
+        .await;
+        (google, dir, queued)
+    }
+
     async fn start(gmail: &GmailConfig, queue: QueueConfig) -> Queued {
         let no_retries = RetryPolicy {
             attempts: 1,
@@ -146,13 +157,9 @@ fn queued_id(reply: &str) -> String {
 
 #[tokio::test]
 async fn a_250_means_on_disk_then_delivered_with_retries() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let (google, _dir, queued) = Queued::with_defaults().await;
+    // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::google(503, "backendError")]);
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     google.wait_for_uploads(1).await;
     queued.until_files("queue", 0).await;
@@ -172,12 +179,7 @@ async fn a_250_means_on_disk_then_delivered_with_retries() {
 
 #[tokio::test]
 async fn a_401_refreshes_the_token_and_the_queued_message_is_delivered_once() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
+    let (google, _dir, queued) = Queued::with_defaults().await;
     queued_id(&queued.send(&["alice@example.com"]).await);
     google.wait_for_uploads(1).await;
     let tokens = google.token_requests();
@@ -228,12 +230,7 @@ async fn shutdown_lets_the_delivery_in_flight_finish_and_keeps_the_rest_queued()
 
 #[tokio::test]
 async fn policy_is_decided_before_250_and_nothing_is_queued() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
+    let (_google, _dir, queued) = Queued::with_defaults().await;
     // To: alice is in the header, but the envelope names only bob: a header-only recipient.
     let reply = queued.send(&["bob@example.com"]).await;
     assert!(reply.starts_with("550 5.7.1 "), "{reply}");
@@ -243,12 +240,7 @@ async fn policy_is_decided_before_250_and_nothing_is_queued() {
 
 #[tokio::test]
 async fn a_spool_that_cannot_be_written_is_451() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
+    let (_google, _dir, queued) = Queued::with_defaults().await;
     // Root ignores permissions, so break the spool by putting a file where its directory was.
     std::fs::remove_dir_all(queued.spool.join("queue")).unwrap();
     std::fs::write(queued.spool.join("queue"), b"not a directory").unwrap();
@@ -280,13 +272,9 @@ async fn queue_command(spool: &Path, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn permanent_failures_become_dead_letters_that_can_be_retried() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let (google, _dir, queued) = Queued::with_defaults().await;
+    // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_files("dead", 2).await;
     queued.until_files("queue", 0).await;
@@ -384,16 +372,12 @@ fn backoff_doubles_from_retry_min_to_retry_max_with_jitter() {
 
 #[tokio::test]
 async fn the_queue_accepts_while_gmail_is_down() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let (google, _dir, queued) = Queued::with_defaults().await;
+    // Before the first message: the queue sends nothing until then.
     google.fail_sends(std::iter::repeat_n(
         SendFault::google(503, "backendError"),
         1000,
     ));
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
     for _ in 0..3 {
         assert_code(&queued.send(&["alice@example.com"]).await, 250);
     }
@@ -405,12 +389,7 @@ async fn the_queue_accepts_while_gmail_is_down() {
 
 #[tokio::test]
 async fn large_queued_messages_are_streamed_from_the_spool_with_the_bcc_added() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
+    let (google, _dir, queued) = Queued::with_defaults().await;
     let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
     let message = format!(
         "From: app@example.com\r\nTo: alice@example.com\r\n\r\n{}",
@@ -445,16 +424,12 @@ fn only_record(spool: &Path) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_daily_sending_limit_defers_for_hours_not_seconds() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let (google, _dir, queued) = Queued::with_defaults().await;
+    // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::RetryAfter {
         status: 429,
         seconds: 3 * 3600,
     }]);
-    let queued = Queued::start(
-        &gmail_config(&google, dir.path()),
-        queue_config(&dir.path().join("spool")),
-    )
-    .await;
     queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_failed_once(1).await;
     let record = only_record(&queued.spool);
