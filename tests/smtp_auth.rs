@@ -269,7 +269,7 @@ async fn auth_without_tls_only_on_the_listeners_named() {
 }
 
 /// A dual-stack `[::]` listener sees a client of 127.0.0.1 as `::ffff:127.0.0.1`: still loopback,
-/// so AUTH is offered in clear as on any loopback listener.
+/// so AUTH is offered in clear as on any loopback listener, and the client is 127.0.0.1.
 #[tokio::test]
 async fn a_dual_stack_listener_counts_ipv4_loopback_as_loopback() {
     let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
@@ -282,7 +282,8 @@ async fn a_dual_stack_listener_counts_ipv4_loopback_as_loopback() {
         auth_required: Some(true),
         ..config(&[])
     };
-    let server = TestServer::as_configured(config, Arc::new(Recorder::default())).await;
+    let recorder = Arc::new(Recorder::default());
+    let server = TestServer::as_configured(config, recorder.clone()).await;
     let port = server.addrs[0].port();
     let (mut client, greeting) =
         Client::connect(SocketAddr::new([127, 0, 0, 1].into(), port)).await;
@@ -291,6 +292,13 @@ async fn a_dual_stack_listener_counts_ipv4_loopback_as_loopback() {
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     let auth = format!("AUTH PLAIN {}", plain("app", PASSWORD));
     assert_code(&client.cmd(&auth).await, 235);
+    client
+        .start_transaction("a@example.com", &["b@example.com"])
+        .await;
+    assert_code(&client.data(b"hi\r\n.\r\n").await, 250);
+    // The client's address as it is: 127.0.0.1, not ::ffff:127.0.0.1 (per-IP cap, logs).
+    let delivered = recorder.delivered();
+    assert_eq!(delivered[0].0.remote.ip(), IpAddr::from([127, 0, 0, 1]));
     drop(client);
     server.stop().await;
 }

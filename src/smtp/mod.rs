@@ -195,7 +195,12 @@ impl Acceptor {
                 _ = self.ctx.shutdown.cancelled() => return,
             };
             match accepted {
-                Ok((stream, remote)) => self.start_session(stream, remote),
+                // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: canonical from
+                // here on, so the per-IP cap, the AUTH throttle and the logs see one address.
+                Ok((stream, remote)) => {
+                    let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+                    self.start_session(stream, remote)
+                }
                 Err(err) => {
                     // Usually EMFILE: pausing lets sessions finish and free descriptors instead of
                     // spinning on a listener that cannot accept.
@@ -213,7 +218,7 @@ impl Acceptor {
             refuse(&stream);
             return;
         };
-        let Some(peer) = self.peers.admit(remote.ip().to_canonical()) else {
+        let Some(peer) = self.peers.admit(remote.ip()) else {
             tracing::warn!(%remote, "connection refused: max_connections_per_ip reached");
             crate::telemetry::connection_rejected("max_connections_per_ip");
             refuse(&stream);

@@ -108,7 +108,7 @@ impl Session {
         match self
             .ctx
             .users
-            .verify(self.remote.ip().to_canonical(), &name, password)
+            .verify(self.remote.ip(), &name, password)
             .await
         {
             Some(user) => {
