@@ -86,8 +86,6 @@ pub struct Scheduler {
     accounts: HashMap<String, AccountQueue>,
     /// Ids whose delivery is running.
     in_flight: HashSet<String>,
-    /// Ids deleted by an operator while their delivery was running.
-    deleted_in_flight: HashSet<String>,
     incoming: mpsc::UnboundedReceiver<Entry>,
     results: (
         mpsc::UnboundedSender<Finished>,
@@ -113,7 +111,6 @@ impl Scheduler {
             entries: HashMap::new(),
             accounts: HashMap::new(),
             in_flight: HashSet::new(),
-            deleted_in_flight: HashSet::new(),
             incoming,
             results: mpsc::unbounded_channel(),
             deliveries: TaskTracker::new(),
@@ -331,13 +328,10 @@ impl Scheduler {
         let account = self.accounts.entry(entry.account.clone()).or_default();
         account.in_flight = account.in_flight.saturating_sub(1);
         self.in_flight.remove(&entry.id);
-        if self.deleted_in_flight.remove(&entry.id) {
-            tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "attempt ended after the message was deleted");
-            return;
-        }
-        if outcome.is_err() && !self.spool.message_path(Place::Queue, &entry.id).exists() {
-            // Deleted by an operator before the scheduler heard of it: nothing left to send.
-            tracing::info!(id = %entry.id, "the message is gone from the spool; forgotten");
+        if !self.spool.message_path(Place::Queue, &entry.id).exists() {
+            // Deleted by an operator while it was being delivered, or before the scheduler heard
+            // of it: the outcome must not write its record back.
+            tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "the message was deleted meanwhile; forgotten");
             let _ = self.spool.remove(Place::Queue, &entry.id).await;
             return;
         }
@@ -454,7 +448,6 @@ impl Scheduler {
     }
 
     async fn delete(&mut self, id: &str) -> Result<String, String> {
-        let in_flight = self.in_flight.contains(id);
         let scheduled = self.unschedule(id);
         let done = match control::delete(&self.spool, id).await {
             Ok(done) => done,
@@ -464,10 +457,7 @@ impl Scheduler {
                 return Err(err);
             }
         };
-        if in_flight {
-            // The attempt's outcome must not write the record back.
-            self.deleted_in_flight.insert(id.to_string());
-        }
+        // A delivery in flight finds its file gone when it ends (see `finish`).
         Ok(done)
     }
 }

@@ -494,3 +494,22 @@ async fn a_send_rate_above_the_wake_up_rate_is_kept() {
         "300 sends at 500/s took {took:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_deleted_while_in_flight_is_not_written_back() {
+    let mut harness = Harness::start(config());
+    *harness.courier.delay.lock().unwrap() = MINUTE;
+    let id = harness.queue("default", vec![temporary(None)]).await;
+    harness.attempt().await;
+    control::submit(&harness.spool, &Request::Delete { id: id.clone() }).unwrap();
+    gone(&harness.spool, &id).await;
+    // The attempt ends (a failure that would be retried) after the delete.
+    tokio::time::sleep(10 * MINUTE).await;
+    assert!(harness.attempts.try_recv().is_err(), "tried again");
+    let queue = harness.spool.root().join("queue");
+    assert_eq!(
+        std::fs::read_dir(queue).unwrap().count(),
+        0,
+        "record written back"
+    );
+}
