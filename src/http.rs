@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::google::CredentialState;
-use crate::relay::gmail::accounts::Account;
+use crate::relay::gmail::accounts::{Account, Attention};
 
 /// What readiness looks at.
 pub struct Readiness {
@@ -53,9 +53,45 @@ impl Readiness {
                     "fix": error.fix(),
                 }));
             }
+            for (mailbox, problem) in account.attention() {
+                // One impersonated user without Gmail is that user's problem: it is reported
+                // (warnings), but the server stays ready for every other sender.
+                if mailbox.is_none() {
+                    problems.push(attention_json(account, None, &problem));
+                }
+            }
         }
         problems
     }
+
+    /// Problems of single mailboxes: reported, but not a reason to be unready.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        self.accounts
+            .iter()
+            .flat_map(|account| {
+                account
+                    .attention()
+                    .into_iter()
+                    .filter_map(|(mailbox, problem)| {
+                        mailbox.map(|m| attention_json(account, Some(&m), &problem))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn attention_json(
+    account: &Account,
+    mailbox: Option<&str>,
+    problem: &Attention,
+) -> serde_json::Value {
+    json!({
+        "account": account.name,
+        "mailbox": mailbox,
+        "problem": problem.reason,
+        "since": humantime::format_rfc3339_seconds(problem.since).to_string(),
+        "fix": problem.fix,
+    })
 }
 
 /// Serves the endpoints until `shutdown`.
@@ -75,14 +111,20 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: C
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     let problems = readiness.problems();
-    if problems.is_empty() {
-        return (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response();
+    let warnings = readiness.warnings();
+    let mut body = json!({"ready": problems.is_empty()});
+    if !problems.is_empty() {
+        body["problems"] = problems.into();
     }
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"ready": false, "problems": problems})),
-    )
-        .into_response()
+    if !warnings.is_empty() {
+        body["warnings"] = warnings.into();
+    }
+    let status = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics() -> Response {

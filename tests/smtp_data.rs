@@ -267,6 +267,7 @@ async fn temporary_failure_is_451_and_the_session_goes_on() {
         status: Status(4, 4, 1),
         reason: "upstream unavailable".into(),
         retry_after: None,
+        cause: Default::default(),
     };
     failure_leaves_session_usable(error, "451 4.4.1 upstream unavailable\r\n").await;
 }

@@ -97,7 +97,9 @@ pub struct QueueConfig {
     /// The longest wait between attempts.
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
-    /// Most sends per second per account (Gmail's API quota allows 2.5).
+    /// Most sends per second per Gmail mailbox: 1.0 fits the quota of Cloud projects created
+    /// since 1 May 2026 (6,000 units per user per minute, 100 per send); older projects have
+    /// 15,000 (2.5 per second). Lowered on its own after rate-limit answers, regained gradually.
     pub max_send_rate: f64,
 }
 
@@ -108,15 +110,8 @@ impl Default for QueueConfig {
             max_age: Duration::from_secs(5 * 24 * 3600),
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
-            max_send_rate: 2.0,
+            max_send_rate: 1.0,
         }
-    }
-}
-
-impl QueueConfig {
-    /// The spacing between two sends of one account.
-    pub fn send_interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.max_send_rate)
     }
 }
 
@@ -273,6 +268,13 @@ impl Config {
     /// The rules between keys, checked once every value has parsed.
     fn validate(&self) -> Result<(), Broken> {
         self.smtp.validate()?;
+        let rate = self.queue.max_send_rate;
+        if !(rate.is_finite() && rate >= 1.0 / 3600.0) {
+            return Err(Broken::new(
+                "queue.max_send_rate",
+                "must be a number of sends per second of at least 1/3600 (one an hour)",
+            ));
+        }
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))

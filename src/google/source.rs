@@ -282,6 +282,28 @@ impl TokenSource {
         tracing::debug!(account = %self.name, credentials = %self.credentials(), "credentials replaced");
     }
 
+    /// Changes whenever the credentials are replaced or [`recheck`](Self::recheck)ed: the queue
+    /// resumes an account paused for a credentials problem as soon as it changes.
+    pub fn generation(&self) -> u64 {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// The operator says a problem was fixed at Google's end (API enabled, delegation granted)
+    /// without new credentials (SIGHUP): forget the last refusal and let held mail try again.
+    pub fn recheck(&self) {
+        self.current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation += 1;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*state, CredentialState::NeedsAttention { .. }) {
+            *state = CredentialState::Unknown;
+        }
+    }
+
     fn is_generation(&self, generation: u64) -> bool {
         self.current.read().unwrap().generation == generation
     }

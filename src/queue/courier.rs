@@ -5,9 +5,7 @@
 //! seam keeps the retry schedule testable without Gmail: the tests drive the scheduler with a
 //! scripted courier under paused tokio time ([`Clock::Tokio`]).
 
-use std::any::Any;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::relay::{DeliveryError, Gmail, Receipt};
@@ -18,9 +16,9 @@ use super::spool::Entry;
 pub struct Limits {
     /// How many deliveries of this account may run at once.
     pub max_sends: usize,
-    /// The credentials in use, compared by identity: an account paused for a credentials problem
-    /// resumes as soon as this changes (a new token file).
-    pub credentials: Arc<dyn Any + Send + Sync>,
+    /// Changes when the credentials are replaced (a new token file) or an operator asks to look
+    /// again (SIGHUP): an account or mailbox held for a setup problem resumes at once.
+    pub generation: u64,
 }
 
 /// Delivers one queued message.
@@ -51,7 +49,7 @@ impl Courier for Gmail {
     fn limits(&self, name: &str) -> Option<Limits> {
         self.router().account(name).map(|account| Limits {
             max_sends: account.max_sends,
-            credentials: account.tokens.credentials(),
+            generation: account.tokens.generation(),
         })
     }
 

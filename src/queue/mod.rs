@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::message::{Envelope, Message};
+use crate::relay::gmail::accounts::Impersonate;
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use spool::{Entry, Spool};
 
@@ -47,7 +48,12 @@ impl Deliver for Queue {
     ) -> Result<Receipt, DeliveryError> {
         // Policy first: a message Gmail mode would refuse is refused now, while the client listens.
         let account = self.gmail.check(envelope, message).await?;
-        let entry = Entry::new(envelope, message.len(), &account.name);
+        let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
+        let entry = Entry::new(envelope, message.len(), &account.name).with_mailbox(
+            account
+                .subject(sender)
+                .filter(|_| account.impersonate == Impersonate::Sender),
+        );
         if let Err(err) = self.spool.put(&entry, message).await {
             tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot queue the message");
             return Err(DeliveryError::local(

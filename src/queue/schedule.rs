@@ -1,4 +1,5 @@
-//! When queued messages are delivered: the retry schedule, per-account limits and pauses.
+//! When queued messages are delivered: the retry schedule, Gmail's per-mailbox limits, and the
+//! pauses that hold mail while a person fixes something.
 //!
 //! One scheduler task owns the in-memory index of the queue and is the only writer of queue
 //! records while the server runs (the `queue` commands send it requests, see `control`). Each
@@ -7,17 +8,23 @@
 //! - delivered: the record is removed (durably, before anything else);
 //! - temporary failure: retried after `retry_min` doubling to `retry_max`, with ±20 % jitter so
 //!   messages that failed together do not retry together — or at Google's `Retry after` time; a
-//!   rate limit that far away (the mailbox's daily sending limit) defers the whole account;
-//! - credentials problem: the account pauses until its credentials change (a new token file), with
-//!   one log line, and is probed again every `retry_max` in case the fix was made at Google's end;
+//!   rate limit that far away (the mailbox's daily sending limit) defers the whole mailbox, and
+//!   any rate-limit answer halves the mailbox's send rate, regained gradually ([`Pace`]);
+//! - credentials or setup problem: the account (a bad key, a revoked token, the API disabled) or
+//!   the one mailbox (no Gmail for that user) is held, with one log line, and the message's own
+//!   backoff does not grow: when the credentials change (a new token file, SIGHUP, `queue
+//!   retry`) everything held goes out at once. Every `retry_max` one mailbox probes whether the
+//!   fix was made at Google's end;
+//! - "Precondition check failed.": retried with backoff; after [`PRECONDITION_HOLD`] in a row
+//!   the mailbox is held as a setup problem;
 //! - permanent failure, or older than `max_age`: a dead letter, kept with the reason.
 //!
-//! The index is kept per account, so that choosing what to send next costs the number of
-//! accounts, not the number of queued messages: a backlog of a hundred thousand messages held
-//! back by a rate limit or an outage must not make every new message walk all of them.
+//! Limits and holds are per mailbox ([`mailboxes`]): one user at the daily limit does not defer
+//! the others, and 500 impersonated users do not share one user's rate.
 
-use std::any::Any;
-use std::collections::{BTreeSet, HashMap, HashSet};
+mod mailboxes;
+
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +39,9 @@ use super::control::{self, Request};
 use super::courier::{Clock, Courier};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
-use crate::relay::{DeliveryError, Receipt, Status};
+use crate::relay::{Cause, DeliveryError, Receipt, Scope, Status};
+use mailboxes::Index;
+pub use mailboxes::{MailboxKey, Pace};
 
 #[cfg(test)]
 mod tests;
@@ -41,8 +50,11 @@ mod tests;
 /// allows within it start in the same wake-up.
 const WAKE_FLOOR: Duration = Duration::from_millis(20);
 
-/// A rate limit further away than this is the daily sending limit: defer the whole account.
-const ACCOUNT_DEFERRAL: Duration = Duration::from_secs(10 * 60);
+/// A rate limit further away than this is the daily sending limit: defer the whole mailbox.
+const MAILBOX_DEFERRAL: Duration = Duration::from_secs(10 * 60);
+
+/// "Precondition check failed." this many times in a row holds the mailbox as a setup problem.
+pub const PRECONDITION_HOLD: u32 = 5;
 
 /// The wait before attempt `n + 1` after `n` failed attempts.
 pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
@@ -57,22 +69,19 @@ pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
 /// A delivery task's report: the entry and how its attempt went.
 type Finished = (Entry, Result<Receipt, DeliveryError>);
 
-/// One account's share of the queue.
+/// What the scheduler remembers of one account (as opposed to its mailboxes).
 #[derive(Default)]
-struct AccountQueue {
-    /// (next attempt, id) of its waiting entries, not in flight.
-    due: BTreeSet<(SystemTime, String)>,
-    in_flight: usize,
-    /// No sends before this time (rate limit spacing, or a deferral).
-    not_before: Option<SystemTime>,
-    /// Paused for a credentials problem: the credentials in use when it happened.
-    paused_with: Option<Arc<dyn Any + Send + Sync>>,
-}
-
-impl AccountQueue {
-    fn held_back(&self, now: SystemTime) -> bool {
-        self.not_before.is_some_and(|t| t > now)
-    }
+struct AccountState {
+    /// The credentials' generation last seen: a change resumes everything held.
+    generation: Option<u64>,
+    /// Paused for an account-wide credentials problem, until this time's probe.
+    paused_until: Option<SystemTime>,
+    /// The one mailbox allowed to send while paused, to find out whether the fix was made.
+    probe: Option<MailboxKey>,
+    /// Mailboxes with mail due, waiting for the pause to end.
+    parked: HashSet<MailboxKey>,
+    /// Mailboxes held for a problem of their own.
+    held: HashSet<MailboxKey>,
 }
 
 /// Owns the queue while the server runs.
@@ -83,7 +92,9 @@ pub struct Scheduler {
     clock: Clock,
     /// Every waiting entry not in flight, by id.
     entries: HashMap<String, Entry>,
-    accounts: HashMap<String, AccountQueue>,
+    /// The waiting entries by mailbox, and the mailboxes by when they may send.
+    index: Index,
+    accounts: HashMap<String, AccountState>,
     /// Ids whose delivery is running.
     in_flight: HashSet<String>,
     incoming: mpsc::UnboundedReceiver<Entry>,
@@ -106,9 +117,10 @@ impl Scheduler {
         let mut scheduler = Scheduler {
             spool,
             courier,
-            config,
+            config: config.clone(),
             clock: Clock::System,
             entries: HashMap::new(),
+            index: Index::new(config.max_send_rate),
             accounts: HashMap::new(),
             in_flight: HashSet::new(),
             incoming,
@@ -170,7 +182,7 @@ impl Scheduler {
     }
 
     /// Queue depth and oldest age per account, and the dead letters, for `/metrics`.
-    fn report(&self) {
+    fn report(&mut self) {
         let now = self.clock.now();
         let mut per_account: HashMap<&str, (usize, SystemTime)> = HashMap::new();
         for entry in self.entries.values() {
@@ -192,6 +204,7 @@ impl Scheduler {
             );
         }
         crate::telemetry::dead_letters(self.spool.count(Place::Dead));
+        self.index.sweep(now);
     }
 
     fn load(&mut self) {
@@ -215,78 +228,144 @@ impl Scheduler {
         if self.entries.contains_key(&entry.id) || self.in_flight.contains(&entry.id) {
             return;
         }
-        let account = self.accounts.entry(entry.account.clone()).or_default();
-        account.due.insert((entry.next_attempt, entry.id.clone()));
+        let key = MailboxKey::of(&entry);
+        self.index
+            .mailbox(&key)
+            .due
+            .insert((entry.next_attempt, entry.id.clone()));
         self.entries.insert(entry.id.clone(), entry);
+        self.requeue(&key);
     }
 
     fn unschedule(&mut self, id: &str) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
-        if let Some(account) = self.accounts.get_mut(&entry.account) {
-            account.due.remove(&(entry.next_attempt, entry.id.clone()));
+        let key = MailboxKey::of(&entry);
+        if let Some(mailbox) = self.index.get_mut(&key) {
+            mailbox.due.remove(&(entry.next_attempt, entry.id.clone()));
         }
+        self.requeue(&key);
         Some(entry)
+    }
+
+    /// Most deliveries at once for a mailbox of `account`; unlimited once it is no longer
+    /// configured (its messages are then routed again at delivery).
+    fn max_sends(&self, account: &str) -> usize {
+        self.courier
+            .limits(account)
+            .map_or(usize::MAX, |limits| limits.max_sends)
+    }
+
+    fn requeue(&mut self, key: &MailboxKey) {
+        let max_sends = self.max_sends(&key.account);
+        self.index.requeue(key, max_sends, self.clock.now());
     }
 
     /// How long until something may become due (bounded, so pauses are re-checked).
     fn next_wake(&self) -> Duration {
         let now = self.clock.now();
-        let earliest = self
-            .accounts
-            .iter()
-            .filter_map(|(name, account)| {
-                let (first, _) = account.due.first()?;
-                let limits = self.courier.limits(name);
-                if limits.is_some_and(|l| account.in_flight >= l.max_sends) {
-                    return None; // a finishing delivery wakes the loop
-                }
-                Some(account.not_before.map_or(*first, |t| t.max(*first)))
-            })
-            .min();
-        let until = earliest
-            .and_then(|at| at.duration_since(now).ok())
-            .unwrap_or_default();
+        // Nothing ready: only the control tick, a pause's probe or new mail can change that.
+        let until = self.index.next_ready().map_or(control::POLL, |at| {
+            at.duration_since(now).unwrap_or_default()
+        });
         until.clamp(WAKE_FLOOR, control::POLL)
     }
 
-    /// Starts every due delivery its account has room for.
-    fn dispatch(&mut self) {
+    /// Resumes what new credentials may fix, and lets one mailbox of a paused account probe.
+    fn check_accounts(&mut self) {
         let now = self.clock.now();
-        let interval = self.config.send_interval();
-        let mut starting = Vec::new();
+        let mut resume = Vec::new();
         for (name, account) in &mut self.accounts {
-            if account.due.first().is_none_or(|(at, _)| *at > now) {
+            let limits = self.courier.limits(name);
+            let generation = limits.as_ref().map(|limits| limits.generation);
+            let changed = account.generation.is_some() && account.generation != generation;
+            account.generation = generation;
+            if changed || generation.is_none() {
+                if account.paused_until.is_some() || !account.held.is_empty() {
+                    tracing::info!(account = %name, "credentials changed: held mail goes out now");
+                }
+                resume.push(name.clone());
+            } else if account.paused_until.is_some_and(|t| t <= now) && account.probe.is_none() {
+                account.paused_until = Some(now + self.config.retry_max);
+                if let Some(key) = account.parked.iter().next().cloned() {
+                    tracing::info!(account = %name, mailbox = %key, "paused account: probing with one message");
+                    account.parked.remove(&key);
+                    let max_sends = limits.as_ref().map_or(usize::MAX, |l| l.max_sends);
+                    self.index.requeue(&key, max_sends, now);
+                    account.probe = Some(key);
+                }
+            }
+        }
+        for name in resume {
+            self.resume(&name);
+        }
+    }
+
+    /// Lifts an account's pause and its mailboxes' holds: everything held is due at once.
+    fn resume(&mut self, name: &str) {
+        let Some(account) = self.accounts.get_mut(name) else {
+            return;
+        };
+        account.paused_until = None;
+        account.probe = None;
+        let keys: Vec<MailboxKey> = account.parked.drain().chain(account.held.drain()).collect();
+        for key in keys {
+            if let Some(mailbox) = self.index.get_mut(&key) {
+                mailbox.held_until = None;
+                mailbox.preconditions = 0;
+            }
+            self.requeue(&key);
+        }
+    }
+
+    /// Starts every due delivery its mailbox has room for.
+    fn dispatch(&mut self) {
+        self.check_accounts();
+        let now = self.clock.now();
+        let mut starting = Vec::new();
+        while let Some(key) = self.index.pop_ready(now) {
+            let limits = self.courier.limits(&key.account);
+            // The generation is noted before the account's first delivery starts, so new
+            // credentials arriving while it fails are told apart from those it failed with.
+            let account =
+                self.accounts
+                    .entry(key.account.clone())
+                    .or_insert_with(|| AccountState {
+                        generation: limits.as_ref().map(|l| l.generation),
+                        ..AccountState::default()
+                    });
+            if account.paused_until.is_some() && account.probe.as_ref() != Some(&key) {
+                account.parked.insert(key);
                 continue;
             }
-            let limits = self.courier.limits(name);
-            if let (Some(paused_with), Some(limits)) = (&account.paused_with, &limits) {
-                if Arc::ptr_eq(paused_with, &limits.credentials) && account.held_back(now) {
-                    continue;
-                }
-                tracing::info!(account = %name, "account resumed: credentials changed or probing again");
-                account.paused_with = None;
-                account.not_before = None;
+            let max_sends = limits.as_ref().map_or(usize::MAX, |l| l.max_sends);
+            // A probe is one message: a still-broken account costs one failure an hour.
+            let max_sends = if account.probe.is_some() {
+                1
+            } else {
+                max_sends
+            };
+            let mailbox = self.index.mailbox(&key);
+            if mailbox.held_until.take().is_some() {
+                account.held.remove(&key);
+                tracing::info!(mailbox = %key, "held mailbox: probing again");
             }
-            while account.due.first().is_some_and(|(at, _)| *at <= now) {
+            mailbox.deferred_until = mailbox.deferred_until.filter(|t| *t > now);
+            while mailbox.in_flight < max_sends
+                && mailbox.due.first().is_some_and(|(at, _)| *at <= now)
+            {
                 // An account no longer configured has no limits: its messages are routed again.
-                if let Some(limits) = &limits {
-                    // Rate spacing counts from the previous slot, not from this wake-up, so a
-                    // rate above one per WAKE_FLOOR is kept; unused slots older than that lapse.
-                    let recent = now.checked_sub(WAKE_FLOOR).unwrap_or(now);
-                    let slot = account.not_before.map_or(now, |t| t.max(recent));
-                    if account.in_flight >= limits.max_sends || slot > now {
-                        break;
-                    }
-                    account.not_before = Some(slot + interval);
+                if limits.is_some() && !mailbox.pace.take(now) {
+                    break;
                 }
-                let Some((_, id)) = account.due.pop_first() else {
+                let Some((_, id)) = mailbox.due.pop_first() else {
                     break;
                 };
                 if self.entries.contains_key(&id) {
-                    account.in_flight += 1;
+                    mailbox.in_flight += 1;
                     starting.push(id);
                 }
             }
+            self.index.requeue(&key, max_sends, now);
         }
         for id in starting {
             self.start(id);
@@ -323,11 +402,24 @@ impl Scheduler {
     }
 
     /// Records one delivery's outcome.
-    async fn finish(&mut self, mut entry: Entry, outcome: Result<Receipt, DeliveryError>) {
+    async fn finish(&mut self, entry: Entry, outcome: Result<Receipt, DeliveryError>) {
         let now = self.clock.now();
-        let account = self.accounts.entry(entry.account.clone()).or_default();
-        account.in_flight = account.in_flight.saturating_sub(1);
+        let key = MailboxKey::of(&entry);
+        let mailbox = self.index.mailbox(&key);
+        mailbox.in_flight = mailbox.in_flight.saturating_sub(1);
         self.in_flight.remove(&entry.id);
+        self.record(key.clone(), entry, outcome, now).await;
+        self.requeue(&key);
+    }
+
+    /// Writes down the outcome of an attempt that ended `now`: removed, dead, or deferred.
+    async fn record(
+        &mut self,
+        key: MailboxKey,
+        mut entry: Entry,
+        outcome: Result<Receipt, DeliveryError>,
+        now: SystemTime,
+    ) {
         if !self.spool.message_path(Place::Queue, &entry.id).exists() {
             // Deleted by an operator while it was being delivered, or before the scheduler heard
             // of it: the outcome must not write its record back.
@@ -337,6 +429,7 @@ impl Scheduler {
         }
         let error = match outcome {
             Ok(receipt) => {
+                self.went_through(&key);
                 if let Err(err) = self.spool.remove(Place::Queue, &entry.id).await {
                     tracing::error!(id = %entry.id, %err, "delivered, but the record could not be removed: it may be sent again");
                 }
@@ -349,6 +442,10 @@ impl Scheduler {
         let too_old =
             now.duration_since(entry.received_at).unwrap_or_default() > self.config.max_age;
         if error.is_permanent() || too_old {
+            if !too_old {
+                // A message's own fault says nothing against the mailbox or the credentials.
+                self.went_through(&key);
+            }
             let reason = if too_old {
                 format!("too old after {} attempts: {error}", entry.attempts)
             } else {
@@ -364,35 +461,103 @@ impl Scheduler {
             }
             return;
         }
-        let mut wait = backoff(&self.config, entry.attempts);
-        match &error {
-            DeliveryError::Temporary {
-                retry_after: Some(after),
-                ..
-            } => {
-                wait = *after;
-                if *after >= ACCOUNT_DEFERRAL {
-                    tracing::warn!(account = %entry.account, ?after, "sending limit reached: account deferred");
-                    account.not_before = Some(now + *after);
-                }
-            }
-            DeliveryError::Credentials { .. } => {
-                if let Some(limits) = self.courier.limits(&entry.account) {
-                    if account.paused_with.is_none() {
-                        tracing::warn!(account = %entry.account, %error, "account paused until its credentials change");
-                    }
-                    account.paused_with = Some(limits.credentials);
-                    account.not_before = Some(now + self.config.retry_max);
-                }
-            }
-            _ => {}
-        }
+        let wait = self.defer(&key, &mut entry, &error, now);
         entry.next_attempt = now + wait;
         tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, %error, "deferred");
         if let Err(err) = self.spool.update(Place::Queue, &entry).await {
             tracing::error!(id = %entry.id, %err, "cannot update the queue record");
         }
         self.schedule(entry);
+    }
+
+    /// A delivery reached Gmail and was not turned away for the mailbox's or the account's
+    /// sake: the pace recovers a step, and a probing account is resumed.
+    fn went_through(&mut self, key: &MailboxKey) {
+        if let Some(mailbox) = self.index.get_mut(key) {
+            mailbox.pace.sent();
+            mailbox.preconditions = 0;
+        }
+        if let Some(account) = self.accounts.get(&key.account)
+            && account.probe.as_ref() == Some(key)
+        {
+            tracing::info!(account = %key.account, "probe went through: account resumed");
+            self.resume(&key.account);
+        }
+    }
+
+    /// What a temporary failure or a held account means for the mailbox and the account, and
+    /// how long the message waits (a held message waits for its hold, not for a backoff).
+    fn defer(
+        &mut self,
+        key: &MailboxKey,
+        entry: &mut Entry,
+        error: &DeliveryError,
+        now: SystemTime,
+    ) -> Duration {
+        let retry_max = self.config.retry_max;
+        let configured = self.courier.limits(&key.account).is_some();
+        let account = self.accounts.entry(key.account.clone()).or_default();
+        let mailbox = self.index.mailbox(key);
+        match error {
+            DeliveryError::Credentials {
+                scope: Scope::Account,
+                ..
+            } if configured => {
+                if account.paused_until.is_none() || account.probe.is_some() {
+                    tracing::warn!(account = %key.account, %error, "account paused until its credentials change");
+                }
+                account.paused_until = Some(now + retry_max);
+                account.probe = None;
+                return Duration::ZERO;
+            }
+            DeliveryError::Credentials { .. } if configured => {
+                if mailbox.held_until.is_none() {
+                    tracing::warn!(mailbox = %key, %error, "mailbox held until it is fixed");
+                }
+                mailbox.held_until = Some(now + retry_max);
+                account.held.insert(key.clone());
+                return Duration::ZERO;
+            }
+            DeliveryError::Temporary {
+                cause: Cause::Precondition,
+                ..
+            } => {
+                mailbox.preconditions += 1;
+                if mailbox.preconditions >= PRECONDITION_HOLD && configured {
+                    tracing::warn!(
+                        mailbox = %key, %error, times = mailbox.preconditions,
+                        "mailbox held: Gmail keeps answering \"Precondition check failed.\"; \
+                         for a service account check its domain-wide delegation, for a new user \
+                         wait until the mailbox exists; `queue retry` or SIGHUP to try again now"
+                    );
+                    mailbox.held_until = Some(now + retry_max);
+                    account.held.insert(key.clone());
+                    return Duration::ZERO;
+                }
+            }
+            DeliveryError::Temporary {
+                cause: Cause::RateLimit,
+                ..
+            } => {
+                mailbox.pace.throttled(now);
+                tracing::info!(mailbox = %key, rate = mailbox.pace.rate(), "rate limited: sending slower");
+            }
+            _ => {}
+        }
+        entry.failures += 1;
+        match error {
+            DeliveryError::Temporary {
+                retry_after: Some(after),
+                ..
+            } => {
+                if *after >= MAILBOX_DEFERRAL {
+                    tracing::warn!(mailbox = %key, ?after, "sending limit reached: mailbox deferred");
+                    mailbox.deferred_until = Some(now + *after);
+                }
+                *after
+            }
+            _ => backoff(&self.config, entry.failures),
+        }
     }
 
     /// Carries out the `queue` commands' requests.
@@ -436,12 +601,22 @@ impl Scheduler {
             }
             None => control::retry(&self.spool, id, now).await?,
         };
-        if let Some(account) = self.accounts.get_mut(&entry.account)
-            && (account.not_before.is_some() || account.paused_with.is_some())
-        {
-            tracing::info!(account = %entry.account, "operator retry: account deferral lifted");
-            account.not_before = None;
-            account.paused_with = None;
+        let key = MailboxKey::of(&entry);
+        let held = self.index.get_mut(&key).is_some_and(|mailbox| {
+            let held = mailbox.held_until.is_some() || mailbox.deferred_until.is_some();
+            mailbox.held_until = None;
+            mailbox.deferred_until = None;
+            held
+        });
+        let paused = self
+            .accounts
+            .get(&entry.account)
+            .is_some_and(|account| account.paused_until.is_some());
+        if held || paused {
+            tracing::info!(mailbox = %key, "operator retry: deferral and holds lifted");
+        }
+        if paused {
+            self.resume(&entry.account);
         }
         self.schedule(entry);
         Ok(done)

@@ -77,8 +77,17 @@ pub struct Entry {
     pub size: u64,
     /// The Gmail account chosen at accept time.
     pub account: String,
+    /// The user the account sends as when that is each message's sender (a service account
+    /// impersonating the sender), lowercased; `None` when the account is one mailbox. Gmail's
+    /// limits (rate, concurrency, daily sending limit) belong to that mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Failed attempts that count towards the backoff: not those that met a paused account,
+    /// so mail held for a credentials problem goes out at once when it is fixed.
+    #[serde(default)]
+    pub failures: u32,
     /// When the next attempt is due.
     #[serde(with = "humantime_serde")]
     pub next_attempt: SystemTime,
@@ -106,12 +115,20 @@ impl Entry {
             received_at: envelope.received_at,
             size,
             account: account.to_string(),
+            mailbox: None,
             attempts: 0,
+            failures: 0,
             next_attempt: envelope.received_at,
             last_error: None,
             dead_reason: None,
             history: Vec::new(),
         }
+    }
+
+    /// The same entry for the mailbox of `user` (see [`Entry::mailbox`]).
+    pub fn with_mailbox(mut self, user: Option<&str>) -> Entry {
+        self.mailbox = user.map(str::to_ascii_lowercase);
+        self
     }
 
     /// The envelope again, for delivery.

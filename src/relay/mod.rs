@@ -86,6 +86,8 @@ pub enum DeliveryError {
         reason: String,
         /// When the target said it would be worth trying again, if it did.
         retry_after: Option<Duration>,
+        /// What kind of trouble, for the queue's pacing and holds.
+        cause: Cause,
     },
     /// Never retry: the message itself or the policy rules it out.
     #[error("{reason}")]
@@ -106,7 +108,32 @@ pub enum DeliveryError {
         reason: String,
         /// What to do about it, e.g. the `smtp2gmail authorize` command line.
         fix: String,
+        /// Whether the whole account is affected or only the one mailbox the message was for.
+        scope: Scope,
     },
+}
+
+/// Why a temporary failure happened: the queue paces, backs off or holds differently for each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cause {
+    /// Our disk, the network, or Google being down: back off and try again.
+    #[default]
+    Outage,
+    /// Google's per-user rate or quota limits: back off and send slower.
+    RateLimit,
+    /// Gmail's "Precondition check failed.": usually transient, but when it keeps coming back it
+    /// is a setup problem (a service account without delegation, a mailbox being provisioned).
+    Precondition,
+}
+
+/// How much of an account a credentials or setup problem affects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The key, the refresh token or the Cloud project: nothing of the account can be sent.
+    Account,
+    /// One impersonated user's mailbox (no Gmail for that user): the account's other senders
+    /// are not affected.
+    Mailbox,
 }
 
 impl DeliveryError {
@@ -116,6 +143,7 @@ impl DeliveryError {
             status: Status::SYSTEM_TEMPORARY,
             reason: reason.into(),
             retry_after: None,
+            cause: Cause::Outage,
         }
     }
 

@@ -58,6 +58,45 @@ impl SendFault {
             message: format!("fake {reason}"),
         }
     }
+
+    /// A Workspace user without Gmail (or with the service turned off), as Google says it.
+    pub fn mail_service_not_enabled() -> SendFault {
+        SendFault::Google {
+            status: 400,
+            reason: "failedPrecondition",
+            message: "Mail service not enabled".into(),
+        }
+    }
+
+    /// The transient "Precondition check failed." that client-library users see on 1-2 % of calls.
+    pub fn precondition_check_failed() -> SendFault {
+        SendFault::Google {
+            status: 400,
+            reason: "failedPrecondition",
+            message: "Precondition check failed.".into(),
+        }
+    }
+
+    /// The mailbox's sending limit, with the time in the message as Google writes it (which can be
+    /// in the past when the clocks disagree).
+    pub fn retry_after_in_message(at: std::time::SystemTime) -> SendFault {
+        let stamp = time::OffsetDateTime::from(at)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        SendFault::Google {
+            status: 429,
+            reason: "rateLimitExceeded",
+            message: format!("User-rate limit exceeded.  Retry after {stamp} (Mail sending)"),
+        }
+    }
+}
+
+/// Google's per-user quota of the project: `sends` per `window` per mailbox (6,000 units a minute =
+/// 60 sends for projects created since May 2026).
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub sends: usize,
+    pub window: Duration,
 }
 
 /// The endpoint's configuration and records.
@@ -72,6 +111,13 @@ pub struct GmailEndpoint {
     most_in_flight: Arc<AtomicUsize>,
     /// The number of uploads, for tests that wait for deliveries.
     count: Option<tokio::sync::watch::Sender<usize>>,
+    /// Faults for every upload whose From header is this address, until cleared.
+    faults_from: HashMap<String, SendFault>,
+    /// The per-user quota, and when each mailbox (access token) sent within its window.
+    quota: Option<Quota>,
+    recent: HashMap<String, VecDeque<std::time::Instant>>,
+    /// Uploads refused for the quota.
+    over_quota: usize,
 }
 
 impl FakeGoogle {
@@ -110,6 +156,33 @@ impl FakeGoogle {
         self.state().gmail.faults.extend(faults);
     }
 
+    /// Every upload from `address` (its From header) gets `fault` until [`clear_faults_from`].
+    pub fn fail_sends_from(&self, address: &str, fault: SendFault) {
+        let mut state = self.state();
+        state
+            .gmail
+            .faults_from
+            .insert(address.to_lowercase(), fault);
+    }
+
+    /// Uploads from `address` are accepted again.
+    pub fn clear_faults_from(&self, address: &str) {
+        self.state()
+            .gmail
+            .faults_from
+            .remove(&address.to_lowercase());
+    }
+
+    /// Enforces Google's per-user quota: over it, 429 `rateLimitExceeded`.
+    pub fn set_quota(&self, quota: Quota) {
+        self.state().gmail.quota = Some(quota);
+    }
+
+    /// Uploads refused for the per-user quota.
+    pub fn over_quota(&self) -> usize {
+        self.state().gmail.over_quota
+    }
+
     /// Every send is answered only after `latency` (Gmail takes 100-300 ms).
     pub fn set_send_latency(&self, latency: Duration) {
         self.state().gmail.latency = latency;
@@ -132,8 +205,24 @@ impl FakeGoogle {
 }
 
 fn google_error(status: u16, reason: &str, message: &str) -> Response {
-    let body = json!({"error": {"code": status, "message": message, "status": "FAKE",
-        "errors": [{"domain": "global", "reason": reason, "message": message}]}});
+    // The canonical status Google puts beside the code.
+    let canonical = match (status, reason) {
+        (400, "failedPrecondition") => "FAILED_PRECONDITION",
+        (400, _) => "INVALID_ARGUMENT",
+        (401, _) => "UNAUTHENTICATED",
+        (403, _) => "PERMISSION_DENIED",
+        (404, _) => "NOT_FOUND",
+        (429, _) => "RESOURCE_EXHAUSTED",
+        (503, _) => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    let domain = if reason == "rateLimitExceeded" {
+        "usageLimits"
+    } else {
+        "global"
+    };
+    let body = json!({"error": {"code": status, "message": message, "status": canonical,
+        "errors": [{"domain": domain, "reason": reason, "message": message}]}});
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
 }
 
@@ -215,6 +304,26 @@ pub async fn send(
         return google_error(401, "authError", "Invalid Credentials");
     }
     let (recipients, from) = header_addresses(&body);
+    let from_fault = from
+        .as_ref()
+        .and_then(|from| state.gmail.faults_from.get(from).cloned());
+    if let Some(SendFault::Google {
+        status,
+        reason,
+        message,
+    }) = from_fault
+    {
+        return google_error(status, reason, &message);
+    }
+    if over_quota(&mut state.gmail, &token) {
+        state.gmail.over_quota += 1;
+        return google_error(
+            429,
+            "rateLimitExceeded",
+            "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute per user' \
+             of service 'gmail.googleapis.com' for consumer 'project_number:0'.",
+        );
+    }
     if recipients.is_empty() {
         return google_error(400, "invalidArgument", "Invalid To header");
     }
@@ -232,6 +341,23 @@ pub async fn send(
         sender.send_replace(count);
     }
     axum::Json(json!({"id": id, "threadId": id, "labelIds": ["SENT"]})).into_response()
+}
+
+/// Counts a send against the quota of the mailbox `token` stands for; true when over it.
+fn over_quota(gmail: &mut GmailEndpoint, token: &str) -> bool {
+    let Some(quota) = gmail.quota else {
+        return false;
+    };
+    let now = std::time::Instant::now();
+    let recent = gmail.recent.entry(token.to_string()).or_default();
+    while recent.front().is_some_and(|t| now - *t > quota.window) {
+        recent.pop_front();
+    }
+    if recent.len() >= quota.sends {
+        return true;
+    }
+    recent.push_back(now);
+    false
 }
 
 /// `[gmail]` for the fake: a quickstart token.json written into `dir`.

@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod holds;
+
 use super::Scheduler;
 use crate::config::QueueConfig;
 use crate::message::Message;
@@ -17,7 +19,7 @@ use crate::queue::control::{self, Request};
 use crate::queue::courier::{Clock, Courier, Limits};
 use crate::queue::spool::{Entry, Place, Spool};
 use crate::queue::test_envelope;
-use crate::relay::{DeliveryError, Receipt, Status};
+use crate::relay::{Cause, DeliveryError, Receipt, Scope, Status};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -30,7 +32,9 @@ struct Scripted {
     panics: Mutex<Vec<String>>,
     /// How long each attempt takes.
     delay: Mutex<Duration>,
-    credentials: Mutex<Arc<dyn std::any::Any + Send + Sync>>,
+    generation: Mutex<u64>,
+    /// While true every attempt meets a refused token (`credentials()`).
+    revoked: Mutex<bool>,
     attempts: mpsc::UnboundedSender<(String, Instant)>,
 }
 
@@ -44,6 +48,9 @@ impl Courier for Scripted {
         let _ = self.attempts.send((entry.id.clone(), Instant::now()));
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
+        if *self.revoked.lock().unwrap() {
+            return Err(credentials());
+        }
         if self.panics.lock().unwrap().contains(&entry.id) {
             panic!("a bug while delivering {}", entry.id);
         }
@@ -65,7 +72,7 @@ impl Courier for Scripted {
     fn limits(&self, _name: &str) -> Option<Limits> {
         Some(Limits {
             max_sends: 5,
-            credentials: self.credentials.lock().unwrap().clone(),
+            generation: *self.generation.lock().unwrap(),
         })
     }
 
@@ -94,7 +101,8 @@ impl Harness {
             script: Mutex::new(HashMap::new()),
             panics: Mutex::new(Vec::new()),
             delay: Mutex::new(Duration::ZERO),
-            credentials: Mutex::new(Arc::new(1)),
+            generation: Mutex::new(1),
+            revoked: Mutex::new(false),
             attempts: report,
         });
         let (incoming, receiver) = mpsc::unbounded_channel();
@@ -122,11 +130,29 @@ impl Harness {
         id
     }
 
+    /// Queues a message for the mailbox of `user` under `account` (a service account sending as
+    /// its senders).
+    async fn queue_as(&self, account: &str, user: &str, failures: Vec<DeliveryError>) -> String {
+        let entry = self.store_as(account, Some(user), failures).await;
+        let id = entry.id.clone();
+        self.incoming.send(entry).unwrap();
+        id
+    }
+
     /// Stores a message without announcing it, as the acceptor does just before it announces.
     async fn store(&self, account: &str, failures: Vec<DeliveryError>) -> Entry {
+        self.store_as(account, None, failures).await
+    }
+
+    async fn store_as(
+        &self,
+        account: &str,
+        user: Option<&str>,
+        failures: Vec<DeliveryError>,
+    ) -> Entry {
         let envelope = test_envelope(self.clock.now());
         let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
-        let entry = Entry::new(&envelope, message.len(), account);
+        let entry = Entry::new(&envelope, message.len(), account).with_mailbox(user);
         self.spool.put(&entry, &message).await.unwrap();
         self.courier
             .script
@@ -188,6 +214,7 @@ fn temporary(retry_after: Option<Duration>) -> DeliveryError {
         status: Status::SYSTEM_TEMPORARY,
         reason: "Gmail answered 503".into(),
         retry_after,
+        cause: Cause::Outage,
     }
 }
 
@@ -196,6 +223,7 @@ fn credentials() -> DeliveryError {
         account: "default".into(),
         reason: "invalid_grant".into(),
         fix: "run smtp2gmail authorize".into(),
+        scope: Scope::Account,
     }
 }
 
@@ -258,13 +286,13 @@ async fn retry_after_from_google_is_honoured_exactly() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn daily_limit_defers_the_whole_account_for_hours() {
+async fn daily_limit_defers_the_mailbox_for_hours() {
     let mut harness = Harness::start(config());
     let limit = 6 * HOUR;
     let first = harness.queue("default", vec![temporary(Some(limit))]).await;
     let (_, limited_at) = harness.attempt().await;
     harness.settled(&first, Place::Queue).await;
-    // Another message of the same account waits out the deferral; another account does not.
+    // Another message of the same mailbox waits out the deferral; another account does not.
     let held = harness.queue("default", vec![]).await;
     let free = harness.queue("other", vec![]).await;
     let (id, at) = harness.attempt().await;
@@ -322,7 +350,7 @@ async fn credentials_problem_pauses_the_account_until_they_change() {
     tokio::time::sleep(20 * MINUTE).await;
     assert!(harness.attempts.try_recv().is_err(), "retried while paused");
     let changed_at = Instant::now();
-    *harness.courier.credentials.lock().unwrap() = Arc::new(2);
+    *harness.courier.generation.lock().unwrap() = 2;
     let (_, resumed_at) = harness.attempt().await;
     assert!(resumed_at - failed_at >= 20 * MINUTE);
     assert!(

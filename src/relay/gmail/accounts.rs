@@ -5,16 +5,18 @@
 //! by every session (and later the queue) so that Gmail's per-user limit of about ten parallel
 //! requests is never reached.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use tokio::sync::Semaphore;
+use super::slots::SendSlots;
 
 use crate::config::gmail::sender_matches;
 use crate::config::{AccountConfig, GmailConfig};
 use crate::google::{self, CredentialSpec, Credentials, TokenSource};
 use crate::message::gmail_rules::GmailPolicy;
+use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
 /// "Too many concurrent requests for user".
@@ -45,10 +47,13 @@ pub struct Account {
     pub impersonate: Impersonate,
     /// Recipient and From rules.
     pub policy: GmailPolicy,
-    /// Caps simultaneous sends.
-    pub sends: Semaphore,
+    /// Caps simultaneous sends per mailbox.
+    pub sends: SendSlots,
     /// The cap itself, so the queue dispatches no more than can run.
     pub max_sends: usize,
+    /// Setup problems Google reported when sending (not when issuing a token), by mailbox
+    /// (`None`: the whole account), until a send to that mailbox succeeds: for `/readyz`.
+    attention: Mutex<HashMap<Option<String>, Attention>>,
     /// The credentials file, for the `authorize` hint in errors.
     pub token_file: Option<PathBuf>,
     /// From addresses already warned about under `from_policy = "keep"`: one warning each.
@@ -119,8 +124,9 @@ impl Account {
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
             },
-            sends: Semaphore::new(max_sends),
+            sends: SendSlots::new(max_sends),
             max_sends,
+            attention: Mutex::new(HashMap::new()),
             token_file,
             warned_from: Mutex::new(HashSet::new()),
             config: config.clone(),
@@ -170,11 +176,60 @@ impl Account {
         }
     }
 
+    /// Remembers a setup problem from a send's outcome, or forgets it once a send to that
+    /// mailbox works again.
+    pub fn note_outcome(&self, subject: Option<&str>, outcome: &Result<Receipt, DeliveryError>) {
+        let mut attention = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        let mailbox = subject.map(str::to_ascii_lowercase);
+        match outcome {
+            Ok(_) => {
+                attention.remove(&mailbox);
+                attention.remove(&None);
+            }
+            Err(DeliveryError::Credentials {
+                reason, fix, scope, ..
+            }) => {
+                let key = (*scope == Scope::Mailbox).then_some(mailbox).flatten();
+                let since = attention.get(&key).map_or(SystemTime::now(), |a| a.since);
+                attention.insert(
+                    key,
+                    Attention {
+                        since,
+                        reason: reason.clone(),
+                        fix: fix.clone(),
+                    },
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The setup problems reported by sends and not yet cleared: `(mailbox, problem)`, where
+    /// `None` means the whole account.
+    pub fn attention(&self) -> Vec<(Option<String>, Attention)> {
+        let attention = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        attention
+            .iter()
+            .map(|(mailbox, problem)| (mailbox.clone(), problem.clone()))
+            .collect()
+    }
+
     /// True the first time `address` is reported; later calls stay quiet.
     pub fn first_warning_for(&self, address: &str) -> bool {
         let mut warned = self.warned_from.lock().unwrap_or_else(|e| e.into_inner());
         warned.insert(address.to_ascii_lowercase())
     }
+}
+
+/// A setup problem a send ran into, for readiness.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// When it was first seen (kept while it repeats).
+    pub since: SystemTime,
+    /// What Google said.
+    pub reason: String,
+    /// What to do about it.
+    pub fix: String,
 }
 
 /// Reads an account's credentials the way its configuration says; errors name the account.

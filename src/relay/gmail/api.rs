@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::upload::Upload;
+use crate::relay::Cause;
 
 /// Seconds of request timeout granted per mebibyte of message, on top of [`BASE_TIMEOUT`]: a 35 MB
 /// upload over a slow uplink must not be cut off, a hung small request must not wait forever.
@@ -48,8 +49,8 @@ pub enum SendError {
         reason: String,
         /// When Google said to come back, if it did.
         retry_after: Option<Duration>,
-        /// True for rate and quota limits (as opposed to outages).
-        rate_limited: bool,
+        /// Rate limit, outage, or a failed precondition.
+        cause: Cause,
     },
     /// The message itself is unacceptable; retrying cannot help.
     #[error("{reason}")]
@@ -66,6 +67,9 @@ pub enum SendError {
         reason: String,
         /// What to change.
         fix: String,
+        /// True when the problem is the user's mailbox (no Gmail for that user), not the
+        /// credentials or the project.
+        mailbox: bool,
     },
 }
 
@@ -138,7 +142,7 @@ impl GmailApi {
             return serde_json::from_slice(&body).map_err(|err| SendError::Temporary {
                 reason: format!("Gmail answered 200 with an unreadable body ({err}); the message may have been sent"),
                 retry_after: None,
-                rate_limited: false,
+                cause: Cause::Outage,
             });
         }
         Err(classify(status, &body, retry_after))
@@ -154,11 +158,13 @@ impl GmailApi {
         let mut url = url::Url::parse(&self.base).map_err(|err| SendError::Configuration {
             reason: format!("gmail.api_base {:?} is not a URL: {err}", self.base),
             fix: "correct gmail.api_base in the configuration".to_string(),
+            mailbox: false,
         })?;
         url.path_segments_mut()
             .map_err(|()| SendError::Configuration {
                 reason: format!("gmail.api_base {:?} cannot be a base URL", self.base),
                 fix: "correct gmail.api_base in the configuration".to_string(),
+                mailbox: false,
             })?
             .pop_if_empty()
             .extend([
@@ -181,7 +187,7 @@ fn transport_error(err: &reqwest::Error) -> SendError {
     SendError::Temporary {
         reason: format!("Gmail API {what}: {err}"),
         retry_after: None,
-        rate_limited: false,
+        cause: Cause::Outage,
     }
 }
 
@@ -210,35 +216,47 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Send
     );
     // "User-rate limit exceeded. Retry after 2025-06-27T09:00:00.000Z (Mail sending)"
     let retry_after = retry_after.or_else(|| retry_after_in_message(&message));
-    let temporary = |rate_limited| SendError::Temporary {
+    let temporary = |cause| SendError::Temporary {
         reason: said.clone(),
         retry_after,
-        rate_limited,
+        cause,
+    };
+    let configuration = |fix: &str| SendError::Configuration {
+        reason: said.clone(),
+        fix: fix.to_string(),
+        mailbox: false,
     };
     match (status, reason) {
         (401, _) => SendError::Unauthorized(said),
         (
             403,
             "userRateLimitExceeded" | "rateLimitExceeded" | "dailyLimitExceeded" | "quotaExceeded",
-        ) => temporary(true),
-        (429, _) => temporary(true),
-        (403, "accessNotConfigured") => SendError::Configuration {
-            reason: said,
-            fix: "enable the Gmail API for the Google Cloud project of this OAuth client \
-                  (console.cloud.google.com/apis/library/gmail.googleapis.com)"
-                .to_string(),
-        },
-        (403, "insufficientPermissions") => SendError::Configuration {
-            reason: said,
-            fix: "the token lacks the gmail.send scope: run `smtp2gmail authorize` again"
-                .to_string(),
-        },
-        (403 | 404, _) => SendError::Configuration {
-            reason: said,
-            fix: "check the account's user_id, its domain policy or delegation, and gmail.api_base"
-                .to_string(),
-        },
-        (408 | 500..=599, _) => temporary(false),
+        ) => temporary(Cause::RateLimit),
+        (429, _) => temporary(Cause::RateLimit),
+        // The one answer told apart by its text: both are `failedPrecondition`, but only one is
+        // a mailbox that does not exist (shared/google.md).
+        (400, "failedPrecondition") if message.contains("Mail service not enabled") => {
+            SendError::Configuration {
+                reason: said,
+                fix: "the sending user has no Gmail mailbox: turn Gmail on for that user (Admin \
+                      console: Apps > Google Workspace > Gmail > Service status) or send as a \
+                      user who has Gmail; the mail is held until then"
+                    .to_string(),
+                mailbox: true,
+            }
+        }
+        (400, "failedPrecondition") => temporary(Cause::Precondition),
+        (403, "accessNotConfigured") => configuration(
+            "enable the Gmail API for the Google Cloud project of this OAuth client \
+             (console.cloud.google.com/apis/library/gmail.googleapis.com)",
+        ),
+        (403, "insufficientPermissions") => {
+            configuration("the token lacks the gmail.send scope: run `smtp2gmail authorize` again")
+        }
+        (403 | 404, _) => configuration(
+            "check the account's user_id, its domain policy or delegation, and gmail.api_base",
+        ),
+        (408 | 500..=599, _) => temporary(Cause::Outage),
         _ => SendError::Permanent {
             status,
             reason: said,
@@ -268,11 +286,9 @@ fn retry_after_in_message(message: &str) -> Option<Duration> {
     let stamp = rest.split_whitespace().next()?;
     let at =
         time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(
-        SystemTime::from(at)
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
-    )
+    // A time already past (clock skew) says nothing: the caller backs off as usual instead of
+    // retrying at once, in a loop.
+    SystemTime::from(at).duration_since(SystemTime::now()).ok()
 }
 
 #[cfg(test)]
@@ -295,7 +311,15 @@ mod tests {
         ));
         assert!(matches!(
             class(400, "failedPrecondition"),
-            SendError::Permanent { .. }
+            SendError::Temporary {
+                cause: Cause::Precondition,
+                ..
+            }
+        ));
+        let not_enabled = google_error(400, "failedPrecondition", "Mail service not enabled");
+        assert!(matches!(
+            classify(400, &not_enabled, None),
+            SendError::Configuration { mailbox: true, .. }
         ));
         assert!(matches!(
             class(413, ""),
@@ -308,28 +332,28 @@ mod tests {
         assert!(matches!(
             class(403, "rateLimitExceeded"),
             SendError::Temporary {
-                rate_limited: true,
+                cause: Cause::RateLimit,
                 ..
             }
         ));
         assert!(matches!(
             class(403, "dailyLimitExceeded"),
             SendError::Temporary {
-                rate_limited: true,
+                cause: Cause::RateLimit,
                 ..
             }
         ));
         assert!(matches!(
             class(429, "rateLimitExceeded"),
             SendError::Temporary {
-                rate_limited: true,
+                cause: Cause::RateLimit,
                 ..
             }
         ));
         assert!(matches!(
             class(503, "backendError"),
             SendError::Temporary {
-                rate_limited: false,
+                cause: Cause::Outage,
                 ..
             }
         ));
@@ -383,6 +407,27 @@ mod tests {
             panic!()
         };
         assert!(wait > Duration::from_secs(2 * 3600) && wait <= Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
+    fn retry_after_in_the_past_means_ordinary_backoff() {
+        let past = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        let stamp = past
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let body = google_error(
+            429,
+            "rateLimitExceeded",
+            &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"),
+        );
+        assert!(matches!(
+            classify(429, &body, None),
+            SendError::Temporary {
+                retry_after: None,
+                cause: Cause::RateLimit,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -9,13 +9,14 @@
 pub mod accounts;
 pub mod api;
 pub mod reload;
+pub mod slots;
 pub mod upload;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Deliver, DeliveryError, Receipt, Status};
+use super::{Cause, Deliver, DeliveryError, Receipt, Scope, Status};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
@@ -186,6 +187,9 @@ impl Gmail {
     pub async fn attempt(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
         let started = Instant::now();
         let outcome = self.attempt_once(outgoing).await;
+        outgoing
+            .account
+            .note_outcome(outgoing.subject.as_deref(), &outcome);
         let word = match &outcome {
             Ok(_) => "sent",
             Err(DeliveryError::Temporary { .. }) => "temporary",
@@ -199,11 +203,9 @@ impl Gmail {
     async fn attempt_once(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
         let account = &outgoing.account;
         let subject = outgoing.subject.as_deref();
-        let _slot = account
-            .sends
-            .acquire()
-            .await
-            .map_err(|_| DeliveryError::local("account closed"))?;
+        // Gmail's concurrency limit is per mailbox: senders impersonated through one key do not
+        // share it.
+        let _slot = account.sends.acquire(subject).await;
         let mut refreshed = false;
         loop {
             let token = account
@@ -222,7 +224,7 @@ impl Gmail {
                     account.tokens.invalidate(subject, &token);
                     refreshed = true;
                 }
-                Err(err) => return Err(send_failure(account, err)),
+                Err(err) => return Err(send_failure(account, subject, err)),
             }
         }
     }
@@ -279,35 +281,64 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
             account: account.name.clone(),
             reason: format!("Google rejected the credentials ({error}: {description})"),
             fix,
+            scope: Scope::Account,
         },
         TokenError::Temporary { reason } => DeliveryError::Temporary {
             status: Status(4, 4, 1),
             reason: format!("cannot get an access token: {reason}"),
             retry_after: None,
+            cause: Cause::Outage,
         },
     }
 }
 
-fn send_failure(account: &Account, err: SendError) -> DeliveryError {
+fn send_failure(account: &Account, subject: Option<&str>, err: SendError) -> DeliveryError {
     match err {
-        SendError::Temporary { reason, retry_after, rate_limited } => DeliveryError::Temporary {
-            status: if rate_limited { Status(4, 4, 5) } else { Status(4, 4, 1) },
+        SendError::Temporary {
             reason,
             retry_after,
+            cause,
+        } => DeliveryError::Temporary {
+            status: if cause == Cause::RateLimit {
+                Status(4, 4, 5)
+            } else {
+                Status(4, 4, 1)
+            },
+            reason,
+            retry_after,
+            cause,
         },
         SendError::Permanent { status, reason } => DeliveryError::Permanent {
-            status: if status == 413 { Status::TOO_BIG } else { Status::BAD_MESSAGE },
+            status: if status == 413 {
+                Status::TOO_BIG
+            } else {
+                Status::BAD_MESSAGE
+            },
             reason,
         },
         SendError::Unauthorized(reason) => DeliveryError::Credentials {
             account: account.name.clone(),
             reason: format!("the access token was refused even after a refresh ({reason})"),
             fix: "check that the token was granted the gmail.send scope; run `smtp2gmail authorize` again".to_string(),
+            scope: Scope::Account,
         },
-        SendError::Configuration { reason, fix } => DeliveryError::Credentials {
-            account: account.name.clone(),
+        SendError::Configuration {
             reason,
             fix,
+            mailbox,
+        } => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason: match subject {
+                Some(user) if mailbox => format!("{user}: {reason}"),
+                _ => reason,
+            },
+            fix,
+            // A mailbox problem is the whole account's when the account is one mailbox.
+            scope: if mailbox && account.impersonate == accounts::Impersonate::Sender {
+                Scope::Mailbox
+            } else {
+                Scope::Account
+            },
         },
     }
 }

@@ -210,7 +210,13 @@ fn reload(account: &Account, trigger: Trigger) -> bool {
             Trigger::FileChanged => {
                 tracing::debug!(account = %name, "credentials file rewritten with the same credentials")
             }
-            Trigger::Signal => tracing::info!("credentials for account {name} unchanged ({from})"),
+            Trigger::Signal => {
+                // The operator may have fixed something at Google's end: held mail tries again.
+                account.tokens.recheck();
+                tracing::info!(
+                    "credentials for account {name} unchanged ({from}); held mail is retried now"
+                )
+            }
         }
         return false;
     }

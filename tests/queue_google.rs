@@ -1,0 +1,208 @@
+//! The queue against Google's unkind answers: held mail released at once when the credentials
+//! are fixed, mailbox problems that hold one sender and not the others, failed preconditions,
+//! and a "Retry after" in the past.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::fake_gmail::{SendFault, gmail_config};
+use common::fake_google::{
+    self, FakeGoogle, NEW_REFRESH_TOKEN, authorized_token, write_token_atomically,
+};
+use common::queued::{Queued, queue_config, queued_id};
+use common::{TestServer, assert_code, test_config};
+use smtp2gmail::config::GmailConfig;
+use smtp2gmail::relay::gmail::RetryPolicy;
+use smtp2gmail::relay::gmail::reload::CredentialWatcher;
+use smtp2gmail::relay::{Gmail, http_client};
+
+/// A queue whose backoff is an hour: anything delivered within the test's wait was not backed off.
+fn hour_long_backoff(dir: &std::path::Path) -> smtp2gmail::config::QueueConfig {
+    let mut config = queue_config(&dir.join("spool"));
+    config.retry_min = Duration::from_secs(3600);
+    config.retry_max = Duration::from_secs(3600);
+    config
+}
+
+fn watcher(queued: &Queued) -> Arc<CredentialWatcher> {
+    let accounts = queued.gmail.router().accounts().cloned();
+    Arc::new(CredentialWatcher::new(accounts, Duration::from_secs(3600)))
+}
+
+#[tokio::test]
+async fn a_new_token_file_releases_all_held_mail_at_once() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let gmail = gmail_config(&google, dir.path());
+    // The refresh token in token.json is revoked: Google only knows the one `authorize` will get.
+    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let watcher = watcher(&queued);
+    for _ in 0..20 {
+        queued_id(&queued.send(&["alice@example.com"]).await);
+    }
+    queued.until_failed_once(1).await;
+    assert!(google.uploads().is_empty());
+    // `smtp2gmail authorize` writes the new token file; the watcher notices it.
+    write_token_atomically(
+        gmail.credentials.as_ref().unwrap(),
+        &authorized_token(&google),
+    );
+    assert_eq!(watcher.poll(), 1);
+    // Within seconds, not after the hour of backoff the failed attempts would otherwise wait.
+    google.wait_for_uploads(20).await;
+    queued.until_files("queue", 0).await;
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn mail_service_not_enabled_holds_the_mail_reports_the_fix_and_sighup_resumes() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let gmail = gmail_config(&google, dir.path());
+    google.fail_sends_from("app@example.com", SendFault::mail_service_not_enabled());
+    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let id = queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_failed_once(1).await;
+    // Held, not a dead letter; the account reports the problem with its fix.
+    assert!(queued.files("dead").is_empty());
+    let account = queued.gmail.router().account("default").unwrap();
+    let problems = account.attention();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].1.fix.contains("turn Gmail on"), "{problems:?}");
+    // An administrator turns Gmail on; the operator sends SIGHUP.
+    google.clear_faults_from("app@example.com");
+    assert_eq!(watcher(&queued).reload_all().await, 0, "same credentials");
+    google.wait_for_uploads(1).await;
+    queued.until_files("queue", 0).await;
+    assert!(account.attention().is_empty(), "cleared by the delivery");
+    assert!(!queued.files("dead").contains(&format!("{id}.msg")));
+    queued.stop().await;
+}
+
+/// A service account sending as each envelope sender of example.com.
+fn service_account(google: &FakeGoogle, dir: &std::path::Path) -> GmailConfig {
+    google.trust_service_account(&fake_google::test_key().public_pem);
+    let key = fake_google::write_json(
+        dir,
+        "sa.json",
+        &fake_google::service_account_json(&google.token_uri()),
+    );
+    GmailConfig {
+        api_base: google.api_base(),
+        credentials: Some(key),
+        senders: vec!["*@example.com".into()],
+        ..GmailConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn one_user_without_gmail_does_not_hold_the_other_senders() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let gmail = service_account(&google, dir.path());
+    google.fail_sends_from("nogmail@example.com", SendFault::mail_service_not_enabled());
+    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    queued_id(
+        &queued
+            .send_as("nogmail@example.com", &["alice@example.com"])
+            .await,
+    );
+    queued.until_failed_once(1).await;
+    for n in 0..3 {
+        let sender = format!("user{n}@example.com");
+        queued_id(&queued.send_as(&sender, &["alice@example.com"]).await);
+    }
+    google.wait_for_uploads(3).await;
+    let senders: Vec<_> = google
+        .uploads()
+        .into_iter()
+        .filter_map(|u| u.from)
+        .collect();
+    assert!(!senders.contains(&"nogmail@example.com".to_string()));
+    // One mailbox's problem is reported for that mailbox, not as the account's.
+    let account = queued.gmail.router().account("default").unwrap();
+    let problems = account.attention();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].0.as_deref(), Some("nogmail@example.com"));
+    // Its message (.msg and its record) waits.
+    queued.until_files("queue", 2).await;
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_precondition_is_retried_not_a_dead_letter() {
+    let (google, _dir, queued) = Queued::with_defaults().await;
+    google.fail_sends([
+        SendFault::precondition_check_failed(),
+        SendFault::precondition_check_failed(),
+    ]);
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    google.wait_for_uploads(1).await;
+    queued.until_files("queue", 0).await;
+    assert!(queued.files("dead").is_empty());
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_in_the_past_is_ordinary_backoff_not_a_retry_loop() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let gmail = gmail_config(&google, dir.path());
+    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let skewed = SystemTime::now() - Duration::from_secs(300);
+    google.fail_sends([SendFault::retry_after_in_message(skewed)]);
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.until_failed_once(1).await;
+    let record = std::fs::read_dir(queued.spool.join("queue"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    let next = humantime::parse_rfc3339(record["next_attempt"].as_str().unwrap()).unwrap();
+    let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(
+        wait > Duration::from_secs(30 * 60),
+        "retried after {wait:?}: the past time must not mean now"
+    );
+    queued.stop().await;
+}
+
+/// The synchronous relay with retries short enough for a test.
+async fn sync_server(gmail: &GmailConfig) -> TestServer {
+    let retry = RetryPolicy {
+        attempts: 3,
+        budget: Duration::from_secs(5),
+        first_backoff: Duration::from_millis(10),
+    };
+    let relay = Gmail::from_config(gmail, http_client().unwrap())
+        .unwrap()
+        .with_retry(retry);
+    TestServer::with_target(test_config(), Arc::new(relay)).await
+}
+
+async fn send_sync(server: &TestServer) -> String {
+    let mut client = server.client().await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    let reply = client
+        .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    reply
+}
+
+#[tokio::test]
+async fn in_sync_mode_a_missing_mailbox_is_451_with_the_fix_and_a_precondition_is_retried() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = sync_server(&gmail_config(&google, dir.path())).await;
+    google.fail_sends([SendFault::mail_service_not_enabled()]);
+    let reply = send_sync(&server).await;
+    assert!(reply.starts_with("451 4.7.0"), "{reply}");
+    assert!(reply.contains("turn Gmail on"), "{reply}");
+    google.fail_sends([SendFault::precondition_check_failed()]);
+    assert_code(&send_sync(&server).await, 250);
+    assert_eq!(google.uploads().len(), 1);
+    server.stop().await;
+}
