@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::fake_gmail::{SendFault, gmail_config};
+use common::fake_gmail::{Quota, SendFault, gmail_config};
 use common::fake_google::{
     self, FakeGoogle, NEW_REFRESH_TOKEN, authorized_token, write_token_atomically,
 };
@@ -205,4 +205,30 @@ async fn in_sync_mode_a_missing_mailbox_is_451_with_the_fix_and_a_precondition_i
     assert_code(&send_sync(&server).await, 250);
     assert_eq!(google.uploads().len(), 1);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_per_user_quota_below_the_configured_rate_slows_the_mailbox_and_everything_arrives() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    // As Google counts it: sends per user per window (here 3 per second, to keep the test short).
+    google.set_quota(Quota {
+        sends: 3,
+        window: Duration::from_secs(1),
+    });
+    let queued = Queued::start(
+        &gmail_config(&google, dir.path()),
+        queue_config(&dir.path().join("spool")),
+    )
+    .await;
+    for _ in 0..8 {
+        queued_id(&queued.send(&["alice@example.com"]).await);
+    }
+    google.wait_for_uploads(8).await;
+    queued.until_files("queue", 0).await;
+    assert!(
+        google.over_quota() > 0,
+        "the configured 1000/s met the quota"
+    );
+    assert!(queued.files("dead").is_empty());
+    queued.stop().await;
 }
