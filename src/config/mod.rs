@@ -99,6 +99,11 @@ pub struct QueueConfig {
     pub retry_max: Duration,
     /// Most sends per second per account (Gmail's API quota allows 2.5).
     pub max_send_rate: f64,
+    /// How long a transaction that names only some of its header recipients is held for the other
+    /// transactions of the same message (an MTA splitting a long recipient list); zero turns
+    /// holding off.
+    #[serde(with = "humantime_serde")]
+    pub split_window: Duration,
 }
 
 impl Default for QueueConfig {
@@ -109,6 +114,7 @@ impl Default for QueueConfig {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             max_send_rate: 2.0,
+            split_window: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
+pub mod served;
 pub mod tls;
 
 use std::collections::VecDeque;
