@@ -133,6 +133,13 @@ impl Splitter {
             self.add(HeldPart { entry, header }, SystemTime::now())
                 .await;
         }
+        // While the server was down the client could not send the rest: the window counts from
+        // this start at the earliest, or a stop longer than the window would end every group
+        // held across it incomplete.
+        let window_from_start = SystemTime::now() + self.window;
+        for group in self.groups.values_mut() {
+            group.deadline = group.deadline.max(window_from_start);
+        }
     }
 
     fn remember(&mut self, merge: Merge) {
@@ -327,4 +334,91 @@ fn list(addresses: &[String]) -> String {
         text.push_str(&format!(" and {} more", addresses.len() - SHOWN));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Address, Message, MessageId};
+    use crate::queue::split::SplitRecord;
+
+    const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
+
+    fn splitter(spool: &Spool, window: Duration) -> (Splitter, mpsc::UnboundedReceiver<Entry>) {
+        let config = QueueConfig {
+            split_window: window,
+            ..QueueConfig::default()
+        };
+        let (scheduled, queued) = mpsc::unbounded_channel();
+        let reject: Policies = Arc::new(|_| HeaderOnlyRecipients::Reject);
+        let incoming = mpsc::unbounded_channel().1;
+        let splitter = Splitter::new(spool.clone(), &config, reject, scheduled, incoming);
+        (splitter, queued)
+    }
+
+    /// Holds a transaction of `RAW` to `rcpt`, received `at`.
+    async fn hold(spool: &Spool, id: &str, at: SystemTime, rcpt: &str) {
+        let mut envelope = crate::queue::test_envelope(at);
+        envelope.id = MessageId::from_stored(id);
+        envelope.rcpt_to = vec![Address::new(rcpt)];
+        let mut entry = Entry::new(&envelope, RAW.len() as u64, "default");
+        entry.split = Some(SplitRecord {
+            group: "g".into(),
+            message_id: "m@x".into(),
+            header_recipients: 2,
+            parts: Vec::new(),
+            uncovered: Vec::new(),
+        });
+        let message = Message::from_bytes(RAW.to_vec());
+        spool.put_into(Place::Held, &entry, &message).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_window_that_passed_while_the_server_was_down_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        hold(&spool, "01", hour_ago, "a@x").await;
+        let (mut splitter, _) = splitter(&spool, Duration::from_secs(60));
+        splitter.resume().await;
+        let group = &splitter.groups["g"];
+        assert!(group.deadline > SystemTime::now() + Duration::from_secs(50));
+        splitter.release_due().await;
+        assert_eq!(spool.list(Place::Held).unwrap().0.len(), 1, "still held");
+    }
+
+    #[tokio::test]
+    async fn complete_groups_are_queued_once_and_repeats_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        hold(&spool, "01", now, "a@x").await;
+        hold(&spool, "02", now, "b@x").await;
+        let (mut splitter, mut queued) = splitter(&spool, Duration::from_secs(60));
+        splitter.resume().await;
+        assert!(splitter.groups["g"].is_complete());
+        let group = splitter.groups.remove("g").unwrap();
+        splitter.release("g".into(), group, now).await;
+        let merged = queued.try_recv().unwrap();
+        assert_eq!((merged.id.as_str(), merged.rcpt_to.len()), ("01", 2));
+        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merged);
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+
+        // The client sends the second transaction again: dropped, nothing queued.
+        hold(&spool, "03", now, "b@x").await;
+        let again = spool.read(Place::Held, "03").unwrap();
+        splitter.groups.clear();
+        let header = ["a@x", "b@x"].map(String::from).into();
+        splitter
+            .add(
+                HeldPart {
+                    entry: again,
+                    header,
+                },
+                now,
+            )
+            .await;
+        assert!(splitter.groups.is_empty() && queued.try_recv().is_err());
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+    }
 }
