@@ -82,17 +82,19 @@ impl Part {
     /// a held transaction is refused for what would refuse the message, not for being a part.
     pub fn completed(&self, envelope: &Envelope) -> Envelope {
         let mut completed = envelope.clone();
-        let named: BTreeSet<String> = envelope
-            .rcpt_to
-            .iter()
-            .map(|a| normalize(a.as_str()))
-            .collect();
+        let named = named(envelope);
         let missing = self.header.iter().filter(|a| !named.contains(*a));
         completed
             .rcpt_to
             .extend(missing.map(|a| crate::message::Address::new(a.clone())));
         completed
     }
+}
+
+/// The envelope recipients, normalized.
+fn named(envelope: &Envelope) -> BTreeSet<String> {
+    let rcpt_to = envelope.rcpt_to.iter();
+    rcpt_to.map(|a| normalize(a.as_str())).collect()
 }
 
 /// The header recipients of a message head, normalized; `None` when an entry names no readable
@@ -136,12 +138,7 @@ impl Intake {
             return None;
         }
         let header = header_recipients(head)?;
-        let named: BTreeSet<String> = envelope
-            .rcpt_to
-            .iter()
-            .map(|a| normalize(a.as_str()))
-            .collect();
-        if header.is_subset(&named) {
+        if header.is_subset(&named(envelope)) {
             return None;
         }
         Some(Part {
@@ -165,7 +162,7 @@ impl Intake {
         entry.next_attempt = envelope.received_at + self.window;
         entry.split = Some(SplitRecord {
             group,
-            message_id: part.message_id,
+            message_id: part.message_id.clone(),
             header_recipients: part.header.len(),
             parts: Vec::new(),
             uncovered: Vec::new(),
@@ -178,7 +175,7 @@ impl Intake {
         }
         tracing::info!(
             id = %entry.id,
-            message_id = %entry.split.as_ref().map_or("", |s| s.message_id.as_str()),
+            message_id = %part.message_id,
             recipients = entry.rcpt_to.len(),
             header_recipients = part.header.len(),
             "held: one transaction of a message with more header recipients than its envelope; \
