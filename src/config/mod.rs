@@ -279,6 +279,13 @@ impl Config {
     /// The rules between keys, checked once every value has parsed.
     fn validate(&self) -> Result<(), Broken> {
         self.smtp.validate()?;
+        if self.queue.split_window > self.queue.max_age {
+            // A held transaction would outlive what the queue promises for any message.
+            return Err(Broken::new(
+                "queue.split_window",
+                "must not be longer than queue.max_age",
+            ));
+        }
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))
@@ -443,6 +450,16 @@ mod tests {
                 "docs/configuration.md lacks {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_split_window_longer_than_max_age_is_refused() {
+        let text = "[queue]\nmax_age = \"1h\"\nsplit_window = \"2h\"\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.toml:3:1: queue.split_window: must not be longer than queue.max_age"
+        );
     }
 
     #[test]

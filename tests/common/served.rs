@@ -35,6 +35,22 @@ pub fn queue_mode_config(google: &FakeGoogle, dir: &Path, queue: &str, gmail: &s
     config
 }
 
+/// Runs `smtp2gmail --config CONFIG queue ARGS`, as an operator would; returns its success and
+/// everything it printed.
+pub async fn queue_command(config: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+        .arg("--config")
+        .arg(config)
+        .arg("queue")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// A running server.
 pub struct Served {
     child: Child,
@@ -109,17 +125,7 @@ impl Served {
 
     /// Runs `smtp2gmail queue ARGS` beside the server; returns its success and output.
     pub async fn queue_command(&self, args: &[&str]) -> (bool, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("queue")
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
+        queue_command(&self.config, args).await
     }
 
     /// SIGTERM, and waits for a clean exit.

@@ -131,26 +131,11 @@ impl Group {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::split::SplitRecord;
 
     const WINDOW: Duration = Duration::from_secs(600);
 
     fn part(id: &str, at: SystemTime, rcpt: &[&str]) -> Entry {
-        let mut envelope = crate::queue::test_envelope(at);
-        envelope.id = crate::message::MessageId::from_stored(id);
-        envelope.rcpt_to = rcpt
-            .iter()
-            .map(|a| crate::message::Address::new(*a))
-            .collect();
-        let mut entry = Entry::new(&envelope, 10, "default");
-        entry.split = Some(SplitRecord {
-            group: "g".into(),
-            message_id: "m@x".into(),
-            header_recipients: 3,
-            parts: Vec::new(),
-            uncovered: Vec::new(),
-        });
-        entry
+        crate::queue::split::test_part(id, at, rcpt)
     }
 
     fn header() -> BTreeSet<String> {

@@ -132,19 +132,12 @@ pub(super) async fn forget(spool: &Spool, id: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::message::Message;
-    use crate::queue::split::SplitRecord;
 
     async fn held(spool: &Spool, id: &str) -> Entry {
-        let mut envelope = crate::queue::test_envelope(SystemTime::now());
-        envelope.id = crate::message::MessageId::from_stored(id);
-        let mut entry = Entry::new(&envelope, 7, "default");
-        entry.split = Some(SplitRecord {
-            group: "g".into(),
-            message_id: "m@x".into(),
-            header_recipients: 2,
-            parts: Vec::new(),
-            uncovered: Vec::new(),
-        });
+        let entry = Entry {
+            size: 7,
+            ..crate::queue::split::test_part(id, SystemTime::now(), &["a@x"])
+        };
         let message = Message::from_bytes(b"To: a@x".to_vec());
         spool.put_into(Place::Held, &entry, &message).await.unwrap();
         entry

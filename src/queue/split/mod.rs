@@ -248,6 +248,26 @@ pub fn build(
     (intake, splitter)
 }
 
+/// A held transaction's record for the tests: group `g`, Message-ID `m@x`, `size` 0.
+#[cfg(test)]
+fn test_part(id: &str, at: std::time::SystemTime, rcpt: &[&str]) -> Entry {
+    let mut envelope = crate::queue::test_envelope(at);
+    envelope.id = crate::message::MessageId::from_stored(id);
+    envelope.rcpt_to = rcpt
+        .iter()
+        .map(|a| crate::message::Address::new(*a))
+        .collect();
+    let mut entry = Entry::new(&envelope, 0, "default");
+    entry.split = Some(SplitRecord {
+        group: "g".into(),
+        message_id: "m@x".into(),
+        header_recipients: 0,
+        parts: Vec::new(),
+        uncovered: Vec::new(),
+    });
+    entry
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

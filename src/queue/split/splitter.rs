@@ -339,8 +339,7 @@ fn list(addresses: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Address, Message, MessageId};
-    use crate::queue::split::SplitRecord;
+    use crate::message::Message;
 
     const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
 
@@ -358,17 +357,10 @@ mod tests {
 
     /// Holds a transaction of `RAW` to `rcpt`, received `at`.
     async fn hold(spool: &Spool, id: &str, at: SystemTime, rcpt: &str) {
-        let mut envelope = crate::queue::test_envelope(at);
-        envelope.id = MessageId::from_stored(id);
-        envelope.rcpt_to = vec![Address::new(rcpt)];
-        let mut entry = Entry::new(&envelope, RAW.len() as u64, "default");
-        entry.split = Some(SplitRecord {
-            group: "g".into(),
-            message_id: "m@x".into(),
-            header_recipients: 2,
-            parts: Vec::new(),
-            uncovered: Vec::new(),
-        });
+        let entry = Entry {
+            size: RAW.len() as u64,
+            ..crate::queue::split::test_part(id, at, &[rcpt])
+        };
         let message = Message::from_bytes(RAW.to_vec());
         spool.put_into(Place::Held, &entry, &message).await.unwrap();
     }
