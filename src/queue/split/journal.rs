@@ -63,6 +63,12 @@ fn path(spool: &Spool, id: &str) -> PathBuf {
 
 /// Carries out a merge: its record durably first, then the moves (see the module docs).
 pub(super) async fn carry_out(spool: &Spool, merge: &Merge) -> io::Result<()> {
+    record(spool, merge).await?;
+    complete(spool, merge).await.map(drop)
+}
+
+/// Writes a merge's record and makes it durable, before anything moves.
+pub(super) async fn record(spool: &Spool, merge: &Merge) -> io::Result<()> {
     let (dir, file) = (dir(spool), path(spool, &merge.entry.id));
     let bytes = serde_json::to_vec_pretty(merge).map_err(io::Error::other)?;
     tokio::task::spawn_blocking(move || {
@@ -71,8 +77,7 @@ pub(super) async fn carry_out(spool: &Spool, merge: &Merge) -> io::Result<()> {
         safeio::sync_dir(&dir)
     })
     .await
-    .map_err(io::Error::other)??;
-    complete(spool, merge).await.map(drop)
+    .map_err(io::Error::other)?
 }
 
 /// Does whatever of a recorded merge is not done yet. Returns true when it moved the merged
@@ -185,9 +190,7 @@ mod tests {
         let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
         let merge = merge_of(&[&first, &second]);
         // The record was written, then the server died before moving anything.
-        std::fs::create_dir_all(super::dir(&spool)).unwrap();
-        let bytes = serde_json::to_vec(&merge).unwrap();
-        std::fs::write(path(&spool, "01"), bytes).unwrap();
+        record(&spool, &merge).await.unwrap();
         let (loaded, _) = load(&spool);
         assert!(complete(&spool, &loaded[0]).await.unwrap());
         assert_eq!(spool.read(Place::Queue, "01").unwrap().rcpt_to.len(), 2);

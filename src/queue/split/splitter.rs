@@ -413,4 +413,35 @@ mod tests {
         assert!(splitter.groups.is_empty() && queued.try_recv().is_err());
         assert!(spool.list(Place::Held).unwrap().0.is_empty());
     }
+
+    #[tokio::test]
+    async fn a_merge_a_stop_interrupted_is_completed_and_queued_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        hold(&spool, "01", now, "a@x").await;
+        hold(&spool, "02", now, "b@x").await;
+        let (mut before, _) = splitter(&spool, Duration::from_secs(60));
+        before.resume().await;
+        let group = before.groups.remove("g").unwrap();
+        let merge = Merge {
+            entry: group.merged(&Outcome::Queue, now),
+            dead: false,
+            served: group.served(&Outcome::Queue).into_iter().collect(),
+            at: now,
+        };
+        // The record is durable; the server dies before moving anything.
+        journal::record(&spool, &merge).await.unwrap();
+
+        let (mut after, mut queued) = splitter(&spool, Duration::from_secs(60));
+        after.resume().await;
+        assert_eq!(queued.try_recv().unwrap(), merge.entry, "queued once");
+        assert!(queued.try_recv().is_err());
+        assert!(
+            after.groups.is_empty(),
+            "the held transactions are not grouped again"
+        );
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merge.entry);
+    }
 }
