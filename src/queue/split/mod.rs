@@ -178,8 +178,7 @@ impl Intake {
             message_id = %part.message_id,
             recipients = entry.rcpt_to.len(),
             header_recipients = part.header.len(),
-            "held: one transaction of a message with more header recipients than its envelope; \
-             waiting for the others"
+            "held for the other transactions of its message"
         );
         // The splitter stops only at shutdown; the part is on disk and is loaded at the next start.
         let _ = self.parts.send(HeldPart {

@@ -255,14 +255,13 @@ impl Splitter {
                 message_id,
                 parts,
                 recipients,
-                "transactions of a split message merged: queued once for every recipient"
+                "transactions of a split message merged"
             ),
             Outcome::Queue => tracing::warn!(
                 id, message_id, parts, recipients,
                 uncovered = %list(&group.uncovered()),
-                "split message incomplete after queue.split_window; header_only_recipients = \
-                 \"allow\": queued once (Gmail also delivers to the header recipients no \
-                 transaction named)"
+                "split message incomplete after queue.split_window: queued once \
+                 (header_only_recipients = \"allow\")"
             ),
             Outcome::Dead(reason) => tracing::warn!(id, message_id, %reason, "dead letter"),
         }
