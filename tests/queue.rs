@@ -116,17 +116,7 @@ async fn queue_command(spool: &Path, args: &[&str]) -> (bool, String) {
         format!("[queue]\ndir = {:?}\n", spool.display().to_string()),
     )
     .unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-        .arg("--config")
-        .arg(&config)
-        .arg("queue")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    common::served::queue_command(&config, args).await
 }
 
 #[tokio::test]

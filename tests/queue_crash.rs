@@ -5,50 +5,16 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::WAIT;
 use common::fake_google::{self, FakeGoogle};
+use common::served::Served;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const CLIENTS: usize = 10;
 const PER_CLIENT: usize = 120;
-
-/// Starts `smtp2gmail serve` on the spool and returns it with its SMTP address.
-async fn serve(config: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn,smtp2gmail::cli=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap();
-    let addr = addr
-        .trim_end_matches(',')
-        .parse()
-        .unwrap_or_else(|_| panic!("{first}"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
 
 fn message(n: usize) -> lettre::Message {
     lettre::Message::builder()
@@ -93,7 +59,8 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     )
     .unwrap();
 
-    let (mut server, addr) = serve(&config).await;
+    let server = Served::start(&config).await;
+    let addr = server.addr;
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let burst: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -124,8 +91,7 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     })
     .await
     .expect("the burst gets going");
-    server.start_kill().unwrap(); // SIGKILL
-    server.wait().await.unwrap();
+    server.kill().await; // SIGKILL
     for client in burst {
         client.await.unwrap();
     }
@@ -133,7 +99,7 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     assert!(acknowledged.len() >= third);
 
     // Restart on the same spool: everything acknowledged is delivered.
-    let (mut server, _) = serve(&config).await;
+    let server = Served::start(&config).await;
     let delivered = || {
         let mut seen: HashMap<usize, usize> = HashMap::new();
         for upload in google.uploads() {
@@ -158,8 +124,7 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
                 .collect::<Vec<_>>()
         )
     });
-    server.start_kill().unwrap();
-    server.wait().await.unwrap();
+    server.kill().await;
 
     let seen = delivered();
     let twice: Vec<_> = seen.iter().filter(|(_, count)| **count == 2).collect();

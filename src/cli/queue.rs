@@ -93,7 +93,7 @@ fn until(at: SystemTime) -> String {
 
 fn list(spool: &Spool) -> ExitCode {
     let mut total = 0;
-    for place in [Place::Queue, Place::Dead] {
+    for place in [Place::Queue, Place::Held, Place::Dead] {
         let (entries, broken) = match spool.list(place) {
             Ok(listed) => listed,
             Err(err) => return fail(EXIT_FAILURE, &format!("cannot read the spool: {err}")),
@@ -104,6 +104,11 @@ fn list(spool: &Spool) -> ExitCode {
         for entry in &entries {
             let state = match place {
                 Place::Queue => format!("next {}", until(entry.next_attempt)),
+                Place::Held => format!(
+                    "HELD for the other transactions of <{}> (window ends {})",
+                    entry.split.as_ref().map_or("", |s| s.message_id.as_str()),
+                    until(entry.next_attempt).replace("due", "now")
+                ),
                 Place::Dead => "DEAD LETTER".to_string(),
             };
             println!(
@@ -131,7 +136,7 @@ fn list(spool: &Spool) -> ExitCode {
 }
 
 fn show(spool: &Spool, id: &str) -> ExitCode {
-    let Some((place, entry)) = [Place::Queue, Place::Dead]
+    let Some((place, entry)) = [Place::Queue, Place::Held, Place::Dead]
         .into_iter()
         .find_map(|place| spool.read(place, id).ok().map(|entry| (place, entry)))
     else {
@@ -152,10 +157,10 @@ fn print_entry(entry: &Entry, place: Place) {
     println!("id:           {}", entry.id);
     println!(
         "state:        {}",
-        if place == Place::Dead {
-            "dead letter"
-        } else {
-            "queued"
+        match place {
+            Place::Queue => "queued",
+            Place::Held => "held: one transaction of a split message, waiting for the others",
+            Place::Dead => "dead letter",
         }
     );
     println!(
@@ -172,8 +177,13 @@ fn print_entry(entry: &Entry, place: Place) {
     println!("size:         {} bytes", entry.size);
     println!("account:      {}", entry.account);
     println!("attempts:     {}", entry.attempts);
-    if place == Place::Queue {
-        println!("next attempt: {}", until(entry.next_attempt));
+    match place {
+        Place::Queue => println!("next attempt: {}", until(entry.next_attempt)),
+        Place::Held => println!("held until:   {} at most", until(entry.next_attempt)),
+        Place::Dead => {}
+    }
+    if let Some(split) = &entry.split {
+        print_split(split);
     }
     if let Some(reason) = &entry.dead_reason {
         println!("dead because: {reason}");
@@ -183,6 +193,26 @@ fn print_entry(entry: &Entry, place: Place) {
             "  {}  {}",
             humantime::format_rfc3339_seconds(attempt.at),
             attempt.outcome
+        );
+    }
+}
+
+/// What a held or merged message's record says about the transactions it came in.
+fn print_split(split: &crate::queue::split::SplitRecord) {
+    println!("message-id:   <{}>", split.message_id);
+    println!("header rcpts: {}", split.header_recipients);
+    if !split.parts.is_empty() {
+        println!(
+            "merged from:  {} transactions: {}",
+            split.parts.len(),
+            split.parts.join(", ")
+        );
+    }
+    if !split.uncovered.is_empty() {
+        println!(
+            "in no envelope: {} header recipients: {}",
+            split.uncovered.len(),
+            split.uncovered.join(", ")
         );
     }
 }

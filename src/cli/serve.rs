@@ -125,11 +125,13 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         let run = started
             .scheduler
             .run(shutdown.clone(), config.smtp.shutdown_grace);
-        (tokio::spawn(run), started.lock)
+        let split = tokio::spawn(started.splitter.run(shutdown.clone()));
+        (tokio::spawn(run), split, started.lock)
     });
     server.run(shutdown).await;
-    if let Some((scheduler, _lock)) = deliveries {
+    if let Some((scheduler, splitter, _lock)) = deliveries {
         let _ = scheduler.await;
+        let _ = splitter.await;
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -101,6 +101,11 @@ pub struct QueueConfig {
     /// since 1 May 2026 (6,000 units per user per minute, 100 per send); older projects have
     /// 15,000 (2.5 per second). Lowered on its own after rate-limit answers, regained gradually.
     pub max_send_rate: f64,
+    /// How long a transaction that names only some of its header recipients is held for the other
+    /// transactions of the same message (an MTA splitting a long recipient list); zero turns
+    /// holding off.
+    #[serde(with = "humantime_serde")]
+    pub split_window: Duration,
 }
 
 impl Default for QueueConfig {
@@ -111,6 +116,7 @@ impl Default for QueueConfig {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             max_send_rate: 1.0,
+            split_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -273,6 +279,13 @@ impl Config {
             return Err(Broken::new(
                 "queue.max_send_rate",
                 "must be a number of sends per second of at least 1/3600 (one an hour)",
+            ));
+        }
+        if self.queue.split_window > self.queue.max_age {
+            // A held transaction would outlive what the queue promises for any message.
+            return Err(Broken::new(
+                "queue.split_window",
+                "must not be longer than queue.max_age",
             ));
         }
         self.gmail
@@ -439,6 +452,16 @@ mod tests {
                 "docs/configuration.md lacks {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_split_window_longer_than_max_age_is_refused() {
+        let text = "[queue]\nmax_age = \"1h\"\nsplit_window = \"2h\"\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.toml:3:1: queue.split_window: must not be longer than queue.max_age"
+        );
     }
 
     #[test]

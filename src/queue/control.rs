@@ -143,6 +143,12 @@ pub async fn retry(spool: &Spool, id: &str, now: SystemTime) -> Result<(Entry, S
             .map_err(|e| format!("{id}: {e}"))?;
         return Ok((entry, format!("{id}: will be retried now")));
     }
+    if spool.read(Place::Held, id).is_ok() {
+        return Err(format!(
+            "{id}: held until the other transactions of its message arrive (at most \
+             queue.split_window); `queue show {id}` says more"
+        ));
+    }
     let mut entry = spool
         .read(Place::Dead, id)
         .map_err(|_| format!("{id}: no such message"))?;
@@ -158,9 +164,9 @@ pub async fn retry(spool: &Spool, id: &str, now: SystemTime) -> Result<(Entry, S
     ))
 }
 
-/// Deletes a message, queued or dead.
+/// Deletes a message, queued, held or dead.
 pub async fn delete(spool: &Spool, id: &str) -> Result<String, String> {
-    for place in [Place::Queue, Place::Dead] {
+    for place in [Place::Queue, Place::Held, Place::Dead] {
         if spool.read(place, id).is_ok() {
             spool
                 .remove(place, id)

@@ -10,14 +10,16 @@
 pub mod control;
 pub mod courier;
 pub mod schedule;
+pub mod split;
 pub mod spool;
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::message::{Envelope, Message};
-use crate::relay::gmail::accounts::Impersonate;
+use crate::config::HeaderOnlyRecipients;
+use crate::message::{Envelope, HEAD_LIMIT, Message};
+use crate::relay::gmail::accounts::{Account, Impersonate};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use spool::{Entry, Spool};
 
@@ -26,15 +28,24 @@ pub struct Queue {
     spool: Spool,
     gmail: Arc<Gmail>,
     scheduled: mpsc::UnboundedSender<Entry>,
+    /// Holds the transactions of messages an MTA split.
+    split: split::Intake,
 }
 
 impl Queue {
-    /// A queue storing into `spool` and announcing new entries to the scheduler.
-    pub fn new(spool: Spool, gmail: Arc<Gmail>, scheduled: mpsc::UnboundedSender<Entry>) -> Self {
+    /// A queue storing into `spool`, announcing new entries to the scheduler and holding the
+    /// transactions of split messages through `split`.
+    pub fn new(
+        spool: Spool,
+        gmail: Arc<Gmail>,
+        scheduled: mpsc::UnboundedSender<Entry>,
+        split: split::Intake,
+    ) -> Self {
         Queue {
             spool,
             gmail,
             scheduled,
+            split,
         }
     }
 }
@@ -46,14 +57,17 @@ impl Deliver for Queue {
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
+        let head = message.head(HEAD_LIMIT).await.map_err(|err| {
+            DeliveryError::local(format!("cannot read the message, try again later: {err}"))
+        })?;
+        if let Some(part) = self.split.recognise(envelope, &head) {
+            let account = self.gmail.check(&part.completed(envelope), message).await?;
+            let entry = entry_for(envelope, message, &account);
+            return self.split.hold(part, envelope, message, entry).await;
+        }
         // Policy first: a message Gmail mode would refuse is refused now, while the client listens.
         let account = self.gmail.check(envelope, message).await?;
-        let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
-        let entry = Entry::new(envelope, message.len(), &account.name).with_mailbox(
-            account
-                .subject(sender)
-                .filter(|_| account.impersonate == Impersonate::Sender),
-        );
+        let entry = entry_for(envelope, message, &account);
         if let Err(err) = self.spool.put(&entry, message).await {
             tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot queue the message");
             return Err(DeliveryError::local(
@@ -69,6 +83,16 @@ impl Deliver for Queue {
     }
 }
 
+/// The record of a message accepted for `account`, with the mailbox whose limits it counts
+/// against: the sender's, when the account impersonates each sender.
+fn entry_for(envelope: &Envelope, message: &Message, account: &Account) -> Entry {
+    let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
+    let mailbox = account
+        .subject(sender)
+        .filter(|_| account.impersonate == Impersonate::Sender);
+    Entry::new(envelope, message.len(), &account.name).with_mailbox(mailbox)
+}
+
 /// A queue ready to run: the acceptor for the SMTP sessions, the scheduler to spawn, and the lock
 /// that keeps a second server off the same spool.
 pub struct Started {
@@ -76,6 +100,8 @@ pub struct Started {
     pub acceptor: Arc<Queue>,
     /// The background deliveries; run it until shutdown.
     pub scheduler: schedule::Scheduler,
+    /// Merges the held transactions of split messages; run it until shutdown.
+    pub splitter: split::Splitter,
     /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
     pub spill_dir: std::path::PathBuf,
     /// Held for as long as the server runs.
@@ -99,8 +125,21 @@ pub fn start(config: &crate::config::QueueConfig, gmail: Arc<Gmail>) -> Result<S
         );
     }
     let (scheduled, incoming) = mpsc::unbounded_channel();
+    let policies: split::Policies = {
+        let gmail = gmail.clone();
+        Arc::new(move |account: &str| {
+            gmail
+                .router()
+                .account(account)
+                .map_or(HeaderOnlyRecipients::default(), |a| {
+                    a.policy.header_only_recipients
+                })
+        })
+    };
+    let (intake, splitter) = split::build(&spool, config, policies, scheduled.clone());
     Ok(Started {
-        acceptor: Arc::new(Queue::new(spool.clone(), gmail.clone(), scheduled)),
+        acceptor: Arc::new(Queue::new(spool.clone(), gmail.clone(), scheduled, intake)),
+        splitter,
         spill_dir: spool.incoming(),
         scheduler: schedule::Scheduler::new(spool, gmail, config.clone(), incoming),
         lock,

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::split::SplitRecord;
 use crate::message::{Address, Envelope, Message, MessageId};
 use crate::safeio;
 
@@ -33,6 +34,9 @@ pub enum Place {
     Queue,
     /// Given up: a permanent failure or too old. Kept until retried or deleted.
     Dead,
+    /// One transaction of a message an MTA split into several, waiting for the others
+    /// (see [`super::split`]).
+    Held,
 }
 
 impl Place {
@@ -40,6 +44,7 @@ impl Place {
         match self {
             Place::Queue => "queue",
             Place::Dead => "dead",
+            Place::Held => "held",
         }
     }
 }
@@ -100,6 +105,10 @@ pub struct Entry {
     /// Every attempt, oldest first.
     #[serde(default)]
     pub history: Vec<Attempt>,
+    /// For a held transaction of a split message, or a message merged from several: which
+    /// message, and what the merge did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitRecord>,
 }
 
 impl Entry {
@@ -122,6 +131,7 @@ impl Entry {
             last_error: None,
             dead_reason: None,
             history: Vec::new(),
+            split: None,
         }
     }
 
@@ -167,6 +177,8 @@ pub struct Spool {
     root: PathBuf,
     /// Group commit of `queue/`'s directory entries.
     queue_sync: Arc<DirSync>,
+    /// The same for `held/`.
+    held_sync: Arc<DirSync>,
 }
 
 /// One directory fsync shared by everyone waiting for one: twenty sessions storing at once pay
@@ -216,11 +228,13 @@ impl Spool {
         let spool = Spool {
             root: root.to_path_buf(),
             queue_sync: Arc::new(DirSync::new(root.join(Place::Queue.dir_name()))),
+            held_sync: Arc::new(DirSync::new(root.join(Place::Held.dir_name()))),
         };
         for dir in [
             spool.incoming(),
             spool.dir(Place::Queue),
             spool.dir(Place::Dead),
+            spool.dir(Place::Held),
         ] {
             std::fs::create_dir_all(&dir).map_err(|err| {
                 io::Error::new(
@@ -262,11 +276,20 @@ impl Spool {
     /// moment ([`DirSync`]). A crash before the fsync leaves a file without a valid footer, which
     /// [`recover`](Self::recover) removes: no 250 was given for it.
     pub async fn put(&self, entry: &Entry, message: &Message) -> io::Result<()> {
+        self.put_into(Place::Queue, entry, message).await
+    }
+
+    /// [`put`](Self::put) into `place`: `Queue`, or `Held` for a transaction of a split message.
+    pub async fn put_into(&self, place: Place, entry: &Entry, message: &Message) -> io::Result<()> {
         let mut trailer = serde_json::to_vec(entry).map_err(io::Error::other)?;
         trailer.extend_from_slice(&footer(trailer.len()));
-        let path = self.msg(Place::Queue, &entry.id);
+        let path = self.msg(place, &entry.id);
+        let sync = match place {
+            Place::Held => &self.held_sync,
+            _ => &self.queue_sync,
+        };
         let stored = match message.store_with(&path, trailer).await {
-            Ok(()) => self.queue_sync.sync().await,
+            Ok(()) => sync.sync().await,
             // Another message's file: not ours to remove.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(err),
             Err(err) => Err(err),
@@ -370,19 +393,21 @@ impl Spool {
     /// many incomplete accepts it removed. Runs before the server accepts or delivers anything.
     pub fn recover(&self) -> io::Result<usize> {
         let mut removed = self.upgrade_eml_pairs()?;
-        for id in self.ids(Place::Queue, "msg")? {
-            let msg = self.msg(Place::Queue, &id);
-            // With a `.json` it had attempts, so it was acknowledged: never removed here. Only a
-            // file cut short is removed; one that cannot be read now (EIO, permissions) or was
-            // written by a newer version is kept and reported by `list`.
-            if !self.json(Place::Queue, &id).exists()
-                && matches!(read_trailer(&msg), Err(TrailerError::Incomplete))
-            {
-                std::fs::remove_file(&msg)?;
-                removed += 1;
+        for place in [Place::Queue, Place::Held] {
+            for id in self.ids(place, "msg")? {
+                let msg = self.msg(place, &id);
+                // With a `.json` it had attempts, so it was acknowledged: never removed here. Only
+                // a file cut short is removed; one that cannot be read now (EIO, permissions) or
+                // was written by a newer version is kept and reported by `list`.
+                if !self.json(place, &id).exists()
+                    && matches!(read_trailer(&msg), Err(TrailerError::Incomplete))
+                {
+                    std::fs::remove_file(&msg)?;
+                    removed += 1;
+                }
             }
         }
-        for place in [Place::Queue, Place::Dead] {
+        for place in [Place::Queue, Place::Dead, Place::Held] {
             for id in self.ids(place, "json")? {
                 // Beside an `.eml` it is an old-format record the upgrade could not read: kept.
                 let eml = self.dir(place).join(format!("{id}.eml"));
@@ -395,6 +420,7 @@ impl Spool {
             self.incoming(),
             self.dir(Place::Queue),
             self.dir(Place::Dead),
+            self.dir(Place::Held),
         ] {
             for item in std::fs::read_dir(&dir)? {
                 let item = item?;
@@ -407,6 +433,7 @@ impl Spool {
         }
         safeio::sync_dir(&self.dir(Place::Queue))?;
         safeio::sync_dir(&self.dir(Place::Dead))?;
+        safeio::sync_dir(&self.dir(Place::Held))?;
         Ok(removed)
     }
 }

@@ -6,6 +6,7 @@ pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
 pub mod queued;
+pub mod served;
 pub mod tls;
 
 use std::collections::VecDeque;

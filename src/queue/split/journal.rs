@@ -1,0 +1,210 @@
+//! The record of each merge, written before anything moves: `spool/merged/<id>.json`.
+//!
+//! Releasing a group moves its oldest transaction to `queue/` (or `dead/`) under the merged record
+//! and removes the other transactions: several files, so a crash can stop it midway. The record
+//! is written first and made durable; at start every record whose transactions are still in
+//! `held/` is carried out again (the move if the oldest is still held, then the removals). A
+//! crash therefore leaves either the held transactions, which are grouped again, or the merged
+//! message with its record: never both sent, never neither.
+//!
+//! The record stays for `queue.max_age` after the merge. A transaction that arrives again later —
+//! the client resending one whose 250 it never saw — and names only recipients who already have
+//! the message is recognised by it and dropped, instead of starting a group that would end in a
+//! second copy or a dead letter.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::spool::{Entry, Place, Spool};
+use crate::safeio;
+
+/// One merge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Merge {
+    /// The merged message's record, as it is in `queue/` or `dead/`; its `split.parts` lists the
+    /// transactions merged.
+    pub entry: Entry,
+    /// True when it was made a dead letter rather than queued.
+    pub dead: bool,
+    /// Everyone who has (or will get) the message from this merge, normalized.
+    pub served: HashSet<String>,
+    /// When it was done.
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+}
+
+impl Merge {
+    /// The transactions merged.
+    pub fn parts(&self) -> &[String] {
+        self.entry.split.as_ref().map_or(&[], |s| &s.parts)
+    }
+
+    /// The group it was made from.
+    pub fn group(&self) -> &str {
+        self.entry.split.as_ref().map_or("", |s| &s.group)
+    }
+
+    fn place(&self) -> Place {
+        if self.dead { Place::Dead } else { Place::Queue }
+    }
+}
+
+fn dir(spool: &Spool) -> PathBuf {
+    spool.root().join("merged")
+}
+
+fn path(spool: &Spool, id: &str) -> PathBuf {
+    dir(spool).join(format!("{id}.json"))
+}
+
+/// Carries out a merge: its record durably first, then the moves (see the module docs).
+pub(super) async fn carry_out(spool: &Spool, merge: &Merge) -> io::Result<()> {
+    record(spool, merge).await?;
+    complete(spool, merge).await.map(drop)
+}
+
+/// Writes a merge's record and makes it durable, before anything moves.
+pub(super) async fn record(spool: &Spool, merge: &Merge) -> io::Result<()> {
+    let (dir, file) = (dir(spool), path(spool, &merge.entry.id));
+    let bytes = serde_json::to_vec_pretty(merge).map_err(io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        safeio::write_atomically(&file, &bytes)?;
+        safeio::sync_dir(&dir)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Does whatever of a recorded merge is not done yet. Returns true when it moved the merged
+/// message into place (which the scheduler then has to hear about).
+pub(super) async fn complete(spool: &Spool, merge: &Merge) -> io::Result<bool> {
+    let id = &merge.entry.id;
+    let moved = spool.message_path(Place::Held, id).exists();
+    if moved {
+        spool
+            .move_to(Place::Held, merge.place(), &merge.entry)
+            .await?;
+    }
+    for part in merge.parts().iter().filter(|part| *part != id) {
+        if spool.message_path(Place::Held, part).exists() {
+            spool.remove(Place::Held, part).await?;
+        }
+    }
+    Ok(moved)
+}
+
+/// Every merge record, and those that cannot be read (with why).
+pub(super) fn load(spool: &Spool) -> (Vec<Merge>, Vec<(PathBuf, io::Error)>) {
+    let (mut merges, mut broken) = (Vec::new(), Vec::new());
+    let Ok(items) = std::fs::read_dir(dir(spool)) else {
+        return (merges, broken);
+    };
+    for item in items.filter_map(Result::ok) {
+        let path = item.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let read = std::fs::read(&path).and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+        });
+        match read {
+            Ok(merge) => merges.push(merge),
+            Err(err) => broken.push((path, err)),
+        }
+    }
+    merges.sort_by_key(|m: &Merge| m.at);
+    (merges, broken)
+}
+
+/// Forgets a merge whose transactions are all gone.
+pub(super) async fn forget(spool: &Spool, id: &str) -> io::Result<()> {
+    let file = path(spool, id);
+    tokio::task::spawn_blocking(move || match std::fs::remove_file(file) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    async fn held(spool: &Spool, id: &str) -> Entry {
+        let entry = Entry {
+            size: 7,
+            ..crate::queue::split::test_part(id, SystemTime::now(), &["a@x"])
+        };
+        let message = Message::from_bytes(b"To: a@x".to_vec());
+        spool.put_into(Place::Held, &entry, &message).await.unwrap();
+        entry
+    }
+
+    fn merge_of(parts: &[&Entry]) -> Merge {
+        let mut entry = parts[0].clone();
+        entry.rcpt_to = vec!["a@x".into(), "b@x".into()];
+        if let Some(split) = &mut entry.split {
+            split.parts = parts.iter().map(|p| p.id.clone()).collect();
+        }
+        Merge {
+            entry,
+            dead: false,
+            served: ["a@x".to_string(), "b@x".to_string()].into(),
+            at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_merge_moves_the_oldest_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
+        let merge = merge_of(&[&first, &second]);
+        carry_out(&spool, &merge).await.unwrap();
+        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merge.entry);
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        let (loaded, broken) = load(&spool);
+        assert!(broken.is_empty());
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].parts(), ["01", "02"]);
+        assert!(
+            !complete(&spool, &loaded[0]).await.unwrap(),
+            "nothing left to do"
+        );
+        forget(&spool, "01").await.unwrap();
+        assert!(load(&spool).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_merge_cut_short_is_completed_from_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
+        let merge = merge_of(&[&first, &second]);
+        // The record was written, then the server died before moving anything.
+        record(&spool, &merge).await.unwrap();
+        let (loaded, _) = load(&spool);
+        assert!(complete(&spool, &loaded[0]).await.unwrap());
+        assert_eq!(spool.read(Place::Queue, "01").unwrap().rcpt_to.len(), 2);
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+
+        // Died after the move, before removing the other transaction: only the removal is left.
+        let (third, fourth) = (held(&spool, "03").await, held(&spool, "04").await);
+        let merge = merge_of(&[&third, &fourth]);
+        spool
+            .move_to(Place::Held, Place::Queue, &merge.entry)
+            .await
+            .unwrap();
+        assert!(!complete(&spool, &merge).await.unwrap());
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "03").unwrap(), merge.entry);
+    }
+}

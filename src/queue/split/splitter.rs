@@ -1,0 +1,446 @@
+//! The task that owns the held transactions: groups them, releases each group once it is complete
+//! (or its window has passed), and remembers what it released.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::group::{Group, Outcome};
+use super::journal::{self, Merge};
+use super::{HeldPart, header_recipients};
+use crate::config::{HeaderOnlyRecipients, QueueConfig};
+use crate::message::headers::normalize;
+use crate::message::{HEAD_LIMIT, read_head};
+use crate::queue::spool::{Entry, Place, Spool};
+
+/// The `header_only_recipients` policy of an account, by name.
+pub type Policies = Arc<dyn Fn(&str) -> HeaderOnlyRecipients + Send + Sync>;
+
+/// The longest sleep: held transactions are few, but the clock may jump.
+const IDLE: Duration = Duration::from_secs(60);
+/// After a failed release (disk trouble), the next try.
+const RETRY: Duration = Duration::from_secs(60);
+/// How often merge records past their time are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Owns the held transactions while the server runs.
+pub struct Splitter {
+    spool: Spool,
+    window: Duration,
+    /// How long merges are remembered (`queue.max_age`).
+    retention: Duration,
+    policies: Policies,
+    scheduled: mpsc::UnboundedSender<Entry>,
+    incoming: mpsc::UnboundedReceiver<HeldPart>,
+    /// Open groups by key.
+    groups: HashMap<String, Group>,
+    /// Merges done, by group key.
+    released: HashMap<String, Vec<Merge>>,
+    pruned: SystemTime,
+}
+
+impl Splitter {
+    pub(super) fn new(
+        spool: Spool,
+        config: &QueueConfig,
+        policies: Policies,
+        scheduled: mpsc::UnboundedSender<Entry>,
+        incoming: mpsc::UnboundedReceiver<HeldPart>,
+    ) -> Splitter {
+        Splitter {
+            spool,
+            window: config.split_window,
+            retention: config.max_age,
+            policies,
+            scheduled,
+            incoming,
+            groups: HashMap::new(),
+            released: HashMap::new(),
+            pruned: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Runs until `shutdown`. Held transactions stay on disk and are picked up at the next start.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.resume().await;
+        loop {
+            let now = SystemTime::now();
+            let wait = self
+                .groups
+                .values()
+                .map(Group::due)
+                .min()
+                .map_or(IDLE, |due| due.duration_since(now).unwrap_or_default())
+                .min(IDLE);
+            tokio::select! {
+                Some(part) = self.incoming.recv() => self.add(part, SystemTime::now()).await,
+                _ = tokio::time::sleep(wait) => self.release_due().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Finishes the merges a crash interrupted, then groups the transactions held on disk.
+    async fn resume(&mut self) {
+        let (merges, broken) = journal::load(&self.spool);
+        for (path, err) in broken {
+            tracing::error!(path = %path.display(), %err, "unreadable merge record left in place");
+        }
+        for merge in merges {
+            match journal::complete(&self.spool, &merge).await {
+                Ok(true) => {
+                    tracing::info!(id = %merge.entry.id, "completed a merge of held transactions that a stop interrupted");
+                    if !merge.dead {
+                        let _ = self.scheduled.send(merge.entry.clone());
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(id = %merge.entry.id, %err, "cannot complete an interrupted merge; retried at the next start")
+                }
+            }
+            self.remember(merge);
+        }
+        self.prune(SystemTime::now()).await;
+        let held = match self.spool.list(Place::Held) {
+            Ok((held, broken)) => {
+                for (id, err) in broken {
+                    tracing::error!(id, %err, "unreadable held transaction left in place; inspect or delete it");
+                }
+                held
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot read the held transactions");
+                return;
+            }
+        };
+        if !held.is_empty() {
+            tracing::info!(
+                held = held.len(),
+                "resuming held transactions of split messages"
+            );
+        }
+        for entry in held {
+            let path = self.spool.message_path(Place::Held, &entry.id);
+            let head = read_head(&path, entry.size.min(HEAD_LIMIT as u64)).await;
+            let Some(header) = head.ok().and_then(|head| header_recipients(&head)) else {
+                tracing::error!(id = %entry.id, "held transaction whose headers cannot be read left in place; inspect or delete it");
+                continue;
+            };
+            self.add(HeldPart { entry, header }, SystemTime::now())
+                .await;
+        }
+        // While the server was down the client could not send the rest: the window counts from
+        // this start at the earliest, or a stop longer than the window would end every group
+        // held across it incomplete.
+        let window_from_start = SystemTime::now() + self.window;
+        for group in self.groups.values_mut() {
+            group.deadline = group.deadline.max(window_from_start);
+        }
+    }
+
+    fn remember(&mut self, merge: Merge) {
+        let key = merge.group().to_string();
+        self.released.entry(key).or_default().push(merge);
+    }
+
+    /// Takes one held transaction into its group, unless it repeats a merge already done.
+    async fn add(&mut self, part: HeldPart, now: SystemTime) {
+        let Some(key) = part.entry.split.as_ref().map(|s| s.group.clone()) else {
+            tracing::error!(id = %part.entry.id, "held transaction without a split record left in place");
+            return;
+        };
+        if let Some(merge) = self.repeats(&key, &part.entry) {
+            let (id, merged) = (part.entry.id.clone(), merge.entry.id.clone());
+            // Gone already when it is itself part of that merge (loaded, then announced).
+            if self.spool.message_path(Place::Held, &id).exists() {
+                tracing::info!(
+                    id,
+                    merged,
+                    "transaction repeats a message already released; dropped"
+                );
+                if let Err(err) = self.spool.remove(Place::Held, &id).await {
+                    tracing::error!(id, %err, "cannot remove a repeated transaction");
+                }
+            }
+            return;
+        }
+        match self.groups.get_mut(&key) {
+            Some(group) => group.add(part.entry, now, self.window),
+            None => {
+                let group = Group::new(part.entry, part.header, now, self.window);
+                self.groups.insert(key, group);
+            }
+        }
+    }
+
+    /// A merge of the same message that already includes this transaction or served every one
+    /// of its recipients.
+    fn repeats(&self, key: &str, part: &Entry) -> Option<&Merge> {
+        let merges = self.released.get(key)?;
+        merges.iter().find(|merge| {
+            merge.parts().contains(&part.id)
+                || part
+                    .rcpt_to
+                    .iter()
+                    .all(|a| merge.served.contains(&normalize(a)))
+        })
+    }
+
+    async fn release_due(&mut self) {
+        let now = SystemTime::now();
+        let due: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, group)| group.due() <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            if let Some(group) = self.groups.remove(&key) {
+                self.release(key, group, now).await;
+            }
+        }
+        if now.duration_since(self.pruned).unwrap_or_default() >= PRUNE_EVERY {
+            self.prune(now).await;
+        }
+    }
+
+    /// Queues a group as one message, or makes it a dead letter.
+    async fn release(&mut self, key: String, mut group: Group, now: SystemTime) {
+        // An operator may have deleted some meanwhile.
+        group
+            .parts
+            .retain(|p| self.spool.message_path(Place::Held, &p.id).exists());
+        let Some(first) = group.parts.first() else {
+            return;
+        };
+        let outcome = if group.is_complete() {
+            Outcome::Queue
+        } else {
+            match (self.policies)(&first.account) {
+                HeaderOnlyRecipients::Allow => Outcome::Queue,
+                HeaderOnlyRecipients::Reject => Outcome::Dead(self.incomplete_reason(&key, &group)),
+            }
+        };
+        let merge = Merge {
+            entry: group.merged(&outcome, now),
+            dead: outcome != Outcome::Queue,
+            served: group.served(&outcome).into_iter().collect(),
+            at: now,
+        };
+        if let Err(err) = journal::carry_out(&self.spool, &merge).await {
+            tracing::error!(id = %merge.entry.id, %err, "cannot release held transactions; trying again in a minute");
+            group.settled_at = None;
+            group.deadline = now + RETRY;
+            self.groups.insert(key, group);
+            return;
+        }
+        self.log_release(&merge, &group, &outcome);
+        if !merge.dead {
+            let _ = self.scheduled.send(merge.entry.clone());
+        }
+        self.remember(merge);
+    }
+
+    fn log_release(&self, merge: &Merge, group: &Group, outcome: &Outcome) {
+        let entry = &merge.entry;
+        let message_id = entry.split.as_ref().map_or("", |s| s.message_id.as_str());
+        let (id, parts, recipients) = (&entry.id, group.parts.len(), entry.rcpt_to.len());
+        match outcome {
+            Outcome::Queue if group.is_complete() => tracing::info!(
+                id,
+                message_id,
+                parts,
+                recipients,
+                "transactions of a split message merged"
+            ),
+            Outcome::Queue => tracing::warn!(
+                id, message_id, parts, recipients,
+                uncovered = %list(&group.uncovered()),
+                "split message incomplete after queue.split_window: queued once \
+                 (header_only_recipients = \"allow\")"
+            ),
+            Outcome::Dead(reason) => tracing::warn!(id, message_id, %reason, "dead letter"),
+        }
+    }
+
+    fn incomplete_reason(&self, key: &str, group: &Group) -> String {
+        let uncovered = group.uncovered();
+        let message_id = group.parts[0]
+            .split
+            .as_ref()
+            .map_or("", |s| s.message_id.as_str());
+        let earlier = match self.released.get(key).and_then(|m| m.last()) {
+            Some(merge) => format!(
+                " (other transactions of it arrived earlier and were released as {})",
+                merge.entry.id
+            ),
+            None => String::new(),
+        };
+        format!(
+            "split message <{message_id}> incomplete: within queue.split_window ({}) its {} \
+             transaction(s) named {} of its {} header recipients{earlier}; never in an envelope: \
+             {}. Refused by gmail.header_only_recipients = \"reject\" (Gmail would deliver to \
+             them); set it to \"allow\" and run `smtp2gmail queue retry` on this message to send \
+             it to every header recipient",
+            humantime::format_duration(self.window),
+            group.parts.len(),
+            group.header.len() - uncovered.len(),
+            group.header.len(),
+            list(&uncovered),
+        )
+    }
+
+    /// Forgets merges older than `retention` whose transactions are all gone.
+    async fn prune(&mut self, now: SystemTime) {
+        self.pruned = now;
+        let cutoff = now
+            .checked_sub(self.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut forgotten = HashSet::new();
+        for merge in self.released.values().flatten() {
+            if merge.at < cutoff {
+                match journal::forget(&self.spool, &merge.entry.id).await {
+                    Ok(()) => {
+                        forgotten.insert(merge.entry.id.clone());
+                    }
+                    Err(err) => {
+                        tracing::warn!(id = %merge.entry.id, %err, "cannot remove an old merge record")
+                    }
+                }
+            }
+        }
+        for merges in self.released.values_mut() {
+            merges.retain(|m| !forgotten.contains(&m.entry.id));
+        }
+        self.released.retain(|_, merges| !merges.is_empty());
+    }
+}
+
+/// The first few addresses of a list, and how many more.
+fn list(addresses: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = addresses
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addresses.len() > SHOWN {
+        text.push_str(&format!(" and {} more", addresses.len() - SHOWN));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
+
+    fn splitter(spool: &Spool, window: Duration) -> (Splitter, mpsc::UnboundedReceiver<Entry>) {
+        let config = QueueConfig {
+            split_window: window,
+            ..QueueConfig::default()
+        };
+        let (scheduled, queued) = mpsc::unbounded_channel();
+        let reject: Policies = Arc::new(|_| HeaderOnlyRecipients::Reject);
+        let incoming = mpsc::unbounded_channel().1;
+        let splitter = Splitter::new(spool.clone(), &config, reject, scheduled, incoming);
+        (splitter, queued)
+    }
+
+    /// Holds a transaction of `RAW` to `rcpt`, received `at`.
+    async fn hold(spool: &Spool, id: &str, at: SystemTime, rcpt: &str) {
+        let entry = Entry {
+            size: RAW.len() as u64,
+            ..crate::queue::split::test_part(id, at, &[rcpt])
+        };
+        let message = Message::from_bytes(RAW.to_vec());
+        spool.put_into(Place::Held, &entry, &message).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_window_that_passed_while_the_server_was_down_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        hold(&spool, "01", hour_ago, "a@x").await;
+        let (mut splitter, _) = splitter(&spool, Duration::from_secs(60));
+        splitter.resume().await;
+        let group = &splitter.groups["g"];
+        assert!(group.deadline > SystemTime::now() + Duration::from_secs(50));
+        splitter.release_due().await;
+        assert_eq!(spool.list(Place::Held).unwrap().0.len(), 1, "still held");
+    }
+
+    #[tokio::test]
+    async fn complete_groups_are_queued_once_and_repeats_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        hold(&spool, "01", now, "a@x").await;
+        hold(&spool, "02", now, "b@x").await;
+        let (mut splitter, mut queued) = splitter(&spool, Duration::from_secs(60));
+        splitter.resume().await;
+        assert!(splitter.groups["g"].is_complete());
+        let group = splitter.groups.remove("g").unwrap();
+        splitter.release("g".into(), group, now).await;
+        let merged = queued.try_recv().unwrap();
+        assert_eq!((merged.id.as_str(), merged.rcpt_to.len()), ("01", 2));
+        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merged);
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+
+        // The client sends the second transaction again: dropped, nothing queued.
+        hold(&spool, "03", now, "b@x").await;
+        let again = spool.read(Place::Held, "03").unwrap();
+        splitter.groups.clear();
+        let header = ["a@x", "b@x"].map(String::from).into();
+        splitter
+            .add(
+                HeldPart {
+                    entry: again,
+                    header,
+                },
+                now,
+            )
+            .await;
+        assert!(splitter.groups.is_empty() && queued.try_recv().is_err());
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_merge_a_stop_interrupted_is_completed_and_queued_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        hold(&spool, "01", now, "a@x").await;
+        hold(&spool, "02", now, "b@x").await;
+        let (mut before, _) = splitter(&spool, Duration::from_secs(60));
+        before.resume().await;
+        let group = before.groups.remove("g").unwrap();
+        let merge = Merge {
+            entry: group.merged(&Outcome::Queue, now),
+            dead: false,
+            served: group.served(&Outcome::Queue).into_iter().collect(),
+            at: now,
+        };
+        // The record is durable; the server dies before moving anything.
+        journal::record(&spool, &merge).await.unwrap();
+
+        let (mut after, mut queued) = splitter(&spool, Duration::from_secs(60));
+        after.resume().await;
+        assert_eq!(queued.try_recv().unwrap(), merge.entry, "queued once");
+        assert!(queued.try_recv().is_err());
+        assert!(
+            after.groups.is_empty(),
+            "the held transactions are not grouped again"
+        );
+        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merge.entry);
+    }
+}
