@@ -2,10 +2,10 @@
 //!
 //! Each accepted connection becomes a [`session::Session`] task; on a `listen_tls` listener the
 //! TLS handshake comes first, inside that task. A semaphore caps how many run at once and a
-//! per-IP count stops one address from taking every slot; a client over either cap is told
-//! `421 4.7.0` at once instead of waiting unanswered. On
-//! shutdown the listeners stop accepting, idle sessions are told 421, open transactions get
-//! `shutdown_grace` to finish, and then every session is closed.
+//! per-IP count stops one remote address (loopback is exempt) from taking every slot; a client
+//! over either cap is told `421 4.7.0` at once instead of waiting unanswered. On shutdown the
+//! listeners stop accepting, idle sessions are told 421, open transactions get `shutdown_grace`
+//! to finish, and then every session is closed.
 
 pub mod address;
 pub mod auth;
