@@ -75,7 +75,23 @@ pub struct Server {
 impl Server {
     /// Loads the TLS identity and the users, then binds every address in `config.listen` and
     /// `config.listen_tls` (port 0 picks a free port, for tests).
-    pub async fn bind(config: SmtpConfig, deliver: Arc<dyn Deliver>) -> Result<Server, StartError> {
+    /// `max_message_size` is lowered to what the target can take (Gmail's limit less room for
+    /// the Bcc header), so that SIZE tells clients the truth.
+    pub async fn bind(
+        mut config: SmtpConfig,
+        deliver: Arc<dyn Deliver>,
+    ) -> Result<Server, StartError> {
+        if let Some(limit) = deliver.size_limit(config.max_recipients)
+            && limit < config.max_message_size
+        {
+            tracing::info!(
+                configured = config.max_message_size,
+                size = limit,
+                "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room \
+                 for the Bcc header added for up to max_recipients recipients"
+            );
+            config.max_message_size = limit;
+        }
         let tls = config
             .tls
             .as_ref()

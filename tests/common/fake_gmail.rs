@@ -60,10 +60,15 @@ impl SendFault {
     }
 }
 
+/// Gmail's upload limit (`maxSize` of messages.send): larger uploads get 413.
+pub const UPLOAD_LIMIT: usize = 36_700_160;
+
 /// The endpoint's configuration and records.
 #[derive(Default)]
 pub struct GmailEndpoint {
     uploads: Vec<Upload>,
+    /// Every send request, whatever was answered.
+    requests: usize,
     faults: VecDeque<SendFault>,
     latency: Duration,
     /// Requests answered 401 because of their token.
@@ -120,6 +125,11 @@ impl FakeGoogle {
         self.state().revoke_access_tokens();
     }
 
+    /// How many send requests arrived, accepted or not.
+    pub fn send_requests(&self) -> usize {
+        self.state().gmail.requests
+    }
+
     /// How many sends were refused for their token.
     pub fn unauthorized_sends(&self) -> usize {
         self.state().gmail.unauthorized
@@ -170,6 +180,7 @@ pub async fn send(
     let (fault, latency, in_flight, most) = {
         let mut state = state.lock().unwrap();
         let gmail = &mut state.gmail;
+        gmail.requests += 1;
         (
             gmail.faults.pop_front(),
             gmail.latency,
@@ -213,6 +224,9 @@ pub async fn send(
     if !state.is_valid_access_token(&token) {
         state.gmail.unauthorized += 1;
         return google_error(401, "authError", "Invalid Credentials");
+    }
+    if body.len() > UPLOAD_LIMIT {
+        return google_error(413, "uploadTooLarge", "Request Entity Too Large");
     }
     let (recipients, from) = header_addresses(&body);
     if recipients.is_empty() {

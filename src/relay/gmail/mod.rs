@@ -99,7 +99,7 @@ impl Gmail {
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
         let raw = message.to_bytes().await.map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &raw)?;
+        let (account, subject, prepared) = self.decide(envelope, &raw, raw.len() as u64)?;
         Ok(Outgoing {
             account,
             subject,
@@ -115,7 +115,7 @@ impl Gmail {
         message: &Message,
     ) -> Result<Arc<Account>, DeliveryError> {
         let head = message.head(HEAD_LIMIT).await.map_err(unreadable)?;
-        Ok(self.decide(envelope, &head)?.0)
+        Ok(self.decide(envelope, &head, message.len())?.0)
     }
 
     /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.msg`), whose first
@@ -129,7 +129,7 @@ impl Gmail {
         let head = read_head(path, len.min(HEAD_LIMIT as u64))
             .await
             .map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &head)?;
+        let (account, subject, prepared) = self.decide(envelope, &head, len)?;
         let pieces = upload::extend_to(prepared.pieces, head.len(), len as usize);
         Ok(Outgoing {
             account,
@@ -141,11 +141,14 @@ impl Gmail {
         })
     }
 
-    /// The account, the user a service-account token is for, and the rules' edits.
+    /// The account, the user a service-account token is for, and the rules' edits. `raw` is the
+    /// message or its head; `total` the size of the whole message, so that an upload that the
+    /// edits would take over Gmail's limit is refused here, before 250.
     fn decide(
         &self,
         envelope: &Envelope,
         raw: &[u8],
+        total: u64,
     ) -> Result<(Arc<Account>, Option<String>, Prepared), DeliveryError> {
         let headers = Headers::read(raw);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
@@ -165,6 +168,7 @@ impl Gmail {
             });
         };
         let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, raw, &headers)?;
+        gmail_rules::check_upload_size(&prepared, raw.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -230,6 +234,10 @@ impl Gmail {
 
 #[async_trait::async_trait]
 impl Deliver for Gmail {
+    fn size_limit(&self, max_recipients: usize) -> Option<u64> {
+        Some(gmail_rules::largest_message(max_recipients))
+    }
+
     async fn deliver(
         &self,
         envelope: &Envelope,
