@@ -140,6 +140,9 @@ async fn check_account(
     };
     let credentials = account.tokens.credentials();
     field("credentials", &credentials);
+    if let Some(project) = credentials.quota_project() {
+        field("quota project", project);
+    }
     let subject = match subject(&account, sender) {
         Ok(subject) => subject,
         Err(problem) => {

@@ -167,3 +167,29 @@ pub fn authorize_again(kind: &CredentialKind) -> String {
         CredentialKind::ServiceAccount(_) => command("token.json"),
     }
 }
+
+/// The fix for Google's 403 "... requires a quota project, which is not set by default": user
+/// credentials of an OAuth client from another project (gcloud's own) must name the project the
+/// calls are billed to. Enabling the API, the usual fix for `accessNotConfigured`, does not help.
+pub fn set_quota_project(credentials: &Credentials) -> String {
+    let project = "the ID of the Google Cloud project where the Gmail API is enabled";
+    let Some(file) = credentials.path() else {
+        // Only a file can name a quota project.
+        return format!(
+            "use a gcloud authorized_user file with \"quota_project_id\" set to {project} \
+             (`gcloud auth application-default login --client-id-file=CLIENT_SECRET.json \
+             --scopes=https://www.googleapis.com/auth/gmail.send`, then \
+             `gcloud auth application-default set-quota-project PROJECT_ID`)"
+        );
+    };
+    let now = match credentials.quota_project() {
+        Some(current) => format!("quota project {current} was not accepted; "),
+        None => String::new(),
+    };
+    format!(
+        "{now}set the quota project: add \"quota_project_id\": \"PROJECT_ID\" to {}, or run \
+         `gcloud auth application-default set-quota-project PROJECT_ID`, with {project} (the file \
+         is reloaded by itself)",
+        file.display()
+    )
+}

@@ -77,6 +77,8 @@ struct TokenEndpoint {
     rejections: Vec<String>,
     /// Access tokens numbered up to this one are revoked.
     revoked_below: usize,
+    /// The numbers of the access tokens issued to service accounts (the rest are user tokens).
+    service_account_tokens: std::collections::HashSet<usize>,
     /// The `scope` of token responses.
     scope: String,
 }
@@ -98,6 +100,15 @@ impl State {
             .strip_prefix("fake-access-")
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| n > self.token.revoked_below && n <= self.token.issued)
+    }
+
+    /// True when `token` was issued for user credentials (refresh token or code), not to a
+    /// service account.
+    pub(super) fn is_user_access_token(&self, token: &str) -> bool {
+        token
+            .strip_prefix("fake-access-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| !self.token.service_account_tokens.contains(&n))
     }
 
     /// Issues an access token, and accepts `refresh_token` from now on (the code grant).
@@ -163,6 +174,7 @@ impl FakeGoogle {
                 subjects: Vec::new(),
                 rejections: Vec::new(),
                 revoked_below: 0,
+                service_account_tokens: Default::default(),
                 scope: GMAIL_SEND.to_string(),
             },
             gmail: Default::default(),
@@ -448,6 +460,24 @@ pub fn test_key() -> &'static TestKey {
             public_pem: std::fs::read_to_string(&public).unwrap(),
         }
     })
+}
+
+/// A gcloud `authorized_user` file (`gcloud auth application-default login`) the fake accepts,
+/// with `quota_project_id` when given.
+pub fn authorized_user_json(token_uri: &str, quota_project: Option<&str>) -> serde_json::Value {
+    let mut file = json!({
+        "account": "",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": REFRESH_TOKEN,
+        "token_uri": token_uri,
+        "type": "authorized_user",
+        "universe_domain": "googleapis.com",
+    });
+    if let Some(project) = quota_project {
+        file["quota_project_id"] = project.into();
+    }
+    file
 }
 
 /// A quickstart `token.json` the fake accepts, as google-auth's `Credentials.to_json()` writes it:

@@ -215,9 +215,15 @@ impl Gmail {
                 .access_token(subject)
                 .await
                 .map_err(|err| token_failure(account, err))?;
+            let credentials = account.tokens.credentials();
             match self
                 .api
-                .send(&account.user_id, token.expose(), &outgoing.upload)
+                .send(
+                    &account.user_id,
+                    token.expose(),
+                    credentials.quota_project(),
+                    &outgoing.upload,
+                )
                 .await
             {
                 Ok(sent) => return Ok(Receipt::new(sent.id)),
@@ -311,6 +317,11 @@ fn send_failure(account: &Account, err: SendError) -> DeliveryError {
             account: account.name.clone(),
             reason: format!("the access token was refused even after a refresh ({reason})"),
             fix: "check that the token was granted the gmail.send scope; run `smtp2gmail authorize` again".to_string(),
+        },
+        SendError::NoQuotaProject { reason } => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason,
+            fix: crate::google::set_quota_project(&account.tokens.credentials()),
         },
         SendError::Configuration { reason, fix } => DeliveryError::Credentials {
             account: account.name.clone(),
