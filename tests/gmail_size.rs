@@ -7,128 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use common::bridge::{Bridge, Mode, refused_with};
+use common::fake_gmail::UPLOAD_LIMIT;
+use smtp2gmail::config::FromPolicy;
 
-use common::fake_gmail::{UPLOAD_LIMIT, gmail_config};
-use common::fake_google::FakeGoogle;
-use common::{TestServer, assert_code, test_config};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use smtp2gmail::config::{FromPolicy, GmailConfig, QueueConfig, SmtpConfig};
-use smtp2gmail::queue;
-use smtp2gmail::relay::gmail::RetryPolicy;
-use smtp2gmail::relay::{Deliver, Gmail, http_client};
-use tokio_util::sync::CancellationToken;
-
-/// How accepted mail reaches Gmail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Sync,
-    Queue,
-}
-
-/// A server in gmail mode against a fake Google; in queue mode with its scheduler running.
-struct Bridge {
-    google: FakeGoogle,
-    dir: tempfile::TempDir,
-    server: TestServer,
-    shutdown: CancellationToken,
-}
-
-impl Bridge {
-    /// `[gmail]` is the fake's, with `adjust` applied.
-    async fn start(mode: Mode, adjust: impl FnOnce(&mut GmailConfig)) -> Bridge {
-        let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-        let mut config = gmail_config(&google, dir.path());
-        adjust(&mut config);
-        let once = RetryPolicy {
-            attempts: 1,
-            ..RetryPolicy::default()
-        };
-        let gmail = Arc::new(
-            Gmail::from_config(&config, http_client().unwrap())
-                .unwrap()
-                .with_retry(once),
-        );
-        let shutdown = CancellationToken::new();
-        let (target, smtp): (Arc<dyn Deliver>, SmtpConfig) = match mode {
-            Mode::Sync => (gmail, test_config()),
-            Mode::Queue => {
-                let config = QueueConfig {
-                    dir: dir.path().join("spool"),
-                    retry_min: Duration::from_millis(20),
-                    max_send_rate: 1000.0,
-                    ..QueueConfig::default()
-                };
-                let started = queue::start(&config, gmail).unwrap();
-                let run = started.scheduler.run(shutdown.clone(), Duration::ZERO);
-                let lock = started.lock;
-                tokio::spawn(async move {
-                    run.await;
-                    drop(lock);
-                });
-                let smtp = SmtpConfig {
-                    spill_dir: Some(started.spill_dir),
-                    ..test_config()
-                };
-                (started.acceptor, smtp)
-            }
-        };
-        let server = TestServer::with_target(smtp, target).await;
-        Bridge {
-            google,
-            dir,
-            server,
-            shutdown,
-        }
-    }
-
-    /// The SIZE the server advertises in its EHLO reply.
-    async fn advertised_size(&self) -> usize {
-        let mut client = self.server.client().await;
-        let ehlo = client.cmd("EHLO client.test").await;
-        assert_code(&ehlo, 250);
-        ehlo.lines()
-            .find_map(|line| line.strip_prefix("250-SIZE "))
-            .and_then(|size| size.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no SIZE in {ehlo}"))
-    }
-
-    /// Sends `bytes` with lettre from app@example.com to `rcpts`.
-    async fn send(
-        &self,
-        rcpts: &[String],
-        bytes: &[u8],
-    ) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
-        let envelope = Envelope::new(
-            Some("app@example.com".parse().unwrap()),
-            rcpts.iter().map(|r| r.parse().unwrap()).collect(),
-        )
-        .unwrap();
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(self.server.addr.port())
-            .timeout(Some(common::WAIT))
-            .build();
-        transport.send_raw(&envelope, bytes).await
-    }
-
-    /// The message files in the spool's `places` (`queue`, `dead`); none outside queue mode.
-    fn spooled(&self, places: &[&str]) -> Vec<std::path::PathBuf> {
-        places
-            .iter()
-            .filter_map(|place| std::fs::read_dir(self.dir.path().join("spool").join(place)).ok())
-            .flatten()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|e| e == "msg"))
-            .collect()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.server.stop().await;
-    }
-}
+/// The sender of every message here.
+const FROM: &str = "app@example.com";
 
 /// `count` recipients of `octets` each, none of them named in the headers, so each goes into the
 /// Bcc field the relay adds. The server takes addresses of up to 256 octets (RFC 5321's path
@@ -182,7 +66,7 @@ fn long_from() -> String {
 /// A message of exactly the advertised SIZE, to 100 (`max_recipients`) envelope-only recipients
 /// of the longest address RFC 5321 allows, is accepted and delivered within Gmail's limit.
 async fn the_advertised_size_fits_gmail_after_the_bcc_header(mode: Mode) {
-    let bridge = Bridge::start(mode, |_| {}).await;
+    let bridge = Bridge::start(mode, |_, _, _| {}).await;
     let size = bridge.advertised_size().await;
     assert!(
         size < UPLOAD_LIMIT,
@@ -190,7 +74,7 @@ async fn the_advertised_size_fits_gmail_after_the_bcc_header(mode: Mode) {
     );
     let rcpts = envelope_only_recipients(100, 256);
     let message = message_of(size, "From: app@example.com\r\n");
-    let reply = bridge.send(&rcpts, &message).await;
+    let reply = bridge.send(FROM, &rcpts, &message).await;
     let reply = reply.unwrap_or_else(|err| panic!("{mode:?}: refused: {err}"));
     assert_eq!(reply.code().to_string(), "250");
     bridge.google.wait_for_uploads(1).await;
@@ -219,7 +103,7 @@ async fn queue_the_advertised_size_fits_gmail_after_the_bcc_header() {
 /// headroom allows for makes the upload too large: refused at the end of DATA with 552 5.3.4,
 /// before any upload and before anything is queued.
 async fn too_large_after_our_additions_is_refused_at_the_end_of_data(mode: Mode) {
-    let bridge = Bridge::start(mode, |gmail| {
+    let bridge = Bridge::start(mode, |_, _, gmail| {
         gmail.send_as = vec!["relay@example.com".to_string()];
         gmail.from_policy = Some(FromPolicy::Rewrite);
     })
@@ -227,16 +111,8 @@ async fn too_large_after_our_additions_is_refused_at_the_end_of_data(mode: Mode)
     let size = bridge.advertised_size().await;
     let rcpts = vec!["alice@example.com".to_string()];
     let header = format!("{}To: alice@example.com\r\n", long_from());
-    let error = bridge
-        .send(&rcpts, &message_of(size, &header))
-        .await
-        .expect_err("refused");
-    let text = error.to_string();
-    assert_eq!(
-        error.status().map(|code| code.to_string()),
-        Some("552".to_string()),
-        "{mode:?}: {text}"
-    );
+    let sent = bridge.send(FROM, &rcpts, &message_of(size, &header)).await;
+    let text = refused_with(sent, "552");
     assert!(
         text.contains("5.3.4") && text.contains("too large for Gmail"),
         "{text}"
@@ -248,7 +124,7 @@ async fn too_large_after_our_additions_is_refused_at_the_end_of_data(mode: Mode)
     );
     // The same size with an ordinary From fits.
     let header = "From: App <app@example.com>\r\nTo: alice@example.com\r\n";
-    let sent = bridge.send(&rcpts, &message_of(size, header)).await;
+    let sent = bridge.send(FROM, &rcpts, &message_of(size, header)).await;
     assert!(sent.is_ok(), "{sent:?}");
     bridge.google.wait_for_uploads(1).await;
     assert!(bridge.google.uploads()[0].body.len() <= UPLOAD_LIMIT);

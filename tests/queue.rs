@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::bridge::queue_command;
 use common::fake_gmail::{SendFault, gmail_config};
 use common::fake_google::{FakeGoogle, Fault};
 use common::{TestServer, WAIT, assert_code, test_config};
@@ -247,27 +248,6 @@ async fn a_spool_that_cannot_be_written_is_451() {
     let reply = queued.send(&["alice@example.com"]).await;
     assert!(reply.starts_with("451 4.3.0 "), "{reply}");
     queued.stop().await;
-}
-
-/// Runs `smtp2gmail queue ARGS` against the spool, as an operator would while the server runs.
-async fn queue_command(spool: &Path, args: &[&str]) -> (bool, String) {
-    let config = spool.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!("[queue]\ndir = {:?}\n", spool.display().to_string()),
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-        .arg("--config")
-        .arg(&config)
-        .arg("queue")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 #[tokio::test]

@@ -181,6 +181,15 @@ async fn check_account(
             field("fix", fix);
             return Verdict::Fails;
         }
+        Err(unknown @ TokenError::UnknownUser { .. }) => {
+            field("problem", format!("Google refused the sender: {unknown}"));
+            field(
+                "fix",
+                "check with an address that is a user of the domain (`--sender`), and list only \
+                 such addresses in the account's senders",
+            );
+            return Verdict::Fails;
+        }
         Err(TokenError::Temporary { reason }) => {
             field("problem", reason);
             field(

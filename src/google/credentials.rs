@@ -89,6 +89,9 @@ pub(crate) enum Grant {
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceAccountKey {
     pub(crate) client_email: String,
+    /// The JWT's `aud`: the key file's `token_uri` (Google's endpoint). A configured token URI
+    /// changes where the request goes (a proxy, a test), not whom the assertion is for.
+    pub(crate) audience: String,
     /// The numeric client id an administrator enters for domain-wide delegation.
     pub(crate) client_id: Option<String>,
     pub(crate) private_key_id: Option<String>,

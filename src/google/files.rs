@@ -125,6 +125,7 @@ fn service_account(fields: &Fields<CredentialError>) -> Result<Credentials, Cred
         .map_err(|_| fields.invalid("private_key", "is not a PEM-encoded RSA private key"))?;
     let key = ServiceAccountKey {
         client_email: fields.required("client_email")?.to_string(),
+        audience: fields.token_uri()?,
         client_id: fields.optional("client_id")?.map(str::to_string),
         private_key_id: fields.optional("private_key_id")?.map(str::to_string),
         key,

@@ -73,6 +73,12 @@ struct TokenEndpoint {
     issued: usize,
     faults: VecDeque<Fault>,
     service_account_key: Option<String>,
+    /// The `aud` a service account's JWT must carry: its key file's `token_uri`.
+    jwt_audience: String,
+    /// The users of the Workspace domain a service account may act for; `None` = anyone.
+    domain_users: Option<Vec<String>>,
+    /// Domain-wide delegation granted to the service account (for the gmail.send scope).
+    delegation_granted: bool,
     subjects: Vec<String>,
     rejections: Vec<String>,
     /// Access tokens numbered up to this one are revoked.
@@ -85,7 +91,6 @@ struct TokenEndpoint {
 
 /// Everything the fake knows; one part per endpoint.
 pub struct State {
-    token_uri: String,
     token: TokenEndpoint,
     /// The Gmail send endpoint (fake_gmail.rs).
     pub(super) gmail: super::fake_gmail::GmailEndpoint,
@@ -162,7 +167,6 @@ impl FakeGoogle {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
-            token_uri: format!("http://{addr}/token"),
             token: TokenEndpoint {
                 accepted_refresh_tokens: vec![REFRESH_TOKEN.to_string()],
                 rotate: false,
@@ -171,6 +175,9 @@ impl FakeGoogle {
                 issued: 0,
                 faults: VecDeque::new(),
                 service_account_key: None,
+                jwt_audience: String::new(),
+                domain_users: None,
+                delegation_granted: true,
                 subjects: Vec::new(),
                 rejections: Vec::new(),
                 revoked_below: 0,
@@ -242,9 +249,28 @@ impl FakeGoogle {
         self.with(|t| t.scope = scope.to_string());
     }
 
-    /// Accepts JWTs from [`SERVICE_ACCOUNT_EMAIL`] signed by the key whose public half is given.
-    pub fn trust_service_account(&self, public_key_pem: &str) {
-        self.with(|t| t.service_account_key = Some(public_key_pem.to_string()));
+    /// Accepts JWTs from the service account of `key_file` (a [`service_account_json`], signed
+    /// with [`test_key`]) whose `aud` is the key file's `token_uri`, as Google checks it: the
+    /// audience is Google's token endpoint named in the key, wherever the request was sent.
+    pub fn trust_service_account(&self, key_file: &serde_json::Value) {
+        let audience = key_file["token_uri"].as_str().unwrap().to_string();
+        self.with(|t| {
+            t.service_account_key = Some(test_key().public_pem.clone());
+            t.jwt_audience = audience;
+        });
+    }
+
+    /// Only these users exist in the Workspace domain: a JWT for anyone else gets Google's 400
+    /// `invalid_grant` "Invalid email or User ID".
+    pub fn set_domain_users(&self, users: &[&str]) {
+        let users = users.iter().map(|u| u.to_string()).collect();
+        self.with(|t| t.domain_users = Some(users));
+    }
+
+    /// Domain-wide delegation is withdrawn (or was never granted): every JWT gets Google's 401
+    /// `unauthorized_client`.
+    pub fn revoke_delegation(&self) {
+        self.with(|t| t.delegation_granted = false);
     }
 
     /// The `sub` of every accepted JWT, in order.
@@ -292,7 +318,6 @@ async fn token(
     if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
         return super::fake_oauth::exchange(&mut state, &form);
     }
-    let token_uri = state.token_uri.clone();
     let endpoint = &mut state.token;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let verdict = match field("grant_type") {
@@ -302,30 +327,39 @@ async fn token(
             field("client_secret"),
             field("refresh_token"),
         ),
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
-            check_jwt(endpoint, &token_uri, field("assertion"))
-        }
-        other => Err((
-            400,
-            "unsupported_grant_type",
-            format!("grant_type {other:?}"),
-        )),
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => check_jwt(endpoint, field("assertion")),
+        other => Err(Refusal {
+            status: 400,
+            error: "unsupported_grant_type",
+            description: "Invalid grant_type",
+            why: format!("grant_type {other:?}"),
+        }),
     };
     match verdict {
-        Ok(refresh_token) => issue(endpoint, refresh_token),
-        Err((status, error, why)) => {
-            endpoint.rejections.push(why);
-            let description = match error {
-                "invalid_client" => "Unauthorized",
-                "invalid_grant" => "Token has been expired or revoked.",
-                _ => "Bad Request",
-            };
-            oauth_error(status, error, description)
+        Ok(Granted::User { refresh_token }) => issue(endpoint, refresh_token, false),
+        Ok(Granted::ServiceAccount) => issue(endpoint, None, true),
+        Err(refusal) => {
+            endpoint.rejections.push(refusal.why);
+            oauth_error(refusal.status, refusal.error, refusal.description)
         }
     }
 }
 
-type Verdict = Result<Option<String>, (u16, &'static str, String)>;
+/// What a grant yields: for a user, maybe a rotated refresh token.
+enum Granted {
+    User { refresh_token: Option<String> },
+    ServiceAccount,
+}
+
+/// A refusal as Google words it, and why the fake refused (for assertion messages).
+struct Refusal {
+    status: u16,
+    error: &'static str,
+    description: &'static str,
+    why: String,
+}
+
+type Verdict = Result<Granted, Refusal>;
 
 /// Accepts the configured client and refresh tokens; rotates when asked to.
 fn check_refresh(
@@ -335,25 +369,40 @@ fn check_refresh(
     refresh: &str,
 ) -> Verdict {
     if client_id != CLIENT_ID || secret != CLIENT_SECRET {
-        return Err((401, "invalid_client", "wrong client id or secret".into()));
+        return Err(Refusal {
+            status: 401,
+            error: "invalid_client",
+            description: "Unauthorized",
+            why: "wrong client id or secret".into(),
+        });
     }
     if !endpoint
         .accepted_refresh_tokens
         .iter()
         .any(|t| t == refresh)
     {
-        return Err((400, "invalid_grant", "unknown refresh token".into()));
+        return Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Token has been expired or revoked.",
+            why: "unknown refresh token".into(),
+        });
     }
     if !endpoint.rotate {
-        return Ok(None);
+        return Ok(Granted::User {
+            refresh_token: None,
+        });
     }
     let rotated = format!("{REFRESH_TOKEN}-{}", endpoint.issued + 1);
     endpoint.accepted_refresh_tokens = vec![rotated.clone()];
-    Ok(Some(rotated))
+    Ok(Granted::User {
+        refresh_token: Some(rotated),
+    })
 }
 
-/// Verifies a service account assertion the way Google does: signature, audience, lifetime.
-fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> Verdict {
+/// Verifies a service account assertion the way Google does: signature, audience (the key file's
+/// `token_uri`), lifetime; then domain-wide delegation and whether the user exists in the domain.
+fn check_jwt(endpoint: &mut TokenEndpoint, assertion: &str) -> Verdict {
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: String,
@@ -362,7 +411,14 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
         exp: u64,
         sub: String,
     }
-    let refuse = |why: String| Err((400, "invalid_grant", why));
+    let refuse = |why: String| {
+        Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Invalid JWT Signature.",
+            why,
+        })
+    };
     let Some(public_key) = &endpoint.service_account_key else {
         return refuse("no service account trusted".into());
     };
@@ -374,7 +430,7 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
         return refuse(format!("kid {:?}", header.kid));
     }
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&[token_uri]);
+    validation.set_audience(&[&endpoint.jwt_audience]);
     validation.set_issuer(&[SERVICE_ACCOUNT_EMAIL]);
     validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
     let key = DecodingKey::from_rsa_pem(public_key.as_bytes()).unwrap();
@@ -392,11 +448,35 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
     if claims.scope != GMAIL_SEND || claims.iss != SERVICE_ACCOUNT_EMAIL {
         return refuse(format!("scope {:?}", claims.scope));
     }
+    if !endpoint.delegation_granted {
+        return Err(Refusal {
+            status: 401,
+            error: "unauthorized_client",
+            description: "Client is unauthorized to retrieve access tokens using this method, or \
+                client not authorized for any of the scopes requested.",
+            why: "no domain-wide delegation".into(),
+        });
+    }
+    if let Some(users) = &endpoint.domain_users
+        && !users.contains(&claims.sub)
+    {
+        return Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Invalid email or User ID",
+            why: format!("{} is not a user of the domain", claims.sub),
+        });
+    }
     endpoint.subjects.push(claims.sub);
-    Ok(None)
+    Ok(Granted::ServiceAccount)
 }
 
-fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Response {
+/// A token response. Google leaves `scope` out of a service account's.
+fn issue(
+    endpoint: &mut TokenEndpoint,
+    refresh_token: Option<String>,
+    service_account: bool,
+) -> Response {
     endpoint.issued += 1;
     let expires_in = match endpoint.expires_in {
         ExpiresIn::Number(n) => json!(n),
@@ -405,9 +485,13 @@ fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Respons
     let mut body = json!({
         "access_token": format!("fake-access-{}", endpoint.issued),
         "expires_in": expires_in,
-        "scope": endpoint.scope,
         "token_type": "Bearer",
     });
+    if service_account {
+        endpoint.service_account_tokens.insert(endpoint.issued);
+    } else {
+        body["scope"] = json!(endpoint.scope);
+    }
     if let Some(refresh_token) = refresh_token {
         body["refresh_token"] = json!(refresh_token);
     }

@@ -299,6 +299,16 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
             reason: format!("cannot get an access token: {reason}"),
             retry_after: None,
         },
+        // The sender, not the key: refuse this message for good and leave the account alone.
+        // 5.1.0 as Postfix answers an unknown sender of its own domains ("User unknown").
+        unknown @ TokenError::UnknownUser { .. } => DeliveryError::Permanent {
+            status: Status(5, 1, 0),
+            reason: format!(
+                "sender refused: {unknown}; send as an existing user of the domain, or remove \
+                 the address from the senders of account {}",
+                account.name
+            ),
+        },
     }
 }
 
