@@ -25,50 +25,6 @@ use crate::relay::{DeliveryError, Status};
 /// reply line, which must stay under 512 octets.
 const LIST_BUDGET: usize = 200;
 
-/// Gmail's upload limit for `users.messages.send` (`maxSize` 36,700,160 bytes): what the message
-/// must fit in *after* our additions.
-pub const GMAIL_UPLOAD_LIMIT: u64 = crate::config::GMAIL_MAX_MESSAGE_SIZE;
-
-/// The longest envelope address the SMTP parser takes (smtp-proto's limit, RFC 5321's 256-octet
-/// path). A quoted local part can grow when it is quoted again for Gmail; such a message is still
-/// refused per message if it no longer fits.
-const ADDRESS_OCTETS: u64 = 256;
-
-/// Room for a From rewrite: the replaced address and a Reply-To copying an ordinary From field.
-/// A longer From is still refused per message (see [`check_upload_size`]).
-const FROM_REWRITE_ROOM: u64 = 1024;
-
-/// The largest message to accept for Gmail with at most `max_recipients` recipients: Gmail's limit
-/// less the longest Bcc field [`prepare_for_gmail`] can add for that many RFC-sized addresses and
-/// room for a From rewrite. Advertised as `SIZE`, so that a message that fits it is never refused
-/// for size after the client sent it, unless a quoted address or a long From is beyond those
-/// bounds.
-pub fn largest_message(max_recipients: usize) -> u64 {
-    // "Bcc: ", or ",<CRLF> " before the first address when a Bcc field is extended; each address
-    // with its separator (", " or ",<CRLF> "); the CRLF ending the field and the empty line added
-    // to a message without header fields.
-    let per_address = ADDRESS_OCTETS + ",\r\n ".len() as u64;
-    let bcc = ",\r\n ".len() as u64 + max_recipients as u64 * per_address + 2 * 2;
-    GMAIL_UPLOAD_LIMIT.saturating_sub(bcc + FROM_REWRITE_ROOM)
-}
-
-/// Refuses a message whose upload would be over [`GMAIL_UPLOAD_LIMIT`]. `prepared` was made from
-/// the first `head` bytes of a `total`-byte message (the edits are all in the header).
-pub fn check_upload_size(
-    prepared: &Prepared,
-    head: usize,
-    total: u64,
-) -> Result<(), PolicyViolation> {
-    let upload = total.saturating_sub(head as u64) + prepared.len() as u64;
-    if upload <= GMAIL_UPLOAD_LIMIT {
-        return Ok(());
-    }
-    Err(PolicyViolation::TooLarge {
-        upload,
-        received: total,
-    })
-}
-
 pub use crate::config::{FromPolicy, HeaderOnlyRecipients};
 
 /// The operator's choices for the rules, one per way Gmail differs from SMTP.
@@ -110,10 +66,12 @@ pub enum PolicyViolation {
         /// The configured send-as addresses.
         send_as: Vec<String>,
     },
-    /// With the Bcc field (and From rewrite) added, the upload is over Gmail's limit.
+    /// With the Bcc field (and From rewrite) added, the upload is over Gmail's limit
+    /// ([`check_upload_size`](super::gmail_size::check_upload_size)).
     #[error(
         "message too large for Gmail: {received} bytes received, {upload} with the headers added \
-         for Gmail (Bcc for envelope-only recipients); Gmail accepts at most {GMAIL_UPLOAD_LIMIT}"
+         for Gmail (Bcc for envelope-only recipients); Gmail accepts at most {}",
+        super::gmail_size::GMAIL_UPLOAD_LIMIT
     )]
     TooLarge {
         /// The size of the upload.
@@ -554,56 +512,5 @@ mod tests {
             !hostile.contains(['\r', '\n']) && hostile.len() < 120,
             "{hostile}"
         );
-    }
-
-    /// `count` envelope recipients of `octets` each, numbered so they differ.
-    fn long_addresses(count: usize, octets: usize) -> Vec<String> {
-        let domain = "@example.com";
-        (0..count)
-            .map(|i| format!("{i:03}{}{domain}", "x".repeat(octets - 3 - domain.len())))
-            .collect()
-    }
-
-    #[test]
-    fn the_largest_message_leaves_room_for_the_longest_bcc_and_a_from_rewrite() {
-        let rcpt = long_addresses(100, 256);
-        let rcpt: Vec<&str> = rcpt.iter().map(String::as_str).collect();
-        let rewrite = GmailPolicy {
-            header_only_recipients: HeaderOnlyRecipients::Allow,
-            ..policy(&["relay@example.com"], FromPolicy::Rewrite)
-        };
-        let largest = largest_message(100);
-        assert_eq!(largest, 36_673_128, "as documented in gmail-mode.md");
-        let heads: [&[u8]; 3] = [
-            b"From: \"Someone with a long name\" <someone.else@example.org>\r\n\r\n",
-            b"From: app@example.com\r\nBcc: first@example.com\r\n\r\n",
-            b"no header field at all\r\n",
-        ];
-        for head in heads {
-            let prepared = prepare_for_gmail(&rewrite, &envelope(&rcpt), head).unwrap();
-            assert_eq!(prepared.added_bcc.len(), 100);
-            check_upload_size(&prepared, head.len(), largest).unwrap();
-            let over = check_upload_size(&prepared, head.len(), GMAIL_UPLOAD_LIMIT);
-            assert!(matches!(over, Err(PolicyViolation::TooLarge { .. })));
-        }
-        assert_eq!(largest_message(1_000_000), 0, "no underflow");
-    }
-
-    #[test]
-    fn addresses_beyond_the_rfc_limit_can_still_make_a_message_too_large() {
-        let rcpt = long_addresses(100, 1000);
-        let rcpt: Vec<&str> = rcpt.iter().map(String::as_str).collect();
-        let head = b"From: app@example.com\r\n\r\n";
-        let prepared = prepare_for_gmail(&GmailPolicy::default(), &envelope(&rcpt), head).unwrap();
-        let largest = largest_message(100);
-        let refusal = check_upload_size(&prepared, head.len(), largest).unwrap_err();
-        let PolicyViolation::TooLarge { upload, received } = refusal.clone() else {
-            panic!("{refusal:?}")
-        };
-        assert_eq!(received, largest);
-        assert!(upload > GMAIL_UPLOAD_LIMIT);
-        let refused = DeliveryError::from(refusal);
-        assert_eq!(refused.status(), Status::TOO_BIG);
-        assert!(refused.to_string().contains("36700160"), "{refused}");
     }
 }

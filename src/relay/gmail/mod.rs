@@ -19,6 +19,7 @@ use super::{Deliver, DeliveryError, Receipt, Status};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
+use crate::message::gmail_size;
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
 use accounts::{Account, Router};
@@ -168,7 +169,7 @@ impl Gmail {
             });
         };
         let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, raw, &headers)?;
-        gmail_rules::check_upload_size(&prepared, raw.len(), total)?;
+        gmail_size::check_upload_size(&prepared, raw.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -241,7 +242,7 @@ impl Gmail {
 #[async_trait::async_trait]
 impl Deliver for Gmail {
     fn size_limit(&self, max_recipients: usize) -> Option<u64> {
-        Some(gmail_rules::largest_message(max_recipients))
+        Some(gmail_size::largest_message(max_recipients))
     }
 
     async fn deliver(
