@@ -81,16 +81,8 @@ impl Server {
         mut config: SmtpConfig,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Server, StartError> {
-        if let Some(limit) = deliver.size_limit(config.max_recipients)
-            && limit < config.max_message_size
-        {
-            tracing::info!(
-                configured = config.max_message_size,
-                size = limit,
-                "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room \
-                 for the Bcc header added for up to max_recipients recipients"
-            );
-            config.max_message_size = limit;
+        if let Some(limit) = deliver.size_limit(config.max_recipients) {
+            config.max_message_size = config.max_message_size.min(limit);
         }
         let tls = config
             .tls
@@ -126,6 +118,12 @@ impl Server {
             .iter()
             .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The largest message accepted and advertised as `SIZE`: `max_message_size`, or less when
+    /// the delivery target cannot take that much (see [`Deliver::size_limit`]).
+    pub fn max_message_size(&self) -> u64 {
+        self.config.max_message_size
     }
 
     /// The TLS identity, so that SIGHUP can reload it while the server runs.
