@@ -21,6 +21,7 @@
 #[path = "../tests/common"]
 #[allow(dead_code)] // the benchmark uses a small part of it
 mod common {
+    pub mod credential_files;
     pub mod fake_gmail;
     pub mod fake_google;
     pub mod fake_oauth;

@@ -163,8 +163,8 @@ async fn check_separates_unreachable_google_from_bad_files() {
 #[tokio::test]
 async fn check_impersonates_a_concrete_sender_for_service_accounts() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    google.trust_service_account(&fake_google::test_key().public_pem);
     let key = fake_google::service_account_json(&google.token_uri());
+    google.trust_service_account(&key);
     fake_google::write_json(dir.path(), "sa.json", &key);
     let config = |senders: &str| {
         let text = format!(

@@ -387,12 +387,9 @@ async fn from_policy_keep_rewrite_reject() {
 #[tokio::test]
 async fn service_account_sends_as_the_envelope_sender() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    google.trust_service_account(&fake_google::test_key().public_pem);
-    let key = fake_google::write_json(
-        dir.path(),
-        "sa.json",
-        &fake_google::service_account_json(&google.token_uri()),
-    );
+    let key_file = fake_google::service_account_json(&google.token_uri());
+    google.trust_service_account(&key_file);
+    let key = fake_google::write_json(dir.path(), "sa.json", &key_file);
     let gmail = GmailConfig {
         api_base: google.api_base(),
         credentials: Some(key),

@@ -107,6 +107,7 @@ fn gcloud_authorized_user_file() {
         &CredentialKind::AuthorizedUser(path.clone())
     );
     assert_eq!(credentials.token_uri(), DEFAULT_TOKEN_URI);
+    assert_eq!(credentials.quota_project(), Some("fake-project"));
     assert_eq!(
         credentials.to_string(),
         format!("refresh token from authorized_user file {}", path.display())

@@ -1,22 +1,24 @@
 //! Service accounts with domain-wide delegation: one signed JWT per impersonated user, checked
-//! by the fake the way Google checks it (signature, kid, aud, iss, scope, lifetime), and refusals
-//! that say what an administrator must do.
+//! by the fake the way Google checks it (signature, kid, aud = the key file's token_uri, iss,
+//! scope, lifetime, delegation, the user's existence in the domain), and refusals that tell a
+//! sender's problem from the key's.
 
 mod common;
 
-use common::fake_google::{FakeGoogle, Fault, service_account_json, test_key, write_json};
+use common::fake_google::{FakeGoogle, service_account_json, write_json};
 use smtp2gmail::google::{CredentialSpec, CredentialState, TokenError, TokenSource, load};
 
-/// A token source for the fake's service account, and the fake trusting its key.
+/// Google's token endpoint, as every real key file names it.
+const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// A token source for the fake's service account, whose key file names Google's token endpoint
+/// while the configured override sends the requests to the fake; the fake trusts the key.
 async fn service_account() -> (FakeGoogle, tempfile::TempDir, TokenSource) {
     let fake = FakeGoogle::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_json(
-        dir.path(),
-        "sa.json",
-        &service_account_json("https://oauth2.googleapis.com/token"),
-    );
-    // The override wins, so the JWT's audience must be the fake's URI.
+    let key = service_account_json(GOOGLE_TOKEN_URI);
+    fake.trust_service_account(&key);
+    let path = write_json(dir.path(), "sa.json", &key);
     let credentials = load(&CredentialSpec::File(path), Some(&fake.token_uri())).unwrap();
     let source = TokenSource::new("workspace", credentials, reqwest::Client::new());
     (fake, dir, source)
@@ -25,7 +27,6 @@ async fn service_account() -> (FakeGoogle, tempfile::TempDir, TokenSource) {
 #[tokio::test]
 async fn service_account_tokens_are_per_impersonated_user() {
     let (fake, _dir, source) = service_account().await;
-    fake.trust_service_account(&test_key().public_pem);
     let alice = source
         .access_token(Some("alice@example.com"))
         .await
@@ -45,17 +46,79 @@ async fn service_account_tokens_are_per_impersonated_user() {
         "{:?}",
         fake.rejections()
     );
+    assert_eq!(alice.scopes(), None, "Google's answer names no scope");
 
     let error = source.access_token(None).await.unwrap_err();
     assert!(matches!(&error, TokenError::Credentials { error, .. } if error == "missing_subject"));
     assert_eq!(fake.token_requests(), 2, "no request without a subject");
 }
 
+/// The JWT is for Google's endpoint as the key file names it, even when the configuration sends
+/// the request elsewhere (a proxy, a test): Google checks `aud` against its own URI.
 #[tokio::test]
-async fn service_account_refusals_explain_the_fix() {
+async fn the_jwt_audience_is_the_key_files_token_uri_not_the_override() {
     let (fake, _dir, source) = service_account().await;
-    // The fake trusts no key yet: the signature check fails, as with a deleted key.
+    assert_eq!(source.credentials().token_uri(), fake.token_uri());
+    let granted = source.access_token(Some("alice@example.com")).await;
+    assert!(granted.is_ok(), "{granted:?}: {:?}", fake.rejections());
+
+    // A key file that names another endpoint is signed for that one.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = service_account_json("https://token-proxy.example.net/token");
+    let path = write_json(dir.path(), "sa.json", &elsewhere);
+    let credentials = load(&CredentialSpec::File(path), Some(&fake.token_uri())).unwrap();
+    let proxied = TokenSource::new("proxied", credentials, reqwest::Client::new());
+    let refused = proxied.access_token(Some("alice@example.com")).await;
+    assert!(refused.is_err(), "the fake expects Google's URI");
+    assert!(
+        fake.rejections().iter().any(|why| why.contains("Audience")),
+        "{:?}",
+        fake.rejections()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_that_senders_problem_not_the_accounts() {
+    let (fake, _dir, source) = service_account().await;
+    fake.set_domain_users(&["alice@example.com"]);
     let error = source
+        .access_token(Some("ghost@example.com"))
+        .await
+        .unwrap_err();
+    let TokenError::UnknownUser {
+        subject,
+        description,
+        ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!(subject, "ghost@example.com");
+    assert_eq!(description, "Invalid email or User ID");
+    assert!(!error.is_account_wide() && !error.is_temporary());
+    assert!(
+        !matches!(source.state(), CredentialState::NeedsAttention { .. }),
+        "{:?}",
+        source.state()
+    );
+    source
+        .access_token(Some("alice@example.com"))
+        .await
+        .unwrap();
+    assert!(matches!(source.state(), CredentialState::Ok { .. }));
+}
+
+#[tokio::test]
+async fn a_bad_signature_or_missing_delegation_is_the_keys_problem() {
+    let (fake, _dir, source) = service_account().await;
+    // A key Google does not know (another key id): refused as a deleted key is.
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = service_account_json(GOOGLE_TOKEN_URI);
+    other["private_key_id"] = "another-key".into();
+    let path = write_json(dir.path(), "other.json", &other);
+    let credentials = load(&CredentialSpec::File(path), Some(&fake.token_uri())).unwrap();
+    let stranger = TokenSource::new("stranger", credentials, reqwest::Client::new());
+    let error = stranger
         .access_token(Some("alice@example.com"))
         .await
         .unwrap_err();
@@ -65,24 +128,26 @@ async fn service_account_refusals_explain_the_fix() {
         "{error}"
     );
 
-    fake.fail_token_requests(
-        1,
-        Fault::OAuth {
-            status: 401,
-            error: "unauthorized_client",
-            description: "Client is unauthorized to retrieve access tokens using this method.",
-        },
-    );
+    fake.revoke_delegation();
     let error = source
         .access_token(Some("alice@example.com"))
         .await
         .unwrap_err();
-    let fix = error.fix().unwrap();
     assert!(
-        fix.contains("domain-wide delegation") && fix.contains("100000000000000000001"),
-        "{fix}"
+        matches!(&error, TokenError::Credentials { error, .. } if error == "unauthorized_client"),
+        "{error:?}"
     );
-    assert!(fix.contains("24 hours"), "{fix}");
+    let fix = error.fix().unwrap();
+    for needed in [
+        "admin.google.com",
+        "Security > Access and data control > API controls > Manage Domain Wide Delegation",
+        "100000000000000000001",
+        "https://www.googleapis.com/auth/gmail.send",
+        "24 hours",
+    ] {
+        assert!(fix.contains(needed), "{needed:?} missing from: {fix}");
+    }
+    assert!(error.is_account_wide());
     assert!(matches!(
         source.state(),
         CredentialState::NeedsAttention { .. }

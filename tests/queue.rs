@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::bridge::queue_command;
 use common::fake_gmail::{SendFault, gmail_config};
 use common::fake_google::{FakeGoogle, Fault};
 use common::queued::{MESSAGE, Queued, queue_config, queued_id};
@@ -106,17 +107,6 @@ async fn a_spool_that_cannot_be_written_is_451() {
     let reply = queued.send(&["alice@example.com"]).await;
     assert!(reply.starts_with("451 4.3.0 "), "{reply}");
     queued.stop().await;
-}
-
-/// Runs `smtp2gmail queue ARGS` against the spool, as an operator would while the server runs.
-async fn queue_command(spool: &Path, args: &[&str]) -> (bool, String) {
-    let config = spool.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!("[queue]\ndir = {:?}\n", spool.display().to_string()),
-    )
-    .unwrap();
-    common::served::queue_command(&config, args).await
 }
 
 #[tokio::test]

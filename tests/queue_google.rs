@@ -82,15 +82,11 @@ async fn mail_service_not_enabled_holds_the_mail_reports_the_fix_and_sighup_resu
 
 /// A service account sending as each envelope sender of example.com.
 fn service_account(google: &FakeGoogle, dir: &std::path::Path) -> GmailConfig {
-    google.trust_service_account(&fake_google::test_key().public_pem);
-    let key = fake_google::write_json(
-        dir,
-        "sa.json",
-        &fake_google::service_account_json(&google.token_uri()),
-    );
+    let key = fake_google::service_account_json(&google.token_uri());
+    google.trust_service_account(&key);
     GmailConfig {
         api_base: google.api_base(),
-        credentials: Some(key),
+        credentials: Some(fake_google::write_json(dir, "sa.json", &key)),
         senders: vec!["*@example.com".into()],
         ..GmailConfig::default()
     }

@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls::TestCert;
-use common::{Client, TestServer, WAIT, assert_code, test_config};
+use common::{Client, Recorder, TestServer, WAIT, assert_code, non_loopback_ip, test_config};
 use smtp2gmail::config::SmtpConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +31,46 @@ async fn connections_over_the_cap_get_421_at_once() {
     let mut again = greeted_plain_when_free(server.addr, "a slot frees up after QUIT").await;
     assert_eq!(again.cmd("NOOP").await, "250 2.0.0 OK\r\n");
     drop((first, again));
+    server.stop().await;
+}
+
+/// Local programs (a pool of web workers, a local Postfix) open many connections from 127.0.0.1:
+/// loopback is not held to `max_connections_per_ip`, only to the global `max_connections`.
+#[tokio::test]
+async fn a_thousand_idle_loopback_clients_are_held_and_a_new_one_is_greeted() {
+    // Both ends of every connection live in this process: 2000 descriptors and more.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
+    assert!(
+        nofile >= 2100,
+        "the open-file limit {nofile} is too low for this test"
+    );
+    let config = SmtpConfig {
+        max_connections: 1001,
+        ..test_config()
+    };
+    assert_eq!(config.max_connections_per_ip, 50, "the shipped per-IP cap");
+    let server = TestServer::with_config(config).await;
+    let mut idle = Vec::with_capacity(1000);
+    for n in 0..1000 {
+        let (client, greeting) = Client::connect(server.addr).await;
+        assert!(greeting.starts_with("220 "), "idle client {n}: {greeting}");
+        idle.push(client);
+    }
+    let mut new = server.client().await;
+    assert_code(&new.cmd("EHLO client.test").await, 250);
+    // The global cap still holds for loopback...
+    let (mut over, reply) = Client::connect(server.addr).await;
+    assert_eq!(reply, "421 4.7.0 too many connections, try again later\r\n");
+    assert!(over.is_closed().await);
+    // ...and the idle clients were held all along.
+    for n in [0, 999] {
+        assert_eq!(
+            idle[n].cmd("NOOP").await,
+            "250 2.0.0 OK\r\n",
+            "idle client {n}"
+        );
+    }
+    drop((idle, new));
     server.stop().await;
 }
 
@@ -127,15 +168,24 @@ async fn shutdown_closes_transactions_after_the_grace_period() {
 
 // The same limits on an implicit-TLS listener (`listen_tls`), where the handshake comes first.
 
-/// A server with only an implicit-TLS listener.
+/// A server with only an implicit-TLS listener, on loopback.
 async fn tls_server(cert: &TestCert, config: SmtpConfig) -> (TestServer, SocketAddr) {
+    tls_server_on(Ipv4Addr::LOCALHOST.into(), cert, config).await
+}
+
+/// A server with only an implicit-TLS listener on `ip` (port 0).
+async fn tls_server_on(
+    ip: IpAddr,
+    cert: &TestCert,
+    config: SmtpConfig,
+) -> (TestServer, SocketAddr) {
     let config = SmtpConfig {
         listen: vec![],
-        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tls: vec![SocketAddr::new(ip, 0)],
         tls: Some(cert.tls_config()),
         ..config
     };
-    let server = TestServer::with_config(config).await;
+    let server = TestServer::as_configured(config, Arc::new(Recorder::default())).await;
     let addr = server.tls_addr.unwrap();
     (server, addr)
 }
@@ -208,11 +258,11 @@ async fn idle_tls_clients_are_told_421_and_disconnected() {
     server.stop().await;
 }
 
-/// With a cap of two (`config`), two TLS clients are served, a third gets 421 before any
+/// With a cap of two (`config`), two TLS clients of `ip` are served, a third gets 421 before any
 /// handshake, and a slot freed by QUIT serves the next client.
-async fn third_tls_client_is_refused_at_once(config: SmtpConfig) {
+async fn third_tls_client_is_refused_at_once(ip: IpAddr, config: SmtpConfig) {
     let cert = TestCert::new();
-    let (server, addr) = tls_server(&cert, config).await;
+    let (server, addr) = tls_server_on(ip, &cert, config).await;
     let (_first, greeting) = Client::connect_tls(addr, &cert).await;
     assert_code(&greeting, 220);
     let (mut second, greeting) = Client::connect_tls(addr, &cert).await;
@@ -228,19 +278,30 @@ async fn third_tls_client_is_refused_at_once(config: SmtpConfig) {
 
 #[tokio::test]
 async fn tls_connections_over_the_cap_get_421_at_once() {
-    third_tls_client_is_refused_at_once(SmtpConfig {
-        max_connections: 2,
-        ..test_config()
-    })
+    third_tls_client_is_refused_at_once(
+        Ipv4Addr::LOCALHOST.into(),
+        SmtpConfig {
+            max_connections: 2,
+            ..test_config()
+        },
+    )
     .await;
 }
 
+/// Through this machine's non-loopback address, since loopback clients are not held to the
+/// per-IP cap.
 #[tokio::test]
 async fn one_address_cannot_take_every_tls_connection() {
-    third_tls_client_is_refused_at_once(SmtpConfig {
-        max_connections_per_ip: 2,
-        ..test_config()
-    })
+    let Some(ip) = non_loopback_ip() else {
+        return;
+    };
+    third_tls_client_is_refused_at_once(
+        ip,
+        SmtpConfig {
+            max_connections_per_ip: 2,
+            ..test_config()
+        },
+    )
     .await;
 }
 

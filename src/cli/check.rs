@@ -140,6 +140,9 @@ async fn check_account(
     };
     let credentials = account.tokens.credentials();
     field("credentials", &credentials);
+    if let Some(project) = credentials.quota_project() {
+        field("quota project", project);
+    }
     let subject = match subject(&account, sender) {
         Ok(subject) => subject,
         Err(problem) => {
@@ -176,6 +179,15 @@ async fn check_account(
             };
             field("problem", format!("Google refused the credentials: {said}"));
             field("fix", fix);
+            return Verdict::Fails;
+        }
+        Err(unknown @ TokenError::UnknownUser { .. }) => {
+            field("problem", format!("Google refused the sender: {unknown}"));
+            field(
+                "fix",
+                "check with an address that is a user of the domain (`--sender`), and list only \
+                 such addresses in the account's senders",
+            );
             return Verdict::Fails;
         }
         Err(TokenError::Temporary { reason }) => {

@@ -85,6 +85,14 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         addrs.join(", ")
     );
+    if server.max_message_size() < config.smtp.max_message_size {
+        tracing::info!(
+            size = server.max_message_size(),
+            max_message_size = config.smtp.max_message_size,
+            "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room for \
+             the Bcc header added for up to max_recipients recipients"
+        );
+    }
     match nofile {
         Ok(limit) if (limit as usize) < config.smtp.max_connections + 64 => tracing::warn!(
             limit,

@@ -31,6 +31,7 @@ pub struct SmtpConfig {
     /// then cross the network in clear). For private networks such as a Docker bridge.
     pub allow_auth_without_tls: AuthWithoutTls,
     /// Most simultaneous connections from one IP address, so one client cannot take every slot.
+    /// Loopback clients are not counted (this machine's own programs); `max_connections` holds.
     pub max_connections_per_ip: usize,
     /// Certificate and key for STARTTLS and `listen_tls`; without them no TLS is offered.
     #[serde(skip_serializing_if = "Option::is_none")]

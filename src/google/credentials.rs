@@ -64,6 +64,9 @@ pub struct Credentials {
     pub(crate) token_uri: String,
     pub(crate) account: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
+    /// The Google Cloud project API calls are billed to (`quota_project_id` of a gcloud
+    /// `authorized_user` file), sent as `x-goog-user-project`.
+    pub(crate) quota_project: Option<String>,
     /// The access token a token.json carried (`token` + `expiry`), usable until it nears expiry,
     /// so a restart does not cost a refresh.
     pub(crate) cached_token: Option<(Secret, SystemTime)>,
@@ -86,6 +89,9 @@ pub(crate) enum Grant {
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceAccountKey {
     pub(crate) client_email: String,
+    /// The JWT's `aud`: the key file's `token_uri` (Google's endpoint). A configured token URI
+    /// changes where the request goes (a proxy, a test), not whom the assertion is for.
+    pub(crate) audience: String,
     /// The numeric client id an administrator enters for domain-wide delegation.
     pub(crate) client_id: Option<String>,
     pub(crate) private_key_id: Option<String>,
@@ -250,6 +256,7 @@ impl Credentials {
             token_uri: DEFAULT_TOKEN_URI.to_string(),
             account: None,
             scopes: None,
+            quota_project: None,
             cached_token: None,
         }
     }
@@ -285,6 +292,13 @@ impl Credentials {
         self.scopes.as_deref()
     }
 
+    /// The project Gmail API calls are billed to, when the file names one (`quota_project_id`):
+    /// sent as the `x-goog-user-project` header. User credentials minted for an OAuth client of
+    /// another project (gcloud's own) are refused without it.
+    pub fn quota_project(&self) -> Option<&str> {
+        self.quota_project.as_deref()
+    }
+
     /// True for service accounts, which need a user to impersonate on every token request.
     pub fn is_service_account(&self) -> bool {
         matches!(self.grant, Grant::ServiceAccount(_))
@@ -308,8 +322,8 @@ impl Credentials {
         }
     }
 
-    /// True when `other` obtains tokens exactly as these do: same refresh token, client and token
-    /// endpoint. The credential watcher uses it to ignore a rewrite that changes nothing (our own
+    /// True when `other` obtains tokens exactly as these do and calls the API the same way: same
+    /// refresh token, client, token endpoint and quota project. The credential watcher uses it to ignore a rewrite that changes nothing (our own
     /// write-back of a rotated refresh token, or another tool saving a new access token), which
     /// would otherwise throw away a good cached token. Service-account keys never compare equal:
     /// their key material is not comparable, and replacing them costs only one token request.
@@ -333,7 +347,10 @@ impl Credentials {
             }
             _ => false,
         };
-        same_grant && self.kind == other.kind && self.token_uri == other.token_uri
+        same_grant
+            && self.kind == other.kind
+            && self.token_uri == other.token_uri
+            && self.quota_project == other.quota_project
     }
 
     /// A copy that uses a rotated refresh token from now on.

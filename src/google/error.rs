@@ -26,6 +26,21 @@ pub enum TokenError {
         /// What happened, for logs and the SMTP reply.
         reason: String,
     },
+    /// A service account may not act for this one user because Google knows no such user in the
+    /// domain (400 `invalid_grant` "Invalid email or User ID"): that sender's problem, not the
+    /// key's. The key works for everyone else, so nothing account-wide needs attention.
+    #[error(
+        "{subject} is not a user of the Google Workspace domain of service account {service_account} \
+         (invalid_grant: {description})"
+    )]
+    UnknownUser {
+        /// The user the token was asked for (the sender).
+        subject: String,
+        /// The service account's address.
+        service_account: String,
+        /// Google's `error_description`.
+        description: String,
+    },
 }
 
 fn describe(description: &str) -> String {
@@ -42,11 +57,17 @@ impl TokenError {
         matches!(self, TokenError::Temporary { .. })
     }
 
+    /// True when the credentials themselves need a person, for every sender of the account (as
+    /// opposed to a passing failure, or one user the key cannot act for).
+    pub fn is_account_wide(&self) -> bool {
+        matches!(self, TokenError::Credentials { .. })
+    }
+
     /// What a person should do, for credential problems.
     pub fn fix(&self) -> Option<&str> {
         match self {
             TokenError::Credentials { fix, .. } => Some(fix),
-            TokenError::Temporary { .. } => None,
+            TokenError::Temporary { .. } | TokenError::UnknownUser { .. } => None,
         }
     }
 
@@ -59,6 +80,16 @@ impl TokenError {
         subject: Option<&str>,
     ) -> TokenError {
         let description = description.unwrap_or_default().to_string();
+        if let (Grant::ServiceAccount(key), Some(subject)) = (&credentials.grant, subject)
+            && code == "invalid_grant"
+            && is_unknown_user(&description)
+        {
+            return TokenError::UnknownUser {
+                subject: subject.to_string(),
+                service_account: key.client_email.clone(),
+                description,
+            };
+        }
         if matches!(
             code,
             "server_error" | "temporarily_unavailable" | "internal_failure"
@@ -86,6 +117,14 @@ impl TokenError {
             fix,
         }
     }
+}
+
+/// Google gives an unknown impersonated user the same code as a deleted key or a skewed clock
+/// (`invalid_grant`); only the description tells that one user apart: "Invalid email or User ID".
+fn is_unknown_user(description: &str) -> bool {
+    description
+        .to_ascii_lowercase()
+        .contains("invalid email or user id")
 }
 
 /// The advice for an OAuth error code, naming the file, client and user involved.
@@ -130,15 +169,15 @@ fn fix(code: &str, credentials: &Credentials, subject: Option<&str>) -> String {
              is a user of the Workspace domain, and that this machine's clock is correct",
             subject.unwrap_or("the user to send as")
         ),
+        "unauthorized_client" | "invalid_scope" => format!(
+            "domain-wide delegation is not granted to service account {email}: in the Google Admin \
+             console (admin.google.com > Security > Access and data control > API controls > \
+             Manage Domain Wide Delegation) add client ID {client_id} with the OAuth scope \
+             {GMAIL_SEND_SCOPE}; a new grant can take up to 24 hours to take effect"
+        ),
         "invalid_client" => format!(
             "the service account {email} or its key was deleted or disabled; create a new key in \
              the Google Cloud console (IAM & Admin > Service accounts)"
-        ),
-        "unauthorized_client" | "invalid_scope" => format!(
-            "domain-wide delegation is not set up for {email}: in the Google Admin console \
-             (Security > Access and data control > API controls > Manage domain-wide delegation) \
-             add client ID {client_id} with the scope {GMAIL_SEND_SCOPE}; changes can take up to \
-             24 hours to propagate"
         ),
         _ => format!("check the service account key ({source}) and the token endpoint {token_uri}"),
     }
@@ -166,4 +205,30 @@ pub fn authorize_again(kind: &CredentialKind) -> String {
         ),
         CredentialKind::ServiceAccount(_) => command("token.json"),
     }
+}
+
+/// The fix for Google's 403 "... requires a quota project, which is not set by default": user
+/// credentials of an OAuth client from another project (gcloud's own) must name the project the
+/// calls are billed to. Enabling the API, the usual fix for `accessNotConfigured`, does not help.
+pub fn set_quota_project(credentials: &Credentials) -> String {
+    let project = "the ID of the Google Cloud project where the Gmail API is enabled";
+    let Some(file) = credentials.path() else {
+        // Only a file can name a quota project.
+        return format!(
+            "use a gcloud authorized_user file with \"quota_project_id\" set to {project} \
+             (`gcloud auth application-default login --client-id-file=CLIENT_SECRET.json \
+             --scopes=https://www.googleapis.com/auth/gmail.send`, then \
+             `gcloud auth application-default set-quota-project PROJECT_ID`)"
+        );
+    };
+    let now = match credentials.quota_project() {
+        Some(current) => format!("quota project {current} was not accepted; "),
+        None => String::new(),
+    };
+    format!(
+        "{now}set the quota project: add \"quota_project_id\": \"PROJECT_ID\" to {}, or run \
+         `gcloud auth application-default set-quota-project PROJECT_ID`, with {project} (the file \
+         is reloaded by itself)",
+        file.display()
+    )
 }

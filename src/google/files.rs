@@ -114,6 +114,7 @@ fn refresh_token(
     credentials.token_uri = fields.token_uri()?;
     credentials.account = fields.optional("account")?.map(str::to_string);
     credentials.scopes = fields.scopes()?;
+    credentials.quota_project = fields.optional("quota_project_id")?.map(str::to_string);
     credentials.cached_token = fields.cached_token()?;
     Ok(credentials)
 }
@@ -124,6 +125,7 @@ fn service_account(fields: &Fields<CredentialError>) -> Result<Credentials, Cred
         .map_err(|_| fields.invalid("private_key", "is not a PEM-encoded RSA private key"))?;
     let key = ServiceAccountKey {
         client_email: fields.required("client_email")?.to_string(),
+        audience: fields.token_uri()?,
         client_id: fields.optional("client_id")?.map(str::to_string),
         private_key_id: fields.optional("private_key_id")?.map(str::to_string),
         key,
@@ -134,6 +136,8 @@ fn service_account(fields: &Fields<CredentialError>) -> Result<Credentials, Cred
         token_uri: fields.token_uri()?,
         account: None,
         scopes: None,
+        // google-auth honours it in key files too.
+        quota_project: fields.optional("quota_project_id")?.map(str::to_string),
         cached_token: None,
     })
 }

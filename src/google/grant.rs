@@ -240,7 +240,7 @@ async fn jwt_bearer(
             ),
         )
     })?;
-    let assertion = sign(credentials, key, subject)?;
+    let assertion = sign(key, subject)?;
     let body = form_urlencoded([
         ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
         ("assertion", assertion.as_str()),
@@ -275,12 +275,9 @@ async fn jwt_bearer(
     ))
 }
 
-/// Signs the one-hour assertion; `aud` must be exactly the URI the assertion is posted to.
-fn sign(
-    credentials: &Credentials,
-    key: &ServiceAccountKey,
-    subject: &str,
-) -> Result<String, TokenError> {
+/// Signs the one-hour assertion for Google's token endpoint as the key file names it, wherever
+/// the request is actually posted.
+fn sign(key: &ServiceAccountKey, subject: &str) -> Result<String, TokenError> {
     let iat = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -288,7 +285,7 @@ fn sign(
     let claims = Claims {
         iss: &key.client_email,
         scope: GMAIL_SEND_SCOPE,
-        aud: &credentials.token_uri,
+        aud: &key.audience,
         iat,
         exp: iat + 3600,
         sub: subject,

@@ -28,7 +28,7 @@ pub use credentials::{
     CredentialError, CredentialKind, CredentialSpec, Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET,
     ENV_REFRESH_TOKEN, ENV_USER_ID, load,
 };
-pub use error::{TokenError, authorize_again};
+pub use error::{TokenError, authorize_again, set_quota_project};
 pub use grant::{GoogleClient, GoogleTokenResponse};
 pub use secret::{Secret, resolve_secret};
 pub use source::{AccessToken, CredentialState, DEFAULT_TIMEOUT, REFRESH_MARGIN, TokenSource};

@@ -216,8 +216,9 @@ impl TokenSource {
         let result = grant::request(&self.http, &credentials, subject, self.timeout).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(error) if error.is_temporary() => "temporary",
-            Err(_) => "credentials",
+            Err(TokenError::Temporary { .. }) => "temporary",
+            Err(TokenError::UnknownUser { .. }) => "unknown_user",
+            Err(TokenError::Credentials { .. }) => "credentials",
         };
         crate::telemetry::token_refresh(&self.name, outcome);
         match result {
@@ -239,7 +240,9 @@ impl TokenSource {
                 Ok(token)
             }
             Err(error) => {
-                if self.is_generation(generation) && !error.is_temporary() {
+                // One sender the key cannot act for is that sender's problem: the account stays
+                // healthy (readiness green, no pause) for everyone else.
+                if self.is_generation(generation) && error.is_account_wide() {
                     self.mark_needs_attention(&credentials, &error);
                 }
                 let mut cache = slot.cache.lock().unwrap();

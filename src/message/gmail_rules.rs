@@ -66,13 +66,30 @@ pub enum PolicyViolation {
         /// The configured send-as addresses.
         send_as: Vec<String>,
     },
+    /// With the Bcc field (and From rewrite) added, the upload is over Gmail's limit
+    /// ([`check_upload_size`](super::gmail_size::check_upload_size)).
+    #[error(
+        "message too large for Gmail: {received} bytes received, {upload} with the headers added \
+         for Gmail (Bcc for envelope-only recipients); Gmail accepts at most {}",
+        super::gmail_size::GMAIL_UPLOAD_LIMIT
+    )]
+    TooLarge {
+        /// The size of the upload.
+        upload: u64,
+        /// The size of the message as received.
+        received: u64,
+    },
 }
 
 impl From<PolicyViolation> for DeliveryError {
-    /// A policy refusal is permanent: sending the same message again gets the same answer.
+    /// A refusal is permanent: sending the same message again gets the same answer.
     fn from(violation: PolicyViolation) -> Self {
+        let status = match violation {
+            PolicyViolation::TooLarge { .. } => Status::TOO_BIG,
+            _ => Status::POLICY,
+        };
         DeliveryError::Permanent {
-            status: Status::POLICY,
+            status,
             reason: violation.to_string(),
         }
     }

@@ -9,6 +9,7 @@
 pub const HEAD_LIMIT: usize = 256 * 1024;
 
 pub mod gmail_rules;
+pub mod gmail_size;
 pub mod header_edits;
 pub mod headers;
 

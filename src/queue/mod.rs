@@ -52,6 +52,10 @@ impl Queue {
 
 #[async_trait::async_trait]
 impl Deliver for Queue {
+    fn size_limit(&self, max_recipients: usize) -> Option<u64> {
+        self.gmail.size_limit(max_recipients)
+    }
+
     async fn deliver(
         &self,
         envelope: &Envelope,

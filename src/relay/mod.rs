@@ -24,6 +24,14 @@ use crate::message::{Envelope, Message};
 /// A delivery target. Implementations must be safe to call from many sessions at once.
 #[async_trait::async_trait]
 pub trait Deliver: Send + Sync {
+    /// The largest message this target can take when messages have at most `max_recipients`
+    /// recipients, if it has a limit of its own: for Gmail, its upload limit less room for the
+    /// header the relay adds. The server advertises and enforces the smaller of this and
+    /// `max_message_size`, so a message is refused while the client sends it, not after 250.
+    fn size_limit(&self, _max_recipients: usize) -> Option<u64> {
+        None
+    }
+
     /// Delivers one message. Returning `Ok` means the target has taken responsibility for it.
     async fn deliver(
         &self,

@@ -2,10 +2,10 @@
 //!
 //! Each accepted connection becomes a [`session::Session`] task; on a `listen_tls` listener the
 //! TLS handshake comes first, inside that task. A semaphore caps how many run at once and a
-//! per-IP count stops one address from taking every slot; a client over either cap is told
-//! `421 4.7.0` at once instead of waiting unanswered. On
-//! shutdown the listeners stop accepting, idle sessions are told 421, open transactions get
-//! `shutdown_grace` to finish, and then every session is closed.
+//! per-IP count stops one remote address (loopback is exempt) from taking every slot; a client
+//! over either cap is told `421 4.7.0` at once instead of waiting unanswered. On shutdown the
+//! listeners stop accepting, idle sessions are told 421, open transactions get `shutdown_grace`
+//! to finish, and then every session is closed.
 
 pub mod address;
 pub mod auth;
@@ -75,7 +75,15 @@ pub struct Server {
 impl Server {
     /// Loads the TLS identity and the users, then binds every address in `config.listen` and
     /// `config.listen_tls` (port 0 picks a free port, for tests).
-    pub async fn bind(config: SmtpConfig, deliver: Arc<dyn Deliver>) -> Result<Server, StartError> {
+    /// `max_message_size` is lowered to what the target can take (Gmail's limit less room for
+    /// the Bcc header), so that SIZE tells clients the truth.
+    pub async fn bind(
+        mut config: SmtpConfig,
+        deliver: Arc<dyn Deliver>,
+    ) -> Result<Server, StartError> {
+        if let Some(limit) = deliver.size_limit(config.max_recipients) {
+            config.max_message_size = config.max_message_size.min(limit);
+        }
         let tls = config
             .tls
             .as_ref()
@@ -110,6 +118,12 @@ impl Server {
             .iter()
             .filter_map(|(l, _, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The largest message accepted and advertised as `SIZE`: `max_message_size`, or less when
+    /// the delivery target cannot take that much (see [`Deliver::size_limit`]).
+    pub fn max_message_size(&self) -> u64 {
+        self.config.max_message_size
     }
 
     /// The TLS identity, so that SIGHUP can reload it while the server runs.

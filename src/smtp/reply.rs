@@ -65,8 +65,14 @@ impl Reply {
                 Reply::new(451, err.status(), one_line(&err.to_string()))
             }
             Err(err @ DeliveryError::Permanent { status, .. }) => {
-                // RFC 5321: 550 for policy ("mailbox unavailable / not allowed"), 554 otherwise.
-                let code = if status.1 == 7 { 550 } else { 554 };
+                // RFC 5321: 550 for policy and for a mailbox that does not exist ("mailbox
+                // unavailable / not allowed"), 552 for size ("exceeded storage allocation"), 554
+                // otherwise.
+                let code = match (status.1, status.2) {
+                    (7 | 1, _) => 550,
+                    (3, 4) => 552,
+                    _ => 554,
+                };
                 Reply::new(code, *status, one_line(&err.to_string()))
             }
         }
@@ -119,5 +125,15 @@ mod tests {
             reason: "no".into(),
         }));
         assert_eq!(bad.code, 554);
+        let big = Reply::from_delivery(&Err(DeliveryError::Permanent {
+            status: Status::TOO_BIG,
+            reason: "too large".into(),
+        }));
+        assert_eq!(wire(&big), "552 5.3.4 too large\r\n");
+        let unknown_user = Reply::from_delivery(&Err(DeliveryError::Permanent {
+            status: Status(5, 1, 1),
+            reason: "no such user".into(),
+        }));
+        assert_eq!(unknown_user.code, 550);
     }
 }

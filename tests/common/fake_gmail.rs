@@ -26,6 +26,8 @@ pub struct Upload {
     pub user: String,
     /// The access token it was sent with.
     pub token: String,
+    /// The `x-goog-user-project` header: the project the call is billed to.
+    pub quota_project: Option<String>,
     /// The raw bytes as uploaded.
     pub body: Vec<u8>,
     /// Lowercased To, Cc and Bcc addresses: who Gmail would deliver to.
@@ -99,10 +101,17 @@ pub struct Quota {
     pub window: Duration,
 }
 
+/// Gmail's upload limit (`maxSize` of messages.send): larger uploads get 413.
+pub const UPLOAD_LIMIT: usize = 36_700_160;
+
 /// The endpoint's configuration and records.
 #[derive(Default)]
 pub struct GmailEndpoint {
     uploads: Vec<Upload>,
+    /// Every send request, whatever was answered.
+    requests: usize,
+    /// User credentials must name a quota project (as for gcloud's own OAuth client).
+    quota_project_required: bool,
     faults: VecDeque<SendFault>,
     latency: Duration,
     /// Requests answered 401 because of their token.
@@ -193,6 +202,17 @@ impl FakeGoogle {
         self.state().revoke_access_tokens();
     }
 
+    /// From now on a send with a user's access token and no `x-goog-user-project` header gets
+    /// Google's 403 for application-default credentials without a quota project.
+    pub fn require_quota_project(&self) {
+        self.state().gmail.quota_project_required = true;
+    }
+
+    /// How many send requests arrived, accepted or not.
+    pub fn send_requests(&self) -> usize {
+        self.state().gmail.requests
+    }
+
     /// How many sends were refused for their token.
     pub fn unauthorized_sends(&self) -> usize {
         self.state().gmail.unauthorized
@@ -224,6 +244,27 @@ fn google_error(status: u16, reason: &str, message: &str) -> Response {
     let body = json!({"error": {"code": status, "message": message, "status": canonical,
         "errors": [{"domain": domain, "reason": reason, "message": message}]}});
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+/// Google's answer to user credentials of an OAuth client from another project (gcloud's own,
+/// project 764086051850) that name no quota project: the reason and status of a disabled API,
+/// told apart only by the message.
+fn quota_project_missing() -> Response {
+    let message = "Your application is authenticating by using local Application Default \
+        Credentials. The gmail.googleapis.com API requires a quota project, which is not set by \
+        default. To learn how to set your quota project, see \
+        https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds .";
+    let body = json!({"error": {
+        "code": 403,
+        "message": message,
+        "errors": [{"message": message, "domain": "usageLimits", "reason": "accessNotConfigured",
+            "extendedHelp": "https://console.developers.google.com"}],
+        "status": "PERMISSION_DENIED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "SERVICE_DISABLED", "domain": "googleapis.com",
+            "metadata": {"service": "gmail.googleapis.com", "consumer": "projects/764086051850"}}],
+    }});
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 /// Lowercased addresses of the To, Cc and Bcc headers, groups expanded, and the From address.
@@ -259,6 +300,7 @@ pub async fn send(
     let (fault, latency, in_flight, most) = {
         let mut state = state.lock().unwrap();
         let gmail = &mut state.gmail;
+        gmail.requests += 1;
         (
             gmail.faults.pop_front(),
             gmail.latency,
@@ -303,6 +345,19 @@ pub async fn send(
         state.gmail.unauthorized += 1;
         return google_error(401, "authError", "Invalid Credentials");
     }
+    let quota_project = headers
+        .get("x-goog-user-project")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if state.gmail.quota_project_required
+        && quota_project.is_none()
+        && state.is_user_access_token(&token)
+    {
+        return quota_project_missing();
+    }
+    if body.len() > UPLOAD_LIMIT {
+        return google_error(413, "uploadTooLarge", "Request Entity Too Large");
+    }
     let (recipients, from) = header_addresses(&body);
     let from_fault = from
         .as_ref()
@@ -331,6 +386,7 @@ pub async fn send(
     state.gmail.uploads.push(Upload {
         user,
         token,
+        quota_project,
         body: body.to_vec(),
         recipients,
         from,

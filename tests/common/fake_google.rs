@@ -3,11 +3,11 @@
 //! It serves the OAuth token endpoint (`POST /token`, refresh-token and jwt-bearer grants), from
 //! fake_oauth.rs the consent screen and the authorization-code grant, and from fake_gmail.rs the
 //! Gmail upload endpoint. More endpoints go into [`router`] with their own part of [`State`] and
-//! their own fault methods.
+//! their own fault methods. The credential files it accepts are written by credential_files.rs.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Form, State as Shared};
@@ -17,6 +17,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
+
+pub use super::credential_files::*;
 
 /// The OAuth client the fake accepts. Values are obviously fake on purpose.
 pub const CLIENT_ID: &str = "fake-client-id.apps.googleusercontent.com";
@@ -73,17 +75,24 @@ struct TokenEndpoint {
     issued: usize,
     faults: VecDeque<Fault>,
     service_account_key: Option<String>,
+    /// The `aud` a service account's JWT must carry: its key file's `token_uri`.
+    jwt_audience: String,
+    /// The users of the Workspace domain a service account may act for; `None` = anyone.
+    domain_users: Option<Vec<String>>,
+    /// Domain-wide delegation granted to the service account (for the gmail.send scope).
+    delegation_granted: bool,
     subjects: Vec<String>,
     rejections: Vec<String>,
     /// Access tokens numbered up to this one are revoked.
     revoked_below: usize,
+    /// The numbers of the access tokens issued to service accounts (the rest are user tokens).
+    service_account_tokens: std::collections::HashSet<usize>,
     /// The `scope` of token responses.
     scope: String,
 }
 
 /// Everything the fake knows; one part per endpoint.
 pub struct State {
-    token_uri: String,
     token: TokenEndpoint,
     /// The Gmail send endpoint (fake_gmail.rs).
     pub(super) gmail: super::fake_gmail::GmailEndpoint,
@@ -98,6 +107,15 @@ impl State {
             .strip_prefix("fake-access-")
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| n > self.token.revoked_below && n <= self.token.issued)
+    }
+
+    /// True when `token` was issued for user credentials (refresh token or code), not to a
+    /// service account.
+    pub(super) fn is_user_access_token(&self, token: &str) -> bool {
+        token
+            .strip_prefix("fake-access-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| !self.token.service_account_tokens.contains(&n))
     }
 
     /// Issues an access token, and accepts `refresh_token` from now on (the code grant).
@@ -151,7 +169,6 @@ impl FakeGoogle {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
-            token_uri: format!("http://{addr}/token"),
             token: TokenEndpoint {
                 accepted_refresh_tokens: vec![REFRESH_TOKEN.to_string()],
                 rotate: false,
@@ -160,9 +177,13 @@ impl FakeGoogle {
                 issued: 0,
                 faults: VecDeque::new(),
                 service_account_key: None,
+                jwt_audience: String::new(),
+                domain_users: None,
+                delegation_granted: true,
                 subjects: Vec::new(),
                 rejections: Vec::new(),
                 revoked_below: 0,
+                service_account_tokens: Default::default(),
                 scope: GMAIL_SEND.to_string(),
             },
             gmail: Default::default(),
@@ -230,9 +251,28 @@ impl FakeGoogle {
         self.with(|t| t.scope = scope.to_string());
     }
 
-    /// Accepts JWTs from [`SERVICE_ACCOUNT_EMAIL`] signed by the key whose public half is given.
-    pub fn trust_service_account(&self, public_key_pem: &str) {
-        self.with(|t| t.service_account_key = Some(public_key_pem.to_string()));
+    /// Accepts JWTs from the service account of `key_file` (a [`service_account_json`], signed
+    /// with [`test_key`]) whose `aud` is the key file's `token_uri`, as Google checks it: the
+    /// audience is Google's token endpoint named in the key, wherever the request was sent.
+    pub fn trust_service_account(&self, key_file: &serde_json::Value) {
+        let audience = key_file["token_uri"].as_str().unwrap().to_string();
+        self.with(|t| {
+            t.service_account_key = Some(test_key().public_pem.clone());
+            t.jwt_audience = audience;
+        });
+    }
+
+    /// Only these users exist in the Workspace domain: a JWT for anyone else gets Google's 400
+    /// `invalid_grant` "Invalid email or User ID".
+    pub fn set_domain_users(&self, users: &[&str]) {
+        let users = users.iter().map(|u| u.to_string()).collect();
+        self.with(|t| t.domain_users = Some(users));
+    }
+
+    /// Domain-wide delegation is withdrawn (or was never granted): every JWT gets Google's 401
+    /// `unauthorized_client`.
+    pub fn revoke_delegation(&self) {
+        self.with(|t| t.delegation_granted = false);
     }
 
     /// The `sub` of every accepted JWT, in order.
@@ -280,7 +320,6 @@ async fn token(
     if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
         return super::fake_oauth::exchange(&mut state, &form);
     }
-    let token_uri = state.token_uri.clone();
     let endpoint = &mut state.token;
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let verdict = match field("grant_type") {
@@ -290,30 +329,39 @@ async fn token(
             field("client_secret"),
             field("refresh_token"),
         ),
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
-            check_jwt(endpoint, &token_uri, field("assertion"))
-        }
-        other => Err((
-            400,
-            "unsupported_grant_type",
-            format!("grant_type {other:?}"),
-        )),
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => check_jwt(endpoint, field("assertion")),
+        other => Err(Refusal {
+            status: 400,
+            error: "unsupported_grant_type",
+            description: "Invalid grant_type",
+            why: format!("grant_type {other:?}"),
+        }),
     };
     match verdict {
-        Ok(refresh_token) => issue(endpoint, refresh_token),
-        Err((status, error, why)) => {
-            endpoint.rejections.push(why);
-            let description = match error {
-                "invalid_client" => "Unauthorized",
-                "invalid_grant" => "Token has been expired or revoked.",
-                _ => "Bad Request",
-            };
-            oauth_error(status, error, description)
+        Ok(Granted::User { refresh_token }) => issue(endpoint, refresh_token, false),
+        Ok(Granted::ServiceAccount) => issue(endpoint, None, true),
+        Err(refusal) => {
+            endpoint.rejections.push(refusal.why);
+            oauth_error(refusal.status, refusal.error, refusal.description)
         }
     }
 }
 
-type Verdict = Result<Option<String>, (u16, &'static str, String)>;
+/// What a grant yields: for a user, maybe a rotated refresh token.
+enum Granted {
+    User { refresh_token: Option<String> },
+    ServiceAccount,
+}
+
+/// A refusal as Google words it, and why the fake refused (for assertion messages).
+struct Refusal {
+    status: u16,
+    error: &'static str,
+    description: &'static str,
+    why: String,
+}
+
+type Verdict = Result<Granted, Refusal>;
 
 /// Accepts the configured client and refresh tokens; rotates when asked to.
 fn check_refresh(
@@ -323,25 +371,40 @@ fn check_refresh(
     refresh: &str,
 ) -> Verdict {
     if client_id != CLIENT_ID || secret != CLIENT_SECRET {
-        return Err((401, "invalid_client", "wrong client id or secret".into()));
+        return Err(Refusal {
+            status: 401,
+            error: "invalid_client",
+            description: "Unauthorized",
+            why: "wrong client id or secret".into(),
+        });
     }
     if !endpoint
         .accepted_refresh_tokens
         .iter()
         .any(|t| t == refresh)
     {
-        return Err((400, "invalid_grant", "unknown refresh token".into()));
+        return Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Token has been expired or revoked.",
+            why: "unknown refresh token".into(),
+        });
     }
     if !endpoint.rotate {
-        return Ok(None);
+        return Ok(Granted::User {
+            refresh_token: None,
+        });
     }
     let rotated = format!("{REFRESH_TOKEN}-{}", endpoint.issued + 1);
     endpoint.accepted_refresh_tokens = vec![rotated.clone()];
-    Ok(Some(rotated))
+    Ok(Granted::User {
+        refresh_token: Some(rotated),
+    })
 }
 
-/// Verifies a service account assertion the way Google does: signature, audience, lifetime.
-fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> Verdict {
+/// Verifies a service account assertion the way Google does: signature, audience (the key file's
+/// `token_uri`), lifetime; then domain-wide delegation and whether the user exists in the domain.
+fn check_jwt(endpoint: &mut TokenEndpoint, assertion: &str) -> Verdict {
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: String,
@@ -350,7 +413,14 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
         exp: u64,
         sub: String,
     }
-    let refuse = |why: String| Err((400, "invalid_grant", why));
+    let refuse = |why: String| {
+        Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Invalid JWT Signature.",
+            why,
+        })
+    };
     let Some(public_key) = &endpoint.service_account_key else {
         return refuse("no service account trusted".into());
     };
@@ -362,7 +432,7 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
         return refuse(format!("kid {:?}", header.kid));
     }
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&[token_uri]);
+    validation.set_audience(&[&endpoint.jwt_audience]);
     validation.set_issuer(&[SERVICE_ACCOUNT_EMAIL]);
     validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
     let key = DecodingKey::from_rsa_pem(public_key.as_bytes()).unwrap();
@@ -380,11 +450,35 @@ fn check_jwt(endpoint: &mut TokenEndpoint, token_uri: &str, assertion: &str) -> 
     if claims.scope != GMAIL_SEND || claims.iss != SERVICE_ACCOUNT_EMAIL {
         return refuse(format!("scope {:?}", claims.scope));
     }
+    if !endpoint.delegation_granted {
+        return Err(Refusal {
+            status: 401,
+            error: "unauthorized_client",
+            description: "Client is unauthorized to retrieve access tokens using this method, or \
+                client not authorized for any of the scopes requested.",
+            why: "no domain-wide delegation".into(),
+        });
+    }
+    if let Some(users) = &endpoint.domain_users
+        && !users.contains(&claims.sub)
+    {
+        return Err(Refusal {
+            status: 400,
+            error: "invalid_grant",
+            description: "Invalid email or User ID",
+            why: format!("{} is not a user of the domain", claims.sub),
+        });
+    }
     endpoint.subjects.push(claims.sub);
-    Ok(None)
+    Ok(Granted::ServiceAccount)
 }
 
-fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Response {
+/// A token response. Google leaves `scope` out of a service account's.
+fn issue(
+    endpoint: &mut TokenEndpoint,
+    refresh_token: Option<String>,
+    service_account: bool,
+) -> Response {
     endpoint.issued += 1;
     let expires_in = match endpoint.expires_in {
         ExpiresIn::Number(n) => json!(n),
@@ -393,119 +487,15 @@ fn issue(endpoint: &mut TokenEndpoint, refresh_token: Option<String>) -> Respons
     let mut body = json!({
         "access_token": format!("fake-access-{}", endpoint.issued),
         "expires_in": expires_in,
-        "scope": endpoint.scope,
         "token_type": "Bearer",
     });
+    if service_account {
+        endpoint.service_account_tokens.insert(endpoint.issued);
+    } else {
+        body["scope"] = json!(endpoint.scope);
+    }
     if let Some(refresh_token) = refresh_token {
         body["refresh_token"] = json!(refresh_token);
     }
     Json(body).into_response()
-}
-
-/// A throwaway RSA key pair, generated once per test binary so no private key is ever committed.
-pub struct TestKey {
-    /// PKCS#8 PEM, as in a service account key file.
-    pub private_pem: String,
-    /// SubjectPublicKeyInfo PEM, for the fake to verify signatures.
-    pub public_pem: String,
-}
-
-/// The key pair for this test binary (openssl, 2048 bits, like Google's keys).
-pub fn test_key() -> &'static TestKey {
-    static KEY: OnceLock<TestKey> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let private = dir.path().join("key.pem");
-        let public = dir.path().join("pub.pem");
-        let openssl = |args: &[&std::ffi::OsStr]| {
-            // Captured, so its progress dots do not clutter test output.
-            let output = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "openssl {args:?}: {stderr}");
-        };
-        openssl(&[
-            "genpkey".as_ref(),
-            "-algorithm".as_ref(),
-            "RSA".as_ref(),
-            "-pkeyopt".as_ref(),
-            "rsa_keygen_bits:2048".as_ref(),
-            "-out".as_ref(),
-            private.as_os_str(),
-        ]);
-        openssl(&[
-            "pkey".as_ref(),
-            "-in".as_ref(),
-            private.as_os_str(),
-            "-pubout".as_ref(),
-            "-out".as_ref(),
-            public.as_os_str(),
-        ]);
-        TestKey {
-            private_pem: std::fs::read_to_string(&private).unwrap(),
-            public_pem: std::fs::read_to_string(&public).unwrap(),
-        }
-    })
-}
-
-/// A quickstart `token.json` the fake accepts, as google-auth's `Credentials.to_json()` writes it:
-/// no `type`, an expired access token, scopes as a list.
-pub fn token_json(token_uri: &str) -> serde_json::Value {
-    json!({
-        "token": "fake-stale-access-token",
-        "refresh_token": REFRESH_TOKEN,
-        "token_uri": token_uri,
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "scopes": [GMAIL_SEND],
-        "universe_domain": "googleapis.com",
-        "account": "",
-        "expiry": "2020-01-01T00:00:00.000000Z",
-    })
-}
-
-/// A service account key file for [`SERVICE_ACCOUNT_EMAIL`] with [`test_key`]'s private half.
-pub fn service_account_json(token_uri: &str) -> serde_json::Value {
-    json!({
-        "type": "service_account",
-        "project_id": "fake-project",
-        "private_key_id": SERVICE_ACCOUNT_KEY_ID,
-        "private_key": test_key().private_pem,
-        "client_email": SERVICE_ACCOUNT_EMAIL,
-        "client_id": "100000000000000000001",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": token_uri,
-        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
-        "universe_domain": "googleapis.com",
-    })
-}
-
-/// Writes `value` as `name` in `dir` and returns the path.
-pub fn write_json(
-    dir: &std::path::Path,
-    name: &str,
-    value: &serde_json::Value,
-) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
-    path
-}
-
-/// The refresh token a new authorization yields (see [`authorized_token`]).
-pub const NEW_REFRESH_TOKEN: &str = "fake-refresh-token-from-authorize";
-
-/// What `authorize` would write after the user consented again.
-pub fn authorized_token(google: &FakeGoogle) -> serde_json::Value {
-    let mut token = token_json(&google.token_uri());
-    token["refresh_token"] = NEW_REFRESH_TOKEN.into();
-    token
-}
-
-/// Writes a token.json the way `authorize` does: a new file renamed over the old one.
-pub fn write_token_atomically(path: &std::path::Path, token: &serde_json::Value) {
-    let temporary = path.with_extension("json.new");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(token).unwrap()).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
 }

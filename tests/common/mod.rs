@@ -2,6 +2,8 @@
 //! SMTP client that speaks bytes over a real socket.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod bridge;
+pub mod credential_files;
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;

@@ -60,6 +60,13 @@ pub enum SendError {
         /// Google's explanation.
         reason: String,
     },
+    /// 403 `accessNotConfigured` because user credentials of another project's OAuth client
+    /// (gcloud's own) name no quota project: the fix is the quota project, not enabling the API.
+    #[error("{reason}")]
+    NoQuotaProject {
+        /// Google's explanation.
+        reason: String,
+    },
     /// The account or the Cloud project is set up wrongly; a person must fix it.
     #[error("{reason}")]
     Configuration {
@@ -106,20 +113,23 @@ impl GmailApi {
         }
     }
 
-    /// Uploads one message.
+    /// Uploads one message, billed to `quota_project` when the credentials name one.
     pub async fn send(
         &self,
         user_id: &str,
         access_token: &str,
+        quota_project: Option<&str>,
         upload: &Upload,
     ) -> Result<Sent, SendError> {
         let len = upload.len();
         let url = self.send_url(user_id)?;
         let timeout =
             self.base_timeout + Duration::from_secs(SECONDS_PER_MIB * len.div_ceil(1 << 20));
-        let response = self
-            .http
-            .post(url)
+        let mut request = self.http.post(url);
+        if let Some(project) = quota_project {
+            request = request.header("x-goog-user-project", project);
+        }
+        let response = request
             .bearer_auth(access_token)
             .header(reqwest::header::CONTENT_TYPE, "message/rfc822")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -246,6 +256,9 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Send
             }
         }
         (400, "failedPrecondition") => temporary(Cause::Precondition),
+        (403, "accessNotConfigured") if needs_quota_project(&message) => {
+            SendError::NoQuotaProject { reason: said }
+        }
         (403, "accessNotConfigured") => configuration(
             "enable the Gmail API for the Google Cloud project of this OAuth client \
              (console.cloud.google.com/apis/library/gmail.googleapis.com)",
@@ -262,6 +275,13 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Send
             reason: said,
         },
     }
+}
+
+/// Google answers a missing quota project with the same reason and status as a disabled API
+/// (`accessNotConfigured`, `PERMISSION_DENIED`); only the message tells them apart: "... The
+/// gmail.googleapis.com API requires a quota project, which is not set by default. ...".
+fn needs_quota_project(message: &str) -> bool {
+    message.contains("requires a quota project")
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -362,6 +382,15 @@ mod tests {
             panic!()
         };
         assert!(fix.contains("enable the Gmail API"));
+        let adc = "Your application is authenticating by using local Application Default \
+            Credentials. The gmail.googleapis.com API requires a quota project, which is not set by \
+            default. To learn how to set your quota project, see \
+            https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds .";
+        let body = google_error(403, "accessNotConfigured", adc);
+        assert!(matches!(
+            classify(403, &body, None),
+            SendError::NoQuotaProject { .. }
+        ));
         let SendError::Configuration { fix, .. } = class(403, "insufficientPermissions") else {
             panic!()
         };

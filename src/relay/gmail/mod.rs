@@ -20,6 +20,7 @@ use super::{Cause, Deliver, DeliveryError, Receipt, Scope, Status};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
+use crate::message::gmail_size;
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
 use accounts::{Account, Router};
@@ -100,7 +101,7 @@ impl Gmail {
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
         let raw = message.to_bytes().await.map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &raw)?;
+        let (account, subject, prepared) = self.decide(envelope, &raw, raw.len() as u64)?;
         Ok(Outgoing {
             account,
             subject,
@@ -116,7 +117,7 @@ impl Gmail {
         message: &Message,
     ) -> Result<Arc<Account>, DeliveryError> {
         let head = message.head(HEAD_LIMIT).await.map_err(unreadable)?;
-        Ok(self.decide(envelope, &head)?.0)
+        Ok(self.decide(envelope, &head, message.len())?.0)
     }
 
     /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.msg`), whose first
@@ -130,7 +131,7 @@ impl Gmail {
         let head = read_head(path, len.min(HEAD_LIMIT as u64))
             .await
             .map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &head)?;
+        let (account, subject, prepared) = self.decide(envelope, &head, len)?;
         let pieces = upload::extend_to(prepared.pieces, head.len(), len as usize);
         Ok(Outgoing {
             account,
@@ -142,11 +143,14 @@ impl Gmail {
         })
     }
 
-    /// The account, the user a service-account token is for, and the rules' edits.
+    /// The account, the user a service-account token is for, and the rules' edits. `raw` is the
+    /// message or its head; `total` the size of the whole message, so that an upload that the
+    /// edits would take over Gmail's limit is refused here, before 250.
     fn decide(
         &self,
         envelope: &Envelope,
         raw: &[u8],
+        total: u64,
     ) -> Result<(Arc<Account>, Option<String>, Prepared), DeliveryError> {
         let headers = Headers::read(raw);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
@@ -166,6 +170,7 @@ impl Gmail {
             });
         };
         let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, raw, &headers)?;
+        gmail_size::check_upload_size(&prepared, raw.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -213,9 +218,15 @@ impl Gmail {
                 .access_token(subject)
                 .await
                 .map_err(|err| token_failure(account, err))?;
+            let credentials = account.tokens.credentials();
             match self
                 .api
-                .send(&account.user_id, token.expose(), &outgoing.upload)
+                .send(
+                    &account.user_id,
+                    token.expose(),
+                    credentials.quota_project(),
+                    &outgoing.upload,
+                )
                 .await
             {
                 Ok(sent) => return Ok(Receipt::new(sent.id)),
@@ -232,6 +243,10 @@ impl Gmail {
 
 #[async_trait::async_trait]
 impl Deliver for Gmail {
+    fn size_limit(&self, max_recipients: usize) -> Option<u64> {
+        Some(gmail_size::largest_message(max_recipients))
+    }
+
     async fn deliver(
         &self,
         envelope: &Envelope,
@@ -289,6 +304,16 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
             retry_after: None,
             cause: Cause::Outage,
         },
+        // The sender, not the key: refuse this message for good and leave the account alone.
+        // 5.1.0 as Postfix answers an unknown sender of its own domains ("User unknown").
+        unknown @ TokenError::UnknownUser { .. } => DeliveryError::Permanent {
+            status: Status(5, 1, 0),
+            reason: format!(
+                "sender refused: {unknown}; send as an existing user of the domain, or remove \
+                 the address from the senders of account {}",
+                account.name
+            ),
+        },
     }
 }
 
@@ -320,6 +345,12 @@ fn send_failure(account: &Account, subject: Option<&str>, err: SendError) -> Del
             account: account.name.clone(),
             reason: format!("the access token was refused even after a refresh ({reason})"),
             fix: "check that the token was granted the gmail.send scope; run `smtp2gmail authorize` again".to_string(),
+            scope: Scope::Account,
+        },
+        SendError::NoQuotaProject { reason } => DeliveryError::Credentials {
+            account: account.name.clone(),
+            reason,
+            fix: crate::google::set_quota_project(&account.tokens.credentials()),
             scope: Scope::Account,
         },
         SendError::Configuration {
