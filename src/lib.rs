@@ -23,6 +23,7 @@
 //!   environment) and per-account access-token sources with single-flight refresh.
 //! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
 //!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
+//! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod google;
 pub mod http;
+pub mod locks;
 pub mod message;
 pub mod queue;
 pub mod relay;

@@ -2,6 +2,7 @@
 //! expire no matter how many deliveries ask at the same moment, and an account-wide state that
 //! tells operators when a person has to act.
 
+use crate::locks::{lock, read, write};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
@@ -173,12 +174,12 @@ impl TokenSource {
 
     /// The credentials in use now (a rotated refresh token included).
     pub fn credentials(&self) -> Arc<Credentials> {
-        self.current.read().unwrap().credentials.clone()
+        read(&self.current).credentials.clone()
     }
 
     /// Whether the credentials currently work.
     pub fn state(&self) -> CredentialState {
-        self.state.lock().unwrap().clone()
+        lock(&self.state).clone()
     }
 
     /// An access token for sending as `subject`: the user a service account impersonates
@@ -186,7 +187,7 @@ impl TokenSource {
     pub async fn access_token(&self, subject: Option<&str>) -> Result<AccessToken, TokenError> {
         let slot = self.slot(subject);
         let seen = {
-            let cache = slot.cache.lock().unwrap();
+            let cache = lock(&slot.cache);
             if let Some(token) = cache.fresh() {
                 return Ok(token);
             }
@@ -194,7 +195,7 @@ impl TokenSource {
         };
         let _single_flight = slot.refresh.lock().await;
         {
-            let cache = slot.cache.lock().unwrap();
+            let cache = lock(&slot.cache);
             if let Some(token) = cache.fresh() {
                 return Ok(token);
             }
@@ -208,7 +209,7 @@ impl TokenSource {
             }
         }
         let (credentials, generation) = {
-            let current = self.current.read().unwrap();
+            let current = read(&self.current);
             (current.credentials.clone(), current.generation)
         };
         tracing::debug!(account = %self.name, subject, "requesting an access token");
@@ -233,7 +234,7 @@ impl TokenSource {
                 if self.is_generation(generation) {
                     self.mark_ok(&token);
                 }
-                let mut cache = slot.cache.lock().unwrap();
+                let mut cache = lock(&slot.cache);
                 cache.attempts += 1;
                 cache.failure = None;
                 cache.token = Some(token.clone());
@@ -245,7 +246,7 @@ impl TokenSource {
                 if self.is_generation(generation) && error.is_account_wide() {
                     self.mark_needs_attention(&credentials, &error);
                 }
-                let mut cache = slot.cache.lock().unwrap();
+                let mut cache = lock(&slot.cache);
                 cache.attempts += 1;
                 cache.failure = Some(error.clone());
                 match cache.token.clone().filter(|t| t.lasts(STILL_USABLE)) {
@@ -264,7 +265,7 @@ impl TokenSource {
     /// token cause one refresh, not one each.
     pub fn invalidate(&self, subject: Option<&str>, rejected: &AccessToken) {
         let slot = self.slot(subject);
-        let mut cache = slot.cache.lock().unwrap();
+        let mut cache = lock(&slot.cache);
         if cache.token.as_ref() == Some(rejected) {
             cache.token = None;
         }
@@ -274,12 +275,12 @@ impl TokenSource {
     /// tokens are dropped and the state starts again from `Unknown`.
     pub fn replace(&self, credentials: Credentials) {
         {
-            let mut current = self.current.write().unwrap();
+            let mut current = write(&self.current);
             current.credentials = Arc::new(credentials);
             current.generation += 1;
         }
-        self.slots.lock().unwrap().clear();
-        *self.state.lock().unwrap() = CredentialState::Unknown;
+        lock(&self.slots).clear();
+        *lock(&self.state) = CredentialState::Unknown;
         self.seed_from_file();
         // Debug only: whoever replaces the credentials says why, at the level that fits.
         tracing::debug!(account = %self.name, credentials = %self.credentials(), "credentials replaced");
@@ -288,27 +289,21 @@ impl TokenSource {
     /// Changes whenever the credentials are replaced or [`recheck`](Self::recheck)ed: the queue
     /// resumes an account paused for a credentials problem as soon as it changes.
     pub fn generation(&self) -> u64 {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
+        read(&self.current).generation
     }
 
     /// The operator says a problem was fixed at Google's end (API enabled, delegation granted)
     /// without new credentials (SIGHUP): forget the last refusal and let held mail try again.
     pub fn recheck(&self) {
-        self.current
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation += 1;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        write(&self.current).generation += 1;
+        let mut state = lock(&self.state);
         if matches!(*state, CredentialState::NeedsAttention { .. }) {
             *state = CredentialState::Unknown;
         }
     }
 
     fn is_generation(&self, generation: u64) -> bool {
-        self.current.read().unwrap().generation == generation
+        read(&self.current).generation == generation
     }
 
     fn slot(&self, subject: Option<&str>) -> Arc<Slot> {
@@ -316,7 +311,7 @@ impl TokenSource {
         let key = subject
             .filter(|_| self.credentials().is_service_account())
             .map(str::to_string);
-        self.slots.lock().unwrap().entry(key).or_default().clone()
+        lock(&self.slots).entry(key).or_default().clone()
     }
 
     /// Puts a token.json's still-valid access token into the cache.
@@ -333,7 +328,7 @@ impl TokenSource {
             valid_until: Instant::now() + left,
             scopes: credentials.scopes().map(Arc::from),
         };
-        self.slot(None).cache.lock().unwrap().token = Some(token);
+        lock(&self.slot(None).cache).token = Some(token);
     }
 
     /// Uses a rotated refresh token from now on, and writes it back to its file: the old one may
@@ -380,14 +375,14 @@ impl TokenSource {
                     "cannot save the new refresh token Google issued; it is used until restart, then the old one may be refused")
             }
         }
-        let mut current = self.current.write().unwrap();
+        let mut current = write(&self.current);
         if current.generation == generation {
             current.credentials = Arc::new(rotated);
         }
     }
 
     fn mark_ok(&self, token: &AccessToken) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         if matches!(*state, CredentialState::NeedsAttention { .. }) {
             tracing::info!(account = %self.name, credentials = %self.credentials(), "credentials work again");
         }
@@ -398,7 +393,7 @@ impl TokenSource {
 
     /// Logs once when the account starts needing attention, not on every failed delivery.
     fn mark_needs_attention(&self, credentials: &Credentials, error: &TokenError) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         if let CredentialState::NeedsAttention { error: latest, .. } = &mut *state {
             *latest = error.clone();
             return;
@@ -418,5 +413,43 @@ impl fmt::Debug for TokenSource {
             .field("credentials", &self.credentials())
             .field("state", &self.state())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::google::{CredentialSpec, load};
+
+    #[tokio::test]
+    async fn a_panic_while_the_token_cache_was_locked_does_not_break_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let token = serde_json::json!({
+            "token": "fake-cached-access-token",
+            "refresh_token": "fake-refresh-token",
+            "client_id": "fake-client.apps.googleusercontent.com",
+            "client_secret": "fake-secret",
+            "token_uri": "http://127.0.0.1:9/token",
+            "expiry": expiry.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        });
+        let path = dir.path().join("token.json");
+        std::fs::write(&path, token.to_string()).unwrap();
+        let credentials = load(&CredentialSpec::File(path), None).unwrap();
+        let source = TokenSource::new("default", credentials, reqwest::Client::new());
+        // A delivery panics while it holds the cache and the state (the scheduler survives it).
+        let slot = source.slot(None);
+        std::thread::scope(|scope| {
+            let held = scope.spawn(|| {
+                let _cache = slot.cache.lock();
+                let _state = source.state.lock();
+                panic!("a bug while the token cache was locked");
+            });
+            assert!(held.join().is_err());
+        });
+        assert!(slot.cache.is_poisoned());
+        let token = source.access_token(None).await.unwrap();
+        assert_eq!(token.expose(), "fake-cached-access-token");
+        assert_eq!(source.state(), CredentialState::Unknown);
     }
 }

@@ -5,6 +5,7 @@
 //! by every session (and later the queue) so that Gmail's per-user limit of about ten parallel
 //! requests is never reached.
 
+use crate::locks::lock;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -179,7 +180,7 @@ impl Account {
     /// Remembers a setup problem from a send's outcome, or forgets it once a send to that
     /// mailbox works again.
     pub fn note_outcome(&self, subject: Option<&str>, outcome: &Result<Receipt, DeliveryError>) {
-        let mut attention = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        let mut attention = lock(&self.attention);
         let mailbox = subject.map(str::to_ascii_lowercase);
         match outcome {
             Ok(_) => {
@@ -207,7 +208,7 @@ impl Account {
     /// The setup problems reported by sends and not yet cleared: `(mailbox, problem)`, where
     /// `None` means the whole account.
     pub fn attention(&self) -> Vec<(Option<String>, Attention)> {
-        let attention = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        let attention = lock(&self.attention);
         attention
             .iter()
             .map(|(mailbox, problem)| (mailbox.clone(), problem.clone()))
@@ -216,7 +217,7 @@ impl Account {
 
     /// True the first time `address` is reported; later calls stay quiet.
     pub fn first_warning_for(&self, address: &str) -> bool {
-        let mut warned = self.warned_from.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = lock(&self.warned_from);
         warned.insert(address.to_ascii_lowercase())
     }
 }

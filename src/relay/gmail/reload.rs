@@ -10,6 +10,7 @@
 //! caught half-written fails to parse, is reported once, and is read again when it changes next,
 //! while the account keeps the credentials it had.
 
+use crate::locks::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -146,7 +147,7 @@ impl Watched {
     /// Updates the fingerprints of the account's files; true when any of them changed.
     fn files_changed(&self) -> bool {
         let account = &self.account;
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.seen);
         let mut changed = false;
         for (path, before) in seen.iter_mut() {
             let now = Fingerprint::of(path);

@@ -6,6 +6,7 @@
 //! created when a mailbox first sends and dropped when it has nothing in flight, which keeps
 //! memory bounded by the sends running, not by the senders ever seen.
 
+use crate::locks::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -59,7 +60,7 @@ impl SendSlots {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, Arc<Semaphore>>> {
         // The map holds no invariant a panic could break half-way.
-        self.mailboxes.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.mailboxes)
     }
 }
 
