@@ -35,10 +35,12 @@ impl Captured {
 }
 
 async fn send(server: &TestServer) -> String {
+    send_to(server, &["alice@example.com"]).await
+}
+
+async fn send_to(server: &TestServer, rcpts: &[&str]) -> String {
     let mut client = server.client().await;
-    client
-        .start_transaction("app@example.com", &["alice@example.com"])
-        .await;
+    client.start_transaction("app@example.com", rcpts).await;
     let reply = client.data(b"To: alice@example.com\r\nSubject: BODY-MARKER-SUBJECT\r\n\r\nBODY-MARKER-TEXT\r\n.\r\n").await;
     assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
     reply
@@ -76,6 +78,9 @@ async fn no_secrets_no_bodies_and_one_warning_per_credential_problem() {
     let server = TestServer::with_target(test_config(), Arc::new(relay)).await;
 
     assert_code(&send(&server).await, 250); // first token
+    // An envelope-only recipient (Django's bcc=): the added Bcc is logged, as Postfix logs to=.
+    let with_bcc = ["alice@example.com", "hidden-bcc@example.com"];
+    assert_code(&send_to(&server, &with_bcc).await, 250);
     google.revoke_access_tokens();
     assert_code(&send(&server).await, 250); // 401, refresh, retry
     google.fail_token_requests(100, Fault::invalid_grant());
@@ -101,6 +106,12 @@ async fn no_secrets_no_bodies_and_one_warning_per_credential_problem() {
             "message content {body:?} appears in the log"
         );
     }
+    let edits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("headers added for Gmail"))
+        .collect();
+    assert_eq!(edits.len(), 1, "{log}");
+    assert!(edits[0].contains("hidden-bcc@example.com"), "{}", edits[0]);
     let warnings = log
         .lines()
         .filter(|l| l.contains("credentials need attention"))

@@ -42,11 +42,6 @@ impl AccessToken {
         self.secret.expose()
     }
 
-    /// When Google stops accepting it (monotonic clock, so paused-time tests can move it).
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
-    }
-
     /// The scopes granted with it, when known: from the token response, or for a token read
     /// from a token.json, the file's `scopes`. `check` uses them to spot a token that cannot send.
     pub fn scopes(&self) -> Option<&[String]> {

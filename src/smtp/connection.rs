@@ -221,11 +221,6 @@ impl Connection {
         }
     }
 
-    /// Gives the stream back.
-    pub fn into_stream(self) -> Box<dyn Io> {
-        self.stream
-    }
-
     /// STARTTLS: sends the queued replies (the 220), hands the socket to a TLS handshake and goes
     /// on over the encrypted stream. Whatever was received in plaintext and not yet consumed is
     /// thrown away: it was pipelined behind STARTTLS before encryption, so a man in the middle may

@@ -34,11 +34,6 @@ impl Reply {
         }
     }
 
-    /// True for 4xx and 5xx replies.
-    pub fn is_error(&self) -> bool {
-        self.code >= 400
-    }
-
     /// Appends the wire form (CRLF line endings, `-` continuation) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         use std::io::Write;

@@ -102,6 +102,7 @@ impl Gmail {
     ) -> Result<Outgoing, DeliveryError> {
         let raw = message.to_bytes().await.map_err(unreadable)?;
         let (account, subject, prepared) = self.decide(envelope, &raw, raw.len() as u64)?;
+        log_edits(envelope, &account, &prepared);
         Ok(Outgoing {
             account,
             subject,
@@ -132,6 +133,7 @@ impl Gmail {
             .await
             .map_err(unreadable)?;
         let (account, subject, prepared) = self.decide(envelope, &head, len)?;
+        log_edits(envelope, &account, &prepared);
         let pieces = upload::extend_to(prepared.pieces, head.len(), len as usize);
         Ok(Outgoing {
             account,
@@ -275,6 +277,22 @@ impl Deliver for Gmail {
             attempt += 1;
         }
     }
+}
+
+/// Says what the bridge changed in a message it is about to upload: Postfix logs each
+/// recipient's fate, and an operator asking "why did X get it" needs to see the added Bcc.
+fn log_edits(envelope: &Envelope, account: &Account, prepared: &Prepared) {
+    if prepared.added_bcc.is_empty() && !prepared.from_rewritten {
+        return;
+    }
+    let bcc: Vec<&str> = prepared.added_bcc.iter().map(|a| a.as_str()).collect();
+    tracing::info!(
+        id = %envelope.id,
+        account = %account.name,
+        added_bcc = ?bcc,
+        from_rewritten = prepared.from_rewritten,
+        "headers added for Gmail"
+    );
 }
 
 fn unreadable(err: std::io::Error) -> DeliveryError {
