@@ -27,22 +27,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_with(path, |file| file.write_all(bytes))
 }
 
-/// Copies `source` to `path` atomically, for bodies too large to hold in memory.
-pub fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
-    write_with(path, |file| {
-        io::copy(&mut File::open(source)?, file).map(drop)
-    })
+/// Copies `source` to a new file `path`, complete and fsynced before its name appears; fails
+/// with `AlreadyExists` rather than replace a file (a queue file name is never reused).
+pub fn copy_new(source: &Path, path: &Path) -> io::Result<()> {
+    let (mut file, temp_path) = private_temp(path)?;
+    io::copy(&mut File::open(source)?, &mut file)?;
+    file.sync_all()?;
+    temp_path.persist_noclobber(path).map_err(|err| err.error)
 }
 
 /// Like [`write_atomically`], with the content written by `fill`.
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(parent_dir(path))?;
-    let (mut file, temp_path) = temp.into_parts();
+    let (mut file, temp_path) = private_temp(path)?;
     fill(&mut file)?;
     file.sync_all()?;
     temp_path.persist(path).map_err(|err| err.error)
+}
+
+/// A private temporary file beside `path`, so that a rename to `path` is atomic.
+fn private_temp(path: &Path) -> io::Result<(File, tempfile::TempPath)> {
+    let temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(parent_dir(path))?;
+    Ok(temp.into_parts())
 }
 
 #[cfg(test)]
@@ -64,7 +71,12 @@ mod tests {
                 0o600
             );
         }
-        copy_atomically(&path, &dir.path().join("g.json")).unwrap();
+        copy_new(&path, &dir.path().join("g.json")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("g.json")).unwrap(), b"two");
+        // Never over an existing file.
+        write_atomically(&path, b"three").unwrap();
+        let refused = copy_new(&path, &dir.path().join("g.json")).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(dir.path().join("g.json")).unwrap(), b"two");
         sync_dir(dir.path()).unwrap();
         assert_eq!(

@@ -225,8 +225,15 @@ impl Message {
                     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
                     file.write_all(&trailer)?;
                     file.sync_all()?;
-                    std::fs::hard_link(&source, &path)
-                        .or_else(|_| crate::safeio::copy_atomically(&source, &path))
+                    // Copied only where a link cannot be made (the spill directory on another
+                    // filesystem); any other error — above all an existing file — is the answer,
+                    // and neither the link nor the copy ever replaces a file.
+                    match std::fs::hard_link(&source, &path) {
+                        Err(err) if err.kind() == io::ErrorKind::CrossesDevices => {
+                            crate::safeio::copy_new(&source, &path)
+                        }
+                        linked => linked,
+                    }
                 })
                 .await
             }

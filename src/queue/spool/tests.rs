@@ -107,6 +107,24 @@ async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledge
 }
 
 #[tokio::test]
+async fn a_spilled_message_never_replaces_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut writer = BodyWriter::new(4 * SPILL_THRESHOLD as u64, &spool.incoming());
+    writer
+        .staging()
+        .extend_from_slice(&vec![b'x'; 2 * SPILL_THRESHOLD]);
+    writer.commit().await;
+    let message = writer.finish().await.unwrap();
+    let entry = entry_for(&message);
+    let path = spool.message_path(Place::Queue, &entry.id);
+    std::fs::write(&path, b"another message's file").unwrap();
+    let refused = spool.put(&entry, &message).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&path).unwrap(), b"another message's file");
+}
+
+#[tokio::test]
 async fn a_spilled_message_is_linked_with_its_record_and_still_reads_as_itself() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
