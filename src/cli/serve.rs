@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
@@ -14,6 +15,9 @@ use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
 use crate::smtp::tls::Tls;
 use crate::{http, queue, relay, smtp};
+
+/// How long the background tasks may take beyond the shutdown grace (an HTTP request finishing).
+const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server until a signal, then drains.
 pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
@@ -103,7 +107,11 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
     let shutdown = CancellationToken::new();
+    // Every task of the server but one is tracked and waited for at shutdown (see the end). The
+    // signal task is not: it keeps listening for a second signal ("stop at once") while the others
+    // drain, and ends the process itself.
     tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
+    let tasks = TaskTracker::new();
     // After the startup lines, so that what it logs comes after them.
     let verify = accounts.clone();
     if let Some(listener) = http {
@@ -115,7 +123,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
             spool: queue.as_ref().map(|started| started.spill_dir.clone()),
             shutdown: shutdown.clone(),
         });
-        tokio::spawn(http::serve(listener, readiness, shutdown.clone()));
+        tasks.spawn(http::serve(listener, readiness, shutdown.clone()));
     }
     verify_credentials(&verify);
     if let Some(hangup) = hangup {
@@ -123,24 +131,35 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
             credentials: watcher.clone(),
             tls: server.tls(),
         };
-        tokio::spawn(reload_on_hangup(hangup, reload, shutdown.clone()));
+        tasks.spawn(reload_on_hangup(hangup, reload, shutdown.clone()));
     }
     if let Some(watcher) = watcher {
-        tokio::spawn(watcher.run(shutdown.clone()));
+        tasks.spawn(watcher.run(shutdown.clone()));
     }
-    // The spool lock lives until the deliveries have stopped.
-    let deliveries = queue.map(|started| {
-        let run = started
-            .scheduler
-            .run(shutdown.clone(), config.smtp.shutdown_grace);
-        let split = tokio::spawn(started.splitter.run(shutdown.clone()));
-        (tokio::spawn(run), split, started.lock)
+    let grace = config.smtp.shutdown_grace;
+    let spool_lock = queue.map(|started| {
+        tasks.spawn(started.scheduler.run(shutdown.clone(), grace));
+        tasks.spawn(started.splitter.run(shutdown.clone()));
+        started.lock
     });
+    // Shutdown, in this order: the signal cancels `shutdown`; the listeners stop accepting and
+    // the open SMTP sessions finish their transactions (within the grace); meanwhile the scheduler
+    // lets the deliveries in flight finish (within the grace) and leaves the rest queued, and the
+    // HTTP endpoints, the credential watcher and the SIGHUP task end. Then the spool lock goes:
+    // only when nothing can still write to the spool may another server take it.
     server.run(shutdown).await;
-    if let Some((scheduler, splitter, _lock)) = deliveries {
-        let _ = scheduler.await;
-        let _ = splitter.await;
+    tasks.close();
+    // Bounded: an HTTP client holding a connection open must not keep the process alive.
+    if tokio::time::timeout(grace + SHUTDOWN_MARGIN, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "background tasks still running after the grace period; stopping anyway"
+        );
     }
+    drop(spool_lock);
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
