@@ -1,14 +1,24 @@
 //! smtp2gmail: an SMTP server that lets any SMTP client send mail through the Gmail API, and a
 //! local development catch-all that prints or files mail instead.
 //!
-//! One message walks straight through a pipeline of small stages:
+//! One message walks straight through a pipeline of small stages. The default path in gmail mode
+//! (`delivery = "queue"`):
 //!
 //! ```text
-//! TcpListener ─▶ smtp::Session ─(Envelope, Message)─▶ relay::Deliver ─▶ 250 / 451 / 554
-//!                                                        │ gmail: route to an account,
-//!                                                        │ Bcc and From rules, access token,
-//!                                                        ▼ upload the raw bytes
+//! TcpListener ─▶ smtp::Session ─(Envelope, Message)─▶ queue::Queue (the acceptor)
+//!                                                       │ route to an account, Bcc/From rules
+//!                                                       │ (refused now: 5xx), store + fsync
+//!                                                       ▼                       ─▶ 250 queued as <id>
+//!                              queue::schedule::Scheduler (per Gmail mailbox: rate, concurrency,
+//!                                                       │ holds, backoff; dead letters)
+//!                                                       ▼
+//!                              relay::Gmail ─ access token (google::TokenSource) ─▶ upload ─▶ 200
 //! ```
+//!
+//! In sync mode and in the console, file and discard modes the session hands the message to a
+//! [`relay::Deliver`] target directly and answers with its outcome. Every failure is one
+//! [`relay::DeliveryError`]: `Temporary` (451, retry later), `Permanent` (5xx, dead letter) or
+//! `Credentials` (451 4.7.0 with the fix; the queue holds the account or the one mailbox).
 //!
 //! # Layout
 //! - [`smtp`]: listeners, the connection cap, sessions (one method per SMTP verb), the DATA decoder,
@@ -22,7 +32,8 @@
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
 //! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
-//!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
+//!   (retries, backoff, per-mailbox limits and holds, dead letters), transactions of one message an
+//!   MTA split (held, merged, sent once), requests from `queue` commands.
 //! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.

@@ -19,7 +19,7 @@
 //!   the mailbox is held as a setup problem;
 //! - permanent failure, or older than `max_age`: a dead letter, kept with the reason.
 //!
-//! Limits and holds are per mailbox ([`mailboxes`]): one user at the daily limit does not defer
+//! Limits and holds are per mailbox (`mailboxes`): one user at the daily limit does not defer
 //! the others, and 500 impersonated users do not share one user's rate.
 
 mod mailboxes;

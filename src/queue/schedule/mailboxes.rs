@@ -82,7 +82,7 @@ impl Pace {
     }
 
     /// Takes the next send slot if it has come. Spacing counts from the previous slot, not
-    /// from this wake-up, so rates above one per [`WAKE_FLOOR`] are kept; slots older than
+    /// from this wake-up, so rates above one per `WAKE_FLOOR` are kept; slots older than
     /// that lapse unused.
     pub fn take(&mut self, now: SystemTime) -> bool {
         let recent = now.checked_sub(WAKE_FLOOR).unwrap_or(now);
