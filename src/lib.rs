@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod google;
 pub mod http;
+pub mod inbox;
 pub mod message;
 pub mod queue;
 pub mod relay;

@@ -5,6 +5,8 @@
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
+pub mod inbox;
+pub mod running;
 pub mod tls;
 
 use std::collections::VecDeque;
