@@ -74,7 +74,7 @@ impl Guard {
         name.parse::<IpAddr>().is_ok()
             || name == "localhost"
             || name.ends_with(".localhost")
-            || self.allowed_hosts.iter().any(|h| *h == name)
+            || self.allowed_hosts.contains(&name)
     }
 
     async fn authenticated(&self, headers: &HeaderMap, peer: IpAddr) -> bool {
