@@ -25,6 +25,8 @@
 //!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
+//! - [`inbox`]: the development inbox of console and file modes: captured mail in a web page and
+//!   through a Mailpit-compatible API, and release through the Gmail relay.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.

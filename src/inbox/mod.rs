@@ -138,6 +138,8 @@ impl Inbox {
         if let Some((_, view)) = self.cached_views().iter().find(|(k, _)| k == id) {
             return Ok(Some(view.clone()));
         }
+        let size = self.store.index().get(id).map_or(0, |e| e.size);
+        let _turn = self.store.parse_turn(size).await;
         let Some(raw) = self.store.raw(id).await? else {
             return Ok(None);
         };

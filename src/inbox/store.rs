@@ -26,6 +26,9 @@ const MEMORY_BUDGET: u64 = 64 * 1024 * 1024;
 const LOAD_BATCH: usize = 256;
 /// The read-state log in `file.dir`.
 const READ_LOG: &str = ".smtp2gmail-inbox-read";
+/// Messages larger than this are parsed one at a time: a parse holds the message and its
+/// decoded parts (a few times 35 MiB), and twenty at once must not exhaust memory.
+const LARGE: u64 = message::SPILL_THRESHOLD as u64;
 
 /// A message body as the inbox holds it.
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub struct Store {
     kind: Kind,
     /// File mode: becomes true once every summary has been read.
     loaded: watch::Sender<bool>,
+    /// One permit: the parse of a large message in progress.
+    large: tokio::sync::Semaphore,
 }
 
 /// What a capture changed, for the events.
@@ -79,6 +84,7 @@ impl Store {
                 spill,
             },
             loaded: watch::channel(true).0,
+            large: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -117,6 +123,7 @@ impl Store {
                 read_log: Mutex::new(()),
             },
             loaded: watch::channel(done).0,
+            large: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -145,6 +152,7 @@ impl Store {
         message: &Message,
     ) -> io::Result<Captured> {
         let id: Arc<str> = envelope.id.as_str().into();
+        let _turn = self.parse_turn(message.len()).await;
         let raw = message.to_bytes().await?;
         if let Kind::Memory {
             bodies,
@@ -200,6 +208,15 @@ impl Store {
             self.drop_body(id);
         }
         Ok(Captured { entry, evicted })
+    }
+
+    /// Waits for the turn to parse a message of `len` bytes: at once for ordinary messages, one
+    /// at a time for large ones. Hold the result while the bytes are in memory.
+    pub async fn parse_turn(&self, len: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match len > LARGE {
+            true => self.large.acquire().await.ok(),
+            false => None,
+        }
     }
 
     /// The raw bytes of message `id`.
