@@ -21,6 +21,8 @@ use std::sync::Arc;
 /// How many events a slow listener may fall behind before it is disconnected (it reconnects
 /// and reloads).
 const BACKLOG: usize = 1024;
+/// How long one event may take to reach a listener before it is disconnected.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The sending side, shared by everything that changes the inbox.
 pub struct Events {
@@ -100,7 +102,9 @@ async fn forward(
             _ = shutdown.cancelled() => break,
             event = events.recv() => match event {
                 Ok(text) => {
-                    if socket.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    // A page that stops reading must not hold this task (and its backlog) for ever.
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.as_ref().into())));
+                    if !matches!(sent.await, Ok(Ok(()))) {
                         return;
                     }
                 }

@@ -52,20 +52,19 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The origin the request was made to (`http://host:port`), for the policies: a sandboxed
-/// document has an opaque origin, so `'self'` would not name the inbox there. The host has
-/// passed the guard.
-fn origin(headers: &HeaderMap) -> String {
+/// The inbox's origin as CSP sources, with and without TLS (a proxy may add it), for the
+/// policies: a sandboxed document has an opaque origin, so `'self'` would not name the inbox
+/// there. The host has passed the guard.
+fn sources(headers: &HeaderMap, schemes: [&str; 2]) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
-    format!("http://{host}")
+    schemes.map(|scheme| format!("{scheme}://{host}")).join(" ")
 }
 
 async fn index(headers: HeaderMap) -> Response {
-    let origin = origin(&headers);
-    let ws = origin.replacen("http://", "ws://", 1);
+    let ws = sources(&headers, ["ws", "wss"]);
     let policy = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
          connect-src 'self' {ws}; frame-src 'self'; base-uri 'none'; form-action 'none'; \
@@ -116,7 +115,8 @@ async fn view(
         .await
         .unwrap_or_default();
     let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
-    if let Ok(value) = HeaderValue::from_str(&message_policy(&origin(&headers), remote)) {
+    let origin = sources(&headers, ["http", "https"]);
+    if let Ok(value) = HeaderValue::from_str(&message_policy(&origin, remote)) {
         response
             .headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, value);
@@ -125,7 +125,8 @@ async fn view(
 }
 
 /// The policy of a message's HTML: sandboxed (no scripts, no forms, an opaque origin; links may
-/// open a tab that is not sandboxed), and nothing loaded from elsewhere unless `remote`.
+/// open a tab that is not sandboxed), and nothing loaded from elsewhere unless `remote`. `origin`
+/// is the inbox's, as CSP sources.
 pub fn message_policy(origin: &str, remote: bool) -> String {
     let (images, styles, fonts) = match remote {
         true => ("* data:", "* 'unsafe-inline'", "* data:"),
