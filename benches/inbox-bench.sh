@@ -54,9 +54,11 @@ stop() {
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
-# start_inbox MODE DIR: a fresh smtp2gmail in console or file mode (file.dir = DIR); sets PID,
-# SMTP, HTTP.
+# start_inbox MODE DIR [-]: a fresh smtp2gmail in console or file mode (file.dir = DIR), with the
+# inbox off when the third argument is "-"; sets PID, SMTP, HTTP.
 start_inbox() {
+    local enabled=true
+    [[ ${3:-} == - ]] && enabled=false
     SMTP=$(free_port)
     HTTP=$(free_port)
     cat >"$work/config.toml" <<EOF
@@ -70,6 +72,7 @@ mode = "$1"
 [file]
 dir = '$2'
 [inbox]
+enabled = $enabled
 max_messages = 20000
 EOF
     target/release/smtp2gmail serve --config "$work/config.toml" >/dev/null 2>"$work/server.log" &
@@ -98,7 +101,8 @@ load() {
 rate() { grep -o 'rate: [0-9]*' "$work/load.log" | cut -d' ' -f2; }
 
 inbox_total() { curl -sf "http://127.0.0.1:$HTTP/api/v1/messages?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }
-maildev_total() { curl -sf "http://127.0.0.1:$HTTP/email" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+# MailDev 3's API: /api/email/summary pages what its UI lists ({items, total}).
+maildev_total() { curl -sf "http://127.0.0.1:$HTTP/api/email/summary?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }
 
 # latency URL: 20 requests; prints median and max in ms.
 latency() {
@@ -113,14 +117,19 @@ latency() {
 echo
 echo "== 1. ingest: 5000 x 10 KB over 20 connections, $ROUNDS rounds"
 for round in $(seq "$ROUNDS"); do
-    for target in console file maildev; do
+    # console-/file- are the same modes with the inbox off: what capturing costs.
+    for target in console console- file file- maildev; do
         case $target in
             maildev) start_maildev ;;
-            *) rm -rf "$work/mail"; start_inbox "$target" "$work/mail" ;;
+            *) rm -rf "$work/mail"; start_inbox "${target%-}" "$work/mail" "${target: -1}" ;;
         esac
         printf 'round %s, %-8s ' "$round" "$target"
         load 5000 | tr '\n' ' '
-        if [[ $target == maildev ]]; then kept=$(maildev_total); else kept=$(inbox_total); fi
+        case $target in
+            maildev) kept=$(maildev_total) ;;
+            *-) kept="- (inbox off)" ;;
+            *) kept=$(inbox_total) ;;
+        esac
         echo "| kept $kept | VmRSS $(rss "$PID") kB"
         stop "$PID"
     done
@@ -140,6 +149,7 @@ echo "  search a word in no body:   $(latency "$base/search?query=zzzz-no-such-w
 echo "  VmRSS after the queries: $(rss "$PID") kB"
 stop "$PID"
 start_inbox file "$work/mail"
+base="http://127.0.0.1:$HTTP/api/v1"
 curl -sf "$base/messages" >/dev/null
 curl -sf "$base/search?query=subject%3Ano-such" >/dev/null
 echo "after a restart over the same directory, every summary read: VmRSS $(rss "$PID") kB"
@@ -149,7 +159,9 @@ stop "$PID"
 start_maildev
 load 10000 >/dev/null
 echo "MailDev $MAILDEV_VERSION, $(maildev_total) messages, VmRSS $(rss "$PID") kB (peak $(hwm "$PID") kB)"
-echo "  GET /email (all messages):  $(latency "http://127.0.0.1:$HTTP/email")"
+echo "  first page (/api/email/summary): $(latency "http://127.0.0.1:$HTTP/api/email/summary?limit=50")"
+echo "  search smtp_load:           $(latency "http://127.0.0.1:$HTTP/api/email/summary?limit=50&search=smtp_load")"
+echo "  search no-such:             $(latency "http://127.0.0.1:$HTTP/api/email/summary?limit=50&search=no-such")"
 stop "$PID"
 
 echo

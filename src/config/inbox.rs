@@ -12,8 +12,8 @@ pub struct InboxConfig {
     pub enabled: bool,
     /// Console mode: how many captured messages are kept in memory (the oldest go first).
     pub max_messages: usize,
-    /// Host names, besides localhost and the listen address, that browsers and clients may use
-    /// to reach the inbox (`Host` header): the DNS-rebinding guard refuses every other name.
+    /// Host names, besides localhost, that browsers and clients may use to reach the inbox
+    /// (`Host` header; IP addresses always may): the DNS-rebinding guard refuses other names.
     pub allowed_hosts: Vec<String>,
 }
 

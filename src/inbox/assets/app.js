@@ -509,7 +509,10 @@ function start() {
   }
   document.addEventListener("keydown", onKey);
   getJSON("/api/v1/webui")
-    .then((config) => (state.relay = config))
+    .then((config) => {
+      state.relay = config;
+      if (!config.MessageRelay.Enabled) $("release").title = `Release is off: ${config.ReleaseHelp}`;
+    })
     .catch(() => {});
   loadList();
   connect();
