@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 MAILDEV_VERSION=${MAILDEV_VERSION:-3.0.0}
 STARTUP_MESSAGES=${STARTUP_MESSAGES:-100000}
+SECTIONS=${SECTIONS:-123}     # which of the three parts to run
 
 work=$(mktemp -d)
 pids=()
@@ -114,6 +115,7 @@ latency() {
         awk '{ t[NR] = $1 * 1000 } END { printf "median %.1f ms, max %.1f ms\n", t[int((NR + 1) / 2)], t[NR] }'
 }
 
+if [[ $SECTIONS == *1* ]]; then
 echo
 echo "== 1. ingest: 5000 x 10 KB over 20 connections, $ROUNDS rounds"
 for round in $(seq "$ROUNDS"); do
@@ -135,6 +137,9 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+fi
+
+if [[ $SECTIONS == *2* ]]; then
 echo
 echo "== 2. 10,000 messages of 10 KB"
 rm -rf "$work/mail"
@@ -164,6 +169,9 @@ echo "  search smtp_load:           $(latency "http://127.0.0.1:$HTTP/api/email/
 echo "  search no-such:             $(latency "http://127.0.0.1:$HTTP/api/email/summary?limit=50&search=no-such")"
 stop "$PID"
 
+fi
+
+if [[ $SECTIONS == *3* ]]; then
 echo
 echo "== 3. startup over $STARTUP_MESSAGES messages in file.dir"
 python3 - "$work/many" "$STARTUP_MESSAGES" <<'EOF'
@@ -198,3 +206,4 @@ print(f"every summary read (first search answered) after {loaded - started:.2f} 
 EOF
 echo "VmRSS with every summary: $(rss "$PID") kB"
 stop "$PID"
+fi

@@ -22,8 +22,10 @@ use crate::message::{self, Message};
 /// Console mode keeps bodies under this size in memory, until this much is held; the rest go
 /// to files in a private temporary directory, so 1000 large messages cost disk, not RAM.
 const MEMORY_BUDGET: u64 = 64 * 1024 * 1024;
-/// File mode reads summaries in batches of this many files per blocking task.
+/// File mode reads summaries in batches of this many files per blocking task…
 const LOAD_BATCH: usize = 256;
+/// …and this many batches at once.
+const LOADERS: usize = 8;
 /// The read-state log in `file.dir`.
 const READ_LOG: &str = ".smtp2gmail-inbox-read";
 /// Messages larger than this are parsed one at a time: a parse holds the message and its
@@ -375,12 +377,15 @@ impl Store {
     }
 
     /// File mode: reads every summary, newest first, then marks the store loaded. Run once, in
-    /// the background.
+    /// the background. Several batches are read at once: on a cold cache this is waiting for the
+    /// disk, one small file after another, and disks answer several requests as fast as one.
     pub async fn load_all(self: Arc<Self>) {
+        use futures_util::StreamExt;
         let ids: Vec<Arc<str>> = self.index().newest_first().map(|e| e.id.clone()).collect();
-        for batch in ids.chunks(LOAD_BATCH) {
-            self.ensure_loaded(batch.to_vec()).await;
-        }
+        let batches = ids.chunks(LOAD_BATCH).map(<[Arc<str>]>::to_vec);
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(LOADERS, |batch| self.ensure_loaded(batch))
+            .await;
         self.loaded.send_replace(true);
     }
 
