@@ -272,7 +272,9 @@ async fn message_html_and_parts_are_served_sandboxed() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::inbox::console(dir.path());
     let (mut client, _) = common::Client::connect(server.smtp).await;
-    client.start_transaction("a@example.com", &["b@example.org"]).await;
+    client
+        .start_transaction("a@example.com", &["b@example.org"])
+        .await;
     let message = "Subject: hostile\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
 --b\r\nContent-Type: text/html\r\n\r\n<a href=https://x.example target=_self rel=opener>x</a>\
 <script>alert(1)</script><img src=\"cid:pic\">\r\n\
@@ -281,35 +283,70 @@ async fn message_html_and_parts_are_served_sandboxed() {
 <script>alert(2)</script>\r\n--b--\r\n.\r\n";
     common::assert_code(&client.data(message.as_bytes()).await, 250);
 
-    let response = reqwest::get(server.url("/view/latest.html?embed=1")).await.unwrap();
-    let policy = response.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(policy.starts_with("sandbox allow-popups allow-popups-to-escape-sandbox;"), "{policy}");
+    let response = reqwest::get(server.url("/view/latest.html?embed=1"))
+        .await
+        .unwrap();
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        policy.starts_with("sandbox allow-popups allow-popups-to-escape-sandbox;"),
+        "{policy}"
+    );
     assert!(!policy.contains("allow-scripts") && !policy.contains("allow-same-origin"));
-    assert!(policy.contains("default-src 'none'") && !policy.contains("img-src *"), "{policy}");
+    assert!(
+        policy.contains("default-src 'none'") && !policy.contains("img-src *"),
+        "{policy}"
+    );
     let html = response.text().await.unwrap();
-    assert!(html.contains("<a target=\"_blank\" rel=\"noopener noreferrer\" href=https://x.example"));
-    assert!(html.contains("<img src=\"/api/v1/message/"), "cid: points at the part: {html}");
-    let remote = reqwest::get(server.url("/view/latest.html?images=1")).await.unwrap();
-    let policy = remote.headers()["content-security-policy"].to_str().unwrap();
-    assert!(policy.contains("img-src") && policy.contains(" * data:"), "{policy}");
+    assert!(
+        html.contains("<a target=\"_blank\" rel=\"noopener noreferrer\" href=https://x.example")
+    );
+    assert!(
+        html.contains("<img src=\"/api/v1/message/"),
+        "cid: points at the part: {html}"
+    );
+    let remote = reqwest::get(server.url("/view/latest.html?images=1"))
+        .await
+        .unwrap();
+    let policy = remote.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        policy.contains("img-src") && policy.contains(" * data:"),
+        "{policy}"
+    );
 
     let page = reqwest::get(server.url("/")).await.unwrap();
     let policy = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     let script = reqwest::get(server.url("/assets/app.js")).await.unwrap();
-    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     assert!(script.text().await.unwrap().contains("/api/events"));
 
     // An HTML attachment is downloaded, never shown, and could not run if it were.
     let message = json(&server, "/api/v1/message/latest").await;
-    let part = message["Attachments"][0]["PartID"].as_str().unwrap().to_string();
+    let part = message["Attachments"][0]["PartID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let response = reqwest::get(server.url(&format!("/api/v1/message/latest/part/{part}")))
         .await
         .unwrap();
-    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
     let disposition = response.headers()["content-disposition"].to_str().unwrap();
-    assert!(disposition.starts_with("attachment; filename=\"page.html\""), "{disposition}");
+    assert!(
+        disposition.starts_with("attachment; filename=\"page.html\""),
+        "{disposition}"
+    );
     assert_eq!(response.headers()["content-security-policy"], "sandbox");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
 }
