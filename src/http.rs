@@ -1,11 +1,13 @@
 //! The operator's HTTP endpoints: `/healthz` (alive), `/readyz` (able to do its job) and
-//! `/metrics` (Prometheus text format).
+//! `/metrics` (Prometheus text format); in console and file modes the inbox's routes are served
+//! beside them (see [`crate::inbox`]).
 //!
 //! Readiness means: the SMTP listeners are up (this server only starts after they are bound, and
 //! turns unready when shutdown begins), the spool is writable (queue mode), and no account's
 //! credentials need attention. A 503 says which account and why, with the fix, so a load balancer
 //! stops sending mail that would only be held and the operator's probe shows what to do.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -94,13 +96,23 @@ fn attention_json(
     })
 }
 
-/// Serves the endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: CancellationToken) {
-    let app = Router::new()
+/// Serves the endpoints, and `inbox`'s routes beside them, until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    inbox: Option<Router>,
+    shutdown: CancellationToken,
+) {
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(readiness);
+    if let Some(inbox) = inbox {
+        app = app.merge(inbox);
+    }
+    // The inbox's password check slows down addresses that keep failing: it needs the peer.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;

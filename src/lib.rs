@@ -37,6 +37,8 @@
 //! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
+//! - [`inbox`]: the development inbox of console and file modes: captured mail in a web page and
+//!   through a Mailpit-compatible API, and release through the Gmail relay.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
@@ -45,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod google;
 pub mod http;
+pub mod inbox;
 pub mod locks;
 pub mod message;
 pub mod queue;

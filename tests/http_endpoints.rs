@@ -4,100 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Instant;
-
+use common::assert_code;
 use common::fake_google::{self, FakeGoogle};
-use common::{WAIT, assert_code};
-
-/// The server and the addresses from its log.
-struct Running {
-    child: Child,
-    smtp: SocketAddr,
-    http: String,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(dir: &std::path::Path) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-            .args(["serve", "--config", "config.toml"])
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (send, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = send.send(line);
-            }
-        });
-        let mut running = Running {
-            child,
-            smtp: "0.0.0.0:0".parse().unwrap(),
-            http: String::new(),
-            lines,
-        };
-        let first = running.wait_for("listening on ");
-        running.smtp = first
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let http = running.wait_for("HTTP endpoints on ");
-        running.http = http
-            .split("HTTP endpoints on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        running
-    }
-
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {text:?}"),
-            }
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("{}{path}", self.http.trim_end_matches('/')))
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    async fn send(&self) -> String {
-        common::send_simple(self.smtp).await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::running::Running;
 
 /// The value of a metric line that starts with `series`, or 0 when it is absent.
 fn metric(text: &str, series: &str) -> f64 {
@@ -156,12 +65,12 @@ async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
 
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(server.get("/readyz").await.0, 200);
-    assert_code(&server.send().await, 250);
+    assert_code(&common::send_simple(server.smtp).await, 250);
 
     // Google stops accepting the refresh token (revoked, or the 7-day Testing expiry).
     google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     google.revoke_access_tokens();
-    assert_code(&server.send().await, 451);
+    assert_code(&common::send_simple(server.smtp).await, 451);
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -183,7 +92,7 @@ async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
     // `authorize` writes a new token file; the server picks it up without a restart.
     fake_google::write_token_atomically(&token, &fake_google::authorized_token(&google));
     server.wait_for("credentials for account default reloaded");
-    assert_code(&server.send().await, 250);
+    assert_code(&common::send_simple(server.smtp).await, 250);
     assert_eq!(server.get("/readyz").await.0, 200);
 
     let (status, metrics) = server.get("/metrics").await;

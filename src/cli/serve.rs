@@ -10,6 +10,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
+use crate::inbox::Inbox;
+use crate::inbox::capture::Capture;
+use crate::inbox::guard::Guard;
+use crate::inbox::release::Release;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
@@ -24,12 +28,14 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let mut smtp_config = config.smtp.clone();
+    let shutdown = CancellationToken::new();
     let Relay {
         deliver,
         watcher,
         queue,
         accounts,
-    } = match build_relay(&config, &mut smtp_config) {
+        inbox,
+    } = match build_relay(&config, &mut smtp_config, &shutdown) {
         Ok(relay) => relay,
         Err(err) => {
             tracing::error!("{err}");
@@ -79,7 +85,13 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let mode = mode_description(&config);
+    let mut mode = mode_description(&config);
+    if let (Some(inbox), Some(Ok(addr))) = (&inbox, http.as_ref().map(|l| l.local_addr())) {
+        mode.push_str(&format!(
+            "; inbox at http://{addr}/ ({})",
+            inbox_description(&config, inbox)
+        ));
+    }
     let source = match &source {
         Some(path) => format!("config {}", path.display()),
         None => "no config file, built-in defaults".to_string(),
@@ -106,7 +118,6 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Ok(_) => {}
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
-    let shutdown = CancellationToken::new();
     // Every task of the server but one is tracked and waited for at shutdown (see the end). The
     // signal task is not: it keeps listening for a second signal ("stop at once") while the others
     // drain, and ends the process itself.
@@ -116,14 +127,23 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     let verify = accounts.clone();
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!("HTTP endpoints on http://{addr}/ (healthz, readyz, metrics)");
+            let inbox = if inbox.is_some() {
+                "inbox, Mailpit API, "
+            } else {
+                ""
+            };
+            tracing::info!("HTTP endpoints on http://{addr}/ ({inbox}healthz, readyz, metrics)");
         }
         let readiness = Arc::new(http::Readiness {
             accounts,
             spool: queue.as_ref().map(|started| started.spill_dir.clone()),
             shutdown: shutdown.clone(),
         });
-        tasks.spawn(http::serve(listener, readiness, shutdown.clone()));
+        let routes = inbox.as_ref().map(|inbox| inbox.router());
+        tasks.spawn(http::serve(listener, readiness, routes, shutdown.clone()));
+    }
+    if let Some(inbox) = &inbox {
+        inbox.start_loading();
     }
     verify_credentials(&verify);
     if let Some(hangup) = hangup {
@@ -183,27 +203,53 @@ pub(super) fn mode_description(config: &Config) -> String {
     }
 }
 
+/// What the inbox keeps, for the startup line.
+fn inbox_description(config: &Config, inbox: &Inbox) -> String {
+    let kept = match config.relay.mode {
+        RelayMode::File => format!("the messages in {}", inbox.location()),
+        _ => format!("the last {} messages in memory", config.inbox.max_messages),
+    };
+    match inbox.requires_auth() {
+        true => format!("{kept}; asks for an [[smtp.users]] password"),
+        false => kept,
+    }
+}
+
 /// The delivery target; in gmail mode the watcher that reloads the accounts' credentials, and
-/// the queue when gmail mode queues.
+/// the queue when gmail mode queues; in console and file modes the inbox.
 struct Relay {
     deliver: Arc<dyn Deliver>,
     watcher: Option<Arc<CredentialWatcher>>,
     queue: Option<queue::Started>,
     /// The Gmail accounts, for readiness.
     accounts: Vec<Arc<Account>>,
+    /// The development inbox, which the delivery target feeds.
+    inbox: Option<Arc<Inbox>>,
 }
 
 /// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
 /// queue need the concrete accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies
 /// are spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
-fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> {
+fn build_relay(
+    config: &Config,
+    smtp: &mut SmtpConfig,
+    shutdown: &CancellationToken,
+) -> Result<Relay, String> {
     if config.relay.mode != RelayMode::Gmail {
-        let deliver = relay::from_config(config)?;
+        let mut deliver = relay::from_config(config)?;
+        let inbox = match config.inbox_active() {
+            true => Some(build_inbox(config, shutdown)?),
+            false => None,
+        };
+        if let Some(inbox) = &inbox {
+            deliver = Arc::new(Capture::new(deliver, inbox.clone()));
+        }
         return Ok(Relay {
             deliver,
             watcher: None,
             queue: None,
             accounts: Vec::new(),
+            inbox,
         });
     }
     let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
@@ -218,6 +264,7 @@ fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> 
             watcher,
             queue: None,
             accounts,
+            inbox: None,
         });
     }
     let started = queue::start(&config.queue, gmail)?;
@@ -228,6 +275,20 @@ fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> 
         watcher,
         queue: Some(started),
         accounts,
+        inbox: None,
+    })
+}
+
+/// The inbox of console and file modes, with release through `[gmail]` when it is configured.
+fn build_inbox(config: &Config, shutdown: &CancellationToken) -> Result<Arc<Inbox>, String> {
+    let guard = Guard::from_config(config)?;
+    let release = Release::from_config(config);
+    Inbox::new(config, release, guard, shutdown.clone()).map_err(|err| match config.relay.mode {
+        RelayMode::File => format!(
+            "cannot open the inbox in {}: {err}",
+            config.file.dir.display()
+        ),
+        _ => format!("cannot open the inbox: {err}"),
     })
 }
 

@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod gmail;
+mod inbox;
 mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
+pub use inbox::InboxConfig;
 pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
 
 /// Gmail's upload limit for `users.messages.send` (35 MiB); also our default SMTP `SIZE`.
@@ -36,9 +38,11 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The operator's HTTP endpoints.
     pub http: HttpConfig,
+    /// The development inbox (console and file modes).
+    pub inbox: InboxConfig,
 }
 
-/// `[http]`: `/healthz`, `/readyz`, `/metrics`.
+/// `[http]`: `/healthz`, `/readyz`, `/metrics`, and the inbox in console and file modes.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -274,6 +278,7 @@ impl Config {
     /// The rules between keys, checked once every value has parsed.
     fn validate(&self) -> Result<(), Broken> {
         self.smtp.validate()?;
+        self.validate_inbox()?;
         let rate = self.queue.max_send_rate;
         if !(rate.is_finite() && rate >= 1.0 / 3600.0) {
             return Err(Broken::new(
@@ -417,6 +422,10 @@ mod tests {
                 ..SmtpConfig::default()
             },
             gmail,
+            inbox: InboxConfig {
+                allowed_hosts: vec!["x".into()],
+                ..InboxConfig::default()
+            },
             ..Config::default()
         };
         let mut all = Vec::new();

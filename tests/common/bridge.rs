@@ -94,6 +94,7 @@ impl Bridge {
         tokio::spawn(smtp2gmail::http::serve(
             listener,
             readiness,
+            None,
             shutdown.clone(),
         ));
         Bridge {

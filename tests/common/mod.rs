@@ -7,7 +7,9 @@ pub mod credential_files;
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
+pub mod inbox;
 pub mod queued;
+pub mod running;
 pub mod served;
 pub mod tls;
 

@@ -1,0 +1,70 @@
+//! `[inbox]`: the development inbox served on `http.listen` in console and file modes.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Broken, Config, RelayMode};
+
+/// `[inbox]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Serve the web inbox and the Mailpit-compatible API (console and file modes).
+    pub enabled: bool,
+    /// Console mode: how many captured messages are kept in memory (the oldest go first).
+    pub max_messages: usize,
+    /// Host names, besides localhost, that browsers and clients may use to reach the inbox
+    /// (`Host` header; IP addresses always may): the DNS-rebinding guard refuses other names.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: true,
+            max_messages: 1000,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Whether the inbox is served: console or file mode, `[inbox] enabled` and an HTTP address.
+    pub fn inbox_active(&self) -> bool {
+        self.inbox.enabled
+            && matches!(self.relay.mode, RelayMode::Console | RelayMode::File)
+            && self.http.address().is_some()
+    }
+
+    /// Whether the inbox can be reached from other machines, so that it needs a password: an
+    /// `http.listen` beyond loopback, or host names besides localhost (a proxy or a container
+    /// network forwards to it).
+    pub fn inbox_needs_auth(&self) -> bool {
+        let remote = self.http.address().is_some_and(|a| !a.ip().is_loopback());
+        self.inbox_active() && (remote || !self.inbox.allowed_hosts.is_empty())
+    }
+
+    /// The inbox's rules: a keepable number of messages, and no captured mail (nor release
+    /// through Gmail) for whoever reaches the port.
+    pub(super) fn validate_inbox(&self) -> Result<(), Broken> {
+        if self.inbox.max_messages == 0 {
+            return Err(Broken::new(
+                "inbox.max_messages",
+                "must be at least 1 (set inbox.enabled = false to turn the inbox off)",
+            ));
+        }
+        if self.inbox_needs_auth() && self.smtp.users.is_empty() {
+            let key = if self.inbox.allowed_hosts.is_empty() {
+                "http.listen"
+            } else {
+                "inbox.allowed_hosts"
+            };
+            return Err(Broken::new(
+                key,
+                "the inbox would show captured mail (and release it through Gmail) to anyone who \
+                 can reach it: add [[smtp.users]] (the inbox then asks for one of them with HTTP \
+                 Basic authentication), listen on loopback, or set inbox.enabled = false",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,466 @@
+//! The endpoints of Mailpit's API v1 that the inbox supports, with Mailpit's paths, parameters,
+//! JSON and status codes: errors are `400` (`404` for an unknown message) with a plain-text
+//! reason, successes that return nothing say `ok`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::index::Entry;
+use super::mailpit::{ListItem, Message, MessageList};
+use super::search::{Candidate, Query as Search};
+use super::{Inbox, events, mime, release};
+
+/// Mailpit's default page size.
+const DEFAULT_LIMIT: usize = 50;
+
+/// The API's routes (state: the inbox).
+pub fn routes() -> Router<Arc<Inbox>> {
+    Router::new()
+        .route("/api/v1/messages", get(list).put(set_read).delete(delete))
+        .route("/api/v1/search", get(search).delete(delete_search))
+        .route("/api/v1/message/{id}", get(message))
+        .route("/api/v1/message/{id}/headers", get(headers))
+        .route("/api/v1/message/{id}/raw", get(raw))
+        .route("/api/v1/message/{id}/part/{part}", get(part))
+        .route("/api/v1/message/{id}/release", post(release::release))
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/webui", get(webui))
+        .route("/api/v1/tags", get(|| async { axum::Json(json!([])) }))
+        .route("/api/events", get(events::upgrade))
+}
+
+/// An error answer: a status and a plain-text reason.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    /// `400` with `reason`.
+    pub fn bad(reason: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, reason.into())
+    }
+
+    /// `404`, as Mailpit words it.
+    pub fn not_found() -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, "not found".into())
+    }
+
+    /// A storage failure: logged here, answered without the details.
+    pub fn storage(err: std::io::Error) -> ApiError {
+        tracing::error!(%err, "inbox storage failed");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read or change the inbox: {err}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.1,
+        )
+            .into_response()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn number(params: &HashMap<String, String>, name: &str, default: usize) -> usize {
+    params
+        .get(name)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn ok() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
+}
+
+/// A JSON body that may be absent: clients send `DELETE` without one to mean "all".
+fn json_body<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))
+}
+
+/// The message `id` (or `latest`), or 404.
+pub async fn find(inbox: &Inbox, id: &str) -> Result<Entry, ApiError> {
+    let id = inbox.resolve(id).ok_or_else(ApiError::not_found)?;
+    inbox.entry(&id).await.ok_or_else(ApiError::not_found)
+}
+
+async fn page(inbox: &Inbox, ids: Vec<Arc<str>>) -> Vec<ListItem> {
+    inbox.store.ensure_loaded(ids.clone()).await;
+    let index = inbox.store.index();
+    ids.iter()
+        .filter_map(|id| index.get(id))
+        .map(ListItem::new)
+        .collect()
+}
+
+/// `GET /api/v1/messages?start=&limit=`
+async fn list(State(inbox): State<Arc<Inbox>>, Query(params): Params) -> Response {
+    let start = number(&params, "start", 0);
+    let limit = number(&params, "limit", DEFAULT_LIMIT);
+    let (total, unread, ids) = {
+        let index = inbox.store.index();
+        let ids = index.newest_first().skip(start).take(limit);
+        let ids: Vec<Arc<str>> = ids.map(|e| e.id.clone()).collect();
+        (index.len(), index.unread(), ids)
+    };
+    let messages = page(&inbox, ids).await;
+    axum::Json(MessageList {
+        total,
+        unread,
+        count: messages.len(),
+        messages_count: total,
+        messages_unread: unread,
+        start,
+        tags: Vec::new(),
+        messages,
+    })
+    .into_response()
+}
+
+/// The messages matching `text`, newest first.
+async fn matching(inbox: &Inbox, text: &str) -> Result<Vec<Entry>, ApiError> {
+    let query = Search::parse(text);
+    if query.is_empty() {
+        return Err(ApiError::bad("Error: no search query"));
+    }
+    Ok(inbox
+        .store
+        .scan(move |entry, raw| {
+            let empty = mime::Summary::default();
+            let candidate = Candidate {
+                summary: entry.summary.as_deref().unwrap_or(&empty),
+                read: entry.read,
+                size: entry.size,
+                received: entry.received_ms.div_euclid(1000),
+            };
+            query.matches(&candidate, &mut || {
+                raw().map(|b| mime::search_text(&b)).unwrap_or_default()
+            })
+        })
+        .await)
+}
+
+/// `GET /api/v1/search?query=&start=&limit=`
+async fn search(
+    State(inbox): State<Arc<Inbox>>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let text = params.get("query").map(String::as_str).unwrap_or_default();
+    let found = matching(&inbox, text).await?;
+    let start = number(&params, "start", 0);
+    let limit = number(&params, "limit", DEFAULT_LIMIT);
+    let ids: Vec<Arc<str>> = found
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|e| e.id.clone())
+        .collect();
+    let messages = page(&inbox, ids).await;
+    let (total, unread) = {
+        let index = inbox.store.index();
+        (index.len(), index.unread())
+    };
+    Ok(axum::Json(MessageList {
+        total,
+        unread,
+        count: messages.len(),
+        messages_count: found.len(),
+        messages_unread: found.iter().filter(|e| !e.read).count(),
+        start,
+        tags: Vec::new(),
+        messages,
+    })
+    .into_response())
+}
+
+/// `DELETE /api/v1/search?query=`
+async fn delete_search(
+    State(inbox): State<Arc<Inbox>>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let text = params.get("query").map(String::as_str).unwrap_or_default();
+    let found = matching(&inbox, text).await?;
+    let ids = found.into_iter().map(|e| e.id).collect();
+    inbox.delete(ids).await.map_err(ApiError::storage)?;
+    Ok(ok())
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Ids {
+    #[serde(rename = "IDs")]
+    ids: Vec<String>,
+}
+
+/// `DELETE /api/v1/messages` with `{"IDs": […]}`, or without IDs for all.
+async fn delete(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: Ids = json_body(&body)?;
+    let ids = match request.ids.is_empty() {
+        true => inbox.all_ids(),
+        false => request
+            .ids
+            .iter()
+            .map(|id| Arc::from(id.as_str()))
+            .collect(),
+    };
+    inbox.delete(ids).await.map_err(ApiError::storage)?;
+    Ok(ok())
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ReadState {
+    #[serde(rename = "Read")]
+    read: bool,
+    #[serde(rename = "IDs")]
+    ids: Vec<String>,
+    #[serde(rename = "Search")]
+    search: String,
+}
+
+/// `PUT /api/v1/messages` with `{"Read": bool, "IDs": […]}` or `{"Read": bool, "Search": "…"}`;
+/// neither means every message.
+async fn set_read(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ReadState = json_body(&body)?;
+    if !request.ids.is_empty() && !request.search.trim().is_empty() {
+        return Err(ApiError::bad(
+            "You may specify either IDs or a search query, not both",
+        ));
+    }
+    let ids: Vec<Arc<str>> = if !request.ids.is_empty() {
+        request
+            .ids
+            .iter()
+            .map(|id| Arc::from(id.as_str()))
+            .collect()
+    } else if !request.search.trim().is_empty() {
+        let found = matching(&inbox, &request.search).await?;
+        found.into_iter().map(|e| e.id).collect()
+    } else {
+        inbox.all_ids()
+    };
+    inbox.set_read(&ids, request.read).await;
+    Ok(ok())
+}
+
+/// `GET /api/v1/message/{id}`: the message, which is then marked read.
+async fn message(
+    State(inbox): State<Arc<Inbox>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let entry = find(&inbox, &id).await?;
+    let view = inbox
+        .view(&entry.id)
+        .await
+        .map_err(ApiError::storage)?
+        .ok_or_else(ApiError::not_found)?;
+    let summary = entry.summary.clone().unwrap_or_default();
+    let body = Message::new(&entry, &summary, &view);
+    inbox.set_read(std::slice::from_ref(&entry.id), true).await;
+    Ok(axum::Json(body).into_response())
+}
+
+/// The raw bytes of message `id`, or 404.
+pub async fn raw_bytes(inbox: &Inbox, id: &str) -> Result<(Entry, Bytes), ApiError> {
+    let entry = find(inbox, id).await?;
+    let raw = inbox
+        .store
+        .raw(&entry.id)
+        .await
+        .map_err(ApiError::storage)?;
+    Ok((entry, raw.ok_or_else(ApiError::not_found)?))
+}
+
+/// `GET /api/v1/message/{id}/headers`
+async fn headers(
+    State(inbox): State<Arc<Inbox>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let headers = tokio::task::spawn_blocking(move || mime::headers(&raw))
+        .await
+        .unwrap_or_default();
+    Ok(axum::Json(headers).into_response())
+}
+
+/// `GET /api/v1/message/{id}/raw`; `?dl=1` offers it as `<id>.eml`.
+async fn raw(
+    State(inbox): State<Arc<Inbox>>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let (entry, raw) = raw_bytes(&inbox, &id).await?;
+    let mut response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response();
+    if params.get("dl").map(String::as_str) == Some("1") {
+        let disposition = format!("attachment; filename=\"{}.eml\"", ascii_name(&entry.id));
+        if let Ok(value) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Types a browser would run or render as a page: always downloaded, never shown (as Mailpit).
+const ACTIVE_TYPES: &[&str] = &[
+    "text/html",
+    "text/xml",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "application/xml",
+    "text/xsl",
+];
+
+/// `GET /api/v1/message/{id}/part/{part}`: one attachment or inline part, decoded.
+async fn part(
+    State(inbox): State<Arc<Inbox>>,
+    Path((id, part_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let part = tokio::task::spawn_blocking(move || mime::part(&raw, &part_id))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(ApiError::not_found)?;
+    let active = ACTIVE_TYPES.contains(&part.content_type.as_str());
+    let (content_type, disposition) = match active {
+        true => ("application/octet-stream".to_string(), "attachment"),
+        false => (part.content_type, "inline"),
+    };
+    let disposition = content_disposition(disposition, &part.file_name);
+    let mut response = part.bytes.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_DISPOSITION, disposition),
+        // Whatever the type claims, nothing in it runs with the inbox's origin.
+        (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The name as plain ASCII for `filename=`, with quotes and backslashes gone.
+fn ascii_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+/// `inline; filename="report.pdf"; filename*=UTF-8''r%C3%A9port.pdf` (RFC 6266).
+fn content_disposition(kind: &str, name: &str) -> String {
+    if name.is_empty() {
+        return kind.to_string();
+    }
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!(
+        "{kind}; filename=\"{}\"; filename*=UTF-8''{encoded}",
+        ascii_name(name)
+    )
+}
+
+/// `GET /api/v1/info`
+async fn info(State(inbox): State<Arc<Inbox>>) -> Response {
+    let (total, unread) = {
+        let index = inbox.store.index();
+        (index.len(), index.unread())
+    };
+    axum::Json(json!({
+        "Version": env!("CARGO_PKG_VERSION"),
+        "LatestVersion": "",
+        "Database": inbox.store.location(),
+        "DatabaseSize": 0,
+        "Messages": total,
+        "Unread": unread,
+        "Tags": {},
+        "RuntimeStats": {
+            "Memory": resident_bytes(),
+            "MessagesDeleted": inbox.deleted.load(Ordering::Relaxed),
+            "SMTPAccepted": inbox.accepted.load(Ordering::Relaxed),
+            "SMTPAcceptedSize": inbox.accepted_bytes.load(Ordering::Relaxed),
+            "SMTPIgnored": 0,
+            "SMTPRejected": 0,
+            "Uptime": inbox.started.elapsed().as_secs(),
+        },
+    }))
+    .into_response()
+}
+
+/// The process's resident memory in bytes (Linux), else 0.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// `GET /api/v1/webui`: what the page needs to know; `ReleaseHelp` is ours (how to turn release
+/// on, when it is off).
+async fn webui(State(inbox): State<Arc<Inbox>>) -> Response {
+    let relay = &inbox.release;
+    axum::Json(json!({
+        "Label": "smtp2gmail",
+        "MessageRelay": {
+            "Enabled": relay.enabled(),
+            "SMTPServer": relay.description(),
+            "AllowedRecipients": "",
+            "BlockedRecipients": "",
+            "ReturnPath": "",
+            "OverrideFrom": "",
+            "PreserveMessageIDs": false,
+        },
+        "ReleaseHelp": relay.help(),
+        "SpamAssassin": false,
+        "ChaosEnabled": false,
+        "DuplicatesIgnored": false,
+        "HideDeleteAllButton": false,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_are_safe_header_values() {
+        assert_eq!(
+            content_disposition("inline", "ré\"port.pdf"),
+            "inline; filename=\"r__port.pdf\"; filename*=UTF-8''r%C3%A9%22port.pdf"
+        );
+        assert_eq!(content_disposition("attachment", ""), "attachment");
+        assert!(HeaderValue::from_str(&content_disposition("inline", "a\r\nb")).is_ok());
+    }
+}

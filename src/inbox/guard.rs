@@ -1,0 +1,304 @@
+//! What keeps the inbox to its owner. Captured mail may hold password-reset links, and release
+//! sends mail through the Gmail account, so:
+//!
+//! - **DNS rebinding**: the `Host` header must be an IP literal, `localhost` (or a name under
+//!   `.localhost`), or one of `inbox.allowed_hosts`. A page on `evil.example` whose name later
+//!   resolves to 127.0.0.1 sends `Host: evil.example` and is refused.
+//! - **Cross-site requests**: a request with an `Origin` must come from the inbox's own origin
+//!   (this also covers the WebSocket, which browsers open to any origin); a request with a body
+//!   must be `application/json`, which a form cannot send and a script on another site can only
+//!   send after a CORS preflight that is never granted; nothing changes on `GET`.
+//! - **Other machines**: when the inbox can be reached from the network (see
+//!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
+//!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
+//!   unauthenticated from the network.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::Inbox;
+use crate::config::Config;
+use crate::smtp::auth::Users;
+
+/// Verified `Authorization` values kept at most; past this the cache starts again (each check
+/// costs an argon2 hash, tens of milliseconds).
+const VERIFIED_CACHE: usize = 256;
+
+/// The request checks of one inbox.
+pub struct Guard {
+    allowed_hosts: Vec<String>,
+    auth: Option<Auth>,
+}
+
+struct Auth {
+    users: Users,
+    verified: Mutex<HashSet<String>>,
+}
+
+impl Guard {
+    /// The checks the configuration asks for.
+    pub fn from_config(config: &Config) -> Result<Guard, String> {
+        let auth = match config.inbox_needs_auth() {
+            false => None,
+            true => Some(Auth {
+                users: Users::new(&config.smtp.users)
+                    .map_err(|err| format!("smtp.users: {err}"))?,
+                verified: Mutex::default(),
+            }),
+        };
+        Ok(Guard {
+            allowed_hosts: config
+                .inbox
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            auth,
+        })
+    }
+
+    /// Whether requests need a password.
+    pub fn requires_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host);
+        name.parse::<IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.allowed_hosts.contains(&name)
+    }
+
+    async fn authenticated(&self, headers: &HeaderMap, peer: IpAddr) -> bool {
+        let Some(auth) = &self.auth else {
+            return true;
+        };
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        if auth.verified().contains(value) {
+            return true;
+        }
+        let Some((name, password)) = basic_credentials(value) else {
+            return false;
+        };
+        if auth.users.verify(peer, &name, password).await.is_none() {
+            return false;
+        }
+        let mut verified = auth.verified();
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(value.to_string());
+        true
+    }
+}
+
+impl Auth {
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port` → the lowercase name or address without port or brackets.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_string();
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => host,
+    }
+}
+
+/// The user and password of an `Authorization: Basic …` value.
+fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (name, password) = decoded.split_once(':')?;
+    Some((name.to_string(), password.to_string()))
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is the origin of a request to `host` (the `Host`
+/// header). `null` (sandboxed frames, files) is never the inbox.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Ok(origin) = url::Url::parse(origin) else {
+        return false;
+    };
+    let Some(name) = origin.host_str() else {
+        return false;
+    };
+    let authority = match origin.port() {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_string(),
+    };
+    let host = host.trim().to_ascii_lowercase();
+    let default_port = format!(
+        "{authority}:{}",
+        origin.port_or_known_default().unwrap_or(0)
+    );
+    authority == host || default_port == host
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// The middleware in front of every inbox route.
+pub async fn check(
+    State(inbox): State<Arc<Inbox>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let guard = &inbox.guard;
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !guard.host_allowed(&host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "the inbox does not answer to the host name {:?}: use localhost or 127.0.0.1, \
+                 or add the name to inbox.allowed_hosts",
+                host_name(&host)
+            ),
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !same_origin(origin.to_str().unwrap_or_default(), &host)
+    {
+        return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+    }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && has_body(headers) && !is_json(headers) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "request bodies must be JSON (Content-Type: application/json)",
+        );
+    }
+    if !guard.authenticated(headers, peer.ip()).await {
+        let mut response = refuse(StatusCode::UNAUTHORIZED, "authentication required");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"smtp2gmail inbox\", charset=\"UTF-8\""),
+        );
+        return response;
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(hosts: &[&str]) -> Guard {
+        Guard {
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn host_names() {
+        let g = guard(&["inbox.test"]);
+        for ok in [
+            "127.0.0.1:9925",
+            "localhost:9925",
+            "LOCALHOST",
+            "app.localhost:1",
+            "[::1]:9925",
+            "10.1.2.3",
+            "inbox.test:80",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9925",
+            "",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!g.host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin("http://127.0.0.1:9925", "127.0.0.1:9925"));
+        assert!(same_origin("http://localhost", "localhost:80"));
+        assert!(same_origin("http://LocalHost:9925", "localhost:9925"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:9925"));
+        assert!(!same_origin("http://127.0.0.1:8000", "127.0.0.1:9925"));
+        assert!(!same_origin("null", "127.0.0.1:9925"));
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("app:pa:ss")
+        );
+        assert_eq!(
+            basic_credentials(&value),
+            Some(("app".into(), "pa:ss".into()))
+        );
+        assert_eq!(basic_credentials("Bearer x"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+}

@@ -1,0 +1,482 @@
+//! Where the inbox keeps messages: in memory (console mode, the last `max_messages`) or in
+//! `file.dir` (file mode, `<id>.eml` + `<id>.json` as the file target writes them).
+//!
+//! Both keep an [`Index`] of every message in memory. File mode builds it from a directory
+//! listing at start — no file is opened — and reads the summaries afterwards, newest first, in
+//! the background; a page that shows a message not read yet reads it first. So startup costs one
+//! `readdir` whatever the directory holds.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::index::{Entry, Index};
+use super::mime::{self, Envelope, Summary};
+use crate::message::{self, Message};
+
+/// Console mode keeps bodies under this size in memory, until this much is held; the rest go
+/// to files in a private temporary directory, so 1000 large messages cost disk, not RAM.
+const MEMORY_BUDGET: u64 = 64 * 1024 * 1024;
+/// File mode reads summaries in batches of this many files per blocking task…
+const LOAD_BATCH: usize = 256;
+/// …and this many batches at once.
+const LOADERS: usize = 8;
+/// The read-state log in `file.dir`.
+const READ_LOG: &str = ".smtp2gmail-inbox-read";
+/// Messages larger than this are parsed one at a time: a parse holds the message and its
+/// decoded parts (a few times 35 MiB), and twenty at once must not exhaust memory.
+const LARGE: u64 = message::SPILL_THRESHOLD as u64;
+
+/// A message body as the inbox holds it.
+#[derive(Debug)]
+enum Body {
+    Memory(Bytes),
+    File(PathBuf),
+}
+
+/// Where bodies live.
+enum Kind {
+    Memory {
+        max_messages: usize,
+        bodies: Mutex<HashMap<Arc<str>, Body>>,
+        in_memory: Mutex<u64>,
+        spill: tempfile::TempDir,
+    },
+    Dir {
+        dir: PathBuf,
+        read_log: Mutex<()>,
+    },
+}
+
+/// The inbox's messages.
+pub struct Store {
+    index: RwLock<Index>,
+    kind: Kind,
+    /// File mode: becomes true once every summary has been read.
+    loaded: watch::Sender<bool>,
+    /// One permit: the parse of a large message in progress.
+    large: tokio::sync::Semaphore,
+}
+
+/// What a capture changed, for the events.
+pub struct Captured {
+    /// The new entry.
+    pub entry: Entry,
+    /// Entries dropped to stay within `max_messages`.
+    pub evicted: Vec<Arc<str>>,
+}
+
+impl Store {
+    /// Console mode: the last `max_messages` in memory.
+    pub fn memory(max_messages: usize) -> io::Result<Store> {
+        let spill = tempfile::Builder::new()
+            .prefix("smtp2gmail-inbox-")
+            .tempdir()?;
+        Ok(Store {
+            index: RwLock::new(Index::default()),
+            kind: Kind::Memory {
+                max_messages,
+                bodies: Mutex::default(),
+                in_memory: Mutex::new(0),
+                spill,
+            },
+            loaded: watch::channel(true).0,
+            large: tokio::sync::Semaphore::new(1),
+        })
+    }
+
+    /// File mode: the messages in `dir` (created if missing), listed now, read later.
+    pub fn dir(dir: &Path) -> io::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let read = read_log(dir)?;
+        let mut index = Index::default();
+        for item in std::fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
+                continue;
+            };
+            if id.is_empty() || id.starts_with('.') {
+                continue;
+            }
+            let received_ms = match received_from_id(id) {
+                Some(ms) => ms,
+                None => modified_ms(&item.metadata()?),
+            };
+            index.insert(Entry {
+                id: id.into(),
+                received_ms,
+                size: 0,
+                read: read.contains(id),
+                summary: None,
+            });
+        }
+        compact_read_log(dir, &index)?;
+        let done = index.is_empty();
+        Ok(Store {
+            index: RwLock::new(index),
+            kind: Kind::Dir {
+                dir: dir.to_path_buf(),
+                read_log: Mutex::new(()),
+            },
+            loaded: watch::channel(done).0,
+            large: tokio::sync::Semaphore::new(1),
+        })
+    }
+
+    /// Where messages are kept, for `/api/v1/info`.
+    pub fn location(&self) -> String {
+        match &self.kind {
+            Kind::Memory { .. } => "memory".to_string(),
+            Kind::Dir { dir, .. } => dir.display().to_string(),
+        }
+    }
+
+    /// The index, for reading.
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a message that was just delivered (printed or filed). In file mode the files are
+    /// already written; in console mode the body is kept here.
+    pub async fn capture(
+        &self,
+        envelope: &message::Envelope,
+        message: &Message,
+    ) -> io::Result<Captured> {
+        let id: Arc<str> = envelope.id.as_str().into();
+        let _turn = self.parse_turn(message.len()).await;
+        let raw = message.to_bytes().await?;
+        if let Kind::Memory {
+            bodies,
+            in_memory,
+            spill,
+            ..
+        } = &self.kind
+        {
+            let body = {
+                let mut held = in_memory.lock().unwrap_or_else(|e| e.into_inner());
+                let small = raw.len() < message::SPILL_THRESHOLD;
+                if small && *held + raw.len() as u64 <= MEMORY_BUDGET {
+                    *held += raw.len() as u64;
+                    Body::Memory(raw.clone())
+                } else {
+                    Body::File(spill.path().join(format!("{id}.eml")))
+                }
+            };
+            if let Body::File(path) = &body {
+                message.store(path).await?;
+            }
+            bodies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), body);
+        }
+        let record = Envelope {
+            mail_from: envelope.mail_from.as_ref().map(|a| a.to_string()),
+            rcpt_to: envelope.rcpt_to.iter().map(|a| a.to_string()).collect(),
+        };
+        let summary = tokio::task::spawn_blocking(move || mime::summarize(&raw, &record))
+            .await
+            .map_err(io::Error::other)?;
+        let entry = Entry {
+            id: id.clone(),
+            received_ms: millis(envelope.received_at),
+            size: message.len(),
+            read: false,
+            summary: Some(Arc::new(summary)),
+        };
+        let mut index = self.index_mut();
+        index.insert(entry.clone());
+        let mut evicted = Vec::new();
+        if let Kind::Memory { max_messages, .. } = &self.kind {
+            while index.len() > *max_messages {
+                let Some(oldest) = index.oldest() else { break };
+                index.remove(&oldest);
+                evicted.push(oldest);
+            }
+        }
+        drop(index);
+        for id in &evicted {
+            self.drop_body(id);
+        }
+        Ok(Captured { entry, evicted })
+    }
+
+    /// Waits for the turn to parse a message of `len` bytes: at once for ordinary messages, one
+    /// at a time for large ones. Hold the result while the bytes are in memory.
+    pub async fn parse_turn(&self, len: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match len > LARGE {
+            true => self.large.acquire().await.ok(),
+            false => None,
+        }
+    }
+
+    /// The raw bytes of message `id`.
+    pub async fn raw(&self, id: &str) -> io::Result<Option<Bytes>> {
+        let path = match &self.kind {
+            Kind::Memory { bodies, .. } => {
+                match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+                    None => return Ok(None),
+                    Some(Body::Memory(bytes)) => return Ok(Some(bytes.clone())),
+                    Some(Body::File(path)) => path.clone(),
+                }
+            }
+            Kind::Dir { dir, .. } => {
+                if self.index().get(id).is_none() {
+                    return Ok(None);
+                }
+                dir.join(format!("{id}.eml"))
+            }
+        };
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes.into())),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// [`raw`](Self::raw) for blocking code (the search's body scan).
+    fn raw_blocking(&self, id: &str) -> Option<Bytes> {
+        let path = match &self.kind {
+            Kind::Memory { bodies, .. } => {
+                match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id)? {
+                    Body::Memory(bytes) => return Some(bytes.clone()),
+                    Body::File(path) => path.clone(),
+                }
+            }
+            Kind::Dir { dir, .. } => dir.join(format!("{id}.eml")),
+        };
+        std::fs::read(path).ok().map(Bytes::from)
+    }
+
+    /// The envelope sender of message `id` (`None` for the null sender), for release.
+    pub fn return_path(&self, id: &str) -> Option<String> {
+        let index = self.index();
+        let summary = index.get(id)?.summary.clone()?;
+        Some(summary.return_path.clone()).filter(|s| !s.is_empty())
+    }
+
+    /// Removes messages; returns those that were there.
+    pub async fn delete(self: &Arc<Self>, ids: Vec<Arc<str>>) -> io::Result<Vec<Arc<str>>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut gone = Vec::new();
+            for id in ids {
+                if let Kind::Dir { dir, .. } = &store.kind {
+                    for ext in ["eml", "json"] {
+                        match std::fs::remove_file(dir.join(format!("{id}.{ext}"))) {
+                            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                            _ => {}
+                        }
+                    }
+                }
+                if store.index_mut().remove(&id).is_some() {
+                    store.drop_body(&id);
+                    gone.push(id);
+                }
+            }
+            Ok(gone)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    fn drop_body(&self, id: &str) {
+        if let Kind::Memory {
+            bodies, in_memory, ..
+        } = &self.kind
+        {
+            let body = bodies.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            match body {
+                Some(Body::Memory(bytes)) => {
+                    *in_memory.lock().unwrap_or_else(|e| e.into_inner()) -= bytes.len() as u64
+                }
+                Some(Body::File(path)) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Sets the read state of `ids`; returns those that changed.
+    pub async fn set_read(self: &Arc<Self>, ids: &[Arc<str>], read: bool) -> Vec<Arc<str>> {
+        let changed: Vec<Arc<str>> = {
+            let mut index = self.index_mut();
+            ids.iter()
+                .filter(|id| index.set_read(id, read))
+                .cloned()
+                .collect()
+        };
+        if let Kind::Dir { dir, .. } = &self.kind
+            && !changed.is_empty()
+        {
+            let (store, dir, ids) = (self.clone(), dir.clone(), changed.clone());
+            let logged =
+                tokio::task::spawn_blocking(move || store.log_read(&dir, &ids, read)).await;
+            if let Ok(Err(err)) | Err(err) = logged.map_err(io::Error::other) {
+                tracing::warn!(%err, "cannot record the read state in {READ_LOG}; it lasts until restart");
+            }
+        }
+        changed
+    }
+
+    fn log_read(&self, dir: &Path, ids: &[Arc<str>], read: bool) -> io::Result<()> {
+        let Kind::Dir { read_log, .. } = &self.kind else {
+            return Ok(());
+        };
+        let _one_writer = read_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = if read { 'r' } else { 'u' };
+        let text: String = ids.iter().map(|id| format!("{mark} {id}\n")).collect();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(READ_LOG))?
+            .write_all(text.as_bytes())
+    }
+
+    /// Fills in the summaries of the entries among `ids` that have none yet (file mode).
+    pub async fn ensure_loaded(self: &Arc<Self>, ids: Vec<Arc<str>>) {
+        let Kind::Dir { dir, .. } = &self.kind else {
+            return;
+        };
+        let missing: Vec<Arc<str>> = {
+            let index = self.index();
+            ids.into_iter()
+                .filter(|id| index.get(id).is_some_and(|e| e.summary.is_none()))
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let (store, dir) = (self.clone(), dir.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            for id in missing {
+                let (summary, size) = load_summary(&dir, &id);
+                let mut index = store.index_mut();
+                index.set_summary(&id, Arc::new(summary));
+                if let Some(entry) = index.get(&id).cloned() {
+                    index.insert(Entry { size, ..entry });
+                }
+            }
+        })
+        .await;
+        if let Err(err) = loaded {
+            tracing::error!(%err, "reading message summaries failed");
+        }
+    }
+
+    /// File mode: reads every summary, newest first, then marks the store loaded. Run once, in
+    /// the background. Several batches are read at once: on a cold cache this is waiting for the
+    /// disk, one small file after another, and disks answer several requests as fast as one.
+    pub async fn load_all(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let ids: Vec<Arc<str>> = self.index().newest_first().map(|e| e.id.clone()).collect();
+        let batches = ids.chunks(LOAD_BATCH).map(<[Arc<str>]>::to_vec);
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(LOADERS, |batch| self.ensure_loaded(batch))
+            .await;
+        self.loaded.send_replace(true);
+    }
+
+    /// Waits until every summary has been read (at once in console mode).
+    pub async fn wait_loaded(&self) {
+        let mut loaded = self.loaded.subscribe();
+        let _ = loaded.wait_for(|&done| done).await;
+    }
+
+    /// Entries matching `keep`, newest first, read from the index after every summary has
+    /// been loaded; `needs_body` entries get the raw bytes too. Runs on the blocking pool.
+    pub async fn scan<F>(self: &Arc<Self>, keep: F) -> Vec<Entry>
+    where
+        F: Fn(&Entry, &mut dyn FnMut() -> Option<Bytes>) -> bool + Send + 'static,
+    {
+        self.wait_loaded().await;
+        let entries: Vec<Entry> = self.index().newest_first().cloned().collect();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .filter(|entry| keep(entry, &mut || store.raw_blocking(&entry.id)))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// The summary and size of `<dir>/<id>.eml`, with the envelope from `<id>.json` when present.
+/// A file that cannot be read gives an empty summary: it is listed, and opening it says why.
+fn load_summary(dir: &Path, id: &str) -> (Summary, u64) {
+    let envelope: Envelope = std::fs::read(dir.join(format!("{id}.json")))
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or_default();
+    match std::fs::read(dir.join(format!("{id}.eml"))) {
+        Ok(raw) => (mime::summarize(&raw, &envelope), raw.len() as u64),
+        Err(err) => {
+            tracing::warn!(id, %err, "cannot read a message of the inbox");
+            (Summary::default(), 0)
+        }
+    }
+}
+
+/// Our ids start with 11 hex digits of milliseconds since the epoch.
+fn received_from_id(id: &str) -> Option<i64> {
+    let digits = id.get(..11)?;
+    (id.len() == 19 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| i64::from_str_radix(digits, 16).ok())
+        .flatten()
+}
+
+fn modified_ms(metadata: &std::fs::Metadata) -> i64 {
+    metadata.modified().map(millis).unwrap_or(0)
+}
+
+/// Milliseconds since the epoch.
+pub fn millis(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The ids marked read in `dir`'s read log (later lines win).
+fn read_log(dir: &Path) -> io::Result<HashSet<String>> {
+    let text = match std::fs::read_to_string(dir.join(READ_LOG)) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(err) => return Err(err),
+    };
+    let mut read = HashSet::new();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("r", id)) => read.insert(id.to_string()),
+            Some(("u", id)) => read.remove(id),
+            _ => false,
+        };
+    }
+    Ok(read)
+}
+
+/// Rewrites the read log with only the messages still there, so it does not grow for ever.
+fn compact_read_log(dir: &Path, index: &Index) -> io::Result<()> {
+    let path = dir.join(READ_LOG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let text: String = index
+        .newest_first()
+        .filter(|e| e.read)
+        .map(|e| format!("r {}\n", e.id))
+        .collect();
+    crate::safeio::write_atomically(&path, text.as_bytes())
+}
