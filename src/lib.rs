@@ -23,6 +23,8 @@
 //!   environment) and per-account access-token sources with single-flight refresh.
 //! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
 //!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
+//! - [`status`]: the RFC 3463 enhanced status codes, named, shared by SMTP replies and delivery
+//!   outcomes.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
@@ -38,4 +40,5 @@ pub mod queue;
 pub mod relay;
 pub mod safeio;
 pub mod smtp;
+pub mod status;
 pub mod telemetry;

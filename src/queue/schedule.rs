@@ -39,7 +39,8 @@ use super::control::{self, Request};
 use super::courier::{Clock, Courier};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
-use crate::relay::{Cause, DeliveryError, Receipt, Scope, Status};
+use crate::relay::{Cause, DeliveryError, Receipt, Scope};
+use crate::status::Status;
 use mailboxes::Index;
 pub use mailboxes::{MailboxKey, Pace};
 
@@ -391,7 +392,7 @@ impl Scheduler {
                 .unwrap_or_else(|_| {
                     tracing::error!(id = %entry.id, "the delivery attempt panicked (a bug in smtp2gmail)");
                     Err(DeliveryError::Permanent {
-                        status: Status(5, 3, 0),
+                        status: Status::SYSTEM_PERMANENT,
                         reason: "internal error while delivering (a bug in smtp2gmail); \
                                  retry it after an upgrade"
                             .into(),

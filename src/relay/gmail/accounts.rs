@@ -12,10 +12,10 @@ use std::time::SystemTime;
 
 use super::slots::SendSlots;
 
-use crate::config::gmail::sender_matches;
 use crate::config::{AccountConfig, GmailConfig};
 use crate::google::{self, CredentialSpec, Credentials, TokenSource};
 use crate::message::gmail_rules::GmailPolicy;
+use crate::message::mailbox::matches_pattern;
 use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -164,7 +164,7 @@ impl Account {
 
     /// True when this account may send for `sender`.
     pub fn serves(&self, sender: &str) -> bool {
-        self.senders.is_empty() || self.senders.iter().any(|p| sender_matches(p, sender))
+        self.senders.is_empty() || self.senders.iter().any(|p| matches_pattern(p, sender))
     }
 
     /// The user a service-account token must be minted for; `None` for refresh tokens.

@@ -16,13 +16,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cause, Deliver, DeliveryError, Receipt, Scope, Status};
+use super::{Cause, Deliver, DeliveryError, Receipt, Scope};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
 use crate::message::gmail_size;
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
+use crate::status::Status;
 use accounts::{Account, Router};
 use api::{GmailApi, SendError};
 use upload::Upload;
@@ -299,7 +300,7 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
             scope: Scope::Account,
         },
         TokenError::Temporary { reason } => DeliveryError::Temporary {
-            status: Status(4, 4, 1),
+            status: Status::NO_ANSWER,
             reason: format!("cannot get an access token: {reason}"),
             retry_after: None,
             cause: Cause::Outage,
@@ -307,7 +308,7 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
         // The sender, not the key: refuse this message for good and leave the account alone.
         // 5.1.0 as Postfix answers an unknown sender of its own domains ("User unknown").
         unknown @ TokenError::UnknownUser { .. } => DeliveryError::Permanent {
-            status: Status(5, 1, 0),
+            status: Status::BAD_ADDRESS,
             reason: format!(
                 "sender refused: {unknown}; send as an existing user of the domain, or remove \
                  the address from the senders of account {}",
@@ -325,9 +326,9 @@ fn send_failure(account: &Account, subject: Option<&str>, err: SendError) -> Del
             cause,
         } => DeliveryError::Temporary {
             status: if cause == Cause::RateLimit {
-                Status(4, 4, 5)
+                Status::CONGESTION
             } else {
-                Status(4, 4, 1)
+                Status::NO_ANSWER
             },
             reason,
             retry_after,
