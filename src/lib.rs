@@ -25,12 +25,14 @@
 //!   (retries, backoff, per-account limits and pauses, dead letters), requests from `queue` commands.
 //! - [`status`]: the RFC 3463 enhanced status codes, named, shared by SMTP replies and delivery
 //!   outcomes.
+//! - [`backoff`]: the one retry backoff with jitter, for the queue and the relay's own retries.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod google;

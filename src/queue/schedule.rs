@@ -59,12 +59,7 @@ pub const PRECONDITION_HOLD: u32 = 5;
 
 /// The wait before attempt `n + 1` after `n` failed attempts.
 pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
-    let doublings = failed_attempts.saturating_sub(1).min(20);
-    let base = config
-        .retry_min
-        .saturating_mul(1 << doublings)
-        .min(config.retry_max);
-    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+    crate::backoff::with_jitter(config.retry_min, config.retry_max, failed_attempts)
 }
 
 /// A delivery task's report: the entry and how its attempt went.

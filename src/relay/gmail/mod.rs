@@ -255,7 +255,6 @@ impl Deliver for Gmail {
     ) -> Result<Receipt, DeliveryError> {
         let outgoing = self.prepare(envelope, message).await?;
         let started = Instant::now();
-        let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
         loop {
             let error = match self.attempt(&outgoing).await {
@@ -266,13 +265,14 @@ impl Deliver for Gmail {
             let DeliveryError::Temporary { retry_after, .. } = &error else {
                 unreachable!()
             };
-            let wait = retry_after.unwrap_or_else(|| jitter(backoff));
+            let wait = retry_after.unwrap_or_else(|| {
+                crate::backoff::with_jitter(self.retry.first_backoff, Duration::MAX, attempt)
+            });
             if attempt >= self.retry.attempts || started.elapsed() + wait > self.retry.budget {
                 return Err(error);
             }
             tracing::debug!(id = %envelope.id, attempt, ?wait, %error, "temporary failure, retrying");
             tokio::time::sleep(wait).await;
-            backoff *= 2;
             attempt += 1;
         }
     }
@@ -280,11 +280,6 @@ impl Deliver for Gmail {
 
 fn unreadable(err: std::io::Error) -> DeliveryError {
     DeliveryError::local(format!("cannot read the message: {err}"))
-}
-
-/// ±20 %, so clients that failed together do not retry together.
-fn jitter(base: Duration) -> Duration {
-    base.mul_f64(0.8 + fastrand::f64() * 0.4)
 }
 
 fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
