@@ -177,7 +177,10 @@ struct Relay {
 /// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
 /// queue need the concrete accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies
 /// are spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
-fn build_relay(config: &Config, smtp: &mut SmtpConfig) -> Result<Relay, String> {
+fn build_relay(
+    config: &Config,
+    smtp: &mut SmtpConfig,
+) -> Result<Relay, Box<dyn std::error::Error>> {
     if config.relay.mode != RelayMode::Gmail {
         let deliver = relay::from_config(config)?;
         return Ok(Relay {

@@ -56,8 +56,6 @@ mod tests {
         FromPolicy, GmailPolicy, HeaderOnlyRecipients, prepare_for_gmail,
     };
     use crate::message::{Address, Envelope, MessageId};
-    use crate::relay::DeliveryError;
-    use crate::status::Status;
 
     fn envelope(rcpt_to: &[String]) -> Envelope {
         Envelope {

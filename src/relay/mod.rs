@@ -166,9 +166,20 @@ impl From<PolicyViolation> for DeliveryError {
     }
 }
 
+/// Why the delivery target cannot be built. The message is for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client for Google (TLS roots, resolver) cannot be set up.
+    #[error("cannot create the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// An account's configuration or credentials are unusable.
+    #[error(transparent)]
+    Account(#[from] gmail::AccountError),
+}
+
 /// Builds the delivery target the configuration asks for. The error is for the operator: a
 /// credentials file that cannot be read or understood, an impossible account setup.
-pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
+pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, BuildError> {
     Ok(match config.relay.mode {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
@@ -178,13 +189,13 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
 }
 
 /// The one HTTP client of the process: pooled connections to Google, rustls, bounded connects.
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, BuildError> {
     reqwest::Client::builder()
         .user_agent(concat!("smtp2gmail/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build()
-        .map_err(|err| format!("cannot create the HTTP client: {err}"))
+        .map_err(BuildError::HttpClient)
 }
 
 #[cfg(test)]

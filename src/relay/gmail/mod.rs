@@ -25,6 +25,7 @@ use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
 use crate::status::Status;
 use accounts::{Account, Router};
+pub use accounts::{AccountError, AccountProblem};
 use api::{GmailApi, SendError};
 use upload::Upload;
 
@@ -68,7 +69,7 @@ pub struct Gmail {
 
 impl Gmail {
     /// Builds the target from `[gmail]`, loading every account's credentials.
-    pub fn from_config(config: &GmailConfig, http: reqwest::Client) -> Result<Gmail, String> {
+    pub fn from_config(config: &GmailConfig, http: reqwest::Client) -> Result<Gmail, AccountError> {
         let router = Router::from_config(config, &http)?;
         Ok(Gmail {
             api: GmailApi::new(http, &config.api_base),
