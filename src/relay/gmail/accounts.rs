@@ -15,7 +15,7 @@ use super::slots::SendSlots;
 use crate::config::{AccountConfig, GmailConfig};
 use crate::google::{self, CredentialError, CredentialSpec, Credentials, TokenSource};
 use crate::message::gmail_rules::GmailPolicy;
-use crate::message::mailbox::matches_pattern;
+use crate::message::mailbox::{mailbox_key, matches_pattern};
 use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -215,7 +215,7 @@ impl Account {
     /// True the first time `address` is reported; later calls stay quiet.
     pub fn first_warning_for(&self, address: &str) -> bool {
         let mut warned = self.warned_from.lock().unwrap_or_else(|e| e.into_inner());
-        warned.insert(address.to_ascii_lowercase())
+        warned.insert(mailbox_key(address))
     }
 }
 
