@@ -35,6 +35,9 @@
 //!   (retries, backoff, per-mailbox limits and holds, dead letters), transactions of one message an
 //!   MTA split (held, merged, sent once), requests from `queue` commands.
 //! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).
+//! - [`status`]: the RFC 3463 enhanced status codes, named, shared by SMTP replies and delivery
+//!   outcomes.
+//! - [`backoff`]: the one retry backoff with jitter, for the queue and the relay's own retries.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`inbox`]: the development inbox of console and file modes: captured mail in a web page and
@@ -43,6 +46,7 @@
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
 //! - [`cli`]: the command line at the edge.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod google;
@@ -54,4 +58,5 @@ pub mod queue;
 pub mod relay;
 pub mod safeio;
 pub mod smtp;
+pub mod status;
 pub mod telemetry;

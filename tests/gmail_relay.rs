@@ -420,7 +420,8 @@ fn service_account_without_senders_is_refused_at_start() {
     };
     let err = Gmail::from_config(&gmail, http_client().unwrap())
         .err()
-        .expect("refused");
+        .expect("refused")
+        .to_string();
     assert!(err.contains("senders"), "{err}");
 }
 

@@ -300,16 +300,42 @@ async fn address_edge_cases() {
             .starts_with("553 5.6.7 ")
     );
     assert_code(&client.cmd("RCPT TO:<A@example.com>").await, 250);
-    assert_code(&client.cmd("RCPT TO:<a@EXAMPLE.com>").await, 250);
+    // Gmail's mailboxes are case-insensitive, local part included (docs/design.md, "One
+    // vocabulary per stage"): a case variant is the same recipient.
     assert_eq!(
-        client.cmd("RCPT TO:<a@example.com>").await,
+        client.cmd("RCPT TO:<a@EXAMPLE.com>").await,
         "250 2.1.5 OK (duplicate recipient)\r\n"
     );
+    assert_code(&client.cmd("RCPT TO:<b@example.com>").await, 250);
     assert_code(&client.data(b"x\r\n.\r\n").await, 250);
     let (envelope, _) = server.recorder.delivered().pop().unwrap();
     assert_eq!(envelope.sender_display(), "\"john doe\"@example.com");
     let rcpts: Vec<&str> = envelope.rcpt_to.iter().map(|a| a.as_str()).collect();
-    assert_eq!(rcpts, ["A@example.com", "a@EXAMPLE.com"]);
+    assert_eq!(rcpts, ["A@example.com", "b@example.com"]);
+    drop(client);
+    server.stop().await;
+}
+
+/// `Bob@x` and `bob@x` are one Gmail mailbox, so they are one envelope recipient: the first
+/// spelling is kept, and Gmail gets one copy, not two.
+#[tokio::test]
+async fn case_variants_of_a_recipient_are_one_recipient() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    assert_code(&client.cmd("EHLO client.test").await, 250);
+    assert_code(&client.cmd("MAIL FROM:<a@example.com>").await, 250);
+    assert_eq!(
+        client.cmd("RCPT TO:<Bob@x.example>").await,
+        "250 2.1.5 OK\r\n"
+    );
+    assert_eq!(
+        client.cmd("RCPT TO:<bob@x.example>").await,
+        "250 2.1.5 OK (duplicate recipient)\r\n"
+    );
+    assert_code(&client.data(b"x\r\n.\r\n").await, 250);
+    let (envelope, _) = server.recorder.delivered().pop().unwrap();
+    let rcpts: Vec<&str> = envelope.rcpt_to.iter().map(|a| a.as_str()).collect();
+    assert_eq!(rcpts, ["Bob@x.example"]);
     drop(client);
     server.stop().await;
 }

@@ -5,7 +5,8 @@ mod common;
 
 use common::{Client, TestServer, assert_code, test_config};
 use smtp2gmail::config::SmtpConfig;
-use smtp2gmail::relay::{DeliveryError, Status};
+use smtp2gmail::relay::DeliveryError;
+use smtp2gmail::status::Status;
 
 #[tokio::test]
 async fn body_is_delivered_byte_for_byte() {
@@ -264,7 +265,7 @@ async fn failure_leaves_session_usable(error: DeliveryError, expected: &str) {
 #[tokio::test]
 async fn temporary_failure_is_451_and_the_session_goes_on() {
     let error = DeliveryError::Temporary {
-        status: Status(4, 4, 1),
+        status: Status::NO_ANSWER,
         reason: "upstream unavailable".into(),
         retry_after: None,
         cause: Default::default(),
@@ -275,7 +276,7 @@ async fn temporary_failure_is_451_and_the_session_goes_on() {
 #[tokio::test]
 async fn permanent_failure_is_554_and_the_session_goes_on() {
     let error = DeliveryError::Permanent {
-        status: Status(5, 6, 0),
+        status: Status::BAD_MESSAGE,
         reason: "malformed message".into(),
     };
     failure_leaves_session_usable(error, "554 5.6.0 malformed message\r\n").await;

@@ -57,7 +57,8 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
 async fn authorize(args: AuthorizeArgs) -> Result<(), AuthorizeError> {
     let client = ClientSecretFile::load(&args.client_secret)?;
     check_token_file(&args.token_file, &client)?;
-    let http = crate::relay::http_client().map_err(AuthorizeError::Exchange)?;
+    let http =
+        crate::relay::http_client().map_err(|err| AuthorizeError::Exchange(err.to_string()))?;
     let defaults = AuthorizeOptions::default();
     let scopes: Vec<String> = if args.scopes.is_empty() {
         defaults.scopes

@@ -130,8 +130,7 @@ async fn check_account(
     let account = match Account::from_config(config, http) {
         Ok(account) => account,
         Err(err) => {
-            let prefix = format!("account {}: ", config.name);
-            field("problem", err.strip_prefix(&prefix).unwrap_or(&err));
+            field("problem", &err.problem);
             if let Some(fix) = first_run_fix(config) {
                 field("fix", fix);
             }

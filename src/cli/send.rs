@@ -14,9 +14,9 @@ use lettre::message::{Body, Mailbox, SinglePart};
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, RelayMode};
+use crate::message::mailbox::same_mailbox;
 use crate::message::{Address, Envelope, Message, MessageId};
 use crate::relay::{self, DeliveryError, Receipt};
-use crate::smtp::address::same_mailbox;
 
 /// Options of `send`.
 #[derive(Debug, clap::Args)]

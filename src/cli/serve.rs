@@ -234,7 +234,7 @@ fn build_relay(
     config: &Config,
     smtp: &mut SmtpConfig,
     shutdown: &CancellationToken,
-) -> Result<Relay, String> {
+) -> Result<Relay, Box<dyn std::error::Error>> {
     if config.relay.mode != RelayMode::Gmail {
         let mut deliver = relay::from_config(config)?;
         let inbox = match config.inbox_active() {

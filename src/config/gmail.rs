@@ -229,29 +229,9 @@ impl GmailConfig {
     }
 }
 
-/// True when `address` matches a `senders` pattern: an exact address or `*@domain`, compared
-/// case-insensitively (domains are case-insensitive, and Gmail treats local parts the same way).
-pub fn sender_matches(pattern: &str, address: &str) -> bool {
-    match pattern.strip_prefix("*@") {
-        Some(domain) => address
-            .rsplit_once('@')
-            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
-        None => pattern.eq_ignore_ascii_case(address),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sender_patterns() {
-        assert!(sender_matches("noreply@example.com", "NoReply@Example.com"));
-        assert!(!sender_matches("noreply@example.com", "other@example.com"));
-        assert!(sender_matches("*@example.org", "anyone@EXAMPLE.org"));
-        assert!(!sender_matches("*@example.org", "anyone@sub.example.org"));
-        assert!(!sender_matches("*@example.org", "no-at-sign"));
-    }
 
     #[test]
     fn accounts_inherit_policy_not_identity() {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use password_hash::PasswordHash;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -192,7 +193,7 @@ impl SmtpConfig {
             return fail("smtp.max_connections_per_ip", "must be at least 1");
         }
         for (entry, user) in self.users.iter().enumerate() {
-            if let Err(message) = crate::smtp::auth::check_user(user) {
+            if let Err(message) = user.check() {
                 return Err(Broken::new("smtp.users", &message).at_entry(entry));
             }
         }
@@ -315,6 +316,32 @@ pub struct UserConfig {
     /// Envelope senders this user may use (`user@domain` or `*@domain`); empty means any.
     #[serde(default)]
     pub senders: Vec<String>,
+}
+
+impl UserConfig {
+    /// Checks this `[[smtp.users]]` entry; the message is for the operator. Here rather than in
+    /// `smtp::auth` so that loading the configuration does not depend on the SMTP server.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.chars().any(char::is_control) {
+            return Err("a user name must be non-empty, without control characters".to_string());
+        }
+        let is_argon2 = PasswordHash::new(&self.password_hash)
+            .is_ok_and(|hash| hash.algorithm.as_str().starts_with("argon2"));
+        if !is_argon2 {
+            return Err(format!(
+                "user {:?}: password_hash is not an argon2 PHC string (\"$argon2id$...\"); plaintext \
+                 passwords are refused, make a hash with `smtp2gmail hash-password`",
+                self.name
+            ));
+        }
+        if let Some(bad) = self.senders.iter().find(|s| !s.contains('@')) {
+            return Err(format!(
+                "user {:?}: sender {bad:?} is neither user@domain nor *@domain",
+                self.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

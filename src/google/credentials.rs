@@ -1,5 +1,5 @@
-//! Which Google credentials an account uses: loaded once from a file, the configuration or the
-//! environment, and recognised by content rather than by file name (people rename `token.json`).
+//! What Google credentials an account has: the grant (refresh token or service account key), where
+//! it came from, and what the file said beside it. Loading them is [`spec`](super::spec)'s job.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -7,36 +7,7 @@ use std::time::SystemTime;
 
 use jsonwebtoken::EncodingKey;
 
-use super::secret::{env_secret, env_var};
-use super::{DEFAULT_TOKEN_URI, Secret, files};
-
-/// The environment variables django-gmailapi-backend users already have set.
-pub const ENV_CLIENT_ID: &str = "GMAIL_API_CLIENT_ID";
-/// See [`ENV_CLIENT_ID`].
-pub const ENV_CLIENT_SECRET: &str = "GMAIL_API_CLIENT_SECRET";
-/// See [`ENV_CLIENT_ID`].
-pub const ENV_REFRESH_TOKEN: &str = "GMAIL_API_REFRESH_TOKEN";
-/// Optional: the sending address; django-gmailapi-backend's default `me` means "unknown here".
-pub const ENV_USER_ID: &str = "GMAIL_API_USER_ID";
-
-/// Where an account's credentials come from, as the configuration states it.
-#[derive(Debug, Clone)]
-pub enum CredentialSpec {
-    /// A JSON file: a quickstart `token.json`, a gcloud `authorized_user` file or a service account key.
-    File(PathBuf),
-    /// Values written in the configuration (each already resolved through
-    /// [`resolve_secret`](super::resolve_secret), so they may come from `env:` or `file:`).
-    Inline {
-        /// The OAuth client id.
-        client_id: String,
-        /// The OAuth client secret (Google requires it on every refresh, even for desktop apps).
-        client_secret: Secret,
-        /// The long-lived refresh token from an earlier authorization.
-        refresh_token: Secret,
-    },
-    /// `GMAIL_API_CLIENT_ID`, `GMAIL_API_CLIENT_SECRET`, `GMAIL_API_REFRESH_TOKEN`.
-    Environment,
-}
+use super::{DEFAULT_TOKEN_URI, Secret};
 
 /// What kind of credentials an account has and where they came from, so that `check`, logs and
 /// error fixes can say exactly which file or setting to change.
@@ -97,145 +68,6 @@ pub(crate) struct ServiceAccountKey {
     pub(crate) private_key_id: Option<String>,
     /// Parsed at load time so a broken key is reported at startup; its `Debug` is redacted.
     pub(crate) key: EncodingKey,
-}
-
-/// Why credentials could not be loaded. Messages name the file, variable and key, never a value.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    /// An environment variable the configuration refers to is unset or empty.
-    #[error("environment variable {name} is not set or is empty")]
-    MissingEnv {
-        /// The variable.
-        name: String,
-    },
-    /// A credentials or secret file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A `file:` secret is empty.
-    #[error("{path} is empty")]
-    EmptySecretFile {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The file is not JSON (the message gives only the position, never content).
-    #[error("{path}: not valid JSON: {message}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A key is missing or has an unusable value.
-    #[error("{path}: {key} {problem}")]
-    Key {
-        /// The file.
-        path: PathBuf,
-        /// The JSON key.
-        key: &'static str,
-        /// What is wrong with it, e.g. "is missing".
-        problem: &'static str,
-    },
-    /// An inline value is empty.
-    #[error("inline credentials: {key} is empty")]
-    EmptyInline {
-        /// The configuration key.
-        key: &'static str,
-    },
-    /// The token URI is not a URL.
-    #[error("token URI {uri:?} is not a valid URL")]
-    TokenUri {
-        /// The configured URI (not a secret).
-        uri: String,
-    },
-    /// A `client_secret.json` was given where a token was expected: a common first mistake.
-    #[error(
-        "{} is an OAuth client file (client_secret.json), not a token: run `smtp2gmail authorize --client-secret {}` to obtain a token file, and configure that file instead",
-        path.display(), path.display()
-    )]
-    ClientSecretFile {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A Google credentials type this bridge does not use (e.g. `external_account`).
-    #[error(
-        "{}: credentials of type {kind:?} are not supported; use a token file from `smtp2gmail authorize`, an authorized_user file or a service account key",
-        path.display()
-    )]
-    UnsupportedType {
-        /// The file.
-        path: PathBuf,
-        /// Its `type` value.
-        kind: String,
-    },
-    /// JSON, but none of the known shapes.
-    #[error(
-        "{} is not a Google credentials file: expected a token.json (refresh_token, client_id, client_secret), an authorized_user file or a service account key",
-        path.display()
-    )]
-    Unrecognised {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// Loads credentials. The token URI is `token_uri_override` when given (tests and proxies need it
-/// to win), else the file's `token_uri`, else Google's.
-pub fn load(
-    spec: &CredentialSpec,
-    token_uri_override: Option<&str>,
-) -> Result<Credentials, CredentialError> {
-    let mut credentials = match spec {
-        CredentialSpec::File(path) => files::load(path)?,
-        CredentialSpec::Inline {
-            client_id,
-            client_secret,
-            refresh_token,
-        } => {
-            let nonempty = |key, value: &str| {
-                if value.is_empty() {
-                    Err(CredentialError::EmptyInline { key })
-                } else {
-                    Ok(())
-                }
-            };
-            nonempty("client_id", client_id)?;
-            nonempty("client_secret", client_secret.expose())?;
-            nonempty("refresh_token", refresh_token.expose())?;
-            Credentials::refresh_token(
-                CredentialKind::Inline,
-                client_id.clone(),
-                client_secret.clone(),
-                refresh_token.clone(),
-            )
-        }
-        CredentialSpec::Environment => {
-            let client_id = env_var(ENV_CLIENT_ID).ok_or_else(|| CredentialError::MissingEnv {
-                name: ENV_CLIENT_ID.to_string(),
-            })?;
-            let mut credentials = Credentials::refresh_token(
-                CredentialKind::Environment,
-                client_id,
-                env_secret(ENV_CLIENT_SECRET)?,
-                env_secret(ENV_REFRESH_TOKEN)?,
-            );
-            credentials.account = env_var(ENV_USER_ID).filter(|user| user != "me");
-            credentials
-        }
-    };
-    if let Some(uri) = token_uri_override {
-        credentials.token_uri = uri.to_string();
-    }
-    if oauth2::TokenUrl::new(credentials.token_uri.clone()).is_err() {
-        return Err(CredentialError::TokenUri {
-            uri: credentials.token_uri,
-        });
-    }
-    Ok(credentials)
 }
 
 impl Credentials {

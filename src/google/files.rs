@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use jsonwebtoken::EncodingKey;
 use serde_json::{Map, Value};
 
-use super::credentials::{CredentialError, CredentialKind, Credentials, Grant, ServiceAccountKey};
+use super::credential_error::CredentialError;
+use super::credentials::{CredentialKind, Credentials, Grant, ServiceAccountKey};
 use super::{DEFAULT_TOKEN_URI, Secret};
 
 /// Reads a credentials file and works out what it is from its keys.

@@ -17,21 +17,24 @@
 //! tests run against a fake on 127.0.0.1.
 
 pub mod authorize;
+mod credential_error;
 mod credentials;
 mod error;
 mod files;
 mod grant;
 mod secret;
 mod source;
+mod spec;
 
-pub use credentials::{
-    CredentialError, CredentialKind, CredentialSpec, Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET,
-    ENV_REFRESH_TOKEN, ENV_USER_ID, load,
-};
+pub use credential_error::CredentialError;
+pub use credentials::{CredentialKind, Credentials};
 pub use error::{TokenError, authorize_again, set_quota_project};
 pub use grant::{GoogleClient, GoogleTokenResponse};
 pub use secret::{Secret, resolve_secret};
 pub use source::{AccessToken, CredentialState, DEFAULT_TIMEOUT, REFRESH_MARGIN, TokenSource};
+pub use spec::{
+    CredentialSpec, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_REFRESH_TOKEN, ENV_USER_ID, load,
+};
 
 /// Google's OAuth token endpoint, used when neither the file nor the configuration names one.
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";

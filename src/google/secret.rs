@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::CredentialError;
+use super::credential_error::CredentialError;
 
 /// A value that must never reach a log line, an error message or `Debug` output.
 ///

@@ -25,7 +25,8 @@ use serde::Deserialize;
 use super::Inbox;
 use super::api::{ApiError, raw_bytes};
 use crate::config::Config;
-use crate::message::headers::{Headers, LineEnding, header_end, normalize};
+use crate::message::headers::{Headers, LineEnding, header_end};
+use crate::message::mailbox::mailbox_key;
 use crate::message::{Address, Envelope, Message, MessageId};
 use crate::relay::{Deliver, DeliveryError, Gmail};
 
@@ -69,7 +70,8 @@ impl Release {
                  see docs/inbox.md",
             );
         }
-        let built = crate::relay::http_client().and_then(|http| Gmail::from_config(gmail, http));
+        let built = crate::relay::http_client()
+            .and_then(|http| Gmail::from_config(gmail, http).map_err(Into::into));
         match built {
             Ok(gmail) => Release::through(Arc::new(gmail)),
             Err(err) => {
@@ -178,7 +180,7 @@ fn recipients(to: &[String]) -> Result<Vec<String>, String> {
             .parse()
             .map_err(|_| format!("Invalid email address: {text}"))?;
         let address = mailbox.email.to_string();
-        if seen.insert(normalize(&address)) {
+        if seen.insert(mailbox_key(&address)) {
             out.push(address);
         }
     }
@@ -232,7 +234,7 @@ fn readdress(raw: &[u8], recipients: &[String], id: &MessageId) -> Result<Vec<u8
     out.extend_from_slice(&raw[end..]);
     let check = Headers::read(&out);
     let unreadable = check.recipient_fields().any(|f| !f.unparsed.is_empty());
-    let wanted: HashSet<String> = recipients.iter().map(|r| normalize(r)).collect();
+    let wanted: HashSet<String> = recipients.iter().map(|r| mailbox_key(r)).collect();
     if unreadable || check.recipients() != wanted {
         return Err("cannot address the message to exactly these recipients".to_string());
     }

@@ -17,9 +17,9 @@ use bytes::Bytes;
 
 pub use super::header_edits::Piece;
 use super::header_edits::{add_bcc, rewrite_from, splice};
-use super::headers::{AddressField, Headers, normalize};
+use super::headers::{AddressField, Headers};
+use super::mailbox::mailbox_key;
 use super::{Address, Envelope};
-use crate::relay::{DeliveryError, Status};
 
 /// Lists of addresses in a refusal are cut at about this many bytes: the text ends up in an SMTP
 /// reply line, which must stay under 512 octets.
@@ -79,20 +79,6 @@ pub enum PolicyViolation {
         /// The size of the message as received.
         received: u64,
     },
-}
-
-impl From<PolicyViolation> for DeliveryError {
-    /// A refusal is permanent: sending the same message again gets the same answer.
-    fn from(violation: PolicyViolation) -> Self {
-        let status = match violation {
-            PolicyViolation::TooLarge { .. } => Status::TOO_BIG,
-            _ => Status::POLICY,
-        };
-        DeliveryError::Permanent {
-            status,
-            reason: violation.to_string(),
-        }
-    }
 }
 
 /// The message as Gmail should get it, and what was changed, for the log.
@@ -218,7 +204,7 @@ pub fn prepare_with_headers(
 /// Header entries outside the envelope, in header order, each once. Unreadable entries count:
 /// nobody can tell whom Gmail would make of them.
 fn header_only_recipients(headers: &Headers, rcpt_to: &[Address]) -> Vec<String> {
-    let envelope: HashSet<String> = rcpt_to.iter().map(|a| normalize(a.as_str())).collect();
+    let envelope: HashSet<String> = rcpt_to.iter().map(Address::mailbox_key).collect();
     let mut seen = HashSet::new();
     headers
         .recipient_fields()
@@ -236,7 +222,7 @@ fn missing_recipients(headers: &Headers, rcpt_to: &[Address]) -> Vec<Address> {
     let mut named = headers.recipients();
     rcpt_to
         .iter()
-        .filter(|a| named.insert(normalize(a.as_str())))
+        .filter(|a| named.insert(a.mailbox_key()))
         .cloned()
         .collect()
 }
@@ -247,7 +233,7 @@ fn find_unknown_from<'h>(
     send_as: &[String],
     headers: &'h Headers,
 ) -> Option<(String, Vec<&'h AddressField>)> {
-    let allowed: HashSet<String> = send_as.iter().map(|a| normalize(a)).collect();
+    let allowed: HashSet<String> = send_as.iter().map(|a| mailbox_key(a)).collect();
     if allowed.is_empty() {
         return None;
     }
@@ -396,8 +382,6 @@ mod tests {
             "header recipients not in the envelope: eve@x.org, bob \
              (set gmail.header_only_recipients = \"allow\" to send anyway)"
         );
-        let reply = DeliveryError::from(refused);
-        assert!(reply.is_permanent() && reply.status() == Status::POLICY);
 
         let allow = GmailPolicy {
             header_only_recipients: HeaderOnlyRecipients::Allow,

@@ -11,6 +11,8 @@ use std::ops::Range;
 
 use mail_parser::{Addr, Address, Header, HeaderName, HeaderValue, MessageParser};
 
+use super::mailbox::mailbox_key;
+
 /// How lines end in a message, so that lines we add look like the lines around them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LineEnding {
@@ -52,7 +54,7 @@ pub struct AddressField {
     pub range: Range<usize>,
     /// The value: from just after the colon through the line ending.
     pub value: Range<usize>,
-    /// The mailboxes named, [normalized](normalize), groups expanded, in order.
+    /// The mailboxes named, [as mailbox keys](mailbox_key), groups expanded, in order.
     pub addresses: Vec<String>,
     /// Entries that name no mailbox with an `@`, as text for error messages.
     pub unparsed: Vec<String>,
@@ -87,7 +89,7 @@ impl AddressField {
     fn push(&mut self, addr: &Addr<'_>) {
         let address = addr.address.as_deref().map(str::trim).unwrap_or_default();
         if address.contains('@') {
-            self.addresses.push(normalize(address));
+            self.addresses.push(mailbox_key(address));
         } else {
             let name = addr.name.as_deref().map(str::trim).unwrap_or_default();
             let text = [address, name].into_iter().find(|t| !t.is_empty());
@@ -192,15 +194,6 @@ impl Headers {
             .flat_map(|field| field.addresses.iter().cloned())
             .collect()
     }
-}
-
-/// The form addresses are compared in: trimmed and lowercased as a whole.
-///
-/// Local parts are case-sensitive in theory, but no mailbox provider treats them so, and Gmail
-/// delivers `Bob@` and `bob@` to the same mailbox; comparing exactly would add a second Bcc copy or
-/// refuse a message over a capital letter.
-pub fn normalize(address: &str) -> String {
-    address.trim().to_lowercase()
 }
 
 /// Where the header section ends: the start of the first empty line (`\r\n` or `\n` alone), or the

@@ -12,6 +12,7 @@ pub mod gmail_rules;
 pub mod gmail_size;
 pub mod header_edits;
 pub mod headers;
+pub mod mailbox;
 
 use std::borrow::Cow;
 use std::fmt;

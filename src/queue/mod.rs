@@ -112,16 +112,49 @@ pub struct Started {
     pub lock: std::fs::File,
 }
 
+/// Why the queue cannot start. The message is for the operator and names the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spool directory cannot be created or opened.
+    #[error("queue.dir: {0}")]
+    Open(#[source] std::io::Error),
+    /// Taking the spool's lock failed.
+    #[error("cannot lock the spool {}: {source}", dir.display())]
+    Lock {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another server holds the lock.
+    #[error("another smtp2gmail server is using the spool {}", dir.display())]
+    InUse {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+    },
+    /// Cleaning up after a crash failed.
+    #[error("cannot recover the spool {}: {source}", dir.display())]
+    Recover {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
 /// Opens the spool, takes its lock, cleans up after a crash, and builds the queue's parts.
-pub fn start(config: &crate::config::QueueConfig, gmail: Arc<Gmail>) -> Result<Started, String> {
-    let dir = config.dir.display();
-    let spool = Spool::open(&config.dir).map_err(|err| format!("queue.dir: {err}"))?;
+pub fn start(
+    config: &crate::config::QueueConfig,
+    gmail: Arc<Gmail>,
+) -> Result<Started, StartError> {
+    let dir = || config.dir.clone();
+    let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
     let lock = control::try_lock(&spool)
-        .map_err(|err| format!("cannot lock the spool {dir}: {err}"))?
-        .ok_or_else(|| format!("another smtp2gmail server is using the spool {dir}"))?;
+        .map_err(|source| StartError::Lock { dir: dir(), source })?
+        .ok_or_else(|| StartError::InUse { dir: dir() })?;
     let removed = spool
         .recover()
-        .map_err(|err| format!("cannot recover the spool {dir}: {err}"))?;
+        .map_err(|source| StartError::Recover { dir: dir(), source })?;
     if removed > 0 {
         tracing::info!(
             removed,

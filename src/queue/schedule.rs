@@ -39,7 +39,8 @@ use super::control::{self, Request};
 use super::courier::{Clock, Courier};
 use super::spool::{Entry, Place, Spool};
 use crate::config::QueueConfig;
-use crate::relay::{Cause, DeliveryError, Receipt, Scope, Status};
+use crate::relay::{Cause, DeliveryError, Receipt, Scope};
+use crate::status::Status;
 use mailboxes::Index;
 pub use mailboxes::{MailboxKey, Pace};
 
@@ -58,12 +59,7 @@ pub const PRECONDITION_HOLD: u32 = 5;
 
 /// The wait before attempt `n + 1` after `n` failed attempts.
 pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
-    let doublings = failed_attempts.saturating_sub(1).min(20);
-    let base = config
-        .retry_min
-        .saturating_mul(1 << doublings)
-        .min(config.retry_max);
-    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+    crate::backoff::with_jitter(config.retry_min, config.retry_max, failed_attempts)
 }
 
 /// A delivery task's report: the entry and how its attempt went.
@@ -391,7 +387,7 @@ impl Scheduler {
                 .unwrap_or_else(|_| {
                     tracing::error!(id = %entry.id, "the delivery attempt panicked (a bug in smtp2gmail)");
                     Err(DeliveryError::Permanent {
-                        status: Status(5, 3, 0),
+                        status: Status::SYSTEM_PERMANENT,
                         reason: "internal error while delivering (a bug in smtp2gmail); \
                                  retry it after an upgrade"
                             .into(),

@@ -137,7 +137,7 @@ impl Entry {
 
     /// The same entry for the mailbox of `user` (see [`Entry::mailbox`]).
     pub fn with_mailbox(mut self, user: Option<&str>) -> Entry {
-        self.mailbox = user.map(str::to_ascii_lowercase);
+        self.mailbox = user.map(crate::message::mailbox::mailbox_key);
         self
     }
 

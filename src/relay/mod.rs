@@ -19,7 +19,9 @@ pub use file::FileDrop;
 pub use gmail::Gmail;
 
 use crate::config::{Config, RelayMode};
+use crate::message::gmail_rules::PolicyViolation;
 use crate::message::{Envelope, Message};
+use crate::status::Status;
 
 /// A delivery target. Implementations must be safe to call from many sessions at once.
 #[async_trait::async_trait]
@@ -56,29 +58,6 @@ impl Receipt {
             id: id.into(),
             queued: false,
         }
-    }
-}
-
-/// An RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status(pub u8, pub u16, pub u16);
-
-impl Status {
-    /// 4.3.0 / 5.3.0: mail system problem (our disk, our configuration).
-    pub const SYSTEM_TEMPORARY: Status = Status(4, 3, 0);
-    /// 5.3.4: message too big for the system.
-    pub const TOO_BIG: Status = Status(5, 3, 4);
-    /// 5.6.0: other or undefined media error (the message itself is unacceptable).
-    pub const BAD_MESSAGE: Status = Status(5, 6, 0);
-    /// 5.7.1: delivery not authorized, message refused (policy).
-    pub const POLICY: Status = Status(5, 7, 1);
-    /// 4.7.0: our own credentials for the next hop failed; a person must act, the mail is kept.
-    pub const CREDENTIALS: Status = Status(4, 7, 0);
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
     }
 }
 
@@ -171,9 +150,36 @@ impl DeliveryError {
     }
 }
 
+/// A Gmail rule the message breaks (header-only recipients, From policy, upload size). The rules
+/// live in `message`, which knows nothing of delivery; their classification lives here.
+impl From<PolicyViolation> for DeliveryError {
+    /// A refusal is permanent: sending the same message again gets the same answer.
+    fn from(violation: PolicyViolation) -> Self {
+        let status = match violation {
+            PolicyViolation::TooLarge { .. } => Status::TOO_BIG,
+            _ => Status::POLICY,
+        };
+        DeliveryError::Permanent {
+            status,
+            reason: violation.to_string(),
+        }
+    }
+}
+
+/// Why the delivery target cannot be built. The message is for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client for Google (TLS roots, resolver) cannot be set up.
+    #[error("cannot create the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// An account's configuration or credentials are unusable.
+    #[error(transparent)]
+    Account(#[from] gmail::AccountError),
+}
+
 /// Builds the delivery target the configuration asks for. The error is for the operator: a
 /// credentials file that cannot be read or understood, an impossible account setup.
-pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
+pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, BuildError> {
     Ok(match config.relay.mode {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
@@ -183,11 +189,32 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, String> {
 }
 
 /// The one HTTP client of the process: pooled connections to Google, rustls, bounded connects.
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, BuildError> {
     reqwest::Client::builder()
         .user_agent(concat!("smtp2gmail/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .build()
-        .map_err(|err| format!("cannot create the HTTP client: {err}"))
+        .map_err(BuildError::HttpClient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_violations_are_permanent_and_too_large_is_5_3_4() {
+        let header_only = DeliveryError::from(PolicyViolation::HeaderOnlyRecipients {
+            addresses: vec!["eve@x.org".into()],
+        });
+        assert!(header_only.is_permanent());
+        assert_eq!(header_only.status(), Status::POLICY);
+        let too_large = DeliveryError::from(PolicyViolation::TooLarge {
+            upload: 36_700_161,
+            received: 36_000_000,
+        });
+        assert!(too_large.is_permanent());
+        assert_eq!(too_large.status(), Status::TOO_BIG);
+        assert!(too_large.to_string().contains("36700160"), "{too_large}");
+    }
 }

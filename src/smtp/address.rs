@@ -47,15 +47,6 @@ fn is_dot_atom(local: &str) -> bool {
             .all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
-/// True when two addresses name the same mailbox: domains compare case-insensitively, local parts
-/// exactly (RFC 5321 2.4: only the receiving host may treat them as case-insensitive).
-pub fn same_mailbox(a: &str, b: &str) -> bool {
-    match (a.rsplit_once('@'), b.rsplit_once('@')) {
-        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
-        _ => a.eq_ignore_ascii_case(b),
-    }
-}
-
 /// True when a decimal parameter has more digits than a `u64` holds. smtp-proto 0.2 misreads such
 /// numbers (it starts over after saturating), so `SIZE=` and BDAT sizes are checked here first.
 pub fn has_oversized_number(text: &str) -> bool {
@@ -86,12 +77,6 @@ mod tests {
         );
         assert_eq!(check("josé@b.c", false), Err(AddressProblem::NeedsSmtpUtf8));
         assert_eq!(check("josé@b.c", true).unwrap(), "josé@b.c");
-    }
-
-    #[test]
-    fn mailbox_comparison() {
-        assert!(same_mailbox("a@EXAMPLE.com", "a@example.COM"));
-        assert!(!same_mailbox("A@example.com", "a@example.com"));
     }
 
     #[test]

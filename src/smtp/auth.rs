@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use super::throttle::Throttle;
 use crate::config::UserConfig;
 use crate::message::Address;
+use crate::message::mailbox::matches_pattern;
 
 /// Why a SASL exchange or a password hash could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,29 +31,6 @@ pub enum AuthError {
     /// Hashing a new password failed (only with absurd inputs).
     #[error("cannot hash the password: {0}")]
     Hash(password_hash::Error),
-}
-
-/// Checks one `[[smtp.users]]` entry; the message is for the operator.
-pub fn check_user(user: &UserConfig) -> Result<(), String> {
-    if user.name.is_empty() || user.name.chars().any(char::is_control) {
-        return Err("a user name must be non-empty, without control characters".to_string());
-    }
-    let is_argon2 = PasswordHash::new(&user.password_hash)
-        .is_ok_and(|hash| hash.algorithm.as_str().starts_with("argon2"));
-    if !is_argon2 {
-        return Err(format!(
-            "user {:?}: password_hash is not an argon2 PHC string (\"$argon2id$...\"); plaintext \
-             passwords are refused, make a hash with `smtp2gmail hash-password`",
-            user.name
-        ));
-    }
-    if let Some(bad) = user.senders.iter().find(|s| !s.contains('@')) {
-        return Err(format!(
-            "user {:?}: sender {bad:?} is neither user@domain nor *@domain",
-            user.name
-        ));
-    }
-    Ok(())
 }
 
 /// Hashes a password with argon2id and a random salt, as a PHC string for `password_hash`.
@@ -113,13 +91,7 @@ impl User {
         }
         self.senders
             .iter()
-            .any(|allowed| match allowed.strip_prefix("*@") {
-                Some(domain) => sender
-                    .rsplit_once('@')
-                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
-                // Gmail treats local parts case-insensitively, so a case variant is the same mailbox.
-                None => sender.eq_ignore_ascii_case(allowed),
-            })
+            .any(|allowed| matches_pattern(allowed, sender))
     }
 }
 
@@ -136,7 +108,7 @@ pub struct Users {
 }
 
 impl Users {
-    /// Builds the table; the users have passed [`check_user`] (config validation).
+    /// Builds the table; the users have passed [`UserConfig::check`] (config validation).
     pub fn new(users: &[UserConfig]) -> Result<Users, AuthError> {
         let by_name = users
             .iter()
@@ -276,11 +248,11 @@ mod tests {
             password_hash: "hunter2".into(),
             senders: vec![],
         };
-        assert!(check_user(&config).is_err());
+        assert!(config.check().is_err());
         config.password_hash = "$5$rounds=5000$salt$hash".into();
-        assert!(check_user(&config).is_err());
+        assert!(config.check().is_err());
         config.password_hash = hash_password("hunter2").unwrap();
-        assert!(check_user(&config).is_ok());
+        assert!(config.check().is_ok());
     }
 
     #[tokio::test]

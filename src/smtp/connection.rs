@@ -8,15 +8,11 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::Reply;
-use super::tls::Tls;
-
-/// Any byte stream a session can run over: plain TCP now, TLS later, an in-memory pipe in tests.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+use super::tls::{Io, Tls};
 
 /// Bytes asked for per read while waiting for commands; small because most connections are idle.
 const COMMAND_READ: usize = 4 * 1024;

@@ -250,7 +250,7 @@ impl Acceptor {
         self.sessions.spawn(async move {
             // Counted closed however the task ends, handshake failures included.
             let _open = OpenConnection;
-            let mut stream: Box<dyn connection::Io> = Box::new(quickack::QuickAck(stream));
+            let mut stream: Box<dyn tls::Io> = Box::new(quickack::QuickAck(stream));
             let timeout = ctx.config.idle_timeout;
             if let (true, Some(tls)) = (implicit_tls, &ctx.tls) {
                 // A failed handshake ends this connection only; the log says why at debug level,

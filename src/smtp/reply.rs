@@ -2,7 +2,8 @@
 
 use std::borrow::Cow;
 
-use crate::relay::{DeliveryError, Receipt, Status};
+use crate::relay::{DeliveryError, Receipt};
+use crate::status::Status;
 
 /// One SMTP reply. Text with `\n` in it becomes a multi-line reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +54,9 @@ impl Reply {
     pub fn from_delivery(outcome: &Result<Receipt, DeliveryError>) -> Self {
         match outcome {
             Ok(receipt) if receipt.queued => {
-                Reply::new(250, Status(2, 0, 0), format!("queued as {}", receipt.id))
+                Reply::new(250, Status::OK, format!("queued as {}", receipt.id))
             }
-            Ok(receipt) => Reply::new(250, Status(2, 0, 0), format!("OK {}", receipt.id)),
+            Ok(receipt) => Reply::new(250, Status::OK, format!("OK {}", receipt.id)),
             Err(err @ (DeliveryError::Temporary { .. } | DeliveryError::Credentials { .. })) => {
                 Reply::new(451, err.status(), one_line(&err.to_string()))
             }
@@ -95,7 +96,7 @@ mod tests {
     #[test]
     fn single_and_multi_line() {
         assert_eq!(
-            wire(&Reply::new(250, Status(2, 1, 0), "OK")),
+            wire(&Reply::new(250, Status::SENDER_OK, "OK")),
             "250 2.1.0 OK\r\n"
         );
         assert_eq!(
@@ -126,7 +127,7 @@ mod tests {
         }));
         assert_eq!(wire(&big), "552 5.3.4 too large\r\n");
         let unknown_user = Reply::from_delivery(&Err(DeliveryError::Permanent {
-            status: Status(5, 1, 1),
+            status: Status::NO_SUCH_MAILBOX,
             reason: "no such user".into(),
         }));
         assert_eq!(unknown_user.code, 550);

@@ -13,10 +13,16 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
-use super::connection::Io;
 use crate::config::TlsConfig;
+
+/// Any byte stream a session can run over: plain TCP, the TLS stream
+/// [`Tls::accept`] makes of it, an in-memory pipe in tests. Defined here, not in `connection`, so
+/// that the connection depends on TLS and not the other way round.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Why the certificate or key could not be used. The message names the file.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,8 @@ use crate::queue::control::{self, Request};
 use crate::queue::courier::{Clock, Courier, Limits};
 use crate::queue::spool::{Entry, Place, Spool};
 use crate::queue::test_envelope;
-use crate::relay::{Cause, DeliveryError, Receipt, Scope, Status};
+use crate::relay::{Cause, DeliveryError, Receipt, Scope};
+use crate::status::Status;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
 use super::{SETTLE, SplitRecord};
-use crate::message::headers::normalize;
+use crate::message::mailbox::mailbox_key;
 use crate::queue::spool::{Attempt, Entry};
 
 /// The held transactions of one message.
@@ -66,7 +66,7 @@ impl Group {
     /// The normalized envelope recipients of every transaction.
     pub fn named(&self) -> HashSet<String> {
         let all = self.parts.iter().flat_map(|p| &p.rcpt_to);
-        all.map(|a| normalize(a)).collect()
+        all.map(|a| mailbox_key(a)).collect()
     }
 
     /// True once the envelopes together name every header recipient.
@@ -94,7 +94,7 @@ impl Group {
             .parts
             .iter()
             .flat_map(|p| &p.rcpt_to)
-            .filter(|a| seen.insert(normalize(a)))
+            .filter(|a| seen.insert(mailbox_key(a)))
             .cloned()
             .collect();
         entry.next_attempt = now;

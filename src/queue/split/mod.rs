@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::spool::{Entry, Place, Spool};
-use crate::message::headers::{Headers, header_end, normalize};
+use crate::message::headers::{Headers, header_end};
 use crate::message::{Envelope, Message};
 use crate::relay::{DeliveryError, Receipt};
 
@@ -94,7 +94,7 @@ impl Part {
 /// The envelope recipients, normalized.
 fn named(envelope: &Envelope) -> BTreeSet<String> {
     let rcpt_to = envelope.rcpt_to.iter();
-    rcpt_to.map(|a| normalize(a.as_str())).collect()
+    rcpt_to.map(crate::message::Address::mailbox_key).collect()
 }
 
 /// The header recipients of a message head, normalized; `None` when an entry names no readable

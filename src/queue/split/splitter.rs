@@ -12,7 +12,7 @@ use super::group::{Group, Outcome};
 use super::journal::{self, Merge};
 use super::{HeldPart, header_recipients};
 use crate::config::{HeaderOnlyRecipients, QueueConfig};
-use crate::message::headers::normalize;
+use crate::message::mailbox::mailbox_key;
 use crate::message::{HEAD_LIMIT, read_head};
 use crate::queue::spool::{Entry, Place, Spool};
 
@@ -186,7 +186,7 @@ impl Splitter {
                 || part
                     .rcpt_to
                     .iter()
-                    .all(|a| merge.served.contains(&normalize(a)))
+                    .all(|a| merge.served.contains(&mailbox_key(a)))
         })
     }
 

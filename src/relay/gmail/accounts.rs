@@ -13,10 +13,10 @@ use std::time::SystemTime;
 
 use super::slots::SendSlots;
 
-use crate::config::gmail::sender_matches;
 use crate::config::{AccountConfig, GmailConfig};
-use crate::google::{self, CredentialSpec, Credentials, TokenSource};
+use crate::google::{self, CredentialError, CredentialSpec, Credentials, TokenSource};
 use crate::message::gmail_rules::GmailPolicy;
+use crate::message::mailbox::{mailbox_key, matches_pattern};
 use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -76,7 +76,10 @@ impl Account {
     }
 
     /// Builds an account: loads and checks its credentials now, so a bad file stops the start.
-    pub fn from_config(config: &AccountConfig, http: &reqwest::Client) -> Result<Account, String> {
+    pub fn from_config(
+        config: &AccountConfig,
+        http: &reqwest::Client,
+    ) -> Result<Account, AccountError> {
         let name = &config.name;
         let (spec, credentials) = load_credentials(config)?;
         let impersonate = match (
@@ -85,15 +88,10 @@ impl Account {
         ) {
             (false, None) => Impersonate::TokenUser,
             (false, Some(_)) => {
-                return Err(format!(
-                    "account {name}: impersonate applies to service-account keys only"
-                ));
+                return Err(AccountError::new(name, AccountProblem::ImpersonateNeedsKey));
             }
             (true, None | Some("sender")) if config.senders.is_empty() => {
-                return Err(format!(
-                    "account {name}: a service account sending as the envelope sender can send as anyone \
-                     in the domain; list the allowed senders in `senders`"
-                ));
+                return Err(AccountError::new(name, AccountProblem::SendersNeeded));
             }
             (true, None | Some("sender")) => Impersonate::Sender,
             (true, Some(user)) => Impersonate::Fixed(user.to_string()),
@@ -138,7 +136,7 @@ impl Account {
     /// and `env:` values, the environment), for a reload while the server runs. The account
     /// keeps using its current credentials until the caller hands these to
     /// [`TokenSource::replace`].
-    pub fn load_credentials(&self) -> Result<Credentials, String> {
+    pub fn load_credentials(&self) -> Result<Credentials, AccountError> {
         load_credentials(&self.config).map(|(_, credentials)| credentials)
     }
 
@@ -165,7 +163,7 @@ impl Account {
 
     /// True when this account may send for `sender`.
     pub fn serves(&self, sender: &str) -> bool {
-        self.senders.is_empty() || self.senders.iter().any(|p| sender_matches(p, sender))
+        self.senders.is_empty() || self.senders.iter().any(|p| matches_pattern(p, sender))
     }
 
     /// The user a service-account token must be minted for; `None` for refresh tokens.
@@ -181,7 +179,7 @@ impl Account {
     /// mailbox works again.
     pub fn note_outcome(&self, subject: Option<&str>, outcome: &Result<Receipt, DeliveryError>) {
         let mut attention = lock(&self.attention);
-        let mailbox = subject.map(str::to_ascii_lowercase);
+        let mailbox = subject.map(crate::message::mailbox::mailbox_key);
         match outcome {
             Ok(_) => {
                 attention.remove(&mailbox);
@@ -218,7 +216,7 @@ impl Account {
     /// True the first time `address` is reported; later calls stay quiet.
     pub fn first_warning_for(&self, address: &str) -> bool {
         let mut warned = lock(&self.warned_from);
-        warned.insert(address.to_ascii_lowercase())
+        warned.insert(mailbox_key(address))
     }
 }
 
@@ -233,23 +231,62 @@ pub struct Attention {
     pub fix: String,
 }
 
+/// Why an account cannot be built or its credentials reloaded; the message names the account.
+#[derive(Debug, thiserror::Error)]
+#[error("account {account}: {problem}")]
+pub struct AccountError {
+    /// The account's name.
+    pub account: String,
+    /// What is wrong with it, without the account's name (for `check`, which prints the name
+    /// above it).
+    pub problem: AccountProblem,
+}
+
+impl AccountError {
+    fn new(account: &str, problem: AccountProblem) -> Self {
+        AccountError {
+            account: account.to_string(),
+            problem,
+        }
+    }
+}
+
+/// What is wrong with an account's configuration or credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountProblem {
+    /// `impersonate` is set for credentials that are not a service account key.
+    #[error("impersonate applies to service-account keys only")]
+    ImpersonateNeedsKey,
+    /// A service account impersonating the envelope sender with no `senders` to limit it.
+    #[error(
+        "a service account sending as the envelope sender can send as anyone in the domain; \
+         list the allowed senders in `senders`"
+    )]
+    SendersNeeded,
+    /// Some but not all of the inline credential keys are set.
+    #[error("client_id, client_secret and refresh_token must be given together")]
+    PartialInline,
+    /// The credentials (file, secret, environment) cannot be loaded.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+}
+
 /// Reads an account's credentials the way its configuration says; errors name the account.
-fn load_credentials(config: &AccountConfig) -> Result<(CredentialSpec, Credentials), String> {
-    let name = &config.name;
-    let spec = credential_spec(config).map_err(|err| format!("account {name}: {err}"))?;
+fn load_credentials(config: &AccountConfig) -> Result<(CredentialSpec, Credentials), AccountError> {
+    let fail = |problem| AccountError::new(&config.name, problem);
+    let spec = credential_spec(config).map_err(fail)?;
     let token_uri = config.token_uri.as_deref().filter(|u| !u.is_empty());
-    let credentials =
-        google::load(&spec, token_uri).map_err(|err| format!("account {name}: {err}"))?;
+    let credentials = google::load(&spec, token_uri).map_err(|err| fail(err.into()))?;
     Ok((spec, credentials))
 }
 
 /// Where an account's credentials come from: a file, inline values, or the environment variables
 /// django-gmailapi-backend users already have.
-fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, String> {
+fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, AccountProblem> {
     if let Some(path) = &config.credentials {
         return Ok(CredentialSpec::File(path.clone()));
     }
-    let resolve = |value: &str| google::resolve_secret(value).map_err(|err| err.to_string());
+    let resolve = google::resolve_secret;
     match (
         &config.client_id,
         &config.client_secret,
@@ -261,7 +298,7 @@ fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, String> {
             client_secret: resolve(secret)?,
             refresh_token: resolve(refresh)?,
         }),
-        _ => Err("client_id, client_secret and refresh_token must be given together".to_string()),
+        _ => Err(AccountProblem::PartialInline),
     }
 }
 
@@ -275,7 +312,10 @@ pub struct Router {
 
 impl Router {
     /// Builds every configured account.
-    pub fn from_config(config: &GmailConfig, http: &reqwest::Client) -> Result<Router, String> {
+    pub fn from_config(
+        config: &GmailConfig,
+        http: &reqwest::Client,
+    ) -> Result<Router, AccountError> {
         let (named, default) = Router::account_configs(config);
         let build = |account: &AccountConfig| Account::from_config(account, http).map(Arc::new);
         Ok(Router {

@@ -16,14 +16,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cause, Deliver, DeliveryError, Receipt, Scope, Status};
+use super::{Cause, Deliver, DeliveryError, Receipt, Scope};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
 use crate::message::gmail_size;
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
+use crate::status::Status;
 use accounts::{Account, Router};
+pub use accounts::{AccountError, AccountProblem};
 use api::{GmailApi, SendError};
 use upload::Upload;
 
@@ -67,7 +69,7 @@ pub struct Gmail {
 
 impl Gmail {
     /// Builds the target from `[gmail]`, loading every account's credentials.
-    pub fn from_config(config: &GmailConfig, http: reqwest::Client) -> Result<Gmail, String> {
+    pub fn from_config(config: &GmailConfig, http: reqwest::Client) -> Result<Gmail, AccountError> {
         let router = Router::from_config(config, &http)?;
         Ok(Gmail {
             api: GmailApi::new(http, &config.api_base),
@@ -256,7 +258,6 @@ impl Deliver for Gmail {
     ) -> Result<Receipt, DeliveryError> {
         let outgoing = self.prepare(envelope, message).await?;
         let started = Instant::now();
-        let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
         loop {
             let error = match self.attempt(&outgoing).await {
@@ -267,13 +268,14 @@ impl Deliver for Gmail {
             let DeliveryError::Temporary { retry_after, .. } = &error else {
                 unreachable!()
             };
-            let wait = retry_after.unwrap_or_else(|| jitter(backoff));
+            let wait = retry_after.unwrap_or_else(|| {
+                crate::backoff::with_jitter(self.retry.first_backoff, Duration::MAX, attempt)
+            });
             if attempt >= self.retry.attempts || started.elapsed() + wait > self.retry.budget {
                 return Err(error);
             }
             tracing::debug!(id = %envelope.id, attempt, ?wait, %error, "temporary failure, retrying");
             tokio::time::sleep(wait).await;
-            backoff *= 2;
             attempt += 1;
         }
     }
@@ -299,11 +301,6 @@ fn unreadable(err: std::io::Error) -> DeliveryError {
     DeliveryError::local(format!("cannot read the message: {err}"))
 }
 
-/// ±20 %, so clients that failed together do not retry together.
-fn jitter(base: Duration) -> Duration {
-    base.mul_f64(0.8 + fastrand::f64() * 0.4)
-}
-
 fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
     match err {
         TokenError::Credentials {
@@ -317,7 +314,7 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
             scope: Scope::Account,
         },
         TokenError::Temporary { reason } => DeliveryError::Temporary {
-            status: Status(4, 4, 1),
+            status: Status::NO_ANSWER,
             reason: format!("cannot get an access token: {reason}"),
             retry_after: None,
             cause: Cause::Outage,
@@ -325,7 +322,7 @@ fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
         // The sender, not the key: refuse this message for good and leave the account alone.
         // 5.1.0 as Postfix answers an unknown sender of its own domains ("User unknown").
         unknown @ TokenError::UnknownUser { .. } => DeliveryError::Permanent {
-            status: Status(5, 1, 0),
+            status: Status::BAD_ADDRESS,
             reason: format!(
                 "sender refused: {unknown}; send as an existing user of the domain, or remove \
                  the address from the senders of account {}",
@@ -343,9 +340,9 @@ fn send_failure(account: &Account, subject: Option<&str>, err: SendError) -> Del
             cause,
         } => DeliveryError::Temporary {
             status: if cause == Cause::RateLimit {
-                Status(4, 4, 5)
+                Status::CONGESTION
             } else {
-                Status(4, 4, 1)
+                Status::NO_ANSWER
             },
             reason,
             retry_after,

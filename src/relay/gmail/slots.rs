@@ -38,7 +38,7 @@ impl SendSlots {
 
     /// Waits for a free slot of `mailbox` (`None`: the credentials' own user).
     pub async fn acquire(&self, mailbox: Option<&str>) -> SendSlot<'_> {
-        let mailbox = mailbox.map(str::to_ascii_lowercase);
+        let mailbox = mailbox.map(crate::message::mailbox::mailbox_key);
         let semaphore = self
             .lock()
             .entry(mailbox.clone())

@@ -23,7 +23,8 @@ use super::reply::Reply;
 use super::tls::Tls;
 use crate::config::SmtpConfig;
 use crate::message::{Address, BodyError, BodyWriter, Envelope, MessageId};
-use crate::relay::{Deliver, Status};
+use crate::relay::Deliver;
+use crate::status::Status;
 
 /// Longest command line accepted. RFC 5321 says 512 octets; real clients (long AUTH responses,
 /// DSN parameters) need more, so be lenient up to a few KiB.
@@ -111,7 +112,7 @@ impl Session {
             Err(ReadError::Timeout) => {
                 self.conn.reply(&Reply::new(
                     421,
-                    Status(4, 4, 2),
+                    Status::CONNECTION_DROPPED,
                     "idle timeout, closing connection",
                 ));
             }
@@ -146,7 +147,7 @@ impl Session {
             let len = match line {
                 Line::TooLong => {
                     self.conn
-                        .reply(&Reply::new(500, Status(5, 5, 2), "line too long"));
+                        .reply(&Reply::new(500, Status::SYNTAX, "line too long"));
                     continue;
                 }
                 Line::Complete(len) => len,
@@ -185,10 +186,10 @@ impl Session {
                 is_last,
             } => self.bdat(chunk_size, is_last).await?,
             Request::Rset => self.rset(),
-            Request::Noop { .. } => Reply::new(250, Status(2, 0, 0), "OK"),
+            Request::Noop { .. } => Reply::new(250, Status::OK, "OK"),
             Request::Vrfy { .. } => Reply::new(
                 252,
-                Status(2, 1, 5),
+                Status::RECIPIENT_OK,
                 "cannot verify, but will accept the message",
             ),
             Request::Help { .. } => help(),
@@ -198,12 +199,12 @@ impl Session {
                 initial_response,
             } => return self.auth(mechanism, initial_response).await,
             Request::Quit => {
-                self.conn.reply(&Reply::new(221, Status(2, 0, 0), "bye"));
+                self.conn.reply(&Reply::new(221, Status::OK, "bye"));
                 return Ok(Flow::Close);
             }
             other => Reply::new(
                 502,
-                Status(5, 5, 1),
+                Status::INVALID_COMMAND,
                 format!("{} not implemented", other.name()),
             ),
         };
@@ -240,24 +241,28 @@ impl Session {
 
     fn mail(&mut self, from: MailFrom<String>) -> Reply {
         if self.helo.is_none() {
-            return Reply::new(503, Status(5, 5, 1), "send EHLO or HELO first");
+            return Reply::new(503, Status::BAD_SEQUENCE, "send EHLO or HELO first");
         }
         if self.transaction.is_some() {
-            return Reply::new(503, Status(5, 5, 1), "nested MAIL command");
+            return Reply::new(503, Status::BAD_SEQUENCE, "nested MAIL command");
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
-            return Reply::new(555, Status(5, 5, 4), "BODY=BINARYMIME is not supported");
+            return Reply::new(
+                555,
+                Status::BAD_PARAMETERS,
+                "BODY=BINARYMIME is not supported",
+            );
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         let address = match address::check(&from.address, smtputf8) {
             Ok(address) => address.into_owned(),
-            Err(problem) => return address_refused(problem, Status(5, 1, 7), "sender"),
+            Err(problem) => return address_refused(problem, Status::BAD_SENDER_SYNTAX, "sender"),
         };
         let limit = self.ctx.config.max_message_size;
         if from.size as u64 > limit {
             return Reply::new(
                 552,
-                Status(5, 3, 4),
+                Status::TOO_BIG,
                 format!("message size exceeds fixed limit of {limit} bytes"),
             );
         }
@@ -271,39 +276,45 @@ impl Session {
             rcpt_to: Vec::new(),
             chunks: None,
         });
-        Reply::new(250, Status(2, 1, 0), "OK")
+        Reply::new(250, Status::SENDER_OK, "OK")
     }
 
     fn rcpt(&mut self, to: RcptTo<String>, names_postmaster: bool) -> Reply {
         let max = self.ctx.config.max_recipients;
         let Some(transaction) = self.transaction.as_mut() else {
-            return Reply::new(503, Status(5, 5, 1), "send MAIL first");
+            return Reply::new(503, Status::BAD_SEQUENCE, "send MAIL first");
         };
         let address = match address::check(&to.address, transaction.smtputf8) {
             // smtp-proto reports both <> and the special recipient <postmaster> as empty.
             Ok(address) if address.is_empty() && names_postmaster => "postmaster".to_string(),
             Ok(address) if address.is_empty() => {
-                return Reply::new(501, Status(5, 1, 3), "the null address is not a recipient");
+                return Reply::new(
+                    501,
+                    Status::BAD_RECIPIENT_SYNTAX,
+                    "the null address is not a recipient",
+                );
             }
             Ok(address) => address.into_owned(),
-            Err(problem) => return address_refused(problem, Status(5, 1, 3), "recipient"),
+            Err(problem) => {
+                return address_refused(problem, Status::BAD_RECIPIENT_SYNTAX, "recipient");
+            }
         };
         if transaction
             .rcpt_to
             .iter()
-            .any(|known| address::same_mailbox(known.as_str(), &address))
+            .any(|known| known.same_mailbox(&address))
         {
-            return Reply::new(250, Status(2, 1, 5), "OK (duplicate recipient)");
+            return Reply::new(250, Status::RECIPIENT_OK, "OK (duplicate recipient)");
         }
         if transaction.rcpt_to.len() >= max {
             return Reply::new(
                 452,
-                Status(4, 5, 3),
+                Status::TOO_MANY_RECIPIENTS,
                 format!("too many recipients (at most {max} per message)"),
             );
         }
         transaction.rcpt_to.push(Address::new(address));
-        Reply::new(250, Status(2, 1, 5), "OK")
+        Reply::new(250, Status::RECIPIENT_OK, "OK")
     }
 
     /// A size no message can have: refuse MAIL; for BDAT the chunk cannot be skipped, so the
@@ -326,15 +337,15 @@ impl Session {
 
     fn rset(&mut self) -> Reply {
         self.transaction = None;
-        Reply::new(250, Status(2, 0, 0), "OK")
+        Reply::new(250, Status::OK, "OK")
     }
 
     /// Checks that a transaction is ready for its body; the reply says why not.
     fn ready_for_body(&self) -> Result<(), Reply> {
         match &self.transaction {
-            None => Err(Reply::new(503, Status(5, 5, 1), "send MAIL first")),
+            None => Err(Reply::new(503, Status::BAD_SEQUENCE, "send MAIL first")),
             Some(t) if t.rcpt_to.is_empty() => {
-                Err(Reply::new(503, Status(5, 5, 1), "send RCPT first"))
+                Err(Reply::new(503, Status::BAD_SEQUENCE, "send RCPT first"))
             }
             Some(_) => Ok(()),
         }
@@ -354,7 +365,11 @@ impl Session {
             .as_ref()
             .is_some_and(|t| t.chunks.is_some())
         {
-            return Ok(Reply::new(503, Status(5, 5, 1), "DATA cannot follow BDAT"));
+            return Ok(Reply::new(
+                503,
+                Status::BAD_SEQUENCE,
+                "DATA cannot follow BDAT",
+            ));
         }
         self.conn
             .reply(&Reply::plain(354, "end data with <CR><LF>.<CR><LF>"));
@@ -406,7 +421,7 @@ impl Session {
         }
         Ok(Reply::new(
             250,
-            Status(2, 0, 0),
+            Status::OK,
             format!("{size} octets received"),
         ))
     }
@@ -504,7 +519,7 @@ impl FairShare {
 fn shutting_down() -> Reply {
     Reply::new(
         421,
-        Status(4, 3, 2),
+        Status::NOT_ACCEPTING,
         "server shutting down, try again later",
     )
 }
@@ -512,7 +527,7 @@ fn shutting_down() -> Reply {
 fn help() -> Reply {
     Reply::new(
         214,
-        Status(2, 0, 0),
+        Status::OK,
         "smtp2gmail: commands EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
     )
 }
@@ -525,7 +540,7 @@ fn address_refused(problem: AddressProblem, status: Status, role: &str) -> Reply
         }
         AddressProblem::NeedsSmtpUtf8 => Reply::new(
             553,
-            Status(5, 6, 7),
+            Status::NEEDS_SMTPUTF8,
             format!("non-ASCII {role} address requires the SMTPUTF8 parameter on MAIL"),
         ),
     }
@@ -567,29 +582,33 @@ impl LineFacts {
 
 fn parse_error_reply(err: ParseError) -> Reply {
     match err {
-        ParseError::UnknownCommand => Reply::new(500, Status(5, 5, 1), "command not recognized"),
+        ParseError::UnknownCommand => {
+            Reply::new(500, Status::INVALID_COMMAND, "command not recognized")
+        }
         ParseError::InvalidSenderAddress => {
-            Reply::new(501, Status(5, 1, 7), "bad sender address syntax")
+            Reply::new(501, Status::BAD_SENDER_SYNTAX, "bad sender address syntax")
         }
-        ParseError::InvalidRecipientAddress => {
-            Reply::new(501, Status(5, 1, 3), "bad recipient address syntax")
-        }
+        ParseError::InvalidRecipientAddress => Reply::new(
+            501,
+            Status::BAD_RECIPIENT_SYNTAX,
+            "bad recipient address syntax",
+        ),
         ParseError::SyntaxError { syntax } => {
-            Reply::new(501, Status(5, 5, 4), format!("syntax: {syntax}"))
+            Reply::new(501, Status::BAD_PARAMETERS, format!("syntax: {syntax}"))
         }
         ParseError::InvalidParameter { param } => Reply::new(
             501,
-            Status(5, 5, 4),
+            Status::BAD_PARAMETERS,
             format!("invalid value for parameter {param}"),
         ),
         ParseError::UnsupportedParameter { param } => {
             let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
             Reply::new(
                 555,
-                Status(5, 5, 4),
+                Status::BAD_PARAMETERS,
                 format!("unsupported parameter {param}"),
             )
         }
-        _ => Reply::new(500, Status(5, 5, 2), "syntax error"),
+        _ => Reply::new(500, Status::SYNTAX, "syntax error"),
     }
 }

@@ -13,10 +13,10 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use super::{Flow, MAX_LINE, Session};
 use crate::message::headers::Headers;
 use crate::message::{Address, HEAD_LIMIT, Message};
-use crate::relay::Status;
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
 use crate::smtp::reply::Reply;
+use crate::status::Status;
 
 /// Where a connection came in, which decides what it is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +64,19 @@ impl Session {
     pub(super) async fn starttls(&mut self) -> Result<Flow, ReadError> {
         let tls = match &self.ctx.tls {
             Some(_) if self.origin.tls => {
-                return self.answer(Reply::new(503, Status(5, 5, 1), "TLS already active"));
+                return self.answer(Reply::new(503, Status::BAD_SEQUENCE, "TLS already active"));
             }
             Some(tls) => tls.clone(),
             None => {
-                return self.answer(Reply::new(502, Status(5, 5, 1), "STARTTLS not offered"));
+                return self.answer(Reply::new(
+                    502,
+                    Status::INVALID_COMMAND,
+                    "STARTTLS not offered",
+                ));
             }
         };
         self.conn
-            .reply(&Reply::new(220, Status(2, 0, 0), "ready to start TLS"));
+            .reply(&Reply::new(220, Status::OK, "ready to start TLS"));
         self.conn.start_tls(&tls).await?;
         self.origin.tls = true;
         // RFC 3207 4.2: everything learnt in plaintext is forgotten; the client greets again.
@@ -95,7 +99,7 @@ impl Session {
             AUTH_PLAIN => Mechanism::Plain,
             AUTH_LOGIN => Mechanism::Login,
             _ => {
-                let reply = Reply::new(504, Status(5, 5, 4), "mechanism not supported");
+                let reply = Reply::new(504, Status::BAD_PARAMETERS, "mechanism not supported");
                 return self.answer(reply);
             }
         };
@@ -114,7 +118,7 @@ impl Session {
             Some(user) => {
                 tracing::info!(remote = %self.remote, user = %user.name, "authenticated");
                 self.user = Some(user);
-                self.answer(Reply::new(235, Status(2, 7, 0), "authentication succeeded"))
+                self.answer(Reply::new(235, Status::AUTH_OK, "authentication succeeded"))
             }
             None => {
                 self.auth_failures += 1;
@@ -128,7 +132,7 @@ impl Session {
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     self.conn.reply(&Reply::new(
                         421,
-                        Status(4, 7, 0),
+                        Status::SECURITY_TEMPORARY,
                         "too many failed authentication attempts, closing connection",
                     ));
                     return Ok(Flow::Close);
@@ -136,7 +140,7 @@ impl Session {
                 // One reply for unknown users and wrong passwords alike.
                 self.answer(Reply::new(
                     535,
-                    Status(5, 7, 8),
+                    Status::BAD_CREDENTIALS,
                     "authentication credentials invalid",
                 ))
             }
@@ -147,25 +151,25 @@ impl Session {
     fn auth_precondition(&self) -> Result<(), Reply> {
         let refuse = |code, status, text| Err(Reply::new(code, status, text));
         if !self.ctx.users.any() {
-            return refuse(502, Status(5, 5, 1), "AUTH not offered");
+            return refuse(502, Status::INVALID_COMMAND, "AUTH not offered");
         }
         if !self.auth_allowed_here() {
             return refuse(
                 538,
-                Status(5, 7, 11),
+                Status::ENCRYPTION_REQUIRED,
                 "encryption required: send STARTTLS first",
             );
         }
         if self.helo.is_none() {
-            return refuse(503, Status(5, 5, 1), "send EHLO first");
+            return refuse(503, Status::BAD_SEQUENCE, "send EHLO first");
         }
         if self.user.is_some() {
-            return refuse(503, Status(5, 5, 1), "already authenticated");
+            return refuse(503, Status::BAD_SEQUENCE, "already authenticated");
         }
         if self.transaction.is_some() {
             return refuse(
                 503,
-                Status(5, 5, 1),
+                Status::BAD_SEQUENCE,
                 "AUTH not allowed during a transaction",
             );
         }
@@ -181,7 +185,7 @@ impl Session {
         let malformed = || {
             Credentials::Refused(Reply::new(
                 501,
-                Status(5, 5, 2),
+                Status::SYNTAX,
                 "cannot decode the response",
             ))
         };
@@ -228,7 +232,7 @@ impl Session {
             Line::TooLong => {
                 let reply = Reply::new(
                     500,
-                    Status(5, 5, 6),
+                    Status::AUTH_LINE_TOO_LONG,
                     "authentication exchange line too long",
                 );
                 return Ok(Err(Credentials::Refused(reply)));
@@ -239,7 +243,7 @@ impl Session {
             .to_string();
         self.conn.consume(len);
         if line.trim() == "*" {
-            let reply = Reply::new(501, Status(5, 7, 0), "authentication cancelled");
+            let reply = Reply::new(501, Status::AUTH_CANCELLED, "authentication cancelled");
             return Ok(Err(Credentials::Refused(reply)));
         }
         Ok(Ok(line))
@@ -249,9 +253,11 @@ impl Session {
     /// 550 for a sender the user may not use.
     pub(super) fn sender_refused(&self, sender: Option<&Address>) -> Option<Reply> {
         match &self.user {
-            None if self.ctx.config.auth_required() => {
-                Some(Reply::new(530, Status(5, 7, 0), "authentication required"))
-            }
+            None if self.ctx.config.auth_required() => Some(Reply::new(
+                530,
+                Status::AUTH_REQUIRED,
+                "authentication required",
+            )),
             None => None,
             Some(user) if !user.may_send_as(sender) => Some(not_allowed(user, sender)),
             Some(_) => None,
@@ -292,7 +298,7 @@ pub(super) async fn from_refused(
     let shown = bad.addresses.join(", ");
     Some(Reply::new(
         550,
-        Status(5, 7, 1),
+        Status::POLICY,
         format!("user {} may not send with From: {shown}", user.name),
     ))
 }
@@ -301,7 +307,7 @@ fn not_allowed(user: &Arc<User>, sender: Option<&Address>) -> Reply {
     let sender = sender.map_or("", Address::as_str);
     Reply::new(
         550,
-        Status(5, 7, 1),
+        Status::POLICY,
         format!("user {} may not send as <{sender}>", user.name),
     )
 }

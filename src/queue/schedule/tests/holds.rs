@@ -14,7 +14,7 @@ fn mailbox_problem() -> DeliveryError {
 
 fn rate_limited(retry_after: Option<Duration>) -> DeliveryError {
     DeliveryError::Temporary {
-        status: Status(4, 4, 5),
+        status: Status::CONGESTION,
         reason: "Gmail API 429 rateLimitExceeded".into(),
         retry_after,
         cause: Cause::RateLimit,
@@ -23,7 +23,7 @@ fn rate_limited(retry_after: Option<Duration>) -> DeliveryError {
 
 fn precondition() -> DeliveryError {
     DeliveryError::Temporary {
-        status: Status(4, 4, 1),
+        status: Status::NO_ANSWER,
         reason: "Gmail API 400 failedPrecondition: Precondition check failed.".into(),
         retry_after: None,
         cause: Cause::Precondition,
