@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use smtp_proto::{
-    Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request,
-};
+use smtp_proto::{MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
+
+use lines::{LineFacts, parse_error_reply};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, AddressProblem};
@@ -30,6 +30,7 @@ use crate::status::Status;
 /// DSN parameters) need more, so be lenient up to a few KiB.
 pub const MAX_LINE: usize = 4096;
 
+mod lines;
 mod secure;
 
 pub use secure::Origin;
@@ -543,72 +544,5 @@ fn address_refused(problem: AddressProblem, status: Status, role: &str) -> Reply
             Status::NEEDS_SMTPUTF8,
             format!("non-ASCII {role} address requires the SMTPUTF8 parameter on MAIL"),
         ),
-    }
-}
-
-/// What the raw command line says that smtp-proto's parse loses.
-#[derive(Debug, Clone, Copy, Default)]
-struct LineFacts {
-    /// A number longer than any size (smtp-proto would misread it).
-    oversized_number: bool,
-    /// `<postmaster>` was named (smtp-proto reports it like `<>`, as an empty address).
-    names_postmaster: bool,
-    /// The command is BDAT.
-    bdat: bool,
-}
-
-impl LineFacts {
-    fn of(line: &[u8]) -> LineFacts {
-        let verb = line.get(..4).unwrap_or_default();
-        let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
-        // Most lines are none of these: no copy, no scan.
-        if !(is(b"MAIL") || is(b"RCPT") || is(b"BDAT")) {
-            return LineFacts::default();
-        }
-        let text = String::from_utf8_lossy(line);
-        // MAIL's address may be all digits; only the parameters after it are sizes.
-        let parameters = if is(b"MAIL") {
-            text.rsplit_once('>').map_or("", |(_, rest)| rest)
-        } else {
-            &text
-        };
-        LineFacts {
-            oversized_number: !is(b"RCPT") && address::has_oversized_number(parameters),
-            names_postmaster: is(b"RCPT") && text.to_ascii_lowercase().contains("<postmaster>"),
-            bdat: is(b"BDAT"),
-        }
-    }
-}
-
-fn parse_error_reply(err: ParseError) -> Reply {
-    match err {
-        ParseError::UnknownCommand => {
-            Reply::new(500, Status::INVALID_COMMAND, "command not recognized")
-        }
-        ParseError::InvalidSenderAddress => {
-            Reply::new(501, Status::BAD_SENDER_SYNTAX, "bad sender address syntax")
-        }
-        ParseError::InvalidRecipientAddress => Reply::new(
-            501,
-            Status::BAD_RECIPIENT_SYNTAX,
-            "bad recipient address syntax",
-        ),
-        ParseError::SyntaxError { syntax } => {
-            Reply::new(501, Status::BAD_PARAMETERS, format!("syntax: {syntax}"))
-        }
-        ParseError::InvalidParameter { param } => Reply::new(
-            501,
-            Status::BAD_PARAMETERS,
-            format!("invalid value for parameter {param}"),
-        ),
-        ParseError::UnsupportedParameter { param } => {
-            let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
-            Reply::new(
-                555,
-                Status::BAD_PARAMETERS,
-                format!("unsupported parameter {param}"),
-            )
-        }
-        _ => Reply::new(500, Status::SYNTAX, "syntax error"),
     }
 }
