@@ -189,6 +189,14 @@ async fn the_event_stream_is_for_the_inbox_page_only() {
     assert_eq!(status(delete).await, 200);
     let event: serde_json::Value = serde_json::from_str(&read_frame(&mut stream)).unwrap();
     assert_eq!(event["Type"], "truncate", "the last message went: {event}");
+    // A page still listening does not keep the server from stopping: the stream is closed.
+    assert!(server.stop().success());
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.ends_with(&[0x88, 0]),
+        "the last frame closes: {rest:?}"
+    );
 }
 
 fn remote_config(dir: &std::path::Path, users: bool) {
