@@ -138,14 +138,10 @@ async fn list_paging_and_message_fields() {
 async fn raw_headers_latest_views_and_info() {
     let dir = tempfile::tempdir().unwrap();
     let server = inbox::console(dir.path());
-    let (mut client, _) = common::Client::connect(server.smtp).await;
-    client
-        .start_transaction("app@example.com", &["u@example.org"])
-        .await;
     let raw = "From: app@example.com\r\nTo: u@example.org\r\nSubject: exact\r\nX-Test: a\r\n\
                X-TEST: b\r\nMessage-ID: <m1@example.com>\r\n\r\nline one\r\n..dot\r\n";
     let wire = format!("{raw}.\r\n");
-    common::assert_code(&client.data(wire.as_bytes()).await, 250);
+    common::assert_code(&inbox::send_raw(server.smtp, wire.as_bytes()).await, 250);
     let stored = raw.replace("\r\n..dot", "\r\n.dot");
 
     let (status, body) = server.get("/api/v1/message/latest/raw").await;
@@ -321,26 +317,19 @@ async fn console_mode_keeps_the_last_max_messages() {
 async fn malformed_and_large_messages_are_shown() {
     let dir = tempfile::tempdir().unwrap();
     let server = inbox::console(dir.path());
-    let (mut client, _) = common::Client::connect(server.smtp).await;
-    client
-        .start_transaction("app@example.com", &["u@example.org"])
-        .await;
     let broken =
         b"Subject: =?x-bogus?q?=FF?=\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
 --b\r\nContent-Type: text/plain; charset=klingon\r\nContent-Transfer-Encoding: base64\r\n\r\n\
 !!!not base64\xff\xfe\r\n--b\r\nContent-Type: multipart/alternative\r\n\r\n.\r\n";
-    common::assert_code(&client.data(broken).await, 250);
+    common::assert_code(&inbox::send_raw(server.smtp, broken).await, 250);
     // 30 MiB of body: spilled to disk while received, parsed off the async threads.
-    client
-        .start_transaction("app@example.com", &["u@example.org"])
-        .await;
     let mut big = b"Subject: big\r\nContent-Type: text/html\r\n\r\n".to_vec();
     let line = b"<p>0123456789012345678901234567890123456789012345678901234567890123456789</p>\r\n";
     while big.len() < 30 << 20 {
         big.extend_from_slice(line);
     }
     big.extend_from_slice(b".\r\n");
-    common::assert_code(&client.data(&big).await, 250);
+    common::assert_code(&inbox::send_raw(server.smtp, &big).await, 250);
 
     let list = json(&server, "/api/v1/messages").await;
     assert_eq!(subjects(&list)[0], "big");

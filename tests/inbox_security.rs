@@ -189,6 +189,14 @@ async fn the_event_stream_is_for_the_inbox_page_only() {
     assert_eq!(status(delete).await, 200);
     let event: serde_json::Value = serde_json::from_str(&read_frame(&mut stream)).unwrap();
     assert_eq!(event["Type"], "truncate", "the last message went: {event}");
+    // A page still listening does not keep the server from stopping: the stream is closed.
+    assert!(server.stop().success());
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.ends_with(&[0x88, 0]),
+        "the last frame closes: {rest:?}"
+    );
 }
 
 fn remote_config(dir: &std::path::Path, users: bool) {
@@ -271,17 +279,16 @@ async fn a_remote_inbox_asks_for_a_password() {
 async fn message_html_and_parts_are_served_sandboxed() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::inbox::console(dir.path());
-    let (mut client, _) = common::Client::connect(server.smtp).await;
-    client
-        .start_transaction("a@example.com", &["b@example.org"])
-        .await;
     let message = "Subject: hostile\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
 --b\r\nContent-Type: text/html\r\n\r\n<a href=https://x.example target=_self rel=opener>x</a>\
 <script>alert(1)</script><img src=\"cid:pic\">\r\n\
 --b\r\nContent-Type: image/png\r\nContent-ID: <pic>\r\n\r\npng\r\n\
 --b\r\nContent-Type: text/html\r\nContent-Disposition: attachment; filename=page.html\r\n\r\n\
 <script>alert(2)</script>\r\n--b--\r\n.\r\n";
-    common::assert_code(&client.data(message.as_bytes()).await, 250);
+    common::assert_code(
+        &common::inbox::send_raw(server.smtp, message.as_bytes()).await,
+        250,
+    );
 
     let response = reqwest::get(server.url("/view/latest.html?embed=1"))
         .await

@@ -116,3 +116,13 @@ pub fn subjects(list: &Value) -> Vec<String> {
         .map(|m| m["Subject"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Sends `wire` (dot-stuffed, with its terminator) as one message from app@example.com to
+/// u@example.org over a raw SMTP connection; returns the reply to the data.
+pub async fn send_raw(smtp: SocketAddr, wire: &[u8]) -> String {
+    let (mut client, _) = super::Client::connect(smtp).await;
+    client
+        .start_transaction("app@example.com", &["u@example.org"])
+        .await;
+    client.data(wire).await
+}
