@@ -12,7 +12,7 @@ use common::fake_google::{
     self, FakeGoogle, NEW_REFRESH_TOKEN, authorized_token, write_token_atomically,
 };
 use common::queued::{Queued, queue_config, queued_id};
-use common::{TestServer, assert_code, test_config};
+use common::{TestServer, assert_code, send_simple, test_config};
 use smtp2gmail::config::GmailConfig;
 use smtp2gmail::relay::gmail::RetryPolicy;
 use smtp2gmail::relay::gmail::reload::CredentialWatcher;
@@ -177,28 +177,16 @@ async fn sync_server(gmail: &GmailConfig) -> TestServer {
     TestServer::with_target(test_config(), Arc::new(relay)).await
 }
 
-async fn send_sync(server: &TestServer) -> String {
-    let mut client = server.client().await;
-    client
-        .start_transaction("app@example.com", &["alice@example.com"])
-        .await;
-    let reply = client
-        .data(b"From: app@example.com\r\nTo: alice@example.com\r\n\r\nhi\r\n.\r\n")
-        .await;
-    assert_eq!(client.cmd("QUIT").await, "221 2.0.0 bye\r\n");
-    reply
-}
-
 #[tokio::test]
 async fn in_sync_mode_a_missing_mailbox_is_451_with_the_fix_and_a_precondition_is_retried() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let server = sync_server(&gmail_config(&google, dir.path())).await;
     google.fail_sends([SendFault::mail_service_not_enabled()]);
-    let reply = send_sync(&server).await;
+    let reply = send_simple(server.addr).await;
     assert!(reply.starts_with("451 4.7.0"), "{reply}");
     assert!(reply.contains("turn Gmail on"), "{reply}");
     google.fail_sends([SendFault::precondition_check_failed()]);
-    assert_code(&send_sync(&server).await, 250);
+    assert_code(&send_simple(server.addr).await, 250);
     assert_eq!(google.uploads().len(), 1);
     server.stop().await;
 }
