@@ -19,8 +19,8 @@ use super::index::{Entry, Index};
 use super::mime::{self, Envelope, Summary};
 use crate::message::{self, Message};
 
-/// Console mode keeps bodies under this size in memory, until this much is held; the rest go
-/// to files in a private temporary directory, so 1000 large messages cost disk, not RAM.
+/// Console mode keeps bodies under 1 MiB in memory, until this much is held; the rest go to
+/// unnamed temporary files, so 1000 large messages cost disk, not RAM.
 const MEMORY_BUDGET: u64 = 64 * 1024 * 1024;
 /// File mode reads summaries in batches of this many files per blocking task…
 const LOAD_BATCH: usize = 256;
@@ -32,11 +32,34 @@ const READ_LOG: &str = ".smtp2gmail-inbox-read";
 /// decoded parts (a few times 35 MiB), and twenty at once must not exhaust memory.
 const LARGE: u64 = message::SPILL_THRESHOLD as u64;
 
-/// A message body as the inbox holds it.
+/// A message body as the inbox holds it: in memory, or in a temporary file that has no name (so
+/// nothing is left behind however the process ends; closing it frees the space).
 #[derive(Debug)]
 enum Body {
     Memory(Bytes),
-    File(PathBuf),
+    File(Arc<std::fs::File>),
+}
+
+impl Body {
+    /// The whole body; blocking for a file.
+    fn read(&self) -> io::Result<Bytes> {
+        match self {
+            Body::Memory(bytes) => Ok(bytes.clone()),
+            Body::File(file) => {
+                use std::os::unix::fs::FileExt;
+                let mut bytes = vec![0; file.metadata()?.len() as usize];
+                file.read_exact_at(&mut bytes, 0)?;
+                Ok(bytes.into())
+            }
+        }
+    }
+
+    fn share(&self) -> Body {
+        match self {
+            Body::Memory(bytes) => Body::Memory(bytes.clone()),
+            Body::File(file) => Body::File(file.clone()),
+        }
+    }
 }
 
 /// Where bodies live.
@@ -45,7 +68,6 @@ enum Kind {
         max_messages: usize,
         bodies: Mutex<HashMap<Arc<str>, Body>>,
         in_memory: Mutex<u64>,
-        spill: tempfile::TempDir,
     },
     Dir {
         dir: PathBuf,
@@ -74,16 +96,12 @@ pub struct Captured {
 impl Store {
     /// Console mode: the last `max_messages` in memory.
     pub fn memory(max_messages: usize) -> io::Result<Store> {
-        let spill = tempfile::Builder::new()
-            .prefix("smtp2gmail-inbox-")
-            .tempdir()?;
         Ok(Store {
             index: RwLock::new(Index::default()),
             kind: Kind::Memory {
                 max_messages,
                 bodies: Mutex::default(),
                 in_memory: Mutex::new(0),
-                spill,
             },
             loaded: watch::channel(true).0,
             large: tokio::sync::Semaphore::new(1),
@@ -157,25 +175,31 @@ impl Store {
         let _turn = self.parse_turn(message.len()).await;
         let raw = message.to_bytes().await?;
         if let Kind::Memory {
-            bodies,
-            in_memory,
-            spill,
-            ..
+            bodies, in_memory, ..
         } = &self.kind
         {
-            let body = {
+            let kept = {
                 let mut held = in_memory.lock().unwrap_or_else(|e| e.into_inner());
                 let small = raw.len() < message::SPILL_THRESHOLD;
-                if small && *held + raw.len() as u64 <= MEMORY_BUDGET {
+                let fits = small && *held + raw.len() as u64 <= MEMORY_BUDGET;
+                if fits {
                     *held += raw.len() as u64;
-                    Body::Memory(raw.clone())
-                } else {
-                    Body::File(spill.path().join(format!("{id}.eml")))
+                }
+                fits
+            };
+            let body = match kept {
+                true => Body::Memory(raw.clone()),
+                false => {
+                    let bytes = raw.clone();
+                    let file = tokio::task::spawn_blocking(move || {
+                        let mut file = tempfile::tempfile()?;
+                        file.write_all(&bytes).map(|()| file)
+                    })
+                    .await
+                    .map_err(io::Error::other)??;
+                    Body::File(Arc::new(file))
                 }
             };
-            if let Body::File(path) = &body {
-                message.store(path).await?;
-            }
             bodies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -225,11 +249,14 @@ impl Store {
     pub async fn raw(&self, id: &str) -> io::Result<Option<Bytes>> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
-                match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+                let body = match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
                     None => return Ok(None),
                     Some(Body::Memory(bytes)) => return Ok(Some(bytes.clone())),
-                    Some(Body::File(path)) => path.clone(),
-                }
+                    Some(body) => body.share(),
+                };
+                return tokio::task::spawn_blocking(move || body.read().map(Some))
+                    .await
+                    .map_err(io::Error::other)?;
             }
             Kind::Dir { dir, .. } => {
                 if self.index().get(id).is_none() {
@@ -249,10 +276,12 @@ impl Store {
     fn raw_blocking(&self, id: &str) -> Option<Bytes> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
-                match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id)? {
-                    Body::Memory(bytes) => return Some(bytes.clone()),
-                    Body::File(path) => path.clone(),
-                }
+                let body = bodies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(id)?
+                    .share();
+                return body.read().ok();
             }
             Kind::Dir { dir, .. } => dir.join(format!("{id}.eml")),
         };
@@ -301,10 +330,8 @@ impl Store {
                 Some(Body::Memory(bytes)) => {
                     *in_memory.lock().unwrap_or_else(|e| e.into_inner()) -= bytes.len() as u64
                 }
-                Some(Body::File(path)) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                None => {}
+                // Closing the last handle frees the file's space.
+                Some(Body::File(_)) | None => {}
             }
         }
     }

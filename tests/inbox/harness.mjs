@@ -81,7 +81,8 @@ export async function fakeGoogle(dir) {
  * ports; returns its SMTP port, its HTTP base URL and its directory.
  */
 export async function server(extra = "", prepare = () => {}) {
-  const dir = mkdtempSync(path.join(tmpdir(), "smtp2gmail-inbox-test-"));
+  // Under run.sh's work directory, which it removes.
+  const dir = mkdtempSync(path.join(process.env.WORK || tmpdir(), "server-"));
   await prepare(dir);
   writeFileSync(
     path.join(dir, "config.toml"),
