@@ -419,15 +419,7 @@ mod tests {
             parse_retry_after_header("120"),
             Some(Duration::from_secs(120))
         );
-        let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(3);
-        let stamp = soon
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        let body = google_error(
-            429,
-            "rateLimitExceeded",
-            &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"),
-        );
+        let body = retry_after_body(time::Duration::hours(3));
         let SendError::Temporary {
             retry_after: Some(wait),
             ..
@@ -438,17 +430,21 @@ mod tests {
         assert!(wait > Duration::from_secs(2 * 3600) && wait <= Duration::from_secs(3 * 3600));
     }
 
-    #[test]
-    fn retry_after_in_the_past_means_ordinary_backoff() {
-        let past = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
-        let stamp = past
+    /// Google's 429 for the mailbox's sending limit, naming a time `from_now` away.
+    fn retry_after_body(from_now: time::Duration) -> Vec<u8> {
+        let stamp = (time::OffsetDateTime::now_utc() + from_now)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
-        let body = google_error(
+        google_error(
             429,
             "rateLimitExceeded",
             &format!("User-rate limit exceeded. Retry after {stamp} (Mail sending)"),
-        );
+        )
+    }
+
+    #[test]
+    fn retry_after_in_the_past_means_ordinary_backoff() {
+        let body = retry_after_body(-time::Duration::minutes(5));
         assert!(matches!(
             classify(429, &body, None),
             SendError::Temporary {
