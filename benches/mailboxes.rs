@@ -23,7 +23,9 @@ use smtp2gmail::config::QueueConfig;
 use smtp2gmail::message::{Address, Envelope, Message, MessageId};
 use smtp2gmail::queue::courier::{Courier, Limits};
 use smtp2gmail::queue::schedule::Scheduler;
-use smtp2gmail::queue::spool::{Entry, Spool};
+use smtp2gmail::queue::entry::{Entry, Place};
+use smtp2gmail::queue::spool::Spool;
+use smtp2gmail::queue::store::Store;
 use smtp2gmail::relay::{DeliveryError, Receipt};
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +101,7 @@ struct AtOnce {
 
 #[async_trait::async_trait]
 impl Courier for AtOnce {
-    async fn deliver(&self, entry: &Entry, _path: &Path) -> Result<Receipt, DeliveryError> {
+    async fn deliver(&self, entry: &Entry, _: &Message) -> Result<Receipt, DeliveryError> {
         if self.delivered.fetch_add(1, Ordering::SeqCst) + 1 == self.total {
             self.done.notify_one();
         }
@@ -142,7 +144,7 @@ fn measure(messages: usize, senders: usize) -> anyhow::Result<()> {
             };
             let entry =
                 Entry::new(&envelope, message.len(), "workspace").with_mailbox(Some(&sender));
-            spool.put(&entry, &message).await?;
+            spool.put(Place::Queue, &entry, &message).await?;
         }
         anyhow::Ok(())
     })?;
@@ -160,7 +162,8 @@ fn measure(messages: usize, senders: usize) -> anyhow::Result<()> {
     let (cpu_before, started) = (cpu_time()?, Instant::now());
     runtime.block_on(async {
         let (_announce, incoming) = tokio::sync::mpsc::unbounded_channel();
-        let scheduler = Scheduler::new(spool.clone(), courier.clone(), config, incoming);
+        let store: Arc<dyn Store> = Arc::new(spool.clone());
+        let scheduler = Scheduler::new(store, courier.clone(), config, incoming).await;
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(scheduler.run(shutdown.clone(), Duration::from_secs(5)));
         let all = courier.done.notified();

@@ -30,8 +30,34 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Copies `source` to a new file `path`, complete and fsynced before its name appears; fails
 /// with `AlreadyExists` rather than replace a file (a queue file name is never reused).
 pub fn copy_new(source: &Path, path: &Path) -> io::Result<()> {
+    copy_new_prefix(source, u64::MAX, path)
+}
+
+/// `source` under the new name `path` without copying: a hard link, or a copy (as
+/// [`copy_new`]) only where a link cannot be made (another filesystem). Any other error — above
+/// all an existing `path` — is the answer: neither the link nor the copy ever replaces a file.
+pub fn link_new(source: &Path, path: &Path) -> io::Result<()> {
+    match std::fs::hard_link(source, path) {
+        Err(err) if err.kind() == io::ErrorKind::CrossesDevices => copy_new(source, path),
+        linked => linked,
+    }
+}
+
+/// The first `len` bytes of `source` as the new file `path` (as [`copy_new`]).
+pub fn copy_new_prefix(source: &Path, len: u64, path: &Path) -> io::Result<()> {
+    write_new_with(path, |file| {
+        io::copy(&mut io::Read::take(File::open(source)?, len), file).map(drop)
+    })
+}
+
+/// A new file `path` with the content written by `fill`, complete and fsynced before its name
+/// appears; fails with `AlreadyExists` rather than replace a file.
+pub fn write_new_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let (mut file, temp_path) = private_temp(path)?;
-    io::copy(&mut File::open(source)?, &mut file)?;
+    fill(&mut file)?;
     file.sync_all()?;
     temp_path.persist_noclobber(path).map_err(|err| err.error)
 }

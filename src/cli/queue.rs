@@ -8,8 +8,11 @@ use clap::Subcommand;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::Config;
-use crate::queue::control::{self, Request};
-use crate::queue::spool::{self, Entry, Place, Spool};
+use crate::message::HEAD_LIMIT;
+use crate::queue::control::Request;
+use crate::queue::entry::{Entry, Place, is_valid_id};
+use crate::queue::spool::Spool;
+use crate::queue::store::Store;
 
 /// What to do with the queue.
 #[derive(Debug, Subcommand)]
@@ -47,8 +50,8 @@ pub async fn run(config: &Config, command: QueueCommand) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let spool = match Spool::open(dir) {
-        Ok(spool) => spool,
+    let store: Box<dyn Store> = match Spool::open(dir) {
+        Ok(spool) => Box::new(spool),
         Err(err) => return fail(EXIT_FAILURE, &format!("{}: {err}", dir.display())),
     };
     let id = match &command {
@@ -57,14 +60,15 @@ pub async fn run(config: &Config, command: QueueCommand) -> ExitCode {
         | QueueCommand::Retry { id: Some(id), .. } => Some(id),
         _ => None,
     };
-    if let Some(id) = id.filter(|id| !spool::is_valid_id(id)) {
+    if let Some(id) = id.filter(|id| !is_valid_id(id)) {
         return fail(EXIT_USAGE, &format!("{id:?} is not a queue id"));
     }
+    let store = &*store;
     match command {
-        QueueCommand::List => list(&spool),
-        QueueCommand::Show { id } => show(&spool, &id),
-        QueueCommand::Retry { id, .. } => steer(&spool, Request::Retry { id }).await,
-        QueueCommand::Delete { id } => steer(&spool, Request::Delete { id }).await,
+        QueueCommand::List => list(store).await,
+        QueueCommand::Show { id } => show(store, &id).await,
+        QueueCommand::Retry { id, .. } => steer(store, Request::Retry { id }).await,
+        QueueCommand::Delete { id } => steer(store, Request::Delete { id }).await,
     }
 }
 
@@ -91,12 +95,15 @@ fn until(at: SystemTime) -> String {
     }
 }
 
-fn list(spool: &Spool) -> ExitCode {
+async fn list(store: &dyn Store) -> ExitCode {
     let mut total = 0;
     for place in [Place::Queue, Place::Held, Place::Dead] {
-        let (entries, broken) = match spool.list(place) {
+        let (entries, broken) = match store.list(place).await {
             Ok(listed) => listed,
-            Err(err) => return fail(EXIT_FAILURE, &format!("cannot read the spool: {err}")),
+            Err(err) => {
+                let what = store.describe();
+                return fail(EXIT_FAILURE, &format!("cannot read {what}: {err}"));
+            }
         };
         for (id, err) in broken {
             println!("{id}  UNREADABLE RECORD: {err}");
@@ -135,16 +142,26 @@ fn list(spool: &Spool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn show(spool: &Spool, id: &str) -> ExitCode {
-    let Some((place, entry)) = [Place::Queue, Place::Held, Place::Dead]
-        .into_iter()
-        .find_map(|place| spool.read(place, id).ok().map(|entry| (place, entry)))
-    else {
+async fn show(store: &dyn Store, id: &str) -> ExitCode {
+    let mut found = None;
+    for place in [Place::Queue, Place::Held, Place::Dead] {
+        match store.read(place, id).await {
+            Ok(Some(entry)) => {
+                found = Some((place, entry));
+                break;
+            }
+            Ok(None) => {}
+            Err(err) => return fail(EXIT_FAILURE, &format!("{id}: {err}")),
+        }
+    }
+    let Some((place, entry)) = found else {
         return fail(EXIT_FAILURE, &format!("{id}: no such message"));
     };
     print_entry(&entry, place);
-    let mut raw = std::fs::read(spool.message_path(place, id)).unwrap_or_default();
-    raw.truncate(entry.size as usize);
+    let raw = match store.message(place, &entry).await {
+        Ok(Some(message)) => message.head(HEAD_LIMIT).await.unwrap_or_default(),
+        _ => Default::default(),
+    };
     let end = crate::message::headers::header_end(&raw);
     println!(
         "\nheaders:\n{}",
@@ -217,53 +234,13 @@ fn print_split(split: &crate::queue::split::SplitRecord) {
     }
 }
 
-/// Carries out a retry or delete: through the running server, or directly when none runs.
-async fn steer(spool: &Spool, request: Request) -> ExitCode {
-    let answer = match control::try_lock(spool) {
-        Ok(Some(_lock)) => match &request {
-            Request::Retry { id: Some(id) } => {
-                control::retry(spool, id, std::time::SystemTime::now())
-                    .await
-                    .map(|(_, done)| done)
-            }
-            Request::Retry { id: None } => retry_all(spool).await,
-            Request::Delete { id } => control::delete(spool, id).await,
-        },
-        Ok(None) => {
-            let spool = spool.clone();
-            let asked = tokio::task::spawn_blocking(move || {
-                let name = control::submit(&spool, &request)?;
-                control::await_answer(&spool, &name, Duration::from_secs(15))
-            })
-            .await;
-            match asked {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(err)) => Err(format!("the running server did not answer: {err}")),
-                Err(err) => Err(err.to_string()),
-            }
-        }
-        Err(err) => Err(format!("cannot lock the spool: {err}")),
-    };
-    match answer {
+/// Carries out a retry or delete: the store knows how (through the running server, or directly).
+async fn steer(store: &dyn Store, request: Request) -> ExitCode {
+    match store.steer(request).await {
         Ok(done) => {
             println!("{done}");
             ExitCode::SUCCESS
         }
-        Err(why) => fail(EXIT_FAILURE, &why),
+        Err(why) => fail(EXIT_FAILURE, &why.to_string()),
     }
-}
-
-async fn retry_all(spool: &Spool) -> Result<String, String> {
-    let mut ids = Vec::new();
-    for place in [Place::Queue, Place::Dead] {
-        let (entries, _) = spool.list(place).map_err(|e| e.to_string())?;
-        ids.extend(entries.into_iter().map(|e| e.id));
-    }
-    for id in &ids {
-        control::retry(spool, id, std::time::SystemTime::now()).await?;
-    }
-    Ok(format!(
-        "{} messages will be retried at the next start",
-        ids.len()
-    ))
 }

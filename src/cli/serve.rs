@@ -35,7 +35,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         queue,
         accounts,
         inbox,
-    } = match build_relay(&config, &mut smtp_config, &shutdown) {
+    } = match build_relay(&config, &mut smtp_config, &shutdown).await {
         Ok(relay) => relay,
         Err(err) => {
             tracing::error!("{err}");
@@ -136,7 +136,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         }
         let readiness = Arc::new(http::Readiness {
             accounts,
-            spool: queue.as_ref().map(|started| started.spill_dir.clone()),
+            spool: queue.as_ref().and_then(|started| started.spill_dir.clone()),
             shutdown: shutdown.clone(),
         });
         let routes = inbox.as_ref().map(|inbox| inbox.router());
@@ -230,7 +230,7 @@ struct Relay {
 /// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
 /// queue need the concrete accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies
 /// are spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
-fn build_relay(
+async fn build_relay(
     config: &Config,
     smtp: &mut SmtpConfig,
     shutdown: &CancellationToken,
@@ -267,9 +267,10 @@ fn build_relay(
             inbox: None,
         });
     }
-    let started = queue::start(&config.queue, gmail)?;
-    smtp.spill_dir
-        .get_or_insert_with(|| started.spill_dir.clone());
+    let started = queue::start(&config.queue, gmail).await?;
+    if smtp.spill_dir.is_none() {
+        smtp.spill_dir = started.spill_dir.clone();
+    }
     Ok(Relay {
         deliver: started.acceptor.clone(),
         watcher,

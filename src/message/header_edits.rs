@@ -7,6 +7,8 @@
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
 use super::Address;
 use super::headers::{AddressField, Headers};
 
@@ -14,13 +16,44 @@ use super::headers::{AddressField, Headers};
 /// hard limit of 998 is then never near).
 const FOLD_AT: usize = 78;
 
-/// One part of the bytes to upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One part of the bytes to upload. Stored in queue records (the decision made at accept), so it
+/// serialises readably: `{"add": "Bcc: …"}` and `{"keep": {"start": 0, "end": 812}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Piece {
     /// Bytes the rules wrote (a Bcc field, a rewritten address, a Reply-To field).
+    #[serde(rename = "add", with = "text_or_bytes")]
     New(Vec<u8>),
     /// A range of the received message, sent without copying.
+    #[serde(rename = "keep")]
     Original(Range<usize>),
+}
+
+/// Added bytes as a string when they are UTF-8 (always, but for a Reply-To copying a raw 8-bit
+/// From), else as the list of bytes: readable in `queue show`, lossless either way.
+mod text_or_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Repr::Text(text.to_string()),
+            Err(_) => Repr::Bytes(bytes.to_vec()),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Repr::deserialize(deserializer)? {
+            Repr::Text(text) => text.into_bytes(),
+            Repr::Bytes(bytes) => bytes,
+        })
+    }
 }
 
 /// Replace `range` of the original with `bytes`; an empty range inserts.
@@ -352,5 +385,18 @@ mod tests {
         assert_eq!(span(" \"q\\\" <\"@x"), Some("\"q\\\" <\"@x"));
         assert_eq!(span(" <c@x"), None);
         assert_eq!(span(" (only a comment)"), None);
+    }
+
+    #[test]
+    fn pieces_survive_a_queue_record_byte_for_byte() {
+        let pieces = vec![
+            Piece::New(b"Bcc: a@x.org\r\n".to_vec()),
+            Piece::Original(0..812),
+            Piece::New(vec![b'R', 0xe9, b'\r', b'\n']),
+        ];
+        let json = serde_json::to_string(&pieces).unwrap();
+        assert!(json.contains(r#"{"add":"Bcc: a@x.org\r\n"}"#), "{json}");
+        assert!(json.contains(r#"{"keep":{"start":0,"end":812}}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Vec<Piece>>(&json).unwrap(), pieces);
     }
 }

@@ -139,6 +139,20 @@ enum Body {
     /// `Bytes`, so handing the body to an HTTP upload is a reference count, not a copy.
     Memory(Bytes),
     Spilled(TempPath),
+    /// The first `len` bytes of a file someone else owns (a queue store's).
+    Stored(PathBuf),
+}
+
+/// Where a message's bytes are (see [`Message::source`]).
+#[derive(Debug)]
+pub enum Source<'a> {
+    /// In memory.
+    Memory(&'a Bytes),
+    /// The first [`Message::len`] bytes of a temporary file the message owns and removes when
+    /// dropped: whoever stores the message may write after them and link the file.
+    OwnFile(&'a Path),
+    /// The first [`Message::len`] bytes of a file someone else owns: read it, never change it.
+    File(&'a Path),
 }
 
 impl Message {
@@ -164,7 +178,7 @@ impl Message {
     pub async fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
         match &self.body {
             Body::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
-            Body::Spilled(path) => Ok(Cow::Owned(read_head(path, self.len).await?.into())),
+            Body::Spilled(_) | Body::Stored(_) => Ok(Cow::Owned(self.to_bytes().await?.into())),
         }
     }
 
@@ -173,6 +187,7 @@ impl Message {
         match &self.body {
             Body::Memory(bytes) => Ok(bytes.clone()),
             Body::Spilled(path) => read_head(path, self.len).await,
+            Body::Stored(path) => read_head(path, self.len).await,
         }
     }
 
@@ -182,26 +197,43 @@ impl Message {
         match &self.body {
             Body::Memory(bytes) => Ok(bytes.slice(..bytes.len().min(limit))),
             Body::Spilled(path) => read_head(path, self.len.min(limit as u64)).await,
+            Body::Stored(path) => read_head(path, self.len.min(limit as u64)).await,
         }
     }
 
-    /// Writes the message to `path` (a new file) durably. Not atomic: see [`store_with`].
-    ///
-    /// [`store_with`]: Self::store_with
-    pub async fn store(&self, path: &Path) -> io::Result<()> {
-        self.store_with(path, Vec::new()).await
+    /// A message whose bytes are the first `len` bytes of `path`, a file it does not own (a queue
+    /// store's file: the store keeps its record after the message).
+    pub fn stored(path: PathBuf, len: u64) -> Self {
+        Message {
+            len,
+            body: Body::Stored(path),
+        }
     }
 
-    /// Writes the message followed by `trailer` to `path` (a new file) and fsyncs it; the queue
-    /// appends its record, so that a message costs one file and one fsync. Not atomic: callers
-    /// must recognise an unfinished file (the queue checks the trailer). A spilled body gets the
-    /// trailer appended and is then hard-linked when the spill file is on the same filesystem (no
-    /// copy of a 35 MB message), else copied; every reader of a spilled body stops at [`len`], so
-    /// the appended trailer is invisible to it. The directory entry is made durable by the caller.
-    ///
-    /// [`len`]: Self::len
-    pub async fn store_with(&self, path: &Path, trailer: Vec<u8>) -> io::Result<()> {
-        let path = path.to_path_buf();
+    /// The file holding the bytes, if they are not in memory.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.body {
+            Body::Memory(_) => None,
+            Body::Spilled(path) => Some(path),
+            Body::Stored(path) => Some(path),
+        }
+    }
+
+    /// Where the bytes are, for a store that writes them with as few copies as it can.
+    pub fn source(&self) -> Source<'_> {
+        match &self.body {
+            Body::Memory(bytes) => Source::Memory(bytes),
+            Body::Spilled(path) => Source::OwnFile(path),
+            Body::Stored(path) => Source::File(path),
+        }
+    }
+
+    /// Writes the message to `path`, a new file, and fsyncs it; never replaces an existing file.
+    /// A spilled body is hard-linked when the spill file is on the same filesystem (no copy of a
+    /// 35 MB message) and copied only where a link cannot be made. Not atomic: a crash can leave
+    /// a short file. The directory entry is made durable by the caller.
+    pub async fn store(&self, path: &Path) -> io::Result<()> {
+        let (path, len) = (path.to_path_buf(), self.len);
         let stored = match &self.body {
             Body::Memory(bytes) => {
                 let bytes = bytes.clone();
@@ -211,30 +243,24 @@ impl Message {
                         .create_new(true)
                         .open(&path)?;
                     file.write_all(&bytes)?;
-                    file.write_all(&trailer)?;
                     file.sync_all()
                 })
                 .await
             }
             Body::Spilled(temp) => {
-                let (source, len) = (temp.to_path_buf(), self.len);
+                let source = temp.to_path_buf();
                 tokio::task::spawn_blocking(move || {
-                    let mut file = std::fs::File::options().write(true).open(&source)?;
-                    // Written at `len`, not appended: a second store of the same message must
-                    // not stack trailers.
+                    let file = std::fs::File::options().write(true).open(&source)?;
                     file.set_len(len)?;
-                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len))?;
-                    file.write_all(&trailer)?;
                     file.sync_all()?;
-                    // Copied only where a link cannot be made (the spill directory on another
-                    // filesystem); any other error — above all an existing file — is the answer,
-                    // and neither the link nor the copy ever replaces a file.
-                    match std::fs::hard_link(&source, &path) {
-                        Err(err) if err.kind() == io::ErrorKind::CrossesDevices => {
-                            crate::safeio::copy_new(&source, &path)
-                        }
-                        linked => linked,
-                    }
+                    crate::safeio::link_new(&source, &path)
+                })
+                .await
+            }
+            Body::Stored(source) => {
+                let source = source.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::safeio::copy_new_prefix(&source, len, &path)
                 })
                 .await
             }
@@ -246,8 +272,9 @@ impl Message {
     pub async fn copy_to<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
         match &self.body {
             Body::Memory(bytes) => out.write_all(bytes).await,
-            Body::Spilled(path) => {
+            Body::Spilled(_) | Body::Stored(_) => {
                 use tokio::io::AsyncReadExt;
+                let path = self.file().expect("a file body");
                 let file = tokio::fs::File::open(path).await?;
                 tokio::io::copy(&mut file.take(self.len), out)
                     .await

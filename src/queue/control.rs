@@ -1,20 +1,16 @@
-//! How the `queue` commands steer the spool safely, with or without a running server.
+//! The `queue` commands' retry and delete, written once against [`Store`] and used by every path
+//! that carries them out: the running scheduler (which is then the only writer of the queue), a
+//! command acting directly on a spool no server owns, or on a database any replica may be using.
 //!
-//! A running server holds an exclusive lock on `<spool>/server.lock` and is then the only writer
-//! of queue records: the commands leave a request file in `<spool>/control/`, the scheduler carries
-//! it out within a second and writes the answer beside it. Without a server, a command takes the
-//! lock itself (so no server can start meanwhile) and changes the files directly, with the same
-//! functions.
+//! How a request reaches whoever carries it out is the store's business (the spool's request
+//! files: `super::spool`).
 
-use std::fs::File;
-use std::io;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::spool::{Entry, Place, Spool};
-use crate::safeio;
+use super::entry::{Entry, Place};
+use super::store::{Store, StoreError};
 
 /// How often a running server looks for requests.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -35,129 +31,71 @@ pub enum Request {
     },
 }
 
-/// The lock that says "a server owns this spool".
-pub fn try_lock(spool: &Spool) -> io::Result<Option<File>> {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(spool.root().join("server.lock"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(err)) => Err(err),
-    }
+/// Why a `queue` command could not be carried out. The message is the command's output.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No place holds that id.
+    #[error("{0}: no such message")]
+    NoSuchMessage(String),
+    /// A delivery of it is running right now.
+    #[error("{0}: being delivered right now")]
+    InFlight(String),
+    /// A held transaction of a split message: released by the splitter, not by a retry.
+    #[error(
+        "{0}: held until the other transactions of its message arrive (at most \
+         queue.split_window); `queue show {0}` says more"
+    )]
+    Held(String),
+    /// The store failed.
+    #[error("{id}: {source}")]
+    Store {
+        /// The message.
+        id: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The queue could not be reached (no answer from the running server, a lock that cannot be
+    /// taken, a database that is down).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The running server's answer, as it wrote it.
+    #[error("{0}")]
+    Answered(String),
 }
 
-fn control_dir(spool: &Spool) -> PathBuf {
-    spool.root().join("control")
-}
-
-/// Leaves a request for the running server; returns its name.
-pub fn submit(spool: &Spool, request: &Request) -> io::Result<String> {
-    let dir = control_dir(spool);
-    std::fs::create_dir_all(&dir)?;
-    let name = format!(
-        "{}-{:08x}",
-        humantime::format_rfc3339_nanos(SystemTime::now()),
-        fastrand::u32(..)
-    )
-    .replace([':', '.'], "-");
-    let bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
-    safeio::write_atomically(&dir.join(format!("{name}.request")), &bytes)?;
-    Ok(name)
-}
-
-/// Waits for the server's answer to a request.
-pub fn await_answer(
-    spool: &Spool,
-    name: &str,
-    timeout: Duration,
-) -> io::Result<Result<String, String>> {
-    let path = control_dir(spool).join(format!("{name}.answer"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let _ = std::fs::remove_file(&path);
-                return serde_json::from_slice(&bytes).map_err(io::Error::other);
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                let _ = std::fs::remove_file(control_dir(spool).join(format!("{name}.request")));
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the server did not answer",
-                ));
-            }
-            Err(err) => return Err(err),
+impl ControlError {
+    fn store(id: &str) -> impl FnOnce(StoreError) -> ControlError + '_ {
+        move |source| ControlError::Store {
+            id: id.to_string(),
+            source,
         }
-    }
-}
-
-/// Requests waiting for the server, oldest first (names sort by time).
-pub fn pending(spool: &Spool) -> Vec<(String, Request)> {
-    let Ok(items) = std::fs::read_dir(control_dir(spool)) else {
-        return Vec::new();
-    };
-    let mut requests: Vec<(String, Request)> = items
-        .filter_map(|item| {
-            let path = item.ok()?.path();
-            let name = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(".request")?
-                .to_string();
-            let request = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            let _ = std::fs::remove_file(&path);
-            Some((name, request?))
-        })
-        .collect();
-    requests.sort_by(|a, b| a.0.cmp(&b.0));
-    requests
-}
-
-/// Answers a request.
-pub fn answer(spool: &Spool, name: &str, answer: Result<String, String>) {
-    let path = control_dir(spool).join(format!("{name}.answer"));
-    let written = serde_json::to_vec(&answer)
-        .map_err(io::Error::other)
-        .and_then(|bytes| safeio::write_atomically(&path, &bytes));
-    if let Err(err) = written {
-        tracing::warn!(%err, "cannot answer a queue command");
     }
 }
 
 /// Makes a message due now: a queued one keeps its history, a dead one moves back to the queue.
 /// Returns the updated entry and what was done.
-pub async fn retry(spool: &Spool, id: &str, now: SystemTime) -> Result<(Entry, String), String> {
-    if let Ok(mut entry) = spool.read(Place::Queue, id) {
+pub async fn retry(
+    store: &dyn Store,
+    id: &str,
+    now: SystemTime,
+) -> Result<(Entry, String), ControlError> {
+    let read = |place| async move { store.read(place, id).await.map_err(ControlError::store(id)) };
+    if let Some(mut entry) = read(Place::Queue).await? {
         entry.next_attempt = now;
-        spool
-            .update(Place::Queue, &entry)
-            .await
-            .map_err(|e| format!("{id}: {e}"))?;
+        let updated = store.update(Place::Queue, &entry).await;
+        updated.map_err(ControlError::store(id))?;
         return Ok((entry, format!("{id}: will be retried now")));
     }
-    if spool.read(Place::Held, id).is_ok() {
-        return Err(format!(
-            "{id}: held until the other transactions of its message arrive (at most \
-             queue.split_window); `queue show {id}` says more"
-        ));
+    if read(Place::Held).await?.is_some() {
+        return Err(ControlError::Held(id.to_string()));
     }
-    let mut entry = spool
-        .read(Place::Dead, id)
-        .map_err(|_| format!("{id}: no such message"))?;
+    let Some(mut entry) = read(Place::Dead).await? else {
+        return Err(ControlError::NoSuchMessage(id.to_string()));
+    };
     entry.dead_reason = None;
     entry.next_attempt = now;
-    spool
-        .move_to(Place::Dead, Place::Queue, &entry)
-        .await
-        .map_err(|e| format!("{id}: {e}"))?;
+    let moved = store.move_to(Place::Dead, Place::Queue, &entry).await;
+    moved.map_err(ControlError::store(id))?;
     Ok((
         entry,
         format!("{id}: moved back from the dead letters, will be retried now"),
@@ -165,15 +103,34 @@ pub async fn retry(spool: &Spool, id: &str, now: SystemTime) -> Result<(Entry, S
 }
 
 /// Deletes a message, queued, held or dead.
-pub async fn delete(spool: &Spool, id: &str) -> Result<String, String> {
+pub async fn delete(store: &dyn Store, id: &str) -> Result<String, ControlError> {
     for place in [Place::Queue, Place::Held, Place::Dead] {
-        if spool.read(place, id).is_ok() {
-            spool
-                .remove(place, id)
-                .await
-                .map_err(|e| format!("{id}: {e}"))?;
+        if store.remove(place, id).await.map_err(ControlError::store(id))? {
             return Ok(format!("{id}: deleted"));
         }
     }
-    Err(format!("{id}: no such message"))
+    Err(ControlError::NoSuchMessage(id.to_string()))
+}
+
+/// Carries out a request on a store no server is delivering from at this moment (or one whose
+/// servers learn of changes by themselves): `retry --all` makes every queued message and dead
+/// letter due now.
+pub async fn carry_out(store: &dyn Store, request: &Request) -> Result<String, ControlError> {
+    let now = SystemTime::now();
+    match request {
+        Request::Retry { id: Some(id) } => retry(store, id, now).await.map(|(_, done)| done),
+        Request::Delete { id } => delete(store, id).await,
+        Request::Retry { id: None } => {
+            let mut count = 0;
+            for place in [Place::Queue, Place::Dead] {
+                let listed = store.list(place).await;
+                let (entries, _) = listed.map_err(|err| ControlError::Unreachable(err.to_string()))?;
+                for entry in entries {
+                    retry(store, &entry.id, now).await?;
+                    count += 1;
+                }
+            }
+            Ok(format!("{count} messages will be retried now"))
+        }
+    }
 }

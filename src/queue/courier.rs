@@ -5,12 +5,12 @@
 //! seam keeps the retry schedule testable without Gmail: the tests drive the scheduler with a
 //! scripted courier under paused tokio time ([`Clock::Tokio`]).
 
-use std::path::Path;
 use std::time::SystemTime;
 
+use crate::message::Message;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
-use super::spool::Entry;
+use super::entry::Entry;
 
 /// The per-account facts the scheduler obeys.
 pub struct Limits {
@@ -24,25 +24,27 @@ pub struct Limits {
 /// Delivers one queued message.
 #[async_trait::async_trait]
 pub trait Courier: Send + Sync + 'static {
-    /// One attempt for `entry`, whose exact received bytes are at `path`.
-    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError>;
+    /// One attempt for `entry`, whose exact received bytes are `message`.
+    async fn deliver(&self, entry: &Entry, message: &Message) -> Result<Receipt, DeliveryError>;
 
     /// The limits of the account called `name`; `None` once it is no longer configured (its
-    /// messages are then routed again at delivery, without limits of their own).
+    /// messages then wait for it, see [`Gmail::outgoing`]).
     fn limits(&self, name: &str) -> Option<Limits>;
 
     /// Every configured account's name, for the queue metrics.
     fn accounts(&self) -> Vec<String>;
 }
 
-/// Gmail delivers queued messages with the same code as synchronous delivery; the upload streams
-/// the spool file instead of reading it into memory.
+/// Gmail delivers queued messages with the same code as synchronous delivery, following the
+/// decision stored at accept; the upload streams a stored file instead of reading it into memory.
 #[async_trait::async_trait]
 impl Courier for Gmail {
-    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError> {
-        let outgoing = self
-            .prepare_file(&entry.envelope(), path, entry.size)
-            .await?;
+    async fn deliver(&self, entry: &Entry, message: &Message) -> Result<Receipt, DeliveryError> {
+        let outgoing = match &entry.route {
+            Some(route) => self.outgoing(&entry.account, route, message).await?,
+            // A record written before decisions were stored: decided now, once per attempt.
+            None => self.prepare(&entry.envelope(), message).await?,
+        };
         self.attempt(&outgoing).await
     }
 

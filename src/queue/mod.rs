@@ -9,23 +9,25 @@
 
 pub mod control;
 pub mod courier;
+pub mod entry;
 pub mod schedule;
 pub mod split;
 pub mod spool;
+pub mod store;
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::HeaderOnlyRecipients;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
-use crate::relay::gmail::accounts::{Account, Impersonate};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
-use spool::{Entry, Spool};
+use entry::{Entry, Place};
+use spool::Spool;
+use store::Store;
 
 /// The accepting half of the queue.
 pub struct Queue {
-    spool: Spool,
+    store: Arc<dyn Store>,
     gmail: Arc<Gmail>,
     scheduled: mpsc::UnboundedSender<Entry>,
     /// Holds the transactions of messages an MTA split.
@@ -33,16 +35,16 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue storing into `spool`, announcing new entries to the scheduler and holding the
+    /// A queue storing into `store`, announcing new entries to the scheduler and holding the
     /// transactions of split messages through `split`.
     pub fn new(
-        spool: Spool,
+        store: Arc<dyn Store>,
         gmail: Arc<Gmail>,
         scheduled: mpsc::UnboundedSender<Entry>,
         split: split::Intake,
     ) -> Self {
         Queue {
-            spool,
+            store,
             gmail,
             scheduled,
             split,
@@ -65,15 +67,17 @@ impl Deliver for Queue {
             DeliveryError::local(format!("cannot read the message, try again later: {err}"))
         })?;
         if let Some(part) = self.split.recognise(envelope, &head) {
-            let account = self.gmail.check(&part.completed(envelope), message).await?;
-            let entry = entry_for(envelope, message, &account);
+            // Refused for what would refuse the merged message; decided again once merged.
+            let decision = self.gmail.decide(&part.completed(envelope), message).await?;
+            let entry = Entry::decided(envelope, message.len(), decision);
             return self.split.hold(part, envelope, message, entry).await;
         }
-        // Policy first: a message Gmail mode would refuse is refused now, while the client listens.
-        let account = self.gmail.check(envelope, message).await?;
-        let entry = entry_for(envelope, message, &account);
-        if let Err(err) = self.spool.put(&entry, message).await {
-            tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot queue the message");
+        // Policy first: a message Gmail mode would refuse is refused now, while the client
+        // listens. The decision is stored with the message and delivery follows it.
+        let decision = self.gmail.decide(envelope, message).await?;
+        let entry = Entry::decided(envelope, message.len(), decision);
+        if let Err(err) = self.store.put(Place::Queue, &entry, message).await {
+            tracing::error!(id = %envelope.id, %err, store = %self.store.describe(), "cannot queue the message");
             return Err(DeliveryError::local(
                 "cannot queue the message, try again later",
             ));
@@ -87,18 +91,8 @@ impl Deliver for Queue {
     }
 }
 
-/// The record of a message accepted for `account`, with the mailbox whose limits it counts
-/// against: the sender's, when the account impersonates each sender.
-fn entry_for(envelope: &Envelope, message: &Message, account: &Account) -> Entry {
-    let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
-    let mailbox = account
-        .subject(sender)
-        .filter(|_| account.impersonate == Impersonate::Sender);
-    Entry::new(envelope, message.len(), &account.name).with_mailbox(mailbox)
-}
-
-/// A queue ready to run: the acceptor for the SMTP sessions, the scheduler to spawn, and the lock
-/// that keeps a second server off the same spool.
+/// A queue ready to run: the acceptor for the SMTP sessions, the scheduler and the splitter to
+/// spawn, and the lock that keeps a second server off the same spool.
 pub struct Started {
     /// The delivery target for the SMTP sessions.
     pub acceptor: Arc<Queue>,
@@ -107,9 +101,9 @@ pub struct Started {
     /// Merges the held transactions of split messages; run it until shutdown.
     pub splitter: split::Splitter,
     /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
-    pub spill_dir: std::path::PathBuf,
-    /// Held for as long as the server runs.
-    pub lock: std::fs::File,
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// The spool's lock, held for as long as the server runs.
+    pub lock: Option<std::fs::File>,
 }
 
 /// Why the queue cannot start. The message is for the operator and names the spool.
@@ -143,13 +137,13 @@ pub enum StartError {
 }
 
 /// Opens the spool, takes its lock, cleans up after a crash, and builds the queue's parts.
-pub fn start(
+pub async fn start(
     config: &crate::config::QueueConfig,
     gmail: Arc<Gmail>,
 ) -> Result<Started, StartError> {
     let dir = || config.dir.clone();
     let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
-    let lock = control::try_lock(&spool)
+    let lock = spool::try_lock(spool.root())
         .map_err(|source| StartError::Lock { dir: dir(), source })?
         .ok_or_else(|| StartError::InUse { dir: dir() })?;
     let removed = spool
@@ -161,25 +155,16 @@ pub fn start(
             "removed message bodies whose acceptance never completed (no 250 was sent)"
         );
     }
+    let store: Arc<dyn Store> = Arc::new(spool);
     let (scheduled, incoming) = mpsc::unbounded_channel();
-    let policies: split::Policies = {
-        let gmail = gmail.clone();
-        Arc::new(move |account: &str| {
-            gmail
-                .router()
-                .account(account)
-                .map_or(HeaderOnlyRecipients::default(), |a| {
-                    a.policy.header_only_recipients
-                })
-        })
-    };
-    let (intake, splitter) = split::build(&spool, config, policies, scheduled.clone());
+    let routing: Arc<dyn split::Routing> = gmail.clone();
+    let (intake, splitter) = split::build(&store, config, routing, scheduled.clone());
     Ok(Started {
-        acceptor: Arc::new(Queue::new(spool.clone(), gmail.clone(), scheduled, intake)),
+        acceptor: Arc::new(Queue::new(store.clone(), gmail.clone(), scheduled, intake)),
         splitter,
-        spill_dir: spool.incoming(),
-        scheduler: schedule::Scheduler::new(spool, gmail, config.clone(), incoming),
-        lock,
+        spill_dir: store.spill_dir(),
+        scheduler: schedule::Scheduler::new(store, gmail, config.clone(), incoming).await,
+        lock: Some(lock),
     })
 }
 

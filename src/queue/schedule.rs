@@ -38,7 +38,8 @@ use tokio_util::task::TaskTracker;
 
 use super::control;
 use super::courier::{Clock, Courier};
-use super::spool::{Entry, Place, Spool};
+use super::entry::{Entry, Place};
+use super::store::Store;
 use crate::config::QueueConfig;
 use crate::relay::{Cause, DeliveryError, Receipt, Scope};
 use crate::status::Status;
@@ -83,7 +84,7 @@ struct AccountState {
 
 /// Owns the queue while the server runs.
 pub struct Scheduler {
-    spool: Spool,
+    store: Arc<dyn Store>,
     courier: Arc<dyn Courier>,
     config: QueueConfig,
     clock: Clock,
@@ -103,16 +104,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for the entries already in `spool` and those `incoming` brings, reading the
+    /// A scheduler for the entries already in `store` and those `incoming` brings, reading the
     /// system clock.
-    pub fn new(
-        spool: Spool,
+    pub async fn new(
+        store: Arc<dyn Store>,
         courier: Arc<dyn Courier>,
         config: QueueConfig,
         incoming: mpsc::UnboundedReceiver<Entry>,
     ) -> Self {
         let mut scheduler = Scheduler {
-            spool,
+            store,
             courier,
             config: config.clone(),
             clock: Clock::System,
@@ -125,8 +126,8 @@ impl Scheduler {
             deliveries: TaskTracker::new(),
         };
         // Now, before the acceptor exists: a message stored during a later scan of the
-        // directory would be both loaded and announced, and delivered twice.
-        scheduler.load();
+        // store would be both loaded and announced, and delivered twice.
+        scheduler.load().await;
         scheduler
     }
 
@@ -137,7 +138,7 @@ impl Scheduler {
     }
 
     /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight; anything left
-    /// stays in the spool for the next start.
+    /// stays queued for the next start.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut control_tick = tokio::time::interval(control::POLL);
         loop {
@@ -153,7 +154,7 @@ impl Scheduler {
                         self.schedule(entry);
                     }
                     self.serve_requests().await;
-                    self.report();
+                    self.report().await;
                 }
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => break,
@@ -179,7 +180,7 @@ impl Scheduler {
     }
 
     /// Queue depth and oldest age per account, and the dead letters, for `/metrics`.
-    fn report(&mut self) {
+    async fn report(&mut self) {
         let now = self.clock.now();
         let mut per_account: HashMap<&str, (usize, SystemTime)> = HashMap::new();
         for entry in self.entries.values() {
@@ -200,12 +201,14 @@ impl Scheduler {
                 now.duration_since(oldest).unwrap_or_default(),
             );
         }
-        crate::telemetry::dead_letters(self.spool.count(Place::Dead));
+        if let Ok(dead) = self.store.count(Place::Dead).await {
+            crate::telemetry::dead_letters(dead);
+        }
         self.index.sweep(now);
     }
 
-    fn load(&mut self) {
-        match self.spool.list(Place::Queue) {
+    async fn load(&mut self) {
+        match self.store.list(Place::Queue).await {
             Ok((entries, broken)) => {
                 for (id, err) in broken {
                     tracing::error!(id, %err, "unreadable queue record left in place; inspect or delete it");
@@ -374,15 +377,14 @@ impl Scheduler {
             return;
         };
         self.in_flight.insert(id);
-        let (spool, courier, results) = (
-            self.spool.clone(),
+        let (store, courier, results) = (
+            self.store.clone(),
             self.courier.clone(),
             self.results.0.clone(),
         );
         self.deliveries.spawn(async move {
-            let path = spool.message_path(Place::Queue, &entry.id);
             // A panic must still report back, or the account's slot would be lost for good.
-            let outcome = AssertUnwindSafe(courier.deliver(&entry, &path))
+            let outcome = AssertUnwindSafe(attempt(&*store, &*courier, &entry))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -417,17 +419,17 @@ impl Scheduler {
         outcome: Result<Receipt, DeliveryError>,
         now: SystemTime,
     ) {
-        if !self.spool.message_path(Place::Queue, &entry.id).exists() {
+        // An error reading the store counts as "still there": writing a record back is safe.
+        if !self.store.contains(Place::Queue, &entry.id).await.unwrap_or(true) {
             // Deleted by an operator while it was being delivered, or before the scheduler heard
             // of it: the outcome must not write its record back.
             tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "the message was deleted meanwhile; forgotten");
-            let _ = self.spool.remove(Place::Queue, &entry.id).await;
             return;
         }
         let error = match outcome {
             Ok(receipt) => {
                 self.went_through(&key);
-                if let Err(err) = self.spool.remove(Place::Queue, &entry.id).await {
+                if let Err(err) = self.store.remove(Place::Queue, &entry.id).await {
                     tracing::error!(id = %entry.id, %err, "delivered, but the record could not be removed: it may be sent again");
                 }
                 tracing::info!(id = %entry.id, gmail_id = %receipt.id, attempts = entry.attempts + 1, "delivered");
@@ -450,7 +452,7 @@ impl Scheduler {
             };
             tracing::warn!(id = %entry.id, %reason, "dead letter");
             entry.dead_reason = Some(reason);
-            if let Err(err) = self.spool.move_to(Place::Queue, Place::Dead, &entry).await {
+            if let Err(err) = self.store.move_to(Place::Queue, Place::Dead, &entry).await {
                 tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
                 entry.dead_reason = None;
                 entry.next_attempt = now + backoff(&self.config, entry.attempts);
@@ -461,7 +463,7 @@ impl Scheduler {
         let wait = self.defer(&key, &mut entry, &error, now);
         entry.next_attempt = now + wait;
         tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, %error, "deferred");
-        if let Err(err) = self.spool.update(Place::Queue, &entry).await {
+        if let Err(err) = self.store.update(Place::Queue, &entry).await {
             tracing::error!(id = %entry.id, %err, "cannot update the queue record");
         }
         self.schedule(entry);
@@ -555,5 +557,21 @@ impl Scheduler {
             }
             _ => backoff(&self.config, entry.failures),
         }
+    }
+}
+
+/// One delivery attempt of `entry`: its bytes from the store, then the courier.
+async fn attempt(
+    store: &dyn Store,
+    courier: &dyn Courier,
+    entry: &Entry,
+) -> Result<Receipt, DeliveryError> {
+    match store.message(Place::Queue, entry).await {
+        Ok(Some(message)) => courier.deliver(entry, &message).await,
+        // Deleted meanwhile: `record` finds it gone and forgets it.
+        Ok(None) => Err(DeliveryError::local("the message was deleted")),
+        Err(err) => Err(DeliveryError::local(format!(
+            "cannot read the message from the queue: {err}"
+        ))),
     }
 }

@@ -69,7 +69,9 @@ impl Bridge {
                     max_send_rate: 1000.0,
                     ..QueueConfig::default()
                 };
-                let started = smtp2gmail::queue::start(&config, gmail.clone()).unwrap();
+                let started = smtp2gmail::queue::start(&config, gmail.clone())
+                    .await
+                    .unwrap();
                 let run = started.scheduler.run(shutdown.clone(), Duration::ZERO);
                 let lock = started.lock;
                 tokio::spawn(async move {
@@ -77,10 +79,10 @@ impl Bridge {
                     drop(lock);
                 });
                 let smtp = SmtpConfig {
-                    spill_dir: Some(started.spill_dir.clone()),
+                    spill_dir: started.spill_dir.clone(),
                     ..test_config()
                 };
-                (started.acceptor, smtp, Some(started.spill_dir))
+                (started.acceptor, smtp, started.spill_dir)
             }
         };
         let server = TestServer::with_target(smtp, target).await;

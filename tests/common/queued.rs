@@ -60,9 +60,9 @@ impl Queued {
                 .with_retry(no_retries)
                 .with_request_timeout(Duration::from_millis(300)),
         );
-        let started = queue::start(&queue, relay.clone()).unwrap();
+        let started = queue::start(&queue, relay.clone()).await.unwrap();
         let smtp = SmtpConfig {
-            spill_dir: Some(started.spill_dir.clone()),
+            spill_dir: started.spill_dir.clone(),
             ..test_config()
         };
         let server = TestServer::with_target(smtp, started.acceptor.clone()).await;

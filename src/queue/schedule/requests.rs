@@ -2,20 +2,21 @@
 //! while the server runs): retry now, delete.
 
 use super::{MailboxKey, Scheduler};
-use crate::queue::control::{self, Request};
-use crate::queue::spool::Place;
+use crate::queue::control::{self, ControlError, Request};
+use crate::queue::entry::Place;
 
 impl Scheduler {
     /// Carries out the `queue` commands' requests.
     pub(super) async fn serve_requests(&mut self) {
-        for (name, request) in control::pending(&self.spool) {
+        for (name, request) in self.store.requests().await {
             let answer = match &request {
                 Request::Retry { id: Some(id) } => self.retry(id).await,
                 Request::Retry { id: None } => {
                     let ids: Vec<String> = self.entries.keys().cloned().collect();
                     let dead = self
-                        .spool
+                        .store
                         .list(Place::Dead)
+                        .await
                         .map(|(e, _)| e)
                         .unwrap_or_default();
                     let mut count = 0;
@@ -26,16 +27,16 @@ impl Scheduler {
                 }
                 Request::Delete { id } => self.delete(id).await,
             };
-            control::answer(&self.spool, &name, answer);
+            self.store.answer(&name, answer).await;
         }
     }
 
     /// An operator's "deliver now": the message is due at once, and its account's deferral or
     /// pause is lifted — the operator knows something the schedule does not (the daily limit
     /// was raised, the credentials were fixed at Google's end).
-    async fn retry(&mut self, id: &str) -> Result<String, String> {
+    async fn retry(&mut self, id: &str) -> Result<String, ControlError> {
         if self.in_flight.contains(id) {
-            return Err(format!("{id}: being delivered right now"));
+            return Err(ControlError::InFlight(id.to_string()));
         }
         let now = self.clock.now();
         let (entry, done) = match self.unschedule(id) {
@@ -45,7 +46,7 @@ impl Scheduler {
                 entry.next_attempt = now;
                 (entry, format!("{id}: will be retried now"))
             }
-            None => control::retry(&self.spool, id, now).await?,
+            None => control::retry(&*self.store, id, now).await?,
         };
         let key = MailboxKey::of(&entry);
         let held = self.index.get_mut(&key).is_some_and(|mailbox| {
@@ -68,9 +69,9 @@ impl Scheduler {
         Ok(done)
     }
 
-    async fn delete(&mut self, id: &str) -> Result<String, String> {
+    async fn delete(&mut self, id: &str) -> Result<String, ControlError> {
         let scheduled = self.unschedule(id);
-        let done = match control::delete(&self.spool, id).await {
+        let done = match control::delete(&*self.store, id).await {
             Ok(done) => done,
             Err(err) => {
                 // Still on disk: keep delivering it.

@@ -2,7 +2,6 @@
 //! times asserted are the scheduler's own, not the test machine's speed.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,9 +14,11 @@ mod holds;
 use super::Scheduler;
 use crate::config::QueueConfig;
 use crate::message::Message;
-use crate::queue::control::{self, Request};
+use crate::queue::control::Request;
 use crate::queue::courier::{Clock, Courier, Limits};
-use crate::queue::spool::{Entry, Place, Spool};
+use crate::queue::entry::{Entry, Place};
+use crate::queue::spool::Spool;
+use crate::queue::store::Store;
 use crate::queue::test_envelope;
 use crate::relay::{Cause, DeliveryError, Receipt, Scope};
 use crate::status::Status;
@@ -41,11 +42,7 @@ struct Scripted {
 
 #[async_trait::async_trait]
 impl Courier for Scripted {
-    async fn deliver(&self, entry: &Entry, path: &Path) -> Result<Receipt, DeliveryError> {
-        if !path.exists() {
-            // As Gmail's courier: nothing is uploaded when the spool file is gone.
-            return Err(temporary(None));
-        }
+    async fn deliver(&self, entry: &Entry, _: &Message) -> Result<Receipt, DeliveryError> {
         let _ = self.attempts.send((entry.id.clone(), Instant::now()));
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
@@ -94,7 +91,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(config: QueueConfig) -> Harness {
+    async fn start(config: QueueConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let (report, attempts) = mpsc::unbounded_channel();
@@ -108,8 +105,10 @@ impl Harness {
         });
         let (incoming, receiver) = mpsc::unbounded_channel();
         let clock = Clock::tokio();
-        let scheduler =
-            Scheduler::new(spool.clone(), courier.clone(), config, receiver).with_clock(clock);
+        let store: Arc<dyn Store> = Arc::new(spool.clone());
+        let scheduler = Scheduler::new(store, courier.clone(), config, receiver)
+            .await
+            .with_clock(clock);
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler.run(shutdown.clone(), Duration::from_secs(5)));
         Harness {
@@ -154,7 +153,7 @@ impl Harness {
         let envelope = test_envelope(self.clock.now());
         let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
         let entry = Entry::new(&envelope, message.len(), account).with_mailbox(user);
-        self.spool.put(&entry, &message).await.unwrap();
+        self.spool.put(Place::Queue, &entry, &message).await.unwrap();
         self.courier
             .script
             .lock()
@@ -177,7 +176,7 @@ impl Harness {
 
     async fn settled_unbounded(&self, id: &str, place: Place) -> Entry {
         loop {
-            if let Ok(entry) = self.spool.read(place, id)
+            if let Ok(Some(entry)) = self.spool.read(place, id).await
                 && (place == Place::Dead || entry.attempts > 0)
             {
                 return entry;
@@ -188,7 +187,7 @@ impl Harness {
 
     async fn delivered(&self, id: &str) {
         bounded(async {
-            while self.spool.read(Place::Queue, id).is_ok() {
+            while self.spool.contains(Place::Queue, id).await.unwrap() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -249,7 +248,7 @@ fn assert_jittered(got: Duration, expected: Duration, what: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn backoff_doubles_from_retry_min_to_retry_max() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let id = harness.queue("default", vec![temporary(None); 8]).await;
     let mut starts = Vec::new();
     for _ in 0..9 {
@@ -263,12 +262,12 @@ async fn backoff_doubles_from_retry_min_to_retry_max() {
         assert_jittered(gap, expected[i], &format!("wait after attempt {}", i + 1));
     }
     harness.delivered(&id).await;
-    assert!(harness.spool.read(Place::Dead, &id).is_err());
+    assert!(!harness.spool.contains(Place::Dead, &id).await.unwrap());
 }
 
 /// How long after failing once with `error` a message is tried again (and then delivered).
 async fn retried_after(error: DeliveryError) -> Duration {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let id = harness.queue("default", vec![error]).await;
     let (_, first) = harness.attempt().await;
     let (_, second) = harness.attempt().await;
@@ -288,7 +287,7 @@ async fn retry_after_from_google_is_honoured_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn daily_limit_defers_the_mailbox_for_hours() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let limit = 6 * HOUR;
     let first = harness.queue("default", vec![temporary(Some(limit))]).await;
     let (_, limited_at) = harness.attempt().await;
@@ -313,7 +312,7 @@ async fn daily_limit_defers_the_mailbox_for_hours() {
 
 #[tokio::test(start_paused = true)]
 async fn operator_retry_lifts_the_accounts_deferral() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let first = harness
         .queue("default", vec![temporary(Some(24 * HOUR))])
         .await;
@@ -321,7 +320,7 @@ async fn operator_retry_lifts_the_accounts_deferral() {
     harness.settled(&first, Place::Queue).await;
     let held = harness.queue("default", vec![]).await;
     tokio::time::sleep(MINUTE).await;
-    control::submit(&harness.spool, &Request::Retry { id: None }).unwrap();
+    harness.spool.submit(&Request::Retry { id: None }).unwrap();
     let mut retried = vec![harness.attempt().await, harness.attempt().await];
     retried.sort();
     let mut expected = vec![first.clone(), held.clone()];
@@ -343,7 +342,7 @@ async fn operator_retry_lifts_the_accounts_deferral() {
 
 #[tokio::test(start_paused = true)]
 async fn credentials_problem_pauses_the_account_until_they_change() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let id = harness.queue("default", vec![credentials()]).await;
     let (_, failed_at) = harness.attempt().await;
     harness.settled(&id, Place::Queue).await;
@@ -378,7 +377,7 @@ async fn message_older_than_max_age_becomes_a_dead_letter() {
     let harness = Harness::start(QueueConfig {
         max_age,
         ..config()
-    });
+    }).await;
     let id = harness.queue("default", vec![temporary(None); 1000]).await;
     let dead = harness.settled(&id, Place::Dead).await;
     let reason = dead.dead_reason.as_deref().expect("a dead letter says why");
@@ -395,7 +394,7 @@ async fn message_older_than_max_age_becomes_a_dead_letter() {
         "{} attempts",
         dead.attempts
     );
-    assert!(harness.spool.read(Place::Queue, &id).is_err());
+    assert!(!harness.spool.contains(Place::Queue, &id).await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -403,7 +402,7 @@ async fn a_rate_limited_backlog_does_not_hold_up_another_account() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    });
+    }).await;
     for _ in 0..200 {
         harness.queue("default", vec![]).await;
     }
@@ -421,7 +420,7 @@ async fn a_rate_limited_backlog_does_not_hold_up_another_account() {
 
 /// Waits (in tokio time) until `id`'s message file is gone.
 async fn gone(spool: &Spool, id: &str) {
-    while spool.message_path(Place::Queue, id).exists() {
+    while spool.contains(Place::Queue, id).await.unwrap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -430,12 +429,10 @@ async fn gone(spool: &Spool, id: &str) {
 async fn a_message_announced_while_its_retry_is_in_flight_is_sent_once() {
     // The acceptor announces after storing; an operator's retry, or the scan at start, can reach
     // the message first. The late announcement must not start a second delivery.
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     *harness.courier.delay.lock().unwrap() = MINUTE;
     let entry = harness.store("default", vec![]).await;
-    control::submit(
-        &harness.spool,
-        &Request::Retry {
+    harness.spool.submit(&Request::Retry {
             id: Some(entry.id.clone()),
         },
     )
@@ -450,11 +447,9 @@ async fn a_message_announced_while_its_retry_is_in_flight_is_sent_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_deleted_before_it_was_announced_is_forgotten() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let entry = harness.store("default", vec![]).await;
-    control::submit(
-        &harness.spool,
-        &Request::Delete {
+    harness.spool.submit(&Request::Delete {
             id: entry.id.clone(),
         },
     )
@@ -476,7 +471,7 @@ async fn a_message_deleted_before_it_was_announced_is_forgotten() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_delivery_becomes_a_dead_letter_and_frees_its_slot() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     // More panics than the account's five delivery slots: a leaked slot would stall the account.
     let mut doomed = Vec::new();
     for _ in 0..6 {
@@ -506,7 +501,7 @@ async fn a_send_rate_above_the_wake_up_rate_is_kept() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 500.0,
         ..QueueConfig::default()
-    });
+    }).await;
     *harness.courier.delay.lock().unwrap() = Duration::from_millis(1);
     for _ in 0..300 {
         let entry = harness.store("default", vec![]).await;
@@ -526,11 +521,11 @@ async fn a_send_rate_above_the_wake_up_rate_is_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_deleted_while_in_flight_is_not_written_back() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     *harness.courier.delay.lock().unwrap() = MINUTE;
     let id = harness.queue("default", vec![temporary(None)]).await;
     harness.attempt().await;
-    control::submit(&harness.spool, &Request::Delete { id: id.clone() }).unwrap();
+    harness.spool.submit(&Request::Delete { id: id.clone() }).unwrap();
     gone(&harness.spool, &id).await;
     // The attempt ends (a failure that would be retried) after the delete.
     tokio::time::sleep(10 * MINUTE).await;

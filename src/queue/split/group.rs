@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{SETTLE, SplitRecord};
 use crate::message::mailbox::mailbox_key;
-use crate::queue::spool::{Attempt, Entry};
+use crate::queue::entry::{Attempt, Entry};
 
 /// The held transactions of one message.
 #[derive(Debug)]

@@ -1,9 +1,10 @@
-//! The record of each merge, written before anything moves: `spool/merged/<id>.json`.
+//! The record of each merge, written before anything moves (the spool keeps it in
+//! `merged/<id>.json`).
 //!
-//! Releasing a group moves its oldest transaction to `queue/` (or `dead/`) under the merged record
-//! and removes the other transactions: several files, so a crash can stop it midway. The record
-//! is written first and made durable; at start every record whose transactions are still in
-//! `held/` is carried out again (the move if the oldest is still held, then the removals). A
+//! Releasing a group moves its oldest transaction to the queue (or the dead letters) under the
+//! merged record and removes the other transactions: several steps, so a crash can stop it
+//! midway. The record is written first and made durable; at start every record whose
+//! transactions are still held is carried out again (the move if the oldest is still held, then the removals). A
 //! crash therefore leaves either the held transactions, which are grouped again, or the merged
 //! message with its record: never both sent, never neither.
 //!
@@ -13,20 +14,18 @@
 //! second copy or a dead letter.
 
 use std::collections::HashSet;
-use std::io;
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::spool::{Entry, Place, Spool};
-use crate::safeio;
+use crate::queue::entry::{Entry, Place};
+use crate::queue::store::{Store, StoreError};
 
 /// One merge.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Merge {
-    /// The merged message's record, as it is in `queue/` or `dead/`; its `split.parts` lists the
-    /// transactions merged.
+pub struct Merge {
+    /// The merged message's record, as it is in the queue or the dead letters; its
+    /// `split.parts` lists the transactions merged.
     pub entry: Entry,
     /// True when it was made a dead letter rather than queued.
     pub dead: bool,
@@ -53,90 +52,31 @@ impl Merge {
     }
 }
 
-fn dir(spool: &Spool) -> PathBuf {
-    spool.root().join("merged")
-}
-
-fn path(spool: &Spool, id: &str) -> PathBuf {
-    dir(spool).join(format!("{id}.json"))
-}
-
 /// Carries out a merge: its record durably first, then the moves (see the module docs).
-pub(super) async fn carry_out(spool: &Spool, merge: &Merge) -> io::Result<()> {
-    record(spool, merge).await?;
-    complete(spool, merge).await.map(drop)
-}
-
-/// Writes a merge's record and makes it durable, before anything moves.
-pub(super) async fn record(spool: &Spool, merge: &Merge) -> io::Result<()> {
-    let (dir, file) = (dir(spool), path(spool, &merge.entry.id));
-    let bytes = serde_json::to_vec_pretty(merge).map_err(io::Error::other)?;
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        safeio::write_atomically(&file, &bytes)?;
-        safeio::sync_dir(&dir)
-    })
-    .await
-    .map_err(io::Error::other)?
+pub(super) async fn carry_out(store: &dyn Store, merge: &Merge) -> Result<(), StoreError> {
+    store.save_merge(merge).await?;
+    complete(store, merge).await.map(drop)
 }
 
 /// Does whatever of a recorded merge is not done yet. Returns true when it moved the merged
 /// message into place (which the scheduler then has to hear about).
-pub(super) async fn complete(spool: &Spool, merge: &Merge) -> io::Result<bool> {
+pub(super) async fn complete(store: &dyn Store, merge: &Merge) -> Result<bool, StoreError> {
     let id = &merge.entry.id;
-    let moved = spool.message_path(Place::Held, id).exists();
+    let moved = store.contains(Place::Held, id).await?;
     if moved {
-        spool
-            .move_to(Place::Held, merge.place(), &merge.entry)
-            .await?;
+        store.move_to(Place::Held, merge.place(), &merge.entry).await?;
     }
     for part in merge.parts().iter().filter(|part| *part != id) {
-        if spool.message_path(Place::Held, part).exists() {
-            spool.remove(Place::Held, part).await?;
-        }
+        store.remove(Place::Held, part).await?;
     }
     Ok(moved)
-}
-
-/// Every merge record, and those that cannot be read (with why).
-pub(super) fn load(spool: &Spool) -> (Vec<Merge>, Vec<(PathBuf, io::Error)>) {
-    let (mut merges, mut broken) = (Vec::new(), Vec::new());
-    let Ok(items) = std::fs::read_dir(dir(spool)) else {
-        return (merges, broken);
-    };
-    for item in items.filter_map(Result::ok) {
-        let path = item.path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let read = std::fs::read(&path).and_then(|bytes| {
-            serde_json::from_slice(&bytes)
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
-        });
-        match read {
-            Ok(merge) => merges.push(merge),
-            Err(err) => broken.push((path, err)),
-        }
-    }
-    merges.sort_by_key(|m: &Merge| m.at);
-    (merges, broken)
-}
-
-/// Forgets a merge whose transactions are all gone.
-pub(super) async fn forget(spool: &Spool, id: &str) -> io::Result<()> {
-    let file = path(spool, id);
-    tokio::task::spawn_blocking(move || match std::fs::remove_file(file) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    })
-    .await
-    .map_err(io::Error::other)?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::queue::spool::Spool;
 
     async fn held(spool: &Spool, id: &str) -> Entry {
         let entry = Entry {
@@ -144,7 +84,7 @@ mod tests {
             ..crate::queue::split::test_part(id, SystemTime::now(), &["a@x"])
         };
         let message = Message::from_bytes(b"To: a@x".to_vec());
-        spool.put_into(Place::Held, &entry, &message).await.unwrap();
+        spool.put(Place::Held, &entry, &message).await.unwrap();
         entry
     }
 
@@ -169,9 +109,9 @@ mod tests {
         let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
         let merge = merge_of(&[&first, &second]);
         carry_out(&spool, &merge).await.unwrap();
-        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merge.entry);
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
-        let (loaded, broken) = load(&spool);
+        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merge.entry);
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
+        let (loaded, broken) = spool.merges().await.unwrap();
         assert!(broken.is_empty());
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].parts(), ["01", "02"]);
@@ -179,8 +119,8 @@ mod tests {
             !complete(&spool, &loaded[0]).await.unwrap(),
             "nothing left to do"
         );
-        forget(&spool, "01").await.unwrap();
-        assert!(load(&spool).0.is_empty());
+        spool.forget_merge("01").await.unwrap();
+        assert!(spool.merges().await.unwrap().0.is_empty());
     }
 
     #[tokio::test]
@@ -190,11 +130,11 @@ mod tests {
         let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
         let merge = merge_of(&[&first, &second]);
         // The record was written, then the server died before moving anything.
-        record(&spool, &merge).await.unwrap();
-        let (loaded, _) = load(&spool);
+        spool.save_merge(&merge).await.unwrap();
+        let (loaded, _) = spool.merges().await.unwrap();
         assert!(complete(&spool, &loaded[0]).await.unwrap());
-        assert_eq!(spool.read(Place::Queue, "01").unwrap().rcpt_to.len(), 2);
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap().rcpt_to.len(), 2);
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
 
         // Died after the move, before removing the other transaction: only the removal is left.
         let (third, fourth) = (held(&spool, "03").await, held(&spool, "04").await);
@@ -204,7 +144,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!complete(&spool, &merge).await.unwrap());
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
-        assert_eq!(spool.read(Place::Queue, "03").unwrap(), merge.entry);
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "03").await.unwrap().unwrap(), merge.entry);
     }
 }

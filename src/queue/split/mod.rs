@@ -37,12 +37,50 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::spool::{Entry, Place, Spool};
+use std::sync::Arc;
+
+use super::entry::{Entry, Place};
+use super::store::Store;
+use crate::config::HeaderOnlyRecipients;
 use crate::message::headers::{Headers, header_end};
 use crate::message::{Envelope, Message};
-use crate::relay::{DeliveryError, Receipt};
+use crate::relay::gmail::Decision;
+use crate::relay::{DeliveryError, Gmail, Receipt};
 
-pub use splitter::{Policies, Splitter};
+pub use journal::Merge;
+pub use splitter::Splitter;
+
+/// What the splitter needs from the relay: the account's rule for header-only recipients (an
+/// incomplete group), and a decision for a merged message, whose union envelope gets its own
+/// Bcc. The relay decides; the splitter only groups.
+#[async_trait::async_trait]
+pub trait Routing: Send + Sync + 'static {
+    /// `header_only_recipients` of the account called `account` (the default when it is gone).
+    fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients;
+
+    /// The decision for `message` sent to `envelope` (see [`Gmail::decide`]).
+    async fn decide(&self, envelope: &Envelope, message: &Message)
+    -> Result<Decision, DeliveryError>;
+}
+
+#[async_trait::async_trait]
+impl Routing for Gmail {
+    fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients {
+        self.router()
+            .account(account)
+            .map_or(HeaderOnlyRecipients::default(), |a| {
+                a.policy.header_only_recipients
+            })
+    }
+
+    async fn decide(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Decision, DeliveryError> {
+        Gmail::decide(self, envelope, message).await
+    }
+}
 
 /// After the last transaction that completed a group, how long more of them may still arrive
 /// (envelope-only recipients in a transaction of their own) before the merged message is queued.
@@ -117,7 +155,7 @@ fn message_id(head: &[u8]) -> Option<String> {
 
 /// The accepting side: recognises parts and holds them.
 pub struct Intake {
-    spool: Spool,
+    store: Arc<dyn Store>,
     window: Duration,
     parts: mpsc::UnboundedSender<HeldPart>,
 }
@@ -166,8 +204,8 @@ impl Intake {
             parts: Vec::new(),
             uncovered: Vec::new(),
         });
-        if let Err(err) = self.spool.put_into(Place::Held, &entry, message).await {
-            tracing::error!(id = %envelope.id, %err, spool = %self.spool.root().display(), "cannot hold the message");
+        if let Err(err) = self.store.put(Place::Held, &entry, message).await {
+            tracing::error!(id = %envelope.id, %err, store = %self.store.describe(), "cannot hold the message");
             return Err(DeliveryError::local(
                 "cannot queue the message, try again later",
             ));
@@ -231,19 +269,43 @@ impl tokio::io::AsyncWrite for Hashing {
 
 /// The intake for the acceptor and the splitter to run, sharing a channel.
 pub fn build(
-    spool: &Spool,
+    store: &Arc<dyn Store>,
     config: &crate::config::QueueConfig,
-    policies: Policies,
+    routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
 ) -> (Intake, Splitter) {
     let (parts, incoming) = mpsc::unbounded_channel();
     let intake = Intake {
-        spool: spool.clone(),
+        store: store.clone(),
         window: config.split_window,
         parts,
     };
-    let splitter = Splitter::new(spool.clone(), config, policies, scheduled, incoming);
+    let splitter = Splitter::new(store.clone(), config, routing, scheduled, incoming);
     (intake, splitter)
+}
+
+/// The relay's side for the splitter's tests: `reject`, and every message sent as it is.
+#[cfg(test)]
+struct Rejecting;
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl Routing for Rejecting {
+    fn header_only_recipients(&self, _: &str) -> HeaderOnlyRecipients {
+        HeaderOnlyRecipients::Reject
+    }
+
+    async fn decide(&self, _: &Envelope, message: &Message) -> Result<Decision, DeliveryError> {
+        let whole = crate::message::header_edits::Piece::Original(0..message.len() as usize);
+        Ok(Decision {
+            account: "default".into(),
+            mailbox: None,
+            route: crate::relay::gmail::Route {
+                subject: None,
+                upload: vec![whole],
+            },
+        })
+    }
 }
 
 /// A held transaction's record for the tests: group `g`, Message-ID `m@x`, `size` 0.
@@ -275,7 +337,9 @@ mod tests {
 
     fn intake(window: Duration) -> Intake {
         Intake {
-            spool: Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
+            store: Arc::new(
+                crate::queue::spool::Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
+            ),
             window,
             parts: mpsc::unbounded_channel().0,
         }

@@ -10,14 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{Group, Outcome};
 use super::journal::{self, Merge};
-use super::{HeldPart, header_recipients};
+use super::{HeldPart, Routing, header_recipients};
 use crate::config::{HeaderOnlyRecipients, QueueConfig};
+use crate::message::HEAD_LIMIT;
 use crate::message::mailbox::mailbox_key;
-use crate::message::{HEAD_LIMIT, read_head};
-use crate::queue::spool::{Entry, Place, Spool};
-
-/// The `header_only_recipients` policy of an account, by name.
-pub type Policies = Arc<dyn Fn(&str) -> HeaderOnlyRecipients + Send + Sync>;
+use crate::queue::entry::{Entry, Place};
+use crate::queue::store::Store;
 
 /// The longest sleep: held transactions are few, but the clock may jump.
 const IDLE: Duration = Duration::from_secs(60);
@@ -28,11 +26,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Owns the held transactions while the server runs.
 pub struct Splitter {
-    spool: Spool,
+    store: Arc<dyn Store>,
     window: Duration,
     /// How long merges are remembered (`queue.max_age`).
     retention: Duration,
-    policies: Policies,
+    routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
     incoming: mpsc::UnboundedReceiver<HeldPart>,
     /// Open groups by key.
@@ -44,17 +42,17 @@ pub struct Splitter {
 
 impl Splitter {
     pub(super) fn new(
-        spool: Spool,
+        store: Arc<dyn Store>,
         config: &QueueConfig,
-        policies: Policies,
+        routing: Arc<dyn Routing>,
         scheduled: mpsc::UnboundedSender<Entry>,
         incoming: mpsc::UnboundedReceiver<HeldPart>,
     ) -> Splitter {
         Splitter {
-            spool,
+            store,
             window: config.split_window,
             retention: config.max_age,
-            policies,
+            routing,
             scheduled,
             incoming,
             groups: HashMap::new(),
@@ -63,7 +61,7 @@ impl Splitter {
         }
     }
 
-    /// Runs until `shutdown`. Held transactions stay on disk and are picked up at the next start.
+    /// Runs until `shutdown`. Held transactions stay stored and are picked up at the next start.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.resume().await;
         loop {
@@ -85,12 +83,18 @@ impl Splitter {
 
     /// Finishes the merges a crash interrupted, then groups the transactions held on disk.
     async fn resume(&mut self) {
-        let (merges, broken) = journal::load(&self.spool);
-        for (path, err) in broken {
-            tracing::error!(path = %path.display(), %err, "unreadable merge record left in place");
+        let (merges, broken) = match self.store.merges().await {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the merge records; held transactions wait for the next start");
+                return;
+            }
+        };
+        for (record, err) in broken {
+            tracing::error!(record, %err, "unreadable merge record left in place");
         }
         for merge in merges {
-            match journal::complete(&self.spool, &merge).await {
+            match journal::complete(&*self.store, &merge).await {
                 Ok(true) => {
                     tracing::info!(id = %merge.entry.id, "completed a merge of held transactions that a stop interrupted");
                     if !merge.dead {
@@ -105,7 +109,7 @@ impl Splitter {
             self.remember(merge);
         }
         self.prune(SystemTime::now()).await;
-        let held = match self.spool.list(Place::Held) {
+        let held = match self.store.list(Place::Held).await {
             Ok((held, broken)) => {
                 for (id, err) in broken {
                     tracing::error!(id, %err, "unreadable held transaction left in place; inspect or delete it");
@@ -124,9 +128,11 @@ impl Splitter {
             );
         }
         for entry in held {
-            let path = self.spool.message_path(Place::Held, &entry.id);
-            let head = read_head(&path, entry.size.min(HEAD_LIMIT as u64)).await;
-            let Some(header) = head.ok().and_then(|head| header_recipients(&head)) else {
+            let head = match self.store.message(Place::Held, &entry).await {
+                Ok(Some(message)) => message.head(HEAD_LIMIT).await.ok(),
+                _ => None,
+            };
+            let Some(header) = head.and_then(|head| header_recipients(&head)) else {
                 tracing::error!(id = %entry.id, "held transaction whose headers cannot be read left in place; inspect or delete it");
                 continue;
             };
@@ -156,15 +162,14 @@ impl Splitter {
         if let Some(merge) = self.repeats(&key, &part.entry) {
             let (id, merged) = (part.entry.id.clone(), merge.entry.id.clone());
             // Gone already when it is itself part of that merge (loaded, then announced).
-            if self.spool.message_path(Place::Held, &id).exists() {
-                tracing::info!(
+            match self.store.remove(Place::Held, &id).await {
+                Ok(true) => tracing::info!(
                     id,
                     merged,
                     "transaction repeats a message already released; dropped"
-                );
-                if let Err(err) = self.spool.remove(Place::Held, &id).await {
-                    tracing::error!(id, %err, "cannot remove a repeated transaction");
-                }
+                ),
+                Ok(false) => {}
+                Err(err) => tracing::error!(id, %err, "cannot remove a repeated transaction"),
             }
             return;
         }
@@ -211,27 +216,47 @@ impl Splitter {
     /// Queues a group as one message, or makes it a dead letter.
     async fn release(&mut self, key: String, mut group: Group, now: SystemTime) {
         // An operator may have deleted some meanwhile.
-        group
-            .parts
-            .retain(|p| self.spool.message_path(Place::Held, &p.id).exists());
+        let mut kept = Vec::new();
+        for part in group.parts.drain(..) {
+            if self.store.contains(Place::Held, &part.id).await.unwrap_or(true) {
+                kept.push(part);
+            }
+        }
+        group.parts = kept;
         let Some(first) = group.parts.first() else {
             return;
         };
-        let outcome = if group.is_complete() {
+        let mut outcome = if group.is_complete() {
             Outcome::Queue
         } else {
-            match (self.policies)(&first.account) {
+            match self.routing.header_only_recipients(&first.account) {
                 HeaderOnlyRecipients::Allow => Outcome::Queue,
                 HeaderOnlyRecipients::Reject => Outcome::Dead(self.incomplete_reason(&key, &group)),
             }
         };
+        let mut entry = group.merged(&outcome, now);
+        if outcome == Outcome::Queue {
+            match self.decide(&entry).await {
+                Ok(decision) => entry = entry.redecided(decision),
+                Err(Some(reason)) => {
+                    outcome = Outcome::Dead(reason);
+                    entry = group.merged(&outcome, now);
+                }
+                Err(None) => {
+                    group.settled_at = None;
+                    group.deadline = now + RETRY;
+                    self.groups.insert(key, group);
+                    return;
+                }
+            }
+        }
         let merge = Merge {
-            entry: group.merged(&outcome, now),
+            entry,
             dead: outcome != Outcome::Queue,
             served: group.served(&outcome).into_iter().collect(),
             at: now,
         };
-        if let Err(err) = journal::carry_out(&self.spool, &merge).await {
+        if let Err(err) = journal::carry_out(&*self.store, &merge).await {
             tracing::error!(id = %merge.entry.id, %err, "cannot release held transactions; trying again in a minute");
             group.settled_at = None;
             group.deadline = now + RETRY;
@@ -243,6 +268,28 @@ impl Splitter {
             let _ = self.scheduled.send(merge.entry.clone());
         }
         self.remember(merge);
+    }
+
+    /// The decision for a merged message: the union of its parts' envelopes gets its own Bcc.
+    /// `Err(Some(reason))` when the rules refuse it (it becomes a dead letter: 250 was given),
+    /// `Err(None)` when it cannot be read now (tried again later).
+    async fn decide(&self, merged: &Entry) -> Result<crate::relay::gmail::Decision, Option<String>> {
+        let message = match self.store.message(Place::Held, merged).await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err(None),
+            Err(err) => {
+                tracing::error!(id = %merged.id, %err, "cannot read a held transaction; trying again in a minute");
+                return Err(None);
+            }
+        };
+        match self.routing.decide(&merged.envelope(), &message).await {
+            Ok(decision) => Ok(decision),
+            Err(err) if err.is_permanent() => Err(Some(err.to_string())),
+            Err(err) => {
+                tracing::error!(id = %merged.id, %err, "cannot route a merged message; trying again in a minute");
+                Err(None)
+            }
+        }
     }
 
     fn log_release(&self, merge: &Merge, group: &Group, outcome: &Outcome) {
@@ -303,7 +350,7 @@ impl Splitter {
         let mut forgotten = HashSet::new();
         for merge in self.released.values().flatten() {
             if merge.at < cutoff {
-                match journal::forget(&self.spool, &merge.entry.id).await {
+                match self.store.forget_merge(&merge.entry.id).await {
                     Ok(()) => {
                         forgotten.insert(merge.entry.id.clone());
                     }
@@ -339,18 +386,20 @@ fn list(addresses: &[String]) -> String {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::queue::spool::Spool;
 
     const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
 
     fn splitter(spool: &Spool, window: Duration) -> (Splitter, mpsc::UnboundedReceiver<Entry>) {
+        let spool: Arc<dyn Store> = Arc::new(spool.clone());
         let config = QueueConfig {
             split_window: window,
             ..QueueConfig::default()
         };
         let (scheduled, queued) = mpsc::unbounded_channel();
-        let reject: Policies = Arc::new(|_| HeaderOnlyRecipients::Reject);
         let incoming = mpsc::unbounded_channel().1;
-        let splitter = Splitter::new(spool.clone(), &config, reject, scheduled, incoming);
+        let routing = Arc::new(super::super::Rejecting);
+        let splitter = Splitter::new(spool, &config, routing, scheduled, incoming);
         (splitter, queued)
     }
 
@@ -361,7 +410,7 @@ mod tests {
             ..crate::queue::split::test_part(id, at, &[rcpt])
         };
         let message = Message::from_bytes(RAW.to_vec());
-        spool.put_into(Place::Held, &entry, &message).await.unwrap();
+        spool.put(Place::Held, &entry, &message).await.unwrap();
     }
 
     #[tokio::test]
@@ -375,7 +424,7 @@ mod tests {
         let group = &splitter.groups["g"];
         assert!(group.deadline > SystemTime::now() + Duration::from_secs(50));
         splitter.release_due().await;
-        assert_eq!(spool.list(Place::Held).unwrap().0.len(), 1, "still held");
+        assert_eq!(spool.list(Place::Held).await.unwrap().0.len(), 1, "still held");
     }
 
     #[tokio::test]
@@ -392,12 +441,12 @@ mod tests {
         splitter.release("g".into(), group, now).await;
         let merged = queued.try_recv().unwrap();
         assert_eq!((merged.id.as_str(), merged.rcpt_to.len()), ("01", 2));
-        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merged);
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merged);
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
 
         // The client sends the second transaction again: dropped, nothing queued.
         hold(&spool, "03", now, "b@x").await;
-        let again = spool.read(Place::Held, "03").unwrap();
+        let again = spool.read(Place::Held, "03").await.unwrap().unwrap();
         splitter.groups.clear();
         let header = ["a@x", "b@x"].map(String::from).into();
         splitter
@@ -410,7 +459,7 @@ mod tests {
             )
             .await;
         assert!(splitter.groups.is_empty() && queued.try_recv().is_err());
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
     }
 
     #[tokio::test]
@@ -430,7 +479,7 @@ mod tests {
             at: now,
         };
         // The record is durable; the server dies before moving anything.
-        journal::record(&spool, &merge).await.unwrap();
+        spool.save_merge(&merge).await.unwrap();
 
         let (mut after, mut queued) = splitter(&spool, Duration::from_secs(60));
         after.resume().await;
@@ -440,7 +489,7 @@ mod tests {
             after.groups.is_empty(),
             "the held transactions are not grouped again"
         );
-        assert!(spool.list(Place::Held).unwrap().0.is_empty());
-        assert_eq!(spool.read(Place::Queue, "01").unwrap(), merge.entry);
+        assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
+        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merge.entry);
     }
 }

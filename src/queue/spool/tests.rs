@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::{Entry, FOOTER_LEN, Place, Spool};
+use super::format::FOOTER_LEN;
+use super::{Entry, Place, Spool};
+use crate::queue::store::{Store, StoreError};
 use crate::message::{BodyWriter, Message, SPILL_THRESHOLD};
 use crate::queue::test_envelope;
 
@@ -27,17 +29,17 @@ async fn a_message_is_one_file_holding_the_exact_bytes_then_its_record() {
     let bytes = b"Subject: hi\r\n\r\nbody without a final newline".to_vec();
     let message = Message::from_bytes(bytes.clone());
     let entry = entry_for(&message);
-    spool.put(&entry, &message).await.unwrap();
+    spool.put(Place::Queue, &entry, &message).await.unwrap();
 
     assert_eq!(
         files(&dir.path().join("queue")),
         [format!("{}.msg", entry.id)]
     );
-    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert_eq!(&stored[..bytes.len()], &bytes[..]);
     assert!(stored.ends_with(b"\n") && stored.len() > bytes.len() + FOOTER_LEN);
-    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
-    let (listed, broken) = spool.list(Place::Queue).unwrap();
+    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    let (listed, broken) = spool.list(Place::Queue).await.unwrap();
     assert_eq!((listed, broken.len()), (vec![entry], 0));
 }
 
@@ -47,10 +49,10 @@ async fn the_record_file_supersedes_the_first_record_and_goes_with_the_message()
     let spool = Spool::open(dir.path()).unwrap();
     let message = Message::from_bytes(b"Subject: hi\r\n\r\nx\r\n".to_vec());
     let mut entry = entry_for(&message);
-    spool.put(&entry, &message).await.unwrap();
+    spool.put(Place::Queue, &entry, &message).await.unwrap();
     entry.record(SystemTime::now(), "Gmail answered 503".into());
     spool.update(Place::Queue, &entry).await.unwrap();
-    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap().attempts, 1);
+    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap().attempts, 1);
 
     entry.dead_reason = Some("400 invalidArgument".into());
     spool
@@ -58,7 +60,7 @@ async fn the_record_file_supersedes_the_first_record_and_goes_with_the_message()
         .await
         .unwrap();
     assert!(files(&dir.path().join("queue")).is_empty());
-    assert_eq!(spool.read(Place::Dead, &entry.id).unwrap(), entry);
+    assert_eq!(spool.read(Place::Dead, &entry.id).await.unwrap().unwrap(), entry);
 
     spool.remove(Place::Dead, &entry.id).await.unwrap();
     assert!(files(&dir.path().join("dead")).is_empty());
@@ -70,16 +72,16 @@ async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledge
     let spool = Spool::open(dir.path()).unwrap();
     let message = Message::from_bytes(b"Subject: hi\r\n\r\nx\r\n".to_vec());
     let complete = entry_for(&message);
-    spool.put(&complete, &message).await.unwrap();
+    spool.put(Place::Queue, &complete, &message).await.unwrap();
     let with_history = entry_for(&message);
-    spool.put(&with_history, &message).await.unwrap();
+    spool.put(Place::Queue, &with_history, &message).await.unwrap();
     spool.update(Place::Queue, &with_history).await.unwrap();
     let queue = dir.path().join("queue");
     // A crash mid-write: the file is cut short anywhere, even inside the footer.
-    let whole = std::fs::read(spool.message_path(Place::Queue, &complete.id)).unwrap();
+    let whole = std::fs::read(spool.msg(Place::Queue, &complete.id)).unwrap();
     for (name, cut) in [("aa01", 0), ("aa02", 10), ("aa03", whole.len() - 3)] {
         std::fs::write(queue.join(format!("{name}.msg")), &whole[..cut]).unwrap();
-        assert!(spool.read(Place::Queue, name).is_err());
+        assert!(spool.read(Place::Queue, name).await.is_err());
     }
     // A record left behind by a removal that stopped halfway, and a spilled body.
     std::fs::write(queue.join("bb01.json"), b"{}").unwrap();
@@ -103,7 +105,7 @@ async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledge
     expected.sort();
     assert_eq!(files(&queue), expected);
     assert!(files(&dir.path().join("incoming")).is_empty());
-    assert_eq!(spool.read(Place::Queue, &complete.id).unwrap(), complete);
+    assert_eq!(spool.read(Place::Queue, &complete.id).await.unwrap().unwrap(), complete);
 }
 
 #[tokio::test]
@@ -117,10 +119,10 @@ async fn a_spilled_message_never_replaces_an_existing_file() {
     writer.commit().await;
     let message = writer.finish().await.unwrap();
     let entry = entry_for(&message);
-    let path = spool.message_path(Place::Queue, &entry.id);
+    let path = spool.msg(Place::Queue, &entry.id);
     std::fs::write(&path, b"another message's file").unwrap();
-    let refused = spool.put(&entry, &message).await.unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+    let refused = spool.put(Place::Queue, &entry, &message).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Exists(_)), "{refused}");
     assert_eq!(std::fs::read(&path).unwrap(), b"another message's file");
 }
 
@@ -136,10 +138,10 @@ async fn a_spilled_message_is_linked_with_its_record_and_still_reads_as_itself()
     }
     let message = writer.finish().await.unwrap();
     let entry = entry_for(&message);
-    spool.put(&entry, &message).await.unwrap();
+    spool.put(Place::Queue, &entry, &message).await.unwrap();
 
-    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
-    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert!(stored[..bytes.len()] == bytes[..]);
     // The session's view of the message is unchanged by the record appended to its file.
     assert!(message.bytes().await.unwrap() == bytes);
@@ -171,12 +173,12 @@ async fn a_spool_of_the_two_file_format_is_upgraded_and_nothing_is_lost() {
     let mut expected = vec![format!("{}.json", entry.id), format!("{}.msg", entry.id)];
     expected.sort();
     assert_eq!(files(&queue), expected);
-    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
-    let stored = std::fs::read(spool.message_path(Place::Queue, &entry.id)).unwrap();
+    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert_eq!(&stored[..bytes.len()], &bytes[..]);
     // Once the history file goes, the record inside the `.msg` still describes the message.
     std::fs::remove_file(queue.join(format!("{}.json", entry.id))).unwrap();
-    assert_eq!(spool.read(Place::Queue, &entry.id).unwrap(), entry);
+    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
 }
 
 #[tokio::test]
@@ -197,8 +199,8 @@ async fn recovery_keeps_what_it_cannot_read_and_what_a_newer_version_wrote() {
         assert_eq!(spool.recover().unwrap(), 0);
         assert_eq!(files(&queue), ["ee01.eml", "ee01.json", "ee02.msg"]);
     }
-    let err = spool.read(Place::Queue, "ee02").unwrap_err();
+    let err = spool.read(Place::Queue, "ee02").await.unwrap_err();
     assert!(err.to_string().contains("record v2"), "{err}");
-    let (_, broken) = spool.list(Place::Queue).unwrap();
+    let (_, broken) = spool.list(Place::Queue).await.unwrap();
     assert_eq!(broken.len(), 1, "reported by queue list");
 }

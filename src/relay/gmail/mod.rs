@@ -1,10 +1,11 @@
 //! The Gmail target: route to an account, apply the recipient and From rules, get an access token,
 //! upload the raw bytes.
 //!
-//! [`Gmail::prepare`] and [`Gmail::attempt`] are the two halves the durable queue will call too;
-//! [`Deliver::deliver`] adds a small retry budget for synchronous delivery, so a transient 429 or
-//! 503 does not turn into a 451 while the client is still waiting. [`reload`] switches an
-//! account to rewritten credential files while the server runs.
+//! [`Gmail::decide`] routes a message once, when it is accepted (the queue stores the
+//! [`Decision`]); [`Gmail::outgoing`] builds the upload from it and [`Gmail::attempt`] sends it.
+//! [`Deliver::deliver`] (synchronous delivery) does the three at once and adds a small retry
+//! budget, so a transient 429 or 503 does not turn into a 451 while the client is still waiting.
+//! [`reload`] switches an account to rewritten credential files while the server runs.
 
 pub mod accounts;
 pub mod api;
@@ -12,7 +13,6 @@ pub mod reload;
 pub mod slots;
 pub mod upload;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,9 @@ use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
 use crate::message::gmail_size;
 use crate::message::headers::Headers;
-use crate::message::{Envelope, HEAD_LIMIT, Message, read_head};
+use crate::message::header_edits::Piece;
+use crate::message::{Envelope, HEAD_LIMIT, Message};
+use serde::{Deserialize, Serialize};
 use crate::status::Status;
 use accounts::{Account, Router};
 pub use accounts::{AccountError, AccountProblem};
@@ -60,6 +62,31 @@ pub struct Outgoing {
     pub upload: Upload,
 }
 
+/// What was decided for one message when it was accepted, stored in its queue record so that
+/// delivery does exactly that (see [`Gmail::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The account that sends it.
+    pub account: String,
+    /// The mailbox whose limits it counts against when the account impersonates each sender
+    /// (lowercased, see `message::mailbox`); `None` when the account is one mailbox.
+    pub mailbox: Option<String>,
+    /// As whom, and what bytes.
+    pub route: Route,
+}
+
+/// The part of a [`Decision`] delivery needs besides the account: the user a service-account
+/// token is minted for and the upload as pieces of the message (ranges of it, and the bytes the
+/// rules added: a Bcc field, a rewritten From).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The user a service-account token is minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The upload, covering the whole message.
+    pub upload: Vec<Piece>,
+}
+
 /// Delivers through the Gmail API.
 pub struct Gmail {
     api: GmailApi,
@@ -95,68 +122,31 @@ impl Gmail {
         &self.router
     }
 
-    /// Routes the message and applies the account's rules: everything that can refuse a message
-    /// before anything is sent.
+    /// Routes the message and applies the account's rules (everything that can refuse a message
+    /// before anything is sent), and builds the upload: synchronous delivery.
     pub async fn prepare(
         &self,
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
-        let raw = message.to_bytes().await.map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &raw, raw.len() as u64)?;
-        log_edits(envelope, &account, &prepared);
-        Ok(Outgoing {
-            account,
-            subject,
-            upload: Upload::Memory(prepared.to_chunks(raw)),
-        })
+        let decision = self.decide(envelope, message).await?;
+        self.outgoing(&decision.account, &decision.route, message)
+            .await
     }
 
-    /// What [`prepare`](Self::prepare) decides, from the head of the message only: the account, or
-    /// why the message is refused. The queue calls this before 250 without reading a 35 MB body.
-    pub async fn check(
+    /// The decision for a message: which account and mailbox, and the upload the rules make of
+    /// it. Made once, when the message is accepted: the queue stores it with the message, and a
+    /// message is never routed again. Reads only the head of the message (the queue calls this
+    /// before 250 without reading a 35 MB body) and refuses, with the reason, what the account's
+    /// rules refuse. Logs what the rules added.
+    pub async fn decide(
         &self,
         envelope: &Envelope,
         message: &Message,
-    ) -> Result<Arc<Account>, DeliveryError> {
+    ) -> Result<Decision, DeliveryError> {
         let head = message.head(HEAD_LIMIT).await.map_err(unreadable)?;
-        Ok(self.decide(envelope, &head, message.len())?.0)
-    }
-
-    /// [`prepare`](Self::prepare) for a message stored in a file (the queue's `.msg`), whose first
-    /// `len` bytes are the message: only the head is read, and the upload streams the file.
-    pub async fn prepare_file(
-        &self,
-        envelope: &Envelope,
-        path: &Path,
-        len: u64,
-    ) -> Result<Outgoing, DeliveryError> {
-        let head = read_head(path, len.min(HEAD_LIMIT as u64))
-            .await
-            .map_err(unreadable)?;
-        let (account, subject, prepared) = self.decide(envelope, &head, len)?;
-        log_edits(envelope, &account, &prepared);
-        let pieces = upload::extend_to(prepared.pieces, head.len(), len as usize);
-        Ok(Outgoing {
-            account,
-            subject,
-            upload: Upload::File {
-                path: path.to_path_buf(),
-                pieces,
-            },
-        })
-    }
-
-    /// The account, the user a service-account token is for, and the rules' edits. `raw` is the
-    /// message or its head; `total` the size of the whole message, so that an upload that the
-    /// edits would take over Gmail's limit is refused here, before 250.
-    fn decide(
-        &self,
-        envelope: &Envelope,
-        raw: &[u8],
-        total: u64,
-    ) -> Result<(Arc<Account>, Option<String>, Prepared), DeliveryError> {
-        let headers = Headers::read(raw);
+        let total = message.len();
+        let headers = Headers::read(&head);
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
         let from = headers
             .from
@@ -173,8 +163,8 @@ impl Gmail {
                 ),
             });
         };
-        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, raw, &headers)?;
-        gmail_size::check_upload_size(&prepared, raw.len(), total)?;
+        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, &head, &headers)?;
+        gmail_size::check_upload_size(&prepared, head.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
         {
@@ -185,11 +175,50 @@ impl Gmail {
                  (set from_policy = \"rewrite\" or \"reject\", or add it to send_as)"
             );
         }
-        Ok((
-            account.clone(),
-            account.subject(sender).map(str::to_string),
-            prepared,
-        ))
+        log_edits(envelope, account, &prepared);
+        let subject = account.subject(sender);
+        Ok(Decision {
+            account: account.name.clone(),
+            mailbox: subject
+                .filter(|_| account.impersonate == accounts::Impersonate::Sender)
+                .map(crate::message::mailbox::mailbox_key),
+            route: Route {
+                subject: subject.map(str::to_string),
+                upload: upload::extend_to(prepared.pieces, head.len(), total as usize),
+            },
+        })
+    }
+
+    /// The upload of a message decided earlier ([`decide`](Self::decide)), exactly as decided:
+    /// the rules are not applied again, even if the configuration changed since. Only an account
+    /// that is no longer configured at all cannot send it: a temporary failure naming the
+    /// account, so the message waits (up to `queue.max_age`) for the operator to restore it or
+    /// delete the message — sending it from another account would change who it is from.
+    pub async fn outgoing(
+        &self,
+        account: &str,
+        route: &Route,
+        message: &Message,
+    ) -> Result<Outgoing, DeliveryError> {
+        let Some(account) = self.router.account(account) else {
+            return Err(DeliveryError::Temporary {
+                status: Status::SYSTEM_TEMPORARY,
+                reason: format!(
+                    "account {account} is no longer configured; restore it in [[gmail.accounts]] \
+                     (and SIGHUP or restart), or `smtp2gmail queue delete` the message"
+                ),
+                retry_after: None,
+                cause: Cause::Outage,
+            });
+        };
+        let upload = Upload::of(message, route.upload.clone())
+            .await
+            .map_err(unreadable)?;
+        Ok(Outgoing {
+            account: account.clone(),
+            subject: route.subject.clone(),
+            upload,
+        })
     }
 
     /// One attempt: token, upload, and after a 401 one refresh and one more upload.

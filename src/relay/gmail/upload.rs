@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::message::Message;
 use crate::message::header_edits::Piece;
 
 /// What an upload consists of. Cheap to turn into a request body again for a retry.
@@ -27,6 +28,26 @@ pub enum Upload {
 }
 
 impl Upload {
+    /// The upload of `message` made of `pieces` (see [`extend_to`]): a message in a file is
+    /// streamed from it, one in memory is sliced without copying.
+    pub async fn of(message: &Message, pieces: Vec<Piece>) -> std::io::Result<Upload> {
+        if let Some(path) = message.file() {
+            return Ok(Upload::File {
+                path: path.to_path_buf(),
+                pieces,
+            });
+        }
+        let raw = message.to_bytes().await?;
+        let chunks = pieces
+            .into_iter()
+            .map(|piece| match piece {
+                Piece::New(bytes) => Bytes::from(bytes),
+                Piece::Original(range) => raw.slice(range),
+            })
+            .collect();
+        Ok(Upload::Memory(chunks))
+    }
+
     /// The size in bytes (the Content-Length).
     pub fn len(&self) -> u64 {
         match self {

@@ -37,7 +37,7 @@ fn drain(harness: &mut Harness) -> Vec<(String, Instant)> {
 
 #[tokio::test(start_paused = true)]
 async fn held_mail_goes_out_at_once_when_new_credentials_arrive() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     *harness.courier.revoked.lock().unwrap() = true;
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -67,7 +67,7 @@ async fn held_mail_goes_out_at_once_when_new_credentials_arrive() {
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_account_probes_with_one_mailbox_not_all() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     *harness.courier.revoked.lock().unwrap() = true;
     for n in 0..50 {
         harness
@@ -90,7 +90,7 @@ async fn a_paused_account_probes_with_one_mailbox_not_all() {
 
 #[tokio::test(start_paused = true)]
 async fn a_mailbox_at_its_daily_limit_does_not_defer_the_accounts_other_mailboxes() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let limited = harness
         .queue_as(
             "default",
@@ -121,7 +121,7 @@ async fn each_mailbox_has_its_own_send_rate() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    });
+    }).await;
     for n in 0..10 {
         harness.queue_as("default", "a@example.com", vec![]).await;
         harness
@@ -140,7 +140,7 @@ async fn each_mailbox_has_its_own_send_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn a_mailbox_problem_holds_that_mailbox_only_until_retried() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let held = harness
         .queue_as("default", "nogmail@example.com", vec![mailbox_problem()])
         .await;
@@ -158,9 +158,7 @@ async fn a_mailbox_problem_holds_that_mailbox_only_until_retried() {
     tokio::time::sleep(30 * MINUTE).await;
     assert!(drain(&mut harness).is_empty(), "the held mailbox sent");
     // The operator turned Gmail on and says so.
-    control::submit(
-        &harness.spool,
-        &Request::Retry {
+    harness.spool.submit(&Request::Retry {
             id: Some(held.clone()),
         },
     )
@@ -173,7 +171,7 @@ async fn a_mailbox_problem_holds_that_mailbox_only_until_retried() {
 async fn a_held_mailbox_resumes_when_the_credentials_generation_changes() {
     // What SIGHUP does when the fix was made at Google's end: the same credentials, looked at
     // again.
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let held = harness
         .queue_as("default", "nogmail@example.com", vec![mailbox_problem()])
         .await;
@@ -193,7 +191,7 @@ async fn a_rate_limit_halves_the_mailboxs_pace_which_then_recovers() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    });
+    }).await;
     let first = harness.queue("default", vec![rate_limited(None)]).await;
     let (_, limited_at) = harness.attempt().await;
     harness.settled(&first, Place::Queue).await;
@@ -219,7 +217,7 @@ async fn a_rate_limit_halves_the_mailboxs_pace_which_then_recovers() {
 
 #[tokio::test(start_paused = true)]
 async fn repeated_failed_preconditions_hold_the_mailbox() {
-    let mut harness = Harness::start(config());
+    let mut harness = Harness::start(config()).await;
     let id = harness.queue("default", vec![precondition(); 10]).await;
     let mut starts = Vec::new();
     for _ in 0..PRECONDITION_HOLD {
