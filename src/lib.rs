@@ -6,13 +6,16 @@
 //!
 //! ```text
 //! TcpListener ─▶ smtp::Session ─(Envelope, Message)─▶ queue::Queue (the acceptor)
-//!                                                       │ route to an account, Bcc/From rules
-//!                                                       │ (refused now: 5xx), store + fsync
-//!                                                       ▼                       ─▶ 250 queued as <id>
+//!                                                       │ relay::Gmail::decide: account, mailbox,
+//!                                                       │ Bcc/From edits (refused now: 5xx)
+//!                                                       │ queue::store::Store::put (the decision
+//!                                                       │ in the record; fsync)  ─▶ 250 queued as <id>
+//!                                                       ▼
 //!                              queue::schedule::Scheduler (per Gmail mailbox: rate, concurrency,
 //!                                                       │ holds, backoff; dead letters)
 //!                                                       ▼
-//!                              relay::Gmail ─ access token (google::TokenSource) ─▶ upload ─▶ 200
+//!                              relay::Gmail::outgoing (the stored decision, no second routing)
+//!                                ─ access token (google::TokenSource) ─▶ upload ─▶ 200
 //! ```
 //!
 //! In sync mode and in the console, file and discard modes the session hands the message to a
@@ -31,7 +34,8 @@
 //!   Gmail API call and the classification of its answers).
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
-//! - [`queue`]: the durable queue of gmail mode: the spool (fsync before 250), the scheduler
+//! - [`queue`]: the durable queue of gmail mode: one storage interface (`queue::store`) with the
+//!   file spool as its implementation (fsync before 250), the scheduler
 //!   (retries, backoff, per-mailbox limits and holds, dead letters), transactions of one message an
 //!   MTA split (held, merged, sent once), requests from `queue` commands.
 //! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).

@@ -119,13 +119,7 @@ impl Prepared {
 
     /// The upload as chunks for a streaming request body; ranges of `raw` share its memory.
     pub fn to_chunks(&self, raw: Bytes) -> Vec<Bytes> {
-        self.pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::New(bytes) => Bytes::copy_from_slice(bytes),
-                Piece::Original(range) => raw.slice(range.clone()),
-            })
-            .collect()
+        super::header_edits::to_chunks(&self.pieces, &raw)
     }
 
     /// The upload in one buffer: for tests and small messages.

@@ -28,6 +28,17 @@ pub enum Piece {
     Original(Range<usize>),
 }
 
+/// `pieces` of `raw` as chunks for a streaming request body; ranges of `raw` share its memory.
+pub fn to_chunks(pieces: &[Piece], raw: &bytes::Bytes) -> Vec<bytes::Bytes> {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::New(bytes) => bytes::Bytes::copy_from_slice(bytes),
+            Piece::Original(range) => raw.slice(range.clone()),
+        })
+        .collect()
+}
+
 /// Added bytes as a string when they are UTF-8 (always, but for a Reply-To copying a raw 8-bit
 /// From), else as the list of bytes: readable in `queue show`, lossless either way.
 mod text_or_bytes {

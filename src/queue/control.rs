@@ -105,7 +105,11 @@ pub async fn retry(
 /// Deletes a message, queued, held or dead.
 pub async fn delete(store: &dyn Store, id: &str) -> Result<String, ControlError> {
     for place in [Place::Queue, Place::Held, Place::Dead] {
-        if store.remove(place, id).await.map_err(ControlError::store(id))? {
+        if store
+            .remove(place, id)
+            .await
+            .map_err(ControlError::store(id))?
+        {
             return Ok(format!("{id}: deleted"));
         }
     }
@@ -124,7 +128,8 @@ pub async fn carry_out(store: &dyn Store, request: &Request) -> Result<String, C
             let mut count = 0;
             for place in [Place::Queue, Place::Dead] {
                 let listed = store.list(place).await;
-                let (entries, _) = listed.map_err(|err| ControlError::Unreachable(err.to_string()))?;
+                let (entries, _) =
+                    listed.map_err(|err| ControlError::Unreachable(err.to_string()))?;
                 for entry in entries {
                     retry(store, &entry.id, now).await?;
                     count += 1;

@@ -22,7 +22,6 @@ pub enum Place {
     Held,
 }
 
-
 /// One delivery attempt, for `queue show` and the operator reading a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {

@@ -68,7 +68,10 @@ impl Deliver for Queue {
         })?;
         if let Some(part) = self.split.recognise(envelope, &head) {
             // Refused for what would refuse the merged message; decided again once merged.
-            let decision = self.gmail.decide(&part.completed(envelope), message).await?;
+            let decision = self
+                .gmail
+                .decide(&part.completed(envelope), message)
+                .await?;
             let entry = Entry::decided(envelope, message.len(), decision);
             return self.split.hold(part, envelope, message, entry).await;
         }

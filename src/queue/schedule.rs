@@ -420,7 +420,12 @@ impl Scheduler {
         now: SystemTime,
     ) {
         // An error reading the store counts as "still there": writing a record back is safe.
-        if !self.store.contains(Place::Queue, &entry.id).await.unwrap_or(true) {
+        if !self
+            .store
+            .contains(Place::Queue, &entry.id)
+            .await
+            .unwrap_or(true)
+        {
             // Deleted by an operator while it was being delivered, or before the scheduler heard
             // of it: the outcome must not write its record back.
             tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "the message was deleted meanwhile; forgotten");

@@ -92,7 +92,6 @@ impl DirSync {
     }
 }
 
-
 impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {

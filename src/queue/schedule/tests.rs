@@ -153,7 +153,10 @@ impl Harness {
         let envelope = test_envelope(self.clock.now());
         let message = Message::from_bytes(b"Subject: test\r\n\r\nbody\r\n".to_vec());
         let entry = Entry::new(&envelope, message.len(), account).with_mailbox(user);
-        self.spool.put(Place::Queue, &entry, &message).await.unwrap();
+        self.spool
+            .put(Place::Queue, &entry, &message)
+            .await
+            .unwrap();
         self.courier
             .script
             .lock()
@@ -377,7 +380,8 @@ async fn message_older_than_max_age_becomes_a_dead_letter() {
     let harness = Harness::start(QueueConfig {
         max_age,
         ..config()
-    }).await;
+    })
+    .await;
     let id = harness.queue("default", vec![temporary(None); 1000]).await;
     let dead = harness.settled(&id, Place::Dead).await;
     let reason = dead.dead_reason.as_deref().expect("a dead letter says why");
@@ -402,7 +406,8 @@ async fn a_rate_limited_backlog_does_not_hold_up_another_account() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    }).await;
+    })
+    .await;
     for _ in 0..200 {
         harness.queue("default", vec![]).await;
     }
@@ -432,11 +437,12 @@ async fn a_message_announced_while_its_retry_is_in_flight_is_sent_once() {
     let mut harness = Harness::start(config()).await;
     *harness.courier.delay.lock().unwrap() = MINUTE;
     let entry = harness.store("default", vec![]).await;
-    harness.spool.submit(&Request::Retry {
+    harness
+        .spool
+        .submit(&Request::Retry {
             id: Some(entry.id.clone()),
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     let (id, _) = harness.attempt().await;
     assert_eq!(id, entry.id);
     harness.incoming.send(entry.clone()).unwrap();
@@ -449,11 +455,12 @@ async fn a_message_announced_while_its_retry_is_in_flight_is_sent_once() {
 async fn a_message_deleted_before_it_was_announced_is_forgotten() {
     let mut harness = Harness::start(config()).await;
     let entry = harness.store("default", vec![]).await;
-    harness.spool.submit(&Request::Delete {
+    harness
+        .spool
+        .submit(&Request::Delete {
             id: entry.id.clone(),
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     gone(&harness.spool, &entry.id).await;
     harness.incoming.send(entry.clone()).unwrap();
     tokio::time::sleep(10 * MINUTE).await;
@@ -501,7 +508,8 @@ async fn a_send_rate_above_the_wake_up_rate_is_kept() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 500.0,
         ..QueueConfig::default()
-    }).await;
+    })
+    .await;
     *harness.courier.delay.lock().unwrap() = Duration::from_millis(1);
     for _ in 0..300 {
         let entry = harness.store("default", vec![]).await;
@@ -525,7 +533,10 @@ async fn a_message_deleted_while_in_flight_is_not_written_back() {
     *harness.courier.delay.lock().unwrap() = MINUTE;
     let id = harness.queue("default", vec![temporary(None)]).await;
     harness.attempt().await;
-    harness.spool.submit(&Request::Delete { id: id.clone() }).unwrap();
+    harness
+        .spool
+        .submit(&Request::Delete { id: id.clone() })
+        .unwrap();
     gone(&harness.spool, &id).await;
     // The attempt ends (a failure that would be retried) after the delete.
     tokio::time::sleep(10 * MINUTE).await;

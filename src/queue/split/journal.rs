@@ -64,7 +64,9 @@ pub(super) async fn complete(store: &dyn Store, merge: &Merge) -> Result<bool, S
     let id = &merge.entry.id;
     let moved = store.contains(Place::Held, id).await?;
     if moved {
-        store.move_to(Place::Held, merge.place(), &merge.entry).await?;
+        store
+            .move_to(Place::Held, merge.place(), &merge.entry)
+            .await?;
     }
     for part in merge.parts().iter().filter(|part| *part != id) {
         store.remove(Place::Held, part).await?;
@@ -109,7 +111,10 @@ mod tests {
         let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
         let merge = merge_of(&[&first, &second]);
         carry_out(&spool, &merge).await.unwrap();
-        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merge.entry);
+        assert_eq!(
+            spool.read(Place::Queue, "01").await.unwrap().unwrap(),
+            merge.entry
+        );
         assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
         let (loaded, broken) = spool.merges().await.unwrap();
         assert!(broken.is_empty());
@@ -133,7 +138,16 @@ mod tests {
         spool.save_merge(&merge).await.unwrap();
         let (loaded, _) = spool.merges().await.unwrap();
         assert!(complete(&spool, &loaded[0]).await.unwrap());
-        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap().rcpt_to.len(), 2);
+        assert_eq!(
+            spool
+                .read(Place::Queue, "01")
+                .await
+                .unwrap()
+                .unwrap()
+                .rcpt_to
+                .len(),
+            2
+        );
         assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
 
         // Died after the move, before removing the other transaction: only the removal is left.
@@ -145,6 +159,9 @@ mod tests {
             .unwrap();
         assert!(!complete(&spool, &merge).await.unwrap());
         assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
-        assert_eq!(spool.read(Place::Queue, "03").await.unwrap().unwrap(), merge.entry);
+        assert_eq!(
+            spool.read(Place::Queue, "03").await.unwrap().unwrap(),
+            merge.entry
+        );
     }
 }

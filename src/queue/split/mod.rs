@@ -59,8 +59,11 @@ pub trait Routing: Send + Sync + 'static {
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients;
 
     /// The decision for `message` sent to `envelope` (see [`Gmail::decide`]).
-    async fn decide(&self, envelope: &Envelope, message: &Message)
-    -> Result<Decision, DeliveryError>;
+    async fn decide(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Decision, DeliveryError>;
 }
 
 #[async_trait::async_trait]

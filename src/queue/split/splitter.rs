@@ -218,7 +218,12 @@ impl Splitter {
         // An operator may have deleted some meanwhile.
         let mut kept = Vec::new();
         for part in group.parts.drain(..) {
-            if self.store.contains(Place::Held, &part.id).await.unwrap_or(true) {
+            if self
+                .store
+                .contains(Place::Held, &part.id)
+                .await
+                .unwrap_or(true)
+            {
                 kept.push(part);
             }
         }
@@ -273,7 +278,10 @@ impl Splitter {
     /// The decision for a merged message: the union of its parts' envelopes gets its own Bcc.
     /// `Err(Some(reason))` when the rules refuse it (it becomes a dead letter: 250 was given),
     /// `Err(None)` when it cannot be read now (tried again later).
-    async fn decide(&self, merged: &Entry) -> Result<crate::relay::gmail::Decision, Option<String>> {
+    async fn decide(
+        &self,
+        merged: &Entry,
+    ) -> Result<crate::relay::gmail::Decision, Option<String>> {
         let message = match self.store.message(Place::Held, merged).await {
             Ok(Some(message)) => message,
             Ok(None) => return Err(None),
@@ -424,7 +432,11 @@ mod tests {
         let group = &splitter.groups["g"];
         assert!(group.deadline > SystemTime::now() + Duration::from_secs(50));
         splitter.release_due().await;
-        assert_eq!(spool.list(Place::Held).await.unwrap().0.len(), 1, "still held");
+        assert_eq!(
+            spool.list(Place::Held).await.unwrap().0.len(),
+            1,
+            "still held"
+        );
     }
 
     #[tokio::test]
@@ -441,7 +453,10 @@ mod tests {
         splitter.release("g".into(), group, now).await;
         let merged = queued.try_recv().unwrap();
         assert_eq!((merged.id.as_str(), merged.rcpt_to.len()), ("01", 2));
-        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merged);
+        assert_eq!(
+            spool.read(Place::Queue, "01").await.unwrap().unwrap(),
+            merged
+        );
         assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
 
         // The client sends the second transaction again: dropped, nothing queued.
@@ -490,6 +505,9 @@ mod tests {
             "the held transactions are not grouped again"
         );
         assert!(spool.list(Place::Held).await.unwrap().0.is_empty());
-        assert_eq!(spool.read(Place::Queue, "01").await.unwrap().unwrap(), merge.entry);
+        assert_eq!(
+            spool.read(Place::Queue, "01").await.unwrap().unwrap(),
+            merge.entry
+        );
     }
 }

@@ -78,11 +78,7 @@ pub(super) fn submit(root: &Path, request: &Request) -> io::Result<String> {
 }
 
 /// Waits for the server's answer to a request (polling: the command is a short-lived process).
-fn await_answer(
-    root: &Path,
-    name: &str,
-    timeout: Duration,
-) -> io::Result<Result<String, String>> {
+fn await_answer(root: &Path, name: &str, timeout: Duration) -> io::Result<Result<String, String>> {
     let path = control_dir(root).join(format!("{name}.answer"));
     let deadline = Instant::now() + timeout;
     loop {

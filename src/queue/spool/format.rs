@@ -162,4 +162,3 @@ pub(super) fn to_json(entry: &Entry) -> io::Result<Vec<u8>> {
     bytes.push(b'\n');
     Ok(bytes)
 }
-

@@ -39,9 +39,12 @@ impl Spool {
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let read = std::fs::read(&path).map_err(StoreError::from).and_then(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|err| StoreError::Unreadable(err.to_string()))
-            });
+            let read = std::fs::read(&path)
+                .map_err(StoreError::from)
+                .and_then(|bytes| {
+                    serde_json::from_slice(&bytes)
+                        .map_err(|err| StoreError::Unreadable(err.to_string()))
+                });
             match read {
                 Ok(merge) => merges.push(merge),
                 Err(err) => broken.push((path.display().to_string(), err)),

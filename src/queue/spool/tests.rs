@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use super::format::FOOTER_LEN;
 use super::{Entry, Place, Spool};
-use crate::queue::store::{Store, StoreError};
 use crate::message::{BodyWriter, Message, SPILL_THRESHOLD};
+use crate::queue::store::{Store, StoreError};
 use crate::queue::test_envelope;
 
 fn entry_for(message: &Message) -> Entry {
@@ -38,7 +38,10 @@ async fn a_message_is_one_file_holding_the_exact_bytes_then_its_record() {
     let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert_eq!(&stored[..bytes.len()], &bytes[..]);
     assert!(stored.ends_with(b"\n") && stored.len() > bytes.len() + FOOTER_LEN);
-    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    assert_eq!(
+        spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(),
+        entry
+    );
     let (listed, broken) = spool.list(Place::Queue).await.unwrap();
     assert_eq!((listed, broken.len()), (vec![entry], 0));
 }
@@ -52,7 +55,15 @@ async fn the_record_file_supersedes_the_first_record_and_goes_with_the_message()
     spool.put(Place::Queue, &entry, &message).await.unwrap();
     entry.record(SystemTime::now(), "Gmail answered 503".into());
     spool.update(Place::Queue, &entry).await.unwrap();
-    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap().attempts, 1);
+    assert_eq!(
+        spool
+            .read(Place::Queue, &entry.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        1
+    );
 
     entry.dead_reason = Some("400 invalidArgument".into());
     spool
@@ -60,7 +71,10 @@ async fn the_record_file_supersedes_the_first_record_and_goes_with_the_message()
         .await
         .unwrap();
     assert!(files(&dir.path().join("queue")).is_empty());
-    assert_eq!(spool.read(Place::Dead, &entry.id).await.unwrap().unwrap(), entry);
+    assert_eq!(
+        spool.read(Place::Dead, &entry.id).await.unwrap().unwrap(),
+        entry
+    );
 
     spool.remove(Place::Dead, &entry.id).await.unwrap();
     assert!(files(&dir.path().join("dead")).is_empty());
@@ -74,7 +88,10 @@ async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledge
     let complete = entry_for(&message);
     spool.put(Place::Queue, &complete, &message).await.unwrap();
     let with_history = entry_for(&message);
-    spool.put(Place::Queue, &with_history, &message).await.unwrap();
+    spool
+        .put(Place::Queue, &with_history, &message)
+        .await
+        .unwrap();
     spool.update(Place::Queue, &with_history).await.unwrap();
     let queue = dir.path().join("queue");
     // A crash mid-write: the file is cut short anywhere, even inside the footer.
@@ -105,7 +122,14 @@ async fn recovery_removes_unfinished_accepts_and_leftovers_but_keeps_acknowledge
     expected.sort();
     assert_eq!(files(&queue), expected);
     assert!(files(&dir.path().join("incoming")).is_empty());
-    assert_eq!(spool.read(Place::Queue, &complete.id).await.unwrap().unwrap(), complete);
+    assert_eq!(
+        spool
+            .read(Place::Queue, &complete.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        complete
+    );
 }
 
 #[tokio::test]
@@ -140,7 +164,10 @@ async fn a_spilled_message_is_linked_with_its_record_and_still_reads_as_itself()
     let entry = entry_for(&message);
     spool.put(Place::Queue, &entry, &message).await.unwrap();
 
-    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    assert_eq!(
+        spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(),
+        entry
+    );
     let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert!(stored[..bytes.len()] == bytes[..]);
     // The session's view of the message is unchanged by the record appended to its file.
@@ -173,12 +200,18 @@ async fn a_spool_of_the_two_file_format_is_upgraded_and_nothing_is_lost() {
     let mut expected = vec![format!("{}.json", entry.id), format!("{}.msg", entry.id)];
     expected.sort();
     assert_eq!(files(&queue), expected);
-    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    assert_eq!(
+        spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(),
+        entry
+    );
     let stored = std::fs::read(spool.msg(Place::Queue, &entry.id)).unwrap();
     assert_eq!(&stored[..bytes.len()], &bytes[..]);
     // Once the history file goes, the record inside the `.msg` still describes the message.
     std::fs::remove_file(queue.join(format!("{}.json", entry.id))).unwrap();
-    assert_eq!(spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(), entry);
+    assert_eq!(
+        spool.read(Place::Queue, &entry.id).await.unwrap().unwrap(),
+        entry
+    );
 }
 
 #[tokio::test]

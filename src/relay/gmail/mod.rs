@@ -21,14 +21,14 @@ use crate::config::GmailConfig;
 use crate::google::TokenError;
 use crate::message::gmail_rules::{self, Prepared};
 use crate::message::gmail_size;
-use crate::message::headers::Headers;
 use crate::message::header_edits::Piece;
+use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
-use serde::{Deserialize, Serialize};
 use crate::status::Status;
 use accounts::{Account, Router};
 pub use accounts::{AccountError, AccountProblem};
 use api::{GmailApi, SendError};
+use serde::{Deserialize, Serialize};
 use upload::Upload;
 
 /// How hard synchronous delivery tries before answering 451.
@@ -163,7 +163,8 @@ impl Gmail {
                 ),
             });
         };
-        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, &head, &headers)?;
+        let prepared =
+            gmail_rules::prepare_with_headers(&account.policy, envelope, &head, &headers)?;
         gmail_size::check_upload_size(&prepared, head.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)

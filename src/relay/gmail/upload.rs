@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::message::Message;
-use crate::message::header_edits::Piece;
+use crate::message::header_edits::{self, Piece};
 
 /// What an upload consists of. Cheap to turn into a request body again for a retry.
 #[derive(Debug, Clone)]
@@ -38,14 +38,7 @@ impl Upload {
             });
         }
         let raw = message.to_bytes().await?;
-        let chunks = pieces
-            .into_iter()
-            .map(|piece| match piece {
-                Piece::New(bytes) => Bytes::from(bytes),
-                Piece::Original(range) => raw.slice(range),
-            })
-            .collect();
-        Ok(Upload::Memory(chunks))
+        Ok(Upload::Memory(header_edits::to_chunks(&pieces, &raw)))
     }
 
     /// The size in bytes (the Content-Length).

@@ -121,7 +121,8 @@ async fn each_mailbox_has_its_own_send_rate() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    }).await;
+    })
+    .await;
     for n in 0..10 {
         harness.queue_as("default", "a@example.com", vec![]).await;
         harness
@@ -158,11 +159,12 @@ async fn a_mailbox_problem_holds_that_mailbox_only_until_retried() {
     tokio::time::sleep(30 * MINUTE).await;
     assert!(drain(&mut harness).is_empty(), "the held mailbox sent");
     // The operator turned Gmail on and says so.
-    harness.spool.submit(&Request::Retry {
+    harness
+        .spool
+        .submit(&Request::Retry {
             id: Some(held.clone()),
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     harness.delivered(&held).await;
     harness.delivered(&later).await;
 }
@@ -191,7 +193,8 @@ async fn a_rate_limit_halves_the_mailboxs_pace_which_then_recovers() {
     let mut harness = Harness::start(QueueConfig {
         max_send_rate: 1.0,
         ..QueueConfig::default()
-    }).await;
+    })
+    .await;
     let first = harness.queue("default", vec![rate_limited(None)]).await;
     let (_, limited_at) = harness.attempt().await;
     harness.settled(&first, Place::Queue).await;

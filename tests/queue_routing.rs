@@ -1,0 +1,117 @@
+//! A queued message is routed once, when it is accepted: the decision (account, the Bcc the
+//! rules add) is stored with it and delivery follows it, whatever the configuration says by the
+//! time it goes out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bridge::queue_command;
+use common::fake_gmail::{SendFault, gmail_config};
+use common::fake_google::FakeGoogle;
+use common::queued::{Queued, queue_config, queued_id};
+use smtp2gmail::config::{AccountConfig, GmailConfig};
+
+/// A message from app@example.com to alice (To header) and bob (envelope only).
+async fn send_with_bcc(queued: &Queued) -> String {
+    let mut client = queued.server.client().await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com", "bob@example.com"])
+        .await;
+    let message =
+        b"From: app@example.com\r\nTo: alice@example.com\r\nSubject: s\r\n\r\nhi\r\n.\r\n";
+    let reply = client.data(message).await;
+    queued_id(&reply)
+}
+
+/// The spool's record of `id`, as text.
+fn record(spool: &std::path::Path, id: &str) -> String {
+    let json = spool.join("queue").join(format!("{id}.json"));
+    std::fs::read_to_string(json).unwrap()
+}
+
+#[tokio::test]
+async fn a_queued_message_goes_out_as_decided_at_accept_after_the_config_changed() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let spool = dir.path().join("spool");
+    let mut config = queue_config(&spool);
+    config.retry_min = Duration::from_secs(3600);
+    config.retry_max = Duration::from_secs(3600);
+    google.fail_sends([SendFault::google(503, "backendError")]);
+    let accepted = gmail_config(&google, dir.path());
+    let queued = Queued::start(&accepted, config.clone()).await;
+    let id = send_with_bcc(&queued).await;
+    queued.until_failed_once(1).await;
+    queued.stop().await;
+    let stored = record(&spool, &id);
+    assert!(stored.contains("Bcc: bob@example.com"), "{stored}");
+
+    // Restarted with a configuration under which the sender has no account and Bcc would differ:
+    // the message was accepted (250) under the old one and goes out as it was decided then.
+    let changed = GmailConfig {
+        senders: vec!["someone-else@example.com".into()],
+        ..accepted
+    };
+    config.retry_min = Duration::from_millis(20);
+    let queued = Queued::start(&changed, config).await;
+    let (ok, out) = queue_command(&spool, &["retry", &id]).await;
+    assert!(ok, "{out}");
+    google.wait_for_uploads(1).await;
+    queued.until_files("queue", 0).await;
+    let body = String::from_utf8(google.uploads()[0].body.clone()).unwrap();
+    assert!(
+        body.starts_with("Bcc: bob@example.com\r\nFrom: app@example.com\r\n"),
+        "{body}"
+    );
+    assert!(queued.files("dead").is_empty());
+    queued.stop().await;
+}
+
+#[tokio::test]
+async fn mail_of_an_account_removed_from_the_config_waits_and_is_not_sent_from_another() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let spool = dir.path().join("spool");
+    let mut config = queue_config(&spool);
+    config.retry_min = Duration::from_secs(3600);
+    config.retry_max = Duration::from_secs(3600);
+    google.fail_sends([SendFault::google(503, "backendError")]);
+    let base = gmail_config(&google, dir.path());
+    let account = |name: &str| GmailConfig {
+        credentials: None,
+        accounts: vec![AccountConfig {
+            name: name.into(),
+            credentials: base.credentials.clone(),
+            senders: vec!["*@example.com".into()],
+            ..AccountConfig::default()
+        }],
+        ..base.clone()
+    };
+    let queued = Queued::start(&account("first"), config.clone()).await;
+    let id = send_with_bcc(&queued).await;
+    queued.until_failed_once(1).await;
+    queued.stop().await;
+
+    // "first" is gone; "second" would take the sender, but the message was accepted for "first".
+    config.retry_min = Duration::from_millis(20);
+    let queued = Queued::start(&account("second"), config).await;
+    let (ok, out) = queue_command(&spool, &["retry", &id]).await;
+    assert!(ok, "{out}");
+    let waited = tokio::time::timeout(common::WAIT, async {
+        while !record(&spool, &id).contains("\"attempts\": 2") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(waited.await.is_ok(), "{}", record(&spool, &id));
+    let stored = record(&spool, &id);
+    assert!(
+        stored.contains("account first is no longer configured"),
+        "{stored}"
+    );
+    assert_eq!(google.uploads().len(), 0, "never sent from another account");
+    assert_eq!(
+        queued.files("queue").len(),
+        2,
+        "still queued (message and record)"
+    );
+    queued.stop().await;
+}
