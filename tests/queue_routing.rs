@@ -30,19 +30,31 @@ fn record(spool: &std::path::Path, id: &str) -> String {
     std::fs::read_to_string(json).unwrap()
 }
 
+/// Accepts one message under `gmail`, lets its first attempt fail and stops the server: the
+/// message waits an hour. Returns the queue config (for a restart) and the message's id.
+async fn queue_one_that_waits(
+    google: &FakeGoogle,
+    gmail: &GmailConfig,
+    spool: &std::path::Path,
+) -> (smtp2gmail::config::QueueConfig, String) {
+    let mut config = queue_config(spool);
+    config.retry_min = Duration::from_secs(3600);
+    config.retry_max = Duration::from_secs(3600);
+    google.fail_sends([SendFault::google(503, "backendError")]);
+    let queued = Queued::start(gmail, config.clone()).await;
+    let id = send_with_bcc(&queued).await;
+    queued.until_failed_once(1).await;
+    queued.stop().await;
+    config.retry_min = Duration::from_millis(20);
+    (config, id)
+}
+
 #[tokio::test]
 async fn a_queued_message_goes_out_as_decided_at_accept_after_the_config_changed() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let spool = dir.path().join("spool");
-    let mut config = queue_config(&spool);
-    config.retry_min = Duration::from_secs(3600);
-    config.retry_max = Duration::from_secs(3600);
-    google.fail_sends([SendFault::google(503, "backendError")]);
     let accepted = gmail_config(&google, dir.path());
-    let queued = Queued::start(&accepted, config.clone()).await;
-    let id = send_with_bcc(&queued).await;
-    queued.until_failed_once(1).await;
-    queued.stop().await;
+    let (config, id) = queue_one_that_waits(&google, &accepted, &spool).await;
     let stored = record(&spool, &id);
     assert!(stored.contains("Bcc: bob@example.com"), "{stored}");
 
@@ -52,7 +64,6 @@ async fn a_queued_message_goes_out_as_decided_at_accept_after_the_config_changed
         senders: vec!["someone-else@example.com".into()],
         ..accepted
     };
-    config.retry_min = Duration::from_millis(20);
     let queued = Queued::start(&changed, config).await;
     let (ok, out) = queue_command(&spool, &["retry", &id]).await;
     assert!(ok, "{out}");
@@ -71,10 +82,6 @@ async fn a_queued_message_goes_out_as_decided_at_accept_after_the_config_changed
 async fn mail_of_an_account_removed_from_the_config_waits_and_is_not_sent_from_another() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let spool = dir.path().join("spool");
-    let mut config = queue_config(&spool);
-    config.retry_min = Duration::from_secs(3600);
-    config.retry_max = Duration::from_secs(3600);
-    google.fail_sends([SendFault::google(503, "backendError")]);
     let base = gmail_config(&google, dir.path());
     let account = |name: &str| GmailConfig {
         credentials: None,
@@ -86,13 +93,9 @@ async fn mail_of_an_account_removed_from_the_config_waits_and_is_not_sent_from_a
         }],
         ..base.clone()
     };
-    let queued = Queued::start(&account("first"), config.clone()).await;
-    let id = send_with_bcc(&queued).await;
-    queued.until_failed_once(1).await;
-    queued.stop().await;
+    let (config, id) = queue_one_that_waits(&google, &account("first"), &spool).await;
 
     // "first" is gone; "second" would take the sender, but the message was accepted for "first".
-    config.retry_min = Duration::from_millis(20);
     let queued = Queued::start(&account("second"), config).await;
     let (ok, out) = queue_command(&spool, &["retry", &id]).await;
     assert!(ok, "{out}");

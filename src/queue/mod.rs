@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use entry::{Entry, Place};
@@ -66,19 +67,22 @@ impl Deliver for Queue {
         let head = message.head(HEAD_LIMIT).await.map_err(|err| {
             DeliveryError::local(format!("cannot read the message, try again later: {err}"))
         })?;
-        if let Some(part) = self.split.recognise(envelope, &head) {
-            // Refused for what would refuse the merged message; decided again once merged.
+        // The headers are read once, here, for both the split check and the decision.
+        let headers = Headers::read(&head);
+        let decide = |for_envelope: &Envelope| {
             let decision = self
                 .gmail
-                .decide(&part.completed(envelope), message)
-                .await?;
-            let entry = Entry::decided(envelope, message.len(), decision);
+                .decide_head(for_envelope, &head, &headers, message.len())?;
+            Ok::<_, DeliveryError>(Entry::decided(envelope, message.len(), decision))
+        };
+        if let Some(part) = self.split.recognise(envelope, &head, &headers) {
+            // Refused for what would refuse the merged message; decided again once merged.
+            let entry = decide(&part.completed(envelope))?;
             return self.split.hold(part, envelope, message, entry).await;
         }
         // Policy first: a message Gmail mode would refuse is refused now, while the client
         // listens. The decision is stored with the message and delivery follows it.
-        let decision = self.gmail.decide(envelope, message).await?;
-        let entry = Entry::decided(envelope, message.len(), decision);
+        let entry = decide(envelope)?;
         if let Err(err) = self.store.put(Place::Queue, &entry, message).await {
             tracing::error!(id = %envelope.id, %err, store = %self.store.describe(), "cannot queue the message");
             return Err(DeliveryError::local(

@@ -140,8 +140,7 @@ fn named(envelope: &Envelope) -> BTreeSet<String> {
 
 /// The header recipients of a message head, normalized; `None` when an entry names no readable
 /// address (no transaction could ever cover it).
-fn header_recipients(head: &[u8]) -> Option<BTreeSet<String>> {
-    let headers = Headers::read(head);
+fn header_recipients(headers: &Headers) -> Option<BTreeSet<String>> {
     if headers.recipient_fields().any(|f| !f.unparsed.is_empty()) {
         return None;
     }
@@ -174,11 +173,11 @@ impl Intake {
     /// Recognises a transaction to hold: holding is on, the message has a Message-ID (every MTA
     /// that splits writes one; without it parts could not be told apart from unrelated mail),
     /// every header entry is a readable address, and the envelope leaves some of them out.
-    pub fn recognise(&self, envelope: &Envelope, head: &[u8]) -> Option<Part> {
+    pub fn recognise(&self, envelope: &Envelope, head: &[u8], headers: &Headers) -> Option<Part> {
         if self.window.is_zero() {
             return None;
         }
-        let header = header_recipients(head)?;
+        let header = header_recipients(headers)?;
         if header.is_subset(&named(envelope)) {
             return None;
         }
@@ -361,7 +360,11 @@ mod tests {
     fn a_transaction_naming_some_header_recipients_is_a_part() {
         let intake = intake(Duration::from_secs(60));
         let part = intake
-            .recognise(&envelope(&["a@x.org", "bcc@y.org"]), HEAD)
+            .recognise(
+                &envelope(&["a@x.org", "bcc@y.org"]),
+                HEAD,
+                &Headers::read(HEAD),
+            )
             .unwrap();
         assert_eq!(part.message_id, "m1@example.com");
         let completed = part.completed(&envelope(&["a@x.org", "bcc@y.org"]));
@@ -369,18 +372,34 @@ mod tests {
         assert_eq!(names, ["a@x.org", "bcc@y.org", "b@x.org", "c@x.org"]);
         // Every header recipient named (in another case): an ordinary message.
         let whole = envelope(&["A@X.org", "b@x.org", "c@x.org", "bcc@y.org"]);
-        assert!(intake.recognise(&whole, HEAD).is_none());
+        assert!(
+            intake
+                .recognise(&whole, HEAD, &Headers::read(HEAD))
+                .is_none()
+        );
     }
 
     #[test]
     fn what_is_never_held() {
         let part = envelope(&["a@x.org"]);
-        assert!(intake(Duration::ZERO).recognise(&part, HEAD).is_none());
+        assert!(
+            intake(Duration::ZERO)
+                .recognise(&part, HEAD, &Headers::read(HEAD))
+                .is_none()
+        );
         let intake = intake(Duration::from_secs(60));
         let no_id = b"To: a@x.org, b@x.org\r\n\r\nbody";
-        assert!(intake.recognise(&part, no_id).is_none());
+        assert!(
+            intake
+                .recognise(&part, no_id, &Headers::read(no_id))
+                .is_none()
+        );
         let unreadable = b"Message-ID: <m@x>\r\nTo: a@x.org, bob\r\n\r\n";
-        assert!(intake.recognise(&part, unreadable).is_none());
+        assert!(
+            intake
+                .recognise(&part, unreadable, &Headers::read(unreadable))
+                .is_none()
+        );
     }
 
     #[tokio::test]

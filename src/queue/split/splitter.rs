@@ -13,6 +13,7 @@ use super::journal::{self, Merge};
 use super::{HeldPart, Routing, header_recipients};
 use crate::config::{HeaderOnlyRecipients, QueueConfig};
 use crate::message::HEAD_LIMIT;
+use crate::message::headers::Headers;
 use crate::message::mailbox::mailbox_key;
 use crate::queue::entry::{Entry, Place};
 use crate::queue::store::Store;
@@ -132,7 +133,8 @@ impl Splitter {
                 Ok(Some(message)) => message.head(HEAD_LIMIT).await.ok(),
                 _ => None,
             };
-            let Some(header) = head.and_then(|head| header_recipients(&head)) else {
+            let header = head.and_then(|head| header_recipients(&Headers::read(&head)));
+            let Some(header) = header else {
                 tracing::error!(id = %entry.id, "held transaction whose headers cannot be read left in place; inspect or delete it");
                 continue;
             };

@@ -145,8 +145,18 @@ impl Gmail {
         message: &Message,
     ) -> Result<Decision, DeliveryError> {
         let head = message.head(HEAD_LIMIT).await.map_err(unreadable)?;
-        let total = message.len();
-        let headers = Headers::read(&head);
+        self.decide_head(envelope, &head, &Headers::read(&head), message.len())
+    }
+
+    /// [`decide`](Self::decide) for a caller that has read the head (at most [`HEAD_LIMIT`]
+    /// bytes) and its headers already; `total` is the size of the whole message.
+    pub fn decide_head(
+        &self,
+        envelope: &Envelope,
+        head: &[u8],
+        headers: &Headers,
+        total: u64,
+    ) -> Result<Decision, DeliveryError> {
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
         let from = headers
             .from
@@ -163,8 +173,7 @@ impl Gmail {
                 ),
             });
         };
-        let prepared =
-            gmail_rules::prepare_with_headers(&account.policy, envelope, &head, &headers)?;
+        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, head, headers)?;
         gmail_size::check_upload_size(&prepared, head.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
