@@ -143,9 +143,9 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         tasks.spawn(http::serve(listener, readiness, routes, shutdown.clone()));
     }
     if let Some(inbox) = &inbox {
-        inbox.start_loading();
+        tasks.spawn(inbox.loading());
     }
-    verify_credentials(&verify);
+    verify_credentials(&verify, &tasks);
     if let Some(hangup) = hangup {
         let reload = Reloadable {
             credentials: watcher.clone(),
@@ -282,7 +282,7 @@ async fn build_relay(
 
 /// The inbox of console and file modes, with release through `[gmail]` when it is configured.
 fn build_inbox(config: &Config, shutdown: &CancellationToken) -> Result<Arc<Inbox>, String> {
-    let guard = Guard::from_config(config)?;
+    let guard = Guard::from_config(config).map_err(|err| err.to_string())?;
     let release = Release::from_config(config);
     Inbox::new(config, release, guard, shutdown.clone()).map_err(|err| match config.relay.mode {
         RelayMode::File => format!(
@@ -301,19 +301,17 @@ struct Reloadable {
     tls: Option<Arc<Tls>>,
 }
 
-/// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
-/// reload on it; with nothing to reload the signal must still not stop the server.
 /// Asks Google for each account's first access token in the background, so that credentials that
 /// died while the server was down show in the log and in `/readyz` at start, not with the first
 /// message. The server does not wait: the queue accepts mail while Google is unreachable. A
 /// service account that impersonates each sender has no user to ask for until a message names one.
-fn verify_credentials(accounts: &[Arc<Account>]) {
+fn verify_credentials(accounts: &[Arc<Account>], tasks: &TaskTracker) {
     for account in accounts {
         let Some(subject) = account.probe_subject().map(|s| s.map(str::to_string)) else {
             continue;
         };
         let account = account.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match account.tokens.access_token(subject.as_deref()).await {
                 Ok(_) => {
                     tracing::info!(account = %account.name, "credentials verified: Google issued an access token")
@@ -328,6 +326,8 @@ fn verify_credentials(accounts: &[Arc<Account>]) {
     }
 }
 
+/// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
+/// reload on it; with nothing to reload the signal must still not stop the server.
 async fn reload_on_hangup(mut hangup: Signal, reload: Reloadable, shutdown: CancellationToken) {
     loop {
         tokio::select! {

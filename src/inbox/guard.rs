@@ -42,14 +42,21 @@ struct Auth {
     verified: Mutex<HashSet<String>>,
 }
 
+/// Why the inbox's guard cannot be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The users whose passwords protect the inbox cannot be loaded.
+    #[error("smtp.users: {0}")]
+    Users(#[from] crate::smtp::auth::AuthError),
+}
+
 impl Guard {
     /// The checks the configuration asks for.
-    pub fn from_config(config: &Config) -> Result<Guard, String> {
+    pub fn from_config(config: &Config) -> Result<Guard, GuardError> {
         let auth = match config.inbox_needs_auth() {
             false => None,
             true => Some(Auth {
-                users: Users::new(&config.smtp.users)
-                    .map_err(|err| format!("smtp.users: {err}"))?,
+                users: Users::new(&config.smtp.users)?,
                 verified: Mutex::default(),
             }),
         };

@@ -82,10 +82,10 @@ impl Inbox {
         }))
     }
 
-    /// File mode: reads the summaries of the messages already in the directory, in the
-    /// background, newest first.
-    pub fn start_loading(&self) {
-        tokio::spawn(self.store.clone().load_all());
+    /// File mode: reads the summaries of the messages already in the directory, newest first;
+    /// the server runs it in the background, on its task tracker.
+    pub fn loading(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.store.clone().load_all()
     }
 
     /// Where messages are kept ("memory" or the directory), for the startup line.
