@@ -10,7 +10,13 @@ use std::time::SystemTime;
 use crate::message::Message;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
-use super::entry::Entry;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+
+use super::entry::{Entry, Place};
+use super::store::Store;
+use crate::status::Status;
 
 /// The per-account facts the scheduler obeys.
 pub struct Limits {
@@ -58,6 +64,38 @@ impl Courier for Gmail {
     fn accounts(&self) -> Vec<String> {
         self.router().accounts().map(|a| a.name.clone()).collect()
     }
+}
+
+/// One delivery attempt of a queued `entry`: its bytes from the store, then the courier. A
+/// panic is a permanent failure of this message (a bug), never a lost report: the scheduler
+/// waits for every attempt's outcome to free its mailbox's slot.
+pub async fn attempt(
+    store: &dyn Store,
+    courier: &dyn Courier,
+    entry: &Entry,
+) -> Result<Receipt, DeliveryError> {
+    let attempt = async {
+        match store.message(Place::Queue, entry).await {
+            Ok(Some(message)) => courier.deliver(entry, &message).await,
+            // Deleted meanwhile: the scheduler finds it gone and forgets it.
+            Ok(None) => Err(DeliveryError::local("the message was deleted")),
+            Err(err) => Err(DeliveryError::local(format!(
+                "cannot read the message from the queue: {err}"
+            ))),
+        }
+    };
+    AssertUnwindSafe(attempt)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(id = %entry.id, "the delivery attempt panicked (a bug in smtp2gmail)");
+            Err(DeliveryError::Permanent {
+                status: Status::SYSTEM_PERMANENT,
+                reason: "internal error while delivering (a bug in smtp2gmail); \
+                         retry it after an upgrade"
+                    .into(),
+            })
+        })
 }
 
 /// The scheduler's idea of the time.

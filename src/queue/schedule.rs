@@ -24,27 +24,26 @@
 
 mod mailboxes;
 mod requests;
+pub mod verdict;
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control;
-use super::courier::{Clock, Courier};
+use super::courier::{Clock, Courier, attempt};
 use super::entry::{Entry, Place};
 use super::store::Store;
 use crate::config::QueueConfig;
-use crate::relay::{Cause, DeliveryError, Receipt, Scope};
-use crate::status::Status;
+use crate::relay::{DeliveryError, Receipt};
 use mailboxes::Index;
 pub use mailboxes::{MailboxKey, Pace};
+use verdict::Effect;
+pub use verdict::{PRECONDITION_HOLD, backoff};
 
 #[cfg(test)]
 mod tests;
@@ -52,17 +51,6 @@ mod tests;
 /// The shortest sleep of the loop: below it, waking costs more than it gains. Sends a send rate
 /// allows within it start in the same wake-up.
 const WAKE_FLOOR: Duration = Duration::from_millis(20);
-
-/// A rate limit further away than this is the daily sending limit: defer the whole mailbox.
-const MAILBOX_DEFERRAL: Duration = Duration::from_secs(10 * 60);
-
-/// "Precondition check failed." this many times in a row holds the mailbox as a setup problem.
-pub const PRECONDITION_HOLD: u32 = 5;
-
-/// The wait before attempt `n + 1` after `n` failed attempts.
-pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
-    crate::backoff::with_jitter(config.retry_min, config.retry_max, failed_attempts)
-}
 
 /// A delivery task's report: the entry and how its attempt went.
 type Finished = (Entry, Result<Receipt, DeliveryError>);
@@ -383,19 +371,7 @@ impl Scheduler {
             self.results.0.clone(),
         );
         self.deliveries.spawn(async move {
-            // A panic must still report back, or the account's slot would be lost for good.
-            let outcome = AssertUnwindSafe(attempt(&*store, &*courier, &entry))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(id = %entry.id, "the delivery attempt panicked (a bug in smtp2gmail)");
-                    Err(DeliveryError::Permanent {
-                        status: Status::SYSTEM_PERMANENT,
-                        reason: "internal error while delivering (a bug in smtp2gmail); \
-                                 retry it after an upgrade"
-                            .into(),
-                    })
-                });
+            let outcome = attempt(&*store, &*courier, &entry).await;
             let _ = results.send((entry, outcome));
         });
     }
@@ -443,18 +419,11 @@ impl Scheduler {
             Err(error) => error,
         };
         entry.record(now, error.to_string());
-        let too_old =
-            now.duration_since(entry.received_at).unwrap_or_default() > self.config.max_age;
-        if error.is_permanent() || too_old {
-            if !too_old {
+        if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
+            if !verdict::too_old(&self.config, &entry, now) {
                 // A message's own fault says nothing against the mailbox or the credentials.
                 self.went_through(&key);
             }
-            let reason = if too_old {
-                format!("too old after {} attempts: {error}", entry.attempts)
-            } else {
-                error.to_string()
-            };
             tracing::warn!(id = %entry.id, %reason, "dead letter");
             entry.dead_reason = Some(reason);
             if let Err(err) = self.store.move_to(Place::Queue, Place::Dead, &entry).await {
@@ -502,11 +471,8 @@ impl Scheduler {
         let configured = self.courier.limits(&key.account).is_some();
         let account = self.accounts.entry(key.account.clone()).or_default();
         let mailbox = self.index.mailbox(key);
-        match error {
-            DeliveryError::Credentials {
-                scope: Scope::Account,
-                ..
-            } if configured => {
+        match verdict::effect(error, configured) {
+            Effect::PauseAccount => {
                 if account.paused_until.is_none() || account.probe.is_some() {
                     tracing::warn!(account = %key.account, %error, "account paused until its credentials change");
                 }
@@ -514,7 +480,7 @@ impl Scheduler {
                 account.probe = None;
                 return Duration::ZERO;
             }
-            DeliveryError::Credentials { .. } if configured => {
+            Effect::HoldMailbox => {
                 if mailbox.held_until.is_none() {
                     tracing::warn!(mailbox = %key, %error, "mailbox held until it is fixed");
                 }
@@ -522,10 +488,7 @@ impl Scheduler {
                 account.held.insert(key.clone());
                 return Duration::ZERO;
             }
-            DeliveryError::Temporary {
-                cause: Cause::Precondition,
-                ..
-            } => {
+            Effect::Precondition => {
                 mailbox.preconditions += 1;
                 if mailbox.preconditions >= PRECONDITION_HOLD && configured {
                     tracing::warn!(
@@ -539,44 +502,17 @@ impl Scheduler {
                     return Duration::ZERO;
                 }
             }
-            DeliveryError::Temporary {
-                cause: Cause::RateLimit,
-                ..
-            } => {
+            Effect::RateLimited => {
                 mailbox.pace.throttled(now);
                 tracing::info!(mailbox = %key, rate = mailbox.pace.rate(), "rate limited: sending slower");
             }
-            _ => {}
+            Effect::None => {}
+        }
+        if let Some(after) = verdict::mailbox_deferral(error) {
+            tracing::warn!(mailbox = %key, ?after, "sending limit reached: mailbox deferred");
+            mailbox.deferred_until = Some(now + after);
         }
         entry.failures += 1;
-        match error {
-            DeliveryError::Temporary {
-                retry_after: Some(after),
-                ..
-            } => {
-                if *after >= MAILBOX_DEFERRAL {
-                    tracing::warn!(mailbox = %key, ?after, "sending limit reached: mailbox deferred");
-                    mailbox.deferred_until = Some(now + *after);
-                }
-                *after
-            }
-            _ => backoff(&self.config, entry.failures),
-        }
-    }
-}
-
-/// One delivery attempt of `entry`: its bytes from the store, then the courier.
-async fn attempt(
-    store: &dyn Store,
-    courier: &dyn Courier,
-    entry: &Entry,
-) -> Result<Receipt, DeliveryError> {
-    match store.message(Place::Queue, entry).await {
-        Ok(Some(message)) => courier.deliver(entry, &message).await,
-        // Deleted meanwhile: `record` finds it gone and forgets it.
-        Ok(None) => Err(DeliveryError::local("the message was deleted")),
-        Err(err) => Err(DeliveryError::local(format!(
-            "cannot read the message from the queue: {err}"
-        ))),
+        verdict::retry_wait(&self.config, error, entry.failures)
     }
 }
