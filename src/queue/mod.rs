@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod courier;
+pub mod postgres;
 pub mod schedule;
 pub mod split;
 pub mod spool;
