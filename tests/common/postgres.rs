@@ -150,6 +150,29 @@ impl PgServer {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// Turns TLS on with this certificate and key (PEM), restarting the server.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        let data = self.data_dir();
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        // The server refuses a key others may read, or one it does not own.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids();
+            for path in [&cert, &key] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut current = std::fs::read_to_string(&conf).unwrap();
+        current.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, current).unwrap();
+        self.stop();
+        self.start_again();
+    }
+
     /// Stops the server cleanly (for outage tests); [`PgServer::start_again`] brings it back on
     /// the same port with the same data.
     pub fn stop(&mut self) {
