@@ -122,11 +122,7 @@ async fn a_missing_database_says_how_to_create_it() {
 #[tokio::test]
 async fn a_closed_port_asks_whether_the_server_runs() {
     // No server needed: a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let url = format!("postgres://{ROLE}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}?sslmode=disable");
     let (err, text) = open_error(&url).await;
     assert!(matches!(err, DatabaseError::Unreachable { .. }), "{text}");

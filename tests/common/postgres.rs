@@ -11,9 +11,10 @@
 //! `postgres` user the package creates, and the server's commands run as that user through
 //! `runuser`; `psql` connects over the socket with trust authentication as the superuser.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use super::free_port;
 
 /// The role the queue connects as; owns [`DATABASE`].
 pub const ROLE: &str = "smtp2gmail";
@@ -339,15 +340,6 @@ fn postgres_ids() -> (u32, u32) {
             .unwrap()
     };
     (id("-u"), id("-g"))
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn text(output: &Output) -> String {

@@ -8,47 +8,25 @@
 # `cargo test`.
 set -euo pipefail
 
-if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+initdb_present() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+if initdb_present; then
     exit 0
 fi
-command -v apt-get >/dev/null || {
-    echo "PostgreSQL's initdb is missing and there is no apt-get: install the server by hand" >&2
-    exit 1
-}
 sudo=()
 ((EUID == 0)) || sudo=(sudo)
-log=$(mktemp "${TMPDIR:-/tmp}/postgresql-install.XXXXXX")
-trap 'rm -f "$log"' EXIT
 
-# postgresql-common reads this before the server package's postinst creates the "main" cluster:
-# with it off, no cluster (no data directory, no service to start) is made.
+install=$(dirname "${BASH_SOURCE[0]}")/../install-debian-package.sh
+# postgresql-common (no cluster of its own) first: its createcluster.conf, read when the server
+# package's postinst would create the "main" cluster, then says not to. Editing the file the
+# package installed, rather than writing it beforehand, avoids dpkg's question about a
+# configuration file it did not put there.
+bash "$install" "for the shared-queue tests" postgresql-common
 conf=/etc/postgresql-common/createcluster.conf
-"${sudo[@]}" mkdir -p "$(dirname "$conf")"
 if ! grep -qs '^create_main_cluster *= *false' "$conf"; then
     echo "create_main_cluster = false" | "${sudo[@]}" tee -a "$conf" >/dev/null
 fi
-
-# Package scripts ask invoke-rc.d before starting a service; 101 means "not now". Only a policy
-# this script put there is removed again.
-policy=/usr/sbin/policy-rc.d
-if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\n# temporary, from smtp2gmail tests/postgres/install.sh\nexit 101\n' |
-        "${sudo[@]}" tee "$policy" >/dev/null
-    "${sudo[@]}" chmod 755 "$policy"
-    trap 'rm -f "$log"; "${sudo[@]}" rm -f "$policy"' EXIT
-fi
-
-echo "installing postgresql (apt-get) for the shared-queue tests"
-{
-    "${sudo[@]}" apt-get update -qq &&
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            --no-install-recommends postgresql
-} </dev/null >"$log" 2>&1 || {
-    cat "$log" >&2
-    echo "apt-get install postgresql failed" >&2
-    exit 1
-}
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || {
-    echo "postgresql installed but no /usr/lib/postgresql/*/bin/initdb" >&2
+bash "$install" "for the shared-queue tests" postgresql
+initdb_present || {
+    echo "postgresql installed, but there is no /usr/lib/postgresql/*/bin/initdb" >&2
     exit 1
 }
