@@ -11,14 +11,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::WAIT;
 use common::fake_google::FakeGoogle;
 use common::served::{Served, queue_mode_config};
+use common::{WAIT, free_port};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
@@ -157,15 +156,6 @@ fn files_under(dir: &Path) -> usize {
             _ => 1,
         })
         .sum()
-}
-
-/// A port nothing listens on right now (Postfix needs a number in its master.cf).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits (bounded) until `ready` holds.

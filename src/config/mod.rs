@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod gmail;
 mod inbox;
+mod queue;
 mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
 pub use inbox::InboxConfig;
+pub use queue::{DatabaseUrl, MIN_LEASE_TIME, QueueBackend, RootCerts, SslMode, UrlError};
 pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
 
 /// Gmail's upload limit for `users.messages.send` (35 MiB); also our default SMTP `SIZE`.
@@ -110,6 +112,14 @@ pub struct QueueConfig {
     /// holding off.
     #[serde(with = "humantime_serde")]
     pub split_window: Duration,
+    /// Where messages are kept: the spool in `dir`, or PostgreSQL at `url`.
+    pub backend: QueueBackend,
+    /// With `backend = "postgres"`: a `postgres://` URL, or `env:NAME` / `file:PATH` holding one.
+    pub url: String,
+    /// With `backend = "postgres"`: how long a replica's claim on a message lasts without
+    /// renewal, so the messages of a replica that died are sent by another after at most this.
+    #[serde(with = "humantime_serde")]
+    pub lease_time: Duration,
 }
 
 impl Default for QueueConfig {
@@ -121,6 +131,9 @@ impl Default for QueueConfig {
             retry_max: Duration::from_secs(3600),
             max_send_rate: 1.0,
             split_window: Duration::from_secs(15 * 60),
+            backend: QueueBackend::Spool,
+            url: String::new(),
+            lease_time: Duration::from_secs(60),
         }
     }
 }
@@ -293,6 +306,7 @@ impl Config {
                 "must not be longer than queue.max_age",
             ));
         }
+        self.queue.validate_backend()?;
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))

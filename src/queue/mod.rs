@@ -10,7 +10,9 @@
 pub mod control;
 pub mod courier;
 pub mod entry;
+pub mod postgres;
 pub mod schedule;
+pub mod shared;
 pub mod split;
 pub mod spool;
 pub mod store;

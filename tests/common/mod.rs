@@ -8,6 +8,7 @@ pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
 pub mod inbox;
+pub mod postgres;
 pub mod queued;
 pub mod running;
 pub mod served;
@@ -26,6 +27,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// A loopback port nothing listens on right now, for a server that needs a number in its
+/// configuration (Postfix, PostgreSQL) rather than binding port 0 itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// Generous bound on any single wait, so a broken server fails a test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(20);

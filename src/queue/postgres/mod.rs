@@ -1,0 +1,93 @@
+//! The foundations of the queue on PostgreSQL, shared by every replica of a deployment: the
+//! connection pool ([`connect`]), the schema and its migrations ([`schema`]), the failures in the
+//! operator's terms ([`error`]), and the claim and lease statements ([`lease`]).
+//!
+//! The queue's storage on top of these keeps the spool's promises (docs/queue.md): the bytes and
+//! the envelope are in a committed transaction before 250; one replica sends a message at a time,
+//! under a lease that expires when that replica dies; limits are rows every replica updates.
+
+pub mod connect;
+pub mod error;
+pub mod lease;
+pub mod schema;
+
+use deadpool_postgres::Pool;
+
+pub use error::{DatabaseError, Step, Target};
+pub use schema::Migrated;
+
+use crate::config::DatabaseUrl;
+
+/// The PostgreSQL schema holding every table of the queue.
+pub const SCHEMA: &str = "smtp2gmail";
+
+/// The `LISTEN`/`NOTIFY` channel on which a replica that queued a message wakes the others (the
+/// payload is the message's mailbox), so new mail is picked up at once rather than by polling.
+pub const NEW_MAIL_CHANNEL: &str = "smtp2gmail_new_mail";
+
+/// Pooled connections used by the queue's statements; `LISTEN` needs a session of its own,
+/// and `queue` commands a couple: a small pool, since every replica holds one.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+
+/// The queue's database: a pool of connections to the URL of `[queue] url`.
+pub struct Database {
+    pool: Pool,
+    url: DatabaseUrl,
+    target: Target,
+}
+
+impl Database {
+    /// A pool for `url` holding at most `pool_size` connections. Nothing is opened yet; see
+    /// [`Database::open`].
+    pub fn new(url: DatabaseUrl, pool_size: usize) -> Database {
+        let pool = connect::pool(&url, pool_size);
+        let target = Target::of(&url);
+        Database { pool, url, target }
+    }
+
+    /// Connects (so that a bad URL, password or database fails now, naming the fix) and brings
+    /// the schema up to date: what a replica does at start.
+    pub async fn open(
+        url: DatabaseUrl,
+        pool_size: usize,
+    ) -> Result<(Database, Migrated), DatabaseError> {
+        let database = Database::new(url, pool_size);
+        connect::check(&database.pool, &database.target).await?;
+        let migrated = database.migrate().await?;
+        Ok((database, migrated))
+    }
+
+    /// Creates or migrates the schema ([`schema::migrate`]).
+    pub async fn migrate(&self) -> Result<Migrated, DatabaseError> {
+        let mut client = self.client().await?;
+        schema::migrate(&mut client, &self.target).await
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, DatabaseError> {
+        connect::client(&self.pool, &self.target).await
+    }
+
+    /// A session of its own listening on [`NEW_MAIL_CHANNEL`] ([`connect::listen`]).
+    pub async fn listen_for_new_mail(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+        ),
+        DatabaseError,
+    > {
+        connect::listen(&self.url, &self.target, NEW_MAIL_CHANNEL).await
+    }
+
+    /// The URL (its [`DatabaseUrl::redacted`] form is the one to log).
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// The server, role and database, for messages.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
