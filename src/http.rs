@@ -3,12 +3,11 @@
 //! beside them (see [`crate::inbox`]).
 //!
 //! Readiness means: the SMTP listeners are up (this server only starts after they are bound, and
-//! turns unready when shutdown begins), the spool is writable (queue mode), and no account's
+//! turns unready when shutdown begins), the queue can store mail (a writable spool, a reachable database), and no account's
 //! credentials need attention. A 503 says which account and why, with the fix, so a load balancer
 //! stops sending mail that would only be held and the operator's probe shows what to do.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -21,14 +20,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::google::CredentialState;
+use crate::queue::store::Store;
 use crate::relay::gmail::accounts::{Account, Attention};
 
 /// What readiness looks at.
 pub struct Readiness {
     /// The Gmail accounts (none outside gmail mode).
     pub accounts: Vec<Arc<Account>>,
-    /// The spool's directory for incoming bodies, in queue mode.
-    pub spool: Option<PathBuf>,
+    /// The queue's storage, in queue mode.
+    pub queue: Option<Arc<dyn Store>>,
     /// Fires when shutdown begins.
     pub shutdown: CancellationToken,
 }
@@ -40,11 +40,8 @@ impl Readiness {
         if self.shutdown.is_cancelled() {
             problems.push(json!({"problem": "shutting down"}));
         }
-        if let Some(dir) = &self.spool
-            && let Err(err) = tempfile::tempfile_in(dir)
-        {
-            problems
-                .push(json!({"problem": format!("spool not writable: {}: {err}", dir.display())}));
+        if let Some(problem) = self.queue.as_ref().and_then(|store| store.problem()) {
+            problems.push(json!({ "problem": problem }));
         }
         for account in &self.accounts {
             if let CredentialState::NeedsAttention { since, error } = account.tokens.state() {

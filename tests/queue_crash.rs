@@ -4,37 +4,16 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::WAIT;
+use common::burst::{self, Acknowledged};
 use common::fake_google::{self, FakeGoogle};
 use common::served::Served;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 const CLIENTS: usize = 10;
 const PER_CLIENT: usize = 120;
-
-fn message(n: usize) -> lettre::Message {
-    lettre::Message::builder()
-        .from("app@example.com".parse().unwrap())
-        .to("alice@example.com".parse().unwrap())
-        .subject(format!("crash-test-{n}"))
-        .body(format!("message {n}\n"))
-        .unwrap()
-}
-
-/// The `crash-test-N` subject of an uploaded message.
-fn subject(body: &[u8]) -> Option<usize> {
-    let text = String::from_utf8_lossy(body);
-    let start = text.find("crash-test-")? + "crash-test-".len();
-    text[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_9_loses_no_acknowledged_message() {
@@ -60,28 +39,8 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     .unwrap();
 
     let server = Served::start(&config).await;
-    let addr = server.addr;
-    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
-    let burst: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            let acknowledged = acknowledged.clone();
-            tokio::spawn(async move {
-                let transport =
-                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
-                        .port(addr.port())
-                        .build();
-                for i in 0..PER_CLIENT {
-                    let n = client * PER_CLIENT + i;
-                    match transport.send(message(n)).await {
-                        Ok(_) => {
-                            acknowledged.lock().unwrap().insert(n);
-                        }
-                        Err(_) => return, // the server is gone
-                    }
-                }
-            })
-        })
-        .collect();
+    let acknowledged: Acknowledged = Arc::default();
+    let burst = burst::send(&[server.addr], CLIENTS, PER_CLIENT, &acknowledged);
     // Kill once a third of the burst is acknowledged and deliveries are under way.
     let third = CLIENTS * PER_CLIENT / 3;
     tokio::time::timeout(WAIT, async {
@@ -100,33 +59,10 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
 
     // Restart on the same spool: everything acknowledged is delivered.
     let server = Served::start(&config).await;
-    let delivered = || {
-        let mut seen: HashMap<usize, usize> = HashMap::new();
-        for upload in google.uploads() {
-            *seen
-                .entry(subject(&upload.body).expect("a crash-test subject"))
-                .or_default() += 1;
-        }
-        seen
-    };
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while !acknowledged.iter().all(|n| delivered().contains_key(n)) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "undelivered: {:?}",
-            acknowledged
-                .iter()
-                .filter(|n| !delivered().contains_key(n))
-                .collect::<Vec<_>>()
-        )
-    });
+    burst::until_delivered(&google, &acknowledged, Duration::from_secs(120)).await;
     server.kill().await;
 
-    let seen = delivered();
+    let seen = burst::delivered(&google);
     let twice: Vec<_> = seen.iter().filter(|(_, count)| **count == 2).collect();
     assert!(
         seen.values().all(|count| *count <= 2),

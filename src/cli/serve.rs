@@ -136,7 +136,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         }
         let readiness = Arc::new(http::Readiness {
             accounts,
-            spool: queue.as_ref().and_then(|started| started.spill_dir.clone()),
+            queue: queue.as_ref().map(|started| started.store.clone()),
             shutdown: shutdown.clone(),
         });
         let routes = inbox.as_ref().map(|inbox| inbox.router());

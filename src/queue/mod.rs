@@ -109,6 +109,8 @@ pub struct Started {
     pub scheduler: schedule::Scheduler,
     /// Merges the held transactions of split messages; run it until shutdown.
     pub splitter: split::Splitter,
+    /// The queue's storage (for readiness).
+    pub store: Arc<dyn Store>,
     /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
     pub spill_dir: Option<std::path::PathBuf>,
     /// The spool's lock, held for as long as the server runs.
@@ -172,6 +174,7 @@ pub async fn start(
         acceptor: Arc::new(Queue::new(store.clone(), gmail.clone(), scheduled, intake)),
         splitter,
         spill_dir: store.spill_dir(),
+        store: store.clone(),
         scheduler: schedule::Scheduler::new(store, gmail, config.clone(), incoming).await,
         lock: Some(lock),
     })

@@ -321,6 +321,13 @@ impl Store for Spool {
     fn describe(&self) -> String {
         format!("the spool {}", self.root.display())
     }
+
+    fn problem(&self) -> Option<String> {
+        let dir = self.incoming();
+        tempfile::tempfile_in(&dir)
+            .err()
+            .map(|err| format!("spool not writable: {}: {err}", dir.display()))
+    }
 }
 
 fn ignore_missing(err: io::Error) -> io::Result<()> {

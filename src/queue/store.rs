@@ -99,4 +99,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store for the operator's log ("the spool /var/spool/smtp2gmail").
     fn describe(&self) -> String;
+
+    /// Why the store cannot take mail right now, for `/readyz` (a spool that is not writable,
+    /// a database that is unreachable); `None` when it can. Cheap: called on every probe.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }

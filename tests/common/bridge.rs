@@ -82,13 +82,13 @@ impl Bridge {
                     spill_dir: started.spill_dir.clone(),
                     ..test_config()
                 };
-                (started.acceptor, smtp, started.spill_dir)
+                (started.acceptor, smtp, Some(started.store))
             }
         };
         let server = TestServer::with_target(smtp, target).await;
         let readiness = Arc::new(smtp2gmail::http::Readiness {
             accounts: gmail.router().accounts().cloned().collect(),
-            spool,
+            queue: spool,
             shutdown: shutdown.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod bridge;
+pub mod burst;
 pub mod credential_files;
 pub mod fake_gmail;
 pub mod fake_google;
