@@ -20,6 +20,7 @@ pub mod store;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
@@ -106,7 +107,7 @@ pub struct Started {
     /// The delivery target for the SMTP sessions.
     pub acceptor: Arc<Queue>,
     /// The background deliveries; run it until shutdown.
-    pub scheduler: schedule::Scheduler,
+    pub scheduler: Deliveries,
     /// Merges the held transactions of split messages; run it until shutdown.
     pub splitter: split::Splitter,
     /// The queue's storage (for readiness).
@@ -115,6 +116,24 @@ pub struct Started {
     pub spill_dir: Option<std::path::PathBuf>,
     /// The spool's lock, held for as long as the server runs.
     pub lock: Option<std::fs::File>,
+}
+
+/// The background deliveries of the queue, by where it is stored.
+pub enum Deliveries {
+    /// The one server that owns a spool schedules everything in memory.
+    Spool(schedule::Scheduler),
+    /// One replica of several sharing a database claims messages under leases.
+    Shared(shared::SharedScheduler),
+}
+
+impl Deliveries {
+    /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight.
+    pub async fn run(self, shutdown: CancellationToken, grace: std::time::Duration) {
+        match self {
+            Deliveries::Spool(scheduler) => scheduler.run(shutdown, grace).await,
+            Deliveries::Shared(scheduler) => scheduler.run(shutdown, grace).await,
+        }
+    }
 }
 
 /// Why the queue cannot start. The message is for the operator and names the spool.
@@ -175,7 +194,9 @@ pub async fn start(
         splitter,
         spill_dir: store.spill_dir(),
         store: store.clone(),
-        scheduler: schedule::Scheduler::new(store, gmail, config.clone(), incoming).await,
+        scheduler: Deliveries::Spool(
+            schedule::Scheduler::new(store, gmail, config.clone(), incoming).await,
+        ),
         lock: Some(lock),
     })
 }
