@@ -428,7 +428,7 @@ async fn a_lapsed_lease_passes_to_another_replica() {
     let queued = put(&dying, None).await;
     let limits = limits(5, 1_000_000.0);
     let claimed = dying.claim(&limits, 10).await.unwrap();
-    assert_eq!(ids(&claimed), ids(&[queued.clone()]));
+    assert_eq!(ids(&claimed), ids(std::slice::from_ref(&queued)));
     assert!(other.claim(&limits, 10).await.unwrap().is_empty(), "leased");
 
     // `dying` stops renewing; its lease lapses and `other` takes the message over.
@@ -440,7 +440,7 @@ async fn a_lapsed_lease_passes_to_another_replica() {
         }
         other.wait_for_mail(Duration::from_millis(100)).await;
     };
-    assert_eq!(ids(&taken), ids(&[queued.clone()]));
+    assert_eq!(ids(&taken), ids(std::slice::from_ref(&queued)));
     let mut failed = queued.clone();
     failed.record(SystemTime::now(), "500 backend error".into());
     assert!(

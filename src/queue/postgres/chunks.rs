@@ -1,8 +1,9 @@
 //! A message's bytes in `message_chunks`: written and read one chunk of at most [`CHUNK`] bytes
 //! at a time, so that neither storing nor reading a 35 MiB message holds it whole in memory.
 //!
-//! Memory per message being stored or read: one chunk buffer (1 MiB) plus what the client library
-//! holds of the rows in flight (its response channel holds one batch, about one chunk). A message
+//! Memory per message being stored or read: a few MiB whatever its size — one chunk buffer
+//! (1 MiB) plus the client library's copy of it (the encoded statement, or the received row: its
+//! response channel holds one batch). A message
 //! of at most one chunk is returned in memory; a larger one is written chunk by chunk to a
 //! temporary file that is removed when the [`Message`] is dropped.
 
