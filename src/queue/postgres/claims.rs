@@ -209,14 +209,13 @@ impl SharedStore for PgStore {
         Ok(())
     }
 
-    /// Whoever holds the lease: Gmail took the message, keeping it would only send it again.
+    /// Whoever holds the lease, and wherever it is: Gmail took the message, keeping it would
+    /// only send it again (a replica whose lease had lapsed may have made it a dead letter
+    /// meanwhile).
     async fn complete(&self, id: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute(
-                "DELETE FROM smtp2gmail.messages WHERE id = $1 AND place = 'queue'",
-                &[&id],
-            )
+            .execute("DELETE FROM smtp2gmail.messages WHERE id = $1", &[&id])
             .await
             .map_err(self.fail("removing a sent message"))?;
         Ok(())
