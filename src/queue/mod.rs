@@ -228,7 +228,9 @@ async fn start_shared(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started
     // them in one process's memory: with replicas each transaction is queued on its own (as with
     // `split_window = "0s"`) until holding is shared too (docs/queue.md).
     if !config.split_window.is_zero() {
-        tracing::info!("queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own");
+        tracing::info!(
+            "queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own"
+        );
     }
     let unsplit = QueueConfig {
         split_window: std::time::Duration::ZERO,
