@@ -28,6 +28,7 @@ struct Metrics {
     queue_depth: Family<Labels, Gauge>,
     queue_oldest_seconds: Family<Labels, Gauge>,
     dead_letters: Gauge,
+    queue_store_up: Gauge,
     token_refreshes: Family<Labels, Counter>,
     auth_failures: Counter,
 }
@@ -54,6 +55,7 @@ fn metrics() -> &'static Metrics {
             queue_depth: Family::default(),
             queue_oldest_seconds: Family::default(),
             dead_letters: Gauge::default(),
+            queue_store_up: Gauge::default(),
             token_refreshes: Family::default(),
             auth_failures: Counter::default(),
         };
@@ -86,6 +88,11 @@ fn metrics() -> &'static Metrics {
             m.queue_oldest_seconds.clone(),
         );
         registry.register("queue_dead_letters", "Messages in the dead letters", m.dead_letters.clone());
+        registry.register(
+            "queue_store_up",
+            "1 while the queue's storage (the spool, the shared database) takes mail, else 0",
+            m.queue_store_up.clone(),
+        );
         registry.register(
             "token_refreshes",
             "Access token requests by account and outcome (ok, temporary, credentials)",
@@ -159,6 +166,11 @@ pub fn queue_state(account: &str, depth: usize, oldest: Duration) {
 /// How many dead letters there are.
 pub fn dead_letters(count: usize) {
     metrics().dead_letters.set(count as i64);
+}
+
+/// Whether the queue's storage takes mail now.
+pub fn queue_store_up(up: bool) {
+    metrics().queue_store_up.set(i64::from(up));
 }
 
 /// A failed SMTP AUTH attempt.

@@ -204,6 +204,7 @@ async fn a_put_while_the_database_is_down_is_unavailable_and_stores_nothing() {
     };
     let store = store(&server, MINUTE).await;
     put(&store, None).await;
+    assert_eq!(store.problem(), None, "ready while the database answers");
     server.stop();
     for _ in 0..2 {
         let entry = entry(None);
@@ -218,12 +219,15 @@ async fn a_put_while_the_database_is_down_is_unavailable_and_stores_nothing() {
             "{stored:?}"
         );
     }
+    let problem = store.problem().expect("/readyz reports the outage");
+    assert!(problem.contains("database"), "{problem}");
     server.start_again();
     assert_eq!(
         store.count(Place::Queue).await.unwrap(),
         1,
         "nothing stored while down"
     );
+    assert_eq!(store.problem(), None, "ready again by itself");
     put(&store, None).await;
     assert_eq!(
         store.count(Place::Queue).await.unwrap(),

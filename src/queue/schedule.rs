@@ -192,6 +192,7 @@ impl Scheduler {
         if let Ok(dead) = self.store.count(Place::Dead).await {
             crate::telemetry::dead_letters(dead);
         }
+        crate::telemetry::queue_store_up(self.store.problem().is_none());
         self.index.sweep(now);
     }
 

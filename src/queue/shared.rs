@@ -32,6 +32,9 @@ const IDLE: Duration = Duration::from_secs(5);
 /// The shortest sleep after a claim found nothing although something was due (a mailbox at its
 /// concurrency limit): its deliveries' outcomes wake the replica that holds them.
 const BLOCKED: Duration = Duration::from_millis(200);
+/// How often a replica reports the shared queue in its metrics (a count on the database: not
+/// per wake-up, so idle replicas cost the database almost nothing).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// The most messages one replica sends at once, over all mailboxes.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -143,6 +146,7 @@ impl SharedScheduler {
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let lease = self.config.lease_time;
         let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
+        let mut report = tokio::time::interval(REPORT_EVERY);
         loop {
             self.check_credentials().await;
             let wait = self.dispatch().await;
@@ -157,6 +161,7 @@ impl SharedScheduler {
                         tracing::warn!(%err, "cannot renew the leases of messages being sent");
                     }
                 }
+                _ = report.tick() => self.report().await,
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -175,6 +180,14 @@ impl SharedScheduler {
                 "deliveries still running at shutdown: their leases lapse and they are sent again"
             );
         }
+    }
+
+    /// The dead letters and whether the database answers, for `/metrics`.
+    async fn report(&self) {
+        if let Ok(dead) = self.store.count(Place::Dead).await {
+            crate::telemetry::dead_letters(dead);
+        }
+        crate::telemetry::queue_store_up(self.store.problem().is_none());
     }
 
     /// Claims and starts what may be sent now; returns how long to sleep at most.

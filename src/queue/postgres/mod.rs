@@ -41,6 +41,8 @@ pub struct Database {
     pool: Pool,
     url: DatabaseUrl,
     target: Target,
+    /// The last outage seen (for `/readyz`), cleared by the next connection that works.
+    outage: std::sync::Mutex<Option<String>>,
 }
 
 impl Database {
@@ -49,7 +51,12 @@ impl Database {
     pub fn new(url: DatabaseUrl, pool_size: usize) -> Database {
         let pool = connect::pool(&url, pool_size);
         let target = Target::of(&url);
-        Database { pool, url, target }
+        Database {
+            pool,
+            url,
+            target,
+            outage: std::sync::Mutex::default(),
+        }
     }
 
     /// Connects (so that a bad URL, password or database fails now, naming the fix) and brings
@@ -70,9 +77,28 @@ impl Database {
         schema::migrate(&mut client, &self.target).await
     }
 
-    /// A pooled connection.
+    /// A pooled connection. The pool checks a connection before handing it out, so getting one
+    /// means the server answers: it ends a noted outage.
     pub async fn client(&self) -> Result<deadpool_postgres::Client, DatabaseError> {
-        connect::client(&self.pool, &self.target).await
+        let client = connect::client(&self.pool, &self.target).await;
+        match &client {
+            Ok(_) => *crate::locks::lock(&self.outage) = None,
+            Err(err) => self.note(err),
+        }
+        client
+    }
+
+    /// Remembers `err` when it is an outage (unreachable, read-only, shutting down), for
+    /// [`Database::outage`].
+    pub fn note(&self, err: &DatabaseError) {
+        if err.is_outage() {
+            *crate::locks::lock(&self.outage) = Some(err.to_string());
+        }
+    }
+
+    /// The outage seen last, until a connection works again.
+    pub fn outage(&self) -> Option<String> {
+        crate::locks::lock(&self.outage).clone()
     }
 
     /// A session of its own listening on [`NEW_MAIL_CHANNEL`] ([`connect::listen`]).

@@ -103,10 +103,9 @@ impl PgStore {
         doing: &'static str,
     ) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
         move |err| {
-            self.database
-                .target()
-                .classify(&err, Step::Use, doing)
-                .into()
+            let err = self.database.target().classify(&err, Step::Use, doing);
+            self.database.note(&err);
+            err.into()
         }
     }
 
@@ -419,6 +418,12 @@ impl Store for PgStore {
     /// None: bodies are spilled to the system's temporary directory and copied in chunks.
     fn spill_dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.database
+            .outage()
+            .map(|outage| format!("the queue's database: {outage}"))
     }
 
     fn describe(&self) -> String {
