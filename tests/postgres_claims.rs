@@ -133,6 +133,11 @@ async fn send_slots_space_a_mailboxs_claims_by_its_rate() {
     assert!(one.claim(&limits, 10).await.unwrap().is_empty());
     let slot = next_slot_in(&server, "paced@example.com");
     assert!((8.0..=10.0).contains(&slot), "next slot in {slot} s");
+    // A replica sleeps until that slot, rather than polling a message that is due but paced.
+    let wake = one.next_due().await.unwrap().expect("mail is queued");
+    let wait = wake.duration_since(SystemTime::now());
+    let wait = wait.expect("the next slot is ahead").as_secs_f64();
+    assert!((7.0..=10.0).contains(&wait), "wakes in {wait} s");
 
     // The ten seconds pass (made to, here).
     server.psql_in(

@@ -304,15 +304,24 @@ impl SharedStore for PgStore {
     }
 
     /// The earliest `due_at` of the queue: a planned attempt, or the end of a lease.
+    /// Not only the earliest due message: a mailbox waiting for its next send slot (or its
+    /// deferral, hold or its account's pause) counts from then, so a replica sending at a
+    /// mailbox's rate sleeps until the next slot instead of polling.
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(
-                "SELECT min(due_at) FROM smtp2gmail.messages WHERE place = 'queue'",
-                &[],
-            )
+            .query_one(NEXT_DUE, &[])
             .await
             .map_err(self.fail("looking for the next due message"))?;
         Ok(row.get(0))
     }
 }
+
+/// The earliest time a queued message may be claimable (see [`SharedStore::next_due`]);
+/// `GREATEST` skips the NULLs of limits a mailbox does not have.
+const NEXT_DUE: &str = "
+    SELECT min(GREATEST(d.due, l.next_send_at, l.deferred_until, l.held_until, a.paused_until))
+      FROM (SELECT account, mailbox, min(due_at) AS due FROM smtp2gmail.messages
+             WHERE place = 'queue' GROUP BY account, mailbox) d
+      LEFT JOIN smtp2gmail.mailbox_limits l ON l.account = d.account AND l.mailbox = d.mailbox
+      LEFT JOIN smtp2gmail.account_limits a ON a.account = d.account";
