@@ -66,6 +66,24 @@ impl Courier for Gmail {
     }
 }
 
+/// A delivery's report: the entry and how its attempt went.
+pub type Finished = (Entry, Result<Receipt, DeliveryError>);
+
+/// Starts one attempt of `entry` on `tasks` (the scheduler's deliveries); the outcome goes to
+/// `results`, always, even after a panic.
+pub fn spawn_attempt(
+    tasks: &tokio_util::task::TaskTracker,
+    store: std::sync::Arc<dyn Store>,
+    courier: std::sync::Arc<dyn Courier>,
+    entry: Entry,
+    results: tokio::sync::mpsc::UnboundedSender<Finished>,
+) {
+    tasks.spawn(async move {
+        let outcome = attempt(&*store, &*courier, &entry).await;
+        let _ = results.send((entry, outcome));
+    });
+}
+
 /// One delivery attempt of a queued `entry`: its bytes from the store, then the courier. A
 /// panic is a permanent failure of this message (a bug), never a lost report: the scheduler
 /// waits for every attempt's outcome to free its mailbox's slot.

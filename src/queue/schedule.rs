@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control;
-use super::courier::{Clock, Courier, attempt};
+use super::courier::{Clock, Courier, Finished, spawn_attempt};
 use super::entry::{Entry, Place};
 use super::store::Store;
 use crate::config::QueueConfig;
@@ -51,9 +51,6 @@ mod tests;
 /// The shortest sleep of the loop: below it, waking costs more than it gains. Sends a send rate
 /// allows within it start in the same wake-up.
 const WAKE_FLOOR: Duration = Duration::from_millis(20);
-
-/// A delivery task's report: the entry and how its attempt went.
-type Finished = (Entry, Result<Receipt, DeliveryError>);
 
 /// What the scheduler remembers of one account (as opposed to its mailboxes).
 #[derive(Default)]
@@ -366,15 +363,13 @@ impl Scheduler {
             return;
         };
         self.in_flight.insert(id);
-        let (store, courier, results) = (
+        spawn_attempt(
+            &self.deliveries,
             self.store.clone(),
             self.courier.clone(),
+            entry,
             self.results.0.clone(),
         );
-        self.deliveries.spawn(async move {
-            let outcome = attempt(&*store, &*courier, &entry).await;
-            let _ = results.send((entry, outcome));
-        });
     }
 
     /// Records one delivery's outcome.

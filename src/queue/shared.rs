@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::courier::{Courier, attempt};
+use super::courier::{Courier, Finished, spawn_attempt};
 use super::entry::{Entry, Place};
 use super::schedule::MailboxKey;
 use super::schedule::verdict::{self, Effect, PRECONDITION_HOLD};
@@ -97,9 +97,6 @@ pub trait SharedStore: Store {
     /// queued.
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError>;
 }
-
-/// A delivery's report: the entry and how its attempt went.
-type Finished = (Entry, Result<Receipt, DeliveryError>);
 
 /// One replica's deliveries from a shared queue.
 pub struct SharedScheduler {
@@ -223,15 +220,13 @@ impl SharedScheduler {
         if !self.in_flight.insert(entry.id.clone()) {
             return;
         }
-        let (store, courier, results) = (
+        spawn_attempt(
+            &self.deliveries,
             self.store.clone(),
             self.courier.clone(),
+            entry,
             self.results.0.clone(),
         );
-        self.deliveries.spawn(async move {
-            let outcome = attempt(&*store, &*courier, &entry).await;
-            let _ = results.send((entry, outcome));
-        });
     }
 
     /// New credentials (a new token file, SIGHUP) resume the account for every replica.
