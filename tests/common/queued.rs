@@ -60,7 +60,20 @@ impl Queued {
                 .with_retry(no_retries)
                 .with_request_timeout(Duration::from_millis(300)),
         );
-        let started = queue::start(&queue, relay.clone()).await.unwrap();
+        // A restart in this process can find the spool's lock still held for a moment: a child
+        // process another test spawns inherits every descriptor (the lock's too) until its exec.
+        let started = tokio::time::timeout(WAIT, async {
+            loop {
+                match queue::start(&queue, relay.clone()).await {
+                    Err(queue::StartError::InUse { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    started => return started.unwrap(),
+                }
+            }
+        })
+        .await
+        .expect("the spool's lock is released");
         let smtp = SmtpConfig {
             spill_dir: started.spill_dir.clone(),
             ..test_config()
