@@ -49,7 +49,7 @@ async fn migrations_apply_to_an_empty_database_and_a_second_run_changes_nothing(
     );
     assert_eq!(
         tables,
-        "account_limits,mailbox_limits,message_chunks,messages,schema_migrations"
+        "account_limits,mailbox_limits,merges,message_chunks,messages,schema_migrations"
     );
     let owner = server.psql_in(
         DATABASE,
@@ -264,7 +264,7 @@ async fn claims_are_disjoint_and_a_lapsed_lease_passes_to_another_replica() {
         "replica-1",
         minute,
         10,
-        Some("b@example.com"),
+        Some(("default", "b@example.com")),
     )
     .await
     .unwrap();

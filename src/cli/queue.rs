@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::message::HEAD_LIMIT;
 use crate::queue::control::Request;
 use crate::queue::entry::{Entry, Place, is_valid_id};
-use crate::queue::spool::Spool;
 use crate::queue::store::Store;
 
 /// What to do with the queue.
@@ -42,17 +41,16 @@ pub enum QueueCommand {
 
 /// Runs a queue command.
 pub async fn run(config: &Config, command: QueueCommand) -> ExitCode {
-    let dir = &config.queue.dir;
-    if !dir.join("queue").is_dir() {
-        println!(
-            "no spool at {} (nothing has been queued there)",
-            dir.display()
-        );
-        return ExitCode::SUCCESS;
-    }
-    let store: Box<dyn Store> = match Spool::open(dir) {
-        Ok(spool) => Box::new(spool),
-        Err(err) => return fail(EXIT_FAILURE, &format!("{}: {err}", dir.display())),
+    let store = match crate::queue::open_for_commands(&config.queue).await {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            println!(
+                "no spool at {} (nothing has been queued there)",
+                config.queue.dir.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => return fail(EXIT_FAILURE, &err.to_string()),
     };
     let id = match &command {
         QueueCommand::Show { id }

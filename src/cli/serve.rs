@@ -39,7 +39,11 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Ok(relay) => relay,
         Err(err) => {
             tracing::error!("{err}");
-            return ExitCode::from(EXIT_USAGE);
+            // A database that is down at start is not a setting to fix: 1, as for Google.
+            let outage = err
+                .downcast_ref::<queue::StartError>()
+                .is_some_and(queue::StartError::is_outage);
+            return ExitCode::from(if outage { EXIT_FAILURE } else { EXIT_USAGE });
         }
     };
     // Installed before the first log line, so a SIGHUP sent once the server says it is listening
@@ -195,7 +199,10 @@ pub(super) fn mode_description(config: &Config) -> String {
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
         RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
             "gmail mode: messages are queued in {} and sent through the Gmail API",
-            config.queue.dir.display()
+            match config.queue.backend {
+                crate::config::QueueBackend::Spool => config.queue.dir.display().to_string(),
+                crate::config::QueueBackend::Postgres => "PostgreSQL (shared by replicas)".into(),
+            }
         ),
         RelayMode::Gmail => {
             "gmail mode: messages are sent through the Gmail API before 250".to_string()

@@ -210,6 +210,16 @@ impl Message {
         }
     }
 
+    /// A message whose bytes are the first `len` bytes of `path`, a temporary file it now owns
+    /// and removes when dropped (a queue store that reads a large message out of a database
+    /// writes it there rather than into memory).
+    pub fn from_temp_file(path: TempPath, len: u64) -> Self {
+        Message {
+            len,
+            body: Body::Spilled(path),
+        }
+    }
+
     /// The file holding the bytes, if they are not in memory.
     pub fn file(&self) -> Option<&Path> {
         match &self.body {

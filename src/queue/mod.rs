@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{QueueBackend, QueueConfig};
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
@@ -156,6 +157,13 @@ pub enum StartError {
         /// The spool directory.
         dir: std::path::PathBuf,
     },
+    /// `queue.url` cannot be used.
+    #[error("queue.url: {0}")]
+    Url(crate::config::UrlError),
+    /// The database cannot be used (unreachable, refused, missing a permission); the message
+    /// names the server and the fix.
+    #[error("the queue's database: {0}")]
+    Database(#[from] postgres::DatabaseError),
     /// Cleaning up after a crash failed.
     #[error("cannot recover the spool {}: {source}", dir.display())]
     Recover {
@@ -166,11 +174,91 @@ pub enum StartError {
     },
 }
 
-/// Opens the spool, takes its lock, cleans up after a crash, and builds the queue's parts.
-pub async fn start(
-    config: &crate::config::QueueConfig,
-    gmail: Arc<Gmail>,
-) -> Result<Started, StartError> {
+impl StartError {
+    /// A temporary failure (the database unreachable or down) rather than a setting to fix.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StartError::Database(err) if err.is_outage())
+    }
+}
+
+/// Builds the queue's parts on the configured backend: the spool (opened, locked, recovered
+/// after a crash) or the database shared by replicas (connected, migrated, listening).
+pub async fn start(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
+    match config.backend {
+        QueueBackend::Spool => start_spool(config, gmail).await,
+        QueueBackend::Postgres => start_shared(config, gmail).await,
+    }
+}
+
+/// Opens the queue's storage for the `queue` commands: the spool (`None` when nothing was ever
+/// queued there) or the database.
+pub async fn open_for_commands(config: &QueueConfig) -> Result<Option<Box<dyn Store>>, StartError> {
+    match config.backend {
+        QueueBackend::Spool => {
+            if !config.dir.join("queue").is_dir() {
+                return Ok(None);
+            }
+            let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
+            Ok(Some(Box::new(spool)))
+        }
+        QueueBackend::Postgres => Ok(Some(Box::new(open_database(config).await?))),
+    }
+}
+
+/// Connects to `queue.url` and brings the schema up to date.
+async fn open_database(config: &QueueConfig) -> Result<postgres::PgStore, StartError> {
+    let url = config
+        .database_url()
+        .map_err(StartError::Url)?
+        .ok_or(StartError::Url(crate::config::UrlError::Missing))?;
+    let (database, migrated) = postgres::Database::open(url, postgres::DEFAULT_POOL_SIZE).await?;
+    tracing::debug!(?migrated, "queue database schema");
+    Ok(postgres::PgStore::new(database, config.lease_time))
+}
+
+/// One replica of several on the queue in PostgreSQL. The acceptor's announcements are not
+/// needed: a committed message wakes every replica through the database (`NOTIFY`).
+async fn start_shared(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
+    let store = Arc::new(open_database(config).await?);
+    store.listen().await?;
+    let shared: Arc<dyn shared::SharedStore> = store.clone();
+    let store: Arc<dyn Store> = store;
+    let (scheduled, _) = mpsc::unbounded_channel();
+    // The transactions of a split message may reach different replicas, and the splitter groups
+    // them in one process's memory: with replicas each transaction is queued on its own (as with
+    // `split_window = "0s"`) until holding is shared too (docs/queue.md).
+    if !config.split_window.is_zero() {
+        tracing::info!(
+            "queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own"
+        );
+    }
+    let unsplit = QueueConfig {
+        split_window: std::time::Duration::ZERO,
+        ..config.clone()
+    };
+    let routing: Arc<dyn split::Routing> = gmail.clone();
+    let (intake, splitter) = split::build(&store, &unsplit, routing, scheduled.clone());
+    let limits = shared::SharedLimits {
+        max_send_rate: config.max_send_rate,
+        max_sends: gmail
+            .router()
+            .accounts()
+            .map(|account| (account.name.clone(), account.max_sends))
+            .collect(),
+    };
+    let scheduler = shared::SharedScheduler::new(shared, gmail.clone(), config.clone(), limits);
+    Ok(Started {
+        acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
+        splitter,
+        spill_dir: None,
+        store,
+        scheduler: Deliveries::Shared(scheduler),
+        lock: None,
+    })
+}
+
+/// The one server on a spool.
+async fn start_spool(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
     let dir = || config.dir.clone();
     let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
     let lock = spool::try_lock(spool.root())

@@ -9,6 +9,7 @@ pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
 pub mod inbox;
+pub mod pg_store;
 pub mod postgres;
 pub mod queued;
 pub mod running;

@@ -32,24 +32,30 @@ const CLAIM: &str = "
     UPDATE smtp2gmail.messages m
        SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
       FROM (SELECT id FROM smtp2gmail.messages
-             WHERE place = 'queue' AND due_at <= now() AND ($4::text IS NULL OR mailbox = $4)
+             WHERE place = 'queue' AND due_at <= now()
+               AND ($4::text IS NULL OR (account = $4 AND mailbox = $5))
              ORDER BY due_at
              LIMIT $3
                FOR UPDATE SKIP LOCKED) due
      WHERE m.id = due.id
  RETURNING m.id, m.account, m.mailbox, m.entry";
 
-/// Claims up to `limit` due messages (of `mailbox` only, when given) for `owner`, for `lease`.
+/// Claims up to `limit` due messages (of one mailbox only, when given as `(account, mailbox)`)
+/// for `owner`, for `lease`.
 pub async fn claim(
     client: &impl GenericClient,
     target: &Target,
     owner: &str,
     lease: Duration,
     limit: i64,
-    mailbox: Option<&str>,
+    mailbox: Option<(&str, &str)>,
 ) -> Result<Vec<Claimed>, DatabaseError> {
+    let (account, mailbox) = mailbox.unzip();
     let rows = client
-        .query(CLAIM, &[&owner, &lease.as_secs_f64(), &limit, &mailbox])
+        .query(
+            CLAIM,
+            &[&owner, &lease.as_secs_f64(), &limit, &account, &mailbox],
+        )
         .await
         .map_err(|err| target.classify(&err, Step::Use, "claiming due messages"))?;
     Ok(rows

@@ -1,20 +1,27 @@
 //! The foundations of the queue on PostgreSQL, shared by every replica of a deployment: the
 //! connection pool ([`connect`]), the schema and its migrations ([`schema`]), the failures in the
-//! operator's terms ([`error`]), and the claim and lease statements ([`lease`]).
+//! operator's terms ([`error`]), and the claim and lease statements ([`lease`]); on top of them
+//! the queue's storage itself, [`PgStore`] ([`store`]: the message records; [`chunks`]: their
+//! bytes; [`claims`]: what replicas share; [`listener`]: waking on new mail).
 //!
 //! The queue's storage on top of these keeps the spool's promises (docs/queue.md): the bytes and
 //! the envelope are in a committed transaction before 250; one replica sends a message at a time,
 //! under a lease that expires when that replica dies; limits are rows every replica updates.
 
+pub mod chunks;
+pub mod claims;
 pub mod connect;
 pub mod error;
 pub mod lease;
+pub mod listener;
 pub mod schema;
+pub mod store;
 
 use deadpool_postgres::Pool;
 
 pub use error::{DatabaseError, Step, Target};
 pub use schema::Migrated;
+pub use store::PgStore;
 
 use crate::config::DatabaseUrl;
 

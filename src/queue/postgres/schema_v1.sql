@@ -9,7 +9,8 @@ CREATE TABLE smtp2gmail.messages (
     -- The queue's Entry record (envelope, account, attempts, last error) as serde writes it.
     entry jsonb NOT NULL,
     -- Copied out of entry for the indexes and the limits: the account (config name) and the
-    -- Gmail mailbox that sends it (the impersonated user for a service account).
+    -- Gmail mailbox that sends it (the impersonated user for a service account; '' when the
+    -- account is one mailbox). A mailbox is (account, mailbox), as the scheduler's MailboxKey.
     account text NOT NULL,
     mailbox text NOT NULL,
     -- Bytes of the message; the bytes themselves are in message_chunks.
@@ -30,9 +31,10 @@ CREATE TABLE smtp2gmail.messages (
 -- Claiming: SELECT ... WHERE place = 'queue' AND due_at <= now() ORDER BY due_at
 -- FOR UPDATE SKIP LOCKED, overall or for one mailbox whose send slot has come.
 CREATE INDEX messages_due ON smtp2gmail.messages (due_at) WHERE place = 'queue';
-CREATE INDEX messages_due_by_mailbox ON smtp2gmail.messages (mailbox, due_at) WHERE place = 'queue';
--- Per-account concurrency across replicas: the live leases of an account.
-CREATE INDEX messages_leased_by_account ON smtp2gmail.messages (account, lease_until)
+CREATE INDEX messages_due_by_mailbox ON smtp2gmail.messages (account, mailbox, due_at)
+    WHERE place = 'queue';
+-- Per-mailbox concurrency across replicas: the live leases of a mailbox.
+CREATE INDEX messages_leased_by_mailbox ON smtp2gmail.messages (account, mailbox, lease_until)
     WHERE lease_owner IS NOT NULL;
 -- `queue list`: each place in arrival order.
 CREATE INDEX messages_by_place ON smtp2gmail.messages (place, queued_at);
@@ -58,11 +60,16 @@ ALTER TABLE smtp2gmail.message_chunks SET (
 );
 
 -- What every replica must agree on per Gmail mailbox.
+-- Created by the first claim of the mailbox's mail; the row lock it is claimed under is what
+-- makes replicas' claims of one mailbox take turns.
 CREATE TABLE smtp2gmail.mailbox_limits (
-    mailbox text PRIMARY KEY,
     account text NOT NULL,
+    -- As in messages: '' when the account is one mailbox.
+    mailbox text NOT NULL,
+    -- queue.max_send_rate as the replicas that claim configure it (each claim writes it).
+    max_rate double precision NOT NULL CHECK (max_rate > 0),
     -- The adaptive (AIMD) send rate now, sends per second: halved after a rate-limit answer,
-    -- regained gradually up to queue.max_send_rate.
+    -- regained gradually up to max_rate.
     send_rate double precision NOT NULL CHECK (send_rate > 0),
     -- The next send slot: a replica takes it (and moves it on by 1/send_rate) before sending.
     next_send_at timestamptz NOT NULL DEFAULT '-infinity',
@@ -71,7 +78,8 @@ CREATE TABLE smtp2gmail.mailbox_limits (
     -- Held (a credentials problem of this one mailbox, a delegation missing): not before this.
     held_until timestamptz,
     hold_reason text,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account, mailbox)
 );
 
 -- What every replica must agree on per configured account.
@@ -81,6 +89,14 @@ CREATE TABLE smtp2gmail.account_limits (
     paused_until timestamptz,
     pause_reason text,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The records of merges of a split message's held transactions (queue::split), kept until the
+-- splitter forgets them.
+CREATE TABLE smtp2gmail.merges (
+    id text PRIMARY KEY,
+    record jsonb NOT NULL,
+    at timestamptz NOT NULL
 );
 
 COMMENT ON TABLE smtp2gmail.messages IS 'smtp2gmail: queued, held and dead messages';

@@ -1,0 +1,318 @@
+//! What replicas share ([`SharedStore`]): claiming messages under the limits of their mailboxes
+//! and accounts, leases, and the outcomes that change those limits.
+//!
+//! A claim looks for mailboxes that have mail due and may send now (their `mailbox_limits` row
+//! neither deferred nor held, its send slot come, fewer live leases than the account's
+//! `max_concurrent_sends`, the account not paused), oldest mail first. Each mailbox is then claimed
+//! in a transaction of its own that first locks its `mailbox_limits` row (creating it on first
+//! sight): replicas claiming the same mailbox take turns on that lock and each sees the leases and
+//! the send slot the one before it committed, so N replicas never exceed a mailbox's concurrency
+//! or rate. Messages are taken with `FOR UPDATE SKIP LOCKED` ([`super::lease`]), one per send slot:
+//! the slot moves on by `1 / send_rate` from the later of itself and now.
+
+use std::time::{Duration, SystemTime};
+
+use time::OffsetDateTime;
+
+use super::lease;
+use super::store::{PgStore, mailbox_column};
+use crate::queue::entry::Entry;
+use crate::queue::schedule::MailboxKey;
+use crate::queue::shared::{Note, SharedLimits, SharedStore};
+use crate::queue::store::StoreError;
+use crate::relay::gmail::accounts::DEFAULT_CONCURRENT_SENDS;
+
+/// Mailboxes with mail due that may send now, oldest mail first. `$2` maps accounts to their
+/// most concurrent sends per mailbox, `$3` is the default.
+const CANDIDATES: &str = "
+    SELECT d.account, d.mailbox
+      FROM (SELECT m.account, m.mailbox, min(m.due_at) AS due
+              FROM smtp2gmail.messages m
+              LEFT JOIN smtp2gmail.mailbox_limits l
+                     ON l.account = m.account AND l.mailbox = m.mailbox
+              LEFT JOIN smtp2gmail.account_limits a ON a.account = m.account
+             WHERE m.place = 'queue' AND m.due_at <= now()
+               AND (l.account IS NULL
+                    OR (l.next_send_at <= now()
+                        AND (l.deferred_until IS NULL OR l.deferred_until <= now())
+                        AND (l.held_until IS NULL OR l.held_until <= now())))
+               AND (a.paused_until IS NULL OR a.paused_until <= now())
+             GROUP BY m.account, m.mailbox) d
+     WHERE (SELECT count(*) FROM smtp2gmail.messages x
+             WHERE x.account = d.account AND x.mailbox = d.mailbox
+               AND x.lease_owner IS NOT NULL AND x.lease_until > now())
+           < coalesce(($2::jsonb ->> d.account)::bigint, $3)
+     ORDER BY d.due
+     LIMIT $1";
+
+/// Locks a mailbox's limits (creating them at the configured rate), brings its maximum rate to
+/// the configuration's, and says whether it may send now and at what rate.
+const LOCK_MAILBOX: &str = "
+    INSERT INTO smtp2gmail.mailbox_limits AS l (account, mailbox, max_rate, send_rate)
+    VALUES ($1, $2, $3, $3)
+    ON CONFLICT (account, mailbox) DO UPDATE
+       SET max_rate = EXCLUDED.max_rate, send_rate = least(l.send_rate, EXCLUDED.max_rate)
+    RETURNING l.send_rate,
+              l.next_send_at <= now()
+              AND (l.deferred_until IS NULL OR l.deferred_until <= now())
+              AND (l.held_until IS NULL OR l.held_until <= now())
+              AND NOT EXISTS (SELECT FROM smtp2gmail.account_limits a
+                               WHERE a.account = $1 AND a.paused_until > now())";
+
+/// The live leases of a mailbox (read under its lock).
+const LIVE_LEASES: &str = "
+    SELECT count(*) FROM smtp2gmail.messages
+     WHERE account = $1 AND mailbox = $2 AND lease_owner IS NOT NULL AND lease_until > now()";
+
+/// Takes `$3` send slots of a mailbox.
+const TAKE_SLOTS: &str = "
+    UPDATE smtp2gmail.mailbox_limits
+       SET next_send_at = greatest(next_send_at, now())
+                          + make_interval(secs => $3::bigint / send_rate),
+           updated_at = now()
+     WHERE account = $1 AND mailbox = $2";
+
+impl PgStore {
+    /// Claims at most `limit` messages of one mailbox (at most one per free send slot), under
+    /// the lock of its limits row.
+    async fn claim_mailbox(
+        &self,
+        account: &str,
+        mailbox: &str,
+        limits: &SharedLimits,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let fail = || self.fail("claiming due messages");
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(fail())?;
+        let row = tx
+            .query_one(LOCK_MAILBOX, &[&account, &mailbox, &limits.max_send_rate])
+            .await
+            .map_err(fail())?;
+        let open: bool = row.get(1);
+        if !open {
+            return Ok(Vec::new());
+        }
+        let live: i64 = tx
+            .query_one(LIVE_LEASES, &[&account, &mailbox])
+            .await
+            .map_err(fail())?
+            .get(0);
+        let most = max_sends(limits, account) as i64;
+        // One message per send slot: the slot after this one is 1/rate away, after now.
+        let room = (most - live).clamp(0, 1).min(limit as i64);
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let target = self.database.target();
+        let claimed = lease::claim(
+            &tx,
+            target,
+            &self.owner,
+            self.lease_time,
+            room,
+            Some((account, mailbox)),
+        )
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let taken = claimed.len() as i64;
+        tx.execute(TAKE_SLOTS, &[&account, &mailbox, &taken])
+            .await
+            .map_err(fail())?;
+        let mut entries = Vec::with_capacity(claimed.len());
+        for claimed in claimed {
+            match serde_json::from_value::<Entry>(claimed.entry) {
+                Ok(entry) => entries.push(entry),
+                // Left leased (so not claimed again at once) for the operator to see in
+                // `queue list`; the lease lapses and it is tried again.
+                Err(err) => {
+                    tracing::error!(id = %claimed.id, %err, "unreadable queue record claimed")
+                }
+            }
+        }
+        tx.commit().await.map_err(fail())?;
+        Ok(entries)
+    }
+
+    /// Runs one limits statement for a mailbox (`$1` account, `$2` mailbox, then `extra`).
+    async fn limit_mailbox(
+        &self,
+        key: &MailboxKey,
+        sql: &str,
+        extra: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let mailbox = mailbox_column(key.user.as_deref());
+        let result = match extra {
+            Some(at) => client.execute(sql, &[&key.account, &mailbox, &at]).await,
+            None => client.execute(sql, &[&key.account, &mailbox]).await,
+        };
+        result.map_err(self.fail("recording a mailbox's limits"))?;
+        Ok(())
+    }
+}
+
+/// `max_concurrent_sends` of `account`, for each of its mailboxes.
+fn max_sends(limits: &SharedLimits, account: &str) -> usize {
+    limits
+        .max_sends
+        .get(account)
+        .copied()
+        .unwrap_or(DEFAULT_CONCURRENT_SENDS)
+}
+
+#[async_trait::async_trait]
+impl SharedStore for PgStore {
+    async fn claim(&self, limits: &SharedLimits, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let candidates = {
+            let client = self.client().await?;
+            let by_account = serde_json::to_value(&limits.max_sends)
+                .map_err(|err| StoreError::Io(std::io::Error::other(err)))?;
+            client
+                .query(
+                    CANDIDATES,
+                    &[
+                        &(limit as i64),
+                        &by_account,
+                        &(DEFAULT_CONCURRENT_SENDS as i64),
+                    ],
+                )
+                .await
+                .map_err(self.fail("looking for due messages"))?
+        };
+        let mut claimed = Vec::new();
+        for row in candidates {
+            let room = limit - claimed.len();
+            if room == 0 {
+                break;
+            }
+            let (account, mailbox): (String, String) = (row.get(0), row.get(1));
+            claimed.extend(self.claim_mailbox(&account, &mailbox, limits, room).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn renew(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        lease::renew(
+            &client,
+            self.database.target(),
+            &self.owner,
+            self.lease_time,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whoever holds the lease, and wherever it is: Gmail took the message, keeping it would
+    /// only send it again (a replica whose lease had lapsed may have made it a dead letter
+    /// meanwhile).
+    async fn complete(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM smtp2gmail.messages WHERE id = $1", &[&id])
+            .await
+            .map_err(self.fail("removing a sent message"))?;
+        Ok(())
+    }
+
+    async fn release(&self, entry: &Entry) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let record = serde_json::to_value(entry)
+            .map_err(|err| StoreError::Io(std::io::Error::other(err)))?;
+        let released = lease::release(
+            &client,
+            self.database.target(),
+            &entry.id,
+            &self.owner,
+            OffsetDateTime::from(entry.next_attempt),
+            &record,
+        )
+        .await?;
+        Ok(released)
+    }
+
+    async fn note(&self, key: &MailboxKey, note: Note) -> Result<(), StoreError> {
+        const SET: &str = "UPDATE smtp2gmail.mailbox_limits SET ";
+        const WHERE: &str = ", updated_at = now() WHERE account = $1 AND mailbox = $2";
+        let mailbox_sql = |set: &str| format!("{SET}{set}{WHERE}");
+        match note {
+            // Additive increase by 1/50 of the configured rate, multiplicative decrease by half,
+            // never below one send a minute (as the spool's scheduler: schedule::Pace).
+            Note::Sent => {
+                let sql = mailbox_sql("send_rate = least(max_rate, send_rate + max_rate / 50)");
+                self.limit_mailbox(key, &sql, None).await
+            }
+            Note::Throttled => {
+                let sql = mailbox_sql("send_rate = greatest(send_rate / 2, 1.0 / 60)");
+                self.limit_mailbox(key, &sql, None).await
+            }
+            Note::Deferred(until) => {
+                let sql = mailbox_sql("deferred_until = $3");
+                self.limit_mailbox(key, &sql, Some(until)).await
+            }
+            Note::Held(until) => {
+                let sql = mailbox_sql("held_until = $3");
+                self.limit_mailbox(key, &sql, Some(until)).await
+            }
+            Note::Paused(until) => {
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO smtp2gmail.account_limits (account, paused_until)
+                         VALUES ($1, $2)
+                         ON CONFLICT (account) DO UPDATE
+                            SET paused_until = EXCLUDED.paused_until, updated_at = now()",
+                        &[&key.account, &until],
+                    )
+                    .await
+                    .map_err(self.fail("pausing an account"))?;
+                Ok(())
+            }
+            Note::Resumed => {
+                let mut client = self.client().await?;
+                let fail = || self.fail("resuming an account");
+                let tx = client.transaction().await.map_err(fail())?;
+                tx.execute(
+                    "UPDATE smtp2gmail.account_limits SET paused_until = NULL, updated_at = now()
+                      WHERE account = $1",
+                    &[&key.account],
+                )
+                .await
+                .map_err(fail())?;
+                tx.execute(
+                    "UPDATE smtp2gmail.mailbox_limits SET held_until = NULL, updated_at = now()
+                      WHERE account = $1",
+                    &[&key.account],
+                )
+                .await
+                .map_err(fail())?;
+                tx.commit().await.map_err(fail())?;
+                // Held mail is due now, for every replica.
+                self.announce("").await
+            }
+        }
+    }
+
+    async fn wait_for_mail(&self, timeout: Duration) {
+        self.listener.wait(&self.database, timeout).await
+    }
+
+    /// The earliest `due_at` of the queue: a planned attempt, or the end of a lease.
+    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT min(due_at) FROM smtp2gmail.messages WHERE place = 'queue'",
+                &[],
+            )
+            .await
+            .map_err(self.fail("looking for the next due message"))?;
+        Ok(row.get(0))
+    }
+}

@@ -1,0 +1,212 @@
+//! Replicas sharing one queue on a real PostgreSQL server (started by the test, see
+//! tests/common/postgres.rs): the real `smtp2gmail serve` binaries against the fake Google.
+//! Without PostgreSQL installed the tests say so and pass (`bash tests/postgres/install.sh`, or
+//! `.ci/run`, runs them).
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::burst::{self, Acknowledged};
+use common::fake_gmail::SendFault;
+use common::fake_google::FakeGoogle;
+use common::postgres::PgServer;
+use common::served::{Served, queue_command, queue_mode_config};
+use common::{WAIT, assert_code};
+
+/// A config for a replica of the shared queue at `db`; `gmail` is added to `[gmail]`.
+fn replica_config(google: &FakeGoogle, dir: &Path, db: &PgServer, gmail: &str) -> PathBuf {
+    let queue = format!(
+        "backend = \"postgres\"\nurl = {:?}\nlease_time = \"5s\"\n",
+        db.url()
+    );
+    queue_mode_config(google, dir, &queue, gmail)
+}
+
+async fn start_replicas(config: &Path, n: usize) -> Vec<Served> {
+    let mut replicas = Vec::new();
+    for _ in 0..n {
+        replicas.push(Served::start(config).await);
+    }
+    replicas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_queue_and_send_each_message_once() {
+    let Some(db) = PgServer::start() else { return };
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let config = replica_config(&google, dir.path(), &db, "");
+    let replicas = start_replicas(&config, 3).await;
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let acknowledged: Acknowledged = Arc::default();
+    for client in burst::send(&addrs, 6, 10, &acknowledged) {
+        client.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), 60, "every message accepted");
+    burst::until_delivered(&google, &acknowledged, WAIT).await;
+    let seen = burst::delivered(&google);
+    assert!(seen.values().all(|n| *n == 1), "sent twice: {seen:?}");
+    let (ok, listed) = queue_command(&config, &["list"]).await;
+    assert!(ok && listed.contains("the queue is empty"), "{listed}");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
+    let Some(db) = PgServer::start() else { return };
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.set_send_latency(Duration::from_millis(20));
+    let config = replica_config(&google, dir.path(), &db, "");
+    let doomed = Served::start(&config).await;
+    let acknowledged: Acknowledged = Arc::default();
+    let burst = burst::send(&[doomed.addr], 4, 60, &acknowledged);
+    tokio::time::timeout(WAIT, async {
+        while acknowledged.lock().unwrap().len() < 60 || google.uploads().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the burst gets going");
+    doomed.kill().await; // SIGKILL: its claims are leases that lapse
+    for client in burst {
+        client.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let survivor = Served::start(&config).await;
+    burst::until_delivered(&google, &acknowledged, Duration::from_secs(60)).await;
+    let seen = burst::delivered(&google);
+    assert!(seen.values().all(|n| *n <= 2), "sent three times: {seen:?}");
+    let twice = seen.values().filter(|n| **n == 2).count();
+    assert!(twice <= 5, "duplicates beyond what was in flight: {twice}");
+    survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alone() {
+    let Some(mut db) = PgServer::start() else {
+        return;
+    };
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let config = replica_config(&google, dir.path(), &db, "");
+    let replica = Served::start(&config).await;
+    let (mut client, _) = common::Client::connect(replica.addr).await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    assert_code(
+        &client.data(b"Subject: before\r\n\r\nx\r\n.\r\n").await,
+        250,
+    );
+
+    db.stop();
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    let reply = client.data(b"Subject: during\r\n\r\nx\r\n.\r\n").await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+
+    db.start_again();
+    let accepted = tokio::time::timeout(WAIT, async {
+        loop {
+            client
+                .start_transaction("app@example.com", &["alice@example.com"])
+                .await;
+            let reply = client.data(b"Subject: after\r\n\r\nx\r\n.\r\n").await;
+            if reply.starts_with("250") {
+                return;
+            }
+            assert!(reply.starts_with("451"), "{reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    accepted.await.expect("the replica recovers by itself");
+    google.wait_for_uploads(2).await;
+    let subjects: HashSet<String> = google
+        .uploads()
+        .iter()
+        .filter_map(|u| {
+            let text = String::from_utf8_lossy(&u.body).into_owned();
+            let subject = text.lines().find(|l| l.starts_with("Subject: "));
+            subject.map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["Subject: before", "Subject: after"]
+            .map(String::from)
+            .into()
+    );
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_work_on_the_database_from_anywhere() {
+    let Some(db) = PgServer::start() else { return };
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends([SendFault::google(400, "invalidArgument")]);
+    let config = replica_config(&google, dir.path(), &db, "");
+    let replica = Served::start(&config).await;
+    let (mut client, _) = common::Client::connect(replica.addr).await;
+    client
+        .start_transaction("app@example.com", &["alice@example.com"])
+        .await;
+    let reply = client.data(b"Subject: dead\r\n\r\nx\r\n.\r\n").await;
+    let id = common::queued::queued_id(&reply);
+    replica.wait_for_log("dead letter").await;
+
+    // Another "host": only the config, no server lock, no spool.
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = replica_config(&google, other.path(), &db, "");
+    let (ok, listed) = queue_command(&elsewhere, &["list"]).await;
+    assert!(
+        ok && listed.contains(&id) && listed.contains("DEAD LETTER"),
+        "{listed}"
+    );
+    let (ok, shown) = queue_command(&elsewhere, &["show", &id]).await;
+    assert!(ok && shown.contains("invalidArgument"), "{shown}");
+    let (ok, out) = queue_command(&elsewhere, &["retry", &id]).await;
+    assert!(ok, "{out}");
+    google.wait_for_uploads(1).await;
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, listed) = queue_command(&elsewhere, &["list"]).await;
+            if listed.contains("the queue is empty") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    waited.await.expect("delivered after the retry");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_together_keep_one_mailboxs_concurrency() {
+    let Some(db) = PgServer::start() else { return };
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.set_send_latency(Duration::from_millis(50));
+    // Two at a time for the mailbox, whichever replica sends.
+    let config = replica_config(&google, dir.path(), &db, "max_concurrent_sends = 2");
+    let replicas = start_replicas(&config, 3).await;
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let acknowledged: Acknowledged = Arc::default();
+    for client in burst::send(&addrs, 3, 10, &acknowledged) {
+        client.await.unwrap();
+    }
+    let acknowledged: HashSet<usize> = acknowledged.lock().unwrap().clone();
+    burst::until_delivered(&google, &acknowledged, WAIT).await;
+    assert!(
+        google.most_concurrent_sends() <= 2,
+        "{} at once",
+        google.most_concurrent_sends()
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
