@@ -52,7 +52,8 @@ check_ports PORT="$PORT" PF_PORT="$PF_PORT" GOOGLE_PORT="$GOOGLE_PORT" CLOSED_PO
 work=$(mktemp -d /tmp/smtp2gmail-pgbench.XXXXXX)
 chmod 755 "$work" # Postfix's daemons (user postfix) and PostgreSQL (user postgres) work below it
 sampler_pid=
-trap 'status=$?; [[ -n $sampler_pid ]] && kill "$sampler_pid" 2>/dev/null; bench_cleanup; pg_stop; rm -rf "$work"; exit $status' EXIT
+waits_pid=
+trap 'status=$?; for p in $sampler_pid $waits_pid; do kill "$p" 2>/dev/null; done; bench_cleanup; pg_stop; rm -rf "$work"; exit $status' EXIT
 build_release
 
 # start_spool NAME PORT API_BASE: a fresh smtp2gmail on an empty spool; retries an hour apart so
@@ -202,13 +203,27 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
         'BEGIN { printf "%.1f s (%.0f msg/s)", e - s, n / (e - s) }'); queued: $(pg_count);" \
         "$(pg_queue_size)"
     google_gate open
+    # Meanwhile, what the database sessions of the replicas wait for (sampled every 0.2 s).
+    (
+        while sleep 0.2; do
+            pg_sql "$PG_DATABASE" "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                FROM pg_stat_activity WHERE datname = '$PG_DATABASE' AND state = 'active'
+                AND pid <> pg_backend_pid()" 2>/dev/null
+        done
+    ) >"$work/waits" &
+    waits_pid=$!
     for _ in $(seq $((wait_deadline * 10))); do
         (($(google_stat uploads) - uploads_before >= BACKLOG)) && break
         sleep 0.1
     done
+    kill "$waits_pid" 2>/dev/null || true
+    wait "$waits_pid" 2>/dev/null || true
+    waits_pid=
     echo "  delivered: $(($(google_stat uploads) - uploads_before)) uploads to the fake Gmail" \
         "($(google_stat held) held at the gate so far), still queued: $(pg_count), dead: $(pg_count dead)"
     echo "  Gmail saw: $(google_get /rate)"
+    echo "  database sessions of the replicas while delivering, active ones sampled every 0.2 s:" \
+        "$(sort "$work/waits" | uniq -c | sort -rn | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }')"
     echo "  just after:     $(pg_queue_size)"
     # Autovacuum (default naptime 1 min) clears deleted rows once a table has more than its
     # threshold (1000 + 2 %): wait (at most 150 s) until neither table has that many.

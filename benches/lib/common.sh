@@ -69,7 +69,8 @@ source_rate() {
 
 # gmail_config DIR PORT DELIVERY API_BASE MAX_SEND_RATE [MAX_CONCURRENT_SENDS]: writes DIR/token.json
 # (obviously fake values, token_uri API_BASE/token) and the [smtp], [relay] and [gmail] tables of
-# DIR/config.toml; the caller appends its [queue] table.
+# DIR/config.toml (no HTTP endpoints, so that several servers can run at once); the caller appends
+# the rest of its [queue] table.
 gmail_config() {
     local dir=$1 port=$2 delivery=$3 api=$4 rate=$5 sends=${6:-}
     mkdir -p "$dir"
@@ -89,6 +90,8 @@ delivery = "$delivery"
 api_base = "$api"
 credentials = "$dir/token.json"
 ${sends:+max_concurrent_sends = $sends}
+[http]
+listen = ""
 [queue]
 max_send_rate = $rate
 TOML
