@@ -14,6 +14,7 @@
 #
 #   benches/pg-queue-bench.sh     # from anywhere; ROUNDS=3 MESSAGES=5000 DJANGO_CALLS=200
 #                                 # BACKLOG=10000 BACKLOG_ROUNDS=2 BACKLOG_RATE=200
+#                                 # SECTIONS="ingest django backlog"
 #
 # Needs: Postfix (smtp-source, and a private instance; see benches/queue-bench.sh), PostgreSQL's
 # server binaries (bash tests/postgres/install.sh: Debian's package, no system cluster), python3
@@ -41,7 +42,8 @@ BACKLOG_RATE=${BACKLOG_RATE:-200}          # max_send_rate of the replicas' one 
 BACKLOG_SENDS=${BACKLOG_SENDS:-10}         # its max_concurrent_sends (Gmail allows about 10)
 BACKLOG_LATENCY_MS=${BACKLOG_LATENCY_MS:-20} # 10 in flight × 20 ms: room for 500/s, above the rate
 LEASE_TIME=${LEASE_TIME:-1m}
-REPLICAS=3
+SECTIONS=${SECTIONS:-ingest django backlog} # which of 1, 2 and 3 to run
+REPLICAS=${REPLICAS:-3}                    # on PG_SMTP_PORT and the ports after it
 
 source benches/lib/common.sh
 source benches/lib/postgres.sh
@@ -132,37 +134,44 @@ echo "== machine"
 machine_report
 echo; echo "== PostgreSQL"
 pg_start
-echo; echo "== Postfix"
-start_postfix
-
-echo; echo "== 1. ingest: smtp-source -s 20 -l 10240 -m $MESSAGES (new connection per message)"
-echo "   smtp2gmail: queue mode, a fresh spool / an empty database each round, Gmail at a closed port"
-echo "   (deliveries fail, retry in 1 h); the order of the three rotates from round to round"
-closed=http://127.0.0.1:$CLOSED_PORT
-kinds=(postfix spool postgres)
-for round in $(seq "$ROUNDS"); do
-    echo "round $round ($(load_report))"
-    for i in 0 1 2; do
-        "ingest_${kinds[$(((round - 1 + i) % 3))]}"
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+if section ingest || section django; then
+    echo; echo "== Postfix"
+    start_postfix
+fi
+if section ingest; then
+    echo; echo "== 1. ingest: smtp-source -s 20 -l 10240 -m $MESSAGES (new connection per message)"
+    echo "   smtp2gmail: queue mode, a fresh spool / an empty database each round, Gmail at a closed port"
+    echo "   (deliveries fail, retry in 1 h); the order of the three rotates from round to round"
+    closed=http://127.0.0.1:$CLOSED_PORT
+    kinds=(postfix spool postgres)
+    for round in $(seq "$ROUNDS"); do
+        echo "round $round ($(load_report))"
+        for i in 0 1 2; do
+            "ingest_${kinds[$(((round - 1 + i) % 3))]}"
+        done
     done
-done
-((pf_ok)) && pf_purge
+    ((pf_ok)) && pf_purge
+fi
 
-echo; echo "== 2. Django $DJANGO_VERSION send_mail, SMTP EmailBackend, $DJANGO_CALLS calls per target"
-echo "   fake Gmail answering after $LATENCY_MS ms; blocks of $((DJANGO_CALLS / 4)) calls alternate between the targets"
-start_google "$LATENCY_MS"
-load_report
-start_spool django-spool "$PORT" "$api"
-pg_fresh_database
-start_pg django-pg "$PG_SMTP_PORT" "$api" 2.0 1h 1h
-targets=("smtp2gmail-postgres=$PG_SMTP_PORT" "smtp2gmail-spool=$PORT")
-((pf_ok)) && targets+=("postfix=$PF_PORT")
-django_send "$DJANGO_CALLS" 4 "${targets[@]}"
-echo "uploads to the fake Gmail meanwhile: $(google_stat uploads); still queued: $(pg_count) in the" \
-    "database, $(find "$work/django-spool/spool/queue" -name '*.msg' | wc -l) in the spool"
-stop_servers
+if section django; then
+    echo; echo "== 2. Django $DJANGO_VERSION send_mail, SMTP EmailBackend, $DJANGO_CALLS calls per target"
+    echo "   fake Gmail answering after $LATENCY_MS ms; blocks of $((DJANGO_CALLS / 4)) calls alternate between the targets"
+    start_google "$LATENCY_MS"
+    load_report
+    start_spool django-spool "$PORT" "$api"
+    pg_fresh_database
+    start_pg django-pg "$PG_SMTP_PORT" "$api" 2.0 1h 1h
+    targets=("smtp2gmail-postgres=$PG_SMTP_PORT" "smtp2gmail-spool=$PORT")
+    ((pf_ok)) && targets+=("postfix=$PF_PORT")
+    django_send "$DJANGO_CALLS" 4 "${targets[@]}"
+    echo "uploads to the fake Gmail meanwhile: $(google_stat uploads); still queued: $(pg_count) in the" \
+        "database, $(find "$work/django-spool/spool/queue" -name '*.msg' | wc -l) in the spool"
+    stop_servers
+fi
 stop_postfix
 
+section backlog || { echo; echo "done $(date -u '+%H:%M UTC')"; exit 0; }
 echo; echo "== 3. a backlog of $BACKLOG messages, $REPLICAS replicas on one database"
 echo "   one account: max_send_rate = $BACKLOG_RATE, max_concurrent_sends = $BACKLOG_SENDS, lease_time = $LEASE_TIME,"
 echo "   retry_min = 2s (uploads held at the closed gate may time out); fake Gmail answering after $BACKLOG_LATENCY_MS ms"
@@ -180,7 +189,7 @@ replicas=("${servers[@]}")
 ) >"$work/sizes" &
 sampler_pid=$!
 per_replica=$((BACKLOG / REPLICAS))
-wait_deadline=$((BACKLOG / BACKLOG_RATE * 3 + 120))
+wait_deadline=$(awk -v n="$BACKLOG" -v r="$BACKLOG_RATE" 'BEGIN { printf "%d", n / r * 3 + 120 }') # seconds
 for round in $(seq "$BACKLOG_ROUNDS"); do
     echo "backlog $round ($(load_report))"
     echo "  before:         $(pg_queue_size)"
@@ -189,7 +198,7 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
     uploads_before=$(google_stat uploads)
     start=$(date +%s.%N)
     sources=()
-    for r in $(seq 0 $((REPLICAS - 1))); do # a third to each replica, 7 sessions each
+    for r in $(seq 0 $((REPLICAS - 1))); do # an equal share to each replica, 7 sessions each
         n=$per_replica
         ((r < REPLICAS - 1)) || n=$((BACKLOG - per_replica * (REPLICAS - 1)))
         timeout 300 smtp-source -s 7 -l 10240 -m "$n" "127.0.0.1:$((PG_SMTP_PORT + r))" &
@@ -199,7 +208,7 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
         wait "$job" || { echo "smtp-source failed" >&2; exit 1; }
     done
     end=$(date +%s.%N)
-    echo "  ingested into 3 replicas in $(awk -v s="$start" -v e="$end" -v n="$BACKLOG" \
+    echo "  ingested into $REPLICAS replicas in $(awk -v s="$start" -v e="$end" -v n="$BACKLOG" \
         'BEGIN { printf "%.1f s (%.0f msg/s)", e - s, n / (e - s) }'); queued: $(pg_count);" \
         "$(pg_queue_size)"
     google_gate open
@@ -212,15 +221,16 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
         done
     ) >"$work/waits" &
     waits_pid=$!
-    for _ in $(seq $((wait_deadline * 10))); do
-        (($(google_stat uploads) - uploads_before >= BACKLOG)) && break
-        sleep 0.1
+    for _ in $(seq $((wait_deadline * 2))); do # until the database has nothing queued (bounded)
+        (($(pg_count) == 0)) && break
+        sleep 0.5
     done
     kill "$waits_pid" 2>/dev/null || true
     wait "$waits_pid" 2>/dev/null || true
     waits_pid=
-    echo "  delivered: $(($(google_stat uploads) - uploads_before)) uploads to the fake Gmail" \
-        "($(google_stat held) held at the gate so far), still queued: $(pg_count), dead: $(pg_count dead)"
+    echo "  delivered: $(($(google_stat uploads) - uploads_before)) uploads to the fake Gmail for $BACKLOG" \
+        "messages ($(google_stat held) held at the gate so far: an upload that timed out there is sent" \
+        "again), still queued: $(pg_count), dead: $(pg_count dead)"
     echo "  Gmail saw: $(google_get /rate)"
     echo "  database sessions of the replicas while delivering, active ones sampled every 0.2 s:" \
         "$(sort "$work/waits" | uniq -c | sort -rn | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }')"
