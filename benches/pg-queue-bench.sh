@@ -55,7 +55,17 @@ work=$(mktemp -d /tmp/smtp2gmail-pgbench.XXXXXX)
 chmod 755 "$work" # Postfix's daemons (user postfix) and PostgreSQL (user postgres) work below it
 sampler_pid=
 waits_pid=
-trap 'status=$?; for p in $sampler_pid $waits_pid; do kill "$p" 2>/dev/null; done; bench_cleanup; pg_stop; rm -rf "$work"; exit $status' EXIT
+cleanup() {
+    local status=$? pid
+    for pid in $sampler_pid $waits_pid; do
+        kill "$pid" 2>/dev/null || true
+    done
+    bench_cleanup
+    pg_stop
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
 build_release
 
 # start_spool NAME PORT API_BASE: a fresh smtp2gmail on an empty spool; retries an hour apart so
@@ -95,6 +105,29 @@ ticks=$(getconf CLK_TCK)
 cpu_seconds() { awk -v a="$1" -v b="$2" -v t="$ticks" 'BEGIN { printf "%.1f", (b - a) / t }'; }
 postmaster() { head -1 "$pg_dir/data/postmaster.pid"; }
 
+# What smtp2gmail's database sessions are doing, sampled every 0.2 s from start_waits to
+# stop_waits; waits_seen then prints how often each wait event (or CPU) was seen in an active one.
+start_waits() {
+    (
+        while sleep 0.2; do
+            pg_sql "$PG_DATABASE" "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                FROM pg_stat_activity WHERE datname = '$PG_DATABASE' AND state = 'active'
+                AND pid <> pg_backend_pid()" 2>/dev/null
+        done
+    ) >"$work/waits" &
+    waits_pid=$!
+}
+stop_waits() {
+    if [[ -n $waits_pid ]]; then
+        kill "$waits_pid" 2>/dev/null || true
+        wait "$waits_pid" 2>/dev/null || true
+        waits_pid=
+    fi
+}
+waits_seen() {
+    sort "$work/waits" | uniq -c | sort -rn | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }'
+}
+
 # One ingest round of each kind: prints rate, queue count and CPU.
 ingest_postfix() {
     ((pf_ok)) || return 0
@@ -120,11 +153,14 @@ ingest_postgres() {
     start_pg ingest-pg "$PG_SMTP_PORT" "$closed" 2.0 1h 1h
     local r pg_before server_cpu
     pg_before=$(cpu_tree "$(postmaster)")
+    start_waits
     r=$(source_rate "$PG_SMTP_PORT" "$MESSAGES" -s 20 -l 10240)
+    stop_waits
     server_cpu=$(cpu_seconds 0 "$(cpu_tree "$server_pid")")
     echo "  postgres    $r; in its queue: $(pg_count); server CPU $server_cpu s," \
         "PostgreSQL CPU $(cpu_seconds "$pg_before" "$(cpu_tree "$(postmaster)")") s;" \
         "tables $(pg_queue_size | cut -d, -f1)"
+    echo "              its database sessions (sampled every 0.2 s): $(waits_seen)"
     stop_servers
 }
 
@@ -212,28 +248,17 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
         'BEGIN { printf "%.1f s (%.0f msg/s)", e - s, n / (e - s) }'); queued: $(pg_count);" \
         "$(pg_queue_size)"
     google_gate open
-    # Meanwhile, what the database sessions of the replicas wait for (sampled every 0.2 s).
-    (
-        while sleep 0.2; do
-            pg_sql "$PG_DATABASE" "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
-                FROM pg_stat_activity WHERE datname = '$PG_DATABASE' AND state = 'active'
-                AND pid <> pg_backend_pid()" 2>/dev/null
-        done
-    ) >"$work/waits" &
-    waits_pid=$!
+    start_waits
     for _ in $(seq $((wait_deadline * 2))); do # until the database has nothing queued (bounded)
         (($(pg_count) == 0)) && break
         sleep 0.5
     done
-    kill "$waits_pid" 2>/dev/null || true
-    wait "$waits_pid" 2>/dev/null || true
-    waits_pid=
+    stop_waits
     echo "  delivered: $(($(google_stat uploads) - uploads_before)) uploads to the fake Gmail for $BACKLOG" \
         "messages ($(google_stat held) held at the gate so far: an upload that timed out there is sent" \
         "again), still queued: $(pg_count), dead: $(pg_count dead)"
     echo "  Gmail saw: $(google_get /rate)"
-    echo "  database sessions of the replicas while delivering, active ones sampled every 0.2 s:" \
-        "$(sort "$work/waits" | uniq -c | sort -rn | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }')"
+    echo "  what the replicas' database sessions did while delivering: $(waits_seen)"
     echo "  just after:     $(pg_queue_size)"
     # Autovacuum (default naptime 1 min) clears deleted rows once a table has more than its
     # threshold (1000 + 2 %): wait (at most 150 s) until neither table has that many.
