@@ -41,7 +41,7 @@ use super::store::Store;
 use crate::config::QueueConfig;
 use crate::relay::{DeliveryError, Receipt};
 use mailboxes::Index;
-pub use mailboxes::{MailboxKey, Pace};
+pub use mailboxes::{MIN_RATE, MailboxKey, Pace, RECOVERY, SLOWDOWN};
 use verdict::Effect;
 pub use verdict::{PRECONDITION_HOLD, backoff};
 

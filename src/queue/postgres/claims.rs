@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use super::lease;
 use super::store::{PgStore, mailbox_column};
 use crate::queue::entry::Entry;
-use crate::queue::schedule::MailboxKey;
+use crate::queue::schedule::{MIN_RATE, MailboxKey, RECOVERY, SLOWDOWN};
 use crate::queue::shared::{Note, SharedLimits, SharedStore};
 use crate::queue::store::StoreError;
 use crate::relay::gmail::accounts::DEFAULT_CONCURRENT_SENDS;
@@ -141,18 +141,35 @@ impl PgStore {
         &self,
         key: &MailboxKey,
         sql: &str,
-        extra: Option<SystemTime>,
+        extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<(), StoreError> {
         let client = self.client().await?;
         let mailbox = mailbox_column(key.user.as_deref());
-        let result = match extra {
-            Some(at) => client.execute(sql, &[&key.account, &mailbox, &at]).await,
-            None => client.execute(sql, &[&key.account, &mailbox]).await,
-        };
-        result.map_err(self.fail("recording a mailbox's limits"))?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&key.account, &mailbox];
+        params.extend_from_slice(extra);
+        client
+            .execute(sql, &params)
+            .await
+            .map_err(self.fail("recording a mailbox's limits"))?;
         Ok(())
     }
 }
+
+/// A send went through: the rate recovers by `$3` of the configured rate.
+const RECOVER: &str = "UPDATE smtp2gmail.mailbox_limits
+    SET send_rate = least(max_rate, send_rate + max_rate * $3), updated_at = now()
+  WHERE account = $1 AND mailbox = $2";
+/// Rate limited: the rate times `$3`, never below `$4` (or the configured rate if lower).
+const SLOW_DOWN: &str = "UPDATE smtp2gmail.mailbox_limits
+    SET send_rate = greatest(send_rate * $3, least($4, max_rate)), updated_at = now()
+  WHERE account = $1 AND mailbox = $2";
+/// The daily sending limit: nothing before `$3`.
+const DEFER: &str = "UPDATE smtp2gmail.mailbox_limits SET deferred_until = $3, updated_at = now()
+  WHERE account = $1 AND mailbox = $2";
+/// Held until `$3`.
+const HOLD: &str = "UPDATE smtp2gmail.mailbox_limits SET held_until = $3, updated_at = now()
+  WHERE account = $1 AND mailbox = $2";
 
 /// `max_concurrent_sends` of `account`, for each of its mailboxes.
 fn max_sends(limits: &SharedLimits, account: &str) -> usize {
@@ -238,28 +255,16 @@ impl SharedStore for PgStore {
     }
 
     async fn note(&self, key: &MailboxKey, note: Note) -> Result<(), StoreError> {
-        const SET: &str = "UPDATE smtp2gmail.mailbox_limits SET ";
-        const WHERE: &str = ", updated_at = now() WHERE account = $1 AND mailbox = $2";
-        let mailbox_sql = |set: &str| format!("{SET}{set}{WHERE}");
         match note {
-            // Additive increase by 1/50 of the configured rate, multiplicative decrease by half,
-            // never below one send a minute (as the spool's scheduler: schedule::Pace).
-            Note::Sent => {
-                let sql = mailbox_sql("send_rate = least(max_rate, send_rate + max_rate / 50)");
-                self.limit_mailbox(key, &sql, None).await
-            }
+            // The spool's adaptive pace (schedule::Pace), with its constants: additive increase,
+            // multiplicative decrease, never below MIN_RATE (or the configured rate if lower).
+            Note::Sent => self.limit_mailbox(key, RECOVER, &[&RECOVERY]).await,
             Note::Throttled => {
-                let sql = mailbox_sql("send_rate = greatest(send_rate / 2, 1.0 / 60)");
-                self.limit_mailbox(key, &sql, None).await
+                self.limit_mailbox(key, SLOW_DOWN, &[&SLOWDOWN, &MIN_RATE])
+                    .await
             }
-            Note::Deferred(until) => {
-                let sql = mailbox_sql("deferred_until = $3");
-                self.limit_mailbox(key, &sql, Some(until)).await
-            }
-            Note::Held(until) => {
-                let sql = mailbox_sql("held_until = $3");
-                self.limit_mailbox(key, &sql, Some(until)).await
-            }
+            Note::Deferred(until) => self.limit_mailbox(key, DEFER, &[&until]).await,
+            Note::Held(until) => self.limit_mailbox(key, HOLD, &[&until]).await,
             Note::Paused(until) => {
                 let client = self.client().await?;
                 client

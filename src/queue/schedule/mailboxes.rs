@@ -59,12 +59,12 @@ pub struct Pace {
 }
 
 /// The rate after a rate-limit answer, as a share of the rate before.
-const SLOWDOWN: f64 = 0.5;
+pub const SLOWDOWN: f64 = 0.5;
 /// Sends that go through before a halved rate is whole again: each adds this share of the
 /// configured rate.
-const RECOVERY: f64 = 1.0 / 50.0;
+pub const RECOVERY: f64 = 1.0 / 50.0;
 /// Never slower than this (sends per second): a rate limit is about pace, not a stop.
-const MIN_RATE: f64 = 1.0 / 60.0;
+pub const MIN_RATE: f64 = 1.0 / 60.0;
 
 impl Pace {
     /// A pace at the configured rate.
