@@ -108,21 +108,3 @@ pub async fn release(
         .map_err(|err| target.classify(&err, Step::Use, "releasing a message"))?;
     Ok(changed == 1)
 }
-
-/// Removes a message Gmail accepted (its chunks go with it). False when `owner` no longer held
-/// the lease: the message stays for the replica that took it over.
-pub async fn complete(
-    client: &impl GenericClient,
-    target: &Target,
-    id: &str,
-    owner: &str,
-) -> Result<bool, DatabaseError> {
-    let removed = client
-        .execute(
-            "DELETE FROM smtp2gmail.messages WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner],
-        )
-        .await
-        .map_err(|err| target.classify(&err, Step::Use, "removing a sent message"))?;
-    Ok(removed == 1)
-}
