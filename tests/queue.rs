@@ -181,6 +181,12 @@ async fn queued_messages_survive_a_restart() {
     queued.until_failed_once(2).await;
     queued.stop().await;
     assert!(google.uploads().is_empty());
+    // With no server running the command changes the spool itself, and says when mail goes out.
+    let (ok, out) = queue_command(&spool, &["retry", "--all"]).await;
+    assert!(
+        ok && out.contains("2 messages will be retried at the next start"),
+        "{out}"
+    );
     // A message file whose accept never finished (no record at its end, so no 250 was given) is cleaned up.
     std::fs::write(spool.join("queue").join("0123456789abcdef.msg"), b"half").unwrap();
     config.retry_min = Duration::from_millis(20);

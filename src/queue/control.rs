@@ -116,10 +116,23 @@ pub async fn delete(store: &dyn Store, id: &str) -> Result<String, ControlError>
     Err(ControlError::NoSuchMessage(id.to_string()))
 }
 
-/// Carries out a request on a store no server is delivering from at this moment (or one whose
-/// servers learn of changes by themselves): `retry --all` makes every queued message and dead
-/// letter due now.
-pub async fn carry_out(store: &dyn Store, request: &Request) -> Result<String, ControlError> {
+/// When a message made due by a command goes out: at once (a server is delivering, or replicas
+/// sharing a database learn of it), or at the server's next start (a spool no server runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pickup {
+    /// Delivered at once.
+    Now,
+    /// Delivered when the server starts.
+    NextStart,
+}
+
+/// Carries out a request directly on a store: `retry --all` makes every queued message and dead
+/// letter due now; `pickup` says when they go out, for the answer.
+pub async fn carry_out(
+    store: &dyn Store,
+    request: &Request,
+    pickup: Pickup,
+) -> Result<String, ControlError> {
     let now = SystemTime::now();
     match request {
         Request::Retry { id: Some(id) } => retry(store, id, now).await.map(|(_, done)| done),
@@ -135,7 +148,12 @@ pub async fn carry_out(store: &dyn Store, request: &Request) -> Result<String, C
                     count += 1;
                 }
             }
-            Ok(format!("{count} messages will be retried now"))
+            Ok(match pickup {
+                Pickup::Now => format!("{count} messages will be retried now"),
+                Pickup::NextStart => {
+                    format!("{count} messages will be retried at the next start")
+                }
+            })
         }
     }
 }

@@ -151,10 +151,13 @@ impl Spool {
         match read {
             Ok(entry) => Ok(Some(entry)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                Err(StoreError::Unreadable(err.to_string()))
-            }
-            Err(err) if err.kind() == io::ErrorKind::Unsupported => {
+            // Cut short, unparseable, or written by another version.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::Unsupported
+                ) =>
+            {
                 Err(StoreError::Unreadable(err.to_string()))
             }
             Err(err) => Err(err.into()),

@@ -405,7 +405,7 @@ impl Store for PgStore {
     /// is announced so that one picks it up at once. A message being delivered right now keeps
     /// its lease; the outcome of that delivery then decides its next attempt.
     async fn steer(&self, request: Request) -> Result<String, ControlError> {
-        let done = control::carry_out(self, &request).await?;
+        let done = control::carry_out(self, &request, control::Pickup::Now).await?;
         if matches!(request, Request::Retry { .. })
             && let Err(err) = self.announce("").await
         {

@@ -39,7 +39,7 @@ fn control_dir(root: &Path) -> PathBuf {
 /// Carries out a command: directly under the lock when no server runs, else by request.
 pub(super) async fn steer(spool: &Spool, request: Request) -> Result<String, ControlError> {
     match try_lock(spool.root()) {
-        Ok(Some(_lock)) => control::carry_out(spool, &request).await,
+        Ok(Some(_lock)) => control::carry_out(spool, &request, control::Pickup::NextStart).await,
         Ok(None) => {
             let root = spool.root().to_path_buf();
             let asked = tokio::task::spawn_blocking(move || {
