@@ -342,6 +342,27 @@ impl Write for Captured {
     }
 }
 
+/// Makes `subscriber` this thread's default so that it sees every event of this thread,
+/// whatever other tests in this binary do on theirs.
+///
+/// tracing caches per callsite, process-wide, whether anyone is interested, and while at most one
+/// dispatcher exists it asks only the thread that reaches the callsite first: a parallel test
+/// with no subscriber would pin "saved the new refresh token" to never. A global (no-op) default
+/// keeps two dispatchers alive so every registration asks them all, and the rebuild re-asks the
+/// callsites registered before this test started.
+fn capture_here(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        // Fails only if a global default exists already, which serves as well.
+        let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
+    });
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output_and_logs() {
     let captured = Captured::default();
@@ -351,7 +372,7 @@ async fn secrets_stay_out_of_debug_output_and_logs() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_here(subscriber);
 
     let setup = Setup::new().await;
     setup.fake.rotate_refresh_tokens();
