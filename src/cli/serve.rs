@@ -148,6 +148,7 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     }
     if let Some(inbox) = &inbox {
         tasks.spawn(inbox.loading());
+        tasks.spawn(inbox.closing());
     }
     verify_credentials(&verify, &tasks);
     if let Some(hangup) = hangup {
@@ -169,8 +170,9 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     // Shutdown, in this order: the signal cancels `shutdown`; the listeners stop accepting and
     // the open SMTP sessions finish their transactions (within the grace); meanwhile the scheduler
     // lets the deliveries in flight finish (within the grace) and leaves the rest queued, and the
-    // HTTP endpoints, the credential watcher and the SIGHUP task end. Then the spool lock goes:
-    // only when nothing can still write to the spool may another server take it.
+    // HTTP endpoints (the inbox's live-update listeners closed), the credential watcher and the
+    // SIGHUP task end. Then the spool lock goes: only when nothing can still write to the spool
+    // may another server take it.
     server.run(shutdown).await;
     tasks.close();
     // Bounded: an HTTP client holding a connection open must not keep the process alive.

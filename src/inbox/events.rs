@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::Inbox;
 use super::index::Entry;
@@ -28,6 +29,9 @@ const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct Events {
     sender: broadcast::Sender<Arc<str>>,
     shutdown: CancellationToken,
+    /// The listeners' tasks. An upgraded connection leaves the HTTP server's graceful shutdown,
+    /// so the server waits for these itself: else it could exit before a page hears the close.
+    listeners: TaskTracker,
 }
 
 #[derive(Serialize)]
@@ -43,7 +47,15 @@ impl Events {
         Events {
             sender: broadcast::channel(BACKLOG).0,
             shutdown,
+            listeners: TaskTracker::new(),
         }
+    }
+
+    /// Waits, once `shutdown` has fired, until every listener has been sent its close frame.
+    pub async fn closed(&self) {
+        self.shutdown.cancelled().await;
+        self.listeners.close();
+        self.listeners.wait().await;
     }
 
     fn send<T: Serialize>(&self, kind: &'static str, data: T) {
@@ -89,7 +101,8 @@ impl Events {
 pub async fn upgrade(State(inbox): State<Arc<Inbox>>, ws: WebSocketUpgrade) -> Response {
     let receiver = inbox.events.sender.subscribe();
     let shutdown = inbox.events.shutdown.clone();
-    ws.on_upgrade(move |socket| forward(socket, receiver, shutdown))
+    let listeners = inbox.events.listeners.clone();
+    ws.on_upgrade(move |socket| listeners.track_future(forward(socket, receiver, shutdown)))
 }
 
 async fn forward(

@@ -88,6 +88,12 @@ impl Inbox {
         self.store.clone().load_all()
     }
 
+    /// Ends, after shutdown, when every live-update listener has been closed; the server tracks it.
+    pub fn closing(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let inbox = self.clone();
+        async move { inbox.events.closed().await }
+    }
+
     /// Where messages are kept ("memory" or the directory), for the startup line.
     pub fn location(&self) -> String {
         self.store.location()
