@@ -27,7 +27,7 @@ async fn replicas_claiming_at_once_never_get_the_same_message() {
     assert_ne!(one.owner(), two.owner());
     let mut queued = HashSet::new();
     for i in 0..40 {
-        // Many mailboxes, several messages each: claims take one per mailbox and send slot.
+        // Many mailboxes, several messages each.
         let user = format!("user{}@example.com", i % 10);
         queued.insert(put(&one, Some(&user)).await.id);
     }
@@ -35,7 +35,8 @@ async fn replicas_claiming_at_once_never_get_the_same_message() {
     let (mut got_one, mut got_two) = (HashSet::new(), HashSet::new());
     let deadline = Instant::now() + WAIT;
     while got_one.len() + got_two.len() < queued.len() && Instant::now() < deadline {
-        let (a, b) = tokio::join!(one.claim(&limits, 64), two.claim(&limits, 64));
+        // A few each per round: one claim could take every message (all slots have come).
+        let (a, b) = tokio::join!(one.claim(&limits, 4), two.claim(&limits, 4));
         for (got, claimed) in [(&mut got_one, a.unwrap()), (&mut got_two, b.unwrap())] {
             for entry in claimed {
                 assert!(got.insert(entry.id), "claimed twice by one replica");
@@ -146,6 +147,29 @@ async fn send_slots_space_a_mailboxs_claims_by_its_rate() {
     );
     assert_eq!(two.claim(&limits, 10).await.unwrap().len(), 1);
     assert!(one.claim(&limits, 10).await.unwrap().is_empty());
+}
+
+/// Slots that came while a replica was busy are taken at its next claim (several messages at
+/// once, as the concurrency allows), but not those of a long pause: a replica that claimed one
+/// message per claim could not keep a fast mailbox at its rate.
+#[tokio::test]
+async fn a_claim_takes_the_send_slots_that_came_within_the_window() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let one = store(&server, MINUTE).await;
+    for _ in 0..30 {
+        put(&one, Some("fast@example.com")).await;
+    }
+    let long_ago = "UPDATE smtp2gmail.mailbox_limits SET next_send_at = now() - interval '1 hour'";
+    // 40 sends a second, 20 at once: the slots of the last quarter second (1 + 0.25 × 40).
+    let limits = limits(20, 40.0);
+    assert_eq!(one.claim(&limits, 100).await.unwrap().len(), 11);
+    // An hour of unused slots still counts as a quarter second; 9 more may be in flight.
+    server.psql_in(DATABASE, long_ago);
+    assert_eq!(one.claim(&limits, 100).await.unwrap().len(), 9);
+    server.psql_in(DATABASE, long_ago);
+    assert!(one.claim(&limits, 100).await.unwrap().is_empty(), "20 in flight");
 }
 
 #[tokio::test]

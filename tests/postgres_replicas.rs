@@ -94,15 +94,22 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
     };
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let config = replica_config(&google, dir.path(), &db, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[http]\nlisten = \"\"", "[http]\nlisten = \"127.0.0.1:0\"");
+    std::fs::write(&config, text).unwrap();
     let replica = Served::start(&config).await;
+    let http = replica.http().await;
+    assert_eq!(get(&http, "/readyz").await.0, 200);
+    // The account's queue, as every replica sees it, while Gmail refuses the upload for now.
+    google.fail_sends_from("held@example.com", SendFault::google(503, "backendError"));
     let (mut client, _) = common::Client::connect(replica.addr).await;
     client
         .start_transaction("app@example.com", &["alice@example.com"])
         .await;
-    assert_code(
-        &client.data(b"Subject: before\r\n\r\nx\r\n.\r\n").await,
-        250,
-    );
+    let before = b"From: held@example.com\r\nSubject: before\r\n\r\nx\r\n.\r\n";
+    assert_code(&client.data(before).await, 250);
+    metric_becomes(&http, "smtp2gmail_queue_depth{account=\"default\"} 1").await;
+    google.clear_faults_from("held@example.com");
 
     db.stop();
     client
@@ -110,6 +117,10 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
         .await;
     let reply = client.data(b"Subject: during\r\n\r\nx\r\n.\r\n").await;
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    let (status, body) = get(&http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
+    metric_becomes(&http, "smtp2gmail_queue_store_up 0").await;
 
     db.start_again();
     let accepted = tokio::time::timeout(WAIT, async {
@@ -142,7 +153,32 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
             .map(String::from)
             .into()
     );
+    assert_eq!(get(&http, "/readyz").await.0, 200);
+    metric_becomes(&http, "smtp2gmail_queue_store_up 1").await;
     replica.stop().await;
+}
+
+async fn get(base: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{}{path}", base.trim_end_matches('/')))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Waits for `/metrics` to show `line` (the queue is reported every ten seconds).
+async fn metric_becomes(base: &str, line: &str) {
+    let shown = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, metrics) = get(base, "/metrics").await;
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    if shown.await.is_err() {
+        panic!("/metrics never showed {line:?}: {}", get(base, "/metrics").await.1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,13 @@ impl Served {
             .unwrap_or_else(|_| panic!("no log line with {needle:?}: {:#?}", self.log()))
     }
 
+    /// The base URL of its HTTP endpoints (`[http] listen` must be set), from its startup line.
+    pub async fn http(&self) -> String {
+        let line = self.wait_for_log("HTTP endpoints on ").await;
+        let rest = line.split("HTTP endpoints on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
     /// Runs `smtp2gmail queue ARGS` beside the server; returns its success and output.
     pub async fn queue_command(&self, args: &[&str]) -> (bool, String) {
         queue_command(&self.config, args).await

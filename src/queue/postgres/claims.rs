@@ -7,9 +7,12 @@
 //! in a transaction of its own that first locks its `mailbox_limits` row (creating it on first
 //! sight): replicas claiming the same mailbox take turns on that lock and each sees the leases and
 //! the send slot the one before it committed, so N replicas never exceed a mailbox's concurrency
-//! or rate. Messages are taken with `FOR UPDATE SKIP LOCKED` ([`super::lease`]), one per send slot:
-//! the slot moves on by `1 / send_rate` from the later of itself and now.
+//! or rate. Messages are taken with `FOR UPDATE SKIP LOCKED` ([`super::lease`]), one per send slot
+//! that has come (slots are `1 / send_rate` apart, counted from the last one taken, so a claim
+//! that comes late takes the slots it missed, within [`SLOT_WINDOW`]) and no more than the
+//! mailbox's concurrency leaves room for.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
@@ -22,31 +25,58 @@ use crate::queue::shared::{Note, SharedLimits, SharedStore};
 use crate::queue::store::StoreError;
 use crate::relay::gmail::accounts::DEFAULT_CONCURRENT_SENDS;
 
-/// Mailboxes with mail due that may send now, oldest mail first. `$2` maps accounts to their
-/// most concurrent sends per mailbox, `$3` is the default.
-const CANDIDATES: &str = "
-    SELECT d.account, d.mailbox
-      FROM (SELECT m.account, m.mailbox, min(m.due_at) AS due
-              FROM smtp2gmail.messages m
-              LEFT JOIN smtp2gmail.mailbox_limits l
-                     ON l.account = m.account AND l.mailbox = m.mailbox
-              LEFT JOIN smtp2gmail.account_limits a ON a.account = m.account
-             WHERE m.place = 'queue' AND m.due_at <= now()
-               AND (l.account IS NULL
-                    OR (l.next_send_at <= now()
-                        AND (l.deferred_until IS NULL OR l.deferred_until <= now())
-                        AND (l.held_until IS NULL OR l.held_until <= now())))
-               AND (a.paused_until IS NULL OR a.paused_until <= now())
-             GROUP BY m.account, m.mailbox) d
-     WHERE (SELECT count(*) FROM smtp2gmail.messages x
-             WHERE x.account = d.account AND x.mailbox = d.mailbox
+/// The mailboxes with queued mail, found by skipping through the `(account, mailbox, due_at)`
+/// index from one mailbox to the next (a loose index scan): the cost grows with the number of
+/// mailboxes, not with the backlog, where grouping every due row took 15 ms at 7,650 rows.
+macro_rules! with_queued_mailboxes {
+    () => {
+        "WITH RECURSIVE boxes (account, mailbox) AS (
+            (SELECT account, mailbox FROM smtp2gmail.messages
+              WHERE place = 'queue' ORDER BY account, mailbox LIMIT 1)
+            UNION ALL
+            SELECT n.account, n.mailbox FROM boxes b
+             CROSS JOIN LATERAL (SELECT account, mailbox FROM smtp2gmail.messages
+                                  WHERE place = 'queue'
+                                    AND (account, mailbox) > (b.account, b.mailbox)
+                                  ORDER BY account, mailbox LIMIT 1) n
+        ), queued AS (
+            SELECT b.account, b.mailbox, d.due
+              FROM boxes b
+             CROSS JOIN LATERAL (SELECT min(due_at) AS due FROM smtp2gmail.messages
+                                  WHERE place = 'queue'
+                                    AND account = b.account AND mailbox = b.mailbox) d
+        )"
+    };
+}
+
+/// Mailboxes with mail due that may send now, oldest mail first: `$1` at most; `$2` and `$3`
+/// pair accounts with their most concurrent sends per mailbox, `$4` is the default.
+const CANDIDATES: &str = concat!(
+    with_queued_mailboxes!(),
+    "
+    SELECT q.account, q.mailbox
+      FROM queued q
+      LEFT JOIN smtp2gmail.mailbox_limits l ON l.account = q.account AND l.mailbox = q.mailbox
+      LEFT JOIN smtp2gmail.account_limits a ON a.account = q.account
+     WHERE q.due <= now()
+       AND (l.account IS NULL
+            OR (l.next_send_at <= now()
+                AND (l.deferred_until IS NULL OR l.deferred_until <= now())
+                AND (l.held_until IS NULL OR l.held_until <= now())))
+       AND (a.paused_until IS NULL OR a.paused_until <= now())
+       AND (SELECT count(*) FROM smtp2gmail.messages x
+             WHERE x.account = q.account AND x.mailbox = q.mailbox
                AND x.lease_owner IS NOT NULL AND x.lease_until > now())
-           < coalesce(($2::jsonb ->> d.account)::bigint, $3)
-     ORDER BY d.due
-     LIMIT $1";
+           < coalesce((SELECT c.most FROM unnest($2::text[], $3::bigint[]) AS c (account, most)
+                        WHERE c.account = q.account), $4)
+     ORDER BY q.due
+     LIMIT $1"
+);
 
 /// Locks a mailbox's limits (creating them at the configured rate), brings its maximum rate to
-/// the configuration's, and says whether it may send now and at what rate.
+/// the configuration's, and says at what rate it sends, whether it may send now, and how many
+/// send slots have come: those since the last one taken, counting back at most `$4` seconds
+/// ([`SLOT_WINDOW`]).
 const LOCK_MAILBOX: &str = "
     INSERT INTO smtp2gmail.mailbox_limits AS l (account, mailbox, max_rate, send_rate)
     VALUES ($1, $2, $3, $3)
@@ -57,20 +87,30 @@ const LOCK_MAILBOX: &str = "
               AND (l.deferred_until IS NULL OR l.deferred_until <= now())
               AND (l.held_until IS NULL OR l.held_until <= now())
               AND NOT EXISTS (SELECT FROM smtp2gmail.account_limits a
-                               WHERE a.account = $1 AND a.paused_until > now())";
+                               WHERE a.account = $1 AND a.paused_until > now()),
+              1 + floor(extract(epoch FROM now() - greatest(l.next_send_at,
+                                                              now() - make_interval(secs => $4)))
+                        * l.send_rate)::bigint";
 
 /// The live leases of a mailbox (read under its lock).
 const LIVE_LEASES: &str = "
     SELECT count(*) FROM smtp2gmail.messages
      WHERE account = $1 AND mailbox = $2 AND lease_owner IS NOT NULL AND lease_until > now()";
 
-/// Takes `$3` send slots of a mailbox.
+/// Takes `$3` send slots of a mailbox, the first of them at most `$4` seconds old.
 const TAKE_SLOTS: &str = "
     UPDATE smtp2gmail.mailbox_limits
-       SET next_send_at = greatest(next_send_at, now())
+       SET next_send_at = greatest(next_send_at, now() - make_interval(secs => $4))
                           + make_interval(secs => $3::bigint / send_rate),
            updated_at = now()
      WHERE account = $1 AND mailbox = $2";
+
+/// How far back unused send slots still count. The spool's scheduler starts the sends of one
+/// wake-up together (its `WAKE_FLOOR`); a claim here is a few round trips to the database, so
+/// slots that came during the last one are taken in the next rather than lost, which would
+/// keep a busy mailbox below its rate. The burst this allows (a quarter second of sends) is
+/// bounded further by the mailbox's concurrency.
+const SLOT_WINDOW: f64 = 0.25;
 
 impl PgStore {
     /// Claims at most `limit` messages of one mailbox (at most one per free send slot), under
@@ -86,10 +126,13 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(fail())?;
         let row = tx
-            .query_one(LOCK_MAILBOX, &[&account, &mailbox, &limits.max_send_rate])
+            .query_one(
+                LOCK_MAILBOX,
+                &[&account, &mailbox, &limits.max_send_rate, &SLOT_WINDOW],
+            )
             .await
             .map_err(fail())?;
-        let open: bool = row.get(1);
+        let (open, slots): (bool, i64) = (row.get(1), row.get(2));
         if !open {
             return Ok(Vec::new());
         }
@@ -99,8 +142,8 @@ impl PgStore {
             .map_err(fail())?
             .get(0);
         let most = max_sends(limits, account) as i64;
-        // One message per send slot: the slot after this one is 1/rate away, after now.
-        let room = (most - live).clamp(0, 1).min(limit as i64);
+        // One message per send slot come, as many as the concurrency leaves room for.
+        let room = (most - live).min(slots).min(limit as i64).max(0);
         if room == 0 {
             return Ok(Vec::new());
         }
@@ -118,7 +161,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let taken = claimed.len() as i64;
-        tx.execute(TAKE_SLOTS, &[&account, &mailbox, &taken])
+        tx.execute(TAKE_SLOTS, &[&account, &mailbox, &taken, &SLOT_WINDOW])
             .await
             .map_err(fail())?;
         let mut entries = Vec::with_capacity(claimed.len());
@@ -156,10 +199,11 @@ impl PgStore {
     }
 }
 
-/// A send went through: the rate recovers by `$3` of the configured rate.
+/// A send went through: the rate recovers by `$3` of the configured rate. A mailbox already at
+/// its rate is not written (nor locked, which would make the claims of other replicas wait).
 const RECOVER: &str = "UPDATE smtp2gmail.mailbox_limits
     SET send_rate = least(max_rate, send_rate + max_rate * $3), updated_at = now()
-  WHERE account = $1 AND mailbox = $2";
+  WHERE account = $1 AND mailbox = $2 AND send_rate < max_rate";
 /// Rate limited: the rate times `$3`, never below `$4` (or the configured rate if lower).
 const SLOW_DOWN: &str = "UPDATE smtp2gmail.mailbox_limits
     SET send_rate = greatest(send_rate * $3, least($4, max_rate)), updated_at = now()
@@ -188,14 +232,18 @@ impl SharedStore for PgStore {
         }
         let candidates = {
             let client = self.client().await?;
-            let by_account = serde_json::to_value(&limits.max_sends)
-                .map_err(|err| StoreError::Io(std::io::Error::other(err)))?;
+            let (accounts, most): (Vec<&str>, Vec<i64>) = limits
+                .max_sends
+                .iter()
+                .map(|(account, most)| (account.as_str(), *most as i64))
+                .unzip();
             client
                 .query(
                     CANDIDATES,
                     &[
                         &(limit as i64),
-                        &by_account,
+                        &accounts,
+                        &most,
                         &(DEFAULT_CONCURRENT_SENDS as i64),
                     ],
                 )
@@ -304,6 +352,26 @@ impl SharedStore for PgStore {
         }
     }
 
+    async fn depths(&self) -> Result<HashMap<String, (usize, SystemTime)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT account, count(*), min(queued_at) FROM smtp2gmail.messages
+                  WHERE place = 'queue' GROUP BY account",
+                &[],
+            )
+            .await
+            .map_err(self.fail("counting queued messages"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let (account, depth, oldest): (String, i64, SystemTime) =
+                    (row.get(0), row.get(1), row.get(2));
+                (account, (depth as usize, oldest))
+            })
+            .collect())
+    }
+
     async fn wait_for_mail(&self, timeout: Duration) {
         self.listener.wait(&self.database, timeout).await
     }
@@ -324,9 +392,11 @@ impl SharedStore for PgStore {
 
 /// The earliest time a queued message may be claimable (see [`SharedStore::next_due`]);
 /// `GREATEST` skips the NULLs of limits a mailbox does not have.
-const NEXT_DUE: &str = "
-    SELECT min(GREATEST(d.due, l.next_send_at, l.deferred_until, l.held_until, a.paused_until))
-      FROM (SELECT account, mailbox, min(due_at) AS due FROM smtp2gmail.messages
-             WHERE place = 'queue' GROUP BY account, mailbox) d
-      LEFT JOIN smtp2gmail.mailbox_limits l ON l.account = d.account AND l.mailbox = d.mailbox
-      LEFT JOIN smtp2gmail.account_limits a ON a.account = d.account";
+const NEXT_DUE: &str = concat!(
+    with_queued_mailboxes!(),
+    "
+    SELECT min(GREATEST(q.due, l.next_send_at, l.deferred_until, l.held_until, a.paused_until))
+      FROM queued q
+      LEFT JOIN smtp2gmail.mailbox_limits l ON l.account = q.account AND l.mailbox = q.mailbox
+      LEFT JOIN smtp2gmail.account_limits a ON a.account = q.account"
+);
