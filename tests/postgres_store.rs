@@ -304,6 +304,38 @@ async fn new_mail_wakes_a_waiting_replica_at_once() {
     assert!(waiting.next_due().await.unwrap().is_some());
 }
 
+/// The listening session does not survive a restart of the server; the store listens again
+/// by itself, and new mail wakes the replica as before.
+#[tokio::test]
+async fn after_a_database_restart_new_mail_still_wakes_a_waiting_replica() {
+    let Some(mut server) = PgServer::start() else {
+        return;
+    };
+    let waiting = store(&server, MINUTE).await;
+    waiting.listen().await.unwrap();
+    server.stop();
+    server.start_again();
+    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'";
+    tokio::time::timeout(WAIT, async {
+        while server.psql_in(DATABASE, listeners) != "1" {
+            // Wake-ups about the lost session are due; take them out of the way.
+            waiting.wait_for_mail(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the store never listened again");
+    // Any wake-up still pending from the reconnection.
+    waiting.wait_for_mail(Duration::ZERO).await;
+
+    let accepting = Arc::new(store(&server, MINUTE).await);
+    let put_later = tokio::spawn(async move { put(&accepting, None).await });
+    // Far longer than the test may take: only the notification can end this wait in time.
+    tokio::time::timeout(WAIT, waiting.wait_for_mail(Duration::from_secs(3600)))
+        .await
+        .expect("new mail after the restart did not wake the replica");
+    put_later.await.unwrap();
+}
+
 #[tokio::test]
 async fn merge_records_are_kept_until_forgotten() {
     let Some(server) = PgServer::start() else {
