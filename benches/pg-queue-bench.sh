@@ -248,12 +248,16 @@ for round in $(seq "$BACKLOG_ROUNDS"); do
         'BEGIN { printf "%.1f s (%.0f msg/s)", e - s, n / (e - s) }'); queued: $(pg_count);" \
         "$(pg_queue_size)"
     google_gate open
+    google_cpu=$(cpu_tree "$google_pid")
+    open_at=$(date +%s.%N)
     start_waits
     for _ in $(seq $((wait_deadline * 2))); do # until the database has nothing queued (bounded)
         (($(pg_count) == 0)) && break
         sleep 0.5
     done
     stop_waits
+    echo "  the fake Gmail (Python, one interpreter) used $(cpu_seconds "$google_cpu" "$(cpu_tree "$google_pid")") s of CPU" \
+        "in the $(awk -v s="$open_at" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }') s of delivery"
     echo "  delivered: $(($(google_stat uploads) - uploads_before)) uploads to the fake Gmail for $BACKLOG" \
         "messages ($(google_stat held) held at the gate so far: an upload that timed out there is sent" \
         "again), still queued: $(pg_count), dead: $(pg_count dead)"

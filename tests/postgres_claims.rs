@@ -169,7 +169,10 @@ async fn a_claim_takes_the_send_slots_that_came_within_the_window() {
     server.psql_in(DATABASE, long_ago);
     assert_eq!(one.claim(&limits, 100).await.unwrap().len(), 9);
     server.psql_in(DATABASE, long_ago);
-    assert!(one.claim(&limits, 100).await.unwrap().is_empty(), "20 in flight");
+    assert!(
+        one.claim(&limits, 100).await.unwrap().is_empty(),
+        "20 in flight"
+    );
 }
 
 #[tokio::test]

@@ -177,7 +177,10 @@ async fn metric_becomes(base: &str, line: &str) {
         }
     });
     if shown.await.is_err() {
-        panic!("/metrics never showed {line:?}: {}", get(base, "/metrics").await.1);
+        panic!(
+            "/metrics never showed {line:?}: {}",
+            get(base, "/metrics").await.1
+        );
     }
 }
 

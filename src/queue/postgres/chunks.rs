@@ -12,7 +12,6 @@ use std::io;
 use deadpool_postgres::Transaction;
 use futures_util::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::IsolationLevel;
 
 use super::error::{Step, Target};
 use crate::message::{Message, Source};
@@ -89,6 +88,15 @@ async fn fill(input: &mut (impl AsyncReadExt + Unpin), buffer: &mut [u8]) -> io:
     Ok(filled)
 }
 
+/// A message's size beside each of its chunks, in order (one row with no data for an empty
+/// message).
+const READ: &str = "
+    SELECT m.size, c.data
+      FROM smtp2gmail.messages m
+      LEFT JOIN smtp2gmail.message_chunks c ON c.id = m.id
+     WHERE m.id = $1 AND m.place = $2
+     ORDER BY c.seq";
+
 /// The bytes of message `id` in `place` (its column value), from one consistent snapshot:
 /// `None` when it is not there (removed meanwhile).
 pub async fn read(
@@ -102,33 +110,23 @@ pub async fn read(
             .classify(&err, Step::Use, "reading a message's bytes")
             .into()
     };
-    // Repeatable read: the size and the chunks are of the same moment, even if a replica
-    // delivers and removes the message meanwhile.
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    // One statement, so one snapshot: the size and the chunks are of the same moment even if a
+    // replica delivers and removes the message meanwhile (and no transaction to begin and end
+    // around it: a round trip each, for every message sent). No row: not there.
+    let statement = client.prepare_cached(READ).await.map_err(fail)?;
+    let rows = client
+        .query_raw(&statement, [id, place])
         .await
         .map_err(fail)?;
-    let size = tx
-        .query_opt(
-            "SELECT size FROM smtp2gmail.messages WHERE id = $1 AND place = $2",
-            &[&id, &place],
-        )
-        .await
-        .map_err(fail)?
-        .map(|row| row.get::<_, i64>(0) as u64);
-    let Some(size) = size else {
+    futures_util::pin_mut!(rows);
+    let Some(first) = rows.try_next().await.map_err(fail)? else {
         return Ok(None);
     };
-    let rows = tx
-        .query_raw(
-            "SELECT data FROM smtp2gmail.message_chunks WHERE id = $1 ORDER BY seq",
-            [id],
-        )
-        .await
-        .map_err(fail)?;
+    let size = first.get::<_, i64>(0) as u64;
+    let rows = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, tokio_postgres::Error>(first)]),
+        rows,
+    );
     futures_util::pin_mut!(rows);
     let short = |read: u64| {
         StoreError::Unreadable(format!("{id}: {read} bytes stored of the message's {size}"))
@@ -136,7 +134,7 @@ pub async fn read(
     if size <= CHUNK as u64 {
         let mut bytes = Vec::with_capacity(size as usize);
         while let Some(row) = rows.try_next().await.map_err(fail)? {
-            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
+            bytes.extend_from_slice(row.get::<_, Option<&[u8]>>(1).unwrap_or_default());
         }
         if bytes.len() as u64 != size {
             return Err(short(bytes.len() as u64));
@@ -150,7 +148,7 @@ pub async fn read(
     let mut file = tokio::fs::File::from_std(file);
     let mut read = 0u64;
     while let Some(row) = rows.try_next().await.map_err(fail)? {
-        let data = row.get::<_, &[u8]>(0);
+        let data = row.get::<_, Option<&[u8]>>(1).unwrap_or_default();
         file.write_all(data).await?;
         read += data.len() as u64;
     }

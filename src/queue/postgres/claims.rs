@@ -136,9 +136,10 @@ impl PgStore {
         tx.batch_execute(NOT_WAITING_FOR_THE_DISK)
             .await
             .map_err(fail())?;
+        let lock = tx.prepare_cached(LOCK_MAILBOX).await.map_err(fail())?;
         let row = tx
             .query_one(
-                LOCK_MAILBOX,
+                &lock,
                 &[&account, &mailbox, &limits.max_send_rate, &SLOT_WINDOW],
             )
             .await
@@ -148,7 +149,10 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let live: i64 = tx
-            .query_one(LIVE_LEASES, &[&account, &mailbox])
+            .query_one(
+                &tx.prepare_cached(LIVE_LEASES).await.map_err(fail())?,
+                &[&account, &mailbox],
+            )
             .await
             .map_err(fail())?
             .get(0);
@@ -172,7 +176,8 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let taken = claimed.len() as i64;
-        tx.execute(TAKE_SLOTS, &[&account, &mailbox, &taken, &SLOT_WINDOW])
+        let take = tx.prepare_cached(TAKE_SLOTS).await.map_err(fail())?;
+        tx.execute(&take, &[&account, &mailbox, &taken, &SLOT_WINDOW])
             .await
             .map_err(fail())?;
         let mut entries = Vec::with_capacity(claimed.len());
@@ -197,15 +202,14 @@ impl PgStore {
         sql: &str,
         extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<(), StoreError> {
+        let fail = || self.fail("recording a mailbox's limits");
         let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(fail())?;
         let mailbox = mailbox_column(key.user.as_deref());
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&key.account, &mailbox];
         params.extend_from_slice(extra);
-        client
-            .execute(sql, &params)
-            .await
-            .map_err(self.fail("recording a mailbox's limits"))?;
+        client.execute(&statement, &params).await.map_err(fail())?;
         Ok(())
     }
 }
@@ -242,7 +246,9 @@ impl SharedStore for PgStore {
             return Ok(Vec::new());
         }
         let candidates = {
+            let fail = || self.fail("looking for due messages");
             let client = self.client().await?;
+            let statement = client.prepare_cached(CANDIDATES).await.map_err(fail())?;
             let (accounts, most): (Vec<&str>, Vec<i64>) = limits
                 .max_sends
                 .iter()
@@ -250,7 +256,7 @@ impl SharedStore for PgStore {
                 .unzip();
             client
                 .query(
-                    CANDIDATES,
+                    &statement,
                     &[
                         &(limit as i64),
                         &accounts,
@@ -259,7 +265,7 @@ impl SharedStore for PgStore {
                     ],
                 )
                 .await
-                .map_err(self.fail("looking for due messages"))?
+                .map_err(fail())?
         };
         let mut claimed = Vec::new();
         for row in candidates {
@@ -295,9 +301,11 @@ impl SharedStore for PgStore {
         tx.batch_execute(NOT_WAITING_FOR_THE_DISK)
             .await
             .map_err(fail())?;
-        tx.execute("DELETE FROM smtp2gmail.messages WHERE id = $1", &[&id])
+        let delete = tx
+            .prepare_cached("DELETE FROM smtp2gmail.messages WHERE id = $1")
             .await
             .map_err(fail())?;
+        tx.execute(&delete, &[&id]).await.map_err(fail())?;
         tx.commit().await.map_err(fail())?;
         Ok(())
     }
@@ -397,11 +405,10 @@ impl SharedStore for PgStore {
     /// deferral, hold or its account's pause) counts from then, so a replica sending at a
     /// mailbox's rate sleeps until the next slot instead of polling.
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        let fail = || self.fail("looking for the next due message");
         let client = self.client().await?;
-        let row = client
-            .query_one(NEXT_DUE, &[])
-            .await
-            .map_err(self.fail("looking for the next due message"))?;
+        let statement = client.prepare_cached(NEXT_DUE).await.map_err(fail())?;
+        let row = client.query_one(&statement, &[]).await.map_err(fail())?;
         Ok(row.get(0))
     }
 }

@@ -51,13 +51,15 @@ pub async fn claim(
     mailbox: Option<(&str, &str)>,
 ) -> Result<Vec<Claimed>, DatabaseError> {
     let (account, mailbox) = mailbox.unzip();
+    let fail = |err| target.classify(&err, Step::Use, "claiming due messages");
+    let statement = client.prepare_cached(CLAIM).await.map_err(fail)?;
     let rows = client
         .query(
-            CLAIM,
+            &statement,
             &[&owner, &lease.as_secs_f64(), &limit, &account, &mailbox],
         )
         .await
-        .map_err(|err| target.classify(&err, Step::Use, "claiming due messages"))?;
+        .map_err(fail)?;
     Ok(rows
         .into_iter()
         .map(|row| Claimed {
