@@ -162,10 +162,10 @@ async fn a_claim_takes_the_send_slots_that_came_within_the_window() {
         put(&one, Some("fast@example.com")).await;
     }
     let long_ago = "UPDATE smtp2gmail.mailbox_limits SET next_send_at = now() - interval '1 hour'";
-    // 40 sends a second, 20 at once: the slots of the last quarter second (1 + 0.25 × 40).
-    let limits = limits(20, 40.0);
+    // 200 sends a second, 20 at once: the slots of the last 50 ms (1 + 0.05 × 200).
+    let limits = limits(20, 200.0);
     assert_eq!(one.claim(&limits, 100).await.unwrap().len(), 11);
-    // An hour of unused slots still counts as a quarter second; 9 more may be in flight.
+    // An hour of unused slots still counts as 50 ms; 9 more may be in flight.
     server.psql_in(DATABASE, long_ago);
     assert_eq!(one.claim(&limits, 100).await.unwrap().len(), 9);
     server.psql_in(DATABASE, long_ago);
