@@ -113,6 +113,15 @@ const TAKE_SLOTS: &str = "
 /// must guarantee").
 const NOT_WAITING_FOR_THE_DISK: &str = "SET LOCAL synchronous_commit = off";
 
+/// A transaction whose commit does not wait for the disk ([`NOT_WAITING_FOR_THE_DISK`]).
+async fn undoable(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(NOT_WAITING_FOR_THE_DISK).await?;
+    Ok(tx)
+}
+
 /// How far back unused send slots still count. The spool's scheduler starts the sends of one
 /// wake-up together (its `WAKE_FLOOR`, 20 ms); a claim here is a few round trips to the database,
 /// so slots that came during the last one are taken in the next rather than lost, which would
@@ -133,10 +142,7 @@ impl PgStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let fail = || self.fail("claiming due messages");
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(fail())?;
-        tx.batch_execute(NOT_WAITING_FOR_THE_DISK)
-            .await
-            .map_err(fail())?;
+        let tx = undoable(&mut client).await.map_err(fail())?;
         let lock = tx.prepare_cached(LOCK_MAILBOX).await.map_err(fail())?;
         let row = tx
             .query_one(
@@ -298,10 +304,7 @@ impl SharedStore for PgStore {
     async fn complete(&self, id: &str) -> Result<(), StoreError> {
         let fail = || self.fail("removing a sent message");
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(fail())?;
-        tx.batch_execute(NOT_WAITING_FOR_THE_DISK)
-            .await
-            .map_err(fail())?;
+        let tx = undoable(&mut client).await.map_err(fail())?;
         let delete = tx
             .prepare_cached("DELETE FROM smtp2gmail.messages WHERE id = $1")
             .await
