@@ -176,7 +176,7 @@ impl PgStore {
             &self.owner,
             self.lease_time,
             room,
-            Some((account, mailbox)),
+            (account, mailbox),
         )
         .await?;
         if claimed.is_empty() {

@@ -32,25 +32,25 @@ const CLAIM: &str = "
     UPDATE smtp2gmail.messages m
        SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
       FROM (SELECT id FROM smtp2gmail.messages
-             WHERE place = 'queue' AND due_at <= now()
-               AND ($4::text IS NULL OR (account = $4 AND mailbox = $5))
+             WHERE place = 'queue' AND account = $4 AND mailbox = $5 AND due_at <= now()
              ORDER BY due_at
              LIMIT $3
                FOR UPDATE SKIP LOCKED) due
      WHERE m.id = due.id
  RETURNING m.id, m.account, m.mailbox, m.entry";
 
-/// Claims up to `limit` due messages (of one mailbox only, when given as `(account, mailbox)`)
-/// for `owner`, for `lease`.
+/// Claims up to `limit` due messages of one mailbox (`account`, `mailbox`) for `owner`, for
+/// `lease`. Always one mailbox: claims take turns on its limits row (see `claims`), and a
+/// statement prepared once and planned generically keeps to the `(account, mailbox, due_at)`
+/// index only when nothing in it is optional.
 pub async fn claim(
     client: &impl GenericClient,
     target: &Target,
     owner: &str,
     lease: Duration,
     limit: i64,
-    mailbox: Option<(&str, &str)>,
+    (account, mailbox): (&str, &str),
 ) -> Result<Vec<Claimed>, DatabaseError> {
-    let (account, mailbox) = mailbox.unzip();
     let fail = |err| target.classify(&err, Step::Use, "claiming due messages");
     let statement = client.prepare_cached(CLAIM).await.map_err(fail)?;
     let rows = client

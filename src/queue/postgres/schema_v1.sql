@@ -28,9 +28,9 @@ CREATE TABLE smtp2gmail.messages (
     CHECK ((lease_owner IS NULL) = (lease_until IS NULL))
 );
 
--- Claiming: SELECT ... WHERE place = 'queue' AND due_at <= now() ORDER BY due_at
--- FOR UPDATE SKIP LOCKED, overall or for one mailbox whose send slot has come.
-CREATE INDEX messages_due ON smtp2gmail.messages (due_at) WHERE place = 'queue';
+-- Claiming, one mailbox at a time: SELECT ... WHERE place = 'queue' AND account = ... AND
+-- mailbox = ... AND due_at <= now() ORDER BY due_at FOR UPDATE SKIP LOCKED; finding the mailboxes
+-- with mail (a loose scan from one (account, mailbox) to the next) and their earliest due_at.
 CREATE INDEX messages_due_by_mailbox ON smtp2gmail.messages (account, mailbox, due_at)
     WHERE place = 'queue';
 -- Per-mailbox concurrency across replicas: the live leases of a mailbox.
