@@ -175,21 +175,12 @@ impl Scheduler {
             *depth += 1;
             *oldest = (*oldest).min(entry.received_at);
         }
-        for account in self.courier.accounts() {
-            let (depth, oldest) = per_account
-                .get(account.as_str())
-                .copied()
-                .unwrap_or((0, now));
-            crate::telemetry::queue_state(
-                &account,
-                depth,
-                now.duration_since(oldest).unwrap_or_default(),
-            );
-        }
-        if let Ok(dead) = self.store.count(Place::Dead).await {
-            crate::telemetry::dead_letters(dead);
-        }
-        crate::telemetry::queue_store_up(self.store.problem().is_none());
+        report_depths(
+            &*self.courier,
+            |account| per_account.get(account).copied(),
+            now,
+        );
+        report_store(&*self.store).await;
         self.index.sweep(now);
     }
 
@@ -511,4 +502,27 @@ impl Scheduler {
         entry.failures += 1;
         verdict::retry_wait(&self.config, error, entry.failures)
     }
+}
+
+/// The queue per configured account for `/metrics`, as both schedulers report it: the depth and
+/// the oldest message's age (`depth_of` says them; zero for an account with nothing queued, so a
+/// drained queue shows as drained).
+pub(super) fn report_depths(
+    courier: &dyn Courier,
+    depth_of: impl Fn(&str) -> Option<(usize, SystemTime)>,
+    now: SystemTime,
+) {
+    for account in courier.accounts() {
+        let (depth, oldest) = depth_of(&account).unwrap_or((0, now));
+        let age = now.duration_since(oldest).unwrap_or_default();
+        crate::telemetry::queue_state(&account, depth, age);
+    }
+}
+
+/// The dead letters and whether the store takes mail, for `/metrics`.
+pub(super) async fn report_store(store: &dyn Store) {
+    if let Ok(dead) = store.count(Place::Dead).await {
+        crate::telemetry::dead_letters(dead);
+    }
+    crate::telemetry::queue_store_up(store.problem().is_none());
 }

@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use super::courier::{Courier, Finished, attempt};
 use super::entry::{Entry, Place};
-use super::schedule::MailboxKey;
 use super::schedule::verdict::{self, Effect, PRECONDITION_HOLD};
+use super::schedule::{MailboxKey, report_depths, report_store};
 use super::store::{Store, StoreError};
 use crate::config::QueueConfig;
 use crate::relay::{DeliveryError, Receipt};
@@ -193,18 +193,12 @@ impl SharedScheduler {
     /// The queue per account (every replica reports the whole shared queue), the dead letters
     /// and whether the database answers, for `/metrics`.
     async fn report(&self) {
+        // Unknown (the database down): left as last reported rather than shown as zero.
         if let Ok(depths) = self.store.depths().await {
-            let now = SystemTime::now();
-            for account in self.courier.accounts() {
-                let (depth, oldest) = depths.get(&account).copied().unwrap_or((0, now));
-                let age = now.duration_since(oldest).unwrap_or_default();
-                crate::telemetry::queue_state(&account, depth, age);
-            }
+            let depth_of = |account: &str| depths.get(account).copied();
+            report_depths(&*self.courier, depth_of, SystemTime::now());
         }
-        if let Ok(dead) = self.store.count(Place::Dead).await {
-            crate::telemetry::dead_letters(dead);
-        }
-        crate::telemetry::queue_store_up(self.store.problem().is_none());
+        report_store(&*self.store).await;
     }
 
     /// Claims and starts what may be sent now; returns how long to sleep at most.
@@ -250,11 +244,10 @@ impl SharedScheduler {
             if let Ok(receipt) = &outcome {
                 // Two independent statements: sent together, not one after the other.
                 let key = MailboxKey::of(&entry);
-                let (noted, completed) =
-                    tokio::join!(store.note(&key, Note::Sent), store.complete(&entry.id));
-                if let Err(err) = noted {
-                    tracing::warn!(mailbox = %key, %err, "cannot record a mailbox's state in the shared queue");
-                }
+                let (_, completed) = tokio::join!(
+                    note(&*store, &key, Note::Sent),
+                    store.complete(&entry.id)
+                );
                 match completed {
                     Ok(()) => {
                         tracing::info!(id = %entry.id, gmail_id = %receipt.id, attempts = entry.attempts + 1, "delivered")
@@ -375,9 +368,15 @@ impl SharedScheduler {
         verdict::retry_wait(&self.config, error, entry.failures)
     }
 
-    async fn note(&self, key: &MailboxKey, note: Note) {
-        if let Err(err) = self.store.note(key, note).await {
-            tracing::warn!(mailbox = %key, %err, "cannot record a mailbox's state in the shared queue");
-        }
+    async fn note(&self, key: &MailboxKey, what: Note) {
+        note(&*self.store, key, what).await
+    }
+}
+
+/// Records an outcome's consequence for a mailbox; a failure is logged, not fatal (the limits
+/// are a matter of pace, and the next outcome writes them again).
+async fn note(store: &dyn SharedStore, key: &MailboxKey, what: Note) {
+    if let Err(err) = store.note(key, what).await {
+        tracing::warn!(mailbox = %key, %err, "cannot record a mailbox's state in the shared queue");
     }
 }

@@ -237,6 +237,13 @@ const DEFER: &str = "UPDATE smtp2gmail.mailbox_limits SET deferred_until = $3, u
 const HOLD: &str = "UPDATE smtp2gmail.mailbox_limits SET held_until = $3, updated_at = now()
   WHERE account = $1 AND mailbox = $2";
 
+/// The account's pause and its mailboxes' holds end, in one statement (so together).
+const RESUME: &str = "
+    WITH resumed AS (UPDATE smtp2gmail.account_limits
+                        SET paused_until = NULL, updated_at = now()
+                      WHERE account = $1)
+    UPDATE smtp2gmail.mailbox_limits SET held_until = NULL, updated_at = now() WHERE account = $1";
+
 /// `max_concurrent_sends` of `account`, for each of its mailboxes.
 fn max_sends(limits: &SharedLimits, account: &str) -> usize {
     limits
@@ -356,24 +363,11 @@ impl SharedStore for PgStore {
                 Ok(())
             }
             Note::Resumed => {
-                let mut client = self.client().await?;
-                let fail = || self.fail("resuming an account");
-                let tx = client.transaction().await.map_err(fail())?;
-                tx.execute(
-                    "UPDATE smtp2gmail.account_limits SET paused_until = NULL, updated_at = now()
-                      WHERE account = $1",
-                    &[&key.account],
-                )
-                .await
-                .map_err(fail())?;
-                tx.execute(
-                    "UPDATE smtp2gmail.mailbox_limits SET held_until = NULL, updated_at = now()
-                      WHERE account = $1",
-                    &[&key.account],
-                )
-                .await
-                .map_err(fail())?;
-                tx.commit().await.map_err(fail())?;
+                let client = self.client().await?;
+                client
+                    .execute(RESUME, &[&key.account])
+                    .await
+                    .map_err(self.fail("resuming an account"))?;
                 // Held mail is due now, for every replica.
                 self.announce("").await
             }
