@@ -47,7 +47,7 @@ impl Readiness {
             if let CredentialState::NeedsAttention { since, error } = account.tokens.state() {
                 problems.push(json!({
                     "account": account.name,
-                    "problem": error.to_string(),
+                    "problem": error.problem(),
                     "since": humantime::format_rfc3339_seconds(since).to_string(),
                     "fix": error.fix(),
                 }));

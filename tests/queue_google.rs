@@ -216,3 +216,54 @@ async fn a_per_user_quota_below_the_configured_rate_slows_the_mailbox_and_everyt
     assert!(queued.files("dead").is_empty());
     queued.stop().await;
 }
+
+/// A token that dies while mail is queued: the fix is told once (the account's warning, and
+/// `/readyz` beside the problem, not inside it), each held message's log line names the problem
+/// without the paragraph, and `queue list` says the mail is held rather than giving it a due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_is_told_once_with_its_fix_and_held_mail_says_so() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let config = common::served::queue_mode_config(&google, dir.path(), "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("listen = \"\"", "listen = \"127.0.0.1:0\"", 1);
+    std::fs::write(&config, text).unwrap();
+    google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
+    let served = common::served::Served::start(&config).await;
+    for _ in 0..3 {
+        assert_code(&send_simple(served.addr).await, 250);
+    }
+    let held = served.wait_for_log("held: its account's credentials").await;
+    assert!(!held.contains("authorize"), "{held}");
+    let fix = "smtp2gmail authorize";
+    let log = served.log();
+    let with_fix: Vec<&String> = log.iter().filter(|l| l.contains(fix)).collect();
+    assert_eq!(with_fix.len(), 1, "the fix once in the log: {log:#?}");
+    assert!(
+        with_fix[0].contains("credentials need attention"),
+        "{log:#?}"
+    );
+
+    let body = reqwest::get(format!("{}readyz", served.http().await))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let problems = ready["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "one problem for one dead token: {body}");
+    assert!(
+        problems[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"),
+        "{body}"
+    );
+    assert_eq!(body.matches(fix).count(), 1, "{body}");
+
+    let (ok, list) = served.queue_command(&["list"]).await;
+    assert!(ok, "{list}");
+    assert!(list.contains("HELD: its account's credentials"), "{list}");
+    assert!(!list.contains("next"), "no due time for held mail: {list}");
+    served.stop().await;
+}

@@ -131,7 +131,7 @@ async fn check_account(
         Ok(account) => account,
         Err(err) => {
             field("problem", &err.problem);
-            if let Some(fix) = first_run_fix(config) {
+            if let Some(fix) = &err.fix {
                 field("fix", fix);
             }
             return Verdict::Misconfigured;
@@ -238,33 +238,6 @@ async fn check_account(
     }
     field("status", "ok");
     Verdict::Works
-}
-
-/// The fix for the usual first-run problems: no token file yet, or no credentials at all.
-fn first_run_fix(config: &AccountConfig) -> Option<String> {
-    let authorize = |target: &str| {
-        format!("smtp2gmail authorize --client-secret CLIENT_SECRET.json --token-file {target}")
-    };
-    match &config.credentials {
-        Some(path) if !path.exists() => Some(format!(
-            "create it with `{}`, or point credentials at the file you have",
-            authorize(&path.display().to_string())
-        )),
-        Some(_) => None,
-        None if config.client_id.is_none()
-            && config.client_secret.is_none()
-            && config.refresh_token.is_none() =>
-        {
-            Some(format!(
-                "run `{}` and set credentials = \"token.json\" for the account, or set {}, {} and {}",
-                authorize("token.json"),
-                google::ENV_CLIENT_ID,
-                google::ENV_CLIENT_SECRET,
-                google::ENV_REFRESH_TOKEN
-            ))
-        }
-        None => None,
-    }
 }
 
 /// The user a service account's token is minted for during the check; `None` for refresh

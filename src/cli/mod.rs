@@ -28,7 +28,7 @@ pub enum Command {
     /// Obtain a token file: Google's consent screen in a browser, a loopback redirect, PKCE
     Authorize(authorize::AuthorizeArgs),
     /// Run the SMTP server until SIGTERM or SIGINT
-    Serve,
+    Serve(serve::ServeArgs),
     /// Inspect and steer the spool (works while the server runs)
     Queue {
         /// What to do
@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
         }
     };
     with_runtime(|runtime| match command {
-        Command::Serve => runtime.block_on(serve::run(config, source)),
+        Command::Serve(args) => runtime.block_on(serve::run(config, source, args)),
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),

@@ -1,6 +1,7 @@
 //! `smtp2gmail queue list | show ID | retry ID | retry --all | delete ID`: inspect and steer the
 //! spool, whether or not a server is running (see `queue::control` for how that is made safe).
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +12,7 @@ use crate::config::Config;
 use crate::message::HEAD_LIMIT;
 use crate::queue::control::Request;
 use crate::queue::entry::{Entry, Place, is_valid_id};
+use crate::queue::schedule::verdict;
 use crate::queue::store::Store;
 
 /// What to do with the queue.
@@ -106,9 +108,16 @@ async fn list(store: &dyn Store) -> ExitCode {
         for (id, err) in broken {
             println!("{id}  UNREADABLE RECORD: {err}");
         }
+        let holds = Holds::of(&entries);
         for entry in &entries {
             let state = match place {
-                Place::Queue => format!("next {}", until(entry.next_attempt)),
+                Place::Queue => match holds.of_entry(entry) {
+                    Some(why) => format!("HELD: {why}"),
+                    None => format!(
+                        "next attempt {}",
+                        until(entry.next_attempt).replace("due", "now")
+                    ),
+                },
                 Place::Held => format!(
                     "HELD for the other transactions of <{}> (window ends {})",
                     entry.split.as_ref().map_or("", |s| s.message_id.as_str()),
@@ -138,6 +147,51 @@ async fn list(store: &dyn Store) -> ExitCode {
         println!("the queue is empty");
     }
     ExitCode::SUCCESS
+}
+
+/// What holds the queued mail back, read off the records: a paused account (or held mailbox)
+/// tries one message at a time, so the rest of its mail is as held as the one whose record says
+/// so, although their due times have passed.
+struct Holds<'a> {
+    accounts: HashMap<&'a str, &'a str>,
+    mailboxes: HashMap<(&'a str, Option<&'a str>), &'a str>,
+}
+
+impl<'a> Holds<'a> {
+    fn of(entries: &'a [Entry]) -> Holds<'a> {
+        let mut holds = Holds {
+            accounts: HashMap::new(),
+            mailboxes: HashMap::new(),
+        };
+        for entry in entries {
+            let Some(why) = entry.held.as_deref() else {
+                continue;
+            };
+            if why == verdict::HELD_FOR_ACCOUNT {
+                holds.accounts.insert(&entry.account, why);
+            } else {
+                let mailbox = (entry.account.as_str(), entry.mailbox.as_deref());
+                holds.mailboxes.insert(mailbox, why);
+            }
+        }
+        holds
+    }
+
+    /// Why `entry` waits, if it is held: its own record, or its account's or mailbox's hold
+    /// when it is due and would otherwise go now.
+    fn of_entry(&self, entry: &'a Entry) -> Option<&'a str> {
+        if let Some(why) = entry.held.as_deref() {
+            return Some(why);
+        }
+        if entry.next_attempt > SystemTime::now() {
+            return None;
+        }
+        let mailbox = (entry.account.as_str(), entry.mailbox.as_deref());
+        self.accounts
+            .get(entry.account.as_str())
+            .or_else(|| self.mailboxes.get(&mailbox))
+            .copied()
+    }
 }
 
 async fn show(store: &dyn Store, id: &str) -> ExitCode {
@@ -193,7 +247,10 @@ fn print_entry(entry: &Entry, place: Place) {
     println!("account:      {}", entry.account);
     println!("attempts:     {}", entry.attempts);
     match place {
-        Place::Queue => println!("next attempt: {}", until(entry.next_attempt)),
+        Place::Queue => match &entry.held {
+            Some(why) => println!("held:         {why}"),
+            None => println!("next attempt: {}", until(entry.next_attempt)),
+        },
         Place::Held => println!("held until:   {} at most", until(entry.next_attempt)),
         Place::Dead => {}
     }

@@ -1,5 +1,6 @@
 //! `smtp2gmail serve`: the server, until SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,8 +24,24 @@ use crate::{http, queue, relay, smtp};
 /// How long the background tasks may take beyond the shutdown grace (an HTTP request finishing).
 const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Options of `serve` for a one-off run; the config file holds the lasting settings.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Listen for SMTP on this address instead of [smtp] listen (repeatable), e.g. 127.0.0.1:2526
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Serve the HTTP endpoints (and the inbox) on this address instead of [http] listen; "" turns
+    /// them off
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+}
+
 /// Runs the server until a signal, then drains.
-pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
+pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -> ExitCode {
+    if let Err(err) = config.override_listeners(args.listen, args.http_listen) {
+        eprintln!("smtp2gmail: {err}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let mut smtp_config = config.smtp.clone();
@@ -58,10 +75,17 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     let server = match smtp::Server::bind(smtp_config, deliver).await {
         Ok(server) => server,
         Err(err) => {
-            tracing::error!("{err}");
             let code = if err.is_config() {
+                tracing::error!("{err}");
                 EXIT_USAGE
             } else {
+                let hint = match &err {
+                    smtp::StartError::Bind { source, .. } => {
+                        listen_hint(source, "[smtp] listen", "--listen")
+                    }
+                    _ => String::new(),
+                };
+                tracing::error!("{err}{hint}");
                 EXIT_FAILURE
             };
             return ExitCode::from(code);
@@ -76,9 +100,9 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
             Err(err) => {
-                tracing::error!(
-                    "cannot serve the HTTP endpoints on {addr}: {err} (set [http] listen, or \"\" to turn them off)"
-                );
+                let hint =
+                    listen_hint(&err, "[http] listen (\"\" turns them off)", "--http-listen");
+                tracing::error!("cannot serve the HTTP endpoints on {addr}: {err}{hint}");
                 return ExitCode::from(EXIT_FAILURE);
             }
         },
@@ -188,6 +212,22 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> ExitCode {
     drop(spool_lock);
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// What to do about an address that cannot be bound: the likely cause, the setting, and the
+/// flag for a one-off run (the README's first command collides with any server already running).
+fn listen_hint(err: &std::io::Error, key: &str, flag: &str) -> String {
+    use std::io::ErrorKind;
+    let cause = match err.kind() {
+        ErrorKind::AddrInUse => "another server, perhaps another smtp2gmail, has it: stop it, or ",
+        ErrorKind::PermissionDenied => "ports below 1024 need privileges (CAP_NET_BIND_SERVICE): ",
+        ErrorKind::AddrNotAvailable => "no interface of this machine has that address: ",
+        _ => "",
+    };
+    format!(
+        " ({cause}choose another address with {key} in the config or, for this run, \
+         `smtp2gmail serve {flag} 127.0.0.1:PORT`)"
+    )
 }
 
 /// What the relay mode does with mail, for the startup line and `check`.

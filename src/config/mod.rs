@@ -288,9 +288,39 @@ impl Config {
         Ok(config)
     }
 
+    /// Replaces the listening addresses with those given on the command line (`serve --listen`,
+    /// `--http-listen`) and checks the rules again: a listener moved off loopback must meet the
+    /// same rules (AUTH, the inbox's password) as one written in the file.
+    pub fn override_listeners(
+        &mut self,
+        smtp: Vec<SocketAddr>,
+        http: Option<String>,
+    ) -> Result<(), ConfigError> {
+        if !smtp.is_empty() {
+            self.smtp.listen = smtp;
+        }
+        if let Some(http) = http {
+            self.http.listen = http;
+        }
+        self.validate().map_err(|broken| ConfigError::Semantic {
+            path: PathBuf::from("the command line (--listen, --http-listen) with the config"),
+            key: broken.key,
+            message: broken.message,
+        })
+    }
+
     /// The rules between keys, checked once every value has parsed.
     fn validate(&self) -> Result<(), Broken> {
         self.smtp.validate()?;
+        if !self.http.listen.is_empty() && self.http.address().is_none() {
+            // Parsed as an address or not served at all: a host name here would otherwise turn
+            // the endpoints (and the inbox) off without a word.
+            return Err(Broken::new(
+                "http.listen",
+                "must be an IP address and port such as \"127.0.0.1:9925\" (or \"\" to turn the \
+                 HTTP endpoints off)",
+            ));
+        }
         self.validate_inbox()?;
         let rate = self.queue.max_send_rate;
         if !(rate.is_finite() && rate >= 1.0 / 3600.0) {

@@ -63,6 +63,16 @@ impl TokenError {
         matches!(self, TokenError::Credentials { .. })
     }
 
+    /// What is wrong, without the fix (which readiness reports beside it).
+    pub fn problem(&self) -> String {
+        match self {
+            TokenError::Credentials {
+                error, description, ..
+            } => format!("credentials refused: {error}{}", describe(description)),
+            other => other.to_string(),
+        }
+    }
+
     /// What a person should do, for credential problems.
     pub fn fix(&self) -> Option<&str> {
         match self {

@@ -75,6 +75,11 @@ pub struct Entry {
     /// Why it is a dead letter, if it is one.
     #[serde(default)]
     pub dead_reason: Option<String>,
+    /// Why it waits although it is due: its last attempt met an account paused for its
+    /// credentials, or a mailbox held until someone fixes it. Held mail has no due time (it goes
+    /// out the moment the hold lifts), so `queue list` shows this instead of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// Every attempt, oldest first.
     #[serde(default)]
     pub history: Vec<Attempt>,
@@ -108,6 +113,7 @@ impl Entry {
             next_attempt: envelope.received_at,
             last_error: None,
             dead_reason: None,
+            held: None,
             history: Vec::new(),
             split: None,
             route: None,
@@ -164,6 +170,7 @@ impl Entry {
             outcome: outcome.clone(),
         });
         self.last_error = Some(outcome);
+        self.held = None;
     }
 }
 

@@ -405,7 +405,7 @@ impl Scheduler {
             }
             Err(error) => error,
         };
-        entry.record(now, error.to_string());
+        entry.record(now, error.summary());
         if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
             if !verdict::too_old(&self.config, &entry, now) {
                 // A message's own fault says nothing against the mailbox or the credentials.
@@ -423,7 +423,15 @@ impl Scheduler {
         }
         let wait = self.defer(&key, &mut entry, &error, now);
         entry.next_attempt = now + wait;
-        tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, %error, "deferred");
+        match &entry.held {
+            // No due time: it goes out when the hold lifts, and the hold's own line said why.
+            Some(why) => {
+                tracing::info!(id = %entry.id, attempts = entry.attempts, error = %error.summary(), "held: {why}")
+            }
+            None => {
+                tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, error = %error.summary(), "deferred")
+            }
+        }
         if let Err(err) = self.store.update(Place::Queue, &entry).await {
             tracing::error!(id = %entry.id, %err, "cannot update the queue record");
         }
@@ -461,18 +469,20 @@ impl Scheduler {
         match verdict::effect(error, configured) {
             Effect::PauseAccount => {
                 if account.paused_until.is_none() || account.probe.is_some() {
-                    tracing::warn!(account = %key.account, %error, "account paused until its credentials change");
+                    tracing::warn!(account = %key.account, error = %error.summary(), "account paused until its credentials change");
                 }
                 account.paused_until = Some(now + retry_max);
                 account.probe = None;
+                entry.held = Some(verdict::HELD_FOR_ACCOUNT.to_string());
                 return Duration::ZERO;
             }
             Effect::HoldMailbox => {
                 if mailbox.held_until.is_none() {
-                    tracing::warn!(mailbox = %key, %error, "mailbox held until it is fixed");
+                    tracing::warn!(mailbox = %key, error = %error.summary(), "mailbox held until it is fixed");
                 }
                 mailbox.held_until = Some(now + retry_max);
                 account.held.insert(key.clone());
+                entry.held = Some(verdict::HELD_FOR_MAILBOX.to_string());
                 return Duration::ZERO;
             }
             Effect::Precondition => {
@@ -486,6 +496,7 @@ impl Scheduler {
                     );
                     mailbox.held_until = Some(now + retry_max);
                     account.held.insert(key.clone());
+                    entry.held = Some(verdict::HELD_FOR_PRECONDITION.to_string());
                     return Duration::ZERO;
                 }
             }

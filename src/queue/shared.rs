@@ -294,7 +294,7 @@ impl SharedScheduler {
             }
             Err(error) => error,
         };
-        entry.record(now, error.to_string());
+        entry.record(now, error.summary());
         if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
             if !verdict::too_old(&self.config, &entry, now) {
                 self.went_through(&key).await;
@@ -308,7 +308,15 @@ impl SharedScheduler {
         }
         let wait = self.consequence(&key, &mut entry, &error, now).await;
         entry.next_attempt = now + wait;
-        tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, %error, "deferred");
+        match &entry.held {
+            // No due time: it goes out when the hold lifts, and the hold's own line said why.
+            Some(why) => {
+                tracing::info!(id = %entry.id, attempts = entry.attempts, error = %error.summary(), "held: {why}")
+            }
+            None => {
+                tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, error = %error.summary(), "deferred")
+            }
+        }
         match self.store.release(&entry).await {
             Ok(true) => {}
             Ok(false) => {
@@ -338,13 +346,15 @@ impl SharedScheduler {
         let configured = self.courier.limits(&key.account).is_some();
         match verdict::effect(error, configured) {
             Effect::PauseAccount => {
-                tracing::warn!(account = %key.account, %error, "account paused until its credentials change");
+                tracing::warn!(account = %key.account, error = %error.summary(), "account paused until its credentials change");
                 self.note(key, Note::Paused(probe_at)).await;
+                entry.held = Some(verdict::HELD_FOR_ACCOUNT.to_string());
                 return Duration::ZERO;
             }
             Effect::HoldMailbox => {
-                tracing::warn!(mailbox = %key, %error, "mailbox held until it is fixed");
+                tracing::warn!(mailbox = %key, error = %error.summary(), "mailbox held until it is fixed");
                 self.note(key, Note::Held(probe_at)).await;
+                entry.held = Some(verdict::HELD_FOR_MAILBOX.to_string());
                 return Duration::ZERO;
             }
             Effect::Precondition => {
@@ -354,6 +364,7 @@ impl SharedScheduler {
                     tracing::warn!(mailbox = %key, %error, "mailbox held: Gmail keeps answering \"Precondition check failed.\"");
                     self.preconditions.remove(key);
                     self.note(key, Note::Held(probe_at)).await;
+                    entry.held = Some(verdict::HELD_FOR_PRECONDITION.to_string());
                     return Duration::ZERO;
                 }
             }

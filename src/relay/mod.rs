@@ -124,6 +124,17 @@ pub enum Scope {
 }
 
 impl DeliveryError {
+    /// What went wrong without the fix: for log lines about one message, which would otherwise
+    /// repeat a paragraph the account's own "needs attention" line (and `/readyz`) already give.
+    pub fn summary(&self) -> String {
+        match self {
+            DeliveryError::Credentials {
+                account, reason, ..
+            } => format!("account {account}: {reason}"),
+            other => other.to_string(),
+        }
+    }
+
     /// A temporary failure of our own system (disk, I/O) with the default status 4.3.0.
     pub fn local(reason: impl Into<String>) -> Self {
         DeliveryError::Temporary {

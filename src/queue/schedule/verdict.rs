@@ -19,6 +19,15 @@ pub fn backoff(config: &QueueConfig, failed_attempts: u32) -> Duration {
     crate::backoff::with_jitter(config.retry_min, config.retry_max, failed_attempts)
 }
 
+/// Why a message waits in an account paused for its credentials ([`Entry::held`]).
+pub const HELD_FOR_ACCOUNT: &str =
+    "its account's credentials need attention (`smtp2gmail check` and /readyz say what to do)";
+/// Why a message waits in a mailbox held until someone fixes it ([`Entry::held`]).
+pub const HELD_FOR_MAILBOX: &str = "its mailbox needs attention (/readyz says what to do)";
+/// Why a message waits in a mailbox Gmail keeps answering "Precondition check failed." for.
+pub const HELD_FOR_PRECONDITION: &str = "Gmail keeps answering \"Precondition check failed.\" for its \
+     mailbox (a service account's delegation, or a mailbox not yet provisioned)";
+
 /// What a failure means beyond the message itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {

@@ -189,6 +189,13 @@ impl Account {
                 reason, fix, scope, ..
             }) => {
                 let key = (*scope == Scope::Mailbox).then_some(mailbox).flatten();
+                if !attention.contains_key(&key) {
+                    // Once per problem, with the fix; each message's own log line does without.
+                    tracing::warn!(
+                        account = %self.name, mailbox = key.as_deref().unwrap_or("(all)"),
+                        %reason, %fix, "setup needs attention"
+                    );
+                }
                 let since = attention.get(&key).map_or(SystemTime::now(), |a| a.since);
                 attention.insert(
                     key,
@@ -231,15 +238,19 @@ pub struct Attention {
     pub fix: String,
 }
 
-/// Why an account cannot be built or its credentials reloaded; the message names the account.
+/// Why an account cannot be built or its credentials reloaded; the message names the account
+/// and, for the usual first-run problems, the command that fixes them (`serve` stops on this
+/// error, and the person reading it should not need `check` to learn what to do).
 #[derive(Debug, thiserror::Error)]
-#[error("account {account}: {problem}")]
+#[error("account {account}: {problem}{}", .fix.as_ref().map(|fix| format!("; fix: {fix}")).unwrap_or_default())]
 pub struct AccountError {
     /// The account's name.
     pub account: String,
     /// What is wrong with it, without the account's name (for `check`, which prints the name
     /// above it).
     pub problem: AccountProblem,
+    /// What to do about it, when that is known without asking Google.
+    pub fix: Option<String>,
 }
 
 impl AccountError {
@@ -247,7 +258,35 @@ impl AccountError {
         AccountError {
             account: account.to_string(),
             problem,
+            fix: None,
         }
+    }
+}
+
+/// The fix for the usual first-run problems: no token file yet, or no credentials at all.
+fn first_run_fix(config: &AccountConfig) -> Option<String> {
+    let authorize = |target: &str| {
+        format!("smtp2gmail authorize --client-secret CLIENT_SECRET.json --token-file {target}")
+    };
+    match &config.credentials {
+        Some(path) if !path.exists() => Some(format!(
+            "create it with `{}`, or point credentials at the file you have",
+            authorize(&path.display().to_string())
+        )),
+        Some(_) => None,
+        None if config.client_id.is_none()
+            && config.client_secret.is_none()
+            && config.refresh_token.is_none() =>
+        {
+            Some(format!(
+                "run `{}` and set credentials = \"token.json\" for the account, or set {}, {} and {}",
+                authorize("token.json"),
+                google::ENV_CLIENT_ID,
+                google::ENV_CLIENT_SECRET,
+                google::ENV_REFRESH_TOKEN
+            ))
+        }
+        None => None,
     }
 }
 
@@ -276,7 +315,10 @@ fn load_credentials(config: &AccountConfig) -> Result<(CredentialSpec, Credentia
     let fail = |problem| AccountError::new(&config.name, problem);
     let spec = credential_spec(config).map_err(fail)?;
     let token_uri = config.token_uri.as_deref().filter(|u| !u.is_empty());
-    let credentials = google::load(&spec, token_uri).map_err(|err| fail(err.into()))?;
+    let credentials = google::load(&spec, token_uri).map_err(|err| AccountError {
+        fix: first_run_fix(config),
+        ..fail(err.into())
+    })?;
     Ok((spec, credentials))
 }
 

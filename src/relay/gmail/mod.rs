@@ -235,9 +235,6 @@ impl Gmail {
     pub async fn attempt(&self, outgoing: &Outgoing) -> Result<Receipt, DeliveryError> {
         let started = Instant::now();
         let outcome = self.attempt_once(outgoing).await;
-        outgoing
-            .account
-            .note_outcome(outgoing.subject.as_deref(), &outcome);
         let word = match &outcome {
             Ok(_) => "sent",
             Err(DeliveryError::Temporary { .. }) => "temporary",
@@ -272,13 +269,20 @@ impl Gmail {
                 )
                 .await
             {
-                Ok(sent) => return Ok(Receipt::new(sent.id)),
                 Err(SendError::Unauthorized(reason)) if !refreshed => {
                     tracing::debug!(account = %account.name, %reason, "access token rejected, refreshing");
                     account.tokens.invalidate(subject, &token);
                     refreshed = true;
                 }
-                Err(err) => return Err(send_failure(account, subject, err)),
+                // Only what Gmail answered is noted for readiness: a refused token is the token
+                // source's state, which readiness and the log report already.
+                sent => {
+                    let outcome = sent
+                        .map(|sent| Receipt::new(sent.id))
+                        .map_err(|err| send_failure(account, subject, err));
+                    account.note_outcome(subject, &outcome);
+                    return outcome;
+                }
             }
         }
     }
