@@ -320,13 +320,29 @@ async function toggleRead() {
   if (state.open) $("toggle-read").textContent = read ? "Mark unread" : "Mark read";
 }
 
+/** Shows a server's sentence in `element`: `command` spans (as the server writes commands and
+ *  config keys) become <code>, everything else stays text (never HTML). */
+function showSentence(element, text) {
+  element.replaceChildren(
+    ...text.split("`").map((piece, i) => {
+      if (i % 2 === 0) return document.createTextNode(piece);
+      const code = document.createElement("code");
+      code.textContent = piece;
+      return code;
+    }),
+  );
+}
+
 function openRelease() {
   if (!state.open) return;
   const dialog = $("release-dialog");
   const enabled = state.relay.MessageRelay && state.relay.MessageRelay.Enabled;
-  $("release-help").textContent = enabled
-    ? `Sent through the ${state.relay.MessageRelay.SMTPServer}. The message's own To, Cc and Bcc are replaced.`
-    : state.relay.ReleaseHelp;
+  showSentence(
+    $("release-help"),
+    enabled
+      ? `Sent through the ${state.relay.MessageRelay.SMTPServer}. The message's own To, Cc and Bcc are replaced.`
+      : state.relay.ReleaseHelp,
+  );
   $("release-help").classList.toggle("error", !enabled);
   $("release-to").disabled = !enabled;
   $("release-send").disabled = !enabled;
@@ -352,7 +368,7 @@ async function sendRelease(event) {
     const gmailId = response.headers.get("X-Gmail-Message-Id");
     result.textContent = `Sent to ${to.join(", ")}${gmailId ? ` (Gmail id ${gmailId})` : ""}.`;
   } catch (error) {
-    result.textContent = error.message;
+    showSentence(result, error.message);
     result.classList.add("error");
   } finally {
     $("release-send").disabled = false;
@@ -511,7 +527,7 @@ function start() {
   getJSON("/api/v1/webui")
     .then((config) => {
       state.relay = config;
-      if (!config.MessageRelay.Enabled) $("release").title = `Release is off: ${config.ReleaseHelp}`;
+      if (!config.MessageRelay.Enabled) $("release").title = `Release is off: ${config.ReleaseHelp.replaceAll("`", "")}`;
     })
     .catch(() => {});
   loadList();
