@@ -95,7 +95,7 @@ fn metrics() -> &'static Metrics {
         );
         registry.register(
             "token_refreshes",
-            "Access token requests by account and outcome (ok, temporary, credentials)",
+            "Access token requests by account and outcome (ok, temporary, credentials, unknown_user)",
             m.token_refreshes.clone(),
         );
         registry.register("smtp_auth_failures", "Failed SMTP AUTH attempts", m.auth_failures.clone());
