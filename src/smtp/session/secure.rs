@@ -130,6 +130,7 @@ impl Session {
                     "authentication failed"
                 );
                 if self.auth_failures >= MAX_AUTH_FAILURES {
+                    crate::telemetry::session_dropped("auth_failures");
                     self.conn.reply(&Reply::new(
                         421,
                         Status::SECURITY_TEMPORARY,
