@@ -88,6 +88,34 @@ async fn all_recipients_in_headers_means_the_exact_bytes() {
     server.stop().await;
 }
 
+/// `X-A: 1<CR>Bcc: …` is one field to our header reader and two to others (Python's, possibly
+/// Gmail's): a Bcc the recipient rules never saw. Refused at the end of DATA, nothing uploaded,
+/// whatever the policy on header recipients.
+#[tokio::test]
+async fn a_bare_cr_cannot_hide_a_bcc_from_the_recipient_rules() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let smuggling = "From: app@example.com\nTo: alice@example.com\n\
+X-A: 1\rBcc: smuggled@evil.example\nSubject: hi\n\nhello\n";
+    for policy in [HeaderOnlyRecipients::Reject, HeaderOnlyRecipients::Allow] {
+        let mut gmail = gmail_config(&google, dir.path());
+        gmail.header_only_recipients = Some(policy);
+        let server = start(&gmail).await;
+        let reply = send(
+            &server,
+            "app@example.com",
+            &["alice@example.com"],
+            smuggling,
+        )
+        .await;
+        assert_eq!(
+            reply,
+            "550 5.6.0 bare CR in the header section (a CR must be followed by LF)\r\n"
+        );
+        server.stop().await;
+    }
+    assert!(google.uploads().is_empty(), "nothing reaches Gmail");
+}
+
 #[tokio::test]
 async fn header_only_recipients_are_refused_unless_allowed() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());

@@ -32,6 +32,7 @@ use crate::status::Status;
 pub const MAX_LINE: usize = 4096;
 
 mod conduct;
+mod content;
 mod lines;
 mod secure;
 
@@ -463,8 +464,8 @@ impl Session {
                 );
             }
         };
-        if let Some(refused) = secure::from_refused(self.user.as_ref(), self.remote, &message).await
-        {
+        if let Some(refused) = content::refused(self.user.as_ref(), self.remote, &message).await {
+            crate::telemetry::message_received("permanent");
             return refused;
         }
         let envelope = Envelope {
