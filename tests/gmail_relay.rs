@@ -116,6 +116,36 @@ X-A: 1\rBcc: smuggled@evil.example\nSubject: hi\n\nhello\n";
     assert!(google.uploads().is_empty(), "nothing reaches Gmail");
 }
 
+/// A field after the part of the message the rules read (the first 256 KiB) would reach Gmail
+/// unread: a header section that does not end there is refused.
+#[tokio::test]
+async fn a_bcc_beyond_the_head_cannot_hide_from_the_recipient_rules() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = start(&gmail_config(&google, dir.path())).await;
+    let padding = format!("X-Pad: {}\n", "p".repeat(990)).repeat(300);
+    let message = format!(
+        "From: app@example.com\nTo: alice@example.com\n{padding}Bcc: hidden@evil.example\n\nhi\n"
+    );
+    let reply = send(&server, "app@example.com", &["alice@example.com"], &message).await;
+    assert!(
+        reply.starts_with("554 5.6.0 header section longer than 262144 bytes"),
+        "{reply}"
+    );
+    assert!(google.uploads().is_empty(), "nothing reaches Gmail");
+    // A long body is no header section.
+    let long_body =
+        format!("From: app@example.com\nTo: alice@example.com\n\n{padding}Bcc: body@x.example\n");
+    let reply = send(
+        &server,
+        "app@example.com",
+        &["alice@example.com"],
+        &long_body,
+    )
+    .await;
+    assert_code(&reply, 250);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn header_only_recipients_are_refused_unless_allowed() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
