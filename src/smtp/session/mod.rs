@@ -1,5 +1,6 @@
 //! One SMTP session: the state machine, with one method per verb (STARTTLS and AUTH, and the
-//! sender checks that AUTH implies, are in [`secure`]).
+//! sender checks that AUTH implies, are in [`secure`]; the lines and error counts that end a
+//! session in [`conduct`]; what the end of DATA refuses in [`content`]).
 //!
 //! smtp-proto parses each command line; everything else — state, limits, replies, reading the body —
 //! is here. Every verb method returns the reply to queue; the end of DATA hands the envelope and
