@@ -31,6 +31,7 @@ struct Metrics {
     queue_store_up: Gauge,
     token_refreshes: Family<Labels, Counter>,
     auth_failures: Counter,
+    sessions_dropped: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +59,7 @@ fn metrics() -> &'static Metrics {
             queue_store_up: Gauge::default(),
             token_refreshes: Family::default(),
             auth_failures: Counter::default(),
+            sessions_dropped: Family::default(),
         };
         registry.register("smtp_connections_open", "SMTP connections open now", m.connections_open.clone());
         registry.register("smtp_connections", "SMTP connections accepted", m.connections.clone());
@@ -99,6 +101,11 @@ fn metrics() -> &'static Metrics {
             m.token_refreshes.clone(),
         );
         registry.register("smtp_auth_failures", "Failed SMTP AUTH attempts", m.auth_failures.clone());
+        registry.register(
+            "smtp_sessions_dropped",
+            "SMTP sessions the server closed because of the client, by reason (not_smtp, too_many_errors, auth_failures)",
+            m.sessions_dropped.clone(),
+        );
         Metrics { registry, ..m }
     })
 }
@@ -176,6 +183,15 @@ pub fn queue_store_up(up: bool) {
 /// A failed SMTP AUTH attempt.
 pub fn auth_failure() {
     metrics().auth_failures.inc();
+}
+
+/// The server closed a session because of what the client sent: a line that is not SMTP (an HTTP
+/// request a web page made a browser send), too many errors, too many failed AUTH attempts.
+pub fn session_dropped(reason: &'static str) {
+    metrics()
+        .sessions_dropped
+        .get_or_create(&labels(&[("reason", reason)]))
+        .inc();
 }
 
 /// Everything, in the Prometheus text format.

@@ -88,6 +88,64 @@ async fn all_recipients_in_headers_means_the_exact_bytes() {
     server.stop().await;
 }
 
+/// `X-A: 1<CR>Bcc: …` is one field to our header reader and two to others (Python's, possibly
+/// Gmail's): a Bcc the recipient rules never saw. Refused at the end of DATA, nothing uploaded,
+/// whatever the policy on header recipients.
+#[tokio::test]
+async fn a_bare_cr_cannot_hide_a_bcc_from_the_recipient_rules() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let smuggling = "From: app@example.com\nTo: alice@example.com\n\
+X-A: 1\rBcc: smuggled@evil.example\nSubject: hi\n\nhello\n";
+    for policy in [HeaderOnlyRecipients::Reject, HeaderOnlyRecipients::Allow] {
+        let mut gmail = gmail_config(&google, dir.path());
+        gmail.header_only_recipients = Some(policy);
+        let server = start(&gmail).await;
+        let reply = send(
+            &server,
+            "app@example.com",
+            &["alice@example.com"],
+            smuggling,
+        )
+        .await;
+        assert_eq!(
+            reply,
+            "550 5.6.0 bare CR in the header section (a CR must be followed by LF)\r\n"
+        );
+        server.stop().await;
+    }
+    assert!(google.uploads().is_empty(), "nothing reaches Gmail");
+}
+
+/// A field after the part of the message the rules read (the first 256 KiB) would reach Gmail
+/// unread: a header section that does not end there is refused.
+#[tokio::test]
+async fn a_bcc_beyond_the_head_cannot_hide_from_the_recipient_rules() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = start(&gmail_config(&google, dir.path())).await;
+    let padding = format!("X-Pad: {}\n", "p".repeat(990)).repeat(300);
+    let message = format!(
+        "From: app@example.com\nTo: alice@example.com\n{padding}Bcc: hidden@evil.example\n\nhi\n"
+    );
+    let reply = send(&server, "app@example.com", &["alice@example.com"], &message).await;
+    assert!(
+        reply.starts_with("554 5.6.0 header section longer than 262144 bytes"),
+        "{reply}"
+    );
+    assert!(google.uploads().is_empty(), "nothing reaches Gmail");
+    // A long body is no header section.
+    let long_body =
+        format!("From: app@example.com\nTo: alice@example.com\n\n{padding}Bcc: body@x.example\n");
+    let reply = send(
+        &server,
+        "app@example.com",
+        &["alice@example.com"],
+        &long_body,
+    )
+    .await;
+    assert_code(&reply, 250);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn header_only_recipients_are_refused_unless_allowed() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());

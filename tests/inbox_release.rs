@@ -10,14 +10,15 @@ use common::running::Running;
 use reqwest::Method;
 use serde_json::json;
 
-fn with_gmail(dir: &std::path::Path, google: &FakeGoogle) -> Running {
+/// A server in `dir` with release through the fake Google; `extra` is more configuration.
+fn with_gmail(dir: &std::path::Path, google: &FakeGoogle, extra: &str) -> Running {
     fake_google::write_json(
         dir,
         "token.json",
         &fake_google::token_json(&google.token_uri()),
     );
     let gmail = format!(
-        "[gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n",
+        "[gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n{extra}",
         google.api_base()
     );
     common::inbox::write_config(dir, &gmail);
@@ -36,7 +37,7 @@ async fn release(server: &Running, id: &str, to: serde_json::Value) -> reqwest::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_goes_to_exactly_the_given_recipients() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = with_gmail(dir.path(), &google);
+    let server = with_gmail(dir.path(), &google, "");
     let html = "<p>Welcome</p>";
     send(
         server.smtp,
@@ -89,7 +90,7 @@ async fn release_goes_to_exactly_the_given_recipients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_errors_say_what_is_wrong() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = with_gmail(dir.path(), &google);
+    let server = with_gmail(dir.path(), &google, "");
     let message = common::inbox::text("app@example.com", "u@example.org", "s", "b");
     send(server.smtp, message).await;
     let bad = release(&server, "latest", json!(["not an address"])).await;
@@ -120,6 +121,29 @@ async fn release_errors_say_what_is_wrong() {
         "{text}"
     );
     assert!(google.uploads().is_empty());
+}
+
+/// A message stored before bare CRs were refused at the end of DATA (or a file put in file mode's
+/// folder by hand) is not released: `X-A: 1<CR>Bcc: …` would reach Gmail, which may read a Bcc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_with_a_bare_cr_in_its_header_section_is_not_released() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let mail = dir.path().join("mail");
+    std::fs::create_dir(&mail).unwrap();
+    let id = "00000000001abcdef02";
+    let smuggling = "From: app@example.com\r\nTo: u@example.org\r\n\
+X-A: 1\rBcc: smuggled@evil.example\r\nSubject: hi\r\n\r\nhello\r\n";
+    std::fs::write(mail.join(format!("{id}.eml")), smuggling).unwrap();
+    let file_mode = format!(
+        "[relay]\nmode = \"file\"\n[file]\ndir = '{}'\n",
+        mail.display()
+    );
+    let server = with_gmail(dir.path(), &google, &file_mode);
+    let response = release(&server, id, json!(["qa@example.org"])).await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("bare CR in the header section"), "{text}");
+    assert!(google.uploads().is_empty(), "nothing reaches Gmail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

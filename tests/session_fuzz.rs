@@ -444,8 +444,9 @@ fn random_inputs_never_break_the_session() {
 
 /// Streams many times longer than the bound leave a session within the same bound: memory does
 /// not grow with what a client sends. The floods are pipelined commands whose replies are longer
-/// than they are (which a reply queue without a cap would hold all at once), bare newlines, an
-/// endless line, bodies over the size limit, and recipients over the cap.
+/// than they are (which a reply queue without a cap would hold all at once), tiny bare-LF lines,
+/// an endless line, bodies over the size limit, and recipients over the cap. None of them is a
+/// bad or idle command a session counts (one endless line is one error), so the session goes on.
 #[test]
 fn long_hostile_streams_stay_within_the_bound() {
     let mut stream =
@@ -454,8 +455,8 @@ fn long_hostile_streams_stay_within_the_bound() {
     // after it arrive in large reads.
     stream.extend([[b'y'; 98].as_slice(), b"\r\n"].concat().repeat(10_000));
     stream.extend_from_slice(b".\r\n");
-    stream.extend(b"HELP\r\n".repeat(100_000));
-    stream.extend(b"\n".repeat(200_000));
+    stream.extend(b"EHLO x\r\n".repeat(100_000));
+    stream.extend(b"EHLO x\n".repeat(50_000));
     stream.extend_from_slice(b"NOOP ");
     stream.extend(vec![b'x'; 1 << 20]);
     stream.extend_from_slice(b"\r\nMAIL FROM:<a@example.com>\r\n");
@@ -479,6 +480,29 @@ fn long_hostile_streams_stay_within_the_bound() {
             "hostile streams: {} bytes of replies, peak memory {peak} bytes, bound {bound}",
             out.len()
         );
+    });
+}
+
+/// Floods of bad commands (bare newlines) or idle ones (HELP) end the session with 421 once the
+/// session's allowance is used up, whatever follows, and within the same memory bound.
+#[test]
+fn floods_of_bad_or_idle_commands_end_the_session() {
+    let floods: [Vec<u8>; 2] = [b"\n".repeat(200_000), b"HELP\r\n".repeat(100_000)];
+    runtime().block_on(async {
+        warm_up().await;
+        for flood in floods {
+            let target = Arc::new(LastMessage::default());
+            let (out, peak) = run(context(target.clone()), LOOPBACK, 700, flood, RECOVERY).await;
+            assert!(!check_recovered(700, &out, &target), "closed with 421");
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                text.ends_with("421 4.7.0 too many errors, closing connection\r\n"),
+                "{}",
+                &text[text.len().saturating_sub(300)..]
+            );
+            assert!(target.take().is_none(), "nothing after the flood was read");
+            assert!(peak <= memory_bound(&limits()));
+        }
     });
 }
 

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use super::Inbox;
 use super::api::{ApiError, raw_bytes};
 use crate::config::Config;
-use crate::message::headers::{Headers, LineEnding, header_end};
+use crate::message::headers::{Headers, LineEnding, check_line_endings, header_end};
 use crate::message::mailbox::mailbox_key;
 use crate::message::{Address, Envelope, Message, MessageId};
 use crate::relay::{Deliver, DeliveryError, Gmail};
@@ -199,6 +199,9 @@ fn recipients(to: &[String]) -> Result<Vec<String>, String> {
 /// `raw` addressed to exactly `recipients`, with a new Message-ID and Date; an error when the
 /// result would not say exactly that (which no input is known to cause).
 fn readdress(raw: &[u8], recipients: &[String], id: &MessageId) -> Result<Vec<u8>, String> {
+    // Stored messages may predate the rule (or be files put in file mode's folder by hand); with
+    // it, the LF-split reading below finds the fields every reader finds.
+    check_line_endings(raw).map_err(|err| format!("cannot release this message: {err}"))?;
     let eol = LineEnding::detect(raw).as_bytes();
     // Without a header field the bytes are all body (a line without a colon is no field).
     let end = match Headers::read(raw).has_fields {
@@ -329,6 +332,14 @@ To: body-text@example.com\r\n";
         );
         let many: Vec<String> = (0..101).map(|i| format!("u{i}@x.org")).collect();
         assert!(recipients(&many).is_err());
+    }
+
+    #[test]
+    fn a_bare_cr_in_the_header_section_is_refused() {
+        let raw = b"To: a@x\r\nX-A: 1\rBcc: smuggled@evil.example\r\n\r\nbody\r\n";
+        let id = MessageId::from_stored("0123456789abcdef012");
+        let refused = readdress(raw, &["b@y".to_string()], &id).unwrap_err();
+        assert!(refused.contains("bare CR"), "{refused}");
     }
 
     #[test]

@@ -196,6 +196,32 @@ impl Headers {
     }
 }
 
+/// A header section with a CR that is not part of a CRLF.
+///
+/// Readers disagree on what such a CR is: ours (and mail-parser) reads `X-A: 1\rBcc: b@x` as
+/// one field, Python's email package and possibly Gmail as two, so a Bcc the recipient rules
+/// never saw would be delivered. RFC 5322 forbids a CR outside CRLF, no client writes one, and
+/// every byte of a message goes to Gmail as received, so such a message is refused rather than
+/// repaired (see docs/design.md). A bare LF is different: every reader takes it for a line ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bare CR in the header section (a CR must be followed by LF)")]
+pub struct BareCr;
+
+/// The one rule for line endings in a header section, applied wherever a message is taken
+/// (the end of DATA, release from the inbox): a CR must be followed by LF. With it, splitting the
+/// section on LF (as [`header_end`], [`Headers::read`] and every other header reader here do)
+/// finds the lines any reader finds. `raw` may be the head of a longer message: a CR that is its
+/// last byte hides nothing in it, and is not refused.
+pub fn check_line_endings(raw: &[u8]) -> Result<(), BareCr> {
+    let section = &raw[..header_end(raw)];
+    let bare = memchr::memchr_iter(b'\r', section)
+        .any(|at| section.get(at + 1).is_some_and(|&next| next != b'\n'));
+    match bare {
+        true => Err(BareCr),
+        false => Ok(()),
+    }
+}
+
 /// Where the header section ends: the start of the first empty line (`\r\n` or `\n` alone), or the
 /// end of the message when there is none (a message may have no body).
 pub fn header_end(raw: &[u8]) -> usize {
@@ -230,6 +256,28 @@ mod tests {
         assert_eq!(header_end(b""), 0);
         // A line of blanks is a folded continuation, not the end of the headers.
         assert_eq!(header_end(b"To: a@x\r\n \r\nCc: b@x\r\n\r\n"), 21);
+    }
+
+    #[test]
+    fn a_cr_in_the_header_section_must_start_a_crlf() {
+        for raw in [
+            &b"X-A: 1\rBcc: smuggled@evil.example\r\n\r\nbody"[..],
+            b"X-A: 1\r\rBcc: b@x\r\n\r\n",
+            b"X-A: 1\r\n\r\r\nBcc: b@x\r\n\r\n",
+            b"To: a@x\r\n\rBcc: b@x\n\n",
+            b"\rBcc: b@x\r\n",
+        ] {
+            assert_eq!(check_line_endings(raw), Err(BareCr), "{raw:?}");
+        }
+        for raw in [
+            &b"To: a@x\r\nSubject: s\r\n\r\nbody\rwith a CR\r\n"[..],
+            b"To: a@x\nSubject: s\n\nbody",
+            b"To: a@x\r\n\r\n\r",
+            b"To: a@x\r",
+            b"",
+        ] {
+            assert_eq!(check_line_endings(raw), Ok(()), "{raw:?}");
+        }
     }
 
     #[test]

@@ -157,6 +157,16 @@ impl Gmail {
         headers: &Headers,
         total: u64,
     ) -> Result<Decision, DeliveryError> {
+        // Fields after the head would reach Gmail unread by the rules (a Bcc among them, a
+        // recipient nobody named in the envelope): a header section must end within it.
+        if headers.end == head.len() && (head.len() as u64) < total {
+            return Err(DeliveryError::Permanent {
+                status: Status::BAD_MESSAGE,
+                reason: format!(
+                    "header section longer than {HEAD_LIMIT} bytes (no empty line before the body)"
+                ),
+            });
+        }
         let sender = envelope.mail_from.as_ref().map(|a| a.as_str());
         let from = headers
             .from

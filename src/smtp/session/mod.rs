@@ -1,5 +1,6 @@
 //! One SMTP session: the state machine, with one method per verb (STARTTLS and AUTH, and the
-//! sender checks that AUTH implies, are in [`secure`]).
+//! sender checks that AUTH implies, are in [`secure`]; the lines and error counts that end a
+//! session in [`conduct`]; what the end of DATA refuses in [`content`]).
 //!
 //! smtp-proto parses each command line; everything else — state, limits, replies, reading the body —
 //! is here. Every verb method returns the reply to queue; the end of DATA hands the envelope and
@@ -12,6 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use smtp_proto::{MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 
+use conduct::{NotSmtp, Strikes};
 use lines::{LineFacts, parse_error_reply};
 use tokio_util::sync::CancellationToken;
 
@@ -30,9 +32,12 @@ use crate::status::Status;
 /// DSN parameters) need more, so be lenient up to a few KiB.
 pub const MAX_LINE: usize = 4096;
 
+mod conduct;
+mod content;
 mod lines;
 mod secure;
 
+pub use conduct::{MAX_ERRORS, MAX_JUNK_COMMANDS};
 pub use secure::Origin;
 
 /// What every session of one server shares.
@@ -80,6 +85,8 @@ pub struct Session {
     user: Option<Arc<User>>,
     /// Failed AUTH attempts in this session; too many close it.
     auth_failures: u32,
+    /// Bad and idle commands so far; too many close the session.
+    strikes: Strikes,
 }
 
 impl Session {
@@ -99,6 +106,7 @@ impl Session {
             origin,
             user: None,
             auth_failures: 0,
+            strikes: Strikes::default(),
         }
     }
 
@@ -147,23 +155,28 @@ impl Session {
             };
             let len = match line {
                 Line::TooLong => {
-                    self.conn
-                        .reply(&Reply::new(500, Status::SYNTAX, "line too long"));
-                    continue;
+                    let reply = Reply::new(500, Status::SYNTAX, "line too long");
+                    match self.bad_command(reply) {
+                        Flow::Close => return Ok(()),
+                        Flow::Continue => continue,
+                    }
                 }
                 Line::Complete(len) => len,
             };
             let line = &self.conn.buffered()[..len];
+            // Before anything else: whatever follows such a line must not be read as commands.
+            if let Some(not_smtp) = NotSmtp::of(line) {
+                self.conn.consume(len);
+                self.refuse_not_smtp(not_smtp);
+                return Ok(());
+            }
             let facts = LineFacts::of(line);
             let parsed = Request::parse(&mut line.iter()).map(Request::into_owned);
             self.conn.consume(len);
             let flow = match parsed {
                 _ if facts.oversized_number => self.oversized_number(facts.bdat),
                 Ok(request) => self.dispatch(request, facts.names_postmaster).await?,
-                Err(err) => {
-                    self.conn.reply(&parse_error_reply(err));
-                    Flow::Continue
-                }
+                Err(err) => self.bad_command(parse_error_reply(err)),
             };
             if flow == Flow::Close {
                 return Ok(());
@@ -186,14 +199,18 @@ impl Session {
                 chunk_size,
                 is_last,
             } => self.bdat(chunk_size, is_last).await?,
-            Request::Rset => self.rset(),
-            Request::Noop { .. } => Reply::new(250, Status::OK, "OK"),
-            Request::Vrfy { .. } => Reply::new(
-                252,
-                Status::RECIPIENT_OK,
-                "cannot verify, but will accept the message",
-            ),
-            Request::Help { .. } => help(),
+            Request::Rset => {
+                let reply = self.rset();
+                return Ok(self.junk_command(reply));
+            }
+            Request::Noop { .. } => {
+                return Ok(self.junk_command(Reply::new(250, Status::OK, "OK")));
+            }
+            Request::Vrfy { .. } => {
+                let text = "cannot verify, but will accept the message";
+                return Ok(self.junk_command(Reply::new(252, Status::RECIPIENT_OK, text)));
+            }
+            Request::Help { .. } => return Ok(self.junk_command(help())),
             Request::StartTls => return self.starttls().await,
             Request::Auth {
                 mechanism,
@@ -203,11 +220,10 @@ impl Session {
                 self.conn.reply(&Reply::new(221, Status::OK, "bye"));
                 return Ok(Flow::Close);
             }
-            other => Reply::new(
-                502,
-                Status::INVALID_COMMAND,
-                format!("{} not implemented", other.name()),
-            ),
+            other => {
+                let text = format!("{} not implemented", other.name());
+                return Ok(self.bad_command(Reply::new(502, Status::INVALID_COMMAND, text)));
+            }
         };
         self.conn.reply(&reply);
         Ok(Flow::Continue)
@@ -449,8 +465,8 @@ impl Session {
                 );
             }
         };
-        if let Some(refused) = secure::from_refused(self.user.as_ref(), self.remote, &message).await
-        {
+        if let Some(refused) = content::refused(self.user.as_ref(), self.remote, &message).await {
+            crate::telemetry::message_received("permanent");
             return refused;
         }
         let envelope = Envelope {
@@ -468,6 +484,9 @@ impl Session {
             Err(err) if err.is_permanent() => "permanent",
             Err(_) => "temporary",
         });
+        if outcome.is_ok() {
+            self.strikes.message_accepted();
+        }
         let reply = Reply::from_delivery(&outcome);
         let outcome_text = match &outcome {
             Ok(receipt) => format!("accepted {}", receipt.id),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 use super::{Flow, MAX_LINE, Session};
+use crate::message::Address;
 use crate::message::headers::Headers;
-use crate::message::{Address, HEAD_LIMIT, Message};
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
 use crate::smtp::reply::Reply;
@@ -130,6 +130,7 @@ impl Session {
                     "authentication failed"
                 );
                 if self.auth_failures >= MAX_AUTH_FAILURES {
+                    crate::telemetry::session_dropped("auth_failures");
                     self.conn.reply(&Reply::new(
                         421,
                         Status::SECURITY_TEMPORARY,
@@ -273,24 +274,11 @@ impl Session {
 
 /// The reply to the end of DATA when the From header names an address the user may not use.
 /// Without this check `senders` would be cosmetic: Gmail shows the From, and with a service
-/// account impersonating the sender, the From is who the mail is sent as.
-/// (A function of the parts it needs rather than a `&self` method: a shared borrow of the
-/// session held across the read would need the session's stream to be `Sync`.)
-pub(super) async fn from_refused(
-    user: Option<&Arc<User>>,
-    remote: SocketAddr,
-    message: &Message,
-) -> Option<Reply> {
+/// account impersonating the sender, the From is who the mail is sent as. `head` is the start of
+/// the message ([`HEAD_LIMIT`](crate::message::HEAD_LIMIT) bytes at most).
+pub(super) fn from_refused(user: Option<&Arc<User>>, head: &[u8]) -> Option<Reply> {
     let user = user.filter(|user| user.is_restricted())?;
-    let head = match message.head(HEAD_LIMIT).await {
-        Ok(head) => head,
-        Err(err) => {
-            tracing::error!(remote = %remote, %err, "cannot read the message head");
-            let text = "cannot read the message, try again later";
-            return Some(Reply::new(451, Status::SYSTEM_TEMPORARY, text));
-        }
-    };
-    let headers = Headers::read(&head);
+    let headers = Headers::read(head);
     let mut fields = headers.from.iter();
     let bad = fields.find(|field| {
         !field.unparsed.is_empty() || field.addresses.iter().any(|a| !user.may_use(a))
