@@ -15,10 +15,11 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::Loaded;
 use super::index::Entry;
 use super::mailpit::{ListItem, Message, MessageList};
 use super::search::{Candidate, Query as Search};
-use super::{Inbox, events, mime, release};
+use super::{Inbox, budget, events, mime, release};
 
 /// Mailpit's default page size.
 const DEFAULT_LIMIT: usize = 50;
@@ -150,9 +151,16 @@ async fn matching(inbox: &Inbox, text: &str) -> Result<Vec<Entry>, ApiError> {
                 size: entry.size,
                 received: entry.received_ms.div_euclid(1000),
             };
-            query.matches(&candidate, &mut || {
-                raw().map(|b| mime::search_text(&b)).unwrap_or_default()
-            })
+            // Without the bytes, a term that needs the body leaves the answer open.
+            let mut undecided = false;
+            let holds = query.matches(&candidate, &mut || match raw {
+                Some(raw) => mime::search_text(raw),
+                None => {
+                    undecided = true;
+                    String::new()
+                }
+            });
+            (!undecided).then_some(holds)
         })
         .await)
 }
@@ -266,23 +274,23 @@ async fn message(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let entry = find(&inbox, &id).await?;
-    let view = inbox
+    let (view, charge) = inbox
         .view(&entry.id)
         .await
         .map_err(ApiError::storage)?
         .ok_or_else(ApiError::not_found)?;
     let summary = entry.summary.clone().unwrap_or_default();
-    let body = Message::new(&entry, &summary, &view);
+    let body = axum::Json(Message::new(&entry, &summary, &view)).into_response();
     inbox.set_read(std::slice::from_ref(&entry.id), true).await;
-    Ok(axum::Json(body).into_response())
+    Ok(budget::hold(body, charge).await)
 }
 
-/// The raw bytes of message `id`, or 404.
-pub async fn raw_bytes(inbox: &Inbox, id: &str) -> Result<(Entry, Bytes), ApiError> {
+/// The raw bytes of message `id`, read within the budget, or 404.
+pub async fn raw_bytes(inbox: &Inbox, id: &str) -> Result<(Entry, Loaded), ApiError> {
     let entry = find(inbox, id).await?;
     let raw = inbox
         .store
-        .raw(&entry.id)
+        .load(&entry.id)
         .await
         .map_err(ApiError::storage)?;
     Ok((entry, raw.ok_or_else(ApiError::not_found)?))
@@ -294,10 +302,11 @@ async fn headers(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let (raw, charge) = raw.into_parts();
     let headers = tokio::task::spawn_blocking(move || mime::headers(&raw))
         .await
         .unwrap_or_default();
-    Ok(axum::Json(headers).into_response())
+    Ok(budget::hold(axum::Json(headers).into_response(), charge).await)
 }
 
 /// `GET /api/v1/message/{id}/raw`; `?dl=1` offers it as `<id>.eml`.
@@ -306,8 +315,21 @@ async fn raw(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
-    let (entry, raw) = raw_bytes(&inbox, &id).await?;
-    let mut response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response();
+    let entry = find(&inbox, &id).await?;
+    let (len, chunks) = inbox
+        .store
+        .stream(&entry.id)
+        .await
+        .map_err(ApiError::storage)?
+        .ok_or_else(ApiError::not_found)?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            "text/plain; charset=utf-8".to_string(),
+        ),
+        (header::CONTENT_LENGTH, len.to_string()),
+    ];
+    let mut response = (headers, axum::body::Body::from_stream(chunks)).into_response();
     if params.get("dl").map(String::as_str) == Some("1") {
         let disposition = format!("attachment; filename=\"{}.eml\"", ascii_name(&entry.id));
         if let Ok(value) = HeaderValue::from_str(&disposition) {
@@ -335,6 +357,7 @@ async fn part(
     Path((id, part_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let (raw, charge) = raw.into_parts();
     let part = tokio::task::spawn_blocking(move || mime::part(&raw, &part_id))
         .await
         .ok()
@@ -346,9 +369,11 @@ async fn part(
         false => (part.content_type, "inline"),
     };
     let disposition = content_disposition(disposition, &part.file_name);
-    let mut response = part.bytes.into_response();
+    let len = part.bytes.len().to_string();
+    let mut response = budget::body(part.bytes.into(), charge).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
+        (header::CONTENT_LENGTH, len),
         (header::CONTENT_TYPE, content_type),
         (header::CONTENT_DISPOSITION, disposition),
         // Whatever the type claims, nothing in it runs with the inbox's origin.

@@ -82,6 +82,13 @@ pub struct View {
     pub attachments: Vec<Attachment>,
 }
 
+impl View {
+    /// About how many bytes it holds: its text and HTML.
+    pub fn bytes(&self) -> usize {
+        self.text.len() + self.html.len()
+    }
+}
+
 /// One part's decoded bytes, for download.
 #[derive(Debug, Clone)]
 pub struct Part {

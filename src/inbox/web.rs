@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::Inbox;
 use super::api::{ApiError, find};
 use super::mime::View;
+use super::{Inbox, budget};
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -96,14 +96,15 @@ async fn view(
         _ => return Err(ApiError::not_found()),
     };
     let entry = find(&inbox, id).await?;
-    let view = inbox
+    let (view, charge) = inbox
         .view(&entry.id)
         .await
         .map_err(ApiError::storage)?
         .ok_or_else(ApiError::not_found)?;
     if !html {
         let text = view.text.clone();
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+        let response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text);
+        return Ok(budget::hold(response.into_response(), charge).await);
     }
     if view.html.is_empty() {
         return Err(ApiError::not_found());
@@ -121,7 +122,7 @@ async fn view(
             .headers_mut()
             .insert(header::CONTENT_SECURITY_POLICY, value);
     }
-    Ok(response)
+    Ok(budget::hold(response, charge).await)
 }
 
 /// The policy of a message's HTML: sandboxed (no scripts, no forms, an opaque origin; links may
