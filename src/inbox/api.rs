@@ -342,14 +342,17 @@ async fn raw(
 }
 
 /// Types a browser would run or render as a page: always downloaded, never shown (as Mailpit).
-const ACTIVE_TYPES: &[&str] = &[
-    "text/html",
-    "text/xml",
-    "application/xhtml+xml",
-    "image/svg+xml",
-    "application/xml",
-    "text/xsl",
-];
+/// Every `…+xml` type is too (SVG and XHTML run scripts, and any XML may name an XSLT style
+/// sheet that makes a page of it).
+const ACTIVE_TYPES: &[&str] = &["text/html", "text/xml", "application/xml", "text/xsl"];
+
+/// Whether a part of `content_type` must be downloaded rather than shown: an active type, or
+/// one that is not a plain `type/subtype` (a browser reads `text/plain,text/html` as HTML).
+fn is_active(content_type: &str) -> bool {
+    !mime::is_plain_type(content_type)
+        || ACTIVE_TYPES.contains(&content_type)
+        || content_type.ends_with("+xml")
+}
 
 /// `GET /api/v1/message/{id}/part/{part}`: one attachment or inline part, decoded.
 async fn part(
@@ -363,8 +366,7 @@ async fn part(
         .ok()
         .flatten()
         .ok_or_else(ApiError::not_found)?;
-    let active = ACTIVE_TYPES.contains(&part.content_type.as_str());
-    let (content_type, disposition) = match active {
+    let (content_type, disposition) = match is_active(&part.content_type) {
         true => ("application/octet-stream".to_string(), "attachment"),
         false => (part.content_type, "inline"),
     };
@@ -487,5 +489,32 @@ mod tests {
         );
         assert_eq!(content_disposition("attachment", ""), "attachment");
         assert!(HeaderValue::from_str(&content_disposition("inline", "a\r\nb")).is_ok());
+    }
+
+    #[test]
+    fn parts_a_browser_could_run_are_downloaded() {
+        for active in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "application/rss+xml",
+            "application/vnd.example+xml",
+            "text/xml",
+            "application/xml",
+            "text/xsl",
+            "text/plain,text/html",
+            "text/html;charset=utf-8",
+            "",
+        ] {
+            assert!(is_active(active), "{active}");
+        }
+        for shown in [
+            "image/png",
+            "application/pdf",
+            "text/plain",
+            "application/xml-dtd",
+        ] {
+            assert!(!is_active(shown), "{shown}");
+        }
     }
 }
