@@ -8,6 +8,9 @@
 //!   (this also covers the WebSocket, which browsers open to any origin); a request with a body
 //!   must be `application/json`, which a form cannot send and a script on another site can only
 //!   send after a CORS preflight that is never granted; nothing changes on `GET`.
+//! - **Other sites' reads**: a `GET` another site's page makes (`<img>`, a no-cors `fetch`)
+//!   carries no `Origin` but `Sec-Fetch-Site: cross-site`, and is refused unless it follows a
+//!   link; every answer says `Cross-Origin-Resource-Policy: same-origin`.
 //! - **Other machines**: when the inbox can be reached from the network (see
 //!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
 //!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
