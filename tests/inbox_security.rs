@@ -311,8 +311,8 @@ async fn message_html_and_parts_are_served_sandboxed() {
         html.contains("<a target=\"_blank\" rel=\"noopener noreferrer\" href=https://x.example")
     );
     assert!(
-        html.contains("<img src=\"/api/v1/message/"),
-        "cid: points at the part: {html}"
+        html.contains("<img src=\"data:image/png;base64,cG5n\">"),
+        "cid: is the part as a data: URL: {html}"
     );
     let remote = reqwest::get(server.url("/view/latest.html?images=1"))
         .await

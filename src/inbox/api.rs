@@ -15,10 +15,11 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::Loaded;
 use super::index::Entry;
 use super::mailpit::{ListItem, Message, MessageList};
 use super::search::{Candidate, Query as Search};
-use super::{Inbox, events, mime, release};
+use super::{Inbox, budget, events, mime, release};
 
 /// Mailpit's default page size.
 const DEFAULT_LIMIT: usize = 50;
@@ -150,9 +151,16 @@ async fn matching(inbox: &Inbox, text: &str) -> Result<Vec<Entry>, ApiError> {
                 size: entry.size,
                 received: entry.received_ms.div_euclid(1000),
             };
-            query.matches(&candidate, &mut || {
-                raw().map(|b| mime::search_text(&b)).unwrap_or_default()
-            })
+            // Without the bytes, a term that needs the body leaves the answer open.
+            let mut undecided = false;
+            let holds = query.matches(&candidate, &mut || match raw {
+                Some(raw) => mime::search_text(raw),
+                None => {
+                    undecided = true;
+                    String::new()
+                }
+            });
+            (!undecided).then_some(holds)
         })
         .await)
 }
@@ -266,23 +274,23 @@ async fn message(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let entry = find(&inbox, &id).await?;
-    let view = inbox
+    let (view, charge) = inbox
         .view(&entry.id)
         .await
         .map_err(ApiError::storage)?
         .ok_or_else(ApiError::not_found)?;
     let summary = entry.summary.clone().unwrap_or_default();
-    let body = Message::new(&entry, &summary, &view);
+    let body = axum::Json(Message::new(&entry, &summary, &view)).into_response();
     inbox.set_read(std::slice::from_ref(&entry.id), true).await;
-    Ok(axum::Json(body).into_response())
+    Ok(budget::hold(body, charge).await)
 }
 
-/// The raw bytes of message `id`, or 404.
-pub async fn raw_bytes(inbox: &Inbox, id: &str) -> Result<(Entry, Bytes), ApiError> {
+/// The raw bytes of message `id`, read within the budget, or 404.
+pub async fn raw_bytes(inbox: &Inbox, id: &str) -> Result<(Entry, Loaded), ApiError> {
     let entry = find(inbox, id).await?;
     let raw = inbox
         .store
-        .raw(&entry.id)
+        .load(&entry.id)
         .await
         .map_err(ApiError::storage)?;
     Ok((entry, raw.ok_or_else(ApiError::not_found)?))
@@ -294,10 +302,11 @@ async fn headers(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let (raw, charge) = raw.into_parts();
     let headers = tokio::task::spawn_blocking(move || mime::headers(&raw))
         .await
         .unwrap_or_default();
-    Ok(axum::Json(headers).into_response())
+    Ok(budget::hold(axum::Json(headers).into_response(), charge).await)
 }
 
 /// `GET /api/v1/message/{id}/raw`; `?dl=1` offers it as `<id>.eml`.
@@ -306,8 +315,21 @@ async fn raw(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
-    let (entry, raw) = raw_bytes(&inbox, &id).await?;
-    let mut response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw).into_response();
+    let entry = find(&inbox, &id).await?;
+    let (len, chunks) = inbox
+        .store
+        .stream(&entry.id)
+        .await
+        .map_err(ApiError::storage)?
+        .ok_or_else(ApiError::not_found)?;
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            "text/plain; charset=utf-8".to_string(),
+        ),
+        (header::CONTENT_LENGTH, len.to_string()),
+    ];
+    let mut response = (headers, axum::body::Body::from_stream(chunks)).into_response();
     if params.get("dl").map(String::as_str) == Some("1") {
         let disposition = format!("attachment; filename=\"{}.eml\"", ascii_name(&entry.id));
         if let Ok(value) = HeaderValue::from_str(&disposition) {
@@ -320,14 +342,17 @@ async fn raw(
 }
 
 /// Types a browser would run or render as a page: always downloaded, never shown (as Mailpit).
-const ACTIVE_TYPES: &[&str] = &[
-    "text/html",
-    "text/xml",
-    "application/xhtml+xml",
-    "image/svg+xml",
-    "application/xml",
-    "text/xsl",
-];
+/// Every `…+xml` type is too (SVG and XHTML run scripts, and any XML may name an XSLT style
+/// sheet that makes a page of it).
+const ACTIVE_TYPES: &[&str] = &["text/html", "text/xml", "application/xml", "text/xsl"];
+
+/// Whether a part of `content_type` must be downloaded rather than shown: an active type, or
+/// one that is not a plain `type/subtype` (a browser reads `text/plain,text/html` as HTML).
+fn is_active(content_type: &str) -> bool {
+    !mime::is_plain_type(content_type)
+        || ACTIVE_TYPES.contains(&content_type)
+        || content_type.ends_with("+xml")
+}
 
 /// `GET /api/v1/message/{id}/part/{part}`: one attachment or inline part, decoded.
 async fn part(
@@ -335,20 +360,22 @@ async fn part(
     Path((id, part_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (_, raw) = raw_bytes(&inbox, &id).await?;
+    let (raw, charge) = raw.into_parts();
     let part = tokio::task::spawn_blocking(move || mime::part(&raw, &part_id))
         .await
         .ok()
         .flatten()
         .ok_or_else(ApiError::not_found)?;
-    let active = ACTIVE_TYPES.contains(&part.content_type.as_str());
-    let (content_type, disposition) = match active {
+    let (content_type, disposition) = match is_active(&part.content_type) {
         true => ("application/octet-stream".to_string(), "attachment"),
         false => (part.content_type, "inline"),
     };
     let disposition = content_disposition(disposition, &part.file_name);
-    let mut response = part.bytes.into_response();
+    let len = part.bytes.len().to_string();
+    let mut response = budget::body(part.bytes.into(), charge).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
+        (header::CONTENT_LENGTH, len),
         (header::CONTENT_TYPE, content_type),
         (header::CONTENT_DISPOSITION, disposition),
         // Whatever the type claims, nothing in it runs with the inbox's origin.
@@ -462,5 +489,32 @@ mod tests {
         );
         assert_eq!(content_disposition("attachment", ""), "attachment");
         assert!(HeaderValue::from_str(&content_disposition("inline", "a\r\nb")).is_ok());
+    }
+
+    #[test]
+    fn parts_a_browser_could_run_are_downloaded() {
+        for active in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "application/rss+xml",
+            "application/vnd.example+xml",
+            "text/xml",
+            "application/xml",
+            "text/xsl",
+            "text/plain,text/html",
+            "text/html;charset=utf-8",
+            "",
+        ] {
+            assert!(is_active(active), "{active}");
+        }
+        for shown in [
+            "image/png",
+            "application/pdf",
+            "text/plain",
+            "application/xml-dtd",
+        ] {
+            assert!(!is_active(shown), "{shown}");
+        }
     }
 }

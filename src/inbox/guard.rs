@@ -8,6 +8,9 @@
 //!   (this also covers the WebSocket, which browsers open to any origin); a request with a body
 //!   must be `application/json`, which a form cannot send and a script on another site can only
 //!   send after a CORS preflight that is never granted; nothing changes on `GET`.
+//! - **Other sites' reads**: a `GET` another site's page makes (`<img>`, a no-cors `fetch`)
+//!   carries no `Origin` but `Sec-Fetch-Site: cross-site`, and is refused unless it follows a
+//!   link; every answer says `Cross-Origin-Resource-Policy: same-origin`.
 //! - **Other machines**: when the inbox can be reached from the network (see
 //!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
 //!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
@@ -144,25 +147,49 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
     Some((name.to_string(), password.to_string()))
 }
 
-/// Whether `origin` (`scheme://host[:port]`) is the origin of a request to `host` (the `Host`
-/// header). `null` (sandboxed frames, files) is never the inbox.
-fn same_origin(origin: &str, host: &str) -> bool {
-    let Ok(origin) = url::Url::parse(origin) else {
+/// Whether `origin` (`scheme://host[:port]`) is the origin of a request made with `scheme` to
+/// `host` (the `Host` header): the same scheme, host and port, a missing port being the
+/// scheme's default. `null` (sandboxed frames, files) is never the inbox.
+fn same_origin(origin: &str, scheme: &str, host: &str) -> bool {
+    let (Ok(origin), Ok(inbox)) = (
+        url::Url::parse(origin),
+        url::Url::parse(&format!("{scheme}://{}", host.trim())),
+    ) else {
         return false;
     };
-    let Some(name) = origin.host_str() else {
-        return false;
+    // The parser lowercases schemes and names and drops default ports on both sides alike.
+    origin.scheme() == inbox.scheme()
+        && origin.host().is_some()
+        && origin.host() == inbox.host()
+        && origin.port_or_known_default() == inbox.port_or_known_default()
+}
+
+/// The scheme the browser used: `http` (the inbox speaks no TLS), or what a TLS proxy in front
+/// says in `X-Forwarded-Proto`. A page cannot make a browser send that header to another origin
+/// (it is not CORS-safelisted: a preflight, never granted).
+fn request_scheme(headers: &HeaderMap) -> String {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "https")
+        .unwrap_or_else(|| "http".to_string())
+}
+
+/// A request a page on another site made the browser send (an `<img>`, a no-cors `fetch`
+/// through some loopback name), rather than a link followed to the inbox: browsers say so in
+/// `Sec-Fetch-Site`, whatever the host name. Such requests carry no `Origin` on `GET`.
+fn from_another_site(headers: &HeaderMap) -> bool {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     };
-    let authority = match origin.port() {
-        Some(port) => format!("{name}:{port}"),
-        None => name.to_string(),
-    };
-    let host = host.trim().to_ascii_lowercase();
-    let default_port = format!(
-        "{authority}:{}",
-        origin.port_or_known_default().unwrap_or(0)
-    );
-    authority == host || default_port == host
+    let followed_link =
+        value("sec-fetch-mode") == "navigate" && value("sec-fetch-dest") == "document";
+    value("sec-fetch-site") == "cross-site" && !followed_link
 }
 
 fn refuse(status: StatusCode, reason: &str) -> Response {
@@ -199,9 +226,19 @@ pub async fn check(
         );
     }
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !same_origin(origin.to_str().unwrap_or_default(), &host)
+        && !same_origin(
+            origin.to_str().unwrap_or_default(),
+            &request_scheme(headers),
+            &host,
+        )
     {
         return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+    }
+    if from_another_site(headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "requests from other sites are refused",
+        );
     }
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     if !reads && has_body(headers) && !is_json(headers) {
@@ -227,6 +264,12 @@ pub async fn check(
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    // Mail is for the inbox's own page: no other origin may embed an answer (an image, a
+    // script), which could leak its size or, without site isolation, its bytes.
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -287,12 +330,32 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(same_origin("http://127.0.0.1:9925", "127.0.0.1:9925"));
-        assert!(same_origin("http://localhost", "localhost:80"));
-        assert!(same_origin("http://LocalHost:9925", "localhost:9925"));
-        assert!(!same_origin("http://evil.example", "127.0.0.1:9925"));
-        assert!(!same_origin("http://127.0.0.1:8000", "127.0.0.1:9925"));
-        assert!(!same_origin("null", "127.0.0.1:9925"));
+        let same = |origin, host| same_origin(origin, "http", host);
+        assert!(same("http://127.0.0.1:9925", "127.0.0.1:9925"));
+        assert!(same("http://localhost", "localhost:80"));
+        assert!(same("http://localhost:80", "localhost"));
+        assert!(same("http://LocalHost:9925", "localhost:9925"));
+        assert!(same("http://[::1]:9925", "[::1]:9925"));
+        assert!(!same("http://evil.example", "127.0.0.1:9925"));
+        assert!(!same("http://127.0.0.1:8000", "127.0.0.1:9925"));
+        assert!(!same("null", "127.0.0.1:9925"));
+        // The scheme counts: another server's https page is another origin, port or not.
+        assert!(!same("https://127.0.0.1:9925", "127.0.0.1:9925"));
+        assert!(!same("https://localhost", "localhost"));
+        assert!(!same("https://localhost:443", "localhost:443"));
+        // Behind a TLS proxy that says so.
+        assert!(same_origin("https://inbox.test", "https", "inbox.test"));
+        assert!(!same_origin("http://inbox.test", "https", "inbox.test"));
+    }
+
+    #[test]
+    fn the_scheme_is_http_unless_a_proxy_says_https() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(request_scheme(&headers), "http");
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS, http"));
+        assert_eq!(request_scheme(&headers), "https");
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        assert_eq!(request_scheme(&headers), "http");
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! Everything here is synchronous and CPU-bound on possibly 35 MiB of input: callers run it on
 //! the blocking pool, never on the async worker threads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine;
 
 use mail_parser::{Addr, Address, MessageParser, MessagePart, MimeHeaders, PartType};
 use serde::Serialize;
 
 /// The longest snippet, in characters (Mailpit's).
 pub const SNIPPET_CHARS: usize = 250;
+/// The most attachments and inline parts a view lists: a 35 MiB message can hold 800,000
+/// parts, and a list of them helps nobody (the summary still counts them all).
+pub const MAX_PARTS_SHOWN: usize = 1000;
 
 /// A mailbox as Mailpit's JSON writes it: `{"Name": "…", "Address": "…"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -80,6 +85,18 @@ pub struct View {
     pub inline: Vec<Attachment>,
     /// Everything else attached.
     pub attachments: Vec<Attachment>,
+    /// The parts the HTML refers to by `cid:` (key: the Content-ID in ASCII lowercase), as
+    /// `data:` URLs. The HTML's frame has an opaque origin (sandbox), so it may not load the
+    /// inbox's part URLs, which are for the inbox itself (`Cross-Origin-Resource-Policy`).
+    pub cid_urls: HashMap<String, String>,
+}
+
+impl View {
+    /// About how many bytes it holds: its text and HTML.
+    pub fn bytes(&self) -> usize {
+        let urls: usize = self.cid_urls.values().map(String::len).sum();
+        self.text.len() + self.html.len() + urls
+    }
 }
 
 /// One part's decoded bytes, for download.
@@ -219,16 +236,29 @@ pub fn view(raw: &[u8]) -> View {
             _ => None,
         })
         .unwrap_or_default();
+    let referenced: HashSet<String> = cid_references(&html)
+        .map(|(_, cid)| cid.to_ascii_lowercase())
+        .collect();
     let mut view = View {
         text: body_text(&message),
         html,
         ..View::default()
     };
-    for (index, part) in message.parts.iter().enumerate() {
-        if !message.attachments.contains(&(index as u32)) {
+    // The attachments' positions, in order: one pass, whatever the number of parts.
+    let mut listed = message.attachments.clone();
+    listed.sort_unstable();
+    listed.dedup();
+    for index in listed.into_iter().take(MAX_PARTS_SHOWN) {
+        let index = index as usize;
+        let Some(part) = message.parts.get(index) else {
             continue;
-        }
+        };
         let attachment = describe(index, part);
+        let cid = attachment.content_id.to_ascii_lowercase();
+        if referenced.contains(&cid) && !view.cid_urls.contains_key(&cid) {
+            view.cid_urls
+                .insert(cid, data_url(&attachment.content_type, part));
+        }
         let marked_attachment = part
             .content_disposition()
             .is_some_and(|d| d.is_attachment());
@@ -239,6 +269,57 @@ pub fn view(raw: &[u8]) -> View {
         }
     }
     view
+}
+
+/// Every `cid:` reference in `html`: its byte position (of `cid:`) and the Content-ID, which
+/// ends at a quote, a bracket, `<`, `>` or white space. One pass over `html`.
+pub fn cid_references(html: &str) -> impl Iterator<Item = (usize, &str)> {
+    let bytes = html.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at + 4 <= bytes.len() {
+            let start = at;
+            at += 1;
+            if !bytes[start..start + 4].eq_ignore_ascii_case(b"cid:") {
+                continue;
+            }
+            let id_start = start + 4;
+            let len = bytes[id_start..]
+                .iter()
+                .position(|b| b"\"'()<>".contains(b) || b.is_ascii_whitespace())
+                .unwrap_or(bytes.len() - id_start);
+            at = id_start + len;
+            // The delimiters are ASCII, so both ends are character boundaries.
+            return Some((start, &html[id_start..at]));
+        }
+        None
+    })
+}
+
+/// `part` as a `data:` URL of type `content_type` (or `application/octet-stream` when the type
+/// is not a plain `type/subtype` token, which could end the URL's header early).
+fn data_url(content_type: &str, part: &MessagePart<'_>) -> String {
+    let content_type = match is_plain_type(content_type) {
+        true => content_type,
+        false => "application/octet-stream",
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(part.contents());
+    format!("data:{content_type};base64,{encoded}")
+}
+
+/// Whether `content_type` is a bare `type/subtype` of RFC 6838 name characters: no
+/// parameters, no commas, nothing a browser could read as a second type.
+pub fn is_plain_type(content_type: &str) -> bool {
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_alphanumeric() || (i > 0 && b"!#$&-^_.+".contains(&b)))
+    };
+    content_type
+        .split_once('/')
+        .is_some_and(|(kind, subtype)| name(kind) && name(subtype))
 }
 
 fn describe(index: usize, part: &MessagePart<'_>) -> Attachment {
@@ -257,9 +338,20 @@ fn describe(index: usize, part: &MessagePart<'_>) -> Attachment {
 
 fn file_name(part: &MessagePart<'_>) -> String {
     let name = part.attachment_name().unwrap_or_default();
-    // A name is shown and offered as a download name: no path, no control characters.
-    let name = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    name.chars().filter(|c| !c.is_control()).collect()
+    // A name is shown and offered as a download name: no path.
+    displayable(name.rsplit(['/', '\\']).next().unwrap_or_default())
+}
+
+/// `name` without control characters and without the Unicode controls that reorder text
+/// (U+202E makes `invoice\u{202E}fdp.exe` read `invoiceexe.pdf`): what is shown is what the
+/// bytes say.
+pub fn displayable(name: &str) -> String {
+    name.chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
 }
 
 fn content_type(part: &MessagePart<'_>) -> String {
@@ -285,7 +377,7 @@ pub fn part(raw: &[u8], part_id: &str) -> Option<Part> {
     }
     let described = describe(index, part);
     let file_name = match described.file_name.is_empty() {
-        true => described.content_id.clone(),
+        true => displayable(&described.content_id),
         false => described.file_name,
     };
     Some(Part {
@@ -331,153 +423,4 @@ fn canonical(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIXED: &[u8] = b"From: \"Ann Example\" <ann@example.com>\r\n\
-To: bob@example.com, =?utf-8?q?J=C3=B6rg?= <jorg@example.com>\r\n\
-Cc: carol@example.com\r\n\
-Reply-To: replies@example.com\r\n\
-Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= and welcome\r\n\
-Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
-Message-ID: <abc@example.com>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"b1\"\r\n\
-\r\n\
---b1\r\n\
-Content-Type: multipart/alternative; boundary=\"b2\"\r\n\
-\r\n\
---b2\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\
-\r\n\
-Hello   Bob,\r\n\r\nyour code is 123456.\r\n\
---b2\r\n\
-Content-Type: text/html; charset=utf-8\r\n\
-\r\n\
-<p>Hello <b>Bob</b></p><img src=\"cid:logo@x\">\r\n\
---b2--\r\n\
---b1\r\n\
-Content-Type: image/png\r\n\
-Content-ID: <logo@x>\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-iVBORw0KGgo=\r\n\
---b1\r\n\
-Content-Type: application/pdf; name=\"../../etc/report.pdf\"\r\n\
-Content-Disposition: attachment; filename=\"../../etc/report.pdf\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-JVBERi0xLjQK\r\n\
---b1--\r\n";
-
-    #[test]
-    fn summary_reads_addresses_subject_and_snippet() {
-        let envelope = Envelope {
-            mail_from: Some("bounces@example.com".into()),
-            rcpt_to: vec!["bob@example.com".into(), "dave@example.com".into()],
-        };
-        let summary = summarize(MIXED, &envelope);
-        assert_eq!(summary.return_path, "bounces@example.com");
-        assert_eq!(summary.subject, "Grüße and welcome");
-        assert_eq!(summary.message_id, "abc@example.com");
-        let from = summary.from.unwrap();
-        assert_eq!(
-            (from.name.as_str(), from.address.as_str()),
-            ("Ann Example", "ann@example.com")
-        );
-        assert_eq!(summary.to[1].name, "Jörg");
-        assert_eq!(summary.cc[0].address, "carol@example.com");
-        assert_eq!(summary.reply_to[0].address, "replies@example.com");
-        // Only the envelope named dave: a blind copy.
-        assert_eq!(
-            summary.bcc,
-            [Mailbox {
-                name: String::new(),
-                address: "dave@example.com".into()
-            }]
-        );
-        assert_eq!(summary.snippet, "Hello Bob, your code is 123456.");
-        assert_eq!(summary.attachments, 2);
-        assert_eq!(summary.date, Some(1_796_119_200));
-    }
-
-    #[test]
-    fn view_splits_inline_parts_from_attachments() {
-        let view = view(MIXED);
-        assert!(view.html.contains("<b>Bob</b>"));
-        assert!(view.text.contains("123456"));
-        assert_eq!(view.inline.len(), 1);
-        assert_eq!(view.inline[0].content_id, "logo@x");
-        assert_eq!(view.attachments.len(), 1);
-        let pdf = &view.attachments[0];
-        assert_eq!(pdf.file_name, "report.pdf", "no path in a download name");
-        assert_eq!(pdf.content_type, "application/pdf");
-        let part = part(MIXED, &pdf.part_id).unwrap();
-        assert_eq!(part.bytes, b"%PDF-1.4\n");
-        assert!(super::part(MIXED, "0").is_none() && super::part(MIXED, "99").is_none());
-        assert!(super::part(MIXED, "x").is_none());
-    }
-
-    #[test]
-    fn a_text_only_message_has_no_html() {
-        let view = view(b"Subject: s\r\n\r\nplain\r\n");
-        assert_eq!(view.html, "");
-        assert_eq!(view.text.trim(), "plain");
-    }
-
-    #[test]
-    fn headers_are_canonical_sorted_and_unfolded() {
-        let raw =
-            b"subject: one\r\n two\r\nX-TEST: a\r\nx-test: b\r\nMessage-ID: <m@x>\r\n\r\nbody";
-        let headers = headers(raw);
-        let names: Vec<&str> = headers.keys().map(String::as_str).collect();
-        assert_eq!(names, ["Message-Id", "Subject", "X-Test"]);
-        assert_eq!(headers["Subject"], ["one two"]);
-        assert_eq!(headers["X-Test"], ["a", "b"]);
-    }
-
-    #[test]
-    fn snippets_are_cut_at_250_characters() {
-        let long = "ä ".repeat(400);
-        let cut = snippet(&long);
-        assert_eq!(cut.chars().count(), SNIPPET_CHARS);
-    }
-
-    #[test]
-    fn hostile_input_never_panics() {
-        let mut deep = Vec::new();
-        for i in 0..3000 {
-            deep.extend_from_slice(
-                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
-                    .as_bytes(),
-            );
-        }
-        deep.extend_from_slice(
-            b"Content-Type: text/plain; charset=x-unknown-charset\r\n\r\n\xff\xfe bad\r\n",
-        );
-        let mut rng = fastrand::Rng::with_seed(11);
-        let alphabet = b"Content-Type: multipart/mixed; boundary=b\r\n--b=?utf-8?b?\xff\xc3(<>\"";
-        let mut inputs = vec![deep, Vec::new(), b"\r\n\r\n".to_vec()];
-        for _ in 0..500 {
-            let len = rng.usize(0..400);
-            inputs.push(
-                (0..len)
-                    .map(|_| alphabet[rng.usize(..alphabet.len())])
-                    .collect(),
-            );
-        }
-        for raw in inputs {
-            let envelope = Envelope {
-                mail_from: None,
-                rcpt_to: vec!["x@y".into()],
-            };
-            let _ = summarize(&raw, &envelope);
-            let v = view(&raw);
-            for a in v.attachments.iter().chain(&v.inline) {
-                let _ = part(&raw, &a.part_id);
-            }
-            let _ = headers(&raw);
-            let _ = search_text(&raw);
-        }
-    }
-}
+mod tests;

@@ -7,14 +7,17 @@
 //!   http.listen ─▶ guard (Host, Origin, JSON, auth) ─▶ api (Mailpit v1) · web (page, /view) · release
 //! ```
 //!
-//! - [`store`]: the messages and their [`index`]; [`mime`]: what is shown of one (parsed with
-//!   mail-parser on the blocking pool); [`search`]: Mailpit's search language;
+//! - [`store`]: the messages and their [`index`], read within the memory [`budget`]; [`mime`]:
+//!   what is shown of one (parsed with mail-parser on the blocking pool); [`search`]: Mailpit's
+//!   search language;
 //! - [`api`] and [`mailpit`]: the endpoints and their JSON; [`web`]: the page and its assets,
 //!   built into the binary; [`events`]: the live updates;
 //! - [`guard`]: what keeps other web pages and other hosts out; [`release`]: sending a captured
 //!   message through the Gmail relay to the recipients given, and only to them.
 
 pub mod api;
+pub mod body;
+pub mod budget;
 pub mod capture;
 pub mod events;
 pub mod guard;
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayMode};
 use crate::message::{Envelope, Message};
+use budget::Charge;
 use index::Entry;
 use mime::View;
 use store::Store;
@@ -42,6 +46,9 @@ use store::Store;
 /// How many parsed messages are kept for the next request about them (the page asks for a
 /// message, then its HTML, its headers…); a 35 MiB message is then parsed once, not four times.
 const VIEW_CACHE: usize = 4;
+/// …and how many bytes of text and HTML they may hold together: the cache is outside the
+/// budget, so it has a bound of its own. A view larger than this is not kept.
+const VIEW_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The inbox: its store, its events, its release target and its request guard.
 pub struct Inbox {
@@ -65,9 +72,10 @@ impl Inbox {
         guard: guard::Guard,
         shutdown: CancellationToken,
     ) -> io::Result<Arc<Inbox>> {
+        let budget = budget::Budget::new(config.smtp.max_message_size);
         let store = match config.relay.mode {
-            RelayMode::File => Store::dir(&config.file.dir)?,
-            _ => Store::memory(config.inbox.max_messages)?,
+            RelayMode::File => Store::dir(&config.file.dir, budget)?,
+            _ => Store::memory(config.inbox.max_messages, budget)?,
         };
         Ok(Arc::new(Inbox {
             store: Arc::new(store),
@@ -139,26 +147,29 @@ impl Inbox {
         self.store.index().get(id).cloned()
     }
 
-    /// The parsed view of message `id`, from the cache or parsed now on the blocking pool.
-    pub async fn view(&self, id: &Arc<str>) -> io::Result<Option<Arc<View>>> {
-        if let Some((_, view)) = self.cached_views().iter().find(|(k, _)| k == id) {
-            return Ok(Some(view.clone()));
+    /// The parsed view of message `id`, from the cache or parsed now on the blocking pool,
+    /// with a charge of the message's size to hold until the answer made from it is sent.
+    pub async fn view(&self, id: &Arc<str>) -> io::Result<Option<(Arc<View>, Charge)>> {
+        let cached = self.cached_views().iter().find(|(k, _)| k == id).cloned();
+        if let Some((_, view)) = cached {
+            let size = self.store.index().get(id).map_or(0, |e| e.size);
+            return Ok(Some((view, self.store.charge(size).await)));
         }
-        let size = self.store.index().get(id).map_or(0, |e| e.size);
-        let _turn = self.store.parse_turn(size).await;
-        let Some(raw) = self.store.raw(id).await? else {
+        let Some(loaded) = self.store.load(id).await? else {
             return Ok(None);
         };
+        let (raw, charge) = loaded.into_parts();
         let view = tokio::task::spawn_blocking(move || Arc::new(mime::view(&raw)))
             .await
             .map_err(io::Error::other)?;
         let mut cache = self.cached_views();
         cache.retain(|(k, _)| k != id);
-        if cache.len() >= VIEW_CACHE {
-            cache.remove(0);
-        }
         cache.push((id.clone(), view.clone()));
-        Ok(Some(view))
+        let mut bytes: usize = cache.iter().map(|(_, v)| v.bytes()).sum();
+        while cache.len() > VIEW_CACHE || bytes > VIEW_CACHE_BYTES {
+            bytes -= cache.remove(0).1.bytes();
+        }
+        Ok(Some((view, charge)))
     }
 
     fn cached_views(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<View>)>> {

@@ -5,6 +5,10 @@
 //! listing at start — no file is opened — and reads the summaries afterwards, newest first, in
 //! the background; a page that shows a message not read yet reads it first. So startup costs one
 //! `readdir` whatever the directory holds.
+//!
+//! Message bytes leave the store only as [`Loaded`], read under a [`Charge`] of the inbox's
+//! memory [`Budget`] taken before the read, or as a [`stream`](Store::stream) that never holds
+//! more than a chunk: no request can read a message outside the budget.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -12,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::body::{self, Body, Loaded, blocking};
+use super::budget::{Budget, Charge};
 use super::index::{Entry, Index};
 use super::mime::{self, Envelope, Summary};
 use crate::message::{self, Message};
@@ -28,39 +33,9 @@ const LOAD_BATCH: usize = 256;
 const LOADERS: usize = 8;
 /// The read-state log in `file.dir`.
 const READ_LOG: &str = ".smtp2gmail-inbox-read";
-/// Messages larger than this are parsed one at a time: a parse holds the message and its
-/// decoded parts (a few times 35 MiB), and twenty at once must not exhaust memory.
-const LARGE: u64 = message::SPILL_THRESHOLD as u64;
-
-/// A message body as the inbox holds it: in memory, or in a temporary file that has no name (so
-/// nothing is left behind however the process ends; closing it frees the space).
-#[derive(Debug)]
-enum Body {
-    Memory(Bytes),
-    File(Arc<std::fs::File>),
-}
-
-impl Body {
-    /// The whole body; blocking for a file.
-    fn read(&self) -> io::Result<Bytes> {
-        match self {
-            Body::Memory(bytes) => Ok(bytes.clone()),
-            Body::File(file) => {
-                use std::os::unix::fs::FileExt;
-                let mut bytes = vec![0; file.metadata()?.len() as usize];
-                file.read_exact_at(&mut bytes, 0)?;
-                Ok(bytes.into())
-            }
-        }
-    }
-
-    fn share(&self) -> Body {
-        match self {
-            Body::Memory(bytes) => Body::Memory(bytes.clone()),
-            Body::File(file) => Body::File(file.clone()),
-        }
-    }
-}
+/// File mode reads summaries of messages up to this size in batches, under one charge of this
+/// size per batch (one file at a time); larger ones are read one by one, each under its own.
+const SMALL: u64 = message::SPILL_THRESHOLD as u64;
 
 /// Where bodies live.
 enum Kind {
@@ -81,8 +56,8 @@ pub struct Store {
     kind: Kind,
     /// File mode: becomes true once every summary has been read.
     loaded: watch::Sender<bool>,
-    /// One permit: the parse of a large message in progress.
-    large: tokio::sync::Semaphore,
+    /// What requests, captures and summaries may hold of messages at once.
+    budget: Budget,
 }
 
 /// What a capture changed, for the events.
@@ -94,8 +69,8 @@ pub struct Captured {
 }
 
 impl Store {
-    /// Console mode: the last `max_messages` in memory.
-    pub fn memory(max_messages: usize) -> io::Result<Store> {
+    /// Console mode: the last `max_messages` in memory, read within `budget`.
+    pub fn memory(max_messages: usize, budget: Budget) -> io::Result<Store> {
         Ok(Store {
             index: RwLock::new(Index::default()),
             kind: Kind::Memory {
@@ -104,12 +79,13 @@ impl Store {
                 in_memory: Mutex::new(0),
             },
             loaded: watch::channel(true).0,
-            large: tokio::sync::Semaphore::new(1),
+            budget,
         })
     }
 
-    /// File mode: the messages in `dir` (created if missing), listed now, read later.
-    pub fn dir(dir: &Path) -> io::Result<Store> {
+    /// File mode: the messages in `dir` (created if missing), listed now, read later within
+    /// `budget`.
+    pub fn dir(dir: &Path, budget: Budget) -> io::Result<Store> {
         std::fs::create_dir_all(dir)?;
         let read = read_log(dir)?;
         let mut index = Index::default();
@@ -143,7 +119,7 @@ impl Store {
                 read_log: Mutex::new(()),
             },
             loaded: watch::channel(done).0,
-            large: tokio::sync::Semaphore::new(1),
+            budget,
         })
     }
 
@@ -172,7 +148,7 @@ impl Store {
         message: &Message,
     ) -> io::Result<Captured> {
         let id: Arc<str> = envelope.id.as_str().into();
-        let _turn = self.parse_turn(message.len()).await;
+        let _charge = self.budget.charge(message.len()).await;
         let raw = message.to_bytes().await?;
         if let Kind::Memory {
             bodies, in_memory, ..
@@ -236,27 +212,36 @@ impl Store {
         Ok(Captured { entry, evicted })
     }
 
-    /// Waits for the turn to parse a message of `len` bytes: at once for ordinary messages, one
-    /// at a time for large ones. Hold the result while the bytes are in memory.
-    pub async fn parse_turn(&self, len: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        match len > LARGE {
-            true => self.large.acquire().await.ok(),
-            false => None,
+    /// Waits for `bytes` of the budget: to hold while something made from a message's bytes,
+    /// but kept without them (a cached view), is turned into an answer.
+    pub async fn charge(&self, bytes: u64) -> Charge {
+        self.budget.charge(bytes).await
+    }
+
+    /// The bytes of message `id`, read once a charge of their size has been taken (see
+    /// [`body::load`]).
+    pub async fn load(&self, id: &str) -> io::Result<Option<Loaded>> {
+        match self.open(id).await? {
+            Some(body) => body::load(body, &self.budget).await.map(Some),
+            None => Ok(None),
         }
     }
 
-    /// The raw bytes of message `id`.
-    pub async fn raw(&self, id: &str) -> io::Result<Option<Bytes>> {
+    /// The raw bytes of message `id` as a stream of chunks, with their number (see
+    /// [`body::stream`]).
+    pub async fn stream(&self, id: &str) -> io::Result<Option<(u64, body::Chunks)>> {
+        match self.open(id).await? {
+            Some(body) => body::stream(body).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Message `id`'s body: shared from memory, or its file opened (file mode).
+    async fn open(&self, id: &str) -> io::Result<Option<Body>> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
-                let body = match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-                    None => return Ok(None),
-                    Some(Body::Memory(bytes)) => return Ok(Some(bytes.clone())),
-                    Some(body) => body.share(),
-                };
-                return tokio::task::spawn_blocking(move || body.read().map(Some))
-                    .await
-                    .map_err(io::Error::other)?;
+                let bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
+                return Ok(bodies.get(id).map(Body::share));
             }
             Kind::Dir { dir, .. } => {
                 if self.index().get(id).is_none() {
@@ -265,27 +250,11 @@ impl Store {
                 dir.join(format!("{id}.eml"))
             }
         };
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes.into())),
+        match blocking(move || std::fs::File::open(path)).await {
+            Ok(file) => Ok(Some(Body::File(Arc::new(file)))),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
         }
-    }
-
-    /// [`raw`](Self::raw) for blocking code (the search's body scan).
-    fn raw_blocking(&self, id: &str) -> Option<Bytes> {
-        let path = match &self.kind {
-            Kind::Memory { bodies, .. } => {
-                let body = bodies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(id)?
-                    .share();
-                return body.read().ok();
-            }
-            Kind::Dir { dir, .. } => dir.join(format!("{id}.eml")),
-        };
-        std::fs::read(path).ok().map(Bytes::from)
     }
 
     /// The envelope sender of message `id` (`None` for the null sender), for release.
@@ -386,20 +355,50 @@ impl Store {
         if missing.is_empty() {
             return;
         }
+        // Small files in one blocking task, one at a time, under one charge; the larger ones
+        // each under their own.
         let (store, dir) = (self.clone(), dir.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            for id in missing {
-                let (summary, size) = load_summary(&dir, &id);
-                let mut index = store.index_mut();
-                index.set_summary(&id, Arc::new(summary));
-                if let Some(entry) = index.get(&id).cloned() {
-                    index.insert(Entry { size, ..entry });
+        let charge = self.budget.charge(SMALL).await;
+        let larger = blocking({
+            let dir = dir.clone();
+            move || {
+                let _charge = charge;
+                let mut larger = Vec::new();
+                for id in missing {
+                    match load_summary(&dir, &id, SMALL) {
+                        Ok(loaded) => store.set_summary(&id, loaded),
+                        Err(len) => larger.push((id, len)),
+                    }
                 }
+                Ok(larger)
             }
         })
         .await;
-        if let Err(err) = loaded {
-            tracing::error!(%err, "reading message summaries failed");
+        for (id, len) in larger.unwrap_or_default() {
+            let loaded = match len > self.budget.limit() {
+                true => {
+                    tracing::warn!(id = %id, len, "a message of the inbox is larger than it reads at once");
+                    (Summary::default(), len)
+                }
+                false => {
+                    let charge = self.budget.charge(len).await;
+                    let (dir, id) = (dir.clone(), id.clone());
+                    let read = blocking(move || {
+                        let _charge = charge;
+                        Ok(load_summary(&dir, &id, len).unwrap_or((Summary::default(), len)))
+                    });
+                    read.await.unwrap_or((Summary::default(), len))
+                }
+            };
+            self.set_summary(&id, loaded);
+        }
+    }
+
+    fn set_summary(&self, id: &Arc<str>, (summary, size): (Summary, u64)) {
+        let mut index = self.index_mut();
+        index.set_summary(id, Arc::new(summary));
+        if let Some(entry) = index.get(id).cloned() {
+            index.insert(Entry { size, ..entry });
         }
     }
 
@@ -422,40 +421,70 @@ impl Store {
         let _ = loaded.wait_for(|&done| done).await;
     }
 
-    /// Entries matching `keep`, newest first, read from the index after every summary has
-    /// been loaded; `needs_body` entries get the raw bytes too. Runs on the blocking pool.
+    /// Entries that `keep` holds, newest first, once every summary has been loaded. `keep` is
+    /// first asked without the message's bytes, on the blocking pool; where it cannot tell so
+    /// (`None`), the bytes are loaded, one message at a time within the budget, and it is asked
+    /// again with them (a message that cannot be read is asked about as empty).
     pub async fn scan<F>(self: &Arc<Self>, keep: F) -> Vec<Entry>
     where
-        F: Fn(&Entry, &mut dyn FnMut() -> Option<Bytes>) -> bool + Send + 'static,
+        F: Fn(&Entry, Option<&[u8]>) -> Option<bool> + Send + Sync + 'static,
     {
         self.wait_loaded().await;
         let entries: Vec<Entry> = self.index().newest_first().cloned().collect();
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            entries
-                .into_iter()
-                .filter(|entry| keep(entry, &mut || store.raw_blocking(&entry.id)))
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
+        let keep = Arc::new(keep);
+        let decided = blocking({
+            let keep = keep.clone();
+            move || Ok(entries.into_iter().map(|e| (keep(&e, None), e)).collect())
+        });
+        let decided: Vec<(Option<bool>, Entry)> = decided.await.unwrap_or_default();
+        let mut kept = Vec::new();
+        for (decision, entry) in decided {
+            let holds = match decision {
+                Some(holds) => holds,
+                None => match self.load(&entry.id).await {
+                    Ok(Some(loaded)) => {
+                        let (keep, entry) = (keep.clone(), entry.clone());
+                        let decide = move || Ok(keep(&entry, Some(&loaded)) == Some(true));
+                        blocking(decide).await.unwrap_or(false)
+                    }
+                    _ => keep(&entry, Some(&[])) == Some(true),
+                },
+            };
+            if holds {
+                kept.push(entry);
+            }
+        }
+        kept
     }
 }
 
-/// The summary and size of `<dir>/<id>.eml`, with the envelope from `<id>.json` when present.
-/// A file that cannot be read gives an empty summary: it is listed, and opening it says why.
-fn load_summary(dir: &Path, id: &str) -> (Summary, u64) {
+/// The summary and size of `<dir>/<id>.eml`, with the envelope from `<id>.json` when present;
+/// `Err(size)` when the file has more than `limit` bytes (nothing is read then). A file that
+/// cannot be read gives an empty summary: it is listed, and opening it says why.
+fn load_summary(dir: &Path, id: &str, limit: u64) -> Result<(Summary, u64), u64> {
+    use std::io::Read;
+    let raw = std::fs::File::open(dir.join(format!("{id}.eml"))).and_then(|file| {
+        let len = file.metadata()?.len();
+        if len > limit {
+            return Ok(Err(len));
+        }
+        let mut raw = Vec::new();
+        file.take(limit).read_to_end(&mut raw)?;
+        Ok(Ok(raw))
+    });
+    let raw = match raw {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(len)) => return Err(len),
+        Err(err) => {
+            tracing::warn!(id, %err, "cannot read a message of the inbox");
+            return Ok((Summary::default(), 0));
+        }
+    };
     let envelope: Envelope = std::fs::read(dir.join(format!("{id}.json")))
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
         .unwrap_or_default();
-    match std::fs::read(dir.join(format!("{id}.eml"))) {
-        Ok(raw) => (mime::summarize(&raw, &envelope), raw.len() as u64),
-        Err(err) => {
-            tracing::warn!(id, %err, "cannot read a message of the inbox");
-            (Summary::default(), 0)
-        }
-    }
+    Ok((mime::summarize(&raw, &envelope), raw.len() as u64))
 }
 
 /// Our ids start with 11 hex digits of milliseconds since the epoch.

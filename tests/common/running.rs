@@ -78,6 +78,11 @@ impl Running {
         }
     }
 
+    /// The server's process id (to read its `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The full URL of `path` on the HTTP listener.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.http.trim_end_matches('/'))
