@@ -162,6 +162,24 @@ await step("phone layout", async () => {
   await page.setViewportSize({ width: 1280, height: 800 });
 });
 
+await step("release off: the dialog says how to turn it on, commands shown as code", async () => {
+  const plain = await server();
+  await sendMail(plain.smtpPort, "app@example.com", ["dev@example.org"], htmlMail({ subject: "No release here", html: "<p>hi</p>" }));
+  const other = await context.newPage();
+  other.on("pageerror", (error) => pageErrors.push(String(error)));
+  await other.goto(`${plain.http}/`);
+  await other.locator("#list .item", { hasText: "No release here" }).click();
+  await other.waitForFunction(() => document.getElementById("subject").textContent === "No release here");
+  await other.click("#release");
+  const help = other.locator("#release-help");
+  await help.waitFor();
+  const text = await help.textContent();
+  check("release off: the help names the command", text.includes("smtp2gmail authorize"), text);
+  check("release off: no raw backticks", !text.includes("`"), text);
+  check("release off: the command is code", (await help.locator("code").count()) > 0, await help.innerHTML());
+  await other.close();
+});
+
 check("no script errors in the page", pageErrors.length === 0, pageErrors.join("; "));
 
 if (process.env.INBOX_SCREENSHOT) {
