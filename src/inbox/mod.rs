@@ -18,10 +18,12 @@ pub mod api;
 pub mod capture;
 pub mod events;
 pub mod guard;
+pub mod id;
 pub mod index;
 pub mod mailpit;
 pub mod mime;
 pub mod release;
+pub mod request;
 pub mod search;
 pub mod store;
 pub mod web;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayMode};
 use crate::message::{Envelope, Message};
+use id::InboxId;
 use index::Entry;
 use mime::View;
 use store::Store;
@@ -53,7 +56,7 @@ pub struct Inbox {
     accepted: AtomicU64,
     accepted_bytes: AtomicU64,
     deleted: AtomicU64,
-    views: Mutex<Vec<(Arc<str>, Arc<View>)>>,
+    views: Mutex<Vec<(InboxId, Arc<View>)>>,
 }
 
 impl Inbox {
@@ -125,7 +128,7 @@ impl Inbox {
     }
 
     /// The id a request names: an id in the inbox, or `latest`.
-    pub fn resolve(&self, id: &str) -> Option<Arc<str>> {
+    pub fn resolve(&self, id: &str) -> Option<InboxId> {
         let index = self.store.index();
         match id {
             "latest" => index.newest().map(|e| e.id.clone()),
@@ -134,13 +137,13 @@ impl Inbox {
     }
 
     /// The entry `id` with its summary loaded.
-    pub async fn entry(&self, id: &Arc<str>) -> Option<Entry> {
+    pub async fn entry(&self, id: &InboxId) -> Option<Entry> {
         self.store.ensure_loaded(vec![id.clone()]).await;
         self.store.index().get(id).cloned()
     }
 
     /// The parsed view of message `id`, from the cache or parsed now on the blocking pool.
-    pub async fn view(&self, id: &Arc<str>) -> io::Result<Option<Arc<View>>> {
+    pub async fn view(&self, id: &InboxId) -> io::Result<Option<Arc<View>>> {
         if let Some((_, view)) = self.cached_views().iter().find(|(k, _)| k == id) {
             return Ok(Some(view.clone()));
         }
@@ -161,12 +164,12 @@ impl Inbox {
         Ok(Some(view))
     }
 
-    fn cached_views(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<View>)>> {
+    fn cached_views(&self) -> std::sync::MutexGuard<'_, Vec<(InboxId, Arc<View>)>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deletes messages, telling the listeners.
-    pub async fn delete(&self, ids: Vec<Arc<str>>) -> io::Result<()> {
+    pub async fn delete(&self, ids: Vec<InboxId>) -> io::Result<()> {
         let all = !ids.is_empty() && ids.len() == self.store.index().len();
         let gone = self.store.delete(ids).await?;
         self.deleted.fetch_add(gone.len() as u64, Ordering::Relaxed);
@@ -184,7 +187,7 @@ impl Inbox {
     }
 
     /// Every id in the inbox, newest first.
-    pub fn all_ids(&self) -> Vec<Arc<str>> {
+    pub fn all_ids(&self) -> Vec<InboxId> {
         self.store
             .index()
             .newest_first()
@@ -193,7 +196,7 @@ impl Inbox {
     }
 
     /// Marks messages read or unread, telling the listeners.
-    pub async fn set_read(&self, ids: &[Arc<str>], read: bool) {
+    pub async fn set_read(&self, ids: &[InboxId], read: bool) {
         for id in self.store.set_read(ids, read).await {
             self.events.updated(&id, read);
         }

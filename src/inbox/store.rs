@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::id::InboxId;
 use super::index::{Entry, Index};
 use super::mime::{self, Envelope, Summary};
 use crate::message::{self, Message};
@@ -66,7 +67,7 @@ impl Body {
 enum Kind {
     Memory {
         max_messages: usize,
-        bodies: Mutex<HashMap<Arc<str>, Body>>,
+        bodies: Mutex<HashMap<InboxId, Body>>,
         in_memory: Mutex<u64>,
     },
     Dir {
@@ -90,7 +91,7 @@ pub struct Captured {
     /// The new entry.
     pub entry: Entry,
     /// Entries dropped to stay within `max_messages`.
-    pub evicted: Vec<Arc<str>>,
+    pub evicted: Vec<InboxId>,
 }
 
 impl Store {
@@ -116,21 +117,22 @@ impl Store {
         for item in std::fs::read_dir(dir)? {
             let item = item?;
             let name = item.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
                 continue;
             };
-            if id.is_empty() || id.starts_with('.') {
+            // Hidden files are not messages; nothing else in one folder fails to parse.
+            let Ok(id) = InboxId::parse(stem) else {
                 continue;
-            }
-            let received_ms = match received_from_id(id) {
+            };
+            let received_ms = match received_from_id(&id) {
                 Some(ms) => ms,
                 None => modified_ms(&item.metadata()?),
             };
             index.insert(Entry {
-                id: id.into(),
+                read: read.contains(id.as_str()),
+                id,
                 received_ms,
                 size: 0,
-                read: read.contains(id),
                 summary: None,
             });
         }
@@ -171,7 +173,8 @@ impl Store {
         envelope: &message::Envelope,
         message: &Message,
     ) -> io::Result<Captured> {
-        let id: Arc<str> = envelope.id.as_str().into();
+        let id = InboxId::parse(envelope.id.as_str())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let _turn = self.parse_turn(message.len()).await;
         let raw = message.to_bytes().await?;
         if let Kind::Memory {
@@ -246,7 +249,7 @@ impl Store {
     }
 
     /// The raw bytes of message `id`.
-    pub async fn raw(&self, id: &str) -> io::Result<Option<Bytes>> {
+    pub async fn raw(&self, id: &InboxId) -> io::Result<Option<Bytes>> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
                 let body = match bodies.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
@@ -262,7 +265,7 @@ impl Store {
                 if self.index().get(id).is_none() {
                     return Ok(None);
                 }
-                dir.join(format!("{id}.eml"))
+                dir.join(id.file_name("eml"))
             }
         };
         match tokio::fs::read(&path).await {
@@ -273,7 +276,7 @@ impl Store {
     }
 
     /// [`raw`](Self::raw) for blocking code (the search's body scan).
-    fn raw_blocking(&self, id: &str) -> Option<Bytes> {
+    fn raw_blocking(&self, id: &InboxId) -> Option<Bytes> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
                 let body = bodies
@@ -283,7 +286,7 @@ impl Store {
                     .share();
                 return body.read().ok();
             }
-            Kind::Dir { dir, .. } => dir.join(format!("{id}.eml")),
+            Kind::Dir { dir, .. } => dir.join(id.file_name("eml")),
         };
         std::fs::read(path).ok().map(Bytes::from)
     }
@@ -295,15 +298,19 @@ impl Store {
         Some(summary.return_path.clone()).filter(|s| !s.is_empty())
     }
 
-    /// Removes messages; returns those that were there.
-    pub async fn delete(self: &Arc<Self>, ids: Vec<Arc<str>>) -> io::Result<Vec<Arc<str>>> {
+    /// Removes messages; returns those that were there. Only messages in the index are touched:
+    /// an id names files only once it is known to be one of the inbox's messages.
+    pub async fn delete(self: &Arc<Self>, ids: Vec<InboxId>) -> io::Result<Vec<InboxId>> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut gone = Vec::new();
             for id in ids {
+                if store.index().get(&id).is_none() {
+                    continue;
+                }
                 if let Kind::Dir { dir, .. } = &store.kind {
                     for ext in ["eml", "json"] {
-                        match std::fs::remove_file(dir.join(format!("{id}.{ext}"))) {
+                        match std::fs::remove_file(dir.join(id.file_name(ext))) {
                             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
                             _ => {}
                         }
@@ -337,8 +344,8 @@ impl Store {
     }
 
     /// Sets the read state of `ids`; returns those that changed.
-    pub async fn set_read(self: &Arc<Self>, ids: &[Arc<str>], read: bool) -> Vec<Arc<str>> {
-        let changed: Vec<Arc<str>> = {
+    pub async fn set_read(self: &Arc<Self>, ids: &[InboxId], read: bool) -> Vec<InboxId> {
+        let changed: Vec<InboxId> = {
             let mut index = self.index_mut();
             ids.iter()
                 .filter(|id| index.set_read(id, read))
@@ -358,7 +365,7 @@ impl Store {
         changed
     }
 
-    fn log_read(&self, dir: &Path, ids: &[Arc<str>], read: bool) -> io::Result<()> {
+    fn log_read(&self, dir: &Path, ids: &[InboxId], read: bool) -> io::Result<()> {
         let Kind::Dir { read_log, .. } = &self.kind else {
             return Ok(());
         };
@@ -373,11 +380,11 @@ impl Store {
     }
 
     /// Fills in the summaries of the entries among `ids` that have none yet (file mode).
-    pub async fn ensure_loaded(self: &Arc<Self>, ids: Vec<Arc<str>>) {
+    pub async fn ensure_loaded(self: &Arc<Self>, ids: Vec<InboxId>) {
         let Kind::Dir { dir, .. } = &self.kind else {
             return;
         };
-        let missing: Vec<Arc<str>> = {
+        let missing: Vec<InboxId> = {
             let index = self.index();
             ids.into_iter()
                 .filter(|id| index.get(id).is_some_and(|e| e.summary.is_none()))
@@ -408,8 +415,8 @@ impl Store {
     /// disk, one small file after another, and disks answer several requests as fast as one.
     pub async fn load_all(self: Arc<Self>) {
         use futures_util::StreamExt;
-        let ids: Vec<Arc<str>> = self.index().newest_first().map(|e| e.id.clone()).collect();
-        let batches = ids.chunks(LOAD_BATCH).map(<[Arc<str>]>::to_vec);
+        let ids: Vec<InboxId> = self.index().newest_first().map(|e| e.id.clone()).collect();
+        let batches = ids.chunks(LOAD_BATCH).map(<[InboxId]>::to_vec);
         futures_util::stream::iter(batches)
             .for_each_concurrent(LOADERS, |batch| self.ensure_loaded(batch))
             .await;
@@ -444,15 +451,15 @@ impl Store {
 
 /// The summary and size of `<dir>/<id>.eml`, with the envelope from `<id>.json` when present.
 /// A file that cannot be read gives an empty summary: it is listed, and opening it says why.
-fn load_summary(dir: &Path, id: &str) -> (Summary, u64) {
-    let envelope: Envelope = std::fs::read(dir.join(format!("{id}.json")))
+fn load_summary(dir: &Path, id: &InboxId) -> (Summary, u64) {
+    let envelope: Envelope = std::fs::read(dir.join(id.file_name("json")))
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
         .unwrap_or_default();
-    match std::fs::read(dir.join(format!("{id}.eml"))) {
+    match std::fs::read(dir.join(id.file_name("eml"))) {
         Ok(raw) => (mime::summarize(&raw, &envelope), raw.len() as u64),
         Err(err) => {
-            tracing::warn!(id, %err, "cannot read a message of the inbox");
+            tracing::warn!(%id, %err, "cannot read a message of the inbox");
             (Summary::default(), 0)
         }
     }
