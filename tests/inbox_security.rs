@@ -100,6 +100,38 @@ async fn other_sites_cannot_change_anything() {
     let get = client.get(server.url("/api/v1/message/latest/release"));
     assert_eq!(status(get).await, 405);
     assert_eq!(json(&server, "/api/v1/messages").await["total"], 1);
+    // Opening a message marks it read (Mailpit's API does), but not for an `<img src>` on
+    // another site: Chromium sends `Sec-Fetch-Site` and no `Origin` for it.
+    for site in ["cross-site", "same-site"] {
+        let img = client
+            .get(server.url("/api/v1/message/latest"))
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", "no-cors")
+            .header("sec-fetch-dest", "image");
+        let response = img.send().await.unwrap();
+        assert_eq!(response.status(), 403, "{site}");
+        assert!(!response.text().await.unwrap().contains("keep me"));
+        assert_eq!(
+            json(&server, "/api/v1/messages").await["unread"],
+            1,
+            "{site}"
+        );
+    }
+    // The inbox's own page, and clients that are not browsers, may.
+    let own = client
+        .get(server.url("/api/v1/message/latest"))
+        .header("sec-fetch-site", "same-origin");
+    assert_eq!(status(own).await, 200);
+    assert_eq!(json(&server, "/api/v1/messages").await["unread"], 0);
+    let unread = client
+        .put(&messages)
+        .json(&serde_json::json!({"Read": false}));
+    assert_eq!(status(unread).await, 200);
+    assert_eq!(
+        status(client.get(server.url("/api/v1/message/latest"))).await,
+        200
+    );
+    assert_eq!(json(&server, "/api/v1/messages").await["unread"], 0);
 
     // The inbox's own page may.
     let own = client

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use super::index::Entry;
 use super::mailpit::{ListItem, Message, MessageList};
 use super::request::{json_body, message_ids};
 use super::search::{Candidate, Query as Search};
-use super::{Inbox, events, mime, release};
+use super::{Inbox, events, guard, mime, release};
 
 /// Mailpit's default page size.
 const DEFAULT_LIMIT: usize = 50;
@@ -249,11 +249,19 @@ async fn set_read(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Respon
     Ok(ok())
 }
 
-/// `GET /api/v1/message/{id}`: the message, which is then marked read.
+/// `GET /api/v1/message/{id}`: the message, which is then marked read — so not for another
+/// site's page (an `<img src>` would mark it read), which could not read the answer anyway.
 async fn message(
     State(inbox): State<Arc<Inbox>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if guard::from_another_site(&headers) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "opening a message marks it read, which a page of another site may not do".into(),
+        ));
+    }
     let entry = find(&inbox, &id).await?;
     let view = inbox
         .view(&entry.id)

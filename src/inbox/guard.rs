@@ -7,7 +7,9 @@
 //! - **Cross-site requests**: a request with an `Origin` must come from the inbox's own origin
 //!   (this also covers the WebSocket, which browsers open to any origin); a request with a body
 //!   must be `application/json`, which a form cannot send and a script on another site can only
-//!   send after a CORS preflight that is never granted; nothing changes on `GET`.
+//!   send after a CORS preflight that is never granted. The one `GET` that changes something
+//!   (Mailpit's: opening a message marks it read) is refused to other sites' pages, which send
+//!   no `Origin` on `GET` but say where they come from in `Sec-Fetch-Site` ([`from_another_site`]).
 //! - **Other machines**: when the inbox can be reached from the network (see
 //!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
 //!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
@@ -165,6 +167,18 @@ fn same_origin(origin: &str, host: &str) -> bool {
     authority == host || default_port == host
 }
 
+/// Whether a browser says the request comes from a page that is not the inbox's: `Sec-Fetch-Site`
+/// other than `same-origin` or `none` (typed in, a bookmark). An `<img src>` on another site
+/// sends `cross-site` and no `Origin`; another port of localhost is `same-site`, another origin
+/// all the same. Clients other than browsers (curl, Mailpit's client libraries) send no
+/// `Sec-Fetch-Site`, and are not from another site.
+pub fn from_another_site(headers: &HeaderMap) -> bool {
+    headers.get("sec-fetch-site").is_some_and(|site| {
+        let site = site.to_str().unwrap_or_default().trim();
+        !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none")
+    })
+}
+
 fn refuse(status: StatusCode, reason: &str) -> Response {
     (
         status,
@@ -293,6 +307,19 @@ mod tests {
         assert!(!same_origin("http://evil.example", "127.0.0.1:9925"));
         assert!(!same_origin("http://127.0.0.1:8000", "127.0.0.1:9925"));
         assert!(!same_origin("null", "127.0.0.1:9925"));
+    }
+
+    #[test]
+    fn other_sites_by_fetch_metadata() {
+        let site = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("sec-fetch-site", HeaderValue::from_str(value).unwrap());
+            }
+            from_another_site(&headers)
+        };
+        assert!(site(Some("cross-site")) && site(Some("same-site")) && site(Some("bogus")));
+        assert!(!site(None) && !site(Some("same-origin")) && !site(Some("none")));
     }
 
     #[test]

@@ -43,6 +43,11 @@ page.on("pageerror", (error) => pageErrors.push(String(error)));
 const REMOTE = `${inbox.http.replace("127.0.0.1", "localhost")}/assets/favicon.svg?remote-image`;
 const loaded = [];
 context.on("response", (response) => loaded.push(response.url()));
+// Read-state changes the page asks for (opening a message must ask, not rely on the GET).
+const readRequests = [];
+page.on("request", (request) => {
+  if (request.method() === "PUT" && new URL(request.url()).pathname === "/api/v1/messages") readRequests.push(JSON.parse(request.postData() || "{}"));
+});
 const rows = page.locator("#list .item");
 const subjects = () => rows.locator(".subject").allTextContents();
 
@@ -67,6 +72,7 @@ await step("open and sandbox", async () => {
   await page.waitForSelector("#message-pane:not([hidden])");
   check("open: subject shown", (await page.textContent("#subject")) === "Password reset");
   check("open: sender shown", (await page.textContent("#meta")).includes("App <app@example.com>"));
+  check("open: marked read with PUT /api/v1/messages", readRequests.some((r) => r.Read === true && r.IDs && r.IDs.length === 1), JSON.stringify(readRequests));
   const sandbox = await page.getAttribute("#html-frame", "sandbox");
   check("sandbox: iframe without allow-scripts or allow-same-origin", !/allow-scripts|allow-same-origin/.test(sandbox), sandbox);
   const frame = page.frameLocator("#html-frame");
