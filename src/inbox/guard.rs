@@ -10,10 +10,10 @@
 //!   send after a CORS preflight that is never granted. The one `GET` that changes something
 //!   (Mailpit's: opening a message marks it read) is refused to other sites' pages, which send
 //!   no `Origin` on `GET` but say where they come from in `Sec-Fetch-Site` ([`from_another_site`]).
-//! - **Other machines**: when the inbox can be reached from the network (see
-//!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
-//!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
-//!   unauthenticated from the network.
+//! - **Other machines**: when the inbox can be reached from the network, or `inbox.auth_required`
+//!   asks for it (see [`Config::inbox_needs_auth`]), every request needs HTTP Basic credentials of
+//!   one of `[[smtp.users]]`; the server refuses to start without users. Without it a loopback
+//!   inbox answers whoever can connect to loopback: every local user, a proxy on the machine.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
