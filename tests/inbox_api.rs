@@ -296,6 +296,65 @@ async fn search_read_state_and_delete() {
     assert_eq!(server.get("/api/v1/message/latest").await.0, 404);
 }
 
+/// Mailpit's Go decoder matches keys whatever their case, so `ids` is `IDs`; a key that names
+/// nothing must be refused, never read as "no IDs", which means every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_key_is_refused_not_taken_for_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = inbox::console(dir.path());
+    for subject in ["one", "two", "three"] {
+        send(
+            server.smtp,
+            text("a@example.com", "b@example.org", subject, "x"),
+        )
+        .await;
+    }
+    let all = ids(&json(&server, "/api/v1/messages").await);
+    let request = |method: Method, body: &str| {
+        let request = reqwest::Client::new()
+            .request(method, server.url("/api/v1/messages"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let list = || json(&server, "/api/v1/messages");
+
+    for body in [
+        format!(r#"{{"idz": ["{}"]}}"#, all[0]),
+        format!(r#"{{"IDs": ["{}"], "Search": "x", "Serach": "y"}}"#, all[0]),
+        "{".to_string(),
+        "[]".to_string(),
+    ] {
+        let (status, text) = request(Method::DELETE, &body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        let (status, text) = request(Method::PUT, &body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+    }
+    let (_, text) = request(Method::DELETE, r#"{"idz": []}"#).await;
+    assert!(text.contains("unknown field `idz`"), "{text}");
+    assert_eq!(list().await["total"], 3);
+    assert_eq!(list().await["unread"], 3);
+
+    // Lowercase keys are Mailpit's keys: these messages, not all of them.
+    let body = format!(r#"{{"read": true, "ids": ["{}"]}}"#, all[0]);
+    assert_eq!(request(Method::PUT, &body).await, (200, "ok".into()));
+    assert_eq!(list().await["unread"], 2);
+    let body = format!(r#"{{"ids": ["{}"]}}"#, all[1]);
+    assert_eq!(request(Method::DELETE, &body).await, (200, "ok".into()));
+    assert_eq!(list().await["total"], 2);
+    // As in Mailpit: `{}` and an empty list mean every message.
+    assert_eq!(
+        request(Method::PUT, r#"{"Read": true, "IDs": []}"#).await.0,
+        200
+    );
+    assert_eq!(list().await["unread"], 0);
+    assert_eq!(request(Method::DELETE, "{}").await.0, 200);
+    assert_eq!(list().await["total"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_mode_keeps_the_last_max_messages() {
     let dir = tempfile::tempdir().unwrap();

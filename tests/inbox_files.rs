@@ -101,3 +101,87 @@ async fn the_directory_is_the_inbox_across_restarts() {
     assert!(files(&mail).is_empty(), "{:?}", files(&mail));
     assert_eq!(json(&server, "/api/v1/messages").await["total"], 0);
 }
+
+/// A file the inbox must never touch: outside `file.dir`, where `../victim/token` points.
+fn victim(dir: &Path) -> std::path::PathBuf {
+    let victim = dir.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    for ext in ["eml", "json"] {
+        std::fs::write(
+            victim.join(format!("token.{ext}")),
+            "Subject: SECRET\r\n\r\nx\r\n",
+        )
+        .unwrap();
+    }
+    victim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_are_paths_reach_no_file_outside_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = victim(dir.path());
+    let server = file_mode(dir.path());
+    send(
+        server.smtp,
+        text("a@example.com", "b@example.org", "keep me", "x"),
+    )
+    .await;
+    let absolute = victim.join("token").display().to_string();
+    for id in ["../victim/token", absolute.as_str(), "..", "."] {
+        let body = json!({"IDs": [id]});
+        let (status, text) =
+            send_json(&server, Method::DELETE, "/api/v1/messages", Some(body)).await;
+        assert_eq!(status, 400, "DELETE {id}: {text}");
+        assert!(!text.contains(&*dir.path().to_string_lossy()), "{text}");
+        let body = json!({"IDs": [id], "Read": true});
+        let (status, _) = send_json(&server, Method::PUT, "/api/v1/messages", Some(body)).await;
+        assert_eq!(status, 400, "PUT {id}");
+    }
+    // The same through the paths of the API (the slashes escaped, as a client would).
+    let escaped = "..%2Fvictim%2Ftoken";
+    for path in [
+        format!("/api/v1/message/{escaped}"),
+        format!("/api/v1/message/{escaped}/raw"),
+        format!("/api/v1/message/{escaped}/headers"),
+        format!("/api/v1/message/{escaped}/part/1"),
+        format!("/view/{escaped}.html"),
+        format!("/view/{escaped}.txt"),
+    ] {
+        let response = reqwest::get(server.url(&path)).await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 404, "GET {path}: {text}");
+        assert!(!text.contains("SECRET"), "{path}: {text}");
+    }
+    let release = json!({"To": ["x@example.org"]});
+    let path = format!("/api/v1/message/{escaped}/release");
+    let (status, _) = send_json(&server, Method::POST, &path, Some(release)).await;
+    assert_ne!(status, 200, "release is off here, and the id is none");
+
+    assert!(victim.join("token.json").exists() && victim.join("token.eml").exists());
+    assert_eq!(json(&server, "/api/v1/messages").await["total"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_is_logged_not_told_to_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = file_mode(dir.path());
+    send(
+        server.smtp,
+        text("a@example.com", "b@example.org", "stuck", "x"),
+    )
+    .await;
+    let id = ids(&json(&server, "/api/v1/messages").await)[0].clone();
+    // A directory where the envelope file was: removing it fails with an OS error.
+    let envelope = dir.path().join("mail").join(format!("{id}.json"));
+    std::fs::remove_file(&envelope).unwrap();
+    std::fs::create_dir_all(envelope.join("inside")).unwrap();
+    let body = json!({"IDs": [id]});
+    let (status, text) = send_json(&server, Method::DELETE, "/api/v1/messages", Some(body)).await;
+    assert_eq!(status, 500);
+    assert!(
+        !text.contains("os error") && !text.contains(&id) && !text.contains("mail"),
+        "{text}"
+    );
+    assert!(server.stop().success());
+}

@@ -111,6 +111,16 @@ async fn release_errors_say_what_is_wrong() {
     )
     .await;
     assert_eq!(status, 400);
+    // A key that names nothing is refused, not ignored: here a Cc the release would not honour.
+    let (status, text) = send_json(
+        &server,
+        Method::POST,
+        "/api/v1/message/latest/release",
+        Some(json!({"To": ["qa@example.org"], "Cc": ["boss@example.org"]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(text.contains("unknown field `cc`"), "{text}");
 
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
     let refused = release(&server, "latest", json!(["qa@example.org"])).await;

@@ -100,6 +100,38 @@ async fn other_sites_cannot_change_anything() {
     let get = client.get(server.url("/api/v1/message/latest/release"));
     assert_eq!(status(get).await, 405);
     assert_eq!(json(&server, "/api/v1/messages").await["total"], 1);
+    // Opening a message marks it read (Mailpit's API does), but not for an `<img src>` on
+    // another site: Chromium sends `Sec-Fetch-Site` and no `Origin` for it.
+    for site in ["cross-site", "same-site"] {
+        let img = client
+            .get(server.url("/api/v1/message/latest"))
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", "no-cors")
+            .header("sec-fetch-dest", "image");
+        let response = img.send().await.unwrap();
+        assert_eq!(response.status(), 403, "{site}");
+        assert!(!response.text().await.unwrap().contains("keep me"));
+        assert_eq!(
+            json(&server, "/api/v1/messages").await["unread"],
+            1,
+            "{site}"
+        );
+    }
+    // The inbox's own page, and clients that are not browsers, may.
+    let own = client
+        .get(server.url("/api/v1/message/latest"))
+        .header("sec-fetch-site", "same-origin");
+    assert_eq!(status(own).await, 200);
+    assert_eq!(json(&server, "/api/v1/messages").await["unread"], 0);
+    let unread = client
+        .put(&messages)
+        .json(&serde_json::json!({"Read": false}));
+    assert_eq!(status(unread).await, 200);
+    assert_eq!(
+        status(client.get(server.url("/api/v1/message/latest"))).await,
+        200
+    );
+    assert_eq!(json(&server, "/api/v1/messages").await["unread"], 0);
 
     // The inbox's own page may.
     let own = client
@@ -200,7 +232,13 @@ async fn the_event_stream_is_for_the_inbox_page_only() {
 }
 
 fn remote_config(dir: &std::path::Path, users: bool) {
-    let mut extra = String::from("[http]\nlisten = \"0.0.0.0:0\"\n");
+    guarded_config(dir, "0.0.0.0:0", users, "");
+}
+
+/// A config with the inbox on `listen`, `[inbox]` settings `inbox`, and with `users` one user
+/// `dev` whose password is `inbox secret`.
+fn guarded_config(dir: &std::path::Path, listen: &str, users: bool, inbox: &str) {
+    let mut extra = format!("[http]\nlisten = \"{listen}\"\n[inbox]\n{inbox}\n");
     if users {
         let hash = smtp2gmail::smtp::auth::hash_password("inbox secret").unwrap();
         extra = format!("[[smtp.users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\n{extra}");
@@ -273,6 +311,55 @@ async fn a_remote_inbox_asks_for_a_password() {
         200,
         "probes need no password"
     );
+}
+
+/// Every local user, and a reverse proxy on the machine, reach a loopback inbox: with
+/// `inbox.auth_required` it asks them for a password too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_inbox_asks_for_a_password_when_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    guarded_config(dir.path(), "127.0.0.1:0", false, "auth_required = true");
+    // `check` loads the config as `serve` does, and ends whatever it finds.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+        .args(["check", "--config", "config.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "no users: no start");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("inbox.auth_required"), "{stderr}");
+
+    guarded_config(dir.path(), "127.0.0.1:0", true, "auth_required = true");
+    let server = Running::start(dir.path());
+    assert!(
+        server
+            .startup
+            .contains("asks for an [[smtp.users]] password")
+    );
+    send(
+        server.smtp,
+        text("a@example.com", "b@example.org", "private", "x"),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // As a reverse proxy on the machine forwards it.
+    let proxied = client
+        .post(server.url("/api/v1/message/latest/release"))
+        .header(HOST, "127.0.0.1")
+        .json(&serde_json::json!({"To": ["x@example.org"]}));
+    assert_eq!(status(proxied).await, 401);
+    for path in ["/", "/api/v1/messages", "/api/v1/message/latest"] {
+        assert_eq!(status(client.get(server.url(path))).await, 401, "{path}");
+    }
+    let wrong = client
+        .get(server.url("/api/v1/messages"))
+        .basic_auth("dev", Some("guess"));
+    assert_eq!(status(wrong).await, 401);
+    let right = client
+        .get(server.url("/api/v1/messages"))
+        .basic_auth("dev", Some("inbox secret"));
+    let list: serde_json::Value = right.send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["total"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

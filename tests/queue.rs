@@ -390,3 +390,29 @@ async fn dropped_connections_and_timeouts_keep_the_message_queued() {
         queued.stop().await;
     }
 }
+
+#[tokio::test]
+async fn queue_commands_take_only_queue_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let dead = spool.join("dead");
+    std::fs::create_dir_all(spool.join("queue")).unwrap();
+    std::fs::create_dir_all(&dead).unwrap();
+    // Where `queue/../../victim/token` would point, with each of the spool's extensions.
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    for ext in ["msg", "json"] {
+        std::fs::write(victim.join(format!("token.{ext}")), b"keep").unwrap();
+    }
+    let absolute = victim.join("token").display().to_string();
+    for id in ["../../victim/token", absolute.as_str(), ".."] {
+        for command in [["delete", id], ["show", id], ["retry", id]] {
+            let (ok, said) = queue_command(&spool, &command).await;
+            assert!(
+                !ok && said.contains("is not a queue id"),
+                "{command:?}: {said}"
+            );
+        }
+    }
+    assert!(victim.join("token.msg").exists() && victim.join("token.json").exists());
+}

@@ -15,6 +15,9 @@ pub struct InboxConfig {
     /// Host names, besides localhost, that browsers and clients may use to reach the inbox
     /// (`Host` header; IP addresses always may): the DNS-rebinding guard refuses other names.
     pub allowed_hosts: Vec<String>,
+    /// Ask for one of `[[smtp.users]]` even on loopback: every local user, and a reverse proxy
+    /// on this machine, reach a loopback inbox and could read the mail and release it.
+    pub auth_required: bool,
 }
 
 impl Default for InboxConfig {
@@ -23,6 +26,7 @@ impl Default for InboxConfig {
             enabled: true,
             max_messages: 1000,
             allowed_hosts: Vec::new(),
+            auth_required: false,
         }
     }
 }
@@ -35,12 +39,13 @@ impl Config {
             && self.http.address().is_some()
     }
 
-    /// Whether the inbox can be reached from other machines, so that it needs a password: an
-    /// `http.listen` beyond loopback, or host names besides localhost (a proxy or a container
-    /// network forwards to it).
+    /// Whether the inbox needs a password: asked for (`inbox.auth_required`), or reachable from
+    /// other machines — an `http.listen` beyond loopback, or host names besides localhost (a
+    /// proxy or a container network forwards to it).
     pub fn inbox_needs_auth(&self) -> bool {
         let remote = self.http.address().is_some_and(|a| !a.ip().is_loopback());
-        self.inbox_active() && (remote || !self.inbox.allowed_hosts.is_empty())
+        let asked = self.inbox.auth_required || !self.inbox.allowed_hosts.is_empty();
+        self.inbox_active() && (remote || asked)
     }
 
     /// The inbox's rules: a keepable number of messages, and no captured mail (nor release
@@ -50,6 +55,13 @@ impl Config {
             return Err(Broken::new(
                 "inbox.max_messages",
                 "must be at least 1 (set inbox.enabled = false to turn the inbox off)",
+            ));
+        }
+        if self.inbox_needs_auth() && self.smtp.users.is_empty() && self.inbox.auth_required {
+            return Err(Broken::new(
+                "inbox.auth_required",
+                "the inbox would ask for one of [[smtp.users]] and there are none: add \
+                 [[smtp.users]] (hashes from `smtp2gmail hash-password`)",
             ));
         }
         if self.inbox_needs_auth() && self.smtp.users.is_empty() {

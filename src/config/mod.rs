@@ -468,6 +468,7 @@ mod tests {
             gmail,
             inbox: InboxConfig {
                 allowed_hosts: vec!["x".into()],
+                auth_required: true,
                 ..InboxConfig::default()
             },
             ..Config::default()

@@ -9,17 +9,19 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::body::Loaded;
+use super::id::InboxId;
 use super::index::Entry;
 use super::mailpit::{ListItem, Message, MessageList};
+use super::request::{json_body, message_ids};
 use super::search::{Candidate, Query as Search};
-use super::{Inbox, budget, events, mime, release};
+use super::{Inbox, budget, events, guard, mime, release};
 
 /// Mailpit's default page size.
 const DEFAULT_LIMIT: usize = 50;
@@ -54,12 +56,13 @@ impl ApiError {
         ApiError(StatusCode::NOT_FOUND, "not found".into())
     }
 
-    /// A storage failure: logged here, answered without the details.
+    /// A storage failure: logged here, answered without the details (an OS error names paths
+    /// and users of the machine, which the client has no business knowing).
     pub fn storage(err: std::io::Error) -> ApiError {
         tracing::error!(%err, "inbox storage failed");
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read or change the inbox: {err}"),
+            "cannot read or change the inbox; the server's log says why".into(),
         )
     }
 }
@@ -88,21 +91,13 @@ fn ok() -> Response {
     ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
 }
 
-/// A JSON body that may be absent: clients send `DELETE` without one to mean "all".
-fn json_body<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|err| ApiError::bad(format!("invalid JSON body: {err}")))
-}
-
 /// The message `id` (or `latest`), or 404.
 pub async fn find(inbox: &Inbox, id: &str) -> Result<Entry, ApiError> {
     let id = inbox.resolve(id).ok_or_else(ApiError::not_found)?;
     inbox.entry(&id).await.ok_or_else(ApiError::not_found)
 }
 
-async fn page(inbox: &Inbox, ids: Vec<Arc<str>>) -> Vec<ListItem> {
+async fn page(inbox: &Inbox, ids: Vec<InboxId>) -> Vec<ListItem> {
     inbox.store.ensure_loaded(ids.clone()).await;
     let index = inbox.store.index();
     ids.iter()
@@ -118,7 +113,7 @@ async fn list(State(inbox): State<Arc<Inbox>>, Query(params): Params) -> Respons
     let (total, unread, ids) = {
         let index = inbox.store.index();
         let ids = index.newest_first().skip(start).take(limit);
-        let ids: Vec<Arc<str>> = ids.map(|e| e.id.clone()).collect();
+        let ids: Vec<InboxId> = ids.map(|e| e.id.clone()).collect();
         (index.len(), index.unread(), ids)
     };
     let messages = page(&inbox, ids).await;
@@ -174,7 +169,7 @@ async fn search(
     let found = matching(&inbox, text).await?;
     let start = number(&params, "start", 0);
     let limit = number(&params, "limit", DEFAULT_LIMIT);
-    let ids: Vec<Arc<str>> = found
+    let ids: Vec<InboxId> = found
         .iter()
         .skip(start)
         .take(limit)
@@ -210,56 +205,50 @@ async fn delete_search(
     Ok(ok())
 }
 
+/// The body of `DELETE /api/v1/messages` (keys in lowercase: see [`json_body`]).
 #[derive(Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct Ids {
-    #[serde(rename = "IDs")]
-    ids: Vec<String>,
+    ids: Option<Vec<String>>,
 }
 
-/// `DELETE /api/v1/messages` with `{"IDs": […]}`, or without IDs for all.
+/// `DELETE /api/v1/messages` with `{"IDs": […]}`; no body, `{}` or no IDs mean all, as in
+/// Mailpit.
 async fn delete(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Response, ApiError> {
     let request: Ids = json_body(&body)?;
-    let ids = match request.ids.is_empty() {
+    let ids = message_ids(request.ids.as_deref().unwrap_or_default())?;
+    let ids = match ids.is_empty() {
         true => inbox.all_ids(),
-        false => request
-            .ids
-            .iter()
-            .map(|id| Arc::from(id.as_str()))
-            .collect(),
+        false => ids,
     };
     inbox.delete(ids).await.map_err(ApiError::storage)?;
     Ok(ok())
 }
 
+/// The body of `PUT /api/v1/messages` (keys in lowercase: see [`json_body`]).
 #[derive(Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct ReadState {
-    #[serde(rename = "Read")]
     read: bool,
-    #[serde(rename = "IDs")]
-    ids: Vec<String>,
-    #[serde(rename = "Search")]
-    search: String,
+    ids: Option<Vec<String>>,
+    search: Option<String>,
 }
 
 /// `PUT /api/v1/messages` with `{"Read": bool, "IDs": […]}` or `{"Read": bool, "Search": "…"}`;
 /// neither means every message.
 async fn set_read(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Response, ApiError> {
     let request: ReadState = json_body(&body)?;
-    if !request.ids.is_empty() && !request.search.trim().is_empty() {
+    let ids = message_ids(request.ids.as_deref().unwrap_or_default())?;
+    let search = request.search.unwrap_or_default();
+    if !ids.is_empty() && !search.trim().is_empty() {
         return Err(ApiError::bad(
             "You may specify either IDs or a search query, not both",
         ));
     }
-    let ids: Vec<Arc<str>> = if !request.ids.is_empty() {
-        request
-            .ids
-            .iter()
-            .map(|id| Arc::from(id.as_str()))
-            .collect()
-    } else if !request.search.trim().is_empty() {
-        let found = matching(&inbox, &request.search).await?;
+    let ids: Vec<InboxId> = if !ids.is_empty() {
+        ids
+    } else if !search.trim().is_empty() {
+        let found = matching(&inbox, &search).await?;
         found.into_iter().map(|e| e.id).collect()
     } else {
         inbox.all_ids()
@@ -268,11 +257,19 @@ async fn set_read(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Result<Respon
     Ok(ok())
 }
 
-/// `GET /api/v1/message/{id}`: the message, which is then marked read.
+/// `GET /api/v1/message/{id}`: the message, which is then marked read — so not for another
+/// site's page (an `<img src>` would mark it read), which could not read the answer anyway.
 async fn message(
     State(inbox): State<Arc<Inbox>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if guard::from_another_site(&headers) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "opening a message marks it read, which a page of another site may not do".into(),
+        ));
+    }
     let entry = find(&inbox, &id).await?;
     let (view, charge) = inbox
         .view(&entry.id)

@@ -7,14 +7,16 @@
 //! - **Cross-site requests**: a request with an `Origin` must come from the inbox's own origin
 //!   (this also covers the WebSocket, which browsers open to any origin); a request with a body
 //!   must be `application/json`, which a form cannot send and a script on another site can only
-//!   send after a CORS preflight that is never granted; nothing changes on `GET`.
+//!   send after a CORS preflight that is never granted. The one `GET` that changes something
+//!   (Mailpit's: opening a message marks it read) is refused to other sites' pages, which send
+//!   no `Origin` on `GET` but say where they come from in `Sec-Fetch-Site` ([`from_another_site`]).
 //! - **Other sites' reads**: a `GET` another site's page makes (`<img>`, a no-cors `fetch`)
 //!   carries no `Origin` but `Sec-Fetch-Site: cross-site`, and is refused unless it follows a
 //!   link; every answer says `Cross-Origin-Resource-Policy: same-origin`.
-//! - **Other machines**: when the inbox can be reached from the network (see
-//!   [`Config::inbox_needs_auth`]) every request needs HTTP Basic credentials of one of
-//!   `[[smtp.users]]`; the server refuses to start without users. So release is never reachable
-//!   unauthenticated from the network.
+//! - **Other machines**: when the inbox can be reached from the network, or `inbox.auth_required`
+//!   asks for it (see [`Config::inbox_needs_auth`]), every request needs HTTP Basic credentials of
+//!   one of `[[smtp.users]]`; the server refuses to start without users. Without it a loopback
+//!   inbox answers whoever can connect to loopback: every local user, a proxy on the machine.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -180,7 +182,7 @@ fn request_scheme(headers: &HeaderMap) -> String {
 /// A request a page on another site made the browser send (an `<img>`, a no-cors `fetch`
 /// through some loopback name), rather than a link followed to the inbox: browsers say so in
 /// `Sec-Fetch-Site`, whatever the host name. Such requests carry no `Origin` on `GET`.
-fn from_another_site(headers: &HeaderMap) -> bool {
+fn loaded_by_another_site(headers: &HeaderMap) -> bool {
     let value = |name: &str| {
         headers
             .get(name)
@@ -190,6 +192,18 @@ fn from_another_site(headers: &HeaderMap) -> bool {
     let followed_link =
         value("sec-fetch-mode") == "navigate" && value("sec-fetch-dest") == "document";
     value("sec-fetch-site") == "cross-site" && !followed_link
+}
+
+/// Whether a browser says the request comes from a page that is not the inbox's: `Sec-Fetch-Site`
+/// other than `same-origin` or `none` (typed in, a bookmark). An `<img src>` on another site
+/// sends `cross-site` and no `Origin`; another port of localhost is `same-site`, another origin
+/// all the same. Clients other than browsers (curl, Mailpit's client libraries) send no
+/// `Sec-Fetch-Site`, and are not from another site.
+pub fn from_another_site(headers: &HeaderMap) -> bool {
+    headers.get("sec-fetch-site").is_some_and(|site| {
+        let site = site.to_str().unwrap_or_default().trim();
+        !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none")
+    })
 }
 
 fn refuse(status: StatusCode, reason: &str) -> Response {
@@ -234,7 +248,7 @@ pub async fn check(
     {
         return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
     }
-    if from_another_site(headers) {
+    if loaded_by_another_site(headers) {
         return refuse(
             StatusCode::FORBIDDEN,
             "requests from other sites are refused",
@@ -356,6 +370,19 @@ mod tests {
         assert_eq!(request_scheme(&headers), "https");
         headers.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         assert_eq!(request_scheme(&headers), "http");
+    }
+
+    #[test]
+    fn other_sites_by_fetch_metadata() {
+        let site = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("sec-fetch-site", HeaderValue::from_str(value).unwrap());
+            }
+            from_another_site(&headers)
+        };
+        assert!(site(Some("cross-site")) && site(Some("same-site")) && site(Some("bogus")));
+        assert!(!site(None) && !site(Some("same-origin")) && !site(Some("none")));
     }
 
     #[test]

@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::id::InboxId;
 use super::mime::Summary;
 
 /// One message in the index.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The id (the SMTP session's message id, the file name stem in file mode).
-    pub id: Arc<str>,
+    pub id: InboxId,
     /// When it was received, milliseconds since the epoch.
     pub received_ms: i64,
     /// Size in bytes.
@@ -24,8 +25,8 @@ pub struct Entry {
 /// Entries ordered by arrival, with a lookup by id.
 #[derive(Debug, Default)]
 pub struct Index {
-    ordered: BTreeMap<(i64, Arc<str>), Entry>,
-    by_id: HashMap<Arc<str>, i64>,
+    ordered: BTreeMap<(i64, InboxId), Entry>,
+    by_id: HashMap<InboxId, i64>,
     unread: usize,
 }
 
@@ -97,7 +98,7 @@ impl Index {
     }
 
     /// The oldest entry's id.
-    pub fn oldest(&self) -> Option<Arc<str>> {
+    pub fn oldest(&self) -> Option<InboxId> {
         self.ordered.values().next().map(|e| e.id.clone())
     }
 
@@ -123,7 +124,7 @@ mod tests {
 
     fn entry(id: &str, received_ms: i64) -> Entry {
         Entry {
-            id: id.into(),
+            id: InboxId::parse(id).unwrap(),
             received_ms,
             size: 1,
             read: false,

@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn list_items_use_mailpit_names_and_empty_arrays() {
         let entry = Entry {
-            id: "abc".into(),
+            id: crate::inbox::id::InboxId::parse("abc").unwrap(),
             received_ms: 0,
             size: 42,
             read: true,

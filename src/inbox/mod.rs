@@ -21,10 +21,12 @@ pub mod budget;
 pub mod capture;
 pub mod events;
 pub mod guard;
+pub mod id;
 pub mod index;
 pub mod mailpit;
 pub mod mime;
 pub mod release;
+pub mod request;
 pub mod search;
 pub mod store;
 pub mod web;
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RelayMode};
 use crate::message::{Envelope, Message};
 use budget::Charge;
+use id::InboxId;
 use index::Entry;
 use mime::View;
 use store::Store;
@@ -60,7 +63,7 @@ pub struct Inbox {
     accepted: AtomicU64,
     accepted_bytes: AtomicU64,
     deleted: AtomicU64,
-    views: Mutex<Vec<(Arc<str>, Arc<View>)>>,
+    views: Mutex<Vec<(InboxId, Arc<View>)>>,
 }
 
 impl Inbox {
@@ -133,7 +136,7 @@ impl Inbox {
     }
 
     /// The id a request names: an id in the inbox, or `latest`.
-    pub fn resolve(&self, id: &str) -> Option<Arc<str>> {
+    pub fn resolve(&self, id: &str) -> Option<InboxId> {
         let index = self.store.index();
         match id {
             "latest" => index.newest().map(|e| e.id.clone()),
@@ -142,14 +145,14 @@ impl Inbox {
     }
 
     /// The entry `id` with its summary loaded.
-    pub async fn entry(&self, id: &Arc<str>) -> Option<Entry> {
+    pub async fn entry(&self, id: &InboxId) -> Option<Entry> {
         self.store.ensure_loaded(vec![id.clone()]).await;
         self.store.index().get(id).cloned()
     }
 
     /// The parsed view of message `id`, from the cache or parsed now on the blocking pool,
     /// with a charge of the message's size to hold until the answer made from it is sent.
-    pub async fn view(&self, id: &Arc<str>) -> io::Result<Option<(Arc<View>, Charge)>> {
+    pub async fn view(&self, id: &InboxId) -> io::Result<Option<(Arc<View>, Charge)>> {
         let cached = self.cached_views().iter().find(|(k, _)| k == id).cloned();
         if let Some((_, view)) = cached {
             let size = self.store.index().get(id).map_or(0, |e| e.size);
@@ -172,12 +175,12 @@ impl Inbox {
         Ok(Some((view, charge)))
     }
 
-    fn cached_views(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<View>)>> {
+    fn cached_views(&self) -> std::sync::MutexGuard<'_, Vec<(InboxId, Arc<View>)>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deletes messages, telling the listeners.
-    pub async fn delete(&self, ids: Vec<Arc<str>>) -> io::Result<()> {
+    pub async fn delete(&self, ids: Vec<InboxId>) -> io::Result<()> {
         let all = !ids.is_empty() && ids.len() == self.store.index().len();
         let gone = self.store.delete(ids).await?;
         self.deleted.fetch_add(gone.len() as u64, Ordering::Relaxed);
@@ -195,7 +198,7 @@ impl Inbox {
     }
 
     /// Every id in the inbox, newest first.
-    pub fn all_ids(&self) -> Vec<Arc<str>> {
+    pub fn all_ids(&self) -> Vec<InboxId> {
         self.store
             .index()
             .newest_first()
@@ -204,7 +207,7 @@ impl Inbox {
     }
 
     /// Marks messages read or unread, telling the listeners.
-    pub async fn set_read(&self, ids: &[Arc<str>], read: bool) {
+    pub async fn set_read(&self, ids: &[InboxId], read: bool) {
         for id in self.store.set_read(ids, read).await {
             self.events.updated(&id, read);
         }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use super::Inbox;
 use super::api::{ApiError, raw_bytes};
+use super::request::json_body;
 use crate::config::Config;
 use crate::message::headers::{Headers, LineEnding, check_line_endings, header_end};
 use crate::message::mailbox::mailbox_key;
@@ -115,9 +116,10 @@ impl Release {
     }
 }
 
+/// The body: `{"To": […]}` (keys in lowercase: see [`json_body`]).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Request {
-    #[serde(rename = "To")]
     to: Vec<String>,
 }
 
@@ -132,8 +134,8 @@ pub async fn release(
         Ok(gmail) => gmail.clone(),
         Err(why) => return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, why.clone())),
     };
-    let request: Request = serde_json::from_slice(&body)
-        .map_err(|err| ApiError::bad(format!("expected {{\"To\": [addresses]}}: {err}")))?;
+    let request: Request = json_body(&body)
+        .map_err(|err| ApiError::bad(format!("expected {{\"To\": [addresses]}}: {}", err.1)))?;
     let recipients = recipients(&request.to).map_err(ApiError::bad)?;
     let (entry, raw) = raw_bytes(&inbox, &id).await?;
     let released_id = MessageId::generate();

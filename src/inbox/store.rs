@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::body::{self, Body, Loaded, blocking};
 use super::budget::{Budget, Charge};
+use super::id::InboxId;
 use super::index::{Entry, Index};
 use super::mime::{self, Envelope, Summary};
 use crate::message::{self, Message};
@@ -41,7 +42,7 @@ const SMALL: u64 = message::SPILL_THRESHOLD as u64;
 enum Kind {
     Memory {
         max_messages: usize,
-        bodies: Mutex<HashMap<Arc<str>, Body>>,
+        bodies: Mutex<HashMap<InboxId, Body>>,
         in_memory: Mutex<u64>,
     },
     Dir {
@@ -65,7 +66,7 @@ pub struct Captured {
     /// The new entry.
     pub entry: Entry,
     /// Entries dropped to stay within `max_messages`.
-    pub evicted: Vec<Arc<str>>,
+    pub evicted: Vec<InboxId>,
 }
 
 impl Store {
@@ -92,21 +93,22 @@ impl Store {
         for item in std::fs::read_dir(dir)? {
             let item = item?;
             let name = item.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".eml")) else {
                 continue;
             };
-            if id.is_empty() || id.starts_with('.') {
+            // Hidden files are not messages; nothing else in one folder fails to parse.
+            let Ok(id) = InboxId::parse(stem) else {
                 continue;
-            }
-            let received_ms = match received_from_id(id) {
+            };
+            let received_ms = match received_from_id(&id) {
                 Some(ms) => ms,
                 None => modified_ms(&item.metadata()?),
             };
             index.insert(Entry {
-                id: id.into(),
+                read: read.contains(id.as_str()),
+                id,
                 received_ms,
                 size: 0,
-                read: read.contains(id),
                 summary: None,
             });
         }
@@ -147,7 +149,8 @@ impl Store {
         envelope: &message::Envelope,
         message: &Message,
     ) -> io::Result<Captured> {
-        let id: Arc<str> = envelope.id.as_str().into();
+        let id = InboxId::parse(envelope.id.as_str())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let _charge = self.budget.charge(message.len()).await;
         let raw = message.to_bytes().await?;
         if let Kind::Memory {
@@ -220,7 +223,7 @@ impl Store {
 
     /// The bytes of message `id`, read once a charge of their size has been taken (see
     /// [`body::load`]).
-    pub async fn load(&self, id: &str) -> io::Result<Option<Loaded>> {
+    pub async fn load(&self, id: &InboxId) -> io::Result<Option<Loaded>> {
         match self.open(id).await? {
             Some(body) => body::load(body, &self.budget).await.map(Some),
             None => Ok(None),
@@ -229,7 +232,7 @@ impl Store {
 
     /// The raw bytes of message `id` as a stream of chunks, with their number (see
     /// [`body::stream`]).
-    pub async fn stream(&self, id: &str) -> io::Result<Option<(u64, body::Chunks)>> {
+    pub async fn stream(&self, id: &InboxId) -> io::Result<Option<(u64, body::Chunks)>> {
         match self.open(id).await? {
             Some(body) => body::stream(body).await.map(Some),
             None => Ok(None),
@@ -237,7 +240,7 @@ impl Store {
     }
 
     /// Message `id`'s body: shared from memory, or its file opened (file mode).
-    async fn open(&self, id: &str) -> io::Result<Option<Body>> {
+    async fn open(&self, id: &InboxId) -> io::Result<Option<Body>> {
         let path = match &self.kind {
             Kind::Memory { bodies, .. } => {
                 let bodies = bodies.lock().unwrap_or_else(|e| e.into_inner());
@@ -247,7 +250,7 @@ impl Store {
                 if self.index().get(id).is_none() {
                     return Ok(None);
                 }
-                dir.join(format!("{id}.eml"))
+                dir.join(id.file_name("eml"))
             }
         };
         match blocking(move || std::fs::File::open(path)).await {
@@ -264,15 +267,19 @@ impl Store {
         Some(summary.return_path.clone()).filter(|s| !s.is_empty())
     }
 
-    /// Removes messages; returns those that were there.
-    pub async fn delete(self: &Arc<Self>, ids: Vec<Arc<str>>) -> io::Result<Vec<Arc<str>>> {
+    /// Removes messages; returns those that were there. Only messages in the index are touched:
+    /// an id names files only once it is known to be one of the inbox's messages.
+    pub async fn delete(self: &Arc<Self>, ids: Vec<InboxId>) -> io::Result<Vec<InboxId>> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut gone = Vec::new();
             for id in ids {
+                if store.index().get(&id).is_none() {
+                    continue;
+                }
                 if let Kind::Dir { dir, .. } = &store.kind {
                     for ext in ["eml", "json"] {
-                        match std::fs::remove_file(dir.join(format!("{id}.{ext}"))) {
+                        match std::fs::remove_file(dir.join(id.file_name(ext))) {
                             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
                             _ => {}
                         }
@@ -306,8 +313,8 @@ impl Store {
     }
 
     /// Sets the read state of `ids`; returns those that changed.
-    pub async fn set_read(self: &Arc<Self>, ids: &[Arc<str>], read: bool) -> Vec<Arc<str>> {
-        let changed: Vec<Arc<str>> = {
+    pub async fn set_read(self: &Arc<Self>, ids: &[InboxId], read: bool) -> Vec<InboxId> {
+        let changed: Vec<InboxId> = {
             let mut index = self.index_mut();
             ids.iter()
                 .filter(|id| index.set_read(id, read))
@@ -327,7 +334,7 @@ impl Store {
         changed
     }
 
-    fn log_read(&self, dir: &Path, ids: &[Arc<str>], read: bool) -> io::Result<()> {
+    fn log_read(&self, dir: &Path, ids: &[InboxId], read: bool) -> io::Result<()> {
         let Kind::Dir { read_log, .. } = &self.kind else {
             return Ok(());
         };
@@ -342,11 +349,11 @@ impl Store {
     }
 
     /// Fills in the summaries of the entries among `ids` that have none yet (file mode).
-    pub async fn ensure_loaded(self: &Arc<Self>, ids: Vec<Arc<str>>) {
+    pub async fn ensure_loaded(self: &Arc<Self>, ids: Vec<InboxId>) {
         let Kind::Dir { dir, .. } = &self.kind else {
             return;
         };
-        let missing: Vec<Arc<str>> = {
+        let missing: Vec<InboxId> = {
             let index = self.index();
             ids.into_iter()
                 .filter(|id| index.get(id).is_some_and(|e| e.summary.is_none()))
@@ -394,7 +401,7 @@ impl Store {
         }
     }
 
-    fn set_summary(&self, id: &Arc<str>, (summary, size): (Summary, u64)) {
+    fn set_summary(&self, id: &InboxId, (summary, size): (Summary, u64)) {
         let mut index = self.index_mut();
         index.set_summary(id, Arc::new(summary));
         if let Some(entry) = index.get(id).cloned() {
@@ -407,8 +414,8 @@ impl Store {
     /// disk, one small file after another, and disks answer several requests as fast as one.
     pub async fn load_all(self: Arc<Self>) {
         use futures_util::StreamExt;
-        let ids: Vec<Arc<str>> = self.index().newest_first().map(|e| e.id.clone()).collect();
-        let batches = ids.chunks(LOAD_BATCH).map(<[Arc<str>]>::to_vec);
+        let ids: Vec<InboxId> = self.index().newest_first().map(|e| e.id.clone()).collect();
+        let batches = ids.chunks(LOAD_BATCH).map(<[InboxId]>::to_vec);
         futures_util::stream::iter(batches)
             .for_each_concurrent(LOADERS, |batch| self.ensure_loaded(batch))
             .await;
@@ -461,9 +468,9 @@ impl Store {
 /// The summary and size of `<dir>/<id>.eml`, with the envelope from `<id>.json` when present;
 /// `Err(size)` when the file has more than `limit` bytes (nothing is read then). A file that
 /// cannot be read gives an empty summary: it is listed, and opening it says why.
-fn load_summary(dir: &Path, id: &str, limit: u64) -> Result<(Summary, u64), u64> {
+fn load_summary(dir: &Path, id: &InboxId, limit: u64) -> Result<(Summary, u64), u64> {
     use std::io::Read;
-    let raw = std::fs::File::open(dir.join(format!("{id}.eml"))).and_then(|file| {
+    let raw = std::fs::File::open(dir.join(id.file_name("eml"))).and_then(|file| {
         let len = file.metadata()?.len();
         if len > limit {
             return Ok(Err(len));
@@ -476,11 +483,11 @@ fn load_summary(dir: &Path, id: &str, limit: u64) -> Result<(Summary, u64), u64>
         Ok(Ok(raw)) => raw,
         Ok(Err(len)) => return Err(len),
         Err(err) => {
-            tracing::warn!(id, %err, "cannot read a message of the inbox");
+            tracing::warn!(%id, %err, "cannot read a message of the inbox");
             return Ok((Summary::default(), 0));
         }
     };
-    let envelope: Envelope = std::fs::read(dir.join(format!("{id}.json")))
+    let envelope: Envelope = std::fs::read(dir.join(id.file_name("json")))
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
         .unwrap_or_default();

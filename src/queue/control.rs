@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::entry::{Entry, Place};
+use super::entry::{Entry, Place, is_valid_id};
 use super::store::{Store, StoreError};
 
 /// How often a running server looks for requests.
@@ -22,13 +22,33 @@ pub enum Request {
     /// Deliver now (one message, or every queued and dead one).
     Retry {
         /// The message, or `None` for all.
+        #[serde(default, deserialize_with = "queue_id_or_all")]
         id: Option<String>,
     },
     /// Remove a message from the queue or the dead letters.
     Delete {
         /// The message.
+        #[serde(deserialize_with = "queue_id")]
         id: String,
     },
+}
+
+/// A request's id, read from a request file: a queue id or the request is unreadable, so
+/// nothing else ever reaches a spool path (the command checks it before writing the file too).
+fn queue_id<'de, D: serde::Deserializer<'de>>(from: D) -> Result<String, D::Error> {
+    let id = String::deserialize(from)?;
+    match is_valid_id(&id) {
+        true => Ok(id),
+        false => Err(serde::de::Error::custom("not a queue id")),
+    }
+}
+
+fn queue_id_or_all<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<String>, D::Error> {
+    let id = Option::<String>::deserialize(from)?;
+    match id.as_deref().is_none_or(is_valid_id) {
+        true => Ok(id),
+        false => Err(serde::de::Error::custom("not a queue id")),
+    }
 }
 
 /// Why a `queue` command could not be carried out. The message is the command's output.
@@ -154,6 +174,36 @@ pub async fn carry_out(
                     format!("{count} messages will be retried at the next start")
                 }
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_files_name_only_queue_ids() {
+        let read = |json: &str| serde_json::from_str::<Request>(json).ok();
+        assert_eq!(
+            read(r#"{"action": "delete", "id": "0196a1b2c3d4e5f6a7b"}"#),
+            Some(Request::Delete {
+                id: "0196a1b2c3d4e5f6a7b".into()
+            })
+        );
+        assert_eq!(
+            read(r#"{"action": "retry", "id": null}"#),
+            Some(Request::Retry { id: None })
+        );
+        assert_eq!(
+            read(r#"{"action": "retry"}"#),
+            Some(Request::Retry { id: None })
+        );
+        for bad in [
+            r#"{"action": "delete", "id": "../../victim/token"}"#,
+            r#"{"action": "retry", "id": "/etc/passwd"}"#,
+        ] {
+            assert_eq!(read(bad), None, "{bad}");
         }
     }
 }

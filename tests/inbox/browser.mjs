@@ -4,6 +4,7 @@
 // keyboard use, delete and release through the fake Google. With INBOX_SCREENSHOT=FILE it also
 // saves the screenshot used in the README.
 import { readFileSync } from "node:fs";
+import http from "node:http";
 import { chromium } from "playwright-core";
 import { check, fakeGoogle, finish, htmlMail, sendMail, server, step } from "./harness.mjs";
 
@@ -38,11 +39,21 @@ const context = await browser.newContext({ acceptDownloads: true, viewport: { wi
 const page = await context.newPage();
 const pageErrors = [];
 page.on("pageerror", (error) => pageErrors.push(String(error)));
-// A "remote" image: the inbox's own server under another host name, so another origin that
-// answers when it is allowed to be asked.
-const REMOTE = `${inbox.http.replace("127.0.0.1", "localhost")}/assets/favicon.svg?remote-image`;
+// A "remote" image: a server of its own on another port, so another site that answers when it is
+// allowed to be asked (the inbox itself refuses what other sites' pages load from it).
+const pixels = http.createServer((request, response) => {
+  response.writeHead(200, { "Content-Type": "image/svg+xml" });
+  response.end('<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>');
+});
+await new Promise((resolve) => pixels.listen(0, "127.0.0.1", resolve));
+const REMOTE = `http://127.0.0.1:${pixels.address().port}/pixel.svg?remote-image`;
 const loaded = [];
 context.on("response", (response) => loaded.push(response.url()));
+// Read-state changes the page asks for (opening a message must ask, not rely on the GET).
+const readRequests = [];
+page.on("request", (request) => {
+  if (request.method() === "PUT" && new URL(request.url()).pathname === "/api/v1/messages") readRequests.push(JSON.parse(request.postData() || "{}"));
+});
 const rows = page.locator("#list .item");
 const subjects = () => rows.locator(".subject").allTextContents();
 
@@ -67,6 +78,7 @@ await step("open and sandbox", async () => {
   await page.waitForSelector("#message-pane:not([hidden])");
   check("open: subject shown", (await page.textContent("#subject")) === "Password reset");
   check("open: sender shown", (await page.textContent("#meta")).includes("App <app@example.com>"));
+  check("open: marked read with PUT /api/v1/messages", readRequests.some((r) => r.Read === true && r.IDs && r.IDs.length === 1), JSON.stringify(readRequests));
   const sandbox = await page.getAttribute("#html-frame", "sandbox");
   check("sandbox: iframe without allow-scripts or allow-same-origin", !/allow-scripts|allow-same-origin/.test(sandbox), sandbox);
   const frame = page.frameLocator("#html-frame");
@@ -194,4 +206,5 @@ if (process.env.INBOX_SCREENSHOT) {
 }
 
 await browser.close();
+pixels.close();
 finish();

@@ -187,9 +187,18 @@ async function openMessage(id) {
   }
   state.open = message;
   const row = state.messages.find((m) => m.ID === id);
-  if (row && !row.Read) {
-    row.Read = true;
-    state.unread = Math.max(0, state.unread - 1);
+  if (!row || !row.Read) {
+    // Marked read by asking for it: the page does not rely on the GET's side effect (kept for
+    // Mailpit's clients, refused to other sites' pages).
+    try {
+      await api("PUT", "/api/v1/messages", { IDs: [message.ID], Read: true });
+      if (row && !row.Read) {
+        row.Read = true;
+        state.unread = Math.max(0, state.unread - 1);
+      }
+    } catch (error) {
+      toast(`Cannot mark the message read: ${error.message}`, true);
+    }
   }
   document.body.classList.add("reading");
   $("message-pane").hidden = false;
