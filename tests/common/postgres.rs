@@ -2,10 +2,11 @@
 //! a free port on 127.0.0.1, the socket inside the directory; stopped (immediately) when dropped.
 //!
 //! Needs Debian's `postgresql` package: `bash tests/postgres/install.sh` installs it (without
-//! starting the system's cluster), and `.ci/run` runs that before `cargo test`. Without the
-//! binaries [`PgServer::start`] prints how to get them and returns `None`, and the test passes
-//! without checking anything; under CI (`CI` set) a missing server fails the test instead, so a
-//! broken install step cannot hide every database test.
+//! starting the system's cluster), and `.ci/run` runs that before `cargo test`. A test that
+//! starts a server carries `#[cfg_attr(missing_postgres, ignore = "…")]`: build.rs sets
+//! `missing_postgres` when the binaries are not installed (never under CI), so without them
+//! `cargo test` reports the test as ignored, with the command that installs them; if they are
+//! missing when the test runs anyway, [`PgServer::start`] fails it saying the same.
 //!
 //! `initdb` and the server refuse to run as root. As root (CI), the directory is given to the
 //! `postgres` user the package creates, and the server's commands run as that user through
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::free_port;
+use super::programs;
 
 /// The role the queue connects as; owns [`DATABASE`].
 pub const ROLE: &str = "smtp2gmail";
@@ -25,9 +27,9 @@ pub const DATABASE: &str = "queue";
 /// The superuser's password over TCP (a fake value; `psql` uses the socket and needs none).
 const SUPERUSER_PASSWORD: &str = "fake-pg-superuser-password";
 
-/// How to get the binaries, for the skip message.
-const HOW_TO_RUN: &str = "install them with `bash tests/postgres/install.sh` (Debian's postgresql package, \
-     no system cluster started), or run everything with `bash .ci/run`";
+/// How to get the binaries.
+const HOW_TO_INSTALL: &str = "install them with `bash tests/postgres/install.sh` (Debian's \
+     postgresql package, no system cluster started), or run everything with `bash .ci/run`";
 
 /// A running private server. Each test starts its own.
 pub struct PgServer {
@@ -40,18 +42,14 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// Creates a cluster, starts it and creates [`ROLE`] owning [`DATABASE`]; `None` (after
-    /// saying how to run the test) when the PostgreSQL binaries are not installed.
-    pub fn start() -> Option<PgServer> {
-        let Some(bin) = find_binaries() else {
-            if std::env::var_os("CI").is_some() {
-                panic!("PostgreSQL's initdb and pg_ctl are missing under CI: {HOW_TO_RUN}");
-            }
-            eprintln!(
-                "SKIPPED: this test needs a PostgreSQL server: initdb and pg_ctl are neither on PATH \
-                 nor in /usr/lib/postgresql/*/bin; {HOW_TO_RUN}"
+    /// Creates a cluster, starts it and creates [`ROLE`] owning [`DATABASE`]. Panics, saying
+    /// how to install them, when the PostgreSQL binaries are missing.
+    pub fn start() -> PgServer {
+        let Some(bin) = programs::postgres_binaries() else {
+            panic!(
+                "this test needs a PostgreSQL server: initdb, pg_ctl and psql are neither on PATH \
+                 nor in /usr/lib/postgresql/*/bin; {HOW_TO_INSTALL}"
             );
-            return None;
         };
         let as_postgres = running_as_root();
         // As root the parent must be traversable by `postgres`: /tmp is, whatever TMPDIR says.
@@ -95,7 +93,7 @@ impl PgServer {
         // Two runs: CREATE DATABASE refuses to be in the transaction one `-c` string is.
         server.psql(&format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"));
         server.psql(&format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"));
-        Some(server)
+        server
     }
 
     /// The queue's URL: [`ROLE`] on [`DATABASE`] over TCP, TLS off (the server has none).
@@ -279,37 +277,6 @@ impl Drop for PgServer {
             let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         }
     }
-}
-
-/// The directory holding initdb, pg_ctl and psql: PATH first (through symbolic links to the
-/// directory they really are in, where psql is too), then Debian's versioned directories
-/// (newest version first).
-fn find_binaries() -> Option<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "psql"]
-            .iter()
-            .all(|name| dir.join(name).is_file())
-    };
-    if let Some(path) = std::env::var_os("PATH") {
-        let found = std::env::split_paths(&path)
-            .filter_map(|dir| std::fs::canonicalize(dir.join("initdb")).ok())
-            .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
-            .find(|dir| has_all(dir));
-        if found.is_some() {
-            return found;
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, bin)| has_all(bin))
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
 }
 
 /// True when the effective user is root (from /proc, to need no libc binding).
