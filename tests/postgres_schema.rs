@@ -276,6 +276,25 @@ async fn count(database: &Database) -> Result<i64, DatabaseError> {
         .map_err(|err| database.target().classify(&err, Step::Use, "counting"))
 }
 
+/// The outage tests stop a server and start it again on its port: meanwhile nothing else may get
+/// that port (another test's free port, a connection's source port), or the restart fails.
+#[test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
+fn a_stopped_test_server_keeps_its_port_and_refuses_clients() {
+    let mut server = PgServer::start();
+    server.stop();
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    assert!(
+        other.bind(([127, 0, 0, 1], server.port()).into()).is_err(),
+        "the stopped server's port was free for others"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port())).is_err());
+    server.start_again();
+}
+
 #[tokio::test]
 #[cfg_attr(
     missing_postgres,

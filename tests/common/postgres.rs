@@ -39,6 +39,8 @@ pub struct PgServer {
     /// Root runs the server's commands as `postgres`.
     as_postgres: bool,
     running: bool,
+    /// The port while the server is stopped (see [`PgServer::stop`]).
+    reserved: Option<tokio::net::TcpSocket>,
 }
 
 impl PgServer {
@@ -79,6 +81,7 @@ impl PgServer {
             port: 0,
             as_postgres,
             running: false,
+            reserved: None,
         };
         server.initdb();
         // A port can be taken between choosing and binding it: try a few.
@@ -174,14 +177,27 @@ impl PgServer {
 
     /// Stops the server cleanly (for outage tests); [`PgServer::start_again`] brings it back on
     /// the same port with the same data.
+    ///
+    /// The port stays taken meanwhile, by a socket bound to it but not listening: clients are
+    /// refused as by a stopped server, but the kernel hands the port to no other test (a free
+    /// port for another server, the source port of a connection), which made the restart fail
+    /// with "Address already in use".
     pub fn stop(&mut self) {
         let output = self.pg_ctl(&["stop", "-m", "fast", "-w"]);
         assert!(output.status.success(), "pg_ctl stop: {}", text(&output));
         self.running = false;
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        // The server's closed connections linger in TIME_WAIT on the port.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(([127, 0, 0, 1], self.port).into())
+            .expect("the stopped server's port is free");
+        self.reserved = Some(socket);
     }
 
     /// Starts the stopped server again on the same port and data directory.
     pub fn start_again(&mut self) {
+        self.reserved = None;
         if let Err(log) = self.pg_ctl_start() {
             panic!("PostgreSQL did not start again:\n{log}");
         }
