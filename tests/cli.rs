@@ -236,30 +236,23 @@ async fn json_logs_have_one_line_per_message() {
     assert!(fields["duration_ms"].is_u64());
 }
 
+/// The built-in defaults, as `check` reports them: `serve` itself would bind 127.0.0.1:2525 and
+/// 127.0.0.1:9925, which a server the user is running holds.
 #[test]
 fn without_config_it_runs_console_mode_on_2525() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = smtp2gmail(dir.path())
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
-    // Another process may hold the port; then the error names it just the same.
-    assert!(first.contains("127.0.0.1:2525"), "{first}");
-    if first.contains("listening on") {
-        assert!(
-            first.contains("console mode") && first.contains("built-in defaults"),
-            "{first}"
-        );
-    }
+    let output = smtp2gmail(dir.path()).arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("no config file: built-in defaults"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("console mode"), "{stdout}");
+    assert!(
+        stdout.contains("SMTP on 127.0.0.1:2525; HTTP endpoints on http://127.0.0.1:9925/"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -336,7 +329,8 @@ fn an_explicitly_allowed_open_listener_starts() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("smtp.toml"),
-        "[smtp]\nlisten = [\"0.0.0.0:0\"]\nallow_unauthenticated_remote = true\nshutdown_grace = \"1s\"\n",
+        "[http]\nlisten = \"\"\n[smtp]\nlisten = [\"0.0.0.0:0\"]\nallow_unauthenticated_remote = true\n\
+         shutdown_grace = \"1s\"\n",
     )
     .unwrap();
     let server = Running::start(dir.path(), &["serve", "--config", "smtp.toml"]);
@@ -368,7 +362,7 @@ async fn passwords_never_reach_the_logs() {
     std::fs::write(
         dir.path().join("smtp.toml"),
         format!(
-            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nauth_required = true\n\n\
+            "[http]\nlisten = \"\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nauth_required = true\n\n\
              [[smtp.users]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
         ),
     )

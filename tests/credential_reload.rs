@@ -252,9 +252,11 @@ async fn sighup_reloads_a_running_server() {
         google.api_base()
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    // Before the start: the server asks for its first access token at once, in the background,
+    // and a token obtained before the refusal would send the first message.
+    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     let (mut serve, addr) = Serve::start(dir.path());
 
-    google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
     let reply = common::send_simple(addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
 

@@ -1,7 +1,6 @@
 //! Replicas sharing one queue on a real PostgreSQL server (started by the test, see
 //! tests/common/postgres.rs): the real `smtp2gmail serve` binaries against the fake Google.
-//! Without PostgreSQL installed the tests say so and pass (`bash tests/postgres/install.sh`, or
-//! `.ci/run`, runs them).
+//! Without PostgreSQL installed the tests are ignored, saying how to install it.
 
 mod common;
 
@@ -35,8 +34,12 @@ async fn start_replicas(config: &Path, n: usize) -> Vec<Served> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn three_replicas_share_one_queue_and_send_each_message_once() {
-    let Some(db) = PgServer::start() else { return };
+    let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let config = replica_config(&google, dir.path(), &db, "");
     let replicas = start_replicas(&config, 3).await;
@@ -50,16 +53,22 @@ async fn three_replicas_share_one_queue_and_send_each_message_once() {
     burst::until_delivered(&google, &acknowledged, WAIT).await;
     let seen = burst::delivered(&google);
     assert!(seen.values().all(|n| *n == 1), "sent twice: {seen:?}");
-    let (ok, listed) = queue_command(&config, &["list"]).await;
-    assert!(ok && listed.contains("the queue is empty"), "{listed}");
+    // A replica removes a message after Gmail's 200, so the uploads are in before the removals;
+    // stopping waits for the deliveries in flight, removals included.
     for replica in replicas {
         replica.stop().await;
     }
+    let (ok, listed) = queue_command(&config, &["list"]).await;
+    assert!(ok && listed.contains("the queue is empty"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
-    let Some(db) = PgServer::start() else { return };
+    let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(20));
     let config = replica_config(&google, dir.path(), &db, "");
@@ -79,7 +88,21 @@ async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     let survivor = Served::start(&config).await;
-    burst::until_delivered(&google, &acknowledged, Duration::from_secs(60)).await;
+    let bound = Duration::from_secs(60);
+    if let Err(missing) = burst::delivered_within(&google, &acknowledged, bound).await {
+        // Rare under heavy load (the survivor seemed to send nothing); what it and the database
+        // show is what finding the cause needs.
+        let (_, listed) = queue_command(&config, &["list"]).await;
+        panic!(
+            "acknowledged but never delivered: {missing:?}\nqueue:\n{listed}\nleases: {}\n\
+             survivor's log:\n{}",
+            db.psql_in(
+                "queue",
+                "SELECT id, lease_owner, lease_until, due_at, now() FROM smtp2gmail.messages"
+            ),
+            survivor.log().join("\n")
+        );
+    }
     let seen = burst::delivered(&google);
     assert!(seen.values().all(|n| *n <= 2), "sent three times: {seen:?}");
     let twice = seen.values().filter(|n| **n == 2).count();
@@ -88,10 +111,12 @@ async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alone() {
-    let Some(mut db) = PgServer::start() else {
-        return;
-    };
+    let mut db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let config = replica_config(&google, dir.path(), &db, "");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -109,8 +134,9 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
     let before = b"From: held@example.com\r\nSubject: before\r\n\r\nx\r\n.\r\n";
     assert_code(&client.data(before).await, 250);
     metric_becomes(&http, "smtp2gmail_queue_depth{account=\"default\"} 1").await;
-    google.clear_faults_from("held@example.com");
 
+    // Gmail keeps refusing it through the outage: a send whose removal met the database down
+    // would go out again after it (at least once), and two uploads could both be "before".
     db.stop();
     client
         .start_transaction("app@example.com", &["alice@example.com"])
@@ -123,6 +149,7 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
     metric_becomes(&http, "smtp2gmail_queue_store_up 0").await;
 
     db.start_again();
+    google.clear_faults_from("held@example.com");
     let accepted = tokio::time::timeout(WAIT, async {
         loop {
             client
@@ -185,8 +212,12 @@ async fn metric_becomes(base: &str, line: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn queue_commands_work_on_the_database_from_anywhere() {
-    let Some(db) = PgServer::start() else { return };
+    let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
     let config = replica_config(&google, dir.path(), &db, "");
@@ -226,8 +257,12 @@ async fn queue_commands_work_on_the_database_from_anywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn three_replicas_together_keep_one_mailboxs_concurrency() {
-    let Some(db) = PgServer::start() else { return };
+    let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(50));
     // Two at a time for the mailbox, whichever replica sends.

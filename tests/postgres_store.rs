@@ -3,8 +3,8 @@
 //! `queue` commands, merge records, and the wake-up on new mail. What replicas share (claims,
 //! leases, limits) is in tests/postgres_claims.rs.
 //!
-//! Without PostgreSQL installed the tests print how to run them and pass without checking
-//! anything (`bash tests/postgres/install.sh`, or `.ci/run`).
+//! Without PostgreSQL installed the tests are ignored, saying how to install it
+//! (tests/common/postgres.rs).
 
 mod common;
 
@@ -23,10 +23,12 @@ use smtp2gmail::queue::split::Merge;
 use smtp2gmail::queue::store::{Store, StoreError};
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn records_round_trip_through_put_read_list_update_move_and_remove() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let store = store(&server, MINUTE).await;
     let first = put(&store, None).await;
     let second = put(&store, Some("Sales@Example.com")).await;
@@ -114,10 +116,12 @@ fn large_body() -> Vec<u8> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn a_five_mib_message_comes_back_byte_for_byte_from_memory_and_from_a_file() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let store = store(&server, MINUTE).await;
     let body = large_body();
 
@@ -168,10 +172,12 @@ async fn a_five_mib_message_comes_back_byte_for_byte_from_memory_and_from_a_file
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn a_put_that_fails_midway_leaves_nothing_behind() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let store = store(&server, MINUTE).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("short");
@@ -198,10 +204,12 @@ async fn a_put_that_fails_midway_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn a_put_while_the_database_is_down_is_unavailable_and_stores_nothing() {
-    let Some(mut server) = PgServer::start() else {
-        return;
-    };
+    let mut server = PgServer::start();
     let store = store(&server, MINUTE).await;
     put(&store, None).await;
     assert_eq!(store.problem(), None, "ready while the database answers");
@@ -237,10 +245,12 @@ async fn a_put_while_the_database_is_down_is_unavailable_and_stores_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn queue_commands_retry_and_delete_directly() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let store = store(&server, MINUTE).await;
     assert!(store.requests().await.is_empty());
     let mut dead = put(&store, None).await;
@@ -283,10 +293,12 @@ async fn queue_commands_retry_and_delete_directly() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn new_mail_wakes_a_waiting_replica_at_once() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let (accepting, waiting) = (
         Arc::new(store(&server, MINUTE).await),
         store(&server, MINUTE).await,
@@ -307,10 +319,12 @@ async fn new_mail_wakes_a_waiting_replica_at_once() {
 /// The listening session does not survive a restart of the server; the store listens again
 /// by itself, and new mail wakes the replica as before.
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn after_a_database_restart_new_mail_still_wakes_a_waiting_replica() {
-    let Some(mut server) = PgServer::start() else {
-        return;
-    };
+    let mut server = PgServer::start();
     let waiting = store(&server, MINUTE).await;
     waiting.listen().await.unwrap();
     server.stop();
@@ -337,10 +351,12 @@ async fn after_a_database_restart_new_mail_still_wakes_a_waiting_replica() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
 async fn merge_records_are_kept_until_forgotten() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let store = store(&server, MINUTE).await;
     let merge = Merge {
         entry: entry(None),

@@ -67,6 +67,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
         None => println!("no config file: built-in defaults"),
     }
     println!("{}", mode_description(&config));
+    println!("{}", listeners(&config));
     // The certificate is only loaded when serving; a renewal is best checked before the SIGHUP.
     if let Some(files) = &config.smtp.tls {
         match Tls::load(files) {
@@ -113,6 +114,17 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
         );
     }
     worst.exit_code()
+}
+
+/// Where `serve` listens with this configuration: what a client and a browser are pointed at,
+/// told without binding (a server may be running on those addresses).
+fn listeners(config: &Config) -> String {
+    let smtp: Vec<String> = config.smtp.listen.iter().map(ToString::to_string).collect();
+    let http = match config.http.address() {
+        Some(addr) => format!("on http://{addr}/"),
+        None => "off".to_string(),
+    };
+    format!("SMTP on {}; HTTP endpoints {http}", smtp.join(", "))
 }
 
 /// One line of the report: an indented label and its value.

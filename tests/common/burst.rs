@@ -79,6 +79,18 @@ pub fn delivered(google: &FakeGoogle) -> HashMap<usize, usize> {
 /// Waits (up to `bound`) until every acknowledged number reached Gmail; panics naming the
 /// missing ones.
 pub async fn until_delivered(google: &FakeGoogle, acknowledged: &HashSet<usize>, bound: Duration) {
+    if let Err(missing) = delivered_within(google, acknowledged, bound).await {
+        panic!("acknowledged but never delivered: {missing:?}");
+    }
+}
+
+/// Waits (up to `bound`) until every acknowledged number reached Gmail; the missing ones if
+/// some never did.
+pub async fn delivered_within(
+    google: &FakeGoogle,
+    acknowledged: &HashSet<usize>,
+    bound: Duration,
+) -> Result<(), Vec<usize>> {
     let all_there = || {
         let seen = delivered(google);
         acknowledged.iter().all(|n| seen.contains_key(n))
@@ -88,12 +100,15 @@ pub async fn until_delivered(google: &FakeGoogle, acknowledged: &HashSet<usize>,
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    if waited.await.is_err() {
-        let seen = delivered(google);
-        let missing: Vec<_> = acknowledged
-            .iter()
-            .filter(|n| !seen.contains_key(n))
-            .collect();
-        panic!("acknowledged but never delivered: {missing:?}");
+    if waited.await.is_ok() {
+        return Ok(());
     }
+    let seen = delivered(google);
+    let mut missing: Vec<usize> = acknowledged
+        .iter()
+        .filter(|n| !seen.contains_key(n))
+        .copied()
+        .collect();
+    missing.sort();
+    Err(missing)
 }

@@ -2,10 +2,11 @@
 //! a free port on 127.0.0.1, the socket inside the directory; stopped (immediately) when dropped.
 //!
 //! Needs Debian's `postgresql` package: `bash tests/postgres/install.sh` installs it (without
-//! starting the system's cluster), and `.ci/run` runs that before `cargo test`. Without the
-//! binaries [`PgServer::start`] prints how to get them and returns `None`, and the test passes
-//! without checking anything; under CI (`CI` set) a missing server fails the test instead, so a
-//! broken install step cannot hide every database test.
+//! starting the system's cluster), and `.ci/run` runs that before `cargo test`. A test that
+//! starts a server carries `#[cfg_attr(missing_postgres, ignore = "…")]`: build.rs sets
+//! `missing_postgres` when the binaries are not installed (never under CI), so without them
+//! `cargo test` reports the test as ignored, with the command that installs them; if they are
+//! missing when the test runs anyway, [`PgServer::start`] fails it saying the same.
 //!
 //! `initdb` and the server refuse to run as root. As root (CI), the directory is given to the
 //! `postgres` user the package creates, and the server's commands run as that user through
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::free_port;
+use super::programs;
 
 /// The role the queue connects as; owns [`DATABASE`].
 pub const ROLE: &str = "smtp2gmail";
@@ -25,9 +27,9 @@ pub const DATABASE: &str = "queue";
 /// The superuser's password over TCP (a fake value; `psql` uses the socket and needs none).
 const SUPERUSER_PASSWORD: &str = "fake-pg-superuser-password";
 
-/// How to get the binaries, for the skip message.
-const HOW_TO_RUN: &str = "install them with `bash tests/postgres/install.sh` (Debian's postgresql package, \
-     no system cluster started), or run everything with `bash .ci/run`";
+/// How to get the binaries.
+const HOW_TO_INSTALL: &str = "install them with `bash tests/postgres/install.sh` (Debian's \
+     postgresql package, no system cluster started), or run everything with `bash .ci/run`";
 
 /// A running private server. Each test starts its own.
 pub struct PgServer {
@@ -37,21 +39,19 @@ pub struct PgServer {
     /// Root runs the server's commands as `postgres`.
     as_postgres: bool,
     running: bool,
+    /// The port while the server is stopped (see [`PgServer::stop`]).
+    reserved: Option<tokio::net::TcpSocket>,
 }
 
 impl PgServer {
-    /// Creates a cluster, starts it and creates [`ROLE`] owning [`DATABASE`]; `None` (after
-    /// saying how to run the test) when the PostgreSQL binaries are not installed.
-    pub fn start() -> Option<PgServer> {
-        let Some(bin) = find_binaries() else {
-            if std::env::var_os("CI").is_some() {
-                panic!("PostgreSQL's initdb and pg_ctl are missing under CI: {HOW_TO_RUN}");
-            }
-            eprintln!(
-                "SKIPPED: this test needs a PostgreSQL server: initdb and pg_ctl are neither on PATH \
-                 nor in /usr/lib/postgresql/*/bin; {HOW_TO_RUN}"
+    /// Creates a cluster, starts it and creates [`ROLE`] owning [`DATABASE`]. Panics, saying
+    /// how to install them, when the PostgreSQL binaries are missing.
+    pub fn start() -> PgServer {
+        let Some(bin) = programs::postgres_binaries() else {
+            panic!(
+                "this test needs a PostgreSQL server: initdb, pg_ctl and psql are neither on PATH \
+                 nor in /usr/lib/postgresql/*/bin; {HOW_TO_INSTALL}"
             );
-            return None;
         };
         let as_postgres = running_as_root();
         // As root the parent must be traversable by `postgres`: /tmp is, whatever TMPDIR says.
@@ -81,6 +81,7 @@ impl PgServer {
             port: 0,
             as_postgres,
             running: false,
+            reserved: None,
         };
         server.initdb();
         // A port can be taken between choosing and binding it: try a few.
@@ -95,7 +96,7 @@ impl PgServer {
         // Two runs: CREATE DATABASE refuses to be in the transaction one `-c` string is.
         server.psql(&format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"));
         server.psql(&format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"));
-        Some(server)
+        server
     }
 
     /// The queue's URL: [`ROLE`] on [`DATABASE`] over TCP, TLS off (the server has none).
@@ -176,14 +177,27 @@ impl PgServer {
 
     /// Stops the server cleanly (for outage tests); [`PgServer::start_again`] brings it back on
     /// the same port with the same data.
+    ///
+    /// The port stays taken meanwhile, by a socket bound to it but not listening: clients are
+    /// refused as by a stopped server, but the kernel hands the port to no other test (a free
+    /// port for another server, the source port of a connection), which made the restart fail
+    /// with "Address already in use".
     pub fn stop(&mut self) {
         let output = self.pg_ctl(&["stop", "-m", "fast", "-w"]);
         assert!(output.status.success(), "pg_ctl stop: {}", text(&output));
         self.running = false;
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        // The server's closed connections linger in TIME_WAIT on the port.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(([127, 0, 0, 1], self.port).into())
+            .expect("the stopped server's port is free");
+        self.reserved = Some(socket);
     }
 
     /// Starts the stopped server again on the same port and data directory.
     pub fn start_again(&mut self) {
+        self.reserved = None;
         if let Err(log) = self.pg_ctl_start() {
             panic!("PostgreSQL did not start again:\n{log}");
         }
@@ -279,37 +293,6 @@ impl Drop for PgServer {
             let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         }
     }
-}
-
-/// The directory holding initdb, pg_ctl and psql: PATH first (through symbolic links to the
-/// directory they really are in, where psql is too), then Debian's versioned directories
-/// (newest version first).
-fn find_binaries() -> Option<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "psql"]
-            .iter()
-            .all(|name| dir.join(name).is_file())
-    };
-    if let Some(path) = std::env::var_os("PATH") {
-        let found = std::env::split_paths(&path)
-            .filter_map(|dir| std::fs::canonicalize(dir.join("initdb")).ok())
-            .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
-            .find(|dir| has_all(dir));
-        if found.is_some() {
-            return found;
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, bin)| has_all(bin))
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
 }
 
 /// True when the effective user is root (from /proc, to need no libc binding).
