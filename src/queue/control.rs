@@ -36,18 +36,20 @@ pub enum Request {
 /// A request's id, read from a request file: a queue id or the request is unreadable, so
 /// nothing else ever reaches a spool path (the command checks it before writing the file too).
 fn queue_id<'de, D: serde::Deserializer<'de>>(from: D) -> Result<String, D::Error> {
-    let id = String::deserialize(from)?;
-    match is_valid_id(&id) {
-        true => Ok(id),
-        false => Err(serde::de::Error::custom("not a queue id")),
-    }
+    checked(String::deserialize(from)?)
 }
 
+/// [`queue_id`], or none (every message).
 fn queue_id_or_all<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<String>, D::Error> {
-    let id = Option::<String>::deserialize(from)?;
-    match id.as_deref().is_none_or(is_valid_id) {
+    Option::<String>::deserialize(from)?
+        .map(checked)
+        .transpose()
+}
+
+fn checked<E: serde::de::Error>(id: String) -> Result<String, E> {
+    match is_valid_id(&id) {
         true => Ok(id),
-        false => Err(serde::de::Error::custom("not a queue id")),
+        false => Err(E::custom("not a queue id")),
     }
 }
 

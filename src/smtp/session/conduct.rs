@@ -117,14 +117,7 @@ impl Session {
             command = ?line.word,
             "not an SMTP client (an HTTP request, or message text sent as commands): closing the connection"
         );
-        crate::telemetry::session_dropped("not_smtp");
-        self.transaction = None;
-        self.conn.reply(&Reply::new(
-            421,
-            Status::SECURITY_TEMPORARY,
-            "this is an SMTP server; closing connection",
-        ));
-        Flow::Close
+        self.close_for("not_smtp", "this is an SMTP server; closing connection")
     }
 
     /// Sends `reply` to a command the server could not take, and counts it.
@@ -147,13 +140,16 @@ impl Session {
 
     fn too_many_errors(&mut self) -> Flow {
         tracing::warn!(remote = %self.remote, "too many errors: closing the connection");
-        crate::telemetry::session_dropped("too_many_errors");
+        self.close_for("too_many_errors", "too many errors, closing connection")
+    }
+
+    /// Ends the session with a 421 saying `text`, counted under `reason`; an open transaction
+    /// is dropped (nothing of it was accepted).
+    fn close_for(&mut self, reason: &'static str, text: &'static str) -> Flow {
+        crate::telemetry::session_dropped(reason);
         self.transaction = None;
-        self.conn.reply(&Reply::new(
-            421,
-            Status::SECURITY_TEMPORARY,
-            "too many errors, closing connection",
-        ));
+        self.conn
+            .reply(&Reply::new(421, Status::SECURITY_TEMPORARY, text));
         Flow::Close
     }
 }
