@@ -59,21 +59,24 @@ async fn pages_on_other_sites_cannot_load_the_inbox() {
     ] {
         // What Chromium sends for `<img src>` or a no-cors fetch from another site, through a
         // loopback name the Host check lets through.
-        for (mode, dest) in [
-            ("no-cors", "image"),
-            ("no-cors", "empty"),
-            ("navigate", "iframe"),
-        ] {
-            let response = client
-                .get(server.url(&path))
-                .header(HOST, format!("127.0.0.2:{port}"))
-                .header("sec-fetch-site", "cross-site")
-                .header("sec-fetch-mode", mode)
-                .header("sec-fetch-dest", dest)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 403, "{path} ({mode}, {dest})");
+        // `same-site`: a page on another port of the same host (a local app on localhost:8000).
+        for site in ["cross-site", "same-site"] {
+            for (mode, dest) in [
+                ("no-cors", "image"),
+                ("no-cors", "empty"),
+                ("navigate", "iframe"),
+            ] {
+                let response = client
+                    .get(server.url(&path))
+                    .header(HOST, format!("127.0.0.2:{port}"))
+                    .header("sec-fetch-site", site)
+                    .header("sec-fetch-mode", mode)
+                    .header("sec-fetch-dest", dest)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 403, "{path} ({site}, {mode}, {dest})");
+            }
         }
         // The inbox's own page, and clients that are no browser, are served; and no other
         // origin may embed what they get.

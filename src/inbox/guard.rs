@@ -11,8 +11,8 @@
 //!   (Mailpit's: opening a message marks it read) is refused to other sites' pages, which send
 //!   no `Origin` on `GET` but say where they come from in `Sec-Fetch-Site` ([`from_another_site`]).
 //! - **Other sites' reads**: a `GET` another site's page makes (`<img>`, a no-cors `fetch`)
-//!   carries no `Origin` but `Sec-Fetch-Site: cross-site`, and is refused unless it follows a
-//!   link; every answer says `Cross-Origin-Resource-Policy: same-origin`.
+//!   carries no `Origin` but `Sec-Fetch-Site: cross-site` (or `same-site`), and is refused
+//!   unless it follows a link; every answer says `Cross-Origin-Resource-Policy: same-origin`.
 //! - **Other machines**: when the inbox can be reached from the network, or `inbox.auth_required`
 //!   asks for it (see [`Config::inbox_needs_auth`]), every request needs HTTP Basic credentials of
 //!   one of `[[smtp.users]]`; the server refuses to start without users. Without it a loopback
@@ -180,8 +180,8 @@ fn request_scheme(headers: &HeaderMap) -> String {
 }
 
 /// A request a page on another site made the browser send (an `<img>`, a no-cors `fetch`
-/// through some loopback name), rather than a link followed to the inbox: browsers say so in
-/// `Sec-Fetch-Site`, whatever the host name. Such requests carry no `Origin` on `GET`.
+/// through some loopback name), rather than a link followed to the inbox. Such requests carry no
+/// `Origin` on `GET`.
 fn loaded_by_another_site(headers: &HeaderMap) -> bool {
     let value = |name: &str| {
         headers
@@ -191,7 +191,7 @@ fn loaded_by_another_site(headers: &HeaderMap) -> bool {
     };
     let followed_link =
         value("sec-fetch-mode") == "navigate" && value("sec-fetch-dest") == "document";
-    value("sec-fetch-site") == "cross-site" && !followed_link
+    from_another_site(headers) && !followed_link
 }
 
 /// Whether a browser says the request comes from a page that is not the inbox's: `Sec-Fetch-Site`
