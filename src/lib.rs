@@ -58,6 +58,7 @@ pub mod http;
 pub mod inbox;
 pub mod locks;
 pub mod message;
+pub mod notify;
 pub mod queue;
 pub mod relay;
 pub mod safeio;

@@ -26,7 +26,8 @@ use super::Inbox;
 use super::api::{ApiError, raw_bytes};
 use super::request::json_body;
 use crate::config::Config;
-use crate::message::headers::{Headers, LineEnding, check_line_endings, header_end};
+use crate::message::date::rfc5322_date;
+use crate::message::headers::{Headers, LineEnding, check_line_endings, header_end, header_fields};
 use crate::message::mailbox::mailbox_key;
 use crate::message::{Address, Envelope, Message, MessageId};
 use crate::relay::{Deliver, DeliveryError, Gmail};
@@ -219,11 +220,11 @@ fn readdress(raw: &[u8], recipients: &[String], id: &MessageId) -> Result<Vec<u8
             .as_bytes(),
     );
     out.extend_from_slice(eol);
-    out.extend_from_slice(format!("Date: {}", rfc2822_now()).as_bytes());
+    out.extend_from_slice(format!("Date: {}", rfc5322_date(SystemTime::now())).as_bytes());
     out.extend_from_slice(eol);
     out.extend_from_slice(format!("Message-ID: <{id}.release@smtp2gmail>").as_bytes());
     out.extend_from_slice(eol);
-    for field in fields(&raw[..end]) {
+    for field in header_fields(&raw[..end]) {
         let name = field.split(|&b| b == b':').next().unwrap_or_default();
         let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
         if !REPLACED.contains(&name.as_str()) {
@@ -244,37 +245,6 @@ fn readdress(raw: &[u8], recipients: &[String], id: &MessageId) -> Result<Vec<u8
         return Err("cannot address the message to exactly these recipients".to_string());
     }
     Ok(out)
-}
-
-/// The header section split into fields, each with its folded continuation lines.
-fn fields(section: &[u8]) -> Vec<&[u8]> {
-    let mut fields = Vec::new();
-    let mut start = 0;
-    let mut at = 0;
-    while at < section.len() {
-        let line_end = section[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(section.len(), |i| at + i + 1);
-        let next_folds = section
-            .get(line_end)
-            .is_some_and(|&b| b == b' ' || b == b'\t');
-        if !next_folds {
-            fields.push(&section[start..line_end]);
-            start = line_end;
-        }
-        at = line_end;
-    }
-    fields
-}
-
-fn rfc2822_now() -> String {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] +0000"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -342,12 +312,5 @@ To: body-text@example.com\r\n";
         let id = MessageId::from_stored("0123456789abcdef012");
         let refused = readdress(raw, &["b@y".to_string()], &id).unwrap_err();
         assert!(refused.contains("bare CR"), "{refused}");
-    }
-
-    #[test]
-    fn fields_keep_their_folded_lines() {
-        let section = b"A: 1\r\n 2\r\nB: 3\r\n";
-        assert_eq!(fields(section), [&b"A: 1\r\n 2\r\n"[..], b"B: 3\r\n"]);
-        assert_eq!(fields(b"A: 1"), [&b"A: 1"[..]]);
     }
 }

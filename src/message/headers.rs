@@ -238,6 +238,29 @@ pub fn header_end(raw: &[u8]) -> usize {
     }
 }
 
+/// The header section split into fields, each with its folded continuation lines (and its line
+/// ending, when it has one). `section` ends where [`header_end`] says.
+pub fn header_fields(section: &[u8]) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at < section.len() {
+        let line_end = section[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(section.len(), |i| at + i + 1);
+        let next_folds = section
+            .get(line_end)
+            .is_some_and(|&b| b == b' ' || b == b'\t');
+        if !next_folds {
+            fields.push(&section[start..line_end]);
+            start = line_end;
+        }
+        at = line_end;
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +301,16 @@ mod tests {
         ] {
             assert_eq!(check_line_endings(raw), Ok(()), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn fields_keep_their_folded_lines() {
+        let section = b"A: 1\r\n 2\r\nB: 3\r\n";
+        assert_eq!(
+            header_fields(section),
+            [&b"A: 1\r\n 2\r\n"[..], b"B: 3\r\n"]
+        );
+        assert_eq!(header_fields(b"A: 1"), [&b"A: 1"[..]]);
     }
 
     #[test]

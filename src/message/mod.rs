@@ -8,6 +8,7 @@
 /// The most of a message read to decide routing and policy: far more than any real header section.
 pub const HEAD_LIMIT: usize = 256 * 1024;
 
+pub mod date;
 pub mod gmail_rules;
 pub mod gmail_size;
 pub mod header_edits;
