@@ -32,6 +32,7 @@ struct Metrics {
     token_refreshes: Family<Labels, Counter>,
     auth_failures: Counter,
     sessions_dropped: Family<Labels, Counter>,
+    webhook_events: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -60,6 +61,7 @@ fn metrics() -> &'static Metrics {
             token_refreshes: Family::default(),
             auth_failures: Counter::default(),
             sessions_dropped: Family::default(),
+            webhook_events: Family::default(),
         };
         registry.register("smtp_connections_open", "SMTP connections open now", m.connections_open.clone());
         registry.register("smtp_connections", "SMTP connections accepted", m.connections.clone());
@@ -105,6 +107,11 @@ fn metrics() -> &'static Metrics {
             "smtp_sessions_dropped",
             "SMTP sessions the server closed because of the client, by reason (not_smtp, too_many_errors, auth_failures)",
             m.sessions_dropped.clone(),
+        );
+        registry.register(
+            "webhook_events",
+            "Events for [[notify.webhooks]] by type and outcome (sent, failed after every attempt, dropped while a receiver's queue was full)",
+            m.webhook_events.clone(),
         );
         Metrics { registry, ..m }
     })
@@ -191,6 +198,15 @@ pub fn session_dropped(reason: &'static str) {
     metrics()
         .sessions_dropped
         .get_or_create(&labels(&[("reason", reason)]))
+        .inc();
+}
+
+/// An event for a webhook was sent, given up after its attempts, or dropped (the receiver's
+/// queue was full, or the server was stopping).
+pub fn webhook_event(kind: &'static str, outcome: &'static str) {
+    metrics()
+        .webhook_events
+        .get_or_create(&labels(&[("type", kind), ("outcome", outcome)]))
         .inc();
 }
 

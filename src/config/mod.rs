@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod gmail;
 mod inbox;
+mod notify;
 mod queue;
 mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
 pub use inbox::InboxConfig;
+pub use notify::{NotifyConfig, WebhookConfig};
 pub use queue::{DatabaseUrl, MIN_LEASE_TIME, QueueBackend, RootCerts, SslMode, UrlError};
 pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
 
@@ -42,6 +44,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The development inbox (console and file modes).
     pub inbox: InboxConfig,
+    /// DSNs to senders and events to webhooks when queued mail cannot be delivered.
+    pub notify: NotifyConfig,
 }
 
 /// `[http]`: `/healthz`, `/readyz`, `/metrics`, and the inbox in console and file modes.
@@ -337,6 +341,7 @@ impl Config {
             ));
         }
         self.queue.validate_backend()?;
+        self.validate_notify()?;
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))
@@ -470,6 +475,15 @@ mod tests {
                 allowed_hosts: vec!["x".into()],
                 auth_required: true,
                 ..InboxConfig::default()
+            },
+            notify: NotifyConfig {
+                bounce_to: vec!["x".into()],
+                webhooks: vec![WebhookConfig {
+                    url: "x".into(),
+                    events: vec![],
+                    secret: "x".into(),
+                }],
+                ..NotifyConfig::default()
             },
             ..Config::default()
         };

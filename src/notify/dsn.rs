@@ -126,13 +126,19 @@ pub enum DsnError {
     },
 }
 
+/// True for an address a DSN can be sent to or from: one that stands in a header field as
+/// `<address>` (an `@`, no white space, control characters, `<`, `>`, `,` or `;`).
+pub fn address_fits_header(address: &str) -> bool {
+    text::header_safe(address)
+}
+
 /// Composes the DSN `report` describes.
 pub fn compose(report: &Report<'_>) -> Result<Dsn, DsnError> {
     if report.recipients.is_empty() || report.to.is_empty() {
         return Err(DsnError::Empty);
     }
     for address in report.to.iter().map(String::as_str).chain([report.from]) {
-        if !text::header_safe(address) {
+        if !address_fits_header(address) {
             return Err(DsnError::Address {
                 address: address.to_string(),
             });

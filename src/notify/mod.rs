@@ -7,3 +7,9 @@
 //! with the null sender, and hands events to the notifier).
 
 pub mod dsn;
+pub mod event;
+pub mod signature;
+mod webhook;
+
+pub use event::{CredentialsEvent, CredentialsState, Detail, Event, EventKind, MessageEvent};
+pub use webhook::{Delivery, Endpoint, EndpointError, Notifier, WebhookStats};

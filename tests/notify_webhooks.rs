@@ -1,0 +1,454 @@
+//! Webhook events against real local HTTP receivers: signed as Standard Webhooks says (verified
+//! by an independent implementation in Python, tests/notify/verify_webhooks.py), retried while the
+//! receiver fails, given up after the timeout and the attempts when it never answers, dropped and
+//! counted when a receiver's queue is full, and never holding up the caller.
+//!
+//! The tests run on tokio's current-thread runtime: a worker runs only when the test awaits, so
+//! "nothing was sent when `event` returned" shows that `event` did no network work itself.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use smtp2gmail::notify::signature::SigningKey;
+use smtp2gmail::notify::{
+    CredentialsEvent, CredentialsState, Delivery, Detail, Endpoint, Event, EventKind, MessageEvent,
+    Notifier, WebhookStats,
+};
+use smtp2gmail::status::Status;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// An obviously fake secret: 32 bytes of 0x2a.
+const SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+/// How long a test waits for something that should take milliseconds before it fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What a receiver got: the headers that matter and the exact body.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HeaderMap,
+    body: String,
+}
+
+/// An HTTP receiver on 127.0.0.1:0 that answers with the statuses it is given, then 200.
+struct Receiver {
+    url: url::Url,
+    received: Arc<Mutex<Vec<Received>>>,
+    count: watch::Receiver<usize>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    answers: Arc<Mutex<VecDeque<StatusCode>>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    count: Arc<watch::Sender<usize>>,
+}
+
+async fn receive(
+    State(state): State<ReceiverState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    });
+    state.count.send_modify(|n| *n += 1);
+    let next = state.answers.lock().unwrap().pop_front();
+    next.unwrap_or(StatusCode::OK)
+}
+
+async fn receiver(answers: &[u16]) -> Receiver {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (count, count_rx) = watch::channel(0);
+    let state = ReceiverState {
+        answers: Arc::new(Mutex::new(
+            answers
+                .iter()
+                .map(|&s| StatusCode::from_u16(s).unwrap())
+                .collect(),
+        )),
+        received: received.clone(),
+        count: Arc::new(count),
+    };
+    let app = Router::new()
+        .route("/hooks/secret-token", post(receive))
+        .with_state(state);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        url: format!("http://{address}/hooks/secret-token")
+            .parse()
+            .unwrap(),
+        received,
+        count: count_rx,
+    }
+}
+
+/// A receiver that accepts connections and never answers; counts them and keeps them open.
+async fn silent_receiver() -> (SocketAddr, watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (count, count_rx) = watch::channel(0);
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    (address, count_rx)
+}
+
+fn quick(attempts: u32, timeout: Duration) -> Delivery {
+    Delivery {
+        capacity: 100,
+        timeout,
+        attempts,
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(50),
+    }
+}
+
+fn endpoint(url: url::Url, events: &[EventKind]) -> Endpoint {
+    Endpoint::new(1, url, events.to_vec(), SigningKey::parse(SECRET).unwrap())
+}
+
+fn dead_letter() -> Event {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_889_730);
+    Event {
+        at,
+        detail: Detail::DeadLetter(MessageEvent {
+            queue_id: "019de0a1b2c3d4e5f6".into(),
+            message_id: Some("<inv42@example.com>".into()),
+            account: "default".into(),
+            mailbox: None,
+            sender: Some("app@example.com".into()),
+            recipients: vec!["bob@example.org".into()],
+            status: Some(Status(5, 7, 1)),
+            reason: Some("Invalid To header".into()),
+            received_at: at - Duration::from_secs(60),
+            attempts: 1,
+            next_attempt: None,
+            gmail_id: None,
+        }),
+    }
+}
+
+fn credentials_held() -> Event {
+    Event::now(Detail::Credentials(CredentialsEvent {
+        account: "support".into(),
+        mailbox: None,
+        state: CredentialsState::Held,
+        reason: Some("invalid_grant".into()),
+    }))
+}
+
+async fn wait_stats(notifier: &Notifier, done: impl FnMut(&WebhookStats) -> bool) -> WebhookStats {
+    let mut stats = notifier.stats();
+    let waited = tokio::time::timeout(PATIENCE, stats.wait_for(done)).await;
+    let stats = waited
+        .expect("the webhook worker did not get there in time")
+        .unwrap();
+    *stats
+}
+
+/// Runs the independent verifier over `requests`; returns how many it verified.
+fn python_verifies(requests: &[Received]) -> u64 {
+    let requests: Vec<Value> = requests
+        .iter()
+        .map(|r| {
+            let header = |name: &str| r.headers[name].to_str().unwrap().to_string();
+            json!({
+                "headers": {
+                    "webhook-id": header("webhook-id"),
+                    "webhook-timestamp": header("webhook-timestamp"),
+                    "webhook-signature": header("webhook-signature"),
+                },
+                "body": r.body,
+            })
+        })
+        .collect();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/notify/verify_webhooks.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (the webhook tests verify signatures with it)");
+    let input = json!({"secret": SECRET, "requests": requests}).to_string();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Standard Webhooks verification failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    result["verified"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn signed_events_verify_with_the_standard_webhooks_algorithm() {
+    let all = receiver(&[]).await;
+    let delivered_only = receiver(&[]).await;
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(
+        vec![
+            endpoint(all.url.clone(), &EventKind::ALL),
+            endpoint(delivered_only.url.clone(), &[EventKind::Delivered]),
+        ],
+        quick(3, Duration::from_secs(5)),
+        &tasks,
+        &shutdown,
+    );
+    notifier.event(dead_letter());
+    notifier.event(credentials_held());
+    let stats = wait_stats(&notifier, |s| s.sent == 2).await;
+    assert_eq!((stats.failed, stats.dropped, stats.attempts), (0, 0, 2));
+    assert_eq!(
+        *delivered_only.count.borrow(),
+        0,
+        "it wants only delivered events"
+    );
+
+    let received = all.received.lock().unwrap().clone();
+    assert_eq!(python_verifies(&received), 2);
+    let first = &received[0];
+    assert_eq!(first.headers["content-type"], "application/json");
+    let id = first.headers["webhook-id"].to_str().unwrap();
+    assert!(id.starts_with("evt_") && !id.contains('.'), "{id}");
+    assert_ne!(id, received[1].headers["webhook-id"], "one id per event");
+    let body: Value = serde_json::from_str(&first.body).unwrap();
+    assert_eq!(body["type"], "dead_letter");
+    assert_eq!(body["timestamp"], "2026-05-04T10:15:30.000Z");
+    assert_eq!(body["data"]["queue_id"], "019de0a1b2c3d4e5f6");
+    assert_eq!(body["data"]["status"], "5.7.1");
+    let second: Value = serde_json::from_str(&received[1].body).unwrap();
+    assert_eq!(second["type"], "credentials");
+    assert_eq!(second["data"]["state"], "held");
+
+    // A signature made with another key does not verify: the check above can fail.
+    let mut forged = first.clone();
+    let other = SigningKey::parse("whsec_KysrKysrKysrKysrKysrKysrKysrKysrKysrKys=").unwrap();
+    let timestamp: u64 = first.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let signature = other.sign(id, timestamp, first.body.as_bytes());
+    forged
+        .headers
+        .insert("webhook-signature", signature.parse().unwrap());
+    let refused = std::panic::catch_unwind(|| python_verifies(&[forged]));
+    assert!(refused.is_err(), "a wrong signature was accepted");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_receiver_answering_500_twice_still_gets_the_event() {
+    let flaky = receiver(&[500, 500]).await;
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(
+        vec![endpoint(flaky.url.clone(), &EventKind::ALL)],
+        quick(5, Duration::from_secs(5)),
+        &tasks,
+        &shutdown,
+    );
+    notifier.event(dead_letter());
+    let stats = wait_stats(&notifier, |s| s.sent == 1).await;
+    assert_eq!((stats.failed, stats.attempts), (0, 3));
+    let received = flaky.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 3);
+    let ids: Vec<_> = received
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one id for every attempt: {ids:?}"
+    );
+    assert_eq!(python_verifies(&received), 3, "each attempt is signed");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_receiver_that_answers_410_gone_is_not_asked_again() {
+    let gone = receiver(&[410]).await;
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(
+        vec![endpoint(gone.url.clone(), &EventKind::ALL)],
+        quick(5, Duration::from_secs(5)),
+        &tasks,
+        &shutdown,
+    );
+    notifier.event(dead_letter());
+    let stats = wait_stats(&notifier, |s| s.failed == 1).await;
+    assert_eq!((stats.sent, stats.attempts), (0, 1));
+    shutdown.cancel();
+}
+
+/// Log lines written while `f` runs on this thread (the current-thread runtime's workers too).
+fn capture_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    (tracing::subscriber::set_default(subscriber), logs)
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_neither_blocks_the_caller_nor_keeps_the_event() {
+    let (_guard, logs) = capture_logs();
+    let (address, connections) = silent_receiver().await;
+    let url: url::Url = format!("http://{address}/hooks/secret-token")
+        .parse()
+        .unwrap();
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(
+        vec![endpoint(url, &EventKind::ALL)],
+        quick(2, Duration::from_millis(300)),
+        &tasks,
+        &shutdown,
+    );
+    notifier.event(dead_letter());
+    assert_eq!(
+        *connections.borrow(),
+        0,
+        "event() returned before any request was made"
+    );
+    let stats = wait_stats(&notifier, |s| s.failed == 1).await;
+    assert_eq!((stats.sent, stats.attempts), (0, 2));
+    assert_eq!(*connections.borrow(), 2, "one connection per attempt");
+
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("webhook event not delivered, given up: no answer within 300ms"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("webhook 1 (http://{address})")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("secret-token"),
+        "the URL's path is not logged: {logs}"
+    );
+    assert!(
+        !logs.contains("KioqKioq"),
+        "the secret is not logged: {logs}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_and_shutdown_ends_the_workers() {
+    let (address, connections) = silent_receiver().await;
+    let url: url::Url = format!("http://{address}/hooks/secret-token")
+        .parse()
+        .unwrap();
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let delivery = Delivery {
+        capacity: 2,
+        ..quick(5, Duration::from_secs(30))
+    };
+    let notifier = Notifier::start(
+        vec![endpoint(url, &EventKind::ALL)],
+        delivery,
+        &tasks,
+        &shutdown,
+    );
+    for _ in 0..5 {
+        notifier.event(dead_letter());
+    }
+    assert_eq!(
+        *notifier.stats().borrow(),
+        WebhookStats {
+            dropped: 3,
+            ..WebhookStats::default()
+        },
+        "two fit, three are dropped at once"
+    );
+    // The worker takes the first event and waits for the silent receiver.
+    tokio::time::timeout(PATIENCE, connections.clone().wait_for(|&n| n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    notifier.event(dead_letter());
+    assert_eq!(notifier.stats().borrow().dropped, 3, "room for one again");
+
+    let metrics = smtp2gmail::telemetry::render();
+    assert!(
+        metrics
+            .contains("smtp2gmail_webhook_events_total{type=\"dead_letter\",outcome=\"dropped\"}"),
+        "{metrics}"
+    );
+
+    // Stopping ends the worker at once, although its receiver never answers; what it had not
+    // sent is dropped and counted.
+    shutdown.cancel();
+    tasks.close();
+    tokio::time::timeout(PATIENCE, tasks.wait()).await.unwrap();
+    assert_eq!(
+        *notifier.stats().borrow(),
+        WebhookStats {
+            dropped: 6,
+            attempts: 1,
+            ..WebhookStats::default()
+        }
+    );
+    notifier.event(dead_letter());
+    assert_eq!(
+        notifier.stats().borrow().dropped,
+        7,
+        "after shutdown, events are dropped"
+    );
+}
+
+#[tokio::test]
+async fn without_webhooks_events_go_nowhere() {
+    let notifier = Notifier::off();
+    notifier.event(dead_letter());
+    assert_eq!(*notifier.stats().borrow(), WebhookStats::default());
+}
