@@ -38,6 +38,9 @@
 //!   file spool as its implementation (fsync before 250), the scheduler
 //!   (retries, backoff, per-mailbox limits and holds, dead letters), transactions of one message an
 //!   MTA split (held, merged, sent once), requests from `queue` commands.
+//! - [`notify`]: telling people when queued mail cannot be delivered: RFC 3464 delivery status
+//!   notifications composed from plain data (and which failures get one), and signed Standard
+//!   Webhooks events sent to the operator's endpoints without holding up mail.
 //! - [`locks`]: std locks that a panic cannot poison for good (the scheduler survives panics).
 //! - [`status`]: the RFC 3463 enhanced status codes, named, shared by SMTP replies and delivery
 //!   outcomes.

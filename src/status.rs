@@ -31,6 +31,9 @@ impl Status {
     pub const CONNECTION_DROPPED: Status = Status(4, 4, 2);
     /// 4.4.5: the next hop is congested (Google's rate limits).
     pub const CONGESTION: Status = Status(4, 4, 5);
+    /// 4.4.7: delivery time expired: the message was still undelivered after `queue.max_age`
+    /// (the status of its DSN).
+    pub const EXPIRED: Status = Status(4, 4, 7);
     /// 4.5.3: too many recipients for one message.
     pub const TOO_MANY_RECIPIENTS: Status = Status(4, 5, 3);
     /// 4.7.0: a security problem that may clear later (too many failed AUTH attempts).

@@ -4,35 +4,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_google::{self, FakeGoogle, Fault};
+use common::logs::Captured;
 use common::{TestServer, assert_code, test_config};
 use smtp2gmail::config::GmailConfig;
 use smtp2gmail::relay::gmail::RetryPolicy;
 use smtp2gmail::relay::{Gmail, http_client};
-
-/// Everything logged, shared with the subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 async fn send(server: &TestServer) -> String {
     send_to(server, &["alice@example.com"]).await

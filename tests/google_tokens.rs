@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::fake_google::{
     CLIENT_ID, CLIENT_SECRET, ExpiresIn, FakeGoogle, Fault, REFRESH_TOKEN, token_json, write_json,
 };
+use common::logs::{Captured, capture_here};
 use serde_json::json;
 use smtp2gmail::google::{CredentialSpec, CredentialState, Secret, TokenError, TokenSource, load};
 
@@ -328,41 +328,6 @@ async fn a_wrong_token_uri_needs_attention() {
     assert!(error.fix().unwrap().contains(&uri), "{error}");
 }
 
-/// A `Write` into a buffer the test can read, for a tracing subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Makes `subscriber` this thread's default so that it sees every event of this thread,
-/// whatever other tests in this binary do on theirs.
-///
-/// tracing caches per callsite, process-wide, whether anyone is interested, and while at most one
-/// dispatcher exists it asks only the thread that reaches the callsite first: a parallel test
-/// with no subscriber would pin "saved the new refresh token" to never. A global (no-op) default
-/// keeps two dispatchers alive so every registration asks them all, and the rebuild re-asks the
-/// callsites registered before this test started.
-fn capture_here(
-    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
-) -> tracing::subscriber::DefaultGuard {
-    static GLOBAL: std::sync::Once = std::sync::Once::new();
-    GLOBAL.call_once(|| {
-        // Fails only if a global default exists already, which serves as well.
-        let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
-    });
-    let guard = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
-    guard
-}
-
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output_and_logs() {
     let captured = Captured::default();
@@ -386,7 +351,7 @@ async fn secrets_stay_out_of_debug_output_and_logs() {
     }
     let token = source.access_token(None).await.unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let debug = format!("{source:?} {token:?} {errors:?} {:?}", source.state());
     let display: String = errors.iter().map(ToString::to_string).collect();
     for text in [&logs, &debug, &display] {

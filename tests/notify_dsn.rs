@@ -2,9 +2,11 @@
 //! (tests/notify/dsn_fields.py), which must find the report, its three parts and every field
 //! RFC 3464 and the issue name, and nothing that outside text tried to add.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, SystemTime};
+
+use common::python;
 
 use serde_json::Value;
 use smtp2gmail::message::{Address, Envelope, MessageId};
@@ -70,22 +72,19 @@ fn compose(head: &[u8], recipients: &[RecipientOutcome], to: &[&str]) -> Vec<u8>
 
 /// What Python's `email` package reads in `raw`.
 fn python_reads(raw: &[u8]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/notify/dsn_fields.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (the DSN tests read DSNs with Python's email package)");
-    child.stdin.take().unwrap().write_all(raw).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "python3 failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&python::run_script("notify/dsn_fields.py", raw)).unwrap()
+}
+
+/// What Python reads in the DSN about one failed recipient, sent to `to`.
+fn python_reads_failure(
+    head: &[u8],
+    recipient: &str,
+    status: Status,
+    diagnostic: &str,
+    to: &str,
+) -> Value {
+    let failed = outcome(recipient, Action::Failed, status, Some(diagnostic));
+    python_reads(&compose(head, &[failed], &[to]))
 }
 
 /// The values of the fields called `name` (case-insensitively) in a list of [name, value].
@@ -245,17 +244,13 @@ fn python_reads_a_delay_warning() {
 
 #[test]
 fn python_finds_no_field_that_a_diagnostic_or_address_tried_to_add() {
-    let raw = compose(
+    let read = python_reads_failure(
         ORIGINAL,
-        &[outcome(
-            "bob@example.org\r\nAction: delivered",
-            Action::Failed,
-            Status(5, 1, 1),
-            Some("no such user\r\n\r\nFinal-Recipient: rfc822; evil@x\r\nX-Evil: 1\nStatus: 2.0.0"),
-        )],
-        &["app@example.com"],
+        "bob@example.org\r\nAction: delivered",
+        Status(5, 1, 1),
+        "no such user\r\n\r\nFinal-Recipient: rfc822; evil@x\r\nX-Evil: 1\nStatus: 2.0.0",
+        "app@example.com",
     );
-    let read = python_reads(&raw);
     assert!(all(&read["fields"], "X-Evil").is_empty());
     let blocks = part(&read, "message/delivery-status")["blocks"]
         .as_array()
@@ -305,17 +300,13 @@ fn python_reads_an_smtputf8_report() {
     let head = "From: Jöran <jöran@bücher.example>\r\nTo: 用户@例子.广告\r\nSubject: Grüße\r\n\
 Message-ID: <grüße@bücher.example>\r\n\r\nbody\r\n"
         .as_bytes();
-    let raw = compose(
+    let read = python_reads_failure(
         head,
-        &[outcome(
-            "用户@例子.广告",
-            Action::Failed,
-            Status(5, 1, 1),
-            Some("Unknown user"),
-        )],
-        &["jöran@bücher.example"],
+        "用户@例子.广告",
+        Status(5, 1, 1),
+        "Unknown user",
+        "jöran@bücher.example",
     );
-    let read = python_reads(&raw);
     assert_eq!(one(&read["fields"], "To"), "jöran@bücher.example");
     let blocks = part(&read, "message/delivery-status")["blocks"]
         .as_array()

@@ -6,10 +6,10 @@
 //! The tests run on tokio's current-thread runtime: a worker runs only when the test awaits, so
 //! "nothing was sent when `event` returned" shows that `event` did no network work itself.
 
+mod common;
+
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +18,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::logs::{Captured, capture_here};
+use common::python;
 use serde_json::{Value, json};
 use smtp2gmail::notify::signature::SigningKey;
 use smtp2gmail::notify::{
@@ -127,6 +129,17 @@ fn endpoint(url: url::Url, events: &[EventKind]) -> Endpoint {
     Endpoint::new(1, url, events.to_vec(), SigningKey::parse(SECRET).unwrap())
 }
 
+/// A notifier for `endpoints`, its workers on a tracker of their own; cancel the token to stop.
+fn start(
+    endpoints: Vec<Endpoint>,
+    delivery: Delivery,
+) -> (Notifier, TaskTracker, CancellationToken) {
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(endpoints, delivery, &tasks, &shutdown);
+    (notifier, tasks, shutdown)
+}
+
 fn dead_letter() -> Event {
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_889_730);
     Event {
@@ -182,31 +195,9 @@ fn python_verifies(requests: &[Received]) -> u64 {
             })
         })
         .collect();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/notify/verify_webhooks.py"
-    );
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (the webhook tests verify signatures with it)");
     let input = json!({"secret": SECRET, "requests": requests}).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the Standard Webhooks verification failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let output = python::run_script("notify/verify_webhooks.py", input.as_bytes());
+    let result: Value = serde_json::from_slice(&output).unwrap();
     result["verified"].as_u64().unwrap()
 }
 
@@ -214,16 +205,12 @@ fn python_verifies(requests: &[Received]) -> u64 {
 async fn signed_events_verify_with_the_standard_webhooks_algorithm() {
     let all = receiver(&[]).await;
     let delivered_only = receiver(&[]).await;
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(
+    let (notifier, _tasks, shutdown) = start(
         vec![
             endpoint(all.url.clone(), &EventKind::ALL),
             endpoint(delivered_only.url.clone(), &[EventKind::Delivered]),
         ],
         quick(3, Duration::from_secs(5)),
-        &tasks,
-        &shutdown,
     );
     notifier.event(dead_letter());
     notifier.event(credentials_held());
@@ -271,13 +258,9 @@ async fn signed_events_verify_with_the_standard_webhooks_algorithm() {
 #[tokio::test]
 async fn a_receiver_answering_500_twice_still_gets_the_event() {
     let flaky = receiver(&[500, 500]).await;
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(
+    let (notifier, _tasks, shutdown) = start(
         vec![endpoint(flaky.url.clone(), &EventKind::ALL)],
         quick(5, Duration::from_secs(5)),
-        &tasks,
-        &shutdown,
     );
     notifier.event(dead_letter());
     let stats = wait_stats(&notifier, |s| s.sent == 1).await;
@@ -299,13 +282,9 @@ async fn a_receiver_answering_500_twice_still_gets_the_event() {
 #[tokio::test]
 async fn a_receiver_that_answers_410_gone_is_not_asked_again() {
     let gone = receiver(&[410]).await;
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(
+    let (notifier, _tasks, shutdown) = start(
         vec![endpoint(gone.url.clone(), &EventKind::ALL)],
         quick(5, Duration::from_secs(5)),
-        &tasks,
-        &shutdown,
     );
     notifier.event(dead_letter());
     let stats = wait_stats(&notifier, |s| s.failed == 1).await;
@@ -313,43 +292,24 @@ async fn a_receiver_that_answers_410_gone_is_not_asked_again() {
     shutdown.cancel();
 }
 
-/// Log lines written while `f` runs on this thread (the current-thread runtime's workers too).
-fn capture_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let sink = Sink(logs.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    (tracing::subscriber::set_default(subscriber), logs)
-}
-
 #[tokio::test]
 async fn a_receiver_that_never_answers_neither_blocks_the_caller_nor_keeps_the_event() {
-    let (_guard, logs) = capture_logs();
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _guard = capture_here(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
     let (address, connections) = silent_receiver().await;
     let url: url::Url = format!("http://{address}/hooks/secret-token")
         .parse()
         .unwrap();
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(
+    let (notifier, _tasks, shutdown) = start(
         vec![endpoint(url, &EventKind::ALL)],
         quick(2, Duration::from_millis(300)),
-        &tasks,
-        &shutdown,
     );
     notifier.event(dead_letter());
     assert_eq!(
@@ -361,7 +321,7 @@ async fn a_receiver_that_never_answers_neither_blocks_the_caller_nor_keeps_the_e
     assert_eq!((stats.sent, stats.attempts), (0, 2));
     assert_eq!(*connections.borrow(), 2, "one connection per attempt");
 
-    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("webhook event not delivered, given up: no answer within 300ms"),
         "{logs}"
@@ -387,18 +347,11 @@ async fn a_full_queue_drops_and_counts_and_shutdown_ends_the_workers() {
     let url: url::Url = format!("http://{address}/hooks/secret-token")
         .parse()
         .unwrap();
-    let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
     let delivery = Delivery {
         capacity: 2,
         ..quick(5, Duration::from_secs(30))
     };
-    let notifier = Notifier::start(
-        vec![endpoint(url, &EventKind::ALL)],
-        delivery,
-        &tasks,
-        &shutdown,
-    );
+    let (notifier, tasks, shutdown) = start(vec![endpoint(url, &EventKind::ALL)], delivery);
     for _ in 0..5 {
         notifier.event(dead_letter());
     }

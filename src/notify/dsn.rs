@@ -11,7 +11,7 @@
 //! References to the original Message-ID so that mail clients thread it.
 //!
 //! Nothing that came from outside (Google's answer, the original subject, addresses) can start a
-//! header field of its own: values are made one line, cut and folded ([`text`]); the MIME
+//! header field of its own: values are made one line, cut and folded (module `text`); the MIME
 //! boundary is checked against every part. [`deserves_dsn`] decides whether a message gets one.
 
 mod rules;

@@ -209,14 +209,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::notify::signature::SigningKey;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + 123)
     }
 
-    #[test]
-    fn a_dead_letter_has_the_documented_schema() {
-        let event = Event {
+    /// The dead letter of the examples: the docs' and the schema test's.
+    fn dead_letter(reason: &str, received_at: SystemTime) -> Event {
+        Event {
             at: at(1_777_889_730),
             detail: Detail::DeadLetter(MessageEvent {
                 queue_id: "019de0a1b2c3d4e5f6".into(),
@@ -226,13 +227,18 @@ mod tests {
                 sender: Some("app@example.com".into()),
                 recipients: vec!["bob@example.org".into()],
                 status: Some(Status(5, 7, 1)),
-                reason: Some("Gmail: Invalid To header".into()),
-                received_at: at(1_777_888_800),
+                reason: Some(reason.into()),
+                received_at,
                 attempts: 1,
                 next_attempt: None,
                 gmail_id: None,
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_has_the_documented_schema() {
+        let event = dead_letter("Gmail: Invalid To header", at(1_777_888_800));
         let body: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         assert_eq!(
             body,
@@ -284,6 +290,32 @@ mod tests {
                 "state": "held",
                 "reason": "invalid_grant: run smtp2gmail authorize"
             })
+        );
+    }
+
+    /// The request shown in docs/operations.md is what this code sends for that event, and its
+    /// signature is right for the secret the page gives.
+    #[test]
+    fn the_documented_request_is_what_is_sent() {
+        let page = include_str!("../../docs/operations.md");
+        let header = |name: &str| {
+            let start = page.find(&format!("\n{name}: ")).unwrap() + name.len() + 3;
+            page[start..].lines().next().unwrap()
+        };
+        let body = page
+            .lines()
+            .find(|l| l.starts_with(r#"{"type":"dead_letter""#))
+            .unwrap();
+        let event = dead_letter(
+            "Gmail refused the message: Invalid To header",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_888_800),
+        );
+        assert_eq!(String::from_utf8(event.to_json()).unwrap(), body);
+        let key = SigningKey::parse("whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+        let timestamp = header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            key.sign(header("webhook-id"), timestamp, body.as_bytes()),
+            header("webhook-signature")
         );
     }
 

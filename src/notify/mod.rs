@@ -3,8 +3,23 @@
 //!
 //! Once the queue has answered `250` it is responsible for the message (RFC 5321 §6.1); a
 //! message it gives up must not vanish without a word. This module only composes and sends; the
-//! queue decides when (it calls [`dsn::deserves_dsn`] and [`dsn::compose`] and queues the result
-//! with the null sender, and hands events to the notifier).
+//! queue decides when.
+//!
+//! # What the queue calls
+//! - **A message becomes a dead letter** (or is still queued after
+//!   [`NotifyConfig::delay_warning`](crate::config::NotifyConfig::delay_warning)): when
+//!   [`Config::bounces_active`](crate::config::Config::bounces_active) and
+//!   [`dsn::deserves_dsn`]`(sender, head)` is `Ok`, it builds a [`dsn::Report`] from its record
+//!   (recipients from
+//!   [`NotifyConfig::bounce_recipients`](crate::config::NotifyConfig::bounce_recipients), `from` =
+//!   the account's address, `reporting_host` = `smtp.hostname`, status
+//!   [`Status::EXPIRED`](crate::status::Status::EXPIRED) for `max_age`), calls [`dsn::compose`]
+//!   and queues [`dsn::Dsn::raw`] through the same account with the **null sender**, so no DSN is
+//!   ever made about it; otherwise it logs the [`dsn::NoDsn`] reason.
+//! - **Anything an operator may want to hear about**: [`Notifier::event`] with an [`Event`]
+//!   (`dead_letter`, `delayed`, `deferred`, `delivered`, `credentials`). It never blocks and never
+//!   fails; the [`Notifier`] (cheap to clone) comes from [`Notifier::from_config`] on the server's
+//!   `TaskTracker` and shutdown token, or [`Notifier::off`].
 
 pub mod dsn;
 pub mod event;
