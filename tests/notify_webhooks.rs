@@ -23,8 +23,8 @@ use common::python;
 use serde_json::{Value, json};
 use smtp2gmail::notify::signature::SigningKey;
 use smtp2gmail::notify::{
-    CredentialsEvent, CredentialsState, Delivery, Detail, Endpoint, Event, EventKind, MessageEvent,
-    Notifier, WebhookStats,
+    CredentialsEvent, CredentialsState, Detail, Endpoint, Event, EventKind, MessageEvent, Notifier,
+    WebhookDelivery, WebhookStats,
 };
 use smtp2gmail::status::Status;
 use tokio::net::TcpListener;
@@ -115,8 +115,8 @@ async fn silent_receiver() -> (SocketAddr, watch::Receiver<usize>) {
     (address, count_rx)
 }
 
-fn quick(attempts: u32, timeout: Duration) -> Delivery {
-    Delivery {
+fn quick(attempts: u32, timeout: Duration) -> WebhookDelivery {
+    WebhookDelivery {
         capacity: 100,
         timeout,
         attempts,
@@ -132,11 +132,11 @@ fn endpoint(url: url::Url, events: &[EventKind]) -> Endpoint {
 /// A notifier for `endpoints`, its workers on a tracker of their own; cancel the token to stop.
 fn start(
     endpoints: Vec<Endpoint>,
-    delivery: Delivery,
+    delivery: WebhookDelivery,
 ) -> (Notifier, TaskTracker, CancellationToken) {
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(endpoints, delivery, &tasks, &shutdown);
+    let notifier = Notifier::start(endpoints, delivery, &tasks, &shutdown).unwrap();
     (notifier, tasks, shutdown)
 }
 
@@ -347,7 +347,7 @@ async fn a_full_queue_drops_and_counts_and_shutdown_ends_the_workers() {
     let url: url::Url = format!("http://{address}/hooks/secret-token")
         .parse()
         .unwrap();
-    let delivery = Delivery {
+    let delivery = WebhookDelivery {
         capacity: 2,
         ..quick(5, Duration::from_secs(30))
     };

@@ -255,7 +255,8 @@ mod tests {
         );
 
         let unknown = format!(
-            "[[notify.webhooks]]\nurl = \"https://h.example/\"\nevents = [\"bounced\"]\nsecret = \"{SECRET}\"\n"
+            "[[notify.webhooks]]\nurl = \"https://h.example/\"\nevents = [\"bounced\"]\n\
+             secret = \"{SECRET}\"\n"
         );
         let err = parse(&unknown).unwrap_err();
         assert!(err.contains("unknown variant `bounced`"), "{err}");
@@ -269,7 +270,8 @@ mod tests {
         );
 
         let none = format!(
-            "[[notify.webhooks]]\nurl = \"https://h.example/\"\nevents = []\nsecret = \"{SECRET}\"\n"
+            "[[notify.webhooks]]\nurl = \"https://h.example/\"\nevents = []\n\
+             secret = \"{SECRET}\"\n"
         );
         assert!(parse(&none).unwrap_err().contains("events is empty"));
     }

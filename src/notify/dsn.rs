@@ -180,7 +180,8 @@ pub fn compose(report: &Report<'_>) -> Result<Dsn, DsnError> {
     out += "Auto-Submitted: auto-replied\r\n";
     out += "MIME-Version: 1.0\r\n";
     out += &format!(
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n"
     );
     out += "\r\nThis is a MIME-encapsulated message.\r\n";
     let mut raw = out.into_bytes();

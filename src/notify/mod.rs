@@ -27,4 +27,4 @@ pub mod signature;
 mod webhook;
 
 pub use event::{CredentialsEvent, CredentialsState, Detail, Event, EventKind, MessageEvent};
-pub use webhook::{Delivery, Endpoint, EndpointError, Notifier, WebhookStats};
+pub use webhook::{Endpoint, Notifier, NotifierError, WebhookDelivery, WebhookStats};

@@ -27,9 +27,10 @@ use super::event::{Event, EventKind};
 use super::signature::{KeyError, SigningKey};
 use crate::config::{NotifyConfig, WebhookConfig};
 
-/// How events are delivered. [`Delivery::default`] is what the server uses; tests shorten it.
+/// How events are delivered. [`WebhookDelivery::default`] is what the server uses; tests
+/// shorten it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub struct WebhookDelivery {
     /// Events waiting per endpoint; more are dropped (and counted) until the receiver catches up.
     pub capacity: usize,
     /// One request's time limit, answer included (Standard Webhooks suggests receivers get 15 to
@@ -43,12 +44,12 @@ pub struct Delivery {
     pub retry_max: Duration,
 }
 
-impl Default for Delivery {
+impl Default for WebhookDelivery {
     fn default() -> Self {
         // 5 attempts over about a minute of backoff (5 s, 10 s, 20 s, 40 s, as the start of the
         // spec's schedule): a receiver restarting is waited for; one that is down for longer
         // is the operator's to see in the log and the metric, not the queue's to buffer.
-        Delivery {
+        WebhookDelivery {
             capacity: 1000,
             timeout: Duration::from_secs(15),
             attempts: 5,
@@ -73,7 +74,7 @@ pub struct WebhookStats {
 }
 
 /// One configured webhook: where events go, which ones, and the key they are signed with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     url: Url,
     events: Vec<EventKind>,
@@ -82,10 +83,23 @@ pub struct Endpoint {
     label: String,
 }
 
-/// Why a configured webhook cannot be used. Config loading reports the same problems, with the
-/// file and line; this is for a secret that changed (`env:`, `file:`) since.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The label, not the URL: its path may hold a token.
+        f.debug_struct("Endpoint")
+            .field("label", &self.label)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the notifier cannot start. Config loading reports the webhook problems, with the file and
+/// line; these are for a secret that changed (`env:`, `file:`) since.
 #[derive(Debug, thiserror::Error)]
-pub enum EndpointError {
+pub enum NotifierError {
+    /// The HTTP client could not be built (the TLS setup failed).
+    #[error("cannot build the HTTP client for webhooks: {0}")]
+    HttpClient(reqwest::Error),
     /// The URL is not an http(s) URL.
     #[error("notify.webhooks[{index}].url is not an http:// or https:// URL")]
     Url {
@@ -116,12 +130,12 @@ impl Endpoint {
 
     /// The endpoint `[[notify.webhooks]]` entry `number` (1-based) describes, its secret read
     /// now.
-    pub fn from_config(number: usize, config: &WebhookConfig) -> Result<Endpoint, EndpointError> {
+    pub fn from_config(number: usize, config: &WebhookConfig) -> Result<Endpoint, NotifierError> {
         let url = config
             .parsed_url()
-            .ok_or(EndpointError::Url { index: number })?;
+            .ok_or(NotifierError::Url { index: number })?;
         let key =
-            SigningKey::from_config(&config.secret).map_err(|source| EndpointError::Secret {
+            SigningKey::from_config(&config.secret).map_err(|source| NotifierError::Secret {
                 index: number,
                 source,
             })?;
@@ -176,31 +190,27 @@ impl Notifier {
         config: &NotifyConfig,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> Result<Notifier, EndpointError> {
+    ) -> Result<Notifier, NotifierError> {
         let endpoints = config
             .webhooks
             .iter()
             .enumerate()
             .map(|(i, webhook)| Endpoint::from_config(i + 1, webhook))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Notifier::start(
-            endpoints,
-            Delivery::default(),
-            tasks,
-            shutdown,
-        ))
+        Notifier::start(endpoints, WebhookDelivery::default(), tasks, shutdown)
     }
 
-    /// Starts one worker per endpoint on `tasks`; they stop when `shutdown` is cancelled (events
-    /// not yet sent are then dropped and counted: a stopping server does not wait on receivers).
+    /// Starts one worker per endpoint on `tasks` (an error only if the HTTP client cannot be
+    /// built); they stop when `shutdown` is cancelled (events not yet sent are then dropped and
+    /// counted: a stopping server does not wait on receivers).
     pub fn start(
         endpoints: Vec<Endpoint>,
-        delivery: Delivery,
+        delivery: WebhookDelivery,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> Notifier {
+    ) -> Result<Notifier, NotifierError> {
         if endpoints.is_empty() {
-            return Notifier::off();
+            return Ok(Notifier::off());
         }
         let stats = watch::Sender::new(WebhookStats::default());
         let http = reqwest::Client::builder()
@@ -210,7 +220,7 @@ impl Notifier {
             // following one would send the signed event somewhere not configured.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
+            .map_err(NotifierError::HttpClient)?;
         let capacity = delivery.capacity.max(1);
         let mut outboxes = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
@@ -229,9 +239,9 @@ impl Notifier {
             };
             tasks.spawn(worker.run(receiver, shutdown.clone()));
         }
-        Notifier {
+        Ok(Notifier {
             inner: Some(Arc::new(Inner { outboxes, stats })),
-        }
+        })
     }
 
     /// Offers `event` to every endpoint that wants its kind. Never blocks and never fails: an
@@ -328,7 +338,7 @@ enum AttemptError {
 struct Worker {
     endpoint: Endpoint,
     http: reqwest::Client,
-    delivery: Delivery,
+    delivery: WebhookDelivery,
     stats: watch::Sender<WebhookStats>,
 }
 
@@ -359,7 +369,11 @@ impl Worker {
             left += 1;
         }
         if left > 0 {
-            tracing::warn!(webhook = %self.endpoint.label, left, "stopping: webhook events not sent");
+            tracing::warn!(
+                webhook = %self.endpoint.label,
+                left,
+                "stopping: webhook events not sent"
+            );
         }
     }
 
@@ -468,7 +482,13 @@ impl Worker {
             Ok(attempts) => {
                 crate::telemetry::webhook_event(kind, "sent");
                 self.stats.send_modify(|s| s.sent += 1);
-                tracing::debug!(webhook = %self.endpoint.label, event = %job.id, r#type = kind, attempts, "webhook event sent");
+                tracing::debug!(
+                    webhook = %self.endpoint.label,
+                    event = %job.id,
+                    r#type = kind,
+                    attempts,
+                    "webhook event sent"
+                );
             }
             Err((attempts, reason)) => {
                 crate::telemetry::webhook_event(kind, "failed");

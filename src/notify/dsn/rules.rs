@@ -150,7 +150,8 @@ mod tests {
             why.to_string(),
             "it is a report (multipart/report; report-type=delivery-status)"
         );
-        let mdn = b"content-type: Multipart/Report; Report-Type=\"disposition-notification\"; boundary=x\r\n\r\n";
+        let mdn = b"content-type: Multipart/Report; Report-Type=\"disposition-notification\";\r\n\
+\tboundary=x\r\n\r\n";
         assert!(matches!(
             deserves_dsn(Some("a@x"), mdn),
             Err(NoDsn::Report { report_type }) if report_type == "disposition-notification"
