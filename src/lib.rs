@@ -61,6 +61,8 @@ pub mod message;
 pub mod queue;
 pub mod relay;
 pub mod safeio;
+pub mod server;
 pub mod smtp;
 pub mod status;
+pub mod tasks;
 pub mod telemetry;

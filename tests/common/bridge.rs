@@ -69,7 +69,7 @@ impl Bridge {
                     max_send_rate: 1000.0,
                     ..QueueConfig::default()
                 };
-                let started = smtp2gmail::queue::start(&config, gmail.clone())
+                let started = smtp2gmail::queue::start(&config, gmail.clone(), &Default::default())
                     .await
                     .unwrap();
                 let run = started.scheduler.run(shutdown.clone(), Duration::ZERO);

@@ -64,7 +64,7 @@ impl Queued {
         // process another test spawns inherits every descriptor (the lock's too) until its exec.
         let started = tokio::time::timeout(WAIT, async {
             loop {
-                match queue::start(&queue, relay.clone()).await {
+                match queue::start(&queue, relay.clone(), &Default::default()).await {
                     Err(queue::StartError::InUse { .. }) => {
                         tokio::time::sleep(Duration::from_millis(10)).await
                     }
