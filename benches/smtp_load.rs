@@ -7,8 +7,9 @@
 //! clients from connect to greeting meanwhile (the "greeted within 10 ms" target); greetings are
 //! also timed during the load. `--server-pid` adds the server's VmRSS/VmHWM from `/proc`.
 //!
-//! Without `--addr` a discard-mode server runs in this process on a free loopback port (its
-//! figures then include the generator's own CPU use). Only loopback targets are accepted; every run
+//! Without `--addr` a discard-mode server runs in this process on a free loopback port, assembled
+//! by the library as `smtp2gmail serve` does (its figures then include the generator's own CPU
+//! use). Only loopback targets are accepted; every run
 //! is bounded by `--messages` and `--timeout`. The client is raw tokio TCP, not an SMTP library.
 
 use std::net::SocketAddr;
@@ -19,10 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use smtp2gmail::config::{Config, RelayMode};
-use smtp2gmail::{relay, smtp};
+use smtp2gmail::server::{Server, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The command line.
@@ -80,7 +80,6 @@ fn main() -> ExitCode {
 /// Returns whether every message was accepted.
 async fn run(args: Args) -> anyhow::Result<bool> {
     ensure!(args.connections > 0, "--connections must be at least 1");
-    let shutdown = CancellationToken::new();
     let (addr, server) = match args.addr {
         Some(addr) => {
             ensure!(addr.ip().is_loopback(), "--addr must be a loopback address");
@@ -88,7 +87,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         None => {
             let slots = args.idle + args.connections + 8;
-            let (addr, server) = start_server(slots, shutdown.clone()).await?;
+            let server = start_server(slots).await?;
+            let addr = *server.smtp_addrs().first().context("no address bound")?;
             println!("server: in-process, discard mode, {addr} (shares the CPU with the load)");
             (addr, Some(server))
         }
@@ -96,27 +96,26 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let pid = args.server_pid.or(server.is_some().then(std::process::id));
     let limit = Duration::from_secs(args.timeout);
     let outcome = tokio::time::timeout(limit, measure(&args, addr, pid)).await;
-    shutdown.cancel();
     if let Some(server) = server {
-        server.await.context("in-process server failed")?;
+        let stopped = server.shutdown().await;
+        ensure!(
+            stopped.is_clean(),
+            "the in-process server left tasks running"
+        );
     }
     outcome.with_context(|| format!("gave up after {limit:?}"))?
 }
 
-/// Starts the server in this process: discard mode, a free loopback port, enough connection slots.
-async fn start_server(
-    slots: usize,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+/// Starts the server in this process, assembled as `serve` does: discard mode, a free loopback
+/// port, enough connection slots, no HTTP endpoints.
+async fn start_server(slots: usize) -> anyhow::Result<ServerHandle> {
     let mut config = Config::default();
     config.relay.mode = RelayMode::Discard;
     config.smtp.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     config.smtp.max_connections = config.smtp.max_connections.max(slots);
     config.smtp.shutdown_grace = Duration::from_secs(1);
-    let deliver = relay::from_config(&config).map_err(anyhow::Error::msg)?;
-    let server = smtp::Server::bind(config.smtp, deliver).await?;
-    let addr = *server.local_addrs().first().context("no address bound")?;
-    Ok((addr, tokio::spawn(server.run(shutdown))))
+    config.http.listen = String::new();
+    Ok(Server::new(config).start().await?)
 }
 
 /// The whole measurement against `addr`: idle connections, greeting probes, the load, memory.

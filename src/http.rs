@@ -118,16 +118,25 @@ pub async fn serve(
     }
 }
 
+impl Readiness {
+    /// What `/readyz` answers: `{"ready": …}`, with the problems that make it false and the
+    /// warnings that do not.
+    pub fn report(&self) -> serde_json::Value {
+        let problems = self.problems();
+        let warnings = self.warnings();
+        let mut body = json!({"ready": problems.is_empty()});
+        if !problems.is_empty() {
+            body["problems"] = problems.into();
+        }
+        if !warnings.is_empty() {
+            body["warnings"] = warnings.into();
+        }
+        body
+    }
+}
+
 async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
-    let problems = readiness.problems();
-    let warnings = readiness.warnings();
-    let mut body = json!({"ready": problems.is_empty()});
-    if !problems.is_empty() {
-        body["problems"] = problems.into();
-    }
-    if !warnings.is_empty() {
-        body["warnings"] = warnings.into();
-    }
+    let body = readiness.report();
     let status = if body["ready"] == true {
         StatusCode::OK
     } else {

@@ -23,7 +23,27 @@
 //! [`relay::DeliveryError`]: `Temporary` (451, retry later), `Permanent` (5xx, dead letter) or
 //! `Credentials` (451 4.7.0 with the fix; the queue holds the account or the one mailbox).
 //!
+//! # Assembly and lifecycle
+//! [`server::Server::start`] puts all of this together once, from a [`config::Config`]: the
+//! delivery target (relay, queue or inbox), the SMTP listeners, the HTTP endpoints and every
+//! background task, each on a [`tasks::Tasks`] tracker. It returns a [`server::ServerHandle`]
+//! (bound addresses, readiness, reload, shutdown). The CLI (`serve`), the tests and the benchmarks
+//! all start the server this way. Shutdown runs in one order: listeners stop and sessions finish
+//! → deliveries in flight finish, the rest stays queued, the other tasks end → the queue's storage
+//! closes (the database's listener and connections) → the spool lock is released; the handle's
+//! `shutdown` returns once every task has ended.
+//!
+//! ```text
+//!   cli::serve (signals, exit codes) ─┐
+//!   tests, benches ───────────────────┼─▶ server::Server::start ─▶ ServerHandle
+//!                                     │      server::delivery: relay / inbox / queue::start
+//!                                     │      smtp::Server, http::serve, scheduler, splitter,
+//!                                     │      credential watcher ─ tracked (tasks::Tasks)
+//! ```
+//!
 //! # Layout
+//! - [`server`]: the one assembly of the whole server and its shutdown order.
+//! - [`tasks`]: tracked background tasks and the signal that closes them.
 //! - [`smtp`]: listeners, the connection cap, sessions (one method per SMTP verb), the DATA decoder,
 //!   replies, graceful shutdown.
 //! - [`message`]: what one accepted message is: its [`message::Envelope`] and raw bytes
@@ -51,7 +71,7 @@
 //!   through a Mailpit-compatible API, and release through the Gmail relay.
 //! - [`telemetry`]: the metrics, recorded through small functions and rendered for `/metrics`.
 //! - [`config`]: the TOML configuration, with defaults and file:line:key errors.
-//! - [`cli`]: the command line at the edge.
+//! - [`cli`]: the command line at the edge: arguments, signals, exit codes.
 
 pub mod backoff;
 pub mod cli;
@@ -65,6 +85,8 @@ pub mod notify;
 pub mod queue;
 pub mod relay;
 pub mod safeio;
+pub mod server;
 pub mod smtp;
 pub mod status;
+pub mod tasks;
 pub mod telemetry;

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use common::fake_google::{self, FakeGoogle};
+use common::process::ServerProcess;
 use common::{TestServer, WAIT, assert_code, test_config};
 use smtp2gmail::config::{AccountConfig, GmailConfig};
 use smtp2gmail::google::CredentialState;
@@ -166,78 +164,6 @@ async fn accounts_sharing_a_file_each_reload_once() {
     assert_eq!(watcher.poll(), 0, "a change is acted on once");
 }
 
-/// `smtp2gmail serve` as a child, its stderr read line by line on a thread.
-struct Serve {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Drop for Serve {
-    /// A failed assertion must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(dir: &Path) -> (Serve, std::net::SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-            .arg("serve")
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (sender, lines) = channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        let mut serve = Serve { child, lines };
-        let startup = serve.wait_for("listening on");
-        let addr = startup
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        (serve, addr)
-    }
-
-    /// The next stderr line containing `text` (earlier lines are skipped).
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    panic!("no log line containing {text:?}")
-                }
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args([name, &pid]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn stop(mut self) -> Option<i32> {
-        self.signal("-TERM");
-        self.child.wait().unwrap().code()
-    }
-}
-
-// Multi-threaded: the test thread blocks on the child's log lines while the fake keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_running_server() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
@@ -255,7 +181,8 @@ async fn sighup_reloads_a_running_server() {
     // Before the start: the server asks for its first access token at once, in the background,
     // and a token obtained before the refusal would send the first message.
     google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
-    let (mut serve, addr) = Serve::start(dir.path());
+    let serve = ServerProcess::in_dir(dir.path()).await;
+    let addr = serve.smtp;
 
     let reply = common::send_simple(addr).await;
     assert!(reply.starts_with("451 4.7.0 "), "{reply}");
@@ -264,11 +191,12 @@ async fn sighup_reloads_a_running_server() {
         &dir.path().join("token.json"),
         &fake_google::authorized_token(&google),
     );
-    serve.signal("-HUP");
-    serve.wait_for("SIGHUP: reloading credentials");
-    serve.wait_for("credentials for account default");
+    serve.signal("-HUP").await;
+    serve.wait_for_log("SIGHUP: reloading credentials").await;
+    serve.wait_for_log("credentials for account default").await;
     assert_code(&common::send_simple(addr).await, 250);
-    assert_eq!(serve.stop(), Some(0), "SIGHUP must not stop the server");
+    let status = serve.terminate().await;
+    assert_eq!(status.code(), Some(0), "SIGHUP must not stop the server");
 }
 
 #[tokio::test]
@@ -279,9 +207,12 @@ async fn sighup_in_console_mode_does_not_stop_the_server() {
         "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
     )
     .unwrap();
-    let (mut serve, addr) = Serve::start(dir.path());
-    serve.signal("-HUP");
-    serve.wait_for("SIGHUP: no Google credentials to reload");
+    let serve = ServerProcess::in_dir(dir.path()).await;
+    let addr = serve.smtp;
+    serve.signal("-HUP").await;
+    serve
+        .wait_for_log("SIGHUP: no Google credentials to reload")
+        .await;
     assert_code(&common::send_simple(addr).await, 250);
-    assert_eq!(serve.stop(), Some(0));
+    serve.stop().await;
 }

@@ -7,9 +7,10 @@
 
 mod common;
 
-use common::bridge::{Bridge, Mode, refused_with};
+use common::TestServer;
 use common::fake_gmail::UPLOAD_LIMIT;
-use smtp2gmail::config::FromPolicy;
+use common::serving::{Serving, refused_with};
+use smtp2gmail::config::{Delivery, FromPolicy};
 
 /// The sender of every message here.
 const FROM: &str = "app@example.com";
@@ -65,78 +66,82 @@ fn long_from() -> String {
 
 /// A message of exactly the advertised SIZE, to 100 (`max_recipients`) envelope-only recipients
 /// of the longest address RFC 5321 allows, is accepted and delivered within Gmail's limit.
-async fn the_advertised_size_fits_gmail_after_the_bcc_header(mode: Mode) {
-    let bridge = Bridge::start(mode, |_, _, _| {}).await;
-    let size = bridge.advertised_size().await;
+async fn the_advertised_size_fits_gmail_after_the_bcc_header(mode: Delivery) {
+    let (google, _dir, server) = TestServer::gmail(mode, |_, _, _| {}).await;
+    let size = server.advertised_size().await;
     assert!(
         size < UPLOAD_LIMIT,
         "SIZE {size} leaves no room for a Bcc header"
     );
     let rcpts = envelope_only_recipients(100, 256);
     let message = message_of(size, "From: app@example.com\r\n");
-    let reply = bridge.send(FROM, &rcpts, &message).await;
+    let reply = server.send_with_lettre(FROM, &rcpts, &message).await;
     let reply = reply.unwrap_or_else(|err| panic!("{mode:?}: refused: {err}"));
     assert_eq!(reply.code().to_string(), "250");
-    bridge.google.wait_for_uploads(1).await;
-    let upload = &bridge.google.uploads()[0];
+    google.wait_for_uploads(1).await;
+    let upload = &google.uploads()[0];
     assert!(upload.body.len() <= UPLOAD_LIMIT);
     assert!(
         upload.body.len() > size + 100 * 256,
         "the Bcc field is there"
     );
     assert_eq!(upload.recipients.len(), 100);
-    assert!(bridge.spooled(&["dead"]).is_empty(), "delivered, not dead");
-    bridge.stop().await;
+    assert!(server.files("dead").is_empty(), "delivered, not dead");
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn sync_the_advertised_size_fits_gmail_after_the_bcc_header() {
-    the_advertised_size_fits_gmail_after_the_bcc_header(Mode::Sync).await;
+    the_advertised_size_fits_gmail_after_the_bcc_header(Delivery::Sync).await;
 }
 
 #[tokio::test]
 async fn queue_the_advertised_size_fits_gmail_after_the_bcc_header() {
-    the_advertised_size_fits_gmail_after_the_bcc_header(Mode::Queue).await;
+    the_advertised_size_fits_gmail_after_the_bcc_header(Delivery::Queue).await;
 }
 
 /// A From rewrite adds a Reply-To holding the original From; a From far longer than the SIZE
 /// headroom allows for makes the upload too large: refused at the end of DATA with 552 5.3.4,
 /// before any upload and before anything is queued.
-async fn too_large_after_our_additions_is_refused_at_the_end_of_data(mode: Mode) {
-    let bridge = Bridge::start(mode, |_, _, gmail| {
+async fn too_large_after_our_additions_is_refused_at_the_end_of_data(mode: Delivery) {
+    let (google, _dir, server) = TestServer::gmail(mode, |_, _, gmail| {
         gmail.send_as = vec!["relay@example.com".to_string()];
         gmail.from_policy = Some(FromPolicy::Rewrite);
     })
     .await;
-    let size = bridge.advertised_size().await;
+    let size = server.advertised_size().await;
     let rcpts = vec!["alice@example.com".to_string()];
     let header = format!("{}To: alice@example.com\r\n", long_from());
-    let sent = bridge.send(FROM, &rcpts, &message_of(size, &header)).await;
+    let sent = server
+        .send_with_lettre(FROM, &rcpts, &message_of(size, &header))
+        .await;
     let text = refused_with(sent, "552");
     assert!(
         text.contains("5.3.4") && text.contains("too large for Gmail"),
         "{text}"
     );
-    assert_eq!(bridge.google.send_requests(), 0, "nothing was uploaded");
+    assert_eq!(google.send_requests(), 0, "nothing was uploaded");
     assert!(
-        bridge.spooled(&["queue", "dead"]).is_empty(),
+        server.files("queue").is_empty() && server.files("dead").is_empty(),
         "nothing was queued"
     );
     // The same size with an ordinary From fits.
     let header = "From: App <app@example.com>\r\nTo: alice@example.com\r\n";
-    let sent = bridge.send(FROM, &rcpts, &message_of(size, header)).await;
+    let sent = server
+        .send_with_lettre(FROM, &rcpts, &message_of(size, header))
+        .await;
     assert!(sent.is_ok(), "{sent:?}");
-    bridge.google.wait_for_uploads(1).await;
-    assert!(bridge.google.uploads()[0].body.len() <= UPLOAD_LIMIT);
-    bridge.stop().await;
+    google.wait_for_uploads(1).await;
+    assert!(google.uploads()[0].body.len() <= UPLOAD_LIMIT);
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn sync_too_large_after_our_additions_is_refused_at_the_end_of_data() {
-    too_large_after_our_additions_is_refused_at_the_end_of_data(Mode::Sync).await;
+    too_large_after_our_additions_is_refused_at_the_end_of_data(Delivery::Sync).await;
 }
 
 #[tokio::test]
 async fn queue_too_large_after_our_additions_is_refused_at_the_end_of_data() {
-    too_large_after_our_additions_is_refused_at_the_end_of_data(Mode::Queue).await;
+    too_large_after_our_additions_is_refused_at_the_end_of_data(Delivery::Queue).await;
 }

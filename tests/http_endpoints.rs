@@ -6,7 +6,8 @@ mod common;
 
 use common::assert_code;
 use common::fake_google::{self, FakeGoogle};
-use common::running::Running;
+use common::process::ServerProcess;
+use common::serving::Serving;
 
 /// The value of a metric line that starts with `series`, or 0 when it is absent.
 fn metric(text: &str, series: &str) -> f64 {
@@ -36,16 +37,16 @@ fn gmail_config(google: &FakeGoogle, dir: &std::path::Path) {
 async fn credentials_are_verified_at_start_not_with_the_first_message() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     gmail_config(&google, dir.path());
-    let mut server = Running::start(dir.path());
-    server.wait_for("credentials verified");
+    let server = ServerProcess::in_dir(dir.path()).await;
+    server.wait_for_log("credentials verified").await;
     assert_eq!(google.token_requests(), 1);
     assert_eq!(server.get("/readyz").await.0, 200);
     drop(server);
 
     // The refresh token died while the server was down (revoked, or the 7-day Testing expiry).
     google.accept_only_refresh_token(fake_google::NEW_REFRESH_TOKEN);
-    let mut server = Running::start(dir.path());
-    let line = server.wait_for("credentials need attention");
+    let server = ServerProcess::in_dir(dir.path()).await;
+    let line = server.wait_for_log("credentials need attention").await;
     assert!(line.contains("invalid_grant"), "{line}");
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -61,7 +62,7 @@ async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let token = dir.path().join("token.json");
     gmail_config(&google, dir.path());
-    let mut server = Running::start(dir.path());
+    let server = ServerProcess::in_dir(dir.path()).await;
 
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(server.get("/readyz").await.0, 200);
@@ -91,7 +92,9 @@ async fn readiness_follows_the_credentials_and_metrics_follow_the_mail() {
 
     // `authorize` writes a new token file; the server picks it up without a restart.
     fake_google::write_token_atomically(&token, &fake_google::authorized_token(&google));
-    server.wait_for("credentials for account default reloaded");
+    server
+        .wait_for_log("credentials for account default reloaded")
+        .await;
     assert_code(&common::send_simple(server.smtp).await, 250);
     assert_eq!(server.get("/readyz").await.0, 200);
 

@@ -4,6 +4,8 @@
 mod common;
 
 use common::inbox::{self, PDF, PNG, ids, json, send, send_json, subjects, text};
+use common::process::ServerProcess;
+use common::serving::Serving;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -11,10 +13,10 @@ use serde_json::{Value, json};
 async fn console_mode_serves_the_inbox_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     inbox::write_config(dir.path(), "");
-    let server = common::running::Running::start(dir.path());
+    let server = ServerProcess::in_dir(dir.path()).await;
     let inbox_url = format!(
         "inbox at {} (the last 1000 messages in memory)",
-        server.http
+        server.http().unwrap()
     );
     assert!(server.startup.contains(&inbox_url), "{}", server.startup);
     let (status, page) = server.get("/").await;
@@ -28,7 +30,7 @@ async fn console_mode_serves_the_inbox_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_paging_and_message_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let server = inbox::console(dir.path());
+    let server = inbox::console(dir.path()).await;
     for n in 1..=3 {
         let subject = format!("plain {n}");
         send(
@@ -137,7 +139,7 @@ async fn list_paging_and_message_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_headers_latest_views_and_info() {
     let dir = tempfile::tempdir().unwrap();
-    let server = inbox::console(dir.path());
+    let server = inbox::console(dir.path()).await;
     let raw = "From: app@example.com\r\nTo: u@example.org\r\nSubject: exact\r\nX-Test: a\r\n\
                X-TEST: b\r\nMessage-ID: <m1@example.com>\r\n\r\nline one\r\n..dot\r\n";
     let wire = format!("{raw}.\r\n");
@@ -189,7 +191,7 @@ async fn raw_headers_latest_views_and_info() {
     }
 }
 
-async fn search(server: &common::running::Running, query: &str) -> Value {
+async fn search(server: &ServerProcess, query: &str) -> Value {
     let url = format!("/api/v1/search?query={}", url_escape(query));
     json(server, &url).await
 }
@@ -206,7 +208,7 @@ fn url_escape(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_read_state_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let server = inbox::console(dir.path());
+    let server = inbox::console(dir.path()).await;
     let mail = [
         (
             "alice@example.com",
@@ -301,7 +303,7 @@ async fn search_read_state_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misspelt_key_is_refused_not_taken_for_all() {
     let dir = tempfile::tempdir().unwrap();
-    let server = inbox::console(dir.path());
+    let server = inbox::console(dir.path()).await;
     for subject in ["one", "two", "three"] {
         send(
             server.smtp,
@@ -359,7 +361,7 @@ async fn a_misspelt_key_is_refused_not_taken_for_all() {
 async fn console_mode_keeps_the_last_max_messages() {
     let dir = tempfile::tempdir().unwrap();
     inbox::write_config(dir.path(), "[inbox]\nmax_messages = 2\n");
-    let server = common::running::Running::start(dir.path());
+    let server = ServerProcess::in_dir(dir.path()).await;
     for n in 1..=3 {
         send(
             server.smtp,
@@ -375,7 +377,7 @@ async fn console_mode_keeps_the_last_max_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_large_messages_are_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let server = inbox::console(dir.path());
+    let server = inbox::console(dir.path()).await;
     let broken =
         b"Subject: =?x-bogus?q?=FF?=\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
 --b\r\nContent-Type: text/plain; charset=klingon\r\nContent-Transfer-Encoding: base64\r\n\r\n\

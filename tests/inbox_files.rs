@@ -6,17 +6,18 @@ mod common;
 use std::path::Path;
 
 use common::inbox::{ids, json, send, send_json, subjects, text};
-use common::running::Running;
+use common::process::ServerProcess;
+use common::serving::Serving;
 use reqwest::Method;
 use serde_json::json;
 
-fn file_mode(dir: &Path) -> Running {
+async fn file_mode(dir: &Path) -> ServerProcess {
     let config = format!(
         "[relay]\nmode = \"file\"\n[file]\ndir = '{}'\n",
         dir.join("mail").display()
     );
     common::inbox::write_config(dir, &config);
-    Running::start(dir)
+    ServerProcess::in_dir(dir).await
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -33,7 +34,7 @@ fn files(dir: &Path) -> Vec<String> {
 async fn the_directory_is_the_inbox_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mail = dir.path().join("mail");
-    let server = file_mode(dir.path());
+    let server = file_mode(dir.path()).await;
     assert!(
         server
             .startup
@@ -56,7 +57,7 @@ async fn the_directory_is_the_inbox_across_restarts() {
         json(&server, &format!("/api/v1/message/{first}")).await["Subject"],
         "first"
     );
-    assert!(server.stop().success());
+    server.stop().await;
 
     // Files from elsewhere: one of ours from an earlier run, one hand-made without envelope.
     let earlier = "00000000001abcdef01";
@@ -69,7 +70,7 @@ async fn the_directory_is_the_inbox_across_restarts() {
     .unwrap();
     std::fs::write(mail.join("handmade.eml"), "Subject: by hand\r\n\r\nhi\r\n").unwrap();
 
-    let server = file_mode(dir.path());
+    let server = file_mode(dir.path()).await;
     let list = json(&server, "/api/v1/messages").await;
     assert_eq!(list["total"], 4);
     // Newest first: our ids carry the time of arrival, other names their file's time.
@@ -120,7 +121,7 @@ fn victim(dir: &Path) -> std::path::PathBuf {
 async fn ids_that_are_paths_reach_no_file_outside_the_folder() {
     let dir = tempfile::tempdir().unwrap();
     let victim = victim(dir.path());
-    let server = file_mode(dir.path());
+    let server = file_mode(dir.path()).await;
     send(
         server.smtp,
         text("a@example.com", "b@example.org", "keep me", "x"),
@@ -165,7 +166,7 @@ async fn ids_that_are_paths_reach_no_file_outside_the_folder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_failure_is_logged_not_told_to_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let server = file_mode(dir.path());
+    let server = file_mode(dir.path()).await;
     send(
         server.smtp,
         text("a@example.com", "b@example.org", "stuck", "x"),
@@ -183,5 +184,5 @@ async fn a_storage_failure_is_logged_not_told_to_the_client() {
         !text.contains("os error") && !text.contains(&id) && !text.contains("mail"),
         "{text}"
     );
-    assert!(server.stop().success());
+    server.stop().await;
 }

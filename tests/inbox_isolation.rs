@@ -7,7 +7,8 @@
 mod common;
 
 use common::inbox::{console, json, send_raw};
-use common::running::Running;
+use common::process::ServerProcess;
+use common::serving::Serving;
 use reqwest::header::{HOST, ORIGIN};
 
 /// A message with an HTML body that tries every way out, an inline image, an SVG attachment and
@@ -26,14 +27,14 @@ const HOSTILE: &str = "Subject: isolation\r\nContent-Type: multipart/mixed; boun
 Content-Disposition: attachment; filename*=UTF-8''invoice%E2%80%AEexe.pdf\r\n\r\n%PDF\r\n\
 --b--\r\n.\r\n";
 
-async fn started() -> (tempfile::TempDir, Running) {
+async fn started() -> (tempfile::TempDir, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
-    let server = console(dir.path());
+    let server = console(dir.path()).await;
     common::assert_code(&send_raw(server.smtp, HOSTILE.as_bytes()).await, 250);
     (dir, server)
 }
 
-fn port(server: &Running) -> String {
+fn port(server: &ServerProcess) -> String {
     let authority = server.http_authority();
     authority.rsplit(':').next().unwrap().to_string()
 }

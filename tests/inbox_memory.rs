@@ -6,6 +6,7 @@
 mod common;
 
 use common::inbox::{console, ids, json, send_raw};
+use common::serving::Serving;
 use futures_util::StreamExt;
 
 /// Large messages held by the inbox…
@@ -63,7 +64,7 @@ async fn fetch(client: reqwest::Client, url: String) -> (u16, String, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_requests_of_every_kind_stay_within_the_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let server = console(dir.path());
+    let server = console(dir.path()).await;
     for n in 0..MESSAGES {
         common::assert_code(&send_raw(server.smtp, &large_message(n)).await, 250);
     }

@@ -6,12 +6,13 @@ mod common;
 use common::fake_gmail::SendFault;
 use common::fake_google::{self, FakeGoogle};
 use common::inbox::{json, send, send_json};
-use common::running::Running;
+use common::process::ServerProcess;
+use common::serving::Serving;
 use reqwest::Method;
 use serde_json::json;
 
 /// A server in `dir` with release through the fake Google; `extra` is more configuration.
-fn with_gmail(dir: &std::path::Path, google: &FakeGoogle, extra: &str) -> Running {
+async fn with_gmail(dir: &std::path::Path, google: &FakeGoogle, extra: &str) -> ServerProcess {
     fake_google::write_json(
         dir,
         "token.json",
@@ -22,10 +23,10 @@ fn with_gmail(dir: &std::path::Path, google: &FakeGoogle, extra: &str) -> Runnin
         google.api_base()
     );
     common::inbox::write_config(dir, &gmail);
-    Running::start(dir)
+    ServerProcess::in_dir(dir).await
 }
 
-async fn release(server: &Running, id: &str, to: serde_json::Value) -> reqwest::Response {
+async fn release(server: &ServerProcess, id: &str, to: serde_json::Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(server.url(&format!("/api/v1/message/{id}/release")))
         .json(&json!({ "To": to }))
@@ -37,7 +38,7 @@ async fn release(server: &Running, id: &str, to: serde_json::Value) -> reqwest::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_goes_to_exactly_the_given_recipients() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = with_gmail(dir.path(), &google, "");
+    let server = with_gmail(dir.path(), &google, "").await;
     let html = "<p>Welcome</p>";
     send(
         server.smtp,
@@ -90,7 +91,7 @@ async fn release_goes_to_exactly_the_given_recipients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_errors_say_what_is_wrong() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = with_gmail(dir.path(), &google, "");
+    let server = with_gmail(dir.path(), &google, "").await;
     let message = common::inbox::text("app@example.com", "u@example.org", "s", "b");
     send(server.smtp, message).await;
     let bad = release(&server, "latest", json!(["not an address"])).await;
@@ -148,7 +149,7 @@ X-A: 1\rBcc: smuggled@evil.example\r\nSubject: hi\r\n\r\nhello\r\n";
         "[relay]\nmode = \"file\"\n[file]\ndir = '{}'\n",
         mail.display()
     );
-    let server = with_gmail(dir.path(), &google, &file_mode);
+    let server = with_gmail(dir.path(), &google, &file_mode).await;
     let response = release(&server, id, json!(["qa@example.org"])).await;
     assert_eq!(response.status(), 400);
     let text = response.text().await.unwrap();
@@ -159,7 +160,7 @@ X-A: 1\rBcc: smuggled@evil.example\r\nSubject: hi\r\n\r\nhello\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_release_says_how_to_configure_them() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::inbox::console(dir.path());
+    let server = common::inbox::console(dir.path()).await;
     send(
         server.smtp,
         common::inbox::text("a@example.com", "b@example.org", "s", "b"),

@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::inbox::{json, send, text};
-use common::running::Running;
+use common::process::ServerProcess;
+use common::serving::Serving;
 use reqwest::header::{CONTENT_TYPE, HOST, ORIGIN};
 
 /// A raw HTTP/1.1 request over a socket (reqwest will not send some of these headers as given).
@@ -37,7 +38,7 @@ async fn status(request: reqwest::RequestBuilder) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_host_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::inbox::console(dir.path());
+    let server = common::inbox::console(dir.path()).await;
     let client = reqwest::Client::new();
     let port = server
         .http_authority()
@@ -67,7 +68,7 @@ async fn foreign_host_names_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_sites_cannot_change_anything() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::inbox::console(dir.path());
+    let server = common::inbox::console(dir.path()).await;
     send(
         server.smtp,
         text("a@example.com", "b@example.org", "keep me", "x"),
@@ -75,7 +76,7 @@ async fn other_sites_cannot_change_anything() {
     .await;
     let client = reqwest::Client::new();
     let messages = server.url("/api/v1/messages");
-    let own_origin = server.http.trim_end_matches('/').to_string();
+    let own_origin = server.http().unwrap().trim_end_matches('/').to_string();
 
     // A script on another site (fetch sends its Origin).
     let evil = client
@@ -179,7 +180,7 @@ fn read_frame(stream: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_is_for_the_inbox_page_only() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::inbox::console(dir.path());
+    let server = common::inbox::console(dir.path()).await;
     let authority = server.http_authority();
     let refused = upgrade(&authority, "http://evil.example");
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
@@ -222,7 +223,7 @@ async fn the_event_stream_is_for_the_inbox_page_only() {
     let event: serde_json::Value = serde_json::from_str(&read_frame(&mut stream)).unwrap();
     assert_eq!(event["Type"], "truncate", "the last message went: {event}");
     // A page still listening does not keep the server from stopping: the stream is closed.
-    assert!(server.stop().success());
+    server.stop().await;
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(
@@ -268,7 +269,7 @@ fn a_remote_inbox_without_users_does_not_start() {
 async fn a_remote_inbox_asks_for_a_password() {
     let dir = tempfile::tempdir().unwrap();
     remote_config(dir.path(), true);
-    let server = Running::start(dir.path());
+    let server = ServerProcess::in_dir(dir.path()).await;
     assert!(
         server
             .startup
@@ -276,7 +277,7 @@ async fn a_remote_inbox_asks_for_a_password() {
         "{}",
         server.startup
     );
-    let base = server.http.replace("0.0.0.0", "127.0.0.1");
+    let base = server.http().unwrap().replace("0.0.0.0", "127.0.0.1");
     let url = |path: &str| format!("{}{path}", base.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -330,7 +331,7 @@ async fn a_loopback_inbox_asks_for_a_password_when_told_to() {
     assert!(stderr.contains("inbox.auth_required"), "{stderr}");
 
     guarded_config(dir.path(), "127.0.0.1:0", true, "auth_required = true");
-    let server = Running::start(dir.path());
+    let server = ServerProcess::in_dir(dir.path()).await;
     assert!(
         server
             .startup
@@ -365,7 +366,7 @@ async fn a_loopback_inbox_asks_for_a_password_when_told_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_html_and_parts_are_served_sandboxed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::inbox::console(dir.path());
+    let server = common::inbox::console(dir.path()).await;
     let message = "Subject: hostile\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
 --b\r\nContent-Type: text/html\r\n\r\n<a href=https://x.example target=_self rel=opener>x</a>\
 <script>alert(1)</script><img src=\"cid:pic\">\r\n\

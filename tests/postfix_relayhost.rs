@@ -16,11 +16,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::fake_google::FakeGoogle;
+use common::process::ServerProcess;
 use common::programs::{POSTFIX, postfix_installed};
-use common::served::{Served, queue_mode_config};
+use common::serving::gmail_mode;
 use common::{WAIT, free_port};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use smtp2gmail::config::Delivery;
 
 /// A private Postfix instance; stopped when dropped, even when the test fails.
 struct Postfix {
@@ -180,11 +182,11 @@ async fn postfix_relaying_120_recipients_in_three_transactions_sends_once() {
          `bash .ci/run`"
     );
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = queue_mode_config(&google, dir.path(), "", "");
-    let served = Served::start(&config).await;
+    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     // Its own directory: Postfix's daemons (user `postfix`) must be able to enter it.
     let postfix_dir = tempfile::tempdir().unwrap();
-    let postfix = Postfix::start(postfix_dir.path(), served.addr.port());
+    let postfix = Postfix::start(postfix_dir.path(), served.smtp.port());
 
     let header: Vec<String> = (0..120).map(|i| format!("r{i:03}@example.org")).collect();
     let bcc: Vec<String> = (0..5).map(|i| format!("hidden{i}@example.net")).collect();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,22 +13,24 @@ use common::burst::{self, Acknowledged};
 use common::fake_gmail::SendFault;
 use common::fake_google::FakeGoogle;
 use common::postgres::PgServer;
-use common::served::{Served, queue_command, queue_mode_config};
+use common::process::ServerProcess;
+use common::serving::{Serving, gmail_mode, queue_command, queued_id, write_config};
 use common::{WAIT, assert_code};
+use smtp2gmail::config::{Config, Delivery, QueueBackend};
 
-/// A config for a replica of the shared queue at `db`; `gmail` is added to `[gmail]`.
-fn replica_config(google: &FakeGoogle, dir: &Path, db: &PgServer, gmail: &str) -> PathBuf {
-    let queue = format!(
-        "backend = \"postgres\"\nurl = {:?}\nlease_time = \"5s\"\n",
-        db.url()
-    );
-    queue_mode_config(google, dir, &queue, gmail)
+/// The configuration of a replica of the shared queue at `db`.
+fn replica_config(google: &FakeGoogle, dir: &Path, db: &PgServer) -> Config {
+    let mut config = gmail_mode(google, dir, Delivery::Queue);
+    config.queue.backend = QueueBackend::Postgres;
+    config.queue.url = db.url();
+    config.queue.lease_time = Duration::from_secs(5);
+    config
 }
 
-async fn start_replicas(config: &Path, n: usize) -> Vec<Served> {
+async fn start_replicas(config: &Config, dir: &Path, n: usize) -> Vec<ServerProcess> {
     let mut replicas = Vec::new();
     for _ in 0..n {
-        replicas.push(Served::start(config).await);
+        replicas.push(ServerProcess::with_config(config, dir).await);
     }
     replicas
 }
@@ -41,9 +43,9 @@ async fn start_replicas(config: &Path, n: usize) -> Vec<Served> {
 async fn three_replicas_share_one_queue_and_send_each_message_once() {
     let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = replica_config(&google, dir.path(), &db, "");
-    let replicas = start_replicas(&config, 3).await;
-    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let config = replica_config(&google, dir.path(), &db);
+    let replicas = start_replicas(&config, dir.path(), 3).await;
+    let addrs: Vec<_> = replicas.iter().map(|r| r.smtp).collect();
     let acknowledged: Acknowledged = Arc::default();
     for client in burst::send(&addrs, 6, 10, &acknowledged) {
         client.await.unwrap();
@@ -55,10 +57,11 @@ async fn three_replicas_share_one_queue_and_send_each_message_once() {
     assert!(seen.values().all(|n| *n == 1), "sent twice: {seen:?}");
     // A replica removes a message after Gmail's 200, so the uploads are in before the removals;
     // stopping waits for the deliveries in flight, removals included.
+    let config_file = replicas[0].config_file().to_path_buf();
     for replica in replicas {
         replica.stop().await;
     }
-    let (ok, listed) = queue_command(&config, &["list"]).await;
+    let (ok, listed) = queue_command(&config_file, &["list"]).await;
     assert!(ok && listed.contains("the queue is empty"), "{listed}");
 }
 
@@ -71,10 +74,10 @@ async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
     let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(20));
-    let config = replica_config(&google, dir.path(), &db, "");
-    let doomed = Served::start(&config).await;
+    let config = replica_config(&google, dir.path(), &db);
+    let doomed = ServerProcess::with_config(&config, dir.path()).await;
     let acknowledged: Acknowledged = Arc::default();
-    let burst = burst::send(&[doomed.addr], 4, 60, &acknowledged);
+    let burst = burst::send(&[doomed.smtp], 4, 60, &acknowledged);
     tokio::time::timeout(WAIT, async {
         while acknowledged.lock().unwrap().len() < 60 || google.uploads().is_empty() {
             tokio::task::yield_now().await;
@@ -87,12 +90,12 @@ async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
         client.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    let survivor = Served::start(&config).await;
+    let survivor = ServerProcess::with_config(&config, dir.path()).await;
     let bound = Duration::from_secs(60);
     if let Err(missing) = burst::delivered_within(&google, &acknowledged, bound).await {
         // Rare under heavy load (the survivor seemed to send nothing); what it and the database
         // show is what finding the cause needs.
-        let (_, listed) = queue_command(&config, &["list"]).await;
+        let (_, listed) = survivor.queue_command(&["list"]).await;
         panic!(
             "acknowledged but never delivered: {missing:?}\nqueue:\n{listed}\nleases: {}\n\
              survivor's log:\n{}",
@@ -118,22 +121,18 @@ async fn a_replica_killed_mid_burst_loses_nothing_its_leases_pass_to_another() {
 async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alone() {
     let mut db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = replica_config(&google, dir.path(), &db, "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("[http]\nlisten = \"\"", "[http]\nlisten = \"127.0.0.1:0\"");
-    std::fs::write(&config, text).unwrap();
-    let replica = Served::start(&config).await;
-    let http = replica.http().await;
-    assert_eq!(get(&http, "/readyz").await.0, 200);
+    let config = replica_config(&google, dir.path(), &db);
+    let replica = ServerProcess::with_config(&config, dir.path()).await;
+    assert_eq!(replica.get("/readyz").await.0, 200);
     // The account's queue, as every replica sees it, while Gmail refuses the upload for now.
     google.fail_sends_from("held@example.com", SendFault::google(503, "backendError"));
-    let (mut client, _) = common::Client::connect(replica.addr).await;
+    let (mut client, _) = common::Client::connect(replica.smtp).await;
     client
         .start_transaction("app@example.com", &["alice@example.com"])
         .await;
     let before = b"From: held@example.com\r\nSubject: before\r\n\r\nx\r\n.\r\n";
     assert_code(&client.data(before).await, 250);
-    metric_becomes(&http, "smtp2gmail_queue_depth{account=\"default\"} 1").await;
+    metric_becomes(&replica, "smtp2gmail_queue_depth{account=\"default\"} 1").await;
 
     // Gmail keeps refusing it through the outage: a send whose removal met the database down
     // would go out again after it (at least once), and two uploads could both be "before".
@@ -143,10 +142,10 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
         .await;
     let reply = client.data(b"Subject: during\r\n\r\nx\r\n.\r\n").await;
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
-    let (status, body) = get(&http, "/readyz").await;
+    let (status, body) = replica.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("database"), "{body}");
-    metric_becomes(&http, "smtp2gmail_queue_store_up 0").await;
+    metric_becomes(&replica, "smtp2gmail_queue_store_up 0").await;
 
     db.start_again();
     google.clear_faults_from("held@example.com");
@@ -180,23 +179,16 @@ async fn while_the_database_is_down_clients_get_451_and_the_replica_recovers_alo
             .map(String::from)
             .into()
     );
-    assert_eq!(get(&http, "/readyz").await.0, 200);
-    metric_becomes(&http, "smtp2gmail_queue_store_up 1").await;
+    assert_eq!(replica.get("/readyz").await.0, 200);
+    metric_becomes(&replica, "smtp2gmail_queue_store_up 1").await;
     replica.stop().await;
 }
 
-async fn get(base: &str, path: &str) -> (u16, String) {
-    let response = reqwest::get(format!("{}{path}", base.trim_end_matches('/')))
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 /// Waits for `/metrics` to show `line` (the queue is reported every ten seconds).
-async fn metric_becomes(base: &str, line: &str) {
+async fn metric_becomes(server: &ServerProcess, line: &str) {
     let shown = tokio::time::timeout(WAIT, async {
         loop {
-            let (_, metrics) = get(base, "/metrics").await;
+            let (_, metrics) = server.get("/metrics").await;
             if metrics.lines().any(|l| l == line) {
                 return;
             }
@@ -206,7 +198,7 @@ async fn metric_becomes(base: &str, line: &str) {
     if shown.await.is_err() {
         panic!(
             "/metrics never showed {line:?}: {}",
-            get(base, "/metrics").await.1
+            server.get("/metrics").await.1
         );
     }
 }
@@ -220,19 +212,20 @@ async fn queue_commands_work_on_the_database_from_anywhere() {
     let db = PgServer::start();
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
-    let config = replica_config(&google, dir.path(), &db, "");
-    let replica = Served::start(&config).await;
-    let (mut client, _) = common::Client::connect(replica.addr).await;
+    let config = replica_config(&google, dir.path(), &db);
+    let replica = ServerProcess::with_config(&config, dir.path()).await;
+    let (mut client, _) = common::Client::connect(replica.smtp).await;
     client
         .start_transaction("app@example.com", &["alice@example.com"])
         .await;
     let reply = client.data(b"Subject: dead\r\n\r\nx\r\n.\r\n").await;
-    let id = common::queued::queued_id(&reply);
+    let id = queued_id(&reply);
     replica.wait_for_log("dead letter").await;
 
     // Another "host": only the config, no server lock, no spool.
     let other = tempfile::tempdir().unwrap();
-    let elsewhere = replica_config(&google, other.path(), &db, "");
+    let elsewhere = replica_config(&google, other.path(), &db);
+    let elsewhere = write_config(&elsewhere, &other.path().join("smtp2gmail.toml"));
     let (ok, listed) = queue_command(&elsewhere, &["list"]).await;
     assert!(
         ok && listed.contains(&id) && listed.contains("DEAD LETTER"),
@@ -266,9 +259,10 @@ async fn three_replicas_together_keep_one_mailboxs_concurrency() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(50));
     // Two at a time for the mailbox, whichever replica sends.
-    let config = replica_config(&google, dir.path(), &db, "max_concurrent_sends = 2");
-    let replicas = start_replicas(&config, 3).await;
-    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let mut config = replica_config(&google, dir.path(), &db);
+    config.gmail.max_concurrent_sends = Some(2);
+    let replicas = start_replicas(&config, dir.path(), 3).await;
+    let addrs: Vec<_> = replicas.iter().map(|r| r.smtp).collect();
     let acknowledged: Acknowledged = Arc::default();
     for client in burst::send(&addrs, 3, 10, &acknowledged) {
         client.await.unwrap();

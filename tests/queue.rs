@@ -6,18 +6,17 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::bridge::queue_command;
 use common::fake_gmail::{SendFault, gmail_config};
 use common::fake_google::{FakeGoogle, Fault};
-use common::queued::{MESSAGE, Queued, queue_config, queued_id};
-use common::{WAIT, assert_code};
+use common::serving::{MESSAGE, Serving, queue_command_on_spool, queue_config, queued_id};
+use common::{TestServer, WAIT, assert_code};
 use smtp2gmail::config::QueueConfig;
 use smtp2gmail::google::{CredentialSpec, load};
 use smtp2gmail::queue;
 
 #[tokio::test]
 async fn a_250_means_on_disk_then_delivered_with_retries() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::google(503, "backendError")]);
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
@@ -39,7 +38,7 @@ async fn a_250_means_on_disk_then_delivered_with_retries() {
 
 #[tokio::test]
 async fn a_401_refreshes_the_token_and_the_queued_message_is_delivered_once() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     queued_id(&queued.send(&["alice@example.com"]).await);
     google.wait_for_uploads(1).await;
     let tokens = google.token_requests();
@@ -58,7 +57,7 @@ async fn a_401_refreshes_the_token_and_the_queued_message_is_delivered_once() {
 async fn shutdown_lets_the_delivery_in_flight_finish_and_keeps_the_rest_queued() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(200));
-    let queued = Queued::start(
+    let queued = TestServer::queued(
         &gmail_config(&google, dir.path()),
         QueueConfig {
             // One start per 100 s: the second message cannot start before the shutdown.
@@ -90,7 +89,7 @@ async fn shutdown_lets_the_delivery_in_flight_finish_and_keeps_the_rest_queued()
 
 #[tokio::test]
 async fn policy_is_decided_before_250_and_nothing_is_queued() {
-    let (_google, _dir, queued) = Queued::with_defaults().await;
+    let (_google, _dir, queued) = TestServer::queued_with_defaults().await;
     // To: alice is in the header, but the envelope names only bob: a header-only recipient.
     let reply = queued.send(&["bob@example.com"]).await;
     assert!(reply.starts_with("550 5.7.1 "), "{reply}");
@@ -100,10 +99,10 @@ async fn policy_is_decided_before_250_and_nothing_is_queued() {
 
 #[tokio::test]
 async fn a_spool_that_cannot_be_written_is_451() {
-    let (_google, _dir, queued) = Queued::with_defaults().await;
+    let (_google, _dir, queued) = TestServer::queued_with_defaults().await;
     // Root ignores permissions, so break the spool by putting a file where its directory was.
-    std::fs::remove_dir_all(queued.spool.join("queue")).unwrap();
-    std::fs::write(queued.spool.join("queue"), b"not a directory").unwrap();
+    std::fs::remove_dir_all(queued.spool().join("queue")).unwrap();
+    std::fs::write(queued.spool().join("queue"), b"not a directory").unwrap();
     let reply = queued.send(&["alice@example.com"]).await;
     assert!(reply.starts_with("451 4.3.0 "), "{reply}");
     queued.stop().await;
@@ -111,29 +110,29 @@ async fn a_spool_that_cannot_be_written_is_451() {
 
 #[tokio::test]
 async fn permanent_failures_become_dead_letters_that_can_be_retried() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_files("dead", 2).await;
     queued.until_files("queue", 0).await;
-    let (ok, listed) = queue_command(&queued.spool, &["list"]).await;
+    let (ok, listed) = queued.queue_command(&["list"]).await;
     assert!(
         ok && listed.contains(&id) && listed.contains("DEAD LETTER"),
         "{listed}"
     );
-    let (ok, shown) = queue_command(&queued.spool, &["show", &id]).await;
+    let (ok, shown) = queued.queue_command(&["show", &id]).await;
     assert!(
         ok && shown.contains("invalidArgument") && shown.contains("Subject: queued"),
         "{shown}"
     );
     // The server is running: the command goes through it.
-    let (ok, retried) = queue_command(&queued.spool, &["retry", &id]).await;
+    let (ok, retried) = queued.queue_command(&["retry", &id]).await;
     assert!(ok, "{retried}");
     google.wait_for_uploads(1).await;
     queued.until_files("dead", 0).await;
     queued.until_files("queue", 0).await;
-    let (ok, missing) = queue_command(&queued.spool, &["delete", &id]).await;
+    let (ok, missing) = queued.queue_command(&["delete", &id]).await;
     assert!(!ok && missing.contains("no such message"), "{missing}");
     queued.stop().await;
 }
@@ -141,16 +140,24 @@ async fn permanent_failures_become_dead_letters_that_can_be_retried() {
 #[tokio::test]
 async fn dead_credentials_pause_the_account_until_new_credentials_arrive() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    google.fail_token_requests(1, Fault::invalid_grant());
     let mut config = queue_config(&dir.path().join("spool"));
     config.retry_max = Duration::from_secs(3600);
     let gmail = gmail_config(&google, dir.path());
-    let queued = Queued::start(&gmail, config).await;
+    let queued = TestServer::queued(&gmail, config).await;
+    // The server asks for a token at start; the credentials die after that, before the message.
+    let verified = tokio::time::timeout(WAIT, async {
+        while google.token_requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(verified.await.is_ok(), "no token request at start");
+    google.fail_token_requests(1, Fault::invalid_grant());
+    google.revoke_access_tokens();
     queued_id(&queued.send(&["alice@example.com"]).await);
     // The refusal is recorded on disk, and the account waits (an hour, in this configuration).
     queued.until_failed_once(1).await;
     // What the file watcher does when `authorize` writes a new token file.
-    let account = queued.gmail.router().account("default").unwrap();
+    let account = queued.account("default");
     let credentials = load(
         &CredentialSpec::File(gmail.credentials.clone().unwrap()),
         None,
@@ -173,7 +180,7 @@ async fn queued_messages_survive_a_restart() {
         SendFault::google(503, "backendError"),
         SendFault::google(503, "backendError"),
     ]);
-    let queued = Queued::start(&gmail_config(&google, dir.path()), config.clone()).await;
+    let queued = TestServer::queued(&gmail_config(&google, dir.path()), config.clone()).await;
     for _ in 0..2 {
         queued_id(&queued.send(&["alice@example.com"]).await);
     }
@@ -182,7 +189,7 @@ async fn queued_messages_survive_a_restart() {
     queued.stop().await;
     assert!(google.uploads().is_empty());
     // With no server running the command changes the spool itself, and says when mail goes out.
-    let (ok, out) = queue_command(&spool, &["retry", "--all"]).await;
+    let (ok, out) = queue_command_on_spool(&spool, &["retry", "--all"]).await;
     assert!(
         ok && out.contains("2 messages will be retried at the next start"),
         "{out}"
@@ -190,8 +197,8 @@ async fn queued_messages_survive_a_restart() {
     // A message file whose accept never finished (no record at its end, so no 250 was given) is cleaned up.
     std::fs::write(spool.join("queue").join("0123456789abcdef.msg"), b"half").unwrap();
     config.retry_min = Duration::from_millis(20);
-    let queued = Queued::start(&gmail_config(&google, dir.path()), config).await;
-    let (ok, _) = queue_command(&spool, &["retry", "--all"]).await;
+    let queued = TestServer::queued(&gmail_config(&google, dir.path()), config).await;
+    let (ok, _) = queue_command_on_spool(&spool, &["retry", "--all"]).await;
     assert!(ok);
     google.wait_for_uploads(2).await;
     queued.until_files("queue", 0).await;
@@ -217,7 +224,7 @@ fn backoff_doubles_from_retry_min_to_retry_max_with_jitter() {
 
 #[tokio::test]
 async fn the_queue_accepts_while_gmail_is_down() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     // Before the first message: the queue sends nothing until then.
     google.fail_sends(std::iter::repeat_n(
         SendFault::google(503, "backendError"),
@@ -234,13 +241,13 @@ async fn the_queue_accepts_while_gmail_is_down() {
 
 #[tokio::test]
 async fn large_queued_messages_are_streamed_from_the_spool_with_the_bcc_added() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
     let message = format!(
         "From: app@example.com\r\nTo: alice@example.com\r\n\r\n{}",
         line.repeat(5_000_000 / line.len())
     );
-    let mut client = queued.server.client().await;
+    let mut client = queued.client().await;
     client
         .start_transaction("app@example.com", &["alice@example.com", "bob@example.com"])
         .await;
@@ -269,7 +276,7 @@ fn only_record(spool: &Path) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_daily_sending_limit_defers_for_hours_not_seconds() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     // Before the first message: the queue sends nothing until then.
     google.fail_sends([SendFault::RetryAfter {
         status: 429,
@@ -277,7 +284,7 @@ async fn the_daily_sending_limit_defers_for_hours_not_seconds() {
     }]);
     queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_failed_once(1).await;
-    let record = only_record(&queued.spool);
+    let record = only_record(&queued.spool());
     let next: std::time::SystemTime =
         humantime::parse_rfc3339(record["next_attempt"].as_str().unwrap()).unwrap();
     let wait = next.duration_since(std::time::SystemTime::now()).unwrap();
@@ -298,10 +305,10 @@ async fn an_unreachable_gmail_keeps_the_message_queued() {
         .unwrap();
     let mut gmail = gmail_config(&google, dir.path());
     gmail.api_base = format!("http://{closed}");
-    let queued = Queued::start(&gmail, queue_config(&dir.path().join("spool"))).await;
+    let queued = TestServer::queued(&gmail, queue_config(&dir.path().join("spool"))).await;
     queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_failed_once(1).await;
-    let record = only_record(&queued.spool);
+    let record = only_record(&queued.spool());
     assert!(
         record["last_error"]
             .as_str()
@@ -319,11 +326,13 @@ async fn messages_older_than_max_age_become_dead_letters() {
     google.fail_sends([SendFault::google(503, "backendError")]);
     let mut config = queue_config(&dir.path().join("spool"));
     config.max_age = Duration::from_millis(1);
-    let queued = Queued::start(&gmail_config(&google, dir.path()), config).await;
+    // What a config file must say with such a max_age (the `queue` commands read the file).
+    config.split_window = Duration::ZERO;
+    let queued = TestServer::queued(&gmail_config(&google, dir.path()), config).await;
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_files("dead", 2).await;
     queued.until_files("queue", 0).await;
-    let (_, shown) = queue_command(&queued.spool, &["show", &id]).await;
+    let (_, shown) = queued.queue_command(&["show", &id]).await;
     assert!(shown.contains("dead because: too old"), "{shown}");
     queued.stop().await;
 }
@@ -339,10 +348,10 @@ async fn a_corrupt_record_is_reported_and_the_rest_of_the_queue_works() {
         b"kept for the operator",
     )
     .unwrap();
-    let queued = Queued::start(&gmail_config(&google, dir.path()), queue_config(&spool)).await;
+    let queued = TestServer::queued(&gmail_config(&google, dir.path()), queue_config(&spool)).await;
     queued_id(&queued.send(&["alice@example.com"]).await);
     google.wait_for_uploads(1).await;
-    let (ok, listed) = queue_command(&spool, &["list"]).await;
+    let (ok, listed) = queue_command_on_spool(&spool, &["list"]).await;
     assert!(
         ok && listed.contains("00000000000000000001  UNREADABLE RECORD"),
         "{listed}"
@@ -377,10 +386,10 @@ async fn dropped_connections_and_timeouts_keep_the_message_queued() {
         let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
         let mut gmail = gmail_config(&google, dir.path());
         gmail.api_base = broken_gmail(hang_up).await;
-        let queued = Queued::start(&gmail, queue_config(&dir.path().join("spool"))).await;
+        let queued = TestServer::queued(&gmail, queue_config(&dir.path().join("spool"))).await;
         queued_id(&queued.send(&["alice@example.com"]).await);
         queued.until_failed_once(1).await;
-        let record = only_record(&queued.spool);
+        let record = only_record(&queued.spool());
         let error = record["last_error"].as_str().unwrap();
         assert!(error.contains(expected), "{error}");
         assert!(
@@ -407,7 +416,7 @@ async fn queue_commands_take_only_queue_ids() {
     let absolute = victim.join("token").display().to_string();
     for id in ["../../victim/token", absolute.as_str(), ".."] {
         for command in [["delete", id], ["show", id], ["retry", id]] {
-            let (ok, said) = queue_command(&spool, &command).await;
+            let (ok, said) = queue_command_on_spool(&spool, &command).await;
             assert!(
                 !ok && said.contains("is not a queue id"),
                 "{command:?}: {said}"

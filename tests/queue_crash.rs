@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use common::WAIT;
 use common::burst::{self, Acknowledged};
-use common::fake_google::{self, FakeGoogle};
-use common::served::Served;
+use common::fake_google::FakeGoogle;
+use common::process::ServerProcess;
+use common::serving::gmail_mode;
+use smtp2gmail::config::Delivery;
 
 const CLIENTS: usize = 10;
 const PER_CLIENT: usize = 120;
@@ -19,28 +21,12 @@ const PER_CLIENT: usize = 120;
 async fn kill_minus_9_loses_no_acknowledged_message() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     google.set_send_latency(Duration::from_millis(2));
-    let token = fake_google::write_json(
-        dir.path(),
-        "token.json",
-        &fake_google::token_json(&google.token_uri()),
-    );
-    let config = dir.path().join("smtp2gmail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[relay]\nmode = \"gmail\"\n\
-             [queue]\ndir = {:?}\nretry_min = \"50ms\"\nretry_max = \"200ms\"\nmax_send_rate = 100000.0\n\
-             [gmail]\napi_base = {:?}\ncredentials = {:?}\n",
-            dir.path().join("spool").display().to_string(),
-            google.api_base(),
-            token.display().to_string(),
-        ),
-    )
-    .unwrap();
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    config.queue.max_send_rate = 100_000.0;
 
-    let server = Served::start(&config).await;
+    let server = ServerProcess::with_config(&config, dir.path()).await;
     let acknowledged: Acknowledged = Arc::default();
-    let burst = burst::send(&[server.addr], CLIENTS, PER_CLIENT, &acknowledged);
+    let burst = burst::send(&[server.smtp], CLIENTS, PER_CLIENT, &acknowledged);
     // Kill once a third of the burst is acknowledged and deliveries are under way.
     let third = CLIENTS * PER_CLIENT / 3;
     tokio::time::timeout(WAIT, async {
@@ -58,7 +44,7 @@ async fn kill_minus_9_loses_no_acknowledged_message() {
     assert!(acknowledged.len() >= third);
 
     // Restart on the same spool: everything acknowledged is delivered.
-    let server = Served::start(&config).await;
+    let server = ServerProcess::with_config(&config, dir.path()).await;
     burst::until_delivered(&google, &acknowledged, Duration::from_secs(120)).await;
     server.kill().await;
 

@@ -11,9 +11,10 @@ use common::fake_gmail::{Quota, SendFault, gmail_config};
 use common::fake_google::{
     self, FakeGoogle, NEW_REFRESH_TOKEN, authorized_token, write_token_atomically,
 };
-use common::queued::{Queued, queue_config, queued_id};
+use common::process::ServerProcess;
+use common::serving::{Serving, gmail_mode, queue_config, queued_id};
 use common::{TestServer, assert_code, send_simple, test_config};
-use smtp2gmail::config::GmailConfig;
+use smtp2gmail::config::{Delivery, GmailConfig};
 use smtp2gmail::relay::gmail::RetryPolicy;
 use smtp2gmail::relay::gmail::reload::CredentialWatcher;
 use smtp2gmail::relay::{Gmail, http_client};
@@ -26,8 +27,8 @@ fn hour_long_backoff(dir: &std::path::Path) -> smtp2gmail::config::QueueConfig {
     config
 }
 
-fn watcher(queued: &Queued) -> Arc<CredentialWatcher> {
-    let accounts = queued.gmail.router().accounts().cloned();
+fn watcher(queued: &TestServer) -> Arc<CredentialWatcher> {
+    let accounts = queued.handle().accounts().iter().cloned();
     Arc::new(CredentialWatcher::new(accounts, Duration::from_secs(3600)))
 }
 
@@ -37,7 +38,7 @@ async fn a_new_token_file_releases_all_held_mail_at_once() {
     let gmail = gmail_config(&google, dir.path());
     // The refresh token in token.json is revoked: Google only knows the one `authorize` will get.
     google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
-    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let queued = TestServer::queued(&gmail, hour_long_backoff(dir.path())).await;
     let watcher = watcher(&queued);
     for _ in 0..20 {
         queued_id(&queued.send(&["alice@example.com"]).await);
@@ -61,18 +62,22 @@ async fn mail_service_not_enabled_holds_the_mail_reports_the_fix_and_sighup_resu
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let gmail = gmail_config(&google, dir.path());
     google.fail_sends_from("app@example.com", SendFault::mail_service_not_enabled());
-    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let queued = TestServer::queued(&gmail, hour_long_backoff(dir.path())).await;
     let id = queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_failed_once(1).await;
     // Held, not a dead letter; the account reports the problem with its fix.
     assert!(queued.files("dead").is_empty());
-    let account = queued.gmail.router().account("default").unwrap();
+    let account = queued.account("default");
     let problems = account.attention();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].1.fix.contains("turn Gmail on"), "{problems:?}");
     // An administrator turns Gmail on; the operator sends SIGHUP.
     google.clear_faults_from("app@example.com");
-    assert_eq!(watcher(&queued).reload_all().await, 0, "same credentials");
+    assert_eq!(
+        queued.handle().reload("SIGHUP").await,
+        0,
+        "same credentials"
+    );
     google.wait_for_uploads(1).await;
     queued.until_files("queue", 0).await;
     assert!(account.attention().is_empty(), "cleared by the delivery");
@@ -97,7 +102,7 @@ async fn one_user_without_gmail_does_not_hold_the_other_senders() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let gmail = service_account(&google, dir.path());
     google.fail_sends_from("nogmail@example.com", SendFault::mail_service_not_enabled());
-    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let queued = TestServer::queued(&gmail, hour_long_backoff(dir.path())).await;
     queued_id(
         &queued
             .send_as("nogmail@example.com", &["alice@example.com"])
@@ -116,7 +121,7 @@ async fn one_user_without_gmail_does_not_hold_the_other_senders() {
         .collect();
     assert!(!senders.contains(&"nogmail@example.com".to_string()));
     // One mailbox's problem is reported for that mailbox, not as the account's.
-    let account = queued.gmail.router().account("default").unwrap();
+    let account = queued.account("default");
     let problems = account.attention();
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].0.as_deref(), Some("nogmail@example.com"));
@@ -127,7 +132,7 @@ async fn one_user_without_gmail_does_not_hold_the_other_senders() {
 
 #[tokio::test]
 async fn a_failed_precondition_is_retried_not_a_dead_letter() {
-    let (google, _dir, queued) = Queued::with_defaults().await;
+    let (google, _dir, queued) = TestServer::queued_with_defaults().await;
     google.fail_sends([
         SendFault::precondition_check_failed(),
         SendFault::precondition_check_failed(),
@@ -143,12 +148,12 @@ async fn a_failed_precondition_is_retried_not_a_dead_letter() {
 async fn a_retry_after_in_the_past_is_ordinary_backoff_not_a_retry_loop() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let gmail = gmail_config(&google, dir.path());
-    let queued = Queued::start(&gmail, hour_long_backoff(dir.path())).await;
+    let queued = TestServer::queued(&gmail, hour_long_backoff(dir.path())).await;
     let skewed = SystemTime::now() - Duration::from_secs(300);
     google.fail_sends([SendFault::retry_after_in_message(skewed)]);
     queued_id(&queued.send(&["alice@example.com"]).await);
     queued.until_failed_once(1).await;
-    let record = std::fs::read_dir(queued.spool.join("queue"))
+    let record = std::fs::read_dir(queued.spool().join("queue"))
         .unwrap()
         .filter_map(Result::ok)
         .find(|e| e.path().extension().is_some_and(|x| x == "json"))
@@ -199,7 +204,7 @@ async fn a_per_user_quota_below_the_configured_rate_slows_the_mailbox_and_everyt
         sends: 3,
         window: Duration::from_secs(1),
     });
-    let queued = Queued::start(
+    let queued = TestServer::queued(
         &gmail_config(&google, dir.path()),
         queue_config(&dir.path().join("spool")),
     )
@@ -223,14 +228,11 @@ async fn a_per_user_quota_below_the_configured_rate_slows_the_mailbox_and_everyt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_token_is_told_once_with_its_fix_and_held_mail_says_so() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = common::served::queue_mode_config(&google, dir.path(), "", "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replacen("listen = \"\"", "listen = \"127.0.0.1:0\"", 1);
-    std::fs::write(&config, text).unwrap();
+    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
     google.accept_only_refresh_token(NEW_REFRESH_TOKEN);
-    let served = common::served::Served::start(&config).await;
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     for _ in 0..3 {
-        assert_code(&send_simple(served.addr).await, 250);
+        assert_code(&send_simple(served.smtp).await, 250);
     }
     let held = served.wait_for_log("held: its account's credentials").await;
     assert!(!held.contains("authorize"), "{held}");
@@ -243,12 +245,7 @@ async fn a_dead_token_is_told_once_with_its_fix_and_held_mail_says_so() {
         "{log:#?}"
     );
 
-    let body = reqwest::get(format!("{}readyz", served.http().await))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, body) = served.get("/readyz").await;
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     let problems = ready["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "one problem for one dead token: {body}");

@@ -7,9 +7,12 @@
 
 mod common;
 
-use common::bridge::{Bridge, Mode, refused_with};
+use std::time::Duration;
+
+use common::TestServer;
 use common::fake_google::{FakeGoogle, service_account_json, write_json};
-use smtp2gmail::config::GmailConfig;
+use common::serving::{Serving, gmail_mode, refused_with};
+use smtp2gmail::config::{Delivery, GmailConfig};
 
 /// Every real key file names Google's endpoint; the configuration sends requests to the fake.
 const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -38,76 +41,81 @@ fn message(from: &str) -> Vec<u8> {
 
 /// Sends from `from` to alice@example.com with lettre.
 async fn send_from(
-    bridge: &Bridge,
+    server: &TestServer,
     from: &str,
 ) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
     let to = vec!["alice@example.com".to_string()];
-    bridge.send(from, &to, &message(from)).await
+    server.send_with_lettre(from, &to, &message(from)).await
 }
 
 /// Ready, with no problem listed.
-async fn assert_ready(bridge: &Bridge) {
-    let (status, body) = bridge.readiness().await;
+async fn assert_ready(server: &TestServer) {
+    let (status, body) = server.readiness().await;
     assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
 async fn sync_an_unknown_sender_gets_550_and_the_others_are_served() {
-    let bridge = Bridge::start(Mode::Sync, service_account).await;
-    let text = refused_with(send_from(&bridge, GHOST).await, "550");
+    let (google, _dir, server) = TestServer::gmail(Delivery::Sync, service_account).await;
+    let text = refused_with(send_from(&server, GHOST).await, "550");
     assert!(
         text.contains("5.1.0")
             && text.contains("ghost@example.com is not a user of the Google Workspace domain")
             && text.contains("Invalid email or User ID"),
         "{text}"
     );
-    assert_ready(&bridge).await;
-    let sent = send_from(&bridge, KNOWN).await;
+    assert_ready(&server).await;
+    let sent = send_from(&server, KNOWN).await;
     assert!(sent.is_ok(), "{sent:?}");
-    assert_eq!(bridge.google.uploads().len(), 1);
-    assert_eq!(bridge.google.subjects(), [KNOWN]);
-    assert_ready(&bridge).await;
-    bridge.stop().await;
+    assert_eq!(google.uploads().len(), 1);
+    assert_eq!(google.subjects(), [KNOWN]);
+    assert_ready(&server).await;
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn queue_an_unknown_sender_is_a_dead_letter_and_the_others_go_out_at_once() {
-    let bridge = Bridge::start(Mode::Queue, service_account).await;
-    let queued = send_from(&bridge, GHOST).await.expect("queued");
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    service_account(&google, dir.path(), &mut config.gmail);
+    // A paused account would hold its mail for an hour, far longer than any test waits.
+    config.queue.retry_max = Duration::from_secs(3600);
+    let server = TestServer::assembled(config).await;
+    let queued = send_from(&server, GHOST).await.expect("queued");
     let id = queued
         .message()
         .next()
         .and_then(|line| line.strip_prefix("2.0.0 queued as "))
         .expect("a queue id")
         .to_string();
-    bridge.until_spooled("dead", 1).await;
+    server.until_files("dead", 2).await;
     // The account was not paused: the next sender's mail goes out now, not after retry_max.
-    let sent = send_from(&bridge, KNOWN).await;
+    let sent = send_from(&server, KNOWN).await;
     assert!(sent.is_ok(), "{sent:?}");
-    bridge.google.wait_for_uploads(1).await;
-    assert_eq!(bridge.google.subjects(), [KNOWN]);
-    assert_ready(&bridge).await;
-    let (ok, shown) = bridge.queue_command(&["show", &id]).await;
+    google.wait_for_uploads(1).await;
+    assert_eq!(google.subjects(), [KNOWN]);
+    assert_ready(&server).await;
+    let (ok, shown) = server.queue_command(&["show", &id]).await;
     assert!(
         ok && shown.contains("ghost@example.com is not a user of the Google Workspace domain"),
         "{shown}"
     );
-    bridge.stop().await;
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn missing_delegation_holds_the_mail_and_names_the_admin_console_fix() {
-    let bridge = Bridge::start(Mode::Sync, |google, dir, gmail| {
+    let (_google, _dir, server) = TestServer::gmail(Delivery::Sync, |google, dir, gmail| {
         service_account(google, dir, gmail);
         google.revoke_delegation();
     })
     .await;
-    let text = refused_with(send_from(&bridge, KNOWN).await, "451");
+    let text = refused_with(send_from(&server, KNOWN).await, "451");
     assert!(
         text.contains("unauthorized_client") && text.contains("Manage Domain Wide Delegation"),
         "{text}"
     );
-    let (status, body) = bridge.readiness().await;
+    let (status, body) = server.readiness().await;
     assert_eq!(status, 503, "{body}");
     let fix = body["problems"][0]["fix"].as_str().unwrap_or_default();
     assert!(
@@ -116,5 +124,5 @@ async fn missing_delegation_holds_the_mail_and_names_the_admin_console_fix() {
             && fix.contains("https://www.googleapis.com/auth/gmail.send"),
         "{body}"
     );
-    bridge.stop().await;
+    server.stop().await;
 }

@@ -8,12 +8,15 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use common::WAIT;
 use common::fake_google::FakeGoogle;
-use common::served::{Served, queue_mode_config};
+use common::process::ServerProcess;
+use common::serving::{Serving, gmail_mode};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use smtp2gmail::config::{Delivery, HeaderOnlyRecipients};
 
 /// The header recipients: 80 in To, 40 in Cc.
 fn header_recipients() -> Vec<String> {
@@ -51,10 +54,10 @@ fn transactions() -> Vec<Vec<String>> {
 
 /// Sends `message()` once per envelope, all at once on separate connections (as Postfix's
 /// delivery agents do); returns the queue ids.
-async fn send(served: &Served, envelopes: &[Vec<String>]) -> Vec<String> {
+async fn send(served: &ServerProcess, envelopes: &[Vec<String>]) -> Vec<String> {
     let sends = envelopes.iter().map(|rcpts| {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(served.addr.port())
+            .port(served.smtp.port())
             .build();
         let envelope = Envelope::new(
             Some("app@example.com".parse().unwrap()),
@@ -90,7 +93,7 @@ fn messages(dir: &Path, place: &str) -> Vec<String> {
 async fn until_messages(dir: &Path, place: &str, count: usize) {
     let waited = tokio::time::timeout(WAIT, async {
         while messages(dir, place).len() != count {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
     assert!(waited.await.is_ok(), "{place}: {:?}", messages(dir, place));
@@ -113,8 +116,8 @@ fn everyone() -> Vec<String> {
 #[tokio::test]
 async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = queue_mode_config(&google, dir.path(), "", "");
-    let served = Served::start(&config).await;
+    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     let ids = send(&served, &transactions()).await;
     assert_eq!(ids.len(), 3);
 
@@ -146,8 +149,9 @@ async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
 #[tokio::test]
 async fn transactions_that_never_name_everyone_become_a_dead_letter_under_reject() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = queue_mode_config(&google, dir.path(), "split_window = \"1s\"", "");
-    let served = Served::start(&config).await;
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    config.queue.split_window = Duration::from_secs(1);
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     // The third transaction (r100..r119 and two Bcc recipients) never comes.
     let ids = send(&served, &transactions()[..2]).await;
 
@@ -183,13 +187,10 @@ async fn transactions_that_never_name_everyone_become_a_dead_letter_under_reject
 #[tokio::test]
 async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = queue_mode_config(
-        &google,
-        dir.path(),
-        "split_window = \"1s\"",
-        "header_only_recipients = \"allow\"",
-    );
-    let served = Served::start(&config).await;
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    config.queue.split_window = Duration::from_secs(1);
+    config.gmail.header_only_recipients = Some(HeaderOnlyRecipients::Allow);
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     send(&served, &transactions()[..2]).await;
 
     google.wait_for_uploads(1).await;
@@ -211,15 +212,15 @@ async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
 #[tokio::test]
 async fn held_transactions_survive_a_restart_and_are_merged_after_it() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = queue_mode_config(&google, dir.path(), "", "");
-    let served = Served::start(&config).await;
+    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     let first = send(&served, &transactions()[..2]).await;
     served.stop().await;
     let held = messages(dir.path(), "held");
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(first.iter().all(|id| held.contains(&format!("{id}.msg"))));
 
-    let served = Served::start(&config).await;
+    let served = ServerProcess::with_config(&config, dir.path()).await;
     served
         .wait_for_log("resuming held transactions of split messages")
         .await;

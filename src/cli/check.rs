@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use super::serve::mode_description;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{AccountConfig, Config, RelayMode};
 use crate::google::{self, TokenError, TokenSource};
 use crate::relay;
 use crate::relay::gmail::accounts::{Account, Impersonate, Router};
+use crate::server::mode_description;
 use crate::smtp::tls::Tls;
 
 /// Options of `check`.

@@ -1,28 +1,17 @@
-//! `smtp2gmail serve`: the server, until SIGTERM or SIGINT.
+//! `smtp2gmail serve`: the server ([`crate::server`]), until SIGTERM or SIGINT. What is the
+//! process's own business stays here: the command line's addresses, the open-file limit, the
+//! signals and the exit code.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
-use crate::inbox::Inbox;
-use crate::inbox::capture::Capture;
-use crate::inbox::guard::Guard;
-use crate::inbox::release::Release;
-use crate::relay::gmail::accounts::Account;
-use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
-use crate::relay::{Deliver, Gmail};
-use crate::smtp::tls::Tls;
-use crate::{http, queue, relay, smtp};
-
-/// How long the background tasks may take beyond the shutdown grace (an HTTP request finishing).
-const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::config::Config;
+use crate::server::{Server, ServerHandle, StartError};
+use crate::smtp;
 
 /// Options of `serve` for a one-off run; the config file holds the lasting settings.
 #[derive(Debug, clap::Args)]
@@ -44,174 +33,65 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
     }
     // Every connection is a descriptor; the usual soft limit of 1024 is below max_connections.
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
-    let mut smtp_config = config.smtp.clone();
-    let shutdown = CancellationToken::new();
-    let Relay {
-        deliver,
-        watcher,
-        queue,
-        accounts,
-        inbox,
-    } = match build_relay(&config, &mut smtp_config, &shutdown).await {
-        Ok(relay) => relay,
-        Err(err) => {
-            tracing::error!("{err}");
-            // A database that is down at start is not a setting to fix: 1, as for Google.
-            let outage = err
-                .downcast_ref::<queue::StartError>()
-                .is_some_and(queue::StartError::is_outage);
-            return ExitCode::from(if outage { EXIT_FAILURE } else { EXIT_USAGE });
+    let max_connections = config.smtp.max_connections;
+    // Installed before the startup lines, so that a SIGHUP sent once the server says it is
+    // listening never meets the default action (terminate), and a SIGTERM right after them stops
+    // the server gracefully.
+    let mut signals = Signals::install();
+    let start = Server::new(config).config_file(source).start();
+    let started = tokio::select! {
+        started = start => started,
+        // Starting can wait for the queue's database: a signal meanwhile is not queued up.
+        () = signals.stop() => {
+            tracing::info!("stopped before the server started");
+            return ExitCode::SUCCESS;
         }
     };
-    // Installed before the first log line, so a SIGHUP sent once the server says it is listening
-    // never meets the default action (terminate).
-    let hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(err) => {
-            tracing::warn!(%err, "cannot install the SIGHUP handler; credentials still reload when their files change");
-            None
-        }
-    };
-    let server = match smtp::Server::bind(smtp_config, deliver).await {
+    let server = match started {
         Ok(server) => server,
         Err(err) => {
-            let code = if err.is_config() {
-                tracing::error!("{err}");
+            let hint = match &err {
+                StartError::Smtp(smtp::StartError::Bind { source, .. }) => {
+                    listen_hint(source, "[smtp] listen", "--listen")
+                }
+                StartError::Http { source, .. } => listen_hint(
+                    source,
+                    "[http] listen (\"\" turns them off)",
+                    "--http-listen",
+                ),
+                _ => String::new(),
+            };
+            tracing::error!("{err}{hint}");
+            // A database that is down at start is not a setting to fix: 1, as for Google.
+            return ExitCode::from(if err.is_config() {
                 EXIT_USAGE
             } else {
-                let hint = match &err {
-                    smtp::StartError::Bind { source, .. } => {
-                        listen_hint(source, "[smtp] listen", "--listen")
-                    }
-                    _ => String::new(),
-                };
-                tracing::error!("{err}{hint}");
                 EXIT_FAILURE
-            };
-            return ExitCode::from(code);
+            });
         }
     };
-    // Also before the log line: a SIGTERM right after it must stop the server gracefully.
-    let stop_signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    let http = match config.http.address() {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                let hint =
-                    listen_hint(&err, "[http] listen (\"\" turns them off)", "--http-listen");
-                tracing::error!("cannot serve the HTTP endpoints on {addr}: {err}{hint}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        },
-        None => None,
-    };
-    let addrs: Vec<String> = server
-        .local_addrs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut mode = mode_description(&config);
-    if let (Some(inbox), Some(Ok(addr))) = (&inbox, http.as_ref().map(|l| l.local_addr())) {
-        mode.push_str(&format!(
-            "; inbox at http://{addr}/ ({})",
-            inbox_description(&config, inbox)
-        ));
-    }
-    let source = match &source {
-        Some(path) => format!("config {}", path.display()),
-        None => "no config file, built-in defaults".to_string(),
-    };
-    tracing::info!(
-        "smtp2gmail {} listening on {} ({mode}; {source})",
-        env!("CARGO_PKG_VERSION"),
-        addrs.join(", ")
-    );
-    if server.max_message_size() < config.smtp.max_message_size {
-        tracing::info!(
-            size = server.max_message_size(),
-            max_message_size = config.smtp.max_message_size,
-            "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room for \
-             the Bcc header added for up to max_recipients recipients"
-        );
-    }
     match nofile {
-        Ok(limit) if (limit as usize) < config.smtp.max_connections + 64 => tracing::warn!(
+        Ok(limit) if (limit as usize) < max_connections + 64 => tracing::warn!(
             limit,
-            max_connections = config.smtp.max_connections,
+            max_connections,
             "the open-file limit is below max_connections; raise it (ulimit -n, LimitNOFILE=)"
         ),
         Ok(_) => {}
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
-    // Every task of the server but one is tracked and waited for at shutdown (see the end). The
-    // signal task is not: it keeps listening for a second signal ("stop at once") while the others
-    // drain, and ends the process itself.
-    tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
-    let tasks = TaskTracker::new();
-    // After the startup lines, so that what it logs comes after them.
-    let verify = accounts.clone();
-    if let Some(listener) = http {
-        if let Ok(addr) = listener.local_addr() {
-            let inbox = if inbox.is_some() {
-                "inbox, Mailpit API, "
-            } else {
-                ""
-            };
-            tracing::info!("HTTP endpoints on http://{addr}/ ({inbox}healthz, readyz, metrics)");
+    signals.until_stop(&server).await;
+    tracing::info!(
+        "shutting down: finishing open transactions (send the signal again to stop at once)"
+    );
+    // The shutdown order is the library's (server::ServerHandle::shutdown); a second signal
+    // does not wait for it.
+    tokio::select! {
+        _ = server.shutdown() => ExitCode::SUCCESS,
+        () = signals.stop() => {
+            tracing::warn!("second signal: stopping now");
+            std::process::exit(i32::from(EXIT_FAILURE));
         }
-        let readiness = Arc::new(http::Readiness {
-            accounts,
-            queue: queue.as_ref().map(|started| started.store.clone()),
-            shutdown: shutdown.clone(),
-        });
-        let routes = inbox.as_ref().map(|inbox| inbox.router());
-        tasks.spawn(http::serve(listener, readiness, routes, shutdown.clone()));
     }
-    if let Some(inbox) = &inbox {
-        tasks.spawn(inbox.loading());
-        tasks.spawn(inbox.closing());
-    }
-    verify_credentials(&verify, &tasks);
-    if let Some(hangup) = hangup {
-        let reload = Reloadable {
-            credentials: watcher.clone(),
-            tls: server.tls(),
-        };
-        tasks.spawn(reload_on_hangup(hangup, reload, shutdown.clone()));
-    }
-    if let Some(watcher) = watcher {
-        tasks.spawn(watcher.run(shutdown.clone()));
-    }
-    let grace = config.smtp.shutdown_grace;
-    let spool_lock = queue.map(|started| {
-        tasks.spawn(started.scheduler.run(shutdown.clone(), grace));
-        tasks.spawn(started.splitter.run(shutdown.clone()));
-        started.lock
-    });
-    // Shutdown, in this order: the signal cancels `shutdown`; the listeners stop accepting and
-    // the open SMTP sessions finish their transactions (within the grace); meanwhile the scheduler
-    // lets the deliveries in flight finish (within the grace) and leaves the rest queued, and the
-    // HTTP endpoints (the inbox's live-update listeners closed), the credential watcher and the
-    // SIGHUP task end. Then the spool lock goes: only when nothing can still write to the spool
-    // may another server take it.
-    server.run(shutdown).await;
-    tasks.close();
-    // Bounded: an HTTP client holding a connection open must not keep the process alive.
-    if tokio::time::timeout(grace + SHUTDOWN_MARGIN, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            tasks = tasks.len(),
-            "background tasks still running after the grace period; stopping anyway"
-        );
-    }
-    drop(spool_lock);
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
 }
 
 /// What to do about an address that cannot be bound: the likely cause, the setting, and the
@@ -230,190 +110,71 @@ fn listen_hint(err: &std::io::Error, key: &str, flag: &str) -> String {
     )
 }
 
-/// What the relay mode does with mail, for the startup line and `check`.
-pub(super) fn mode_description(config: &Config) -> String {
-    match config.relay.mode {
-        RelayMode::Console => "console mode: messages are printed on stdout".to_string(),
-        RelayMode::File => format!(
-            "file mode: messages are written to {}",
-            config.file.dir.display()
-        ),
-        RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
-        RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
-            "gmail mode: messages are queued in {} and sent through the Gmail API",
-            match config.queue.backend {
-                crate::config::QueueBackend::Spool => config.queue.dir.display().to_string(),
-                crate::config::QueueBackend::Postgres => "PostgreSQL (shared by replicas)".into(),
+/// The signals `serve` answers: SIGTERM and SIGINT stop it (the first gracefully, a second at
+/// once), SIGHUP reloads the credentials and the TLS certificate.
+struct Signals {
+    /// SIGTERM and SIGINT; `None` when they cannot be installed.
+    stop: Option<(Signal, Signal)>,
+    /// SIGHUP; `None` when it cannot be installed.
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers; a failure is logged and leaves that signal's default action.
+    fn install() -> Signals {
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(err) => {
+                tracing::warn!(%err, "cannot install the SIGHUP handler; credentials still reload when their files change");
+                None
             }
-        ),
-        RelayMode::Gmail => {
-            "gmail mode: messages are sent through the Gmail API before 250".to_string()
-        }
-    }
-}
-
-/// What the inbox keeps, for the startup line.
-fn inbox_description(config: &Config, inbox: &Inbox) -> String {
-    let kept = match config.relay.mode {
-        RelayMode::File => format!("the messages in {}", inbox.location()),
-        _ => format!("the last {} messages in memory", config.inbox.max_messages),
-    };
-    match inbox.requires_auth() {
-        true => format!("{kept}; asks for an [[smtp.users]] password"),
-        false => kept,
-    }
-}
-
-/// The delivery target; in gmail mode the watcher that reloads the accounts' credentials, and
-/// the queue when gmail mode queues; in console and file modes the inbox.
-struct Relay {
-    deliver: Arc<dyn Deliver>,
-    watcher: Option<Arc<CredentialWatcher>>,
-    queue: Option<queue::Started>,
-    /// The Gmail accounts, for readiness.
-    accounts: Vec<Arc<Account>>,
-    /// The development inbox, which the delivery target feeds.
-    inbox: Option<Arc<Inbox>>,
-}
-
-/// Gmail is built here rather than through [`relay::from_config`] because the watcher and the
-/// queue need the concrete accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies
-/// are spilled inside the spool unless `smtp.spill_dir` says otherwise, so storing them is a link.
-async fn build_relay(
-    config: &Config,
-    smtp: &mut SmtpConfig,
-    shutdown: &CancellationToken,
-) -> Result<Relay, Box<dyn std::error::Error>> {
-    if config.relay.mode != RelayMode::Gmail {
-        let mut deliver = relay::from_config(config)?;
-        let inbox = match config.inbox_active() {
-            true => Some(build_inbox(config, shutdown)?),
-            false => None,
         };
-        if let Some(inbox) = &inbox {
-            deliver = Arc::new(Capture::new(deliver, inbox.clone()));
-        }
-        return Ok(Relay {
-            deliver,
-            watcher: None,
-            queue: None,
-            accounts: Vec::new(),
-            inbox,
-        });
-    }
-    let gmail = Arc::new(Gmail::from_config(&config.gmail, relay::http_client()?)?);
-    let accounts: Vec<Arc<Account>> = gmail.router().accounts().cloned().collect();
-    let watcher = Some(Arc::new(CredentialWatcher::new(
-        accounts.iter().cloned(),
-        POLL_INTERVAL,
-    )));
-    if config.relay.delivery == Delivery::Sync {
-        return Ok(Relay {
-            deliver: gmail,
-            watcher,
-            queue: None,
-            accounts,
-            inbox: None,
-        });
-    }
-    let started = queue::start(&config.queue, gmail).await?;
-    if smtp.spill_dir.is_none() {
-        smtp.spill_dir = started.spill_dir.clone();
-    }
-    Ok(Relay {
-        deliver: started.acceptor.clone(),
-        watcher,
-        queue: Some(started),
-        accounts,
-        inbox: None,
-    })
-}
-
-/// The inbox of console and file modes, with release through `[gmail]` when it is configured.
-fn build_inbox(config: &Config, shutdown: &CancellationToken) -> Result<Arc<Inbox>, String> {
-    let guard = Guard::from_config(config).map_err(|err| err.to_string())?;
-    let release = Release::from_config(config);
-    Inbox::new(config, release, guard, shutdown.clone()).map_err(|err| match config.relay.mode {
-        RelayMode::File => format!(
-            "cannot open the inbox in {}: {err}",
-            config.file.dir.display()
-        ),
-        _ => format!("cannot open the inbox: {err}"),
-    })
-}
-
-/// What SIGHUP reloads.
-struct Reloadable {
-    /// Gmail mode: every account's Google credentials.
-    credentials: Option<Arc<CredentialWatcher>>,
-    /// The TLS certificate and key (after a renewal).
-    tls: Option<Arc<Tls>>,
-}
-
-/// Asks Google for each account's first access token in the background, so that credentials that
-/// died while the server was down show in the log and in `/readyz` at start, not with the first
-/// message. The server does not wait: the queue accepts mail while Google is unreachable. A
-/// service account that impersonates each sender has no user to ask for until a message names one.
-fn verify_credentials(accounts: &[Arc<Account>], tasks: &TaskTracker) {
-    for account in accounts {
-        let Some(subject) = account.probe_subject().map(|s| s.map(str::to_string)) else {
-            continue;
+        let stop = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+                None
+            }
         };
-        let account = account.clone();
-        tasks.spawn(async move {
-            match account.tokens.access_token(subject.as_deref()).await {
-                Ok(_) => {
-                    tracing::info!(account = %account.name, "credentials verified: Google issued an access token")
-                }
-                // A refusal is logged by the token source, with its fix, and shown in /readyz.
-                Err(err) if !err.is_temporary() => {}
-                Err(err) => {
-                    tracing::warn!(account = %account.name, %err, "cannot verify the credentials now; will try again with the first message")
-                }
-            }
-        });
+        Signals { stop, hangup }
     }
-}
 
-/// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
-/// reload on it; with nothing to reload the signal must still not stop the server.
-async fn reload_on_hangup(mut hangup: Signal, reload: Reloadable, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            received = hangup.recv() => if received.is_none() { return },
-        }
-        match &reload.credentials {
-            Some(watcher) => {
-                tracing::info!("SIGHUP: reloading credentials");
-                watcher.reload_all().await;
-            }
-            None => tracing::info!("SIGHUP: no Google credentials to reload in this mode"),
-        }
-        if let Some(tls) = &reload.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(err) => tracing::error!("SIGHUP: keeping the previous TLS certificate: {err}"),
+    /// Reloads `server` on each SIGHUP (with nothing to reload the signal must still not stop
+    /// it) until SIGTERM or SIGINT.
+    async fn until_stop(&mut self, server: &ServerHandle) {
+        loop {
+            let hangup = async {
+                match &mut self.hangup {
+                    Some(hangup) => hangup.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = Self::stop_signal(&mut self.stop) => return,
+                received = hangup => match received {
+                    Some(()) => {
+                        server.reload("SIGHUP").await;
+                    }
+                    None => self.hangup = None,
+                },
             }
         }
     }
-}
 
-/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
-async fn wait_for_signals(
-    signals: (std::io::Result<Signal>, std::io::Result<Signal>),
-    shutdown: CancellationToken,
-) {
-    let (Ok(mut term), Ok(mut int)) = signals else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!(
-        "shutting down: finishing open transactions (send the signal again to stop at once)"
-    );
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("second signal: stopping now");
-    std::process::exit(i32::from(EXIT_FAILURE));
+    /// Returns on the next SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        Self::stop_signal(&mut self.stop).await
+    }
+
+    async fn stop_signal(stop: &mut Option<(Signal, Signal)>) {
+        match stop {
+            Some((term, int)) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            None => std::future::pending().await,
+        }
+    }
 }

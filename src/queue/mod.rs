@@ -26,6 +26,7 @@ use crate::config::{QueueBackend, QueueConfig};
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
+use crate::tasks::Tasks;
 use entry::{Entry, Place};
 use spool::Spool;
 use store::Store;
@@ -182,11 +183,17 @@ impl StartError {
 }
 
 /// Builds the queue's parts on the configured backend: the spool (opened, locked, recovered
-/// after a crash) or the database shared by replicas (connected, migrated, listening).
-pub async fn start(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
+/// after a crash) or the database shared by replicas (connected, migrated, listening). The
+/// storage's own background work (the database's connections and listener) runs as `storage`;
+/// closing it closes the storage, which the server does once nothing uses the queue any more.
+pub async fn start(
+    config: &QueueConfig,
+    gmail: Arc<Gmail>,
+    storage: &Tasks,
+) -> Result<Started, StartError> {
     match config.backend {
         QueueBackend::Spool => start_spool(config, gmail).await,
-        QueueBackend::Postgres => start_shared(config, gmail).await,
+        QueueBackend::Postgres => start_shared(config, gmail, storage).await,
     }
 }
 
@@ -201,25 +208,35 @@ pub async fn open_for_commands(config: &QueueConfig) -> Result<Option<Box<dyn St
             let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
             Ok(Some(Box::new(spool)))
         }
-        QueueBackend::Postgres => Ok(Some(Box::new(open_database(config).await?))),
+        QueueBackend::Postgres => Ok(Some(Box::new(
+            open_database(config, Tasks::default()).await?,
+        ))),
     }
 }
 
-/// Connects to `queue.url` and brings the schema up to date.
-async fn open_database(config: &QueueConfig) -> Result<postgres::PgStore, StartError> {
+/// Connects to `queue.url` and brings the schema up to date; the connections run as `tasks`.
+async fn open_database(
+    config: &QueueConfig,
+    tasks: Tasks,
+) -> Result<postgres::PgStore, StartError> {
     let url = config
         .database_url()
         .map_err(StartError::Url)?
         .ok_or(StartError::Url(crate::config::UrlError::Missing))?;
-    let (database, migrated) = postgres::Database::open(url, postgres::DEFAULT_POOL_SIZE).await?;
+    let (database, migrated) =
+        postgres::Database::open_with_tasks(url, postgres::DEFAULT_POOL_SIZE, tasks).await?;
     tracing::debug!(?migrated, "queue database schema");
     Ok(postgres::PgStore::new(database, config.lease_time))
 }
 
 /// One replica of several on the queue in PostgreSQL. The acceptor's announcements are not
 /// needed: a committed message wakes every replica through the database (`NOTIFY`).
-async fn start_shared(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
-    let store = Arc::new(open_database(config).await?);
+async fn start_shared(
+    config: &QueueConfig,
+    gmail: Arc<Gmail>,
+    storage: &Tasks,
+) -> Result<Started, StartError> {
+    let store = Arc::new(open_database(config, storage.clone()).await?);
     store.listen().await?;
     let shared: Arc<dyn shared::SharedStore> = store.clone();
     let store: Arc<dyn Store> = store;

@@ -8,7 +8,8 @@ use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart, header::Conten
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::Value;
 
-use super::running::Running;
+use super::process::ServerProcess;
+use super::serving::Serving;
 
 /// Writes `config.toml` in `dir`: SMTP and HTTP on free loopback ports, then `extra`.
 pub fn write_config(dir: &Path, extra: &str) {
@@ -19,9 +20,9 @@ pub fn write_config(dir: &Path, extra: &str) {
 }
 
 /// A console-mode server with the inbox, in `dir`.
-pub fn console(dir: &Path) -> Running {
+pub async fn console(dir: &Path) -> ServerProcess {
     write_config(dir, "");
-    Running::start(dir)
+    ServerProcess::in_dir(dir).await
 }
 
 /// Sends `message` over SMTP with lettre (envelope from its headers).
@@ -74,7 +75,7 @@ pub const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x
 pub const PDF: &[u8] = b"%PDF-1.4\n% fake report\n";
 
 /// GET `path` as JSON; panics unless 200.
-pub async fn json(server: &Running, path: &str) -> Value {
+pub async fn json(server: &ServerProcess, path: &str) -> Value {
     let response = reqwest::get(server.url(path)).await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -84,7 +85,7 @@ pub async fn json(server: &Running, path: &str) -> Value {
 
 /// A request with a JSON body (as Mailpit clients send them): status and body text.
 pub async fn send_json(
-    server: &Running,
+    server: &ServerProcess,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,

@@ -1,8 +1,9 @@
-//! Shared test harness: a real server on 127.0.0.1:0 with a recording delivery target, and a raw
-//! SMTP client that speaks bytes over a real socket.
+//! Shared test harness: the server in this process ([`server::TestServer`], the library's
+//! assembly) or as the real binary ([`process::ServerProcess`]), with the helpers both share
+//! ([`serving::Serving`]); a recording delivery target, and a raw SMTP client that speaks bytes
+//! over a real socket.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod bridge;
 pub mod burst;
 pub mod credential_files;
 pub mod fake_gmail;
@@ -12,26 +13,26 @@ pub mod inbox;
 pub mod logs;
 pub mod pg_store;
 pub mod postgres;
+pub mod process;
 pub mod programs;
 pub mod python;
-pub mod queued;
-pub mod running;
-pub mod served;
+pub mod server;
+pub mod serving;
 pub mod tls;
+
+#[allow(unused_imports)] // not every test binary starts a server in process
+pub use server::{TestServer, test_config};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use smtp2gmail::config::SmtpConfig;
 use smtp2gmail::message::{Envelope, Message};
 use smtp2gmail::relay::{Deliver, DeliveryError, Receipt};
-use smtp2gmail::smtp::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// A loopback port nothing listens on right now, for a server that needs a number in its
 /// configuration (Postfix, PostgreSQL) rather than binding port 0 itself.
@@ -95,96 +96,6 @@ impl Deliver for Recorder {
             .push((envelope.clone(), body));
         self.notify.notify_waiters();
         Ok(Receipt::new(envelope.id.to_string()))
-    }
-}
-
-/// A server running in this process.
-pub struct TestServer {
-    /// The plain listener (STARTTLS), or the implicit-TLS one when there is no plain listener.
-    pub addr: SocketAddr,
-    /// The implicit-TLS listener, when `listen_tls` was configured.
-    pub tls_addr: Option<SocketAddr>,
-    /// Every bound address: `listen`, then `listen_tls`.
-    pub addrs: Vec<SocketAddr>,
-    pub recorder: Arc<Recorder>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Defaults as shipped, but on an ephemeral loopback port.
-pub fn test_config() -> SmtpConfig {
-    SmtpConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..SmtpConfig::default()
-    }
-}
-
-impl TestServer {
-    /// Starts a server with the default limits and a recording target.
-    pub async fn start() -> Self {
-        Self::with_config(test_config()).await
-    }
-
-    /// Starts a server with `config` (its listen addresses are replaced by 127.0.0.1:0).
-    pub async fn with_config(config: SmtpConfig) -> Self {
-        let recorder = Arc::new(Recorder::default());
-        let mut server = Self::with_target(config, recorder.clone()).await;
-        server.recorder = recorder;
-        server
-    }
-
-    /// Starts a server delivering to `target`.
-    pub async fn with_target(mut config: SmtpConfig, target: Arc<dyn Deliver>) -> Self {
-        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let implicit_tls = !config.listen_tls.is_empty();
-        if !config.listen.is_empty() || !implicit_tls {
-            config.listen = vec![any_port];
-        }
-        if implicit_tls {
-            config.listen_tls = vec![any_port];
-        }
-        Self::as_configured(config, target).await
-    }
-
-    /// Starts a server on exactly the addresses in `config` (use port 0), delivering to `target`.
-    pub async fn as_configured(config: SmtpConfig, target: Arc<dyn Deliver>) -> Self {
-        let implicit_tls = !config.listen_tls.is_empty();
-        let server = Server::bind(config, target).await.expect("bind");
-        let addrs = server.local_addrs();
-        let addr = addrs[0];
-        let tls_addr = implicit_tls.then(|| *addrs.last().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
-        TestServer {
-            addr,
-            tls_addr,
-            addrs,
-            recorder: Arc::new(Recorder::default()),
-            shutdown,
-            task,
-        }
-    }
-
-    /// A connected raw client that has read the greeting.
-    pub async fn client(&self) -> Client {
-        let (client, greeting) = Client::connect(self.addr).await;
-        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        client
-    }
-
-    /// Starts a graceful shutdown without waiting for it.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// Shuts down and waits until every session has ended. Drop clients with open transactions
-    /// first, or this waits for the shutdown grace period.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops")
-            .unwrap();
     }
 }
 

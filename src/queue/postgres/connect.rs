@@ -1,11 +1,19 @@
 //! Connections: TLS by the URL's `sslmode` (rustls with the ring provider, like the rest of the
 //! server), a pool of them for the queue's statements, and single connections outside the pool
 //! for `LISTEN`, which must keep one session open.
+//!
+//! Every connection has a driver task (tokio-postgres does its I/O there). They run as the
+//! database's [`Tasks`], so that the server's shutdown waits for them, and a pooled connection's
+//! driver ends when those tasks close: shutdown leaves no session open behind it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Connect, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use futures_util::StreamExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -17,6 +25,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{DatabaseError, Step, Target};
 use crate::config::{DatabaseUrl, RootCerts};
+use crate::tasks::Tasks;
 
 /// How long a statement waits for a free pooled connection (or a new one) before the caller
 /// hears [`DatabaseError::Timeout`]; the SMTP client gets its 451 well within its own timeout.
@@ -50,12 +59,16 @@ pub fn tls(url: &DatabaseUrl) -> MakeRustlsConnect {
     MakeRustlsConnect::new(config)
 }
 
-/// A pool of at most `size` connections to `url`. Connections open lazily; use
-/// [`check`] to find out at start whether the URL works at all.
-pub fn pool(url: &DatabaseUrl, size: usize) -> Pool {
-    let manager = Manager::from_config(
+/// A pool of at most `size` connections to `url`, their drivers run as `tasks`. Connections open
+/// lazily; use [`check`] to find out at start whether the URL works at all.
+pub fn pool(url: &DatabaseUrl, size: usize, tasks: &Tasks) -> Pool {
+    let connect = TrackedConnect {
+        tls: tls(url),
+        tasks: tasks.clone(),
+    };
+    let manager = Manager::from_connect(
         url.config.clone(),
-        tls(url),
+        connect,
         // A connection the server closed (a restart) is noticed by the client's own task; the
         // first statement on one closed in between fails as an outage, and the next gets a new one.
         ManagerConfig {
@@ -70,6 +83,46 @@ pub fn pool(url: &DatabaseUrl, size: usize) -> Pool {
         .recycle_timeout(Some(POOL_WAIT))
         .build()
         .expect("a pool with a runtime always builds")
+}
+
+/// Opens the pool's connections as deadpool's own connector does, but runs each driver as one of
+/// the database's [`Tasks`]. When they close, a driver drops its connection (the socket closes; an
+/// idle session ends quietly on the server): by then the deliveries that used the pool are over.
+struct TrackedConnect {
+    tls: MakeRustlsConnect,
+    tasks: Tasks,
+}
+
+/// What [`Connect::connect`] returns.
+type Connecting<'a> = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                    tokio_postgres::Error,
+                >,
+            > + Send
+            + 'a,
+    >,
+>;
+
+impl Connect for TrackedConnect {
+    fn connect(&self, config: &tokio_postgres::Config) -> Connecting<'_> {
+        let (config, tls, tasks) = (config.clone(), self.tls.clone(), self.tasks.clone());
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let closing = tasks.closing().clone();
+            let driver = tasks.spawn(async move {
+                tokio::select! {
+                    ended = connection => if let Err(err) = ended {
+                        tracing::debug!(%err, "a pooled database connection ended");
+                    },
+                    _ = closing.cancelled() => {}
+                }
+            });
+            Ok((client, driver))
+        })
+    }
 }
 
 /// A connection from `pool`, with the failure in the operator's terms.
@@ -93,11 +146,13 @@ pub async fn client(
 /// A session of its own (outside the pool) listening on `channel`: the client, which must be
 /// kept for as long as notifications are wanted, and the notifications. The receiver ends when
 /// the session does (the server restarted or went away): then listen again, and look for work
-/// missed meanwhile.
+/// missed meanwhile. The session's driver runs as one of `tasks` and ends when the client is
+/// dropped (saying goodbye to the server first).
 pub async fn listen(
     url: &DatabaseUrl,
     target: &Target,
     channel: &str,
+    tasks: &Tasks,
 ) -> Result<
     (
         tokio_postgres::Client,
@@ -111,7 +166,7 @@ pub async fn listen(
         .await
         .map_err(|err| target.classify(&err, Step::Connect, "connecting"))?;
     let (sender, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         // Ends on the session's end (an error or the client dropped) or the receiver's.
         while let Some(Ok(message)) = messages.next().await {

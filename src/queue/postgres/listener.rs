@@ -4,7 +4,9 @@
 //! An idle replica then runs no query at all. When the session ends (the server restarted, a
 //! network cut) the replica is woken once (to look for what it may have missed), and a keeper
 //! task listens again, waiting a little longer after each failure (at most
-//! [`MAX_RECONNECT_PAUSE`]); the scheduler's own bounded sleep covers the gap meanwhile.
+//! [`MAX_RECONNECT_PAUSE`]); the scheduler's own bounded sleep covers the gap meanwhile. The
+//! keeper is one of the database's tasks: it ends when they close (the server's shutdown) or
+//! when the store is dropped, whichever comes first, and the session with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub struct Listener {
     /// A notification leaves one permit when nobody waits, so one that arrives while the
     /// scheduler is busy wakes its next wait at once.
     wake: Arc<Notify>,
-    /// Stops the keeper task when the store is dropped.
+    /// Stops the keeper task when the store is dropped (the database's tasks closing stops it too).
     keeper: Mutex<Option<DropGuard>>,
 }
 
@@ -44,8 +46,8 @@ impl Listener {
             return Ok(());
         }
         let session = database.listen_for_new_mail().await?;
-        let stop = CancellationToken::new();
-        tokio::spawn(keep(
+        let stop = database.tasks().closing().child_token();
+        database.tasks().spawn(keep(
             database.clone(),
             session,
             self.wake.clone(),
@@ -113,7 +115,12 @@ async fn keep(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
-            match database.listen_for_new_mail().await {
+            let listening = tokio::select! {
+                // A connection attempt can hang as long as the network lets it.
+                _ = stop.cancelled() => return,
+                listening = database.listen_for_new_mail() => listening,
+            };
+            match listening {
                 Ok(session) => break session,
                 Err(err) => {
                     tracing::debug!(%err, "cannot listen for new mail yet");

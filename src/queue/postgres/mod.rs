@@ -24,6 +24,7 @@ pub use schema::Migrated;
 pub use store::PgStore;
 
 use crate::config::DatabaseUrl;
+use crate::tasks::Tasks;
 
 /// The PostgreSQL schema holding every table of the queue.
 pub const SCHEMA: &str = "smtp2gmail";
@@ -43,19 +44,29 @@ pub struct Database {
     target: Target,
     /// The last outage seen (for `/readyz`), cleared by the next connection that works.
     outage: std::sync::Mutex<Option<String>>,
+    /// Where the connections' drivers and the new-mail listener run; closing them closes every
+    /// session.
+    tasks: Tasks,
 }
 
 impl Database {
     /// A pool for `url` holding at most `pool_size` connections. Nothing is opened yet; see
-    /// [`Database::open`].
+    /// [`Database::open`]. Its tasks are nobody's to close (a `queue` command, a test).
     pub fn new(url: DatabaseUrl, pool_size: usize) -> Database {
-        let pool = connect::pool(&url, pool_size);
+        Database::with_tasks(url, pool_size, Tasks::default())
+    }
+
+    /// [`Database::new`] whose connections' drivers and listener run as `tasks`: the server
+    /// waits for them at shutdown, and closing them ends every session.
+    pub fn with_tasks(url: DatabaseUrl, pool_size: usize, tasks: Tasks) -> Database {
+        let pool = connect::pool(&url, pool_size, &tasks);
         let target = Target::of(&url);
         Database {
             pool,
             url,
             target,
             outage: std::sync::Mutex::default(),
+            tasks,
         }
     }
 
@@ -65,7 +76,16 @@ impl Database {
         url: DatabaseUrl,
         pool_size: usize,
     ) -> Result<(Database, Migrated), DatabaseError> {
-        let database = Database::new(url, pool_size);
+        Database::open_with_tasks(url, pool_size, Tasks::default()).await
+    }
+
+    /// [`Database::open`] with its tasks run as `tasks` (see [`Database::with_tasks`]).
+    pub async fn open_with_tasks(
+        url: DatabaseUrl,
+        pool_size: usize,
+        tasks: Tasks,
+    ) -> Result<(Database, Migrated), DatabaseError> {
+        let database = Database::with_tasks(url, pool_size, tasks);
         connect::check(&database.pool, &database.target).await?;
         let migrated = database.migrate().await?;
         Ok((database, migrated))
@@ -111,7 +131,12 @@ impl Database {
         ),
         DatabaseError,
     > {
-        connect::listen(&self.url, &self.target, NEW_MAIL_CHANNEL).await
+        connect::listen(&self.url, &self.target, NEW_MAIL_CHANNEL, &self.tasks).await
+    }
+
+    /// Where the database's background work runs (the listener's keeper too).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// The URL (its [`DatabaseUrl::redacted`] form is the one to log).
