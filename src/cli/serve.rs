@@ -46,13 +46,17 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
     let nofile = rlimit::increase_nofile_limit(u64::MAX);
     let mut smtp_config = config.smtp.clone();
     let shutdown = CancellationToken::new();
+    // Every task of the server but one is tracked and waited for at shutdown (see the end). The
+    // signal task is not: it keeps listening for a second signal ("stop at once") while the others
+    // drain, and ends the process itself.
+    let tasks = TaskTracker::new();
     let Relay {
         deliver,
         watcher,
         queue,
         accounts,
         inbox,
-    } = match build_relay(&config, &mut smtp_config, &shutdown).await {
+    } = match build_relay(&config, &mut smtp_config, &tasks, &shutdown).await {
         Ok(relay) => relay,
         Err(err) => {
             tracing::error!("{err}");
@@ -146,11 +150,7 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
         Ok(_) => {}
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
-    // Every task of the server but one is tracked and waited for at shutdown (see the end). The
-    // signal task is not: it keeps listening for a second signal ("stop at once") while the others
-    // drain, and ends the process itself.
     tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
-    let tasks = TaskTracker::new();
     // After the startup lines, so that what it logs comes after them.
     let verify = accounts.clone();
     if let Some(listener) = http {
@@ -186,11 +186,6 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
         tasks.spawn(watcher.run(shutdown.clone()));
     }
     let grace = config.smtp.shutdown_grace;
-    let spool_lock = queue.map(|started| {
-        tasks.spawn(started.scheduler.run(shutdown.clone(), grace));
-        tasks.spawn(started.splitter.run(shutdown.clone()));
-        started.lock
-    });
     // Shutdown, in this order: the signal cancels `shutdown`; the listeners stop accepting and
     // the open SMTP sessions finish their transactions (within the grace); meanwhile the scheduler
     // lets the deliveries in flight finish (within the grace) and leaves the rest queued, and the
@@ -209,7 +204,8 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
             "background tasks still running after the grace period; stopping anyway"
         );
     }
-    drop(spool_lock);
+    // The queue's handle holds the spool's lock.
+    drop(queue);
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
@@ -269,7 +265,7 @@ fn inbox_description(config: &Config, inbox: &Inbox) -> String {
 struct Relay {
     deliver: Arc<dyn Deliver>,
     watcher: Option<Arc<CredentialWatcher>>,
-    queue: Option<queue::Started>,
+    queue: Option<queue::QueueHandle>,
     /// The Gmail accounts, for readiness.
     accounts: Vec<Arc<Account>>,
     /// The development inbox, which the delivery target feeds.
@@ -282,6 +278,7 @@ struct Relay {
 async fn build_relay(
     config: &Config,
     smtp: &mut SmtpConfig,
+    tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<Relay, Box<dyn std::error::Error>> {
     if config.relay.mode != RelayMode::Gmail {
@@ -316,7 +313,8 @@ async fn build_relay(
             inbox: None,
         });
     }
-    let started = queue::start(&config.queue, gmail).await?;
+    let grace = config.smtp.shutdown_grace;
+    let started = queue::start(&config.queue, gmail, tasks, shutdown, grace).await?;
     if smtp.spill_dir.is_none() {
         smtp.spill_dir = started.spill_dir.clone();
     }

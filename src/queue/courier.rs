@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
-use super::entry::{Entry, Place};
+use super::record::{Entry, Place};
 use super::store::Store;
 use crate::status::Status;
 
@@ -47,7 +47,11 @@ pub trait Courier: Send + Sync + 'static {
 impl Courier for Gmail {
     async fn deliver(&self, entry: &Entry, message: &Message) -> Result<Receipt, DeliveryError> {
         let outgoing = match &entry.route {
-            Some(route) => self.outgoing(&entry.account, route, message).await?,
+            Some(route) => {
+                let (subject, upload) = (route.subject.as_deref(), route.upload.clone());
+                self.outgoing(&entry.account, subject, upload, message)
+                    .await?
+            }
             // A record written before decisions were stored: decided now, once per attempt.
             None => self.prepare(&entry.envelope(), message).await?,
         };
@@ -70,7 +74,9 @@ impl Courier for Gmail {
 pub type Finished = (Entry, Result<Receipt, DeliveryError>);
 
 /// Starts one attempt of `entry` on `tasks` (the scheduler's deliveries); the outcome goes to
-/// `results`, always, even after a panic.
+/// `results`, always, even after a panic. A sent message is removed by this task, not by the
+/// scheduler's loop: the removals of concurrent sends then proceed together (on PostgreSQL they
+/// share WAL flushes) instead of one after the other between claims, which capped the rate.
 pub fn spawn_attempt(
     tasks: &tokio_util::task::TaskTracker,
     store: std::sync::Arc<dyn Store>,
@@ -80,6 +86,16 @@ pub fn spawn_attempt(
 ) {
     tasks.spawn(async move {
         let outcome = attempt(&*store, &*courier, &entry).await;
+        if let Ok(receipt) = &outcome {
+            match store.remove_delivered(&entry.id).await {
+                Ok(()) => {
+                    tracing::info!(id = %entry.id, gmail_id = %receipt.id, attempts = entry.attempts + 1, "delivered")
+                }
+                Err(err) => {
+                    tracing::error!(id = %entry.id, %err, "delivered, but the record could not be removed: it may be sent again")
+                }
+            }
+        }
         let _ = results.send((entry, outcome));
     });
 }

@@ -38,6 +38,8 @@ pub struct Bridge {
     /// `http://127.0.0.1:PORT/readyz`.
     readyz: String,
     shutdown: CancellationToken,
+    /// In queue mode: the running queue (its handle holds the spool's lock).
+    _queue: Option<smtp2gmail::queue::QueueHandle>,
 }
 
 impl Bridge {
@@ -60,7 +62,8 @@ impl Bridge {
                 .with_retry(once),
         );
         let shutdown = CancellationToken::new();
-        let (target, smtp, spool): (Arc<dyn Deliver>, SmtpConfig, _) = match mode {
+        // The queue's handle holds the spool's lock for as long as the bridge runs.
+        let (target, smtp, queue): (Arc<dyn Deliver>, SmtpConfig, _) = match mode {
             Mode::Sync => (gmail.clone(), test_config(), None),
             Mode::Queue => {
                 let config = QueueConfig {
@@ -69,22 +72,24 @@ impl Bridge {
                     max_send_rate: 1000.0,
                     ..QueueConfig::default()
                 };
-                let started = smtp2gmail::queue::start(&config, gmail.clone())
-                    .await
-                    .unwrap();
-                let run = started.scheduler.run(shutdown.clone(), Duration::ZERO);
-                let lock = started.lock;
-                tokio::spawn(async move {
-                    run.await;
-                    drop(lock);
-                });
+                let tasks = tokio_util::task::TaskTracker::new();
+                let started = smtp2gmail::queue::start(
+                    &config,
+                    gmail.clone(),
+                    &tasks,
+                    &shutdown,
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
                 let smtp = SmtpConfig {
                     spill_dir: started.spill_dir.clone(),
                     ..test_config()
                 };
-                (started.acceptor, smtp, Some(started.store))
+                (started.acceptor.clone(), smtp, Some(started))
             }
         };
+        let spool = queue.as_ref().map(|started| started.store.clone());
         let server = TestServer::with_target(smtp, target).await;
         let readiness = Arc::new(smtp2gmail::http::Readiness {
             accounts: gmail.router().accounts().cloned().collect(),
@@ -106,6 +111,7 @@ impl Bridge {
             gmail,
             readyz,
             shutdown,
+            _queue: queue,
         }
     }
 

@@ -10,6 +10,7 @@ use smtp2gmail::queue;
 use smtp2gmail::relay::gmail::RetryPolicy;
 use smtp2gmail::relay::{Gmail, http_client};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::fake_gmail::gmail_config;
 use super::fake_google::FakeGoogle;
@@ -24,7 +25,8 @@ pub struct Queued {
     pub gmail: Arc<Gmail>,
     pub spool: PathBuf,
     shutdown: CancellationToken,
-    scheduler: tokio::task::JoinHandle<()>,
+    tasks: TaskTracker,
+    queue: queue::QueueHandle,
 }
 
 pub fn queue_config(spool: &Path) -> QueueConfig {
@@ -62,10 +64,12 @@ impl Queued {
         );
         // A restart in this process can find the spool's lock still held for a moment: a child
         // process another test spawns inherits every descriptor (the lock's too) until its exec.
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let grace = Duration::from_secs(5);
         let started = tokio::time::timeout(WAIT, async {
             loop {
-                match queue::start(&queue, relay.clone()).await {
-                    Err(queue::StartError::InUse { .. }) => {
+                match queue::start(&queue, relay.clone(), &tasks, &shutdown, grace).await {
+                    Err(queue::StartError::Spool(queue::spool::OpenError::InUse { .. })) => {
                         tokio::time::sleep(Duration::from_millis(10)).await
                     }
                     started => return started.unwrap(),
@@ -79,25 +83,13 @@ impl Queued {
             ..test_config()
         };
         let server = TestServer::with_target(smtp, started.acceptor.clone()).await;
-        let shutdown = CancellationToken::new();
-        let scheduler = tokio::spawn({
-            let (run, lock) = (
-                started
-                    .scheduler
-                    .run(shutdown.clone(), Duration::from_secs(5)),
-                started.lock,
-            );
-            async move {
-                run.await;
-                drop(lock);
-            }
-        });
         Queued {
             server,
             gmail: relay,
             spool: queue.dir,
             shutdown,
-            scheduler,
+            tasks,
+            queue: started,
         }
     }
 
@@ -170,7 +162,10 @@ impl Queued {
     pub async fn stop(self) {
         self.server.stop().await;
         self.shutdown.cancel();
-        self.scheduler.await.unwrap();
+        self.tasks.close();
+        self.tasks.wait().await;
+        // The queue's tasks have ended: its handle (the spool's lock) may go.
+        drop(self.queue);
     }
 }
 

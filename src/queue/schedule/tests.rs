@@ -14,9 +14,8 @@ mod holds;
 use super::Scheduler;
 use crate::config::QueueConfig;
 use crate::message::Message;
-use crate::queue::control::Request;
 use crate::queue::courier::{Clock, Courier, Limits};
-use crate::queue::entry::{Entry, Place};
+use crate::queue::record::{Entry, Place, Request};
 use crate::queue::spool::Spool;
 use crate::queue::store::Store;
 use crate::queue::test_envelope;
@@ -108,7 +107,8 @@ impl Harness {
         let store: Arc<dyn Store> = Arc::new(spool.clone());
         let scheduler = Scheduler::new(store, courier.clone(), config, receiver)
             .await
-            .with_clock(clock);
+            .with_clock(clock)
+            .with_commands(Arc::new(spool.clone()));
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler.run(shutdown.clone(), Duration::from_secs(5)));
         Harness {

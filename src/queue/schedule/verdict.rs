@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::QueueConfig;
-use crate::queue::entry::Entry;
+use crate::queue::record::Entry;
 use crate::relay::{Cause, DeliveryError, Scope};
 
 /// A rate limit further away than this is the daily sending limit: defer the whole mailbox.

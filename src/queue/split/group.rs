@@ -4,9 +4,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
-use super::{SETTLE, SplitRecord};
+use super::SETTLE;
 use crate::message::mailbox::mailbox_key;
-use crate::queue::entry::{Attempt, Entry};
+use crate::queue::record::{Attempt, Entry, SplitRecord};
 
 /// The held transactions of one message.
 #[derive(Debug)]

@@ -33,21 +33,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use super::entry::{Entry, Place};
-use super::store::Store;
+use super::record::{Entry, Place, SplitRecord};
+use super::store::{MergeJournal, Store};
 use crate::config::HeaderOnlyRecipients;
 use crate::message::headers::{Headers, header_end};
 use crate::message::{Envelope, Message};
 use crate::relay::gmail::Decision;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
-pub use journal::Merge;
 pub use splitter::Splitter;
 
 /// What the splitter needs from the relay: the account's rule for header-only recipients (an
@@ -90,24 +88,6 @@ impl Routing for Gmail {
 /// An MTA hands all transactions of a message to its delivery agents at once, so they arrive
 /// within a fraction of a second of each other.
 pub const SETTLE: Duration = Duration::from_secs(2);
-
-/// What a queue record says about splitting: for a held transaction, which message it belongs to;
-/// for a merged message, what it was merged from and what was missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitRecord {
-    /// The group: a hash of the sender, the AUTH identity and the exact message bytes.
-    pub group: String,
-    /// The message's Message-ID header.
-    pub message_id: String,
-    /// How many addresses its To, Cc and Bcc headers name.
-    pub header_recipients: usize,
-    /// The held transactions merged into this message (their queue ids), oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<String>,
-    /// Header recipients that no transaction named, for a message released incomplete.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub uncovered: Vec<String>,
-}
 
 /// A transaction recognised as one part of a split message.
 #[derive(Debug)]
@@ -203,6 +183,7 @@ impl Intake {
             group,
             message_id: part.message_id.clone(),
             header_recipients: part.header.len(),
+            incomplete: None,
             parts: Vec::new(),
             uncovered: Vec::new(),
         });
@@ -272,6 +253,7 @@ impl tokio::io::AsyncWrite for Hashing {
 /// The intake for the acceptor and the splitter to run, sharing a channel.
 pub fn build(
     store: &Arc<dyn Store>,
+    journal: Arc<dyn MergeJournal>,
     config: &crate::config::QueueConfig,
     routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
@@ -282,7 +264,7 @@ pub fn build(
         window: config.split_window,
         parts,
     };
-    let splitter = Splitter::new(store.clone(), config, routing, scheduled, incoming);
+    let splitter = Splitter::new(store.clone(), journal, config, routing, scheduled, incoming);
     (intake, splitter)
 }
 
@@ -302,10 +284,8 @@ impl Routing for Rejecting {
         Ok(Decision {
             account: "default".into(),
             mailbox: None,
-            route: crate::relay::gmail::Route {
-                subject: None,
-                upload: vec![whole],
-            },
+            subject: None,
+            upload: vec![whole],
         })
     }
 }
@@ -324,6 +304,7 @@ fn test_part(id: &str, at: std::time::SystemTime, rcpt: &[&str]) -> Entry {
         group: "g".into(),
         message_id: "m@x".into(),
         header_recipients: 0,
+        incomplete: None,
         parts: Vec::new(),
         uncovered: Vec::new(),
     });

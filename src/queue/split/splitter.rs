@@ -9,14 +9,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{Group, Outcome};
-use super::journal::{self, Merge};
+use super::journal;
 use super::{HeldPart, Routing, header_recipients};
 use crate::config::{HeaderOnlyRecipients, QueueConfig};
 use crate::message::HEAD_LIMIT;
 use crate::message::headers::Headers;
 use crate::message::mailbox::mailbox_key;
-use crate::queue::entry::{Entry, Place};
-use crate::queue::store::Store;
+use crate::queue::record::{Entry, Merge, Place};
+use crate::queue::store::{MergeJournal, Store};
 
 /// The longest sleep: held transactions are few, but the clock may jump.
 const IDLE: Duration = Duration::from_secs(60);
@@ -28,6 +28,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Owns the held transactions while the server runs.
 pub struct Splitter {
     store: Arc<dyn Store>,
+    journal: Arc<dyn MergeJournal>,
     window: Duration,
     /// How long merges are remembered (`queue.max_age`).
     retention: Duration,
@@ -44,6 +45,7 @@ pub struct Splitter {
 impl Splitter {
     pub(super) fn new(
         store: Arc<dyn Store>,
+        journal: Arc<dyn MergeJournal>,
         config: &QueueConfig,
         routing: Arc<dyn Routing>,
         scheduled: mpsc::UnboundedSender<Entry>,
@@ -51,6 +53,7 @@ impl Splitter {
     ) -> Splitter {
         Splitter {
             store,
+            journal,
             window: config.split_window,
             retention: config.max_age,
             routing,
@@ -84,7 +87,7 @@ impl Splitter {
 
     /// Finishes the merges a crash interrupted, then groups the transactions held on disk.
     async fn resume(&mut self) {
-        let (merges, broken) = match self.store.merges().await {
+        let (merges, broken) = match self.journal.merges().await {
             Ok(listed) => listed,
             Err(err) => {
                 tracing::error!(%err, "cannot read the merge records; held transactions wait for the next start");
@@ -244,7 +247,12 @@ impl Splitter {
         let mut entry = group.merged(&outcome, now);
         if outcome == Outcome::Queue {
             match self.decide(&entry).await {
-                Ok(decision) => entry = entry.redecided(decision),
+                Ok(decision) => {
+                    let decision: crate::queue::record::Decision = decision.into();
+                    entry.account = decision.account;
+                    entry.mailbox = decision.mailbox;
+                    entry.route = Some(decision.route);
+                }
                 Err(Some(reason)) => {
                     outcome = Outcome::Dead(reason);
                     entry = group.merged(&outcome, now);
@@ -263,7 +271,7 @@ impl Splitter {
             served: group.served(&outcome).into_iter().collect(),
             at: now,
         };
-        if let Err(err) = journal::carry_out(&*self.store, &merge).await {
+        if let Err(err) = journal::carry_out(&*self.store, &*self.journal, &merge).await {
             tracing::error!(id = %merge.entry.id, %err, "cannot release held transactions; trying again in a minute");
             group.settled_at = None;
             group.deadline = now + RETRY;
@@ -360,7 +368,7 @@ impl Splitter {
         let mut forgotten = HashSet::new();
         for merge in self.released.values().flatten() {
             if merge.at < cutoff {
-                match self.store.forget_merge(&merge.entry.id).await {
+                match self.journal.forget_merge(&merge.entry.id).await {
                     Ok(()) => {
                         forgotten.insert(merge.entry.id.clone());
                     }
@@ -401,6 +409,7 @@ mod tests {
     const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
 
     fn splitter(spool: &Spool, window: Duration) -> (Splitter, mpsc::UnboundedReceiver<Entry>) {
+        let journal: Arc<dyn MergeJournal> = Arc::new(spool.clone());
         let spool: Arc<dyn Store> = Arc::new(spool.clone());
         let config = QueueConfig {
             split_window: window,
@@ -409,7 +418,7 @@ mod tests {
         let (scheduled, queued) = mpsc::unbounded_channel();
         let incoming = mpsc::unbounded_channel().1;
         let routing = Arc::new(super::super::Rejecting);
-        let splitter = Splitter::new(spool, &config, routing, scheduled, incoming);
+        let splitter = Splitter::new(spool, journal, &config, routing, scheduled, incoming);
         (splitter, queued)
     }
 
