@@ -38,33 +38,24 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use super::record::{Entry, Place, SplitRecord};
+use super::record::{Entry, IfIncomplete, Place, SplitRecord};
 use super::store::{MergeJournal, Store};
 use crate::config::HeaderOnlyRecipients;
 use crate::message::headers::{Headers, header_end};
 use crate::message::{Envelope, Message};
-use crate::relay::gmail::Decision;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
 pub use splitter::Splitter;
 
-/// What the splitter needs from the relay: the account's rule for header-only recipients (an
-/// incomplete group), and a decision for a merged message, whose union envelope gets its own
-/// Bcc. The relay decides; the splitter only groups.
-#[async_trait::async_trait]
+/// What the splitter needs from the relay: the account's rule for header-only recipients, which
+/// decides what becomes of a message whose transactions never all arrive. Read when a
+/// transaction is held and stored with it: the merge itself decides nothing again (the merged
+/// message's Bcc is the union of its transactions' stored decisions).
 pub trait Routing: Send + Sync + 'static {
     /// `header_only_recipients` of the account called `account` (the default when it is gone).
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients;
-
-    /// The decision for `message` sent to `envelope` (see [`Gmail::decide`]).
-    async fn decide(
-        &self,
-        envelope: &Envelope,
-        message: &Message,
-    ) -> Result<Decision, DeliveryError>;
 }
 
-#[async_trait::async_trait]
 impl Routing for Gmail {
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients {
         self.router()
@@ -73,13 +64,13 @@ impl Routing for Gmail {
                 a.policy.header_only_recipients
             })
     }
+}
 
-    async fn decide(
-        &self,
-        envelope: &Envelope,
-        message: &Message,
-    ) -> Result<Decision, DeliveryError> {
-        Gmail::decide(self, envelope, message).await
+/// The queue's word for an account's `header_only_recipients`, stored with a held transaction.
+fn if_incomplete(rule: HeaderOnlyRecipients) -> IfIncomplete {
+    match rule {
+        HeaderOnlyRecipients::Allow => IfIncomplete::Send,
+        HeaderOnlyRecipients::Reject => IfIncomplete::Refuse,
     }
 }
 
@@ -138,6 +129,7 @@ fn message_id(head: &[u8]) -> Option<String> {
 /// The accepting side: recognises parts and holds them.
 pub struct Intake {
     store: Arc<dyn Store>,
+    routing: Arc<dyn Routing>,
     window: Duration,
     parts: mpsc::UnboundedSender<HeldPart>,
 }
@@ -183,7 +175,9 @@ impl Intake {
             group,
             message_id: part.message_id.clone(),
             header_recipients: part.header.len(),
-            incomplete: None,
+            incomplete: Some(if_incomplete(
+                self.routing.header_only_recipients(&entry.account),
+            )),
             parts: Vec::new(),
             uncovered: Vec::new(),
         });
@@ -261,6 +255,7 @@ pub fn build(
     let (parts, incoming) = mpsc::unbounded_channel();
     let intake = Intake {
         store: store.clone(),
+        routing: routing.clone(),
         window: config.split_window,
         parts,
     };
@@ -268,25 +263,14 @@ pub fn build(
     (intake, splitter)
 }
 
-/// The relay's side for the splitter's tests: `reject`, and every message sent as it is.
+/// The relay's side for the splitter's tests: `reject`.
 #[cfg(test)]
 struct Rejecting;
 
 #[cfg(test)]
-#[async_trait::async_trait]
 impl Routing for Rejecting {
     fn header_only_recipients(&self, _: &str) -> HeaderOnlyRecipients {
         HeaderOnlyRecipients::Reject
-    }
-
-    async fn decide(&self, _: &Envelope, message: &Message) -> Result<Decision, DeliveryError> {
-        let whole = crate::message::header_edits::Piece::Original(0..message.len() as usize);
-        Ok(Decision {
-            account: "default".into(),
-            mailbox: None,
-            subject: None,
-            upload: vec![whole],
-        })
     }
 }
 
@@ -323,6 +307,7 @@ mod tests {
             store: Arc::new(
                 crate::queue::spool::Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
             ),
+            routing: Arc::new(Rejecting),
             window,
             parts: mpsc::unbounded_channel().0,
         }

@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{Group, Outcome};
 use super::journal;
-use super::{HeldPart, Routing, header_recipients};
-use crate::config::{HeaderOnlyRecipients, QueueConfig};
+use super::{HeldPart, Routing, header_recipients, if_incomplete};
+use crate::config::QueueConfig;
 use crate::message::HEAD_LIMIT;
 use crate::message::headers::Headers;
 use crate::message::mailbox::mailbox_key;
-use crate::queue::record::{Entry, Merge, Place};
+use crate::queue::record::{Entry, IfIncomplete, Merge, Place};
 use crate::queue::store::{MergeJournal, Store};
 
 /// The longest sleep: held transactions are few, but the clock may jump.
@@ -233,37 +233,17 @@ impl Splitter {
             }
         }
         group.parts = kept;
-        let Some(first) = group.parts.first() else {
+        if group.parts.is_empty() {
             return;
-        };
-        let mut outcome = if group.is_complete() {
-            Outcome::Queue
-        } else {
-            match self.routing.header_only_recipients(&first.account) {
-                HeaderOnlyRecipients::Allow => Outcome::Queue,
-                HeaderOnlyRecipients::Reject => Outcome::Dead(self.incomplete_reason(&key, &group)),
-            }
+        }
+        let mut outcome = match self.if_incomplete(&group) {
+            None | Some(IfIncomplete::Send) => Outcome::Queue,
+            Some(IfIncomplete::Refuse) => Outcome::Dead(self.incomplete_reason(&key, &group)),
         };
         let mut entry = group.merged(&outcome, now);
-        if outcome == Outcome::Queue {
-            match self.decide(&entry).await {
-                Ok(decision) => {
-                    let decision: crate::queue::record::Decision = decision.into();
-                    entry.account = decision.account;
-                    entry.mailbox = decision.mailbox;
-                    entry.route = Some(decision.route);
-                }
-                Err(Some(reason)) => {
-                    outcome = Outcome::Dead(reason);
-                    entry = group.merged(&outcome, now);
-                }
-                Err(None) => {
-                    group.settled_at = None;
-                    group.deadline = now + RETRY;
-                    self.groups.insert(key, group);
-                    return;
-                }
-            }
+        if let Some(reason) = too_large(&entry).filter(|_| outcome == Outcome::Queue) {
+            outcome = Outcome::Dead(reason);
+            entry = group.merged(&outcome, now);
         }
         let merge = Merge {
             entry,
@@ -285,29 +265,20 @@ impl Splitter {
         self.remember(merge);
     }
 
-    /// The decision for a merged message: the union of its parts' envelopes gets its own Bcc.
-    /// `Err(Some(reason))` when the rules refuse it (it becomes a dead letter: 250 was given),
-    /// `Err(None)` when it cannot be read now (tried again later).
-    async fn decide(
-        &self,
-        merged: &Entry,
-    ) -> Result<crate::relay::gmail::Decision, Option<String>> {
-        let message = match self.store.message(Place::Held, merged).await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err(None),
-            Err(err) => {
-                tracing::error!(id = %merged.id, %err, "cannot read a held transaction; trying again in a minute");
-                return Err(None);
-            }
-        };
-        match self.routing.decide(&merged.envelope(), &message).await {
-            Ok(decision) => Ok(decision),
-            Err(err) if err.is_permanent() => Err(Some(err.to_string())),
-            Err(err) => {
-                tracing::error!(id = %merged.id, %err, "cannot route a merged message; trying again in a minute");
-                Err(None)
-            }
+    /// What to do with the group if it is incomplete (`None` when it is complete): what was
+    /// decided when its oldest transaction was accepted, or for a transaction held by version 1
+    /// (which did not store it) the account's setting now.
+    fn if_incomplete(&self, group: &Group) -> Option<IfIncomplete> {
+        if group.is_complete() {
+            return None;
         }
+        let first = &group.parts[0];
+        let stored = first.split.as_ref().and_then(|split| split.incomplete);
+        Some(
+            stored.unwrap_or_else(|| {
+                if_incomplete(self.routing.header_only_recipients(&first.account))
+            }),
+        )
     }
 
     fn log_release(&self, merge: &Merge, group: &Group, outcome: &Outcome) {
@@ -383,6 +354,20 @@ impl Splitter {
         }
         self.released.retain(|_, merges| !merges.is_empty());
     }
+}
+
+/// Why a merged message cannot go to Gmail, if it cannot: its Bcc, now naming the envelope-only
+/// recipients of every transaction, takes the upload over Gmail's limit (each transaction was
+/// checked with its own share before its 250).
+fn too_large(merged: &Entry) -> Option<String> {
+    let route = merged.route.as_ref()?;
+    let upload: usize = route.upload.iter().map(|piece| piece.len()).sum();
+    let limit = crate::message::gmail_size::GMAIL_UPLOAD_LIMIT;
+    let violation = crate::message::gmail_rules::PolicyViolation::TooLarge {
+        upload: upload as u64,
+        received: merged.size,
+    };
+    (upload as u64 > limit).then(|| violation.to_string())
 }
 
 /// The first few addresses of a list, and how many more.
