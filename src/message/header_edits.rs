@@ -133,7 +133,7 @@ pub fn merge_bcc(decisions: &[&[Piece]]) -> Vec<Piece> {
             let Piece::Original(range) = merged[i].clone() else {
                 unreachable!()
             };
-            let rest = (offset < range.end).then(|| Piece::Original(offset..range.end));
+            let rest = (offset < range.end).then_some(Piece::Original(offset..range.end));
             merged[i] = Piece::Original(range.start..offset);
             merged.insert(i + 1, Piece::Bcc(bcc));
             if let Some(rest) = rest {

@@ -160,6 +160,11 @@ fn first_version() -> u32 {
     1
 }
 
+/// A parse's failure as a record error.
+fn parsed<T>(parsed: serde_json::Result<T>) -> Result<T, RecordError> {
+    parsed.map_err(|err| RecordError::Unparseable(err.to_string()))
+}
+
 /// Why a stored record cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -252,16 +257,12 @@ impl Entry {
 
     /// A record as stored, of any version up to [`VERSION`], brought up to date.
     pub fn from_json(bytes: &[u8]) -> Result<Entry, RecordError> {
-        let entry: Entry =
-            serde_json::from_slice(bytes).map_err(|e| RecordError::Unparseable(e.to_string()))?;
-        entry.upgrade()
+        parsed(serde_json::from_slice::<Entry>(bytes))?.upgrade()
     }
 
     /// [`Entry::from_json`] for a record already parsed as JSON (a `jsonb` column).
     pub fn from_json_value(value: serde_json::Value) -> Result<Entry, RecordError> {
-        let entry: Entry =
-            serde_json::from_value(value).map_err(|e| RecordError::Unparseable(e.to_string()))?;
-        entry.upgrade()
+        parsed(serde_json::from_value::<Entry>(value))?.upgrade()
     }
 
     /// Brings a record read from the store up to [`VERSION`]:
@@ -349,16 +350,12 @@ impl Merge {
 
     /// A merge record as stored, its entry brought up to date ([`Entry::upgrade`]).
     pub fn from_json(bytes: &[u8]) -> Result<Merge, RecordError> {
-        let merge: Merge =
-            serde_json::from_slice(bytes).map_err(|e| RecordError::Unparseable(e.to_string()))?;
-        merge.upgrade()
+        parsed(serde_json::from_slice::<Merge>(bytes))?.upgrade()
     }
 
     /// [`Merge::from_json`] for a record already parsed as JSON.
     pub fn from_json_value(value: serde_json::Value) -> Result<Merge, RecordError> {
-        let merge: Merge =
-            serde_json::from_value(value).map_err(|e| RecordError::Unparseable(e.to_string()))?;
-        merge.upgrade()
+        parsed(serde_json::from_value::<Merge>(value))?.upgrade()
     }
 
     fn upgrade(self) -> Result<Merge, RecordError> {
