@@ -39,6 +39,14 @@ pub trait Courier: Send + Sync + 'static {
 
     /// Every configured account's name, for the queue metrics.
     fn accounts(&self) -> Vec<String>;
+
+    /// The scheduler holds the mailbox of `user` under `account` for a setup problem that no one
+    /// answer reported as one (a streak of failed preconditions): noted where readiness reads the
+    /// account's problems, so that `/readyz` says what the scheduler holds. A courier without
+    /// readiness (the tests' scripted ones) has nothing to note.
+    fn note_hold(&self, account: &str, user: Option<&str>, reason: &str, fix: &str) {
+        let _ = (account, user, reason, fix);
+    }
 }
 
 /// Gmail delivers queued messages with the same code as synchronous delivery, following the
@@ -67,6 +75,21 @@ impl Courier for Gmail {
 
     fn accounts(&self) -> Vec<String> {
         self.router().accounts().map(|a| a.name.clone()).collect()
+    }
+
+    /// As a send's own setup problem would be noted (`Account::note_outcome`): cleared by the
+    /// next send to that mailbox that goes through.
+    fn note_hold(&self, account: &str, user: Option<&str>, reason: &str, fix: &str) {
+        let Some(configured) = self.router().account(account) else {
+            return;
+        };
+        let held = DeliveryError::Credentials {
+            account: account.to_string(),
+            reason: reason.to_string(),
+            fix: fix.to_string(),
+            scope: crate::relay::Scope::Mailbox,
+        };
+        configured.note_outcome(user, &Err(held));
     }
 }
 

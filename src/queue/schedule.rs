@@ -375,6 +375,10 @@ impl<S: State> Scheduler<S> {
                          wait until the mailbox exists; `queue retry` or SIGHUP to try again now"
                     );
                     self.note(key, Note::Held(probe_at)).await;
+                    let user = key.user.as_deref();
+                    let reason = error.summary();
+                    let fix = verdict::PRECONDITION_FIX;
+                    self.courier.note_hold(&key.account, user, &reason, fix);
                     Some(verdict::HELD_FOR_PRECONDITION)
                 } else {
                     None

@@ -36,6 +36,8 @@ struct Scripted {
     generation: Mutex<u64>,
     /// While true every attempt meets a refused token (`credentials()`).
     revoked: Mutex<bool>,
+    /// The holds the scheduler noted for readiness: (account, user).
+    noted: Mutex<Vec<(String, Option<String>)>>,
     attempts: mpsc::UnboundedSender<(String, Instant)>,
 }
 
@@ -76,6 +78,11 @@ impl Courier for Scripted {
     fn accounts(&self) -> Vec<String> {
         vec!["default".into(), "other".into()]
     }
+
+    fn note_hold(&self, account: &str, user: Option<&str>, _: &str, _: &str) {
+        let held = (account.to_string(), user.map(str::to_string));
+        self.noted.lock().unwrap().push(held);
+    }
 }
 
 /// A running scheduler over a fresh spool, with the courier's attempt reports.
@@ -100,6 +107,7 @@ impl Harness {
             delay: Mutex::new(Duration::ZERO),
             generation: Mutex::new(1),
             revoked: Mutex::new(false),
+            noted: Mutex::new(Vec::new()),
             attempts: report,
         });
         let (incoming, receiver) = mpsc::unbounded_channel();
