@@ -22,7 +22,7 @@ use clap::Parser;
 use smtp2gmail::config::QueueConfig;
 use smtp2gmail::message::{Address, Envelope, Message, MessageId};
 use smtp2gmail::queue::courier::{Courier, Limits};
-use smtp2gmail::queue::entry::{Entry, Place};
+use smtp2gmail::queue::record::{Entry, Place};
 use smtp2gmail::queue::schedule::Scheduler;
 use smtp2gmail::queue::spool::Spool;
 use smtp2gmail::queue::store::Store;

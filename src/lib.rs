@@ -9,13 +9,18 @@
 //!                                                       │ relay::Gmail::decide: account, mailbox,
 //!                                                       │ Bcc/From edits (refused now: 5xx)
 //!                                                       │ queue::store::Store::put (the decision
-//!                                                       │ in the record; fsync)  ─▶ 250 queued as <id>
+//!                                                       │ as a queue::record; durable) ─▶ 250 queued as <id>
 //!                                                       ▼
-//!                              queue::schedule::Scheduler (per Gmail mailbox: rate, concurrency,
-//!                                                       │ holds, backoff; dead letters)
-//!                                                       ▼
-//!                              relay::Gmail::outgoing (the stored decision, no second routing)
-//!                                ─ access token (google::TokenSource) ─▶ upload ─▶ 200
+//!                queue::schedule::Scheduler — the one core: outcomes, holds, pacing, deferrals,
+//!                      │  dead letters, retries, credentials resumption, shutdown drain
+//!                      │  over queue::schedule::State (claim, settle, note, precondition, lift…)
+//!           ┌──────────┴───────────┐
+//!   MemoryState (one server        SharedState (replicas: limits, leases and
+//!   on a spool: state in memory)   streaks in PostgreSQL, via queue::shared::SharedStore)
+//!           └──────────┬───────────┘
+//!                      ▼
+//!                relay::Gmail::outgoing (the stored decision, no second routing)
+//!                  ─ access token (google::TokenSource) ─▶ upload ─▶ 200
 //! ```
 //!
 //! In sync mode and in the console, file and discard modes the session hands the message to a
@@ -54,10 +59,12 @@
 //!   Gmail API call and the classification of its answers).
 //! - [`google`]: Google credentials (token.json, authorized_user, service account keys, inline,
 //!   environment) and per-account access-token sources with single-flight refresh.
-//! - [`queue`]: the durable queue of gmail mode: one storage interface (`queue::store`) with the
-//!   file spool as its implementation (fsync before 250), the scheduler
-//!   (retries, backoff, per-mailbox limits and holds, dead letters), transactions of one message an
-//!   MTA split (held, merged, sent once), requests from `queue` commands.
+//! - [`queue`]: the durable queue of gmail mode, started by one call (`queue::start`): the record
+//!   (`queue::record`, the leaf every part uses), the storage interfaces by concern
+//!   (`queue::store`: records, the merge journal, the command channel) with the file spool and
+//!   PostgreSQL as implementations, one scheduler core (`queue::schedule`: retries, backoff,
+//!   per-mailbox limits and holds, dead letters, the `queue` commands) over two state backends,
+//!   transactions of one message an MTA split (held, merged from their decisions, sent once).
 //! - [`notify`]: telling people when queued mail cannot be delivered: RFC 3464 delivery status
 //!   notifications composed from plain data (and which failures get one), and signed Standard
 //!   Webhooks events sent to the operator's endpoints without holding up mail.

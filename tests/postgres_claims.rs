@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 use common::WAIT;
 use common::pg_store::{MINUTE, ids, key, limits, put, store};
 use common::postgres::{DATABASE, PgServer};
-use smtp2gmail::queue::entry::{Entry, Place};
 use smtp2gmail::queue::postgres::PgStore;
-use smtp2gmail::queue::shared::{Note, SharedLimits, SharedStore};
+use smtp2gmail::queue::record::{Entry, Place};
+use smtp2gmail::queue::schedule::{Limits, Note};
+use smtp2gmail::queue::shared::SharedStore;
 use smtp2gmail::queue::store::Store;
 
 #[tokio::test]
@@ -232,7 +233,7 @@ async fn a_lapsed_lease_passes_to_another_replica() {
 }
 
 /// Claims of `store` until one finds something or `rounds` found nothing.
-async fn claim_some(store: &PgStore, limits: &SharedLimits, rounds: usize) -> Vec<Entry> {
+async fn claim_some(store: &PgStore, limits: &Limits, rounds: usize) -> Vec<Entry> {
     for _ in 0..rounds {
         let claimed = store.claim(limits, 10).await.unwrap();
         if !claimed.is_empty() {

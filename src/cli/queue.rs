@@ -10,8 +10,8 @@ use clap::Subcommand;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::Config;
 use crate::message::HEAD_LIMIT;
-use crate::queue::control::Request;
-use crate::queue::entry::{Entry, Place, is_valid_id};
+use crate::queue::Commands;
+use crate::queue::record::{Entry, Place, Request, SplitRecord, is_valid_id};
 use crate::queue::schedule::verdict;
 use crate::queue::store::Store;
 
@@ -43,8 +43,8 @@ pub enum QueueCommand {
 
 /// Runs a queue command.
 pub async fn run(config: &Config, command: QueueCommand) -> ExitCode {
-    let store = match crate::queue::open_for_commands(&config.queue).await {
-        Ok(Some(store)) => store,
+    let commands = match crate::queue::open_for_commands(&config.queue).await {
+        Ok(Some(commands)) => commands,
         Ok(None) => {
             println!(
                 "no spool at {} (nothing has been queued there)",
@@ -63,12 +63,11 @@ pub async fn run(config: &Config, command: QueueCommand) -> ExitCode {
     if let Some(id) = id.filter(|id| !is_valid_id(id)) {
         return fail(EXIT_USAGE, &format!("{id:?} is not a queue id"));
     }
-    let store = &*store;
     match command {
-        QueueCommand::List => list(store).await,
-        QueueCommand::Show { id } => show(store, &id).await,
-        QueueCommand::Retry { id, .. } => steer(store, Request::Retry { id }).await,
-        QueueCommand::Delete { id } => steer(store, Request::Delete { id }).await,
+        QueueCommand::List => list(commands.store()).await,
+        QueueCommand::Show { id } => show(commands.store(), &id).await,
+        QueueCommand::Retry { id, .. } => steer(&commands, Request::Retry { id }).await,
+        QueueCommand::Delete { id } => steer(&commands, Request::Delete { id }).await,
     }
 }
 
@@ -270,7 +269,7 @@ fn print_entry(entry: &Entry, place: Place) {
 }
 
 /// What a held or merged message's record says about the transactions it came in.
-fn print_split(split: &crate::queue::split::SplitRecord) {
+fn print_split(split: &SplitRecord) {
     println!("message-id:   <{}>", split.message_id);
     println!("header rcpts: {}", split.header_recipients);
     if !split.parts.is_empty() {
@@ -290,8 +289,8 @@ fn print_split(split: &crate::queue::split::SplitRecord) {
 }
 
 /// Carries out a retry or delete: the store knows how (through the running server, or directly).
-async fn steer(store: &dyn Store, request: Request) -> ExitCode {
-    match store.steer(request).await {
+async fn steer(commands: &Commands, request: Request) -> ExitCode {
+    match commands.steer(request).await {
         Ok(done) => {
             println!("{done}");
             ExitCode::SUCCESS

@@ -98,13 +98,7 @@ pub struct Prepared {
 impl Prepared {
     /// The size of the upload in bytes.
     pub fn len(&self) -> usize {
-        self.pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::New(bytes) => bytes.len(),
-                Piece::Original(range) => range.len(),
-            })
-            .sum()
+        self.pieces.iter().map(Piece::len).sum()
     }
 
     /// True when there is nothing to upload (an empty message with no recipient to add).
@@ -127,8 +121,8 @@ impl Prepared {
         let mut out = Vec::with_capacity(self.len());
         for piece in &self.pieces {
             match piece {
-                Piece::New(bytes) => out.extend_from_slice(bytes),
                 Piece::Original(range) => out.extend_from_slice(&raw[range.clone()]),
+                written => out.extend(written.written().unwrap_or_default()),
             }
         }
         out
@@ -334,6 +328,44 @@ mod tests {
         assert_eq!(&out[added.len()..], DJANGO, "the rest is byte-identical");
         assert_eq!(prepared.added_bcc, [Address::new("c@x.org")]);
         assert_eq!(prepared.pieces[1], Piece::Original(0..DJANGO.len()));
+    }
+
+    /// Transactions of one split message decided apart, then merged from their decisions: the
+    /// same upload as deciding the union of their envelopes at once, whichever transaction
+    /// added a Bcc first, with a Bcc field to extend or without one.
+    #[test]
+    fn merged_decisions_upload_what_the_union_would() {
+        let with_bcc = b"To: a@x.org, b@x.org\r\nBcc: x@y.org\r\nSubject: s\r\n\r\nbody\r\n";
+        let policy = GmailPolicy {
+            from_policy: FromPolicy::Rewrite,
+            send_as: vec!["me@gmail.com".into()],
+            // As the queue decides a transaction: as if every header recipient were named.
+            header_only_recipients: HeaderOnlyRecipients::Allow,
+        };
+        for raw in [DJANGO, &with_bcc[..]] {
+            for parts in [
+                vec![vec!["a@x.org", "c@x.org"], vec!["b@x.org", "d@x.org"]],
+                vec![vec!["a@x.org"], vec!["b@x.org", "d@x.org", "C@x.org"]],
+                vec![vec!["a@x.org"], vec!["b@x.org"]],
+            ] {
+                let decided: Vec<Prepared> = parts
+                    .iter()
+                    .map(|rcpt| prepare(&policy, rcpt, raw).0)
+                    .collect();
+                let uploads: Vec<&[Piece]> = decided.iter().map(|p| p.pieces.as_slice()).collect();
+                let merged = Prepared {
+                    pieces: super::super::header_edits::merge_bcc(&uploads),
+                    ..decided[0].clone()
+                };
+                let union: Vec<&str> = parts.concat();
+                let (_, expected) = prepare(&policy, &union, raw);
+                assert_eq!(
+                    String::from_utf8_lossy(&merged.to_vec(raw)),
+                    String::from_utf8_lossy(&expected),
+                    "{parts:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,21 +11,137 @@ use serde::{Deserialize, Serialize};
 
 use super::Address;
 use super::headers::{AddressField, Headers};
+use super::mailbox::mailbox_key;
 
 /// Added lines are folded before they would pass this many octets (RFC 5322's recommendation; the
 /// hard limit of 998 is then never near).
 const FOLD_AT: usize = 78;
 
 /// One part of the bytes to upload. Stored in queue records (the decision made at accept), so it
-/// serialises readably: `{"add": "Bcc: …"}` and `{"keep": {"start": 0, "end": 812}}`.
+/// serialises readably: `{"add": "…"}`, `{"keep": {"start": 0, "end": 812}}` and
+/// `{"bcc": {…}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Piece {
-    /// Bytes the rules wrote (a Bcc field, a rewritten address, a Reply-To field).
+    /// Bytes the rules wrote (a rewritten address, a Reply-To field).
     #[serde(rename = "add", with = "text_or_bytes")]
     New(Vec<u8>),
     /// A range of the received message, sent without copying.
     #[serde(rename = "keep")]
     Original(Range<usize>),
+    /// Envelope recipients added to the Bcc field.
+    #[serde(rename = "bcc")]
+    Bcc(AddedBcc),
+}
+
+impl Piece {
+    /// Its size in the upload.
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::New(bytes) => bytes.len(),
+            Piece::Original(range) => range.len(),
+            Piece::Bcc(bcc) => bcc.to_bytes().len(),
+        }
+    }
+
+    /// True for a piece that adds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes a piece the rules wrote adds; `None` for a range of the received message.
+    pub fn written(&self) -> Option<Vec<u8>> {
+        match self {
+            Piece::New(bytes) => Some(bytes.clone()),
+            Piece::Bcc(bcc) => Some(bcc.to_bytes()),
+            Piece::Original(_) => None,
+        }
+    }
+}
+
+/// The envelope recipients a decision adds to the Bcc field, kept as a list of addresses rather
+/// than bytes: a message an MTA split into transactions is decided once per transaction, and
+/// the merged message's Bcc is the union of the transactions' lists ([`merge_bcc`]) — not a
+/// second reading of the headers under a configuration that may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedBcc {
+    /// Written before the first address: `Bcc: ` for a new field, or what extends the client's.
+    pub lead: String,
+    /// The column the first address starts at, for folding.
+    pub column: usize,
+    /// The message's line ending.
+    pub eol: String,
+    /// The addresses, as the envelope spelled them, each once.
+    pub addresses: Vec<String>,
+    /// Written after the last address (a new field's line end).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tail: String,
+}
+
+impl AddedBcc {
+    /// The bytes it adds.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.lead.as_bytes().to_vec();
+        let addresses: Vec<&str> = self.addresses.iter().map(String::as_str).collect();
+        fold_list(&mut bytes, self.column, &addresses, self.eol.as_bytes());
+        bytes.extend_from_slice(self.tail.as_bytes());
+        bytes
+    }
+}
+
+/// The upload of one message decided several times over the same bytes (the transactions of a
+/// message an MTA split, each decided at accept): the first decision's pieces, with a Bcc that
+/// names every address any of the decisions added, each once, in order. The rules edit the same
+/// bytes the same way, so only the Bcc lists differ.
+pub fn merge_bcc(decisions: &[&[Piece]]) -> Vec<Piece> {
+    let Some((first, _)) = decisions.split_first() else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut addresses = Vec::new();
+    // Where the first Bcc addition stands in the received bytes, and what it looks like.
+    let mut model: Option<(usize, AddedBcc)> = None;
+    for pieces in decisions {
+        let mut offset = 0;
+        for piece in pieces.iter() {
+            match piece {
+                Piece::Original(range) => offset = range.end,
+                Piece::Bcc(bcc) => {
+                    model.get_or_insert_with(|| (offset, bcc.clone()));
+                    let new = bcc.addresses.iter().filter(|a| seen.insert(mailbox_key(a)));
+                    addresses.extend(new.cloned());
+                }
+                Piece::New(_) => {}
+            }
+        }
+    }
+    let mut merged = first.to_vec();
+    let Some((offset, mut bcc)) = model else {
+        return merged;
+    };
+    bcc.addresses = addresses;
+    if let Some(Piece::Bcc(own)) = merged.iter_mut().find(|p| matches!(p, Piece::Bcc(_))) {
+        own.addresses = bcc.addresses;
+        return merged;
+    }
+    // The first decision added nobody: the addition goes where another decision put it.
+    let at = merged.iter().position(|piece| {
+        matches!(piece, Piece::Original(range) if range.start < offset && offset <= range.end)
+    });
+    match at {
+        None => merged.insert(0, Piece::Bcc(bcc)),
+        Some(i) => {
+            let Piece::Original(range) = merged[i].clone() else {
+                unreachable!()
+            };
+            let rest = (offset < range.end).then_some(Piece::Original(offset..range.end));
+            merged[i] = Piece::Original(range.start..offset);
+            merged.insert(i + 1, Piece::Bcc(bcc));
+            if let Some(rest) = rest {
+                merged.insert(i + 2, rest);
+            }
+        }
+    }
+    merged
 }
 
 /// `pieces` of `raw` as chunks for a streaming request body; ranges of `raw` share its memory.
@@ -33,8 +149,8 @@ pub fn to_chunks(pieces: &[Piece], raw: &bytes::Bytes) -> Vec<bytes::Bytes> {
     pieces
         .iter()
         .map(|piece| match piece {
-            Piece::New(bytes) => bytes::Bytes::copy_from_slice(bytes),
             Piece::Original(range) => raw.slice(range.clone()),
+            written => bytes::Bytes::from(written.written().unwrap_or_default()),
         })
         .collect()
 }
@@ -67,10 +183,11 @@ mod text_or_bytes {
     }
 }
 
-/// Replace `range` of the original with `bytes`; an empty range inserts.
+/// Replace `range` of the original with `insert` (written bytes, or a Bcc addition); an empty
+/// range inserts.
 pub(super) struct Edit {
     range: Range<usize>,
-    bytes: Vec<u8>,
+    insert: Piece,
 }
 
 /// The original with the edits applied, as pieces. Edits never overlap: each touches a different
@@ -85,7 +202,7 @@ pub(super) fn splice(mut edits: Vec<Edit>, len: usize) -> Vec<Piece> {
         if edit.range.start > at {
             pieces.push(Piece::Original(at..edit.range.start));
         }
-        pieces.push(Piece::New(edit.bytes));
+        pieces.push(edit.insert);
         at = edit.range.end;
     }
     if at < len {
@@ -117,11 +234,11 @@ pub(super) fn rewrite_from(
         edits.push(match span {
             Some(span) => Edit {
                 range: value.start + span.start..value.start + span.end,
-                bytes: send_as.as_bytes().to_vec(),
+                insert: Piece::New(send_as.as_bytes().to_vec()),
             },
             None => Edit {
                 range: value,
-                bytes: format!(" {send_as}").into_bytes(),
+                insert: Piece::New(format!(" {send_as}").into_bytes()),
             },
         });
     }
@@ -139,7 +256,7 @@ pub(super) fn rewrite_from(
         line.extend_from_slice(eol);
         edits.push(Edit {
             range: field.range.end..field.range.end,
-            bytes: line,
+            insert: Piece::New(line),
         });
     }
 }
@@ -179,36 +296,45 @@ fn address_span(value: &[u8]) -> Option<Range<usize>> {
 /// addresses in it stay first, untouched. Without a Bcc field the new one goes in front of the
 /// message, where inserting cannot disturb any other field.
 pub(super) fn add_bcc(raw: &[u8], headers: &Headers, added: &[Address]) -> Edit {
-    let eol = headers.line_ending.as_bytes();
-    let addresses: Vec<&str> = added.iter().map(Address::as_str).collect();
-    let mut bytes = Vec::new();
+    let eol = String::from_utf8_lossy(headers.line_ending.as_bytes()).into_owned();
+    let addresses = added.iter().map(|a| a.as_str().to_string()).collect();
     let Some(field) = headers.bcc.first() else {
-        bytes.extend_from_slice(b"Bcc: ");
-        fold_list(&mut bytes, "Bcc: ".len(), &addresses, eol);
-        bytes.extend_from_slice(eol);
+        let mut tail = eol.clone();
         // Bytes without any header field are body text: an empty line keeps them that way.
         if !headers.has_fields && headers.end > 0 {
-            bytes.extend_from_slice(eol);
+            tail.push_str(&eol);
         }
-        return Edit { range: 0..0, bytes };
+        let bcc = AddedBcc {
+            lead: "Bcc: ".into(),
+            column: "Bcc: ".len(),
+            eol,
+            addresses,
+            tail,
+        };
+        return Edit {
+            range: 0..0,
+            insert: Piece::Bcc(bcc),
+        };
     };
     let at = field.value_end(raw);
-    let column = if field.is_blank(raw) {
-        if !raw[..at].ends_with(b" ") && !raw[..at].ends_with(b"\t") {
-            bytes.push(b' ');
-        }
-        "Bcc: ".len()
+    let (lead, column) = if field.is_blank(raw) {
+        let spaced = raw[..at].ends_with(b" ") || raw[..at].ends_with(b"\t");
+        let lead = if spaced { "" } else { " " };
+        (lead.to_string(), "Bcc: ".len())
     } else {
         // A new line for our addresses: the length of the client's last line is not ours to judge.
-        bytes.push(b',');
-        bytes.extend_from_slice(eol);
-        bytes.push(b' ');
-        1
+        (format!(",{eol} "), 1)
     };
-    fold_list(&mut bytes, column, &addresses, eol);
+    let bcc = AddedBcc {
+        lead,
+        column,
+        eol,
+        addresses,
+        tail: String::new(),
+    };
     Edit {
         range: at..at,
-        bytes,
+        insert: Piece::Bcc(bcc),
     }
 }
 
@@ -367,7 +493,7 @@ mod tests {
     fn edits_and_originals_alternate_in_order() {
         let edit = |range: Range<usize>, bytes: &[u8]| Edit {
             range,
-            bytes: bytes.to_vec(),
+            insert: Piece::New(bytes.to_vec()),
         };
         let pieces = splice(
             vec![edit(4..5, b"X"), edit(0..0, b"<"), edit(9..9, b">")],
@@ -409,5 +535,16 @@ mod tests {
         assert!(json.contains(r#"{"add":"Bcc: a@x.org\r\n"}"#), "{json}");
         assert!(json.contains(r#"{"keep":{"start":0,"end":812}}"#), "{json}");
         assert_eq!(serde_json::from_str::<Vec<Piece>>(&json).unwrap(), pieces);
+    }
+
+    #[test]
+    fn an_added_bcc_is_stored_as_its_addresses() {
+        let raw = b"To: a@x.org\r\n\r\nbody";
+        let added = [Address::new("b@x.org")];
+        let edit = add_bcc(raw, &Headers::read(raw), &added);
+        let json = serde_json::to_string(&edit.insert).unwrap();
+        assert!(json.contains(r#""addresses":["b@x.org"]"#), "{json}");
+        let stored: Piece = serde_json::from_str(&json).unwrap();
+        assert_eq!(stored.written().unwrap(), b"Bcc: b@x.org\r\n");
     }
 }

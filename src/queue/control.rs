@@ -1,57 +1,14 @@
-//! The `queue` commands' retry and delete, written once against [`Store`] and used by every path
-//! that carries them out: the running scheduler (which is then the only writer of the queue), a
-//! command acting directly on a spool no server owns, or on a database any replica may be using.
-//!
-//! How a request reaches whoever carries it out is the store's business (the spool's request
-//! files: `super::spool`).
+//! The `queue` commands' retry and delete on the records alone, written once against [`Store`]:
+//! the scheduler core's commands (`schedule::requests`) build on them, adding what only the
+//! scheduler's state knows (a message in flight, a held mailbox, a paused account).
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use super::entry::{Entry, Place, is_valid_id};
+use super::record::{Entry, Place};
 use super::store::{Store, StoreError};
 
 /// How often a running server looks for requests.
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// What a `queue` command asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
-pub enum Request {
-    /// Deliver now (one message, or every queued and dead one).
-    Retry {
-        /// The message, or `None` for all.
-        #[serde(default, deserialize_with = "queue_id_or_all")]
-        id: Option<String>,
-    },
-    /// Remove a message from the queue or the dead letters.
-    Delete {
-        /// The message.
-        #[serde(deserialize_with = "queue_id")]
-        id: String,
-    },
-}
-
-/// A request's id, read from a request file: a queue id or the request is unreadable, so
-/// nothing else ever reaches a spool path (the command checks it before writing the file too).
-fn queue_id<'de, D: serde::Deserializer<'de>>(from: D) -> Result<String, D::Error> {
-    checked(String::deserialize(from)?)
-}
-
-/// [`queue_id`], or none (every message).
-fn queue_id_or_all<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<String>, D::Error> {
-    Option::<String>::deserialize(from)?
-        .map(checked)
-        .transpose()
-}
-
-fn checked<E: serde::de::Error>(id: String) -> Result<String, E> {
-    match is_valid_id(&id) {
-        true => Ok(id),
-        false => Err(E::custom("not a queue id")),
-    }
-}
 
 /// Why a `queue` command could not be carried out. The message is the command's output.
 #[derive(Debug, thiserror::Error)]
@@ -136,76 +93,4 @@ pub async fn delete(store: &dyn Store, id: &str) -> Result<String, ControlError>
         }
     }
     Err(ControlError::NoSuchMessage(id.to_string()))
-}
-
-/// When a message made due by a command goes out: at once (a server is delivering, or replicas
-/// sharing a database learn of it), or at the server's next start (a spool no server runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pickup {
-    /// Delivered at once.
-    Now,
-    /// Delivered when the server starts.
-    NextStart,
-}
-
-/// Carries out a request directly on a store: `retry --all` makes every queued message and dead
-/// letter due now; `pickup` says when they go out, for the answer.
-pub async fn carry_out(
-    store: &dyn Store,
-    request: &Request,
-    pickup: Pickup,
-) -> Result<String, ControlError> {
-    let now = SystemTime::now();
-    match request {
-        Request::Retry { id: Some(id) } => retry(store, id, now).await.map(|(_, done)| done),
-        Request::Delete { id } => delete(store, id).await,
-        Request::Retry { id: None } => {
-            let mut count = 0;
-            for place in [Place::Queue, Place::Dead] {
-                let listed = store.list(place).await;
-                let (entries, _) =
-                    listed.map_err(|err| ControlError::Unreachable(err.to_string()))?;
-                for entry in entries {
-                    retry(store, &entry.id, now).await?;
-                    count += 1;
-                }
-            }
-            Ok(match pickup {
-                Pickup::Now => format!("{count} messages will be retried now"),
-                Pickup::NextStart => {
-                    format!("{count} messages will be retried at the next start")
-                }
-            })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_files_name_only_queue_ids() {
-        let read = |json: &str| serde_json::from_str::<Request>(json).ok();
-        assert_eq!(
-            read(r#"{"action": "delete", "id": "0196a1b2c3d4e5f6a7b"}"#),
-            Some(Request::Delete {
-                id: "0196a1b2c3d4e5f6a7b".into()
-            })
-        );
-        assert_eq!(
-            read(r#"{"action": "retry", "id": null}"#),
-            Some(Request::Retry { id: None })
-        );
-        assert_eq!(
-            read(r#"{"action": "retry"}"#),
-            Some(Request::Retry { id: None })
-        );
-        for bad in [
-            r#"{"action": "delete", "id": "../../victim/token"}"#,
-            r#"{"action": "retry", "id": "/etc/passwd"}"#,
-        ] {
-            assert_eq!(read(bad), None, "{bad}");
-        }
-    }
 }

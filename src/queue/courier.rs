@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
-use super::entry::{Entry, Place};
+use super::record::{Entry, Place};
 use super::store::Store;
 use crate::status::Status;
 
@@ -39,6 +39,14 @@ pub trait Courier: Send + Sync + 'static {
 
     /// Every configured account's name, for the queue metrics.
     fn accounts(&self) -> Vec<String>;
+
+    /// The scheduler holds the mailbox of `user` under `account` for a setup problem that no one
+    /// answer reported as one (a streak of failed preconditions): noted where readiness reads the
+    /// account's problems, so that `/readyz` says what the scheduler holds. A courier without
+    /// readiness (the tests' scripted ones) has nothing to note.
+    fn note_hold(&self, account: &str, user: Option<&str>, reason: &str, fix: &str) {
+        let _ = (account, user, reason, fix);
+    }
 }
 
 /// Gmail delivers queued messages with the same code as synchronous delivery, following the
@@ -47,7 +55,11 @@ pub trait Courier: Send + Sync + 'static {
 impl Courier for Gmail {
     async fn deliver(&self, entry: &Entry, message: &Message) -> Result<Receipt, DeliveryError> {
         let outgoing = match &entry.route {
-            Some(route) => self.outgoing(&entry.account, route, message).await?,
+            Some(route) => {
+                let (subject, upload) = (route.subject.as_deref(), route.upload.clone());
+                self.outgoing(&entry.account, subject, upload, message)
+                    .await?
+            }
             // A record written before decisions were stored: decided now, once per attempt.
             None => self.prepare(&entry.envelope(), message).await?,
         };
@@ -64,13 +76,30 @@ impl Courier for Gmail {
     fn accounts(&self) -> Vec<String> {
         self.router().accounts().map(|a| a.name.clone()).collect()
     }
+
+    /// As a send's own setup problem would be noted (`Account::note_outcome`): cleared by the
+    /// next send to that mailbox that goes through.
+    fn note_hold(&self, account: &str, user: Option<&str>, reason: &str, fix: &str) {
+        let Some(configured) = self.router().account(account) else {
+            return;
+        };
+        let held = DeliveryError::Credentials {
+            account: account.to_string(),
+            reason: reason.to_string(),
+            fix: fix.to_string(),
+            scope: crate::relay::Scope::Mailbox,
+        };
+        configured.note_outcome(user, &Err(held));
+    }
 }
 
 /// A delivery's report: the entry and how its attempt went.
 pub type Finished = (Entry, Result<Receipt, DeliveryError>);
 
 /// Starts one attempt of `entry` on `tasks` (the scheduler's deliveries); the outcome goes to
-/// `results`, always, even after a panic.
+/// `results`, always, even after a panic. A sent message is removed by this task, not by the
+/// scheduler's loop: the removals of concurrent sends then proceed together (on PostgreSQL they
+/// share WAL flushes) instead of one after the other between claims, which capped the rate.
 pub fn spawn_attempt(
     tasks: &tokio_util::task::TaskTracker,
     store: std::sync::Arc<dyn Store>,
@@ -80,6 +109,16 @@ pub fn spawn_attempt(
 ) {
     tasks.spawn(async move {
         let outcome = attempt(&*store, &*courier, &entry).await;
+        if let Ok(receipt) = &outcome {
+            match store.remove_delivered(&entry.id).await {
+                Ok(()) => {
+                    tracing::info!(id = %entry.id, gmail_id = %receipt.id, attempts = entry.attempts + 1, "delivered")
+                }
+                Err(err) => {
+                    tracing::error!(id = %entry.id, %err, "delivered, but the record could not be removed: it may be sent again")
+                }
+            }
+        }
         let _ = results.send((entry, outcome));
     });
 }

@@ -1,16 +1,22 @@
-//! The durable queue: the server answers 250 only once a message is on disk, and delivers it in
+//! The durable queue: the server answers 250 only once a message is stored, and delivers it in
 //! the background with retries — the promise Postfix makes.
 //!
 //! [`Queue`] is the delivery target the SMTP session sees in queue mode: it applies everything
 //! that can refuse a message before 250 (account routing, the recipient and From rules — the same
-//! code as synchronous delivery), stores the message with fsync ([`spool`]) and hands it to the
-//! [`schedule::Scheduler`], which delivers through the same Gmail code with its own retry schedule.
-//! A 250 from the queue means: on disk, and delivered at least once unless an operator deletes it.
+//! code as synchronous delivery), stores the message ([`store`]) and announces it to the
+//! scheduler core ([`schedule`]), which delivers through the same Gmail code with its own retry
+//! schedule. A 250 from the queue means: stored, and delivered at least once unless an operator
+//! deletes it.
+//!
+//! [`start`] is the one entry point that runs the queue for a configuration: its store (the
+//! spool, or the database shared by replicas), the scheduler core over that backend's state, and
+//! the splitter, which [`Started::run`] then runs on the server's tasks. The record every store keeps is
+//! [`record`], the queue's leaf module.
 
 pub mod control;
 pub mod courier;
-pub mod entry;
 pub mod postgres;
+pub mod record;
 pub mod schedule;
 pub mod shared;
 pub mod split;
@@ -18,6 +24,7 @@ pub mod spool;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +33,14 @@ use crate::config::{QueueBackend, QueueConfig};
 use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
-use crate::tasks::Tasks;
-use entry::{Entry, Place};
+use control::ControlError;
+use record::{Entry, Place, Request};
+use schedule::{Pickup, Scheduler};
+use shared::{SharedState, SharedStore};
 use spool::Spool;
-use store::Store;
+use store::{MergeJournal, Store};
+
+use crate::tasks::Tasks;
 
 /// The accepting half of the queue.
 pub struct Queue {
@@ -78,7 +89,7 @@ impl Deliver for Queue {
             let decision = self
                 .gmail
                 .decide_head(for_envelope, &head, &headers, message.len())?;
-            Ok::<_, DeliveryError>(Entry::decided(envelope, message.len(), decision))
+            Ok::<_, DeliveryError>(Entry::decided(envelope, message.len(), decision.into()))
         };
         if let Some(part) = self.split.recognise(envelope, &head, &headers) {
             // Refused for what would refuse the merged message; decided again once merged.
@@ -103,61 +114,50 @@ impl Deliver for Queue {
     }
 }
 
-/// A queue ready to run: the acceptor for the SMTP sessions, the scheduler and the splitter to
-/// spawn, and the lock that keeps a second server off the same spool.
+/// The queue of a server, built and not running yet: what the SMTP sessions and the readiness
+/// probe need, and its background work, which [`Started::run`] starts once the server has said
+/// it is listening (so that what the tasks log comes after the startup lines).
 pub struct Started {
     /// The delivery target for the SMTP sessions.
     pub acceptor: Arc<Queue>,
-    /// The background deliveries; run it until shutdown.
-    pub scheduler: Deliveries,
-    /// Merges the held transactions of split messages; run it until shutdown.
-    pub splitter: split::Splitter,
     /// The queue's storage (for readiness).
     pub store: Arc<dyn Store>,
     /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
     pub spill_dir: Option<std::path::PathBuf>,
-    /// The spool's lock, held for as long as the server runs.
-    pub lock: Option<std::fs::File>,
+    deliveries: Deliveries,
+    splitter: split::Splitter,
+    lock: Option<std::fs::File>,
 }
 
-/// The background deliveries of the queue, by where it is stored.
-pub enum Deliveries {
-    /// The one server that owns a spool schedules everything in memory.
-    Spool(schedule::Scheduler),
-    /// One replica of several sharing a database claims messages under leases.
-    Shared(shared::SharedScheduler),
+/// The scheduler core over the backend's state: the two are different types of one core.
+enum Deliveries {
+    /// The one server that owns a spool keeps the state in memory.
+    Spool(Scheduler),
+    /// One replica of several sharing a database keeps it there.
+    Shared(Scheduler<SharedState>),
 }
 
-impl Deliveries {
-    /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight.
-    pub async fn run(self, shutdown: CancellationToken, grace: std::time::Duration) {
-        match self {
-            Deliveries::Spool(scheduler) => scheduler.run(shutdown, grace).await,
-            Deliveries::Shared(scheduler) => scheduler.run(shutdown, grace).await,
-        }
+impl Started {
+    /// Runs the scheduler core and the splitter as `tasks` until they close; the core then lets
+    /// deliveries in flight finish within `grace`. Returns the spool's lock, to be held until
+    /// every task has ended: it keeps a second server off the spool.
+    pub fn run(self, tasks: &Tasks, grace: Duration) -> Option<std::fs::File> {
+        let shutdown: CancellationToken = tasks.closing().clone();
+        match self.deliveries {
+            Deliveries::Spool(core) => tasks.spawn(core.run(shutdown.clone(), grace)),
+            Deliveries::Shared(core) => tasks.spawn(core.run(shutdown.clone(), grace)),
+        };
+        tasks.spawn(self.splitter.run(shutdown));
+        self.lock
     }
 }
 
-/// Why the queue cannot start. The message is for the operator and names the spool.
+/// Why the queue cannot start. The message is for the operator and names the spool or database.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The spool directory cannot be created or opened.
-    #[error("queue.dir: {0}")]
-    Open(#[source] std::io::Error),
-    /// Taking the spool's lock failed.
-    #[error("cannot lock the spool {}: {source}", dir.display())]
-    Lock {
-        /// The spool directory.
-        dir: std::path::PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Another server holds the lock.
-    #[error("another smtp2gmail server is using the spool {}", dir.display())]
-    InUse {
-        /// The spool directory.
-        dir: std::path::PathBuf,
-    },
+    /// The spool cannot be taken (opened, locked, recovered).
+    #[error(transparent)]
+    Spool(#[from] spool::OpenError),
     /// `queue.url` cannot be used.
     #[error("queue.url: {0}")]
     Url(crate::config::UrlError),
@@ -165,14 +165,6 @@ pub enum StartError {
     /// names the server and the fix.
     #[error("the queue's database: {0}")]
     Database(#[from] postgres::DatabaseError),
-    /// Cleaning up after a crash failed.
-    #[error("cannot recover the spool {}: {source}", dir.display())]
-    Recover {
-        /// The spool directory.
-        dir: std::path::PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
 }
 
 impl StartError {
@@ -182,35 +174,111 @@ impl StartError {
     }
 }
 
-/// Builds the queue's parts on the configured backend: the spool (opened, locked, recovered
-/// after a crash) or the database shared by replicas (connected, migrated, listening). The
-/// storage's own background work (the database's connections and listener) runs as `storage`;
-/// closing it closes the storage, which the server does once nothing uses the queue any more.
+/// Builds the queue on the configured backend: the spool (opened, locked, recovered after a
+/// crash) or the database shared by replicas (connected, migrated, listening), the scheduler core
+/// over that backend's state, and the splitter. The storage's own background work (the
+/// database's connections and listener) runs as `storage`; closing it closes the storage, which
+/// the server does once nothing uses the queue any more.
 pub async fn start(
     config: &QueueConfig,
     gmail: Arc<Gmail>,
     storage: &Tasks,
 ) -> Result<Started, StartError> {
-    match config.backend {
-        QueueBackend::Spool => start_spool(config, gmail).await,
-        QueueBackend::Postgres => start_shared(config, gmail, storage).await,
+    let (scheduled, incoming) = mpsc::unbounded_channel();
+    let (store, journal, deliveries, lock): (Arc<dyn Store>, Arc<dyn MergeJournal>, _, _) =
+        match config.backend {
+            QueueBackend::Spool => {
+                let (spool, lock) = Spool::open_for_server(&config.dir)?;
+                let spool = Arc::new(spool);
+                let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
+                    .await
+                    .with_commands(spool.clone());
+                (spool.clone(), spool, Deliveries::Spool(core), Some(lock))
+            }
+            QueueBackend::Postgres => {
+                let database = Arc::new(open_database(config, storage.clone()).await?);
+                database.listen().await?;
+                // Announcements are not needed: a committed message wakes every replica (NOTIFY).
+                drop(incoming);
+                let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
+                let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone());
+                (database.clone(), database, Deliveries::Shared(core), None)
+            }
+        };
+    let split_config = split_config(config);
+    let routing: Arc<dyn split::Routing> = gmail.clone();
+    let (intake, splitter) =
+        split::build(&store, journal, &split_config, routing, scheduled.clone());
+    Ok(Started {
+        acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
+        spill_dir: store.spill_dir(),
+        store,
+        deliveries,
+        splitter,
+        lock,
+    })
+}
+
+/// The configuration the splitter runs with. The transactions of a split message may reach
+/// different replicas, and the splitter groups them in one process's memory: with replicas each
+/// transaction is queued on its own (as with `split_window = "0s"`) until holding is shared too
+/// (docs/queue.md).
+fn split_config(config: &QueueConfig) -> QueueConfig {
+    if config.backend == QueueBackend::Spool || config.split_window.is_zero() {
+        return config.clone();
+    }
+    tracing::info!(
+        "queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own"
+    );
+    QueueConfig {
+        split_window: Duration::ZERO,
+        ..config.clone()
+    }
+}
+
+/// The queue's storage as the `queue` commands use it: its records, and the way a command
+/// reaches whoever carries it out.
+pub enum Commands {
+    /// The spool: through the running server, or directly under its lock.
+    Spool(Spool, QueueConfig),
+    /// The database: directly, from any host.
+    Database(Arc<postgres::PgStore>),
+}
+
+impl Commands {
+    /// The records.
+    pub fn store(&self) -> &dyn Store {
+        match self {
+            Commands::Spool(spool, _) => spool,
+            Commands::Database(database) => &**database,
+        }
+    }
+
+    /// Carries out a retry or delete: through the running server when its state is in that
+    /// server's memory (the spool), directly otherwise, with the scheduler core's functions.
+    pub async fn steer(&self, request: Request) -> Result<String, ControlError> {
+        match self {
+            Commands::Spool(spool, config) => spool::steer(spool, config, request).await,
+            Commands::Database(database) => {
+                let mut state = SharedState::new(database.clone());
+                let (none, now) = (Default::default(), std::time::SystemTime::now());
+                schedule::carry_out(&mut state, &none, &request, Pickup::Now, now).await
+            }
+        }
     }
 }
 
 /// Opens the queue's storage for the `queue` commands: the spool (`None` when nothing was ever
 /// queued there) or the database.
-pub async fn open_for_commands(config: &QueueConfig) -> Result<Option<Box<dyn Store>>, StartError> {
+pub async fn open_for_commands(config: &QueueConfig) -> Result<Option<Commands>, StartError> {
     match config.backend {
         QueueBackend::Spool => {
-            if !config.dir.join("queue").is_dir() {
-                return Ok(None);
-            }
-            let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
-            Ok(Some(Box::new(spool)))
+            let spool = Spool::open_for_commands(&config.dir).map_err(spool::OpenError::Open)?;
+            Ok(spool.map(|spool| Commands::Spool(spool, config.clone())))
         }
-        QueueBackend::Postgres => Ok(Some(Box::new(
+        QueueBackend::Postgres => Ok(Some(Commands::Database(Arc::new(
             open_database(config, Tasks::default()).await?,
-        ))),
+        )))),
     }
 }
 
@@ -227,83 +295,6 @@ async fn open_database(
         postgres::Database::open_with_tasks(url, postgres::DEFAULT_POOL_SIZE, tasks).await?;
     tracing::debug!(?migrated, "queue database schema");
     Ok(postgres::PgStore::new(database, config.lease_time))
-}
-
-/// One replica of several on the queue in PostgreSQL. The acceptor's announcements are not
-/// needed: a committed message wakes every replica through the database (`NOTIFY`).
-async fn start_shared(
-    config: &QueueConfig,
-    gmail: Arc<Gmail>,
-    storage: &Tasks,
-) -> Result<Started, StartError> {
-    let store = Arc::new(open_database(config, storage.clone()).await?);
-    store.listen().await?;
-    let shared: Arc<dyn shared::SharedStore> = store.clone();
-    let store: Arc<dyn Store> = store;
-    let (scheduled, _) = mpsc::unbounded_channel();
-    // The transactions of a split message may reach different replicas, and the splitter groups
-    // them in one process's memory: with replicas each transaction is queued on its own (as with
-    // `split_window = "0s"`) until holding is shared too (docs/queue.md).
-    if !config.split_window.is_zero() {
-        tracing::info!(
-            "queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own"
-        );
-    }
-    let unsplit = QueueConfig {
-        split_window: std::time::Duration::ZERO,
-        ..config.clone()
-    };
-    let routing: Arc<dyn split::Routing> = gmail.clone();
-    let (intake, splitter) = split::build(&store, &unsplit, routing, scheduled.clone());
-    let limits = shared::SharedLimits {
-        max_send_rate: config.max_send_rate,
-        max_sends: gmail
-            .router()
-            .accounts()
-            .map(|account| (account.name.clone(), account.max_sends))
-            .collect(),
-    };
-    let scheduler = shared::SharedScheduler::new(shared, gmail.clone(), config.clone(), limits);
-    Ok(Started {
-        acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
-        splitter,
-        spill_dir: None,
-        store,
-        scheduler: Deliveries::Shared(scheduler),
-        lock: None,
-    })
-}
-
-/// The one server on a spool.
-async fn start_spool(config: &QueueConfig, gmail: Arc<Gmail>) -> Result<Started, StartError> {
-    let dir = || config.dir.clone();
-    let spool = Spool::open(&config.dir).map_err(StartError::Open)?;
-    let lock = spool::try_lock(spool.root())
-        .map_err(|source| StartError::Lock { dir: dir(), source })?
-        .ok_or_else(|| StartError::InUse { dir: dir() })?;
-    let removed = spool
-        .recover()
-        .map_err(|source| StartError::Recover { dir: dir(), source })?;
-    if removed > 0 {
-        tracing::info!(
-            removed,
-            "removed message bodies whose acceptance never completed (no 250 was sent)"
-        );
-    }
-    let store: Arc<dyn Store> = Arc::new(spool);
-    let (scheduled, incoming) = mpsc::unbounded_channel();
-    let routing: Arc<dyn split::Routing> = gmail.clone();
-    let (intake, splitter) = split::build(&store, config, routing, scheduled.clone());
-    Ok(Started {
-        acceptor: Arc::new(Queue::new(store.clone(), gmail.clone(), scheduled, intake)),
-        splitter,
-        spill_dir: store.spill_dir(),
-        store: store.clone(),
-        scheduler: Deliveries::Spool(
-            schedule::Scheduler::new(store, gmail, config.clone(), incoming).await,
-        ),
-        lock: Some(lock),
-    })
 }
 
 /// An envelope from app@example.com to someone@example.org received at `received_at`, for the

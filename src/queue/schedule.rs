@@ -1,29 +1,32 @@
-//! When queued messages are delivered: the retry schedule, Gmail's per-mailbox limits, and the
-//! pauses that hold mail while a person fixes something.
+//! The scheduler core: when queued messages are delivered, and what each outcome means — one
+//! implementation for both backends, over a small state interface ([`State`]): in memory for the
+//! one server on a spool ([`MemoryState`]), in the database for replicas
+//! (`queue::shared::SharedState`).
 //!
-//! One scheduler task owns the in-memory index of the queue and is the only writer of queue
-//! records while the server runs (the `queue` commands send it requests, see `control`). Each
-//! delivery runs in its own task and reports back; the scheduler then records the outcome:
+//! The core claims what may be sent now, runs each delivery in a task of its own, and writes each
+//! outcome down:
 //!
-//! - delivered: the record is removed (durably, before anything else);
+//! - delivered: removed (by the delivery, durably, before anything else);
 //! - temporary failure: retried after `retry_min` doubling to `retry_max`, with ±20 % jitter so
 //!   messages that failed together do not retry together — or at Google's `Retry after` time; a
 //!   rate limit that far away (the mailbox's daily sending limit) defers the whole mailbox, and
-//!   any rate-limit answer halves the mailbox's send rate, regained gradually ([`Pace`]);
+//!   any rate-limit answer halves the mailbox's send rate, regained gradually;
 //! - credentials or setup problem: the account (a bad key, a revoked token, the API disabled) or
 //!   the one mailbox (no Gmail for that user) is held, with one log line, and the message's own
 //!   backoff does not grow: when the credentials change (a new token file, SIGHUP, `queue
-//!   retry`) everything held goes out at once. Every `retry_max` one mailbox probes whether the
-//!   fix was made at Google's end;
+//!   retry`) everything held goes out at once. Every `retry_max` the hold is probed;
 //! - "Precondition check failed.": retried with backoff; after [`PRECONDITION_HOLD`] in a row
-//!   the mailbox is held as a setup problem;
+//!   (counted by the state, so replicas count together) the mailbox is held as a setup problem;
 //! - permanent failure, or older than `max_age`: a dead letter, kept with the reason.
 //!
-//! Limits and holds are per mailbox (`mailboxes`): one user at the daily limit does not defer
-//! the others, and 500 impersonated users do not share one user's rate.
+//! The `queue` commands (retry, retry --all, delete) are carried out by the same core
+//! ([`requests`]), and so is the shutdown: deliveries in flight may finish within the grace, and
+//! their outcomes are written down.
 
 mod mailboxes;
+mod memory;
 mod requests;
+mod state;
 pub mod verdict;
 
 use std::collections::{HashMap, HashSet};
@@ -34,14 +37,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::control;
 use super::courier::{Clock, Courier, Finished, spawn_attempt};
-use super::entry::{Entry, Place};
-use super::store::Store;
+use super::record::{Entry, Place};
+use super::store::{CommandChannel, Store};
 use crate::config::QueueConfig;
 use crate::relay::{DeliveryError, Receipt};
-use mailboxes::Index;
 pub use mailboxes::{MIN_RATE, MailboxKey, Pace, RECOVERY, SLOWDOWN};
+pub use memory::MemoryState;
+pub use requests::{Pickup, carry_out};
+pub use state::{Limits, Note, Settled, State};
 use verdict::Effect;
 pub use verdict::{PRECONDITION_HOLD, backoff};
 
@@ -52,96 +56,111 @@ mod tests;
 /// allows within it start in the same wake-up.
 const WAKE_FLOOR: Duration = Duration::from_millis(20);
 
-/// What the scheduler remembers of one account (as opposed to its mailboxes).
-#[derive(Default)]
-struct AccountState {
-    /// The credentials' generation last seen: a change resumes everything held.
-    generation: Option<u64>,
-    /// Paused for an account-wide credentials problem, until this time's probe.
-    paused_until: Option<SystemTime>,
-    /// The one mailbox allowed to send while paused, to find out whether the fix was made.
-    probe: Option<MailboxKey>,
-    /// Mailboxes with mail due, waiting for the pause to end.
-    parked: HashSet<MailboxKey>,
-    /// Mailboxes held for a problem of their own.
-    held: HashSet<MailboxKey>,
-}
-
-/// Owns the queue while the server runs.
-pub struct Scheduler {
-    store: Arc<dyn Store>,
+/// Delivers the queue while the server runs, over the state `S`.
+pub struct Scheduler<S: State = MemoryState> {
+    state: S,
     courier: Arc<dyn Courier>,
     config: QueueConfig,
     clock: Clock,
-    /// Every waiting entry not in flight, by id.
-    entries: HashMap<String, Entry>,
-    /// The waiting entries by mailbox, and the mailboxes by when they may send.
-    index: Index,
-    accounts: HashMap<String, AccountState>,
-    /// Ids whose delivery is running.
+    limits: Limits,
+    /// Where the `queue` commands' requests arrive, when the state lives in this process.
+    commands: Option<Arc<dyn CommandChannel>>,
+    /// The credentials' generation last seen per account: a change resumes the account.
+    generations: HashMap<String, u64>,
+    /// Ids whose delivery is running in this process.
     in_flight: HashSet<String>,
-    incoming: mpsc::UnboundedReceiver<Entry>,
     results: (
         mpsc::UnboundedSender<Finished>,
         mpsc::UnboundedReceiver<Finished>,
     ),
     deliveries: TaskTracker,
+    store: Arc<dyn Store>,
 }
 
-impl Scheduler {
-    /// A scheduler for the entries already in `store` and those `incoming` brings, reading the
-    /// system clock.
+/// The limits of the configured accounts, as `courier` knows them.
+pub fn limits_of(courier: &dyn Courier, config: &QueueConfig) -> Limits {
+    let accounts = courier.accounts().into_iter();
+    Limits {
+        max_send_rate: config.max_send_rate,
+        max_sends: accounts
+            .filter_map(|name| Some((name.clone(), courier.limits(&name)?.max_sends)))
+            .collect(),
+    }
+}
+
+impl Scheduler<MemoryState> {
+    /// The spool's scheduler: the entries already in `store` and those `incoming` brings, kept
+    /// in memory; the `queue` commands arrive through `commands`. Reads the system clock.
     pub async fn new(
         store: Arc<dyn Store>,
         courier: Arc<dyn Courier>,
         config: QueueConfig,
         incoming: mpsc::UnboundedReceiver<Entry>,
     ) -> Self {
-        let mut scheduler = Scheduler {
-            store,
-            courier,
-            config: config.clone(),
-            clock: Clock::System,
-            entries: HashMap::new(),
-            index: Index::new(config.max_send_rate),
-            accounts: HashMap::new(),
-            in_flight: HashSet::new(),
-            incoming,
-            results: mpsc::unbounded_channel(),
-            deliveries: TaskTracker::new(),
-        };
+        let limits = limits_of(&*courier, &config);
+        let mut state = MemoryState::new(store.clone(), &config, incoming);
         // Now, before the acceptor exists: a message stored during a later scan of the
         // store would be both loaded and announced, and delivered twice.
-        scheduler.load().await;
-        scheduler
+        state.load(&limits).await;
+        Scheduler::over(state, store, courier, config)
     }
 
     /// The same scheduler reading `clock` instead (tests: paused tokio time).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.state.set_clock(clock);
+        self
+    }
+}
+
+impl<S: State> Scheduler<S> {
+    /// A scheduler over `state`, whose records are in `store`.
+    pub fn over(
+        state: S,
+        store: Arc<dyn Store>,
+        courier: Arc<dyn Courier>,
+        config: QueueConfig,
+    ) -> Self {
+        Scheduler {
+            state,
+            limits: limits_of(&*courier, &config),
+            courier,
+            config,
+            clock: Clock::System,
+            commands: None,
+            generations: HashMap::new(),
+            in_flight: HashSet::new(),
+            results: mpsc::unbounded_channel(),
+            deliveries: TaskTracker::new(),
+            store,
+        }
+    }
+
+    /// The same scheduler taking the `queue` commands' requests from `channel`.
+    pub fn with_commands(mut self, channel: Arc<dyn CommandChannel>) -> Self {
+        self.commands = Some(channel);
         self
     }
 
     /// Runs until `shutdown`, then waits up to `grace` for deliveries in flight; anything left
-    /// stays queued for the next start.
+    /// stays queued (a replica's leases lapse and another replica sends those messages).
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        let mut control_tick = tokio::time::interval(control::POLL);
+        let mut tick = tokio::time::interval(self.state.tick());
         loop {
-            self.dispatch();
-            let wait = self.next_wake();
+            self.check_credentials().await;
+            let wait = self.dispatch().await;
             tokio::select! {
-                Some(entry) = self.incoming.recv() => self.schedule(entry),
-                Some((entry, outcome)) = self.results.1.recv() => self.finish(entry, outcome).await,
-                // Once a second, not per message: reporting walks the whole index.
-                _ = control_tick.tick() => {
-                    // Announced messages first, so a request can name a message just accepted.
-                    while let Ok(entry) = self.incoming.try_recv() {
-                        self.schedule(entry);
+                _ = self.state.wait_for_mail(wait) => {}
+                Some((entry, outcome)) = self.results.1.recv() => {
+                    self.finish(entry, outcome).await;
+                    // Every outcome that is in before the next claim: at a high rate, a claim
+                    // per finished delivery would cost more than the sends.
+                    while let Ok((entry, outcome)) = self.results.1.try_recv() {
+                        self.finish(entry, outcome).await;
                     }
-                    self.serve_requests().await;
-                    self.report().await;
                 }
-                _ = tokio::time::sleep(wait) => {}
+                // Not per message: reporting walks the whole queue.
+                _ = tick.tick() => self.housekeeping().await,
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -149,7 +168,8 @@ impl Scheduler {
         if tokio::time::timeout(grace, self.drain()).await.is_err() {
             tracing::warn!(
                 in_flight = self.deliveries.len(),
-                "deliveries still running at shutdown stay queued"
+                "deliveries still running at shutdown stay queued (a replica's leases lapse and \
+                 another replica sends them)"
             );
         }
     }
@@ -164,196 +184,82 @@ impl Scheduler {
         }
     }
 
-    /// Queue depth and oldest age per account, and the dead letters, for `/metrics`.
-    async fn report(&mut self) {
+    /// The commands, the metrics and the state's upkeep.
+    async fn housekeeping(&mut self) {
+        // Announced messages first, so a request can name a message just accepted.
+        self.state.wait_for_mail(Duration::ZERO).await;
+        self.serve_requests().await;
         let now = self.clock.now();
-        let mut per_account: HashMap<&str, (usize, SystemTime)> = HashMap::new();
-        for entry in self.entries.values() {
-            let (depth, oldest) = per_account
-                .entry(&entry.account)
-                .or_insert((0, entry.received_at));
-            *depth += 1;
-            *oldest = (*oldest).min(entry.received_at);
-        }
-        report_depths(
-            &*self.courier,
-            |account| per_account.get(account).copied(),
-            now,
-        );
-        report_store(&*self.store).await;
-        self.index.sweep(now);
-    }
-
-    async fn load(&mut self) {
-        match self.store.list(Place::Queue).await {
-            Ok((entries, broken)) => {
-                for (id, err) in broken {
-                    tracing::error!(id, %err, "unreadable queue record left in place; inspect or delete it");
-                }
-                if !entries.is_empty() {
-                    tracing::info!(queued = entries.len(), "resuming queued messages");
-                }
-                entries.into_iter().for_each(|entry| self.schedule(entry));
+        if let Some(depths) = self.state.depths().await {
+            // Unknown (the database down): left as last reported rather than shown as zero.
+            if let Ok(depths) = depths {
+                report_depths(&*self.courier, |account| depths.get(account).copied(), now);
             }
-            Err(err) => tracing::error!(%err, "cannot read the queue"),
+            report_store(&*self.store).await;
         }
+        self.state.upkeep(self.in_flight.len(), now).await;
     }
 
-    /// Adds an entry to the index, unless it is there already or in flight (announced after an
-    /// operator's retry reached it first).
-    fn schedule(&mut self, entry: Entry) {
-        if self.entries.contains_key(&entry.id) || self.in_flight.contains(&entry.id) {
-            return;
-        }
-        let key = MailboxKey::of(&entry);
-        self.index
-            .mailbox(&key)
-            .due
-            .insert((entry.next_attempt, entry.id.clone()));
-        self.entries.insert(entry.id.clone(), entry);
-        self.requeue(&key);
-    }
-
-    fn unschedule(&mut self, id: &str) -> Option<Entry> {
-        let entry = self.entries.remove(id)?;
-        let key = MailboxKey::of(&entry);
-        if let Some(mailbox) = self.index.get_mut(&key) {
-            mailbox.due.remove(&(entry.next_attempt, entry.id.clone()));
-        }
-        self.requeue(&key);
-        Some(entry)
-    }
-
-    /// Most deliveries at once for a mailbox of `account`; unlimited once it is no longer
-    /// configured (its messages are then routed again at delivery).
-    fn max_sends(&self, account: &str) -> usize {
-        self.courier
-            .limits(account)
-            .map_or(usize::MAX, |limits| limits.max_sends)
-    }
-
-    fn requeue(&mut self, key: &MailboxKey) {
-        let max_sends = self.max_sends(&key.account);
-        self.index.requeue(key, max_sends, self.clock.now());
-    }
-
-    /// How long until something may become due (bounded, so pauses are re-checked).
-    fn next_wake(&self) -> Duration {
-        let now = self.clock.now();
-        // Nothing ready: only the control tick, a pause's probe or new mail can change that.
-        let until = self.index.next_ready().map_or(control::POLL, |at| {
-            at.duration_since(now).unwrap_or_default()
-        });
-        until.clamp(WAKE_FLOOR, control::POLL)
-    }
-
-    /// Resumes what new credentials may fix, and lets one mailbox of a paused account probe.
-    fn check_accounts(&mut self) {
-        let now = self.clock.now();
-        let mut resume = Vec::new();
-        for (name, account) in &mut self.accounts {
-            let limits = self.courier.limits(name);
-            let generation = limits.as_ref().map(|limits| limits.generation);
-            let changed = account.generation.is_some() && account.generation != generation;
-            account.generation = generation;
-            if changed || generation.is_none() {
-                if account.paused_until.is_some() || !account.held.is_empty() {
-                    tracing::info!(account = %name, "credentials changed: held mail goes out now");
-                }
-                resume.push(name.clone());
-            } else if account.paused_until.is_some_and(|t| t <= now) && account.probe.is_none() {
-                account.paused_until = Some(now + self.config.retry_max);
-                if let Some(key) = account.parked.iter().next().cloned() {
-                    tracing::info!(account = %name, mailbox = %key, "paused account: probing with one message");
-                    account.parked.remove(&key);
-                    let max_sends = limits.as_ref().map_or(usize::MAX, |l| l.max_sends);
-                    self.index.requeue(&key, max_sends, now);
-                    account.probe = Some(key);
-                }
-            }
-        }
-        for name in resume {
-            self.resume(&name);
-        }
-    }
-
-    /// Lifts an account's pause and its mailboxes' holds: everything held is due at once.
-    fn resume(&mut self, name: &str) {
-        let Some(account) = self.accounts.get_mut(name) else {
-            return;
-        };
-        account.paused_until = None;
-        account.probe = None;
-        let keys: Vec<MailboxKey> = account.parked.drain().chain(account.held.drain()).collect();
-        for key in keys {
-            if let Some(mailbox) = self.index.get_mut(&key) {
-                mailbox.held_until = None;
-                mailbox.preconditions = 0;
-            }
-            self.requeue(&key);
-        }
-    }
-
-    /// Starts every due delivery its mailbox has room for.
-    fn dispatch(&mut self) {
-        self.check_accounts();
-        let now = self.clock.now();
-        let mut starting = Vec::new();
-        while let Some(key) = self.index.pop_ready(now) {
-            let limits = self.courier.limits(&key.account);
-            // The generation is noted before the account's first delivery starts, so new
-            // credentials arriving while it fails are told apart from those it failed with.
-            let account =
-                self.accounts
-                    .entry(key.account.clone())
-                    .or_insert_with(|| AccountState {
-                        generation: limits.as_ref().map(|l| l.generation),
-                        ..AccountState::default()
-                    });
-            if account.paused_until.is_some() && account.probe.as_ref() != Some(&key) {
-                account.parked.insert(key);
+    /// New credentials (a new token file, SIGHUP) resume the account: everything held goes out
+    /// at once. The generation is noted before the account's first delivery starts, so new
+    /// credentials arriving while it fails are told apart from those it failed with.
+    async fn check_credentials(&mut self) {
+        for account in self.courier.accounts() {
+            let Some(limits) = self.courier.limits(&account) else {
                 continue;
-            }
-            let max_sends = limits.as_ref().map_or(usize::MAX, |l| l.max_sends);
-            // A probe is one message: a still-broken account costs one failure an hour.
-            let max_sends = if account.probe.is_some() {
-                1
-            } else {
-                max_sends
             };
-            let mailbox = self.index.mailbox(&key);
-            if mailbox.held_until.take().is_some() {
-                account.held.remove(&key);
-                tracing::info!(mailbox = %key, "held mailbox: probing again");
-            }
-            mailbox.deferred_until = mailbox.deferred_until.filter(|t| *t > now);
-            while mailbox.in_flight < max_sends
-                && mailbox.due.first().is_some_and(|(at, _)| *at <= now)
-            {
-                // An account no longer configured has no limits: its messages are routed again.
-                if limits.is_some() && !mailbox.pace.take(now) {
-                    break;
-                }
-                let Some((_, id)) = mailbox.due.pop_first() else {
-                    break;
+            let seen = self.generations.insert(account.clone(), limits.generation);
+            if seen.is_some_and(|seen| seen != limits.generation) {
+                let key = MailboxKey {
+                    account,
+                    user: None,
                 };
-                if self.entries.contains_key(&id) {
-                    mailbox.in_flight += 1;
-                    starting.push(id);
+                match self.state.note(&key, Note::Resumed).await {
+                    Ok(true) => {
+                        tracing::info!(account = %key.account, "credentials changed: held mail goes out now")
+                    }
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(%err, "cannot resume the account in the queue"),
                 }
             }
-            self.index.requeue(&key, max_sends, now);
-        }
-        for id in starting {
-            self.start(id);
         }
     }
 
-    fn start(&mut self, id: String) {
-        let Some(entry) = self.entries.remove(&id) else {
-            return;
+    /// Claims and starts what may be sent now; returns how long to sleep at most.
+    async fn dispatch(&mut self) -> Duration {
+        let room = S::MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
+        if room == 0 {
+            return S::IDLE;
+        }
+        let now = self.clock.now();
+        let claimed = match self.state.claim(&self.limits, room, now).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(%err, "cannot claim queued messages; trying again");
+                return S::IDLE;
+            }
         };
-        self.in_flight.insert(id);
+        if !claimed.is_empty() {
+            for entry in claimed {
+                self.start(entry);
+            }
+            return Duration::ZERO;
+        }
+        match self.state.next_due(now).await {
+            Ok(Some(at)) if at > now => at
+                .duration_since(now)
+                .unwrap_or_default()
+                .clamp(WAKE_FLOOR, S::IDLE),
+            // Due but not claimable: a mailbox at its limit, deferred or held, or a paused account.
+            Ok(Some(_)) => S::BLOCKED,
+            Ok(None) | Err(_) => S::IDLE,
+        }
+    }
+
+    fn start(&mut self, entry: Entry) {
+        if !self.in_flight.insert(entry.id.clone()) {
+            return;
+        }
         spawn_attempt(
             &self.deliveries,
             self.store.clone(),
@@ -363,44 +269,16 @@ impl Scheduler {
         );
     }
 
-    /// Records one delivery's outcome.
-    async fn finish(&mut self, entry: Entry, outcome: Result<Receipt, DeliveryError>) {
+    /// Writes down one delivery's outcome and its consequence for the mailbox and the account.
+    async fn finish(&mut self, mut entry: Entry, outcome: Result<Receipt, DeliveryError>) {
+        self.in_flight.remove(&entry.id);
         let now = self.clock.now();
         let key = MailboxKey::of(&entry);
-        let mailbox = self.index.mailbox(&key);
-        mailbox.in_flight = mailbox.in_flight.saturating_sub(1);
-        self.in_flight.remove(&entry.id);
-        self.record(key.clone(), entry, outcome, now).await;
-        self.requeue(&key);
-    }
-
-    /// Writes down the outcome of an attempt that ended `now`: removed, dead, or deferred.
-    async fn record(
-        &mut self,
-        key: MailboxKey,
-        mut entry: Entry,
-        outcome: Result<Receipt, DeliveryError>,
-        now: SystemTime,
-    ) {
-        // An error reading the store counts as "still there": writing a record back is safe.
-        if !self
-            .store
-            .contains(Place::Queue, &entry.id)
-            .await
-            .unwrap_or(true)
-        {
-            // Deleted by an operator while it was being delivered, or before the scheduler heard
-            // of it: the outcome must not write its record back.
-            tracing::info!(id = %entry.id, outcome = ?outcome.as_ref().map(|r| &r.id), "the message was deleted meanwhile; forgotten");
-            return;
-        }
         let error = match outcome {
-            Ok(receipt) => {
-                self.went_through(&key);
-                if let Err(err) = self.store.remove(Place::Queue, &entry.id).await {
-                    tracing::error!(id = %entry.id, %err, "delivered, but the record could not be removed: it may be sent again");
-                }
-                tracing::info!(id = %entry.id, gmail_id = %receipt.id, attempts = entry.attempts + 1, "delivered");
+            // Removed (and logged) by the delivery's task.
+            Ok(_) => {
+                self.note(&key, Note::Sent).await;
+                self.settle(Settled::Sent(entry)).await;
                 return;
             }
             Err(error) => error,
@@ -409,19 +287,23 @@ impl Scheduler {
         if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
             if !verdict::too_old(&self.config, &entry, now) {
                 // A message's own fault says nothing against the mailbox or the credentials.
-                self.went_through(&key);
+                self.note(&key, Note::Sent).await;
             }
             tracing::warn!(id = %entry.id, %reason, "dead letter");
             entry.dead_reason = Some(reason);
-            if let Err(err) = self.store.move_to(Place::Queue, Place::Dead, &entry).await {
+            if let Err(err) = self
+                .state
+                .settle(&self.limits, Settled::Dead(entry.clone()))
+                .await
+            {
                 tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
                 entry.dead_reason = None;
                 entry.next_attempt = now + backoff(&self.config, entry.attempts);
-                self.schedule(entry);
+                self.settle(Settled::Retry(entry)).await;
             }
             return;
         }
-        let wait = self.defer(&key, &mut entry, &error, now);
+        let wait = self.consequence(&key, &mut entry, &error, now).await;
         entry.next_attempt = now + wait;
         match &entry.held {
             // No due time: it goes out when the hold lifts, and the hold's own line said why.
@@ -432,93 +314,112 @@ impl Scheduler {
                 tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, error = %error.summary(), "deferred")
             }
         }
-        if let Err(err) = self.store.update(Place::Queue, &entry).await {
-            tracing::error!(id = %entry.id, %err, "cannot update the queue record");
-        }
-        self.schedule(entry);
+        self.settle(Settled::Retry(entry)).await;
     }
 
-    /// A delivery reached Gmail and was not turned away for the mailbox's or the account's
-    /// sake: the pace recovers a step, and a probing account is resumed.
-    fn went_through(&mut self, key: &MailboxKey) {
-        if let Some(mailbox) = self.index.get_mut(key) {
-            mailbox.pace.sent();
-            mailbox.preconditions = 0;
-        }
-        if let Some(account) = self.accounts.get(&key.account)
-            && account.probe.as_ref() == Some(key)
-        {
-            tracing::info!(account = %key.account, "probe went through: account resumed");
-            self.resume(&key.account);
+    /// Settles an attempt; a failure is logged (the record on disk, or the lease lapsing, keeps
+    /// the message).
+    async fn settle(&mut self, settled: Settled) {
+        let id = match &settled {
+            Settled::Sent(entry) | Settled::Retry(entry) | Settled::Dead(entry) => entry.id.clone(),
+        };
+        match self.state.settle(&self.limits, settled).await {
+            Ok(true) => {}
+            // Its record must not be written back.
+            Ok(false) => {
+                tracing::info!(
+                    id,
+                    "deleted meanwhile, or taken over by another replica; forgotten"
+                )
+            }
+            Err(err) => {
+                tracing::error!(id, %err, "cannot update the queue record; it is tried again")
+            }
         }
     }
 
     /// What a temporary failure or a held account means for the mailbox and the account, and
     /// how long the message waits (a held message waits for its hold, not for a backoff).
-    fn defer(
+    async fn consequence(
         &mut self,
         key: &MailboxKey,
         entry: &mut Entry,
         error: &DeliveryError,
         now: SystemTime,
     ) -> Duration {
-        let retry_max = self.config.retry_max;
+        let probe_at = now + self.config.retry_max;
         let configured = self.courier.limits(&key.account).is_some();
-        let account = self.accounts.entry(key.account.clone()).or_default();
-        let mailbox = self.index.mailbox(key);
-        match verdict::effect(error, configured) {
+        let held = match verdict::effect(error, configured) {
             Effect::PauseAccount => {
-                if account.paused_until.is_none() || account.probe.is_some() {
+                if self.note(key, Note::Paused(probe_at)).await {
                     tracing::warn!(account = %key.account, error = %error.summary(), "account paused until its credentials change");
                 }
-                account.paused_until = Some(now + retry_max);
-                account.probe = None;
-                entry.held = Some(verdict::HELD_FOR_ACCOUNT.to_string());
-                return Duration::ZERO;
+                Some(verdict::HELD_FOR_ACCOUNT)
             }
             Effect::HoldMailbox => {
-                if mailbox.held_until.is_none() {
+                if self.note(key, Note::Held(probe_at)).await {
                     tracing::warn!(mailbox = %key, error = %error.summary(), "mailbox held until it is fixed");
                 }
-                mailbox.held_until = Some(now + retry_max);
-                account.held.insert(key.clone());
-                entry.held = Some(verdict::HELD_FOR_MAILBOX.to_string());
-                return Duration::ZERO;
+                Some(verdict::HELD_FOR_MAILBOX)
             }
             Effect::Precondition => {
-                mailbox.preconditions += 1;
-                if mailbox.preconditions >= PRECONDITION_HOLD && configured {
+                let times = self.state.precondition(key).await.unwrap_or_else(|err| {
+                    tracing::warn!(mailbox = %key, %err, "cannot count a failed precondition");
+                    0
+                });
+                if times >= PRECONDITION_HOLD && configured {
                     tracing::warn!(
-                        mailbox = %key, %error, times = mailbox.preconditions,
+                        mailbox = %key, %error, times,
                         "mailbox held: Gmail keeps answering \"Precondition check failed.\"; \
                          for a service account check its domain-wide delegation, for a new user \
                          wait until the mailbox exists; `queue retry` or SIGHUP to try again now"
                     );
-                    mailbox.held_until = Some(now + retry_max);
-                    account.held.insert(key.clone());
-                    entry.held = Some(verdict::HELD_FOR_PRECONDITION.to_string());
-                    return Duration::ZERO;
+                    self.note(key, Note::Held(probe_at)).await;
+                    let user = key.user.as_deref();
+                    let reason = error.summary();
+                    let fix = verdict::PRECONDITION_FIX;
+                    self.courier.note_hold(&key.account, user, &reason, fix);
+                    Some(verdict::HELD_FOR_PRECONDITION)
+                } else {
+                    None
                 }
             }
             Effect::RateLimited => {
-                mailbox.pace.throttled(now);
-                tracing::info!(mailbox = %key, rate = mailbox.pace.rate(), "rate limited: sending slower");
+                self.note(key, Note::Throttled).await;
+                tracing::info!(mailbox = %key, "rate limited: sending slower");
+                None
             }
-            Effect::None => {}
+            Effect::None => None,
+        };
+        if let Some(why) = held {
+            entry.held = Some(why.to_string());
+            return Duration::ZERO;
         }
         if let Some(after) = verdict::mailbox_deferral(error) {
             tracing::warn!(mailbox = %key, ?after, "sending limit reached: mailbox deferred");
-            mailbox.deferred_until = Some(now + after);
+            self.note(key, Note::Deferred(now + after)).await;
         }
         entry.failures += 1;
         verdict::retry_wait(&self.config, error, entry.failures)
     }
+
+    /// Keeps a consequence; a failure is logged, not fatal (the limits are a matter of pace, and
+    /// the next outcome writes them again). True when it is news.
+    async fn note(&mut self, key: &MailboxKey, note: Note) -> bool {
+        match self.state.note(key, note).await {
+            Ok(news) => news,
+            Err(err) => {
+                tracing::warn!(mailbox = %key, %err, "cannot record a mailbox's state in the queue");
+                true
+            }
+        }
+    }
 }
 
-/// The queue per configured account for `/metrics`, as both schedulers report it: the depth and
-/// the oldest message's age (`depth_of` says them; zero for an account with nothing queued, so a
-/// drained queue shows as drained).
-pub(super) fn report_depths(
+/// The queue per configured account for `/metrics`: the depth and the oldest message's age
+/// (`depth_of` says them; zero for an account with nothing queued, so a drained queue shows as
+/// drained).
+fn report_depths(
     courier: &dyn Courier,
     depth_of: impl Fn(&str) -> Option<(usize, SystemTime)>,
     now: SystemTime,
@@ -531,7 +432,7 @@ pub(super) fn report_depths(
 }
 
 /// The dead letters and whether the store takes mail, for `/metrics`.
-pub(super) async fn report_store(store: &dyn Store) {
+async fn report_store(store: &dyn Store) {
     if let Ok(dead) = store.count(Place::Dead).await {
         crate::telemetry::dead_letters(dead);
     }

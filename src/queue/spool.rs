@@ -28,22 +28,47 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::control::{ControlError, Request};
-use super::entry::{Entry, Place, is_valid_id};
-use super::split::Merge;
-use super::store::{Listing, Store, StoreError};
+use super::record::{Entry, Place, is_valid_id};
+use super::record::{Merge, Request};
+use super::store::{CommandChannel, Listing, MergeJournal, Store, StoreError};
 use crate::message::Message;
 use crate::safeio;
-pub use commands::try_lock;
-use format::{invalid, read_trailer, to_json};
+pub use commands::{steer, try_lock};
+use format::{read_trailer, record_error, to_json};
 
 /// The directory of each place.
 fn dir_name(place: Place) -> &'static str {
-    match place {
-        Place::Queue => "queue",
-        Place::Dead => "dead",
-        Place::Held => "held",
-    }
+    place.name()
+}
+
+/// Why the one server cannot take a spool. The message is for the operator and names the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The spool directory cannot be created or opened.
+    #[error("queue.dir: {0}")]
+    Open(#[source] io::Error),
+    /// Taking the spool's lock failed.
+    #[error("cannot lock the spool {}: {source}", dir.display())]
+    Lock {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Another server holds the lock.
+    #[error("another smtp2gmail server is using the spool {}", dir.display())]
+    InUse {
+        /// The spool directory.
+        dir: PathBuf,
+    },
+    /// Cleaning up after a crash failed.
+    #[error("cannot recover the spool {}: {source}", dir.display())]
+    Recover {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
 }
 
 /// The spool directory.
@@ -116,6 +141,35 @@ impl Spool {
         Ok(spool)
     }
 
+    /// Opens the spool at `root` for the one server that runs on it: locked (the lock is held
+    /// for as long as the returned file lives), and recovered after a crash.
+    pub fn open_for_server(root: &Path) -> Result<(Spool, std::fs::File), OpenError> {
+        let dir = || root.to_path_buf();
+        let spool = Spool::open(root).map_err(OpenError::Open)?;
+        let lock = try_lock(spool.root())
+            .map_err(|source| OpenError::Lock { dir: dir(), source })?
+            .ok_or_else(|| OpenError::InUse { dir: dir() })?;
+        let removed = spool
+            .recover()
+            .map_err(|source| OpenError::Recover { dir: dir(), source })?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed message bodies whose acceptance never completed (no 250 was sent)"
+            );
+        }
+        Ok((spool, lock))
+    }
+
+    /// Opens the spool at `root` for the `queue` commands; `None` when nothing was ever queued
+    /// there.
+    pub fn open_for_commands(root: &Path) -> io::Result<Option<Spool>> {
+        if !root.join(dir_name(Place::Queue)).is_dir() {
+            return Ok(None);
+        }
+        Spool::open(root).map(Some)
+    }
+
     /// The spool's root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -142,7 +196,7 @@ impl Spool {
     /// An entry's record: its `.json` if it has one, else the record inside its `.msg`.
     fn read_record(&self, place: Place, id: &str) -> Result<Option<Entry>, StoreError> {
         let read = match std::fs::read(self.json(place, id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(invalid),
+            Ok(bytes) => Entry::from_json(&bytes).map_err(record_error),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 read_trailer(&self.msg(place, id)).map_err(io::Error::from)
             }
@@ -231,6 +285,11 @@ impl Store for Spool {
         self.read_record(place, id)
     }
 
+    async fn remove_delivered(&self, id: &str) -> Result<(), StoreError> {
+        // The one server is the only writer: a delivered message is still in the queue.
+        self.remove(Place::Queue, id).await.map(drop)
+    }
+
     async fn contains(&self, place: Place, id: &str) -> Result<bool, StoreError> {
         Ok(self.msg(place, id).try_exists()?)
     }
@@ -293,30 +352,6 @@ impl Store for Spool {
         Ok(self.ids(place, "msg")?.len())
     }
 
-    async fn save_merge(&self, merge: &Merge) -> Result<(), StoreError> {
-        Ok(self.write_merge(merge).await?)
-    }
-
-    async fn merges(&self) -> Result<(Vec<Merge>, Vec<(String, StoreError)>), StoreError> {
-        Ok(self.read_merges())
-    }
-
-    async fn forget_merge(&self, id: &str) -> Result<(), StoreError> {
-        Ok(self.remove_merge(id).await?)
-    }
-
-    async fn requests(&self) -> Vec<(String, Request)> {
-        commands::pending(&self.root)
-    }
-
-    async fn answer(&self, name: &str, answer: Result<String, ControlError>) {
-        commands::answer(&self.root, name, answer)
-    }
-
-    async fn steer(&self, request: Request) -> Result<String, ControlError> {
-        commands::steer(self, request).await
-    }
-
     fn spill_dir(&self) -> Option<PathBuf> {
         Some(self.incoming())
     }
@@ -330,6 +365,34 @@ impl Store for Spool {
         tempfile::tempfile_in(&dir)
             .err()
             .map(|err| format!("spool not writable: {}: {err}", dir.display()))
+    }
+}
+
+/// The journal in `merged/` (see `merges`).
+#[async_trait::async_trait]
+impl MergeJournal for Spool {
+    async fn save_merge(&self, merge: &Merge) -> Result<(), StoreError> {
+        Ok(self.write_merge(merge).await?)
+    }
+
+    async fn merges(&self) -> Result<(Vec<Merge>, Vec<(String, StoreError)>), StoreError> {
+        Ok(self.read_merges())
+    }
+
+    async fn forget_merge(&self, id: &str) -> Result<(), StoreError> {
+        Ok(self.remove_merge(id).await?)
+    }
+}
+
+/// Request files in `control/` (see `commands`).
+#[async_trait::async_trait]
+impl CommandChannel for Spool {
+    async fn requests(&self) -> Vec<(String, Request)> {
+        commands::pending(&self.root)
+    }
+
+    async fn answer(&self, name: &str, answer: Result<String, String>) {
+        commands::answer(&self.root, name, answer)
     }
 }
 

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Seams, StartError, queue};
+use super::{Seams, StartError};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
 use crate::inbox::Inbox;
 use crate::inbox::capture::Capture;
 use crate::inbox::guard::Guard;
 use crate::inbox::release::Release;
+use crate::queue;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{self, Deliver, Gmail};

@@ -23,7 +23,6 @@
 mod announce;
 mod delivery;
 mod lifecycle;
-mod queue;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,9 +167,7 @@ impl Server {
         }
         let grace = config.smtp.shutdown_grace;
         let queue_store = target.queue.as_ref().map(|queue| queue.store.clone());
-        let spool_lock = target
-            .queue
-            .map(|started| queue::run(started, tasks, grace));
+        let spool_lock = target.queue.map(|started| started.run(tasks, grace));
         let reload = lifecycle::Reload {
             credentials: target.watcher,
             tls: smtp.tls(),

@@ -8,10 +8,9 @@ use super::WAIT;
 use super::postgres::PgServer;
 use smtp2gmail::config::DatabaseUrl;
 use smtp2gmail::message::{Address, Envelope, Message, MessageId};
-use smtp2gmail::queue::entry::{Entry, Place};
 use smtp2gmail::queue::postgres::{Database, PgStore};
-use smtp2gmail::queue::schedule::MailboxKey;
-use smtp2gmail::queue::shared::SharedLimits;
+use smtp2gmail::queue::record::{Entry, Place};
+use smtp2gmail::queue::schedule::{Limits, MailboxKey};
 use smtp2gmail::queue::store::Store;
 
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -56,8 +55,8 @@ pub async fn put(store: &PgStore, user: Option<&str>) -> Entry {
 }
 
 /// Limits with `max_sends` per mailbox of `default` and `rate` sends per second.
-pub fn limits(max_sends: usize, rate: f64) -> SharedLimits {
-    SharedLimits {
+pub fn limits(max_sends: usize, rate: f64) -> Limits {
+    Limits {
         max_send_rate: rate,
         max_sends: HashMap::from([("default".to_string(), max_sends)]),
     }

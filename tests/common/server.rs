@@ -110,9 +110,9 @@ impl TestServer {
                     .gmail_retry(ONE_ATTEMPT)
                     .gmail_request_timeout(REQUEST_TIMEOUT);
                 match server.start().await {
-                    Err(StartError::Queue(smtp2gmail::queue::StartError::InUse { .. })) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
+                    Err(StartError::Queue(smtp2gmail::queue::StartError::Spool(
+                        smtp2gmail::queue::spool::OpenError::InUse { .. },
+                    ))) => tokio::time::sleep(Duration::from_millis(10)).await,
                     started => return started.expect("the server starts"),
                 }
             }

@@ -19,9 +19,9 @@ use time::OffsetDateTime;
 
 use super::lease;
 use super::store::{PgStore, mailbox_column};
-use crate::queue::entry::Entry;
-use crate::queue::schedule::{MIN_RATE, MailboxKey, RECOVERY, SLOWDOWN};
-use crate::queue::shared::{Note, SharedLimits, SharedStore};
+use crate::queue::record::Entry;
+use crate::queue::schedule::{Limits, MIN_RATE, MailboxKey, Note, RECOVERY, SLOWDOWN};
+use crate::queue::shared::SharedStore;
 use crate::queue::store::StoreError;
 use crate::relay::gmail::accounts::DEFAULT_CONCURRENT_SENDS;
 
@@ -137,7 +137,7 @@ impl PgStore {
         &self,
         account: &str,
         mailbox: &str,
-        limits: &SharedLimits,
+        limits: &Limits,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let fail = || self.fail("claiming due messages");
@@ -163,7 +163,7 @@ impl PgStore {
             .await
             .map_err(fail())?
             .get(0);
-        let most = max_sends(limits, account) as i64;
+        let most = limits.max_sends(account) as i64;
         // One message per send slot come, as many as the concurrency leaves room for.
         let room = (most - live).min(slots).min(limit as i64).max(0);
         if room == 0 {
@@ -189,7 +189,7 @@ impl PgStore {
             .map_err(fail())?;
         let mut entries = Vec::with_capacity(claimed.len());
         for claimed in claimed {
-            match serde_json::from_value::<Entry>(claimed.entry) {
+            match Entry::from_json_value(claimed.entry) {
                 Ok(entry) => entries.push(entry),
                 // Left leased (so not claimed again at once) for the operator to see in
                 // `queue list`; the lease lapses and it is tried again.
@@ -202,13 +202,29 @@ impl PgStore {
         Ok(entries)
     }
 
+    /// Whoever holds the lease, and wherever it is: Gmail took the message, keeping it would
+    /// only send it again (a replica whose lease had lapsed may have made it a dead letter
+    /// meanwhile).
+    pub async fn complete(&self, id: &str) -> Result<(), StoreError> {
+        let fail = || self.fail("removing a sent message");
+        let mut client = self.client().await?;
+        let tx = undoable(&mut client).await.map_err(fail())?;
+        let delete = tx
+            .prepare_cached("DELETE FROM smtp2gmail.messages WHERE id = $1")
+            .await
+            .map_err(fail())?;
+        tx.execute(&delete, &[&id]).await.map_err(fail())?;
+        tx.commit().await.map_err(fail())?;
+        Ok(())
+    }
+
     /// Runs one limits statement for a mailbox (`$1` account, `$2` mailbox, then `extra`).
     async fn limit_mailbox(
         &self,
         key: &MailboxKey,
         sql: &str,
         extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
         let fail = || self.fail("recording a mailbox's limits");
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(fail())?;
@@ -216,16 +232,38 @@ impl PgStore {
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&key.account, &mailbox];
         params.extend_from_slice(extra);
-        client.execute(&statement, &params).await.map_err(fail())?;
-        Ok(())
+        let row = client
+            .query_opt(&statement, &params)
+            .await
+            .map_err(fail())?;
+        Ok(row)
+    }
+
+    /// Runs one statement about an account (`params`: the account first) that answers whether
+    /// it was news.
+    async fn limit_account(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        doing: &'static str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(self.fail(doing))?;
+        let row = client
+            .query_one(&statement, params)
+            .await
+            .map_err(self.fail(doing))?;
+        Ok(row.get::<_, Option<bool>>(0).unwrap_or(true))
     }
 }
 
-/// A send went through: the rate recovers by `$3` of the configured rate. A mailbox already at
-/// its rate is not written (nor locked, which would make the claims of other replicas wait).
+/// A send went through: the rate recovers by `$3` of the configured rate and the streak of failed
+/// preconditions ends. A mailbox already at its rate without a streak is not written (nor locked,
+/// which would make the claims of other replicas wait).
 const RECOVER: &str = "UPDATE smtp2gmail.mailbox_limits
-    SET send_rate = least(max_rate, send_rate + max_rate * $3), updated_at = now()
-  WHERE account = $1 AND mailbox = $2 AND send_rate < max_rate";
+    SET send_rate = least(max_rate, send_rate + max_rate * $3), preconditions = 0,
+        updated_at = now()
+  WHERE account = $1 AND mailbox = $2 AND (send_rate < max_rate OR preconditions > 0)";
 /// Rate limited: the rate times `$3`, never below `$4` (or the configured rate if lower).
 const SLOW_DOWN: &str = "UPDATE smtp2gmail.mailbox_limits
     SET send_rate = greatest(send_rate * $3, least($4, max_rate)), updated_at = now()
@@ -233,29 +271,56 @@ const SLOW_DOWN: &str = "UPDATE smtp2gmail.mailbox_limits
 /// The daily sending limit: nothing before `$3`.
 const DEFER: &str = "UPDATE smtp2gmail.mailbox_limits SET deferred_until = $3, updated_at = now()
   WHERE account = $1 AND mailbox = $2";
-/// Held until `$3`.
-const HOLD: &str = "UPDATE smtp2gmail.mailbox_limits SET held_until = $3, updated_at = now()
-  WHERE account = $1 AND mailbox = $2";
+/// Held until `$3`; answers whether it was not held before (every sub-statement sees the rows as
+/// they were when the statement began).
+const HOLD: &str = "
+    WITH old AS (SELECT held_until FROM smtp2gmail.mailbox_limits
+                  WHERE account = $1 AND mailbox = $2)
+    UPDATE smtp2gmail.mailbox_limits SET held_until = $3, updated_at = now()
+     WHERE account = $1 AND mailbox = $2
+ RETURNING (SELECT old.held_until IS NULL OR old.held_until <= now() FROM old)";
 
-/// The account's pause and its mailboxes' holds end, in one statement (so together).
+/// The account paused until `$2`; answers whether it was not paused before.
+const PAUSE: &str = "
+    WITH old AS (SELECT paused_until FROM smtp2gmail.account_limits WHERE account = $1)
+    INSERT INTO smtp2gmail.account_limits (account, paused_until) VALUES ($1, $2)
+    ON CONFLICT (account) DO UPDATE SET paused_until = EXCLUDED.paused_until, updated_at = now()
+ RETURNING (SELECT old.paused_until IS NULL OR old.paused_until <= now() FROM old)";
+
+/// The account's pause, its mailboxes' holds and their streaks end, in one statement (so
+/// together); answers whether anything was paused or held.
 const RESUME: &str = "
-    WITH resumed AS (UPDATE smtp2gmail.account_limits
+    WITH held AS (SELECT count(*) AS n FROM smtp2gmail.mailbox_limits
+                   WHERE account = $1 AND held_until IS NOT NULL),
+         resumed AS (UPDATE smtp2gmail.account_limits
                         SET paused_until = NULL, updated_at = now()
-                      WHERE account = $1)
-    UPDATE smtp2gmail.mailbox_limits SET held_until = NULL, updated_at = now() WHERE account = $1";
+                      WHERE account = $1 AND paused_until IS NOT NULL RETURNING 1),
+         released AS (UPDATE smtp2gmail.mailbox_limits
+                         SET held_until = NULL, preconditions = 0, updated_at = now()
+                       WHERE account = $1 AND (held_until IS NOT NULL OR preconditions > 0)
+                   RETURNING 1)
+    SELECT EXISTS (SELECT FROM resumed) OR (SELECT n FROM held) > 0";
 
-/// `max_concurrent_sends` of `account`, for each of its mailboxes.
-fn max_sends(limits: &SharedLimits, account: &str) -> usize {
-    limits
-        .max_sends
-        .get(account)
-        .copied()
-        .unwrap_or(DEFAULT_CONCURRENT_SENDS)
-}
+/// One more failed precondition; the streak.
+const PRECONDITION: &str = "UPDATE smtp2gmail.mailbox_limits
+    SET preconditions = preconditions + 1, updated_at = now()
+  WHERE account = $1 AND mailbox = $2 RETURNING preconditions";
+
+/// An operator's retry: the mailbox's deferral, hold and streak end; answers whether it was
+/// deferred or held, and whether its account is paused.
+const LIFT: &str = "
+    WITH lifted AS (UPDATE smtp2gmail.mailbox_limits
+                       SET deferred_until = NULL, held_until = NULL, preconditions = 0,
+                           updated_at = now()
+                     WHERE account = $1 AND mailbox = $2
+                       AND (deferred_until > now() OR held_until > now()) RETURNING 1)
+    SELECT EXISTS (SELECT FROM lifted),
+           EXISTS (SELECT FROM smtp2gmail.account_limits
+                    WHERE account = $1 AND paused_until IS NOT NULL)";
 
 #[async_trait::async_trait]
 impl SharedStore for PgStore {
-    async fn claim(&self, limits: &SharedLimits, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    async fn claim(&self, limits: &Limits, limit: usize) -> Result<Vec<Entry>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -305,22 +370,6 @@ impl SharedStore for PgStore {
         Ok(())
     }
 
-    /// Whoever holds the lease, and wherever it is: Gmail took the message, keeping it would
-    /// only send it again (a replica whose lease had lapsed may have made it a dead letter
-    /// meanwhile).
-    async fn complete(&self, id: &str) -> Result<(), StoreError> {
-        let fail = || self.fail("removing a sent message");
-        let mut client = self.client().await?;
-        let tx = undoable(&mut client).await.map_err(fail())?;
-        let delete = tx
-            .prepare_cached("DELETE FROM smtp2gmail.messages WHERE id = $1")
-            .await
-            .map_err(fail())?;
-        tx.execute(&delete, &[&id]).await.map_err(fail())?;
-        tx.commit().await.map_err(fail())?;
-        Ok(())
-    }
-
     async fn release(&self, entry: &Entry) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let record = serde_json::to_value(entry)
@@ -337,41 +386,64 @@ impl SharedStore for PgStore {
         Ok(released)
     }
 
-    async fn note(&self, key: &MailboxKey, note: Note) -> Result<(), StoreError> {
+    async fn note(&self, key: &MailboxKey, note: Note) -> Result<bool, StoreError> {
+        let news = |row: Option<tokio_postgres::Row>| {
+            row.and_then(|row| row.get::<_, Option<bool>>(0))
+                .unwrap_or(true)
+        };
         match note {
             // The spool's adaptive pace (schedule::Pace), with its constants: additive increase,
             // multiplicative decrease, never below MIN_RATE (or the configured rate if lower).
-            Note::Sent => self.limit_mailbox(key, RECOVER, &[&RECOVERY]).await,
-            Note::Throttled => {
-                self.limit_mailbox(key, SLOW_DOWN, &[&SLOWDOWN, &MIN_RATE])
-                    .await
-            }
-            Note::Deferred(until) => self.limit_mailbox(key, DEFER, &[&until]).await,
-            Note::Held(until) => self.limit_mailbox(key, HOLD, &[&until]).await,
+            Note::Sent => self
+                .limit_mailbox(key, RECOVER, &[&RECOVERY])
+                .await
+                .map(|_| true),
+            Note::Throttled => self
+                .limit_mailbox(key, SLOW_DOWN, &[&SLOWDOWN, &MIN_RATE])
+                .await
+                .map(|_| true),
+            Note::Deferred(until) => self
+                .limit_mailbox(key, DEFER, &[&until])
+                .await
+                .map(|_| true),
+            Note::Held(until) => self.limit_mailbox(key, HOLD, &[&until]).await.map(news),
             Note::Paused(until) => {
-                let client = self.client().await?;
-                client
-                    .execute(
-                        "INSERT INTO smtp2gmail.account_limits (account, paused_until)
-                         VALUES ($1, $2)
-                         ON CONFLICT (account) DO UPDATE
-                            SET paused_until = EXCLUDED.paused_until, updated_at = now()",
-                        &[&key.account, &until],
-                    )
+                self.limit_account(PAUSE, &[&key.account, &until], "pausing an account")
                     .await
-                    .map_err(self.fail("pausing an account"))?;
-                Ok(())
             }
             Note::Resumed => {
-                let client = self.client().await?;
-                client
-                    .execute(RESUME, &[&key.account])
-                    .await
-                    .map_err(self.fail("resuming an account"))?;
+                let resumed = self
+                    .limit_account(RESUME, &[&key.account], "resuming an account")
+                    .await?;
                 // Held mail is due now, for every replica.
-                self.announce("").await
+                self.announce("").await?;
+                Ok(resumed)
             }
         }
+    }
+
+    async fn count_precondition(&self, key: &MailboxKey) -> Result<u32, StoreError> {
+        let row = self.limit_mailbox(key, PRECONDITION, &[]).await?;
+        Ok(row.map_or(1, |row| row.get::<_, i32>(0).max(1) as u32))
+    }
+
+    async fn lift(&self, key: &MailboxKey) -> Result<bool, StoreError> {
+        let row = self.limit_mailbox(key, LIFT, &[]).await?;
+        let (lifted, paused) = row.map_or((false, false), |row| (row.get(0), row.get(1)));
+        if paused {
+            SharedStore::note(self, key, Note::Resumed).await?;
+        } else if lifted {
+            self.announce("").await?;
+        }
+        Ok(lifted || paused)
+    }
+
+    async fn announce(&self) -> Result<(), StoreError> {
+        PgStore::announce(self, "").await
+    }
+
+    fn lease_time(&self) -> Duration {
+        self.lease_time
     }
 
     async fn depths(&self) -> Result<HashMap<String, (usize, SystemTime)>, StoreError> {

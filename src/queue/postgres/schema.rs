@@ -30,11 +30,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "messages, their bodies in chunks, and the limits shared by replicas",
-    sql: include_str!("schema_v1.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "messages, their bodies in chunks, and the limits shared by replicas",
+        sql: include_str!("schema_v1.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "streaks of failed preconditions shared by replicas",
+        sql: include_str!("schema_v2.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest() -> i32 {

@@ -26,10 +26,8 @@ use super::error::{DatabaseError, Step};
 use super::listener::Listener;
 use super::{Database, NEW_MAIL_CHANNEL, chunks};
 use crate::message::Message;
-use crate::queue::control::{self, ControlError, Request};
-use crate::queue::entry::{Entry, Place};
-use crate::queue::split::Merge;
-use crate::queue::store::{Listing, Store, StoreError};
+use crate::queue::record::{Entry, Merge, Place};
+use crate::queue::store::{Listing, MergeJournal, Store, StoreError};
 
 impl From<DatabaseError> for StoreError {
     fn from(err: DatabaseError) -> StoreError {
@@ -43,11 +41,7 @@ impl From<DatabaseError> for StoreError {
 
 /// The value of the `place` column.
 pub fn place_name(place: Place) -> &'static str {
-    match place {
-        Place::Queue => "queue",
-        Place::Dead => "dead",
-        Place::Held => "held",
-    }
+    place.name()
 }
 
 /// The value of the `mailbox` column for a message sent from `mailbox` ([`Entry::mailbox`]).
@@ -173,8 +167,8 @@ fn owner_name() -> String {
 }
 
 /// An entry from its stored JSON.
-fn parse(id: &str, value: serde_json::Value) -> Result<Entry, StoreError> {
-    serde_json::from_value(value).map_err(|err| StoreError::Unreadable(format!("{id}: {err}")))
+pub(super) fn parse(id: &str, value: serde_json::Value) -> Result<Entry, StoreError> {
+    Entry::from_json_value(value).map_err(|err| StoreError::Unreadable(format!("{id}: {err}")))
 }
 
 fn not_found(id: &str, place: Place) -> StoreError {
@@ -269,6 +263,13 @@ impl Store for PgStore {
         .await
     }
 
+    /// Whoever holds the lease, and wherever it is: Gmail took the message, keeping it would
+    /// only send it again (a replica whose lease had lapsed may have made it a dead letter
+    /// meanwhile). Its commit does not wait for the disk (see `claims`).
+    async fn remove_delivered(&self, id: &str) -> Result<(), StoreError> {
+        self.complete(id).await
+    }
+
     /// The row, and its chunks with it (`ON DELETE CASCADE`).
     async fn remove(&self, place: Place, id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
@@ -350,6 +351,30 @@ impl Store for PgStore {
         Ok(row.get::<_, i64>(0) as usize)
     }
 
+    /// None: bodies are spilled to the system's temporary directory and copied in chunks.
+    fn spill_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.database
+            .outage()
+            .map(|outage| format!("the queue's database: {outage}"))
+    }
+
+    fn describe(&self) -> String {
+        let target = self.database.target();
+        format!(
+            "the PostgreSQL queue in database \"{}\" at {}",
+            target.database, target.servers
+        )
+    }
+}
+
+/// The `merges` table: the journal every replica reads, so that a merge one replica began is
+/// completed by whichever starts next.
+#[async_trait::async_trait]
+impl MergeJournal for PgStore {
     /// Replaces an earlier record of the same merge, as the spool's atomic rename does.
     async fn save_merge(&self, merge: &Merge) -> Result<(), StoreError> {
         let client = self.client().await?;
@@ -376,9 +401,9 @@ impl Store for PgStore {
         let (mut merges, mut broken) = (Vec::new(), Vec::new());
         for row in rows {
             let id: String = row.get(0);
-            match serde_json::from_value(row.get(1)) {
+            match Merge::from_json_value(row.get(1)) {
                 Ok(merge) => merges.push(merge),
-                Err(err) => broken.push((id, StoreError::Unreadable(err.to_string()))),
+                Err(err) => broken.push((id, err.into())),
             }
         }
         Ok((merges, broken))
@@ -391,46 +416,5 @@ impl Store for PgStore {
             .await
             .map_err(self.fail("forgetting a merge"))?;
         Ok(())
-    }
-
-    /// None: the `queue` commands change the tables directly ([`Store::steer`]).
-    async fn requests(&self) -> Vec<(String, Request)> {
-        Vec::new()
-    }
-
-    /// Nothing to answer: there are no requests.
-    async fn answer(&self, _name: &str, _answer: Result<String, ControlError>) {}
-
-    /// Directly, from any host: every replica claims from the same rows, and a retried message
-    /// is announced so that one picks it up at once. A message being delivered right now keeps
-    /// its lease; the outcome of that delivery then decides its next attempt.
-    async fn steer(&self, request: Request) -> Result<String, ControlError> {
-        let done = control::carry_out(self, &request, control::Pickup::Now).await?;
-        if matches!(request, Request::Retry { .. })
-            && let Err(err) = self.announce("").await
-        {
-            // The replicas still find it within their idle sleep.
-            tracing::warn!(%err, "cannot wake the replicas for the retried mail");
-        }
-        Ok(done)
-    }
-
-    /// None: bodies are spilled to the system's temporary directory and copied in chunks.
-    fn spill_dir(&self) -> Option<PathBuf> {
-        None
-    }
-
-    fn problem(&self) -> Option<String> {
-        self.database
-            .outage()
-            .map(|outage| format!("the queue's database: {outage}"))
-    }
-
-    fn describe(&self) -> String {
-        let target = self.database.target();
-        format!(
-            "the PostgreSQL queue in database \"{}\" at {}",
-            target.database, target.servers
-        )
     }
 }

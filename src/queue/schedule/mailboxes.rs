@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::WAKE_FLOOR;
-use crate::queue::entry::Entry;
+use crate::queue::record::Entry;
 
 /// One Gmail mailbox: an account, and the user it sends as when that varies per message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

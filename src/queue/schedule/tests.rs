@@ -14,9 +14,8 @@ mod holds;
 use super::Scheduler;
 use crate::config::QueueConfig;
 use crate::message::Message;
-use crate::queue::control::Request;
 use crate::queue::courier::{Clock, Courier, Limits};
-use crate::queue::entry::{Entry, Place};
+use crate::queue::record::{Entry, Place, Request};
 use crate::queue::spool::Spool;
 use crate::queue::store::Store;
 use crate::queue::test_envelope;
@@ -37,6 +36,8 @@ struct Scripted {
     generation: Mutex<u64>,
     /// While true every attempt meets a refused token (`credentials()`).
     revoked: Mutex<bool>,
+    /// The holds the scheduler noted for readiness: (account, user).
+    noted: Mutex<Vec<(String, Option<String>)>>,
     attempts: mpsc::UnboundedSender<(String, Instant)>,
 }
 
@@ -77,6 +78,11 @@ impl Courier for Scripted {
     fn accounts(&self) -> Vec<String> {
         vec!["default".into(), "other".into()]
     }
+
+    fn note_hold(&self, account: &str, user: Option<&str>, _: &str, _: &str) {
+        let held = (account.to_string(), user.map(str::to_string));
+        self.noted.lock().unwrap().push(held);
+    }
 }
 
 /// A running scheduler over a fresh spool, with the courier's attempt reports.
@@ -101,6 +107,7 @@ impl Harness {
             delay: Mutex::new(Duration::ZERO),
             generation: Mutex::new(1),
             revoked: Mutex::new(false),
+            noted: Mutex::new(Vec::new()),
             attempts: report,
         });
         let (incoming, receiver) = mpsc::unbounded_channel();
@@ -108,7 +115,8 @@ impl Harness {
         let store: Arc<dyn Store> = Arc::new(spool.clone());
         let scheduler = Scheduler::new(store, courier.clone(), config, receiver)
             .await
-            .with_clock(clock);
+            .with_clock(clock)
+            .with_commands(Arc::new(spool.clone()));
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler.run(shutdown.clone(), Duration::from_secs(5)));
         Harness {

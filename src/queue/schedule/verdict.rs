@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::QueueConfig;
-use crate::queue::entry::Entry;
+use crate::queue::record::Entry;
 use crate::relay::{Cause, DeliveryError, Scope};
 
 /// A rate limit further away than this is the daily sending limit: defer the whole mailbox.
@@ -27,6 +27,10 @@ pub const HELD_FOR_MAILBOX: &str = "its mailbox needs attention (/readyz says wh
 /// Why a message waits in a mailbox Gmail keeps answering "Precondition check failed." for.
 pub const HELD_FOR_PRECONDITION: &str = "Gmail keeps answering \"Precondition check failed.\" for its \
      mailbox (a service account's delegation, or a mailbox not yet provisioned)";
+
+/// What to do about a mailbox held for failed preconditions (the log line's and `/readyz`'s fix).
+pub const PRECONDITION_FIX: &str = "for a service account check its domain-wide delegation; for \
+     a new user wait until the mailbox exists; `smtp2gmail queue retry` or SIGHUP to try again now";
 
 /// What a failure means beyond the message itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,10 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
-use super::{SETTLE, SplitRecord};
+use super::SETTLE;
+use crate::message::header_edits::merge_bcc;
 use crate::message::mailbox::mailbox_key;
-use crate::queue::entry::{Attempt, Entry};
+use crate::queue::record::{Attempt, Entry, Route, SplitRecord};
 
 /// The held transactions of one message.
 #[derive(Debug)]
@@ -98,6 +99,7 @@ impl Group {
             .cloned()
             .collect();
         entry.next_attempt = now;
+        entry.route = self.merged_route();
         let base = entry.split.take();
         entry.split = base.map(|record| SplitRecord {
             parts: self.parts.iter().map(|p| p.id.clone()).collect(),
@@ -114,6 +116,20 @@ impl Group {
             entry.dead_reason = Some(reason.clone());
         }
         entry
+    }
+
+    /// The decision for the merged message, from its transactions' stored decisions: the oldest
+    /// one's, with a Bcc naming every envelope-only recipient of any transaction once. `None`
+    /// when a transaction has no usable decision (held by version 1): the merged message is then
+    /// routed at its first delivery.
+    fn merged_route(&self) -> Option<Route> {
+        let routes = self.parts.iter().map(|p| p.route.as_ref());
+        let routes: Vec<&Route> = routes.collect::<Option<_>>()?;
+        let uploads: Vec<&[_]> = routes.iter().map(|r| r.upload.as_slice()).collect();
+        Some(Route {
+            subject: routes.first()?.subject.clone(),
+            upload: merge_bcc(&uploads),
+        })
     }
 
     /// Who has the message once the group is released: every envelope recipient, and when it is

@@ -13,48 +13,16 @@
 //! the message is recognised by it and dropped, instead of starting a group that would end in a
 //! second copy or a dead letter.
 
-use std::collections::HashSet;
-use std::time::SystemTime;
-
-use serde::{Deserialize, Serialize};
-
-use crate::queue::entry::{Entry, Place};
-use crate::queue::store::{Store, StoreError};
-
-/// One merge.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Merge {
-    /// The merged message's record, as it is in the queue or the dead letters; its
-    /// `split.parts` lists the transactions merged.
-    pub entry: Entry,
-    /// True when it was made a dead letter rather than queued.
-    pub dead: bool,
-    /// Everyone who has (or will get) the message from this merge, normalized.
-    pub served: HashSet<String>,
-    /// When it was done.
-    #[serde(with = "humantime_serde")]
-    pub at: SystemTime,
-}
-
-impl Merge {
-    /// The transactions merged.
-    pub fn parts(&self) -> &[String] {
-        self.entry.split.as_ref().map_or(&[], |s| &s.parts)
-    }
-
-    /// The group it was made from.
-    pub fn group(&self) -> &str {
-        self.entry.split.as_ref().map_or("", |s| &s.group)
-    }
-
-    fn place(&self) -> Place {
-        if self.dead { Place::Dead } else { Place::Queue }
-    }
-}
+use crate::queue::record::{Merge, Place};
+use crate::queue::store::{MergeJournal, Store, StoreError};
 
 /// Carries out a merge: its record durably first, then the moves (see the module docs).
-pub(super) async fn carry_out(store: &dyn Store, merge: &Merge) -> Result<(), StoreError> {
-    store.save_merge(merge).await?;
+pub(super) async fn carry_out(
+    store: &dyn Store,
+    journal: &dyn MergeJournal,
+    merge: &Merge,
+) -> Result<(), StoreError> {
+    journal.save_merge(merge).await?;
     complete(store, merge).await.map(drop)
 }
 
@@ -78,7 +46,9 @@ pub(super) async fn complete(store: &dyn Store, merge: &Merge) -> Result<bool, S
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::queue::record::Entry;
     use crate::queue::spool::Spool;
+    use std::time::SystemTime;
 
     async fn held(spool: &Spool, id: &str) -> Entry {
         let entry = Entry {
@@ -110,7 +80,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let (first, second) = (held(&spool, "01").await, held(&spool, "02").await);
         let merge = merge_of(&[&first, &second]);
-        carry_out(&spool, &merge).await.unwrap();
+        carry_out(&spool, &spool, &merge).await.unwrap();
         assert_eq!(
             spool.read(Place::Queue, "01").await.unwrap().unwrap(),
             merge.entry

@@ -33,40 +33,29 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use super::entry::{Entry, Place};
-use super::store::Store;
+use super::record::{Entry, IfIncomplete, Place, SplitRecord};
+use super::store::{MergeJournal, Store};
 use crate::config::HeaderOnlyRecipients;
 use crate::message::headers::{Headers, header_end};
 use crate::message::{Envelope, Message};
-use crate::relay::gmail::Decision;
 use crate::relay::{DeliveryError, Gmail, Receipt};
 
-pub use journal::Merge;
 pub use splitter::Splitter;
 
-/// What the splitter needs from the relay: the account's rule for header-only recipients (an
-/// incomplete group), and a decision for a merged message, whose union envelope gets its own
-/// Bcc. The relay decides; the splitter only groups.
-#[async_trait::async_trait]
+/// What the splitter needs from the relay: the account's rule for header-only recipients, which
+/// decides what becomes of a message whose transactions never all arrive. Read when a
+/// transaction is held and stored with it: the merge itself decides nothing again (the merged
+/// message's Bcc is the union of its transactions' stored decisions).
 pub trait Routing: Send + Sync + 'static {
     /// `header_only_recipients` of the account called `account` (the default when it is gone).
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients;
-
-    /// The decision for `message` sent to `envelope` (see [`Gmail::decide`]).
-    async fn decide(
-        &self,
-        envelope: &Envelope,
-        message: &Message,
-    ) -> Result<Decision, DeliveryError>;
 }
 
-#[async_trait::async_trait]
 impl Routing for Gmail {
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients {
         self.router()
@@ -75,13 +64,13 @@ impl Routing for Gmail {
                 a.policy.header_only_recipients
             })
     }
+}
 
-    async fn decide(
-        &self,
-        envelope: &Envelope,
-        message: &Message,
-    ) -> Result<Decision, DeliveryError> {
-        Gmail::decide(self, envelope, message).await
+/// The queue's word for an account's `header_only_recipients`, stored with a held transaction.
+fn if_incomplete(rule: HeaderOnlyRecipients) -> IfIncomplete {
+    match rule {
+        HeaderOnlyRecipients::Allow => IfIncomplete::Send,
+        HeaderOnlyRecipients::Reject => IfIncomplete::Refuse,
     }
 }
 
@@ -90,24 +79,6 @@ impl Routing for Gmail {
 /// An MTA hands all transactions of a message to its delivery agents at once, so they arrive
 /// within a fraction of a second of each other.
 pub const SETTLE: Duration = Duration::from_secs(2);
-
-/// What a queue record says about splitting: for a held transaction, which message it belongs to;
-/// for a merged message, what it was merged from and what was missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitRecord {
-    /// The group: a hash of the sender, the AUTH identity and the exact message bytes.
-    pub group: String,
-    /// The message's Message-ID header.
-    pub message_id: String,
-    /// How many addresses its To, Cc and Bcc headers name.
-    pub header_recipients: usize,
-    /// The held transactions merged into this message (their queue ids), oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<String>,
-    /// Header recipients that no transaction named, for a message released incomplete.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub uncovered: Vec<String>,
-}
 
 /// A transaction recognised as one part of a split message.
 #[derive(Debug)]
@@ -158,6 +129,7 @@ fn message_id(head: &[u8]) -> Option<String> {
 /// The accepting side: recognises parts and holds them.
 pub struct Intake {
     store: Arc<dyn Store>,
+    routing: Arc<dyn Routing>,
     window: Duration,
     parts: mpsc::UnboundedSender<HeldPart>,
 }
@@ -203,6 +175,9 @@ impl Intake {
             group,
             message_id: part.message_id.clone(),
             header_recipients: part.header.len(),
+            incomplete: Some(if_incomplete(
+                self.routing.header_only_recipients(&entry.account),
+            )),
             parts: Vec::new(),
             uncovered: Vec::new(),
         });
@@ -272,6 +247,7 @@ impl tokio::io::AsyncWrite for Hashing {
 /// The intake for the acceptor and the splitter to run, sharing a channel.
 pub fn build(
     store: &Arc<dyn Store>,
+    journal: Arc<dyn MergeJournal>,
     config: &crate::config::QueueConfig,
     routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
@@ -279,34 +255,22 @@ pub fn build(
     let (parts, incoming) = mpsc::unbounded_channel();
     let intake = Intake {
         store: store.clone(),
+        routing: routing.clone(),
         window: config.split_window,
         parts,
     };
-    let splitter = Splitter::new(store.clone(), config, routing, scheduled, incoming);
+    let splitter = Splitter::new(store.clone(), journal, config, routing, scheduled, incoming);
     (intake, splitter)
 }
 
-/// The relay's side for the splitter's tests: `reject`, and every message sent as it is.
+/// The relay's side for the splitter's tests: `reject`.
 #[cfg(test)]
 struct Rejecting;
 
 #[cfg(test)]
-#[async_trait::async_trait]
 impl Routing for Rejecting {
     fn header_only_recipients(&self, _: &str) -> HeaderOnlyRecipients {
         HeaderOnlyRecipients::Reject
-    }
-
-    async fn decide(&self, _: &Envelope, message: &Message) -> Result<Decision, DeliveryError> {
-        let whole = crate::message::header_edits::Piece::Original(0..message.len() as usize);
-        Ok(Decision {
-            account: "default".into(),
-            mailbox: None,
-            route: crate::relay::gmail::Route {
-                subject: None,
-                upload: vec![whole],
-            },
-        })
     }
 }
 
@@ -324,6 +288,7 @@ fn test_part(id: &str, at: std::time::SystemTime, rcpt: &[&str]) -> Entry {
         group: "g".into(),
         message_id: "m@x".into(),
         header_recipients: 0,
+        incomplete: None,
         parts: Vec::new(),
         uncovered: Vec::new(),
     });
@@ -342,6 +307,7 @@ mod tests {
             store: Arc::new(
                 crate::queue::spool::Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
             ),
+            routing: Arc::new(Rejecting),
             window,
             parts: mpsc::unbounded_channel().0,
         }

@@ -9,14 +9,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{Group, Outcome};
-use super::journal::{self, Merge};
-use super::{HeldPart, Routing, header_recipients};
-use crate::config::{HeaderOnlyRecipients, QueueConfig};
+use super::journal;
+use super::{HeldPart, Routing, header_recipients, if_incomplete};
+use crate::config::QueueConfig;
 use crate::message::HEAD_LIMIT;
 use crate::message::headers::Headers;
 use crate::message::mailbox::mailbox_key;
-use crate::queue::entry::{Entry, Place};
-use crate::queue::store::Store;
+use crate::queue::record::{Entry, IfIncomplete, Merge, Place};
+use crate::queue::store::{MergeJournal, Store};
 
 /// The longest sleep: held transactions are few, but the clock may jump.
 const IDLE: Duration = Duration::from_secs(60);
@@ -28,6 +28,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Owns the held transactions while the server runs.
 pub struct Splitter {
     store: Arc<dyn Store>,
+    journal: Arc<dyn MergeJournal>,
     window: Duration,
     /// How long merges are remembered (`queue.max_age`).
     retention: Duration,
@@ -44,6 +45,7 @@ pub struct Splitter {
 impl Splitter {
     pub(super) fn new(
         store: Arc<dyn Store>,
+        journal: Arc<dyn MergeJournal>,
         config: &QueueConfig,
         routing: Arc<dyn Routing>,
         scheduled: mpsc::UnboundedSender<Entry>,
@@ -51,6 +53,7 @@ impl Splitter {
     ) -> Splitter {
         Splitter {
             store,
+            journal,
             window: config.split_window,
             retention: config.max_age,
             routing,
@@ -84,7 +87,7 @@ impl Splitter {
 
     /// Finishes the merges a crash interrupted, then groups the transactions held on disk.
     async fn resume(&mut self) {
-        let (merges, broken) = match self.store.merges().await {
+        let (merges, broken) = match self.journal.merges().await {
             Ok(listed) => listed,
             Err(err) => {
                 tracing::error!(%err, "cannot read the merge records; held transactions wait for the next start");
@@ -230,32 +233,17 @@ impl Splitter {
             }
         }
         group.parts = kept;
-        let Some(first) = group.parts.first() else {
+        if group.parts.is_empty() {
             return;
-        };
-        let mut outcome = if group.is_complete() {
-            Outcome::Queue
-        } else {
-            match self.routing.header_only_recipients(&first.account) {
-                HeaderOnlyRecipients::Allow => Outcome::Queue,
-                HeaderOnlyRecipients::Reject => Outcome::Dead(self.incomplete_reason(&key, &group)),
-            }
+        }
+        let mut outcome = match self.if_incomplete(&group) {
+            None | Some(IfIncomplete::Send) => Outcome::Queue,
+            Some(IfIncomplete::Refuse) => Outcome::Dead(self.incomplete_reason(&key, &group)),
         };
         let mut entry = group.merged(&outcome, now);
-        if outcome == Outcome::Queue {
-            match self.decide(&entry).await {
-                Ok(decision) => entry = entry.redecided(decision),
-                Err(Some(reason)) => {
-                    outcome = Outcome::Dead(reason);
-                    entry = group.merged(&outcome, now);
-                }
-                Err(None) => {
-                    group.settled_at = None;
-                    group.deadline = now + RETRY;
-                    self.groups.insert(key, group);
-                    return;
-                }
-            }
+        if let Some(reason) = too_large(&entry).filter(|_| outcome == Outcome::Queue) {
+            outcome = Outcome::Dead(reason);
+            entry = group.merged(&outcome, now);
         }
         let merge = Merge {
             entry,
@@ -263,7 +251,7 @@ impl Splitter {
             served: group.served(&outcome).into_iter().collect(),
             at: now,
         };
-        if let Err(err) = journal::carry_out(&*self.store, &merge).await {
+        if let Err(err) = journal::carry_out(&*self.store, &*self.journal, &merge).await {
             tracing::error!(id = %merge.entry.id, %err, "cannot release held transactions; trying again in a minute");
             group.settled_at = None;
             group.deadline = now + RETRY;
@@ -277,29 +265,20 @@ impl Splitter {
         self.remember(merge);
     }
 
-    /// The decision for a merged message: the union of its parts' envelopes gets its own Bcc.
-    /// `Err(Some(reason))` when the rules refuse it (it becomes a dead letter: 250 was given),
-    /// `Err(None)` when it cannot be read now (tried again later).
-    async fn decide(
-        &self,
-        merged: &Entry,
-    ) -> Result<crate::relay::gmail::Decision, Option<String>> {
-        let message = match self.store.message(Place::Held, merged).await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err(None),
-            Err(err) => {
-                tracing::error!(id = %merged.id, %err, "cannot read a held transaction; trying again in a minute");
-                return Err(None);
-            }
-        };
-        match self.routing.decide(&merged.envelope(), &message).await {
-            Ok(decision) => Ok(decision),
-            Err(err) if err.is_permanent() => Err(Some(err.to_string())),
-            Err(err) => {
-                tracing::error!(id = %merged.id, %err, "cannot route a merged message; trying again in a minute");
-                Err(None)
-            }
+    /// What to do with the group if it is incomplete (`None` when it is complete): what was
+    /// decided when its oldest transaction was accepted, or for a transaction held by version 1
+    /// (which did not store it) the account's setting now.
+    fn if_incomplete(&self, group: &Group) -> Option<IfIncomplete> {
+        if group.is_complete() {
+            return None;
         }
+        let first = &group.parts[0];
+        let stored = first.split.as_ref().and_then(|split| split.incomplete);
+        Some(
+            stored.unwrap_or_else(|| {
+                if_incomplete(self.routing.header_only_recipients(&first.account))
+            }),
+        )
     }
 
     fn log_release(&self, merge: &Merge, group: &Group, outcome: &Outcome) {
@@ -360,7 +339,7 @@ impl Splitter {
         let mut forgotten = HashSet::new();
         for merge in self.released.values().flatten() {
             if merge.at < cutoff {
-                match self.store.forget_merge(&merge.entry.id).await {
+                match self.journal.forget_merge(&merge.entry.id).await {
                     Ok(()) => {
                         forgotten.insert(merge.entry.id.clone());
                     }
@@ -375,6 +354,20 @@ impl Splitter {
         }
         self.released.retain(|_, merges| !merges.is_empty());
     }
+}
+
+/// Why a merged message cannot go to Gmail, if it cannot: its Bcc, now naming the envelope-only
+/// recipients of every transaction, takes the upload over Gmail's limit (each transaction was
+/// checked with its own share before its 250).
+fn too_large(merged: &Entry) -> Option<String> {
+    let route = merged.route.as_ref()?;
+    let upload: usize = route.upload.iter().map(|piece| piece.len()).sum();
+    let limit = crate::message::gmail_size::GMAIL_UPLOAD_LIMIT;
+    let violation = crate::message::gmail_rules::PolicyViolation::TooLarge {
+        upload: upload as u64,
+        received: merged.size,
+    };
+    (upload as u64 > limit).then(|| violation.to_string())
 }
 
 /// The first few addresses of a list, and how many more.
@@ -401,6 +394,7 @@ mod tests {
     const RAW: &[u8] = b"Message-ID: <m@x>\r\nTo: a@x, b@x\r\n\r\nbody\r\n";
 
     fn splitter(spool: &Spool, window: Duration) -> (Splitter, mpsc::UnboundedReceiver<Entry>) {
+        let journal: Arc<dyn MergeJournal> = Arc::new(spool.clone());
         let spool: Arc<dyn Store> = Arc::new(spool.clone());
         let config = QueueConfig {
             split_window: window,
@@ -409,7 +403,7 @@ mod tests {
         let (scheduled, queued) = mpsc::unbounded_channel();
         let incoming = mpsc::unbounded_channel().1;
         let routing = Arc::new(super::super::Rejecting);
-        let splitter = Splitter::new(spool, &config, routing, scheduled, incoming);
+        let splitter = Splitter::new(spool, journal, &config, routing, scheduled, incoming);
         (splitter, queued)
     }
 

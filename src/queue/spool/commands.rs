@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Spool;
-use crate::queue::control::{self, ControlError, Request};
+use crate::config::QueueConfig;
+use crate::queue::control::ControlError;
+use crate::queue::record::Request;
+use crate::queue::schedule::{MemoryState, Pickup, carry_out};
 use crate::safeio;
 
 /// How long a command waits for the running server's answer.
@@ -36,10 +39,23 @@ fn control_dir(root: &Path) -> PathBuf {
     root.join("control")
 }
 
-/// Carries out a command: directly under the lock when no server runs, else by request.
-pub(super) async fn steer(spool: &Spool, request: Request) -> Result<String, ControlError> {
+/// Carries out a command: directly under the lock when no server runs (with the scheduler core's
+/// functions over a state of its own: nothing is held in memory without a server), else by
+/// request to the running server's core.
+pub async fn steer(
+    spool: &Spool,
+    config: &QueueConfig,
+    request: Request,
+) -> Result<String, ControlError> {
     match try_lock(spool.root()) {
-        Ok(Some(_lock)) => control::carry_out(spool, &request, control::Pickup::NextStart).await,
+        Ok(Some(_lock)) => {
+            let store = std::sync::Arc::new(spool.clone());
+            let idle = tokio::sync::mpsc::unbounded_channel().1;
+            let mut state = MemoryState::new(store, config, idle);
+            let now = SystemTime::now();
+            let none = std::collections::HashSet::new();
+            carry_out(&mut state, &none, &request, Pickup::NextStart, now).await
+        }
         Ok(None) => {
             let root = spool.root().to_path_buf();
             let asked = tokio::task::spawn_blocking(move || {
@@ -127,9 +143,8 @@ pub(super) fn pending(root: &Path) -> Vec<(String, Request)> {
 }
 
 /// Answers a request (the wire format is the text of the outcome).
-pub(super) fn answer(root: &Path, name: &str, answer: Result<String, ControlError>) {
+pub(super) fn answer(root: &Path, name: &str, answer: Result<String, String>) {
     let path = control_dir(root).join(format!("{name}.answer"));
-    let answer = answer.map_err(|err| err.to_string());
     let written = serde_json::to_vec(&answer)
         .map_err(io::Error::other)
         .and_then(|bytes| safeio::write_atomically(&path, &bytes));

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::message::{Message, Source};
-use crate::queue::entry::Entry;
+use crate::queue::record::{Entry, RecordError};
 use crate::safeio;
 
 /// Where a message's bytes are, owned so that the write can run on a blocking thread while the
@@ -143,7 +143,7 @@ pub(super) fn read_trailer(path: &Path) -> Result<Entry, TrailerError> {
     let mut record = vec![0u8; record_len as usize];
     file.seek(SeekFrom::Start(size))?;
     file.read_exact(&mut record)?;
-    let entry: Entry = serde_json::from_slice(&record).map_err(invalid)?;
+    let entry = Entry::from_json(&record).map_err(record_error)?;
     if entry.size != size {
         return Err(TrailerError::Unusable(invalid(format!(
             "the record says {} bytes, the file holds {size}",
@@ -155,6 +155,15 @@ pub(super) fn read_trailer(path: &Path) -> Result<Entry, TrailerError> {
 
 pub(super) fn invalid(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, err)
+}
+
+/// A record that cannot be used, as the spool reports it: unsupported when a newer version wrote
+/// it (kept in place at recovery), invalid otherwise.
+pub(super) fn record_error(err: RecordError) -> io::Error {
+    match err {
+        RecordError::Newer { .. } => io::Error::new(io::ErrorKind::Unsupported, err.to_string()),
+        RecordError::Unparseable(_) => invalid(err.to_string()),
+    }
 }
 
 pub(super) fn to_json(entry: &Entry) -> io::Result<Vec<u8>> {

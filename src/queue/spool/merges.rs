@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::{Spool, blocking};
-use crate::queue::split::Merge;
+use crate::queue::record::Merge;
 use crate::queue::store::StoreError;
 use crate::safeio;
 
@@ -41,10 +41,7 @@ impl Spool {
             }
             let read = std::fs::read(&path)
                 .map_err(StoreError::from)
-                .and_then(|bytes| {
-                    serde_json::from_slice(&bytes)
-                        .map_err(|err| StoreError::Unreadable(err.to_string()))
-                });
+                .and_then(|bytes| Merge::from_json(&bytes).map_err(StoreError::from));
             match read {
                 Ok(merge) => merges.push(merge),
                 Err(err) => broken.push((path.display().to_string(), err)),

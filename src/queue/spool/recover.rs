@@ -5,7 +5,7 @@ use std::io;
 use super::format::{Bytes, TrailerError, invalid, read_trailer, write_msg};
 use super::{Spool, ignore_missing};
 use crate::message::Message;
-use crate::queue::entry::{Entry, Place};
+use crate::queue::record::{Entry, Place};
 use crate::safeio;
 
 impl Spool {
@@ -73,7 +73,7 @@ impl Spool {
                     continue;
                 }
                 let record = match std::fs::read(self.json(place, &id)) {
-                    Ok(bytes) => serde_json::from_slice::<Entry>(&bytes).map_err(invalid),
+                    Ok(bytes) => Entry::from_json(&bytes).map_err(invalid),
                     Err(err) => Err(err),
                 };
                 match record {

@@ -237,3 +237,41 @@ async fn recovery_keeps_what_it_cannot_read_and_what_a_newer_version_wrote() {
     let (_, broken) = spool.list(Place::Queue).await.unwrap();
     assert_eq!(broken.len(), 1, "reported by queue list");
 }
+
+/// Mail queued by the previous version (records without `"version"`) is read and delivered by
+/// this one; a record of a newer version is kept and reported, never removed as cut short.
+#[tokio::test]
+async fn records_of_the_previous_version_are_read_and_of_a_newer_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let queue = dir.path().join("queue");
+    let bytes = b"Subject: queued before the upgrade\r\n\r\nbody\r\n".to_vec();
+    let entry = entry_for(&Message::from_bytes(bytes.clone()));
+    let write = |id: &str, version: Option<u32>| {
+        let mut record = serde_json::to_value(Entry {
+            id: id.into(),
+            ..entry.clone()
+        })
+        .unwrap();
+        match version {
+            Some(version) => record["version"] = version.into(),
+            None => drop(record.as_object_mut().unwrap().remove("version")),
+        }
+        let record = serde_json::to_vec(&record).unwrap();
+        let mut file = bytes.clone();
+        file.extend_from_slice(&record);
+        file.extend_from_slice(&super::format::footer(record.len()));
+        std::fs::write(queue.join(format!("{id}.msg")), file).unwrap();
+    };
+    write("ab01", None);
+    write("ab02", Some(99));
+
+    assert_eq!(spool.recover().unwrap(), 0, "both are complete files");
+    let old = spool.read(Place::Queue, "ab01").await.unwrap().unwrap();
+    assert_eq!(old.version, crate::queue::record::VERSION);
+    assert_eq!((old.size, old.rcpt_to), (entry.size, entry.rcpt_to.clone()));
+    let err = spool.read(Place::Queue, "ab02").await.unwrap_err();
+    assert!(err.to_string().contains("newer smtp2gmail"), "{err}");
+    let (listed, broken) = spool.list(Place::Queue).await.unwrap();
+    assert_eq!((listed.len(), broken.len()), (1, 1));
+}

@@ -28,7 +28,6 @@ use crate::status::Status;
 use accounts::{Account, Router};
 pub use accounts::{AccountError, AccountProblem};
 use api::{GmailApi, SendError};
-use serde::{Deserialize, Serialize};
 use upload::Upload;
 
 /// How hard synchronous delivery tries before answering 451.
@@ -62,8 +61,9 @@ pub struct Outgoing {
     pub upload: Upload,
 }
 
-/// What was decided for one message when it was accepted, stored in its queue record so that
-/// delivery does exactly that (see [`Gmail::decide`]).
+/// What was decided for one message when it was accepted (see [`Gmail::decide`]). The queue
+/// stores it as its own type (`queue::record::Decision`, converted below) so that delivery does
+/// exactly that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// The account that sends it.
@@ -71,20 +71,26 @@ pub struct Decision {
     /// The mailbox whose limits it counts against when the account impersonates each sender
     /// (lowercased, see `message::mailbox`); `None` when the account is one mailbox.
     pub mailbox: Option<String>,
-    /// As whom, and what bytes.
-    pub route: Route,
+    /// The user a service-account token is minted for.
+    pub subject: Option<String>,
+    /// The upload as pieces of the message: ranges of it, and what the rules added (a Bcc
+    /// field, a rewritten From).
+    pub upload: Vec<Piece>,
 }
 
-/// The part of a [`Decision`] delivery needs besides the account: the user a service-account
-/// token is minted for and the upload as pieces of the message (ranges of it, and the bytes the
-/// rules added: a Bcc field, a rewritten From).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// The user a service-account token is minted for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// The upload, covering the whole message.
-    pub upload: Vec<Piece>,
+/// The queue's edge: the queue's record imports no relay module, so the relay's decision becomes
+/// the queue's here, where the relay hands it over.
+impl From<Decision> for crate::queue::record::Decision {
+    fn from(decision: Decision) -> Self {
+        crate::queue::record::Decision {
+            account: decision.account,
+            mailbox: decision.mailbox,
+            route: crate::queue::record::Route {
+                subject: decision.subject,
+                upload: decision.upload,
+            },
+        }
+    }
 }
 
 /// Delivers through the Gmail API.
@@ -130,7 +136,8 @@ impl Gmail {
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
         let decision = self.decide(envelope, message).await?;
-        self.outgoing(&decision.account, &decision.route, message)
+        let (subject, upload) = (decision.subject.as_deref(), decision.upload);
+        self.outgoing(&decision.account, subject, upload, message)
             .await
     }
 
@@ -202,10 +209,8 @@ impl Gmail {
             mailbox: subject
                 .filter(|_| account.impersonate == accounts::Impersonate::Sender)
                 .map(crate::message::mailbox::mailbox_key),
-            route: Route {
-                subject: subject.map(str::to_string),
-                upload: upload::extend_to(prepared.pieces, head.len(), total as usize),
-            },
+            subject: subject.map(str::to_string),
+            upload: upload::extend_to(prepared.pieces, head.len(), total as usize),
         })
     }
 
@@ -217,7 +222,8 @@ impl Gmail {
     pub async fn outgoing(
         &self,
         account: &str,
-        route: &Route,
+        subject: Option<&str>,
+        upload: Vec<Piece>,
         message: &Message,
     ) -> Result<Outgoing, DeliveryError> {
         let Some(account) = self.router.account(account) else {
@@ -231,12 +237,10 @@ impl Gmail {
                 cause: Cause::Outage,
             });
         };
-        let upload = Upload::of(message, route.upload.clone())
-            .await
-            .map_err(unreadable)?;
+        let upload = Upload::of(message, upload).await.map_err(unreadable)?;
         Ok(Outgoing {
             account: account.clone(),
-            subject: route.subject.clone(),
+            subject: subject.map(str::to_string),
             upload,
         })
     }

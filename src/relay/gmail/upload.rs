@@ -77,24 +77,22 @@ impl Upload {
 }
 
 fn piece_len(piece: &Piece) -> u64 {
-    match piece {
-        Piece::New(bytes) => bytes.len() as u64,
-        Piece::Original(range) => range.len() as u64,
-    }
+    piece.len() as u64
 }
 
 type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
 
 async fn open_piece(path: PathBuf, piece: Piece) -> std::io::Result<ByteStream> {
     match piece {
-        Piece::New(bytes) => {
-            Ok(futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed())
-        }
         Piece::Original(range) => {
             let mut file = tokio::fs::File::open(&path).await?;
             file.seek(SeekFrom::Start(range.start as u64)).await?;
             let part = file.take(range.len() as u64);
             Ok(tokio_util::io::ReaderStream::with_capacity(part, 64 * 1024).boxed())
+        }
+        written => {
+            let bytes = Bytes::from(written.written().unwrap_or_default());
+            Ok(futures_util::stream::once(async move { Ok(bytes) }).boxed())
         }
     }
 }

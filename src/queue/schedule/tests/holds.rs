@@ -231,6 +231,9 @@ async fn repeated_failed_preconditions_hold_the_mailbox() {
     // Then held: the next backoff would be 16 min; the hold lasts retry_max.
     tokio::time::sleep(50 * MINUTE).await;
     assert!(drain(&mut harness).is_empty(), "retried while held");
+    // What the scheduler holds, readiness is told about.
+    let noted = harness.courier.noted.lock().unwrap().clone();
+    assert_eq!(noted, [("default".to_string(), None)]);
     let (again, at) = harness.attempt().await;
     assert_eq!(again, id);
     let held_for = at - starts[PRECONDITION_HOLD as usize - 1];
