@@ -132,7 +132,7 @@ pub struct Started {
 /// The scheduler core over the backend's state: the two are different types of one core.
 enum Deliveries {
     /// The one server that owns a spool keeps the state in memory.
-    Spool(Scheduler),
+    Spool(Box<Scheduler>),
     /// One replica of several sharing a database keeps it there.
     Shared(Scheduler<SharedState>),
 }
@@ -193,7 +193,12 @@ pub async fn start(
                 let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
                     .await
                     .with_commands(spool.clone());
-                (spool.clone(), spool, Deliveries::Spool(core), Some(lock))
+                (
+                    spool.clone(),
+                    spool,
+                    Deliveries::Spool(Box::new(core)),
+                    Some(lock),
+                )
             }
             QueueBackend::Postgres => {
                 let database = Arc::new(open_database(config, storage.clone()).await?);
