@@ -129,12 +129,13 @@ pub struct Started {
     lock: Option<std::fs::File>,
 }
 
-/// The scheduler core over the backend's state: the two are different types of one core.
+/// The scheduler core over the backend's state: the two are different types of one core (boxed:
+/// each is large, and only one is ever built).
 enum Deliveries {
     /// The one server that owns a spool keeps the state in memory.
     Spool(Box<Scheduler>),
     /// One replica of several sharing a database keeps it there.
-    Shared(Scheduler<SharedState>),
+    Shared(Box<Scheduler<SharedState>>),
 }
 
 impl Started {
@@ -207,7 +208,12 @@ pub async fn start(
                 drop(incoming);
                 let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
                 let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone());
-                (database.clone(), database, Deliveries::Shared(core), None)
+                (
+                    database.clone(),
+                    database,
+                    Deliveries::Shared(Box::new(core)),
+                    None,
+                )
             }
         };
     let split_config = split_config(config);
