@@ -53,6 +53,7 @@ mod hash_password;
 mod queue;
 mod send;
 mod serve;
+mod signals;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::signals::{Reloadable, Signals};
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
 use crate::inbox::Inbox;
@@ -18,7 +18,6 @@ use crate::inbox::release::Release;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{Deliver, Gmail};
-use crate::smtp::tls::Tls;
 use crate::{http, queue, relay, smtp};
 
 /// How long the background tasks may take beyond the shutdown grace (an HTTP request finishing).
@@ -63,15 +62,9 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
             return ExitCode::from(if outage { EXIT_FAILURE } else { EXIT_USAGE });
         }
     };
-    // Installed before the first log line, so a SIGHUP sent once the server says it is listening
-    // never meets the default action (terminate).
-    let hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(err) => {
-            tracing::warn!(%err, "cannot install the SIGHUP handler; credentials still reload when their files change");
-            None
-        }
-    };
+    // Installed before the first log line, so a SIGTERM or SIGHUP sent once the server says it
+    // is listening never meets the default action (terminate).
+    let signals = Signals::install();
     let server = match smtp::Server::bind(smtp_config, deliver).await {
         Ok(server) => server,
         Err(err) => {
@@ -91,11 +84,6 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
             return ExitCode::from(code);
         }
     };
-    // Also before the log line: a SIGTERM right after it must stop the server gracefully.
-    let stop_signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
     let http = match config.http.address() {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
@@ -147,9 +135,8 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
     // Every task of the server but one is tracked and waited for at shutdown (see the end). The
-    // signal task is not: it keeps listening for a second signal ("stop at once") while the others
-    // drain, and ends the process itself.
-    tokio::spawn(wait_for_signals(stop_signals, shutdown.clone()));
+    // stop-signal task is not: it keeps listening for a second signal ("stop at once") while the
+    // others drain, and ends the process itself.
     let tasks = TaskTracker::new();
     // After the startup lines, so that what it logs comes after them.
     let verify = accounts.clone();
@@ -175,13 +162,11 @@ pub async fn run(mut config: Config, source: Option<PathBuf>, args: ServeArgs) -
         tasks.spawn(inbox.closing());
     }
     verify_credentials(&verify, &tasks);
-    if let Some(hangup) = hangup {
-        let reload = Reloadable {
-            credentials: watcher.clone(),
-            tls: server.tls(),
-        };
-        tasks.spawn(reload_on_hangup(hangup, reload, shutdown.clone()));
-    }
+    let reload = Reloadable {
+        credentials: watcher.clone(),
+        tls: server.tls(),
+    };
+    signals.start(reload, &tasks, &shutdown);
     if let Some(watcher) = watcher {
         tasks.spawn(watcher.run(shutdown.clone()));
     }
@@ -342,14 +327,6 @@ fn build_inbox(config: &Config, shutdown: &CancellationToken) -> Result<Arc<Inbo
     })
 }
 
-/// What SIGHUP reloads.
-struct Reloadable {
-    /// Gmail mode: every account's Google credentials.
-    credentials: Option<Arc<CredentialWatcher>>,
-    /// The TLS certificate and key (after a renewal).
-    tls: Option<Arc<Tls>>,
-}
-
 /// Asks Google for each account's first access token in the background, so that credentials that
 /// died while the server was down show in the log and in `/readyz` at start, not with the first
 /// message. The server does not wait: the queue accepts mail while Google is unreachable. A
@@ -373,47 +350,4 @@ fn verify_credentials(accounts: &[Arc<Account>], tasks: &TaskTracker) {
             }
         });
     }
-}
-
-/// SIGHUP reloads the Google credentials and the TLS certificate, as daemons conventionally
-/// reload on it; with nothing to reload the signal must still not stop the server.
-async fn reload_on_hangup(mut hangup: Signal, reload: Reloadable, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            received = hangup.recv() => if received.is_none() { return },
-        }
-        match &reload.credentials {
-            Some(watcher) => {
-                tracing::info!("SIGHUP: reloading credentials");
-                watcher.reload_all().await;
-            }
-            None => tracing::info!("SIGHUP: no Google credentials to reload in this mode"),
-        }
-        if let Some(tls) = &reload.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(err) => tracing::error!("SIGHUP: keeping the previous TLS certificate: {err}"),
-            }
-        }
-    }
-}
-
-/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
-async fn wait_for_signals(
-    signals: (std::io::Result<Signal>, std::io::Result<Signal>),
-    shutdown: CancellationToken,
-) {
-    let (Ok(mut term), Ok(mut int)) = signals else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!(
-        "shutting down: finishing open transactions (send the signal again to stop at once)"
-    );
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("second signal: stopping now");
-    std::process::exit(i32::from(EXIT_FAILURE));
 }

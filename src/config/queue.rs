@@ -208,6 +208,7 @@ impl DatabaseUrl {
                 match host {
                     Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
                     Host::Tcp(name) => format!("{name}:{port}"),
+                    #[cfg(unix)]
                     Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
                 }
             })
