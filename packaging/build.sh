@@ -9,6 +9,8 @@
 #                                     with Debian's mingw-w64
 #   bash packaging/build.sh macos     on Linux: `cargo zigbuild check` of both Apple targets (no
 #                                     macOS SDK here); on macOS: the binary (.tar.gz) and wheel
+#   bash packaging/build.sh lint      no artefact: actionlint on the release workflow, and
+#                                     `cargo publish --dry-run` (the crate packages and builds)
 #
 # It installs what it needs itself: Debian packages (apt-get, when missing), Rust targets
 # (rustup), and maturin, zig and cargo-zigbuild in a venv at target/packaging-venv (pinned in
@@ -45,13 +47,16 @@ need_apt() { # COMMAND... -- PACKAGE...
         exit 1
     fi
     say "installing $*"
-    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    local root=()
+    [ "$(id -u)" = 0 ] || root=(sudo) # a CI runner's user
+    [ -n "${APT_UPDATED:-}" ] || { "${root[@]}" apt-get update -qq; APT_UPDATED=1; }
+    "${root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 # maturin, zig and cargo-zigbuild from PyPI, in a venv of their own.
 need_python_tools() {
-    if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/cargo-zigbuild" ] ||
+    if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/actionlint" ] ||
         ! cmp -s packaging/requirements.txt "$VENV/requirements.txt"; then
         say "installing packaging/requirements.txt into $VENV"
         python3 -m venv "$VENV"
@@ -83,7 +88,7 @@ archive() { # BINARY ARCHIVE
     say "$DIST/$name ($(du -h "$out" | cut -f1); binary $(du -h "$binary" | cut -f1))"
 }
 
-musl_binary() { echo "target/$ARCH-unknown-linux-musl/dist/smtp2gmail"; }
+musl_binary() { echo "target/$ARCH-unknown-linux-musl/dist-release/smtp2gmail"; }
 
 build_musl() {
     local triple="$ARCH-unknown-linux-musl"
@@ -91,10 +96,10 @@ build_musl() {
     if [ "$ARCH" = x86_64 ] && [ "$(uname -m)" = x86_64 ]; then
         # Debian's musl-gcc for ring's C; static-pie, as Rust links musl by default.
         need_apt musl-gcc -- musl-tools
-        cargo build --locked --profile dist --target "$triple" --bin smtp2gmail
+        cargo build --locked --profile dist-release --target "$triple" --bin smtp2gmail
     else
         need_python_tools
-        cargo zigbuild --locked --profile dist --target "$triple" --bin smtp2gmail
+        cargo zigbuild --locked --profile dist-release --target "$triple" --bin smtp2gmail
     fi
     archive "$(musl_binary)" "smtp2gmail-$VERSION-$triple.tar.gz"
 }
@@ -115,7 +120,7 @@ build_windows() {
     need_rust_target "$triple"
     # One cargo build for both: the wheel's binary is the archive's.
     maturin build --locked --target "$triple" --out "$DIST"
-    archive "target/$triple/dist/smtp2gmail.exe" "smtp2gmail-$VERSION-$triple.zip"
+    archive "target/$triple/dist-release/smtp2gmail.exe" "smtp2gmail-$VERSION-$triple.zip"
 }
 
 build_macos() {
@@ -124,14 +129,14 @@ build_macos() {
         local triple="$ARCH-apple-darwin"
         need_rust_target "$triple"
         maturin build --locked --target "$triple" --out "$DIST"
-        archive "target/$triple/dist/smtp2gmail" "smtp2gmail-$VERSION-$triple.tar.gz"
+        archive "target/$triple/dist-release/smtp2gmail" "smtp2gmail-$VERSION-$triple.tar.gz"
         return
     fi
     # Linking needs the macOS SDK (CoreFoundation, SystemConfiguration), which only a Mac has:
     # here the code is type-checked, C dependencies included, for both Apple targets.
     for triple in x86_64-apple-darwin aarch64-apple-darwin; do
         need_rust_target "$triple"
-        cargo zigbuild check --locked --profile dist --target "$triple" --bin smtp2gmail
+        cargo zigbuild check --locked --profile dist-release --target "$triple" --bin smtp2gmail
     done
     say "macOS: both targets check (binaries come from the release workflow's macOS runners)"
 }
@@ -139,7 +144,7 @@ build_macos() {
 # The image holds the static binary, an empty /tmp (mode 1777: large messages spill there) and
 # the data directory; packaging/Dockerfile copies this context and pulls no base image.
 build_image() {
-    need_apt podman buildah -- podman buildah
+    need_apt podman -- podman
     local platforms=${PLATFORMS:-linux/$( [ "$ARCH" = x86_64 ] && echo amd64 || echo arm64 )}
     local context=target/image-context platform arch
     rm -rf "$context"
@@ -153,7 +158,17 @@ build_image() {
         arch=${platform#linux/}
         local saved=$ARCH
         ARCH=$([ "$arch" = amd64 ] && echo x86_64 || echo aarch64)
-        [ -x "$(musl_binary)" ] || build_musl
+        if [ ! -x "$(musl_binary)" ]; then
+            # The release workflow's image job has the archives the linux job built.
+            local archive="$DIST/smtp2gmail-$VERSION-$ARCH-unknown-linux-musl.tar.gz"
+            if [ -f "$archive" ]; then
+                mkdir -p "$(dirname "$(musl_binary)")"
+                tar -xzf "$archive" -O "$(basename "$archive" .tar.gz)/smtp2gmail" >"$(musl_binary)"
+                chmod 0755 "$(musl_binary)"
+            else
+                build_musl
+            fi
+        fi
         mkdir -p "$context/$arch"
         cp "$(musl_binary)" "$context/$arch/smtp2gmail"
         ARCH=$saved
@@ -169,13 +184,21 @@ build_image() {
     say "image smtp2gmail:$VERSION ($platforms)"
 }
 
+lint() {
+    need_python_tools
+    actionlint -color=never .github/workflows/*.yml
+    say "actionlint: the workflows are clean"
+    cargo publish --dry-run --locked
+}
+
 case "${1:-}" in
+    lint) lint ;;
     wheel) build_wheel ;;
     musl) build_musl ;;
     image) build_image ;;
     windows) build_windows ;;
     macos) build_macos ;;
     *)
-        echo "usage: bash packaging/build.sh wheel|musl|image|windows|macos" >&2
+        echo "usage: bash packaging/build.sh wheel|musl|image|windows|macos|lint" >&2
         exit 2 ;;
 esac
