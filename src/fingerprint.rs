@@ -1,5 +1,6 @@
-//! What a file looked like at the last look, to notice that it changed: the credential files of
-//! gmail mode and the TLS certificate are polled with it, on every platform (no SIGHUP on Windows).
+//! What a file looked like at the last look, and when to look again ([`Polls`]), to notice that
+//! it changed: the credential files of gmail mode and the TLS certificate are polled with it, on
+//! every platform (no SIGHUP on Windows).
 //!
 //! Polling metadata rather than inotify/kqueue/ReadDirectoryChangesW: portable, no dependency, a
 //! few `stat` calls per interval, and it sees the cases that matter. Atomic writers (`authorize`,
@@ -8,7 +9,9 @@
 //! the size or the modification time.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 /// A file's modification time, size and identity; `None` from [`FileFingerprint::of`] when it
 /// does not exist.
@@ -38,5 +41,29 @@ impl FileFingerprint {
             len: metadata.len(),
             file_id,
         })
+    }
+}
+
+/// The moments of a poll: every `interval` until `shutdown`.
+pub struct Polls {
+    ticks: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Polls {
+    /// The first look is at once.
+    pub fn new(interval: Duration, shutdown: CancellationToken) -> Polls {
+        let mut ticks = tokio::time::interval(interval);
+        // After a stall (a suspended laptop) one look is enough, not a burst of them.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Polls { ticks, shutdown }
+    }
+
+    /// Waits for the next look; false once `shutdown` is cancelled.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.ticks.tick() => true,
+        }
     }
 }

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
-use crate::fingerprint::FileFingerprint;
+use crate::fingerprint::{FileFingerprint, Polls};
 use crate::locks::lock;
 
 /// Any byte stream a session can run over: plain TCP, the TLS stream
@@ -90,13 +90,8 @@ impl Tls {
 
     /// Polls the files every `interval` until `shutdown`, reloading when they change.
     pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut polls = Polls::new(interval, shutdown);
+        while polls.next().await {
             let tls = self.clone();
             // stat and small reads: blocking calls, kept off the SMTP sessions' threads.
             match tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {

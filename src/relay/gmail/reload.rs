@@ -6,7 +6,7 @@
 //! file that is caught half-written fails to parse, is reported once, and is read again when it
 //! changes next, while the account keeps the credentials it had.
 
-use crate::fingerprint::FileFingerprint;
+use crate::fingerprint::{FileFingerprint, Polls};
 use crate::locks::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,14 +61,8 @@ impl CredentialWatcher {
 
     /// Polls until `shutdown` is cancelled.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        // After a stall (a suspended laptop) one look is enough, not a burst of them.
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut polls = Polls::new(self.interval, shutdown);
+        while polls.next().await {
             let watcher = self.clone();
             // stat and a small JSON read: blocking calls, kept off the SMTP sessions' threads.
             if let Err(err) = tokio::task::spawn_blocking(move || watcher.poll()).await {
