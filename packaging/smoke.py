@@ -2,7 +2,7 @@
 (Python's smtplib, or Django's stock SMTP backend) reaches the server and is printed.
 
     python3 packaging/smoke.py send --port PORT --subject S [--client django] [--size BYTES]
-    python3 packaging/smoke.py serve [--client django] [--stop term|kill] -- COMMAND...
+    python3 packaging/smoke.py serve [--client django] [--stop term|kill] [--expect-log TEXT] -- COMMAND...
 
 `serve` runs `COMMAND --version`, then `COMMAND serve` in console mode on a free loopback port
 (in an empty directory, so no config.toml is read), sends one message, waits until the server
@@ -84,7 +84,7 @@ def wait_for(lines, name, text, seen):
     sys.exit("smoke: FAILED: never saw %r on %s; output:\n%s" % (text, name, "\n".join(seen)))
 
 
-def serve(command, client, stop):
+def serve(command, client, stop, expect_log):
     version = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=DEADLINE)
     print(f"smoke: {version.stdout.strip()}", flush=True)
     assert version.returncode == 0 and version.stdout.startswith("smtp2gmail "), version
@@ -107,6 +107,8 @@ def serve(command, client, stop):
             threading.Thread(target=lines_of, args=(stream, name, lines), daemon=True).start()
         try:
             print("smoke: " + wait_for(lines, "stderr", "listening on", seen), flush=True)
+            if expect_log:
+                print("smoke: " + wait_for(lines, "stderr", expect_log, seen), flush=True)
             subject = f"smoke test {os.getpid()}"
             send(port, subject, client)
             wait_for(lines, "stdout", subject, seen)
@@ -133,6 +135,7 @@ def main():
     one.add_argument("--size", type=int, default=0, help="body bytes (spills past 1 MiB)")
     run = sub.add_parser("serve")
     run.add_argument("--stop", choices=["term", "kill"], default="term")
+    run.add_argument("--expect-log", help="a line the server must log at start")
     run.add_argument("command", nargs="+")
     for p in (one, run):
         p.add_argument("--client", choices=["smtplib", "django"], default="smtplib")
@@ -140,7 +143,7 @@ def main():
     if args.what == "send":
         send(args.port, args.subject, args.client, args.size)
     else:
-        serve(args.command, args.client, args.stop)
+        serve(args.command, args.client, args.stop, args.expect_log)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ EOF
 }
 
 smoke_windows() {
-    local zip stage prefix
+    local zip stage prefix exe
     command -v wine >/dev/null || {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wine wine64 >/dev/null
@@ -91,13 +91,15 @@ smoke_windows() {
     zip=$DIST/smtp2gmail-$VERSION-x86_64-pc-windows-gnu.zip
     stage=$(mktemp -d)
     python3 -m zipfile -e "$zip" "$stage"
+    exe=$(ls "$stage"/*/smtp2gmail.exe)
     # Wine 8 lacks ProcessPrng, which Rust's std needs: a stand-in DLL beside the .exe.
-    x86_64-w64-mingw32-gcc -O2 -shared -o "$stage"/*/bcryptprimitives.dll \
+    x86_64-w64-mingw32-gcc -O2 -shared -o "$(dirname "$exe")/bcryptprimitives.dll" \
         packaging/wine/bcryptprimitives.c packaging/wine/bcryptprimitives.def -ladvapi32
     prefix=$PWD/target/wine-prefix
     say "wine $(wine --version) (prefix $prefix)"
     WINEPREFIX=$prefix WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" \
-        python3 packaging/smoke.py serve --stop kill -- wine "$(ls "$stage"/*/smtp2gmail.exe)"
+        python3 packaging/smoke.py serve --stop kill \
+        --expect-log "no SIGHUP on Windows" -- wine "$exe"
     rm -rf "$stage"
 }
 
