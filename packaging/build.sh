@@ -186,7 +186,7 @@ build_image() {
 
 lint() {
     need_python_tools
-    actionlint -color=never .github/workflows/*.yml
+    actionlint -no-color .github/workflows/*.yml
     say "actionlint: the workflows are clean"
     cargo publish --dry-run --locked
 }
