@@ -84,7 +84,12 @@ archive() { # BINARY ARCHIVE
         *) tar -C "$stage" -czf "$out" "$base" ;;
     esac
     rm -rf "$stage"
-    (cd "$DIST" && sha256sum "$name" >"$name.sha256")
+    # sha256sum's format; macOS has shasum instead.
+    if command -v sha256sum >/dev/null; then
+        (cd "$DIST" && sha256sum "$name" >"$name.sha256")
+    else
+        (cd "$DIST" && shasum -a 256 "$name" >"$name.sha256")
+    fi
     say "$DIST/$name ($(du -h "$out" | cut -f1); binary $(du -h "$binary" | cut -f1))"
 }
 

@@ -35,7 +35,7 @@ smoke_wheel() {
 }
 
 smoke_image() {
-    local name=smtp2gmail-smoke-$$ dir port pid status logs flags=()
+    local name=smtp2gmail-smoke-$$ dir port user status logs flags=()
     dir=$(mktemp -d)
     cat >"$dir/config.toml" <<'EOF'
 [smtp]
@@ -68,9 +68,11 @@ EOF
     port=$(podman port "$name" 2525/tcp | head -n1 | sed 's/.*://')
     python3 packaging/smoke.py send --port "$port" --subject "image smoke $$"
     python3 packaging/smoke.py send --port "$port" --subject "image smoke large $$" --size 2000000
-    pid=$(podman inspect --format '{{.State.Pid}}' "$name")
-    grep -q '^Uid:[[:space:]]*10001' "/proc/$pid/status" || fail "the server does not run as uid 10001"
-    say "runs as uid 10001"
+    # Read from the process, in the container's user namespace (rootless podman too); the name
+    # is the image's /etc/passwd entry for uid 10001.
+    user=$(podman top "$name" user | tail -n1 | tr -d ' ')
+    [ "$user" = smtp2gmail ] || fail "the server runs as '$user', not smtp2gmail (uid 10001)"
+    say "runs as $user (uid 10001)"
     podman stop -t 60 "$name" >/dev/null
     status=$(podman inspect --format '{{.State.ExitCode}}' "$name")
     logs=$(podman logs "$name" 2>&1)
