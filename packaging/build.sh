@@ -9,6 +9,8 @@
 #                                     with Debian's mingw-w64
 #   bash packaging/build.sh macos     on Linux: `cargo zigbuild check` of both Apple targets (no
 #                                     macOS SDK here); on macOS: the binary (.tar.gz) and wheel
+#   bash packaging/build.sh windows-check   no artefact: clippy of the library, the binary and the
+#                                     unit tests for Windows (-D warnings)
 #   bash packaging/build.sh lint      no artefact: actionlint on the release workflow, and
 #                                     `cargo publish --dry-run` (the crate packages and builds)
 #
@@ -128,6 +130,14 @@ build_windows() {
     archive "target/$triple/dist-release/smtp2gmail.exe" "smtp2gmail-$VERSION-$triple.zip"
 }
 
+check_windows() {
+    local triple=x86_64-pc-windows-gnu
+    need_apt x86_64-w64-mingw32-gcc -- gcc-mingw-w64-x86-64-posix
+    need_rust_target "$triple"
+    # The integration tests' shared helpers (tests/common) are Unix-only: not checked.
+    cargo clippy --locked --target "$triple" --lib --bins --profile test -- -D warnings
+}
+
 build_macos() {
     need_python_tools
     if [ "$(uname -s)" = Darwin ]; then
@@ -202,8 +212,9 @@ case "${1:-}" in
     musl) build_musl ;;
     image) build_image ;;
     windows) build_windows ;;
+    windows-check) check_windows ;;
     macos) build_macos ;;
     *)
-        echo "usage: bash packaging/build.sh wheel|musl|image|windows|macos|lint" >&2
+        echo "usage: bash packaging/build.sh wheel|musl|image|windows|macos|windows-check|lint" >&2
         exit 2 ;;
 esac
