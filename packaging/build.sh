@@ -7,7 +7,7 @@
 #                                     the musl binary, which it builds first if missing)
 #   bash packaging/build.sh windows   the Windows binary (.zip + .sha256) and wheel, cross-built
 #                                     with Debian's mingw-w64
-#   bash packaging/build.sh macos     on Linux: `cargo zigbuild check` of both Apple targets (no
+#   bash packaging/build.sh macos     on Linux: `cargo-zigbuild check` of both Apple targets (no
 #                                     macOS SDK here); on macOS: the binary (.tar.gz) and wheel
 #   bash packaging/build.sh windows-check   no artefact: clippy of the library, the binary and the
 #                                     unit tests for Windows (-D warnings)
@@ -151,7 +151,7 @@ build_macos() {
     # here the code is type-checked, C dependencies included, for both Apple targets.
     for triple in x86_64-apple-darwin aarch64-apple-darwin; do
         need_rust_target "$triple"
-        cargo zigbuild check --locked --profile dist-release --target "$triple" --bin smtp2gmail
+        cargo-zigbuild check --locked --profile dist-release --target "$triple" --bin smtp2gmail
     done
     say "macOS: both targets check (binaries come from the release workflow's macOS runners)"
 }
@@ -191,7 +191,11 @@ build_image() {
     # --format docker: OCI images have no HEALTHCHECK, and podman and Docker would drop it.
     local build=(podman build --format docker --file packaging/Dockerfile --build-arg "VERSION=$VERSION")
     if [ "$platforms" = "${platforms/,/}" ]; then
+        local previous
+        previous=$(podman image inspect --format '{{.Id}}' "smtp2gmail:$VERSION" 2>/dev/null || true)
         "${build[@]}" --platform "$platforms" --tag "smtp2gmail:$VERSION" "$context"
+        # A rebuild leaves the previous image untagged: removed unless a container still uses it.
+        [ -z "$previous" ] || podman rmi "$previous" >/dev/null 2>&1 || true
     else
         podman manifest rm "smtp2gmail:$VERSION" >/dev/null 2>&1 || true
         "${build[@]}" --platform "$platforms" --manifest "smtp2gmail:$VERSION" "$context"
