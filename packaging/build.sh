@@ -197,7 +197,9 @@ build_image() {
         # A rebuild leaves the previous image untagged: removed unless a container still uses it.
         [ -z "$previous" ] || podman rmi "$previous" >/dev/null 2>&1 || true
     else
+        # The name may hold a single-arch image (the workflow smoke-tests that first) or a list.
         podman manifest rm "smtp2gmail:$VERSION" >/dev/null 2>&1 || true
+        podman rmi "smtp2gmail:$VERSION" >/dev/null 2>&1 || true
         "${build[@]}" --platform "$platforms" --manifest "smtp2gmail:$VERSION" "$context"
     fi
     say "image smtp2gmail:$VERSION ($platforms)"
