@@ -159,7 +159,9 @@ build_macos() {
 # The image holds the static binary, an empty /tmp (mode 1777: large messages spill there) and
 # the data directory; packaging/Dockerfile copies this context and pulls no base image.
 build_image() {
-    need_apt podman -- podman
+    # runc as well: podman's first choice, crun, cannot set the container's limits in this VM
+    # (packaging/smoke.sh runs the image with runc).
+    need_apt podman runc -- podman runc
     local platforms=${PLATFORMS:-linux/$( [ "$ARCH" = x86_64 ] && echo amd64 || echo arm64 )}
     local context=target/image-context platform arch
     rm -rf "$context"
