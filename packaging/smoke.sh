@@ -55,9 +55,10 @@ EOF
         flags=(--runtime runc --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
     fi
     podman rm -f "$name" >/dev/null 2>&1 || true
+    # Set before the run: a container that fails to start is left behind as "Created".
+    trap "podman rm -f $name >/dev/null 2>&1 || true; rm -rf $dir" EXIT
     podman run -d --name "$name" "${flags[@]}" -p 127.0.0.1::2525 \
         -v "$dir/config.toml:/etc/smtp2gmail/config.toml:ro" "smtp2gmail:$VERSION" >/dev/null
-    trap "podman rm -f $name >/dev/null 2>&1 || true; rm -rf $dir" EXIT
     # The health check is the readiness signal: polled with a deadline, not slept on.
     local deadline=$((SECONDS + 60))
     until podman healthcheck run "$name" >/dev/null 2>&1; do
