@@ -73,6 +73,7 @@
 //!   outcomes.
 //! - [`backoff`]: the one retry backoff with jitter, for the queue and the relay's own retries.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
+//! - [`fingerprint`]: noticing that a file changed (credentials, the TLS certificate), by polling.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`inbox`]: the development inbox of console and file modes: captured mail in a web page and
 //!   through a Mailpit-compatible API, and release through the Gmail relay.
@@ -83,6 +84,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod fingerprint;
 pub mod google;
 pub mod http;
 pub mod inbox;

@@ -152,7 +152,6 @@ async fn invalidate_drops_only_the_rejected_token() {
 
 #[tokio::test]
 async fn rotated_refresh_token_is_used_and_saved_to_the_file() {
-    use std::os::unix::fs::PermissionsExt;
     let setup = Setup::with_file(|f| {
         f["rapt_token"] = json!("fake-rapt-token");
         f["account"] = json!("someone@example.com");
@@ -182,8 +181,13 @@ async fn rotated_refresh_token_is_used_and_saved_to_the_file() {
     ] {
         assert_eq!(file[key], value, "{key} preserved");
     }
-    let mode = std::fs::metadata(&setup.path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    // Windows has no mode bits: the file takes its directory's ACL (docs/distribution.md).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&setup.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let leftovers = std::fs::read_dir(setup.dir.path()).unwrap().count();
     assert_eq!(leftovers, 1, "no temporary files left behind");
 

@@ -8,6 +8,9 @@
 //! starting the system's instance); `.ci/run` does so before `cargo test`. Without it the test is
 //! ignored, saying how to install it (build.rs, tests/common/programs.rs).
 
+// Postfix is a Unix program.
+#![cfg(unix)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -83,8 +83,39 @@ async fn listen_flags_replace_the_configured_addresses_for_one_run() {
     // The server logs each message: keep its stderr open.
     std::thread::spawn(move || lines.for_each(drop));
     assert_code(&common::send_simple(smtp).await, 250);
+    // The image's HEALTHCHECK: 0 while the server answers, 1 once it is gone.
+    let base = http
+        .split("HTTP endpoints on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap();
+    let healthcheck = |dir: &Path| {
+        let url = format!("{base}healthz");
+        let output = smtp2gmail(dir)
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(healthcheck(dir.path()).0, Some(0));
     child.kill().unwrap();
     child.wait().unwrap();
+    let (code, stderr) = healthcheck(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("healthz"), "{stderr}");
+}
+
+#[test]
+fn healthcheck_without_http_endpoints_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "[http]\nlisten = \"\"\n").unwrap();
+    let output = smtp2gmail(dir.path()).arg("healthcheck").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[http] listen"), "{stderr}");
 }
 
 #[test]

@@ -265,3 +265,33 @@ async fn unusable_certificates_are_a_configuration_error_and_reload_keeps_the_ol
     std::fs::write(good.cert_path(), "half written").unwrap();
     assert!(tls.reload().is_err(), "a broken renewal is refused");
 }
+
+/// What the TLS watch does every poll (no SIGHUP on Windows; certbot and cert-manager send none):
+/// a renewal of either file reloads once, a half-written one is refused and keeps the old pair,
+/// and nothing changed means no reload.
+#[test]
+fn a_renewed_certificate_is_noticed_by_its_files_changing() {
+    let good = TestCert::new();
+    let tls = smtp2gmail::smtp::tls::Tls::load(&good.tls_config()).unwrap();
+    assert!(tls.reload_if_changed().is_none(), "nothing changed yet");
+    let renewed = TestCert::new();
+    std::fs::copy(renewed.key_path(), good.key_path()).unwrap();
+    std::fs::copy(renewed.cert_path(), good.cert_path()).unwrap();
+    assert!(
+        matches!(tls.reload_if_changed(), Some(Ok(()))),
+        "renewal reloaded"
+    );
+    assert!(
+        tls.reload_if_changed().is_none(),
+        "reloaded once, not every poll"
+    );
+    std::fs::write(good.cert_path(), "half written").unwrap();
+    assert!(
+        matches!(tls.reload_if_changed(), Some(Err(_))),
+        "a broken renewal is refused"
+    );
+    assert!(
+        tls.reload_if_changed().is_none(),
+        "refused once, until the file changes again"
+    );
+}

@@ -9,7 +9,7 @@ use crate::config::Config;
 
 /// smtp2gmail: an SMTP server that sends mail through the Gmail API, or prints it for development.
 #[derive(Debug, Parser)]
-#[command(name = "smtp2gmail", version, about)]
+#[command(name = "smtp2gmail", version = env!("SMTP2GMAIL_VERSION"), about)]
 pub struct Cli {
     /// Configuration file [default: ./config.toml if it exists, else built-in defaults]
     #[arg(long, global = true, value_name = "PATH")]
@@ -39,6 +39,9 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Send one test message through the configured relay and print the result
     Send(send::SendArgs),
+    /// Ask a running server's /healthz (or /readyz); exit 0 when it answers 2xx (the container
+    /// image's health check: no curl needed)
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     Completions(completions::CompletionsArgs),
     /// Read a password (from the terminal without echo, or from stdin) and print its argon2 hash
@@ -50,9 +53,11 @@ mod authorize;
 mod check;
 mod completions;
 mod hash_password;
+mod healthcheck;
 mod queue;
 mod send;
 mod serve;
+mod signals;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Queue { command } => runtime.block_on(queue::run(&config, command)),
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
+        Command::Healthcheck(args) => runtime.block_on(healthcheck::run(&config, args)),
         Command::Authorize(args) => runtime.block_on(authorize::run(args)),
         Command::Completions(args) => completions::run(args),
         Command::HashPassword => hash_password::run(),
@@ -118,7 +124,7 @@ fn with_runtime(command: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> E
 /// info lines about tokens on stderr would only repeat it.
 fn default_log_level(command: &Command) -> &'static str {
     match command {
-        Command::Check(_) => "error",
+        Command::Check(_) | Command::Healthcheck(_) => "error",
         Command::Send(_) => "warn",
         _ => "info",
     }

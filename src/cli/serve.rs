@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
-
+use super::signals::Signals;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::Config;
-use crate::server::{Server, ServerHandle, StartError};
+use crate::server::{Server, StartError};
 use crate::smtp;
 
 /// Options of `serve` for a one-off run; the config file holds the lasting settings.
@@ -108,73 +107,4 @@ fn listen_hint(err: &std::io::Error, key: &str, flag: &str) -> String {
         " ({cause}choose another address with {key} in the config or, for this run, \
          `smtp2gmail serve {flag} 127.0.0.1:PORT`)"
     )
-}
-
-/// The signals `serve` answers: SIGTERM and SIGINT stop it (the first gracefully, a second at
-/// once), SIGHUP reloads the credentials and the TLS certificate.
-struct Signals {
-    /// SIGTERM and SIGINT; `None` when they cannot be installed.
-    stop: Option<(Signal, Signal)>,
-    /// SIGHUP; `None` when it cannot be installed.
-    hangup: Option<Signal>,
-}
-
-impl Signals {
-    /// Installs the handlers; a failure is logged and leaves that signal's default action.
-    fn install() -> Signals {
-        let hangup = match signal(SignalKind::hangup()) {
-            Ok(hangup) => Some(hangup),
-            Err(err) => {
-                tracing::warn!(%err, "cannot install the SIGHUP handler; credentials still reload when their files change");
-                None
-            }
-        };
-        let stop = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(term), Ok(int)) => Some((term, int)),
-            _ => {
-                tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-                None
-            }
-        };
-        Signals { stop, hangup }
-    }
-
-    /// Reloads `server` on each SIGHUP (with nothing to reload the signal must still not stop
-    /// it) until SIGTERM or SIGINT.
-    async fn until_stop(&mut self, server: &ServerHandle) {
-        loop {
-            let hangup = async {
-                match &mut self.hangup {
-                    Some(hangup) => hangup.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = Self::stop_signal(&mut self.stop) => return,
-                received = hangup => match received {
-                    Some(()) => {
-                        server.reload("SIGHUP").await;
-                    }
-                    None => self.hangup = None,
-                },
-            }
-        }
-    }
-
-    /// Returns on the next SIGTERM or SIGINT.
-    async fn stop(&mut self) {
-        Self::stop_signal(&mut self.stop).await
-    }
-
-    async fn stop_signal(stop: &mut Option<(Signal, Signal)>) {
-        match stop {
-            Some((term, int)) => {
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            }
-            None => std::future::pending().await,
-        }
-    }
 }

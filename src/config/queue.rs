@@ -145,6 +145,17 @@ impl DatabaseUrl {
                 None => err.to_string(),
             })
         })?;
+        // A socket directory would otherwise fail at connect as a host name that does not resolve.
+        #[cfg(windows)]
+        if config.get_hosts().iter().any(
+            |host| matches!(host, tokio_postgres::config::Host::Tcp(name) if name.starts_with('/')),
+        ) {
+            return Err(UrlError::Parameter(
+                "PostgreSQL over a Unix socket (a socket directory as host) is not available on \
+                 Windows; connect over TCP, e.g. host=127.0.0.1"
+                    .into(),
+            ));
+        }
         config.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -208,6 +219,7 @@ impl DatabaseUrl {
                 match host {
                     Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
                     Host::Tcp(name) => format!("{name}:{port}"),
+                    #[cfg(unix)]
                     Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
                 }
             })

@@ -68,8 +68,11 @@ struct PositionedReader<'a> {
 
 impl io::Read for PositionedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.at)?;
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        // Moves the handle's cursor as well, which nothing here uses: every read names its offset.
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(self.file, buf, self.at)?;
         self.at += n as u64;
         Ok(n)
     }

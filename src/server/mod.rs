@@ -165,6 +165,10 @@ impl Server {
         if let Some(watcher) = &target.watcher {
             tasks.spawn(watcher.clone().run(shutdown.clone()));
         }
+        // A renewed certificate is served without a signal (Windows has no SIGHUP).
+        if let Some(tls) = smtp.tls() {
+            tasks.spawn(tls.watch(crate::relay::gmail::reload::POLL_INTERVAL, shutdown.clone()));
+        }
         let grace = config.smtp.shutdown_grace;
         let queue_store = target.queue.as_ref().map(|queue| queue.store.clone());
         let spool_lock = target.queue.map(|started| started.run(tasks, grace));

@@ -1,13 +1,13 @@
 //! TLS for STARTTLS and implicit-TLS listeners: loading the PEM certificate chain and key into a
-//! rustls configuration (TLS 1.2 and 1.3 only, ring provider), reloading it on SIGHUP, and the
-//! server side of the handshake.
+//! rustls configuration (TLS 1.2 and 1.3 only, ring provider), reloading it when its files change
+//! (polled, on every platform) and on SIGHUP (Unix), and the server side of the handshake.
 //!
 //! Each handshake takes the configuration current at that moment, so a reload affects new
 //! connections only and never disturbs one in progress.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -15,8 +15,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
+use crate::fingerprint::{FileFingerprint, Polls};
+use crate::locks::lock;
 
 /// Any byte stream a session can run over: plain TCP, the TLS stream
 /// [`Tls::accept`] makes of it, an in-memory pipe in tests. Defined here, not in `connection`, so
@@ -52,19 +55,57 @@ pub enum TlsError {
 pub struct Tls {
     files: TlsConfig,
     current: RwLock<Arc<ServerConfig>>,
+    /// The certificate's and the key's fingerprints at the last look, for [`Tls::reload_if_changed`].
+    seen: Mutex<[Option<FileFingerprint>; 2]>,
 }
 
 impl Tls {
     /// Loads the certificate chain and key named in `[smtp.tls]`.
     pub fn load(files: &TlsConfig) -> Result<Tls, TlsError> {
+        // Before reading them: a renewal written while they load is seen at the next look.
+        let seen = Mutex::new(fingerprints(files));
         let config = server_config(files)?;
         Ok(Tls {
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
+            seen,
         })
     }
 
-    /// Reads the files again (SIGHUP, after a certificate renewal). On error the previous
+    /// Reloads when the certificate or the key changed since the last look (a renewal by certbot
+    /// or cert-manager, which send no SIGHUP, and Windows, which has none); `None` when neither
+    /// changed. A renewal caught between its two files fails and is retried when the second
+    /// file changes.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = fingerprints(&self.files);
+        let mut seen = lock(&self.seen);
+        // A file that vanished for a moment (a secret being swapped) is no renewal yet.
+        if now == *seen || now.iter().any(Option::is_none) {
+            *seen = now;
+            return None;
+        }
+        *seen = now;
+        Some(self.reload())
+    }
+
+    /// Polls the files every `interval` until `shutdown`, reloading when they change.
+    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut polls = Polls::new(interval, shutdown);
+        while polls.next().await {
+            let tls = self.clone();
+            // stat and small reads: blocking calls, kept off the SMTP sessions' threads.
+            match tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
+                Ok(Some(Ok(()))) => tracing::info!("TLS certificate reloaded: its files changed"),
+                Ok(Some(Err(err))) => {
+                    tracing::error!("keeping the previous TLS certificate: {err}")
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%err, "TLS certificate check failed"),
+            }
+        }
+    }
+
+    /// Reads the files again (SIGHUP, a change of the files). On error the previous
     /// identity stays in use: a half-written renewal must not take TLS down.
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = Arc::new(server_config(&self.files)?);
@@ -91,6 +132,13 @@ impl Tls {
             )),
         }
     }
+}
+
+fn fingerprints(files: &TlsConfig) -> [Option<FileFingerprint>; 2] {
+    [
+        FileFingerprint::of(&files.cert),
+        FileFingerprint::of(&files.key),
+    ]
 }
 
 fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {

@@ -2,19 +2,16 @@
 //! or an operator) rewrites an account's credentials file, the next token request uses the new
 //! file, without a restart and without losing mail; SIGHUP reloads every account on demand.
 //!
-//! Files are polled (metadata every [`POLL_INTERVAL`]) rather than watched with inotify/kqueue:
-//! polling is portable, needs no extra dependency, costs a few `stat` calls per interval, and sees
-//! the cases that matter. Atomic writers (`authorize`, google-auth, Kubernetes secret updates)
-//! rename a new file over the old one, which changes the inode even when size and modification
-//! time happen to match; in-place editors change the size or the modification time. A file that is
-//! caught half-written fails to parse, is reported once, and is read again when it changes next,
-//! while the account keeps the credentials it had.
+//! Files are polled (metadata every [`POLL_INTERVAL`], see [`crate::fingerprint`] for why). A
+//! file that is caught half-written fails to parse, is reported once, and is read again when it
+//! changes next, while the account keeps the credentials it had.
 
+use crate::fingerprint::{FileFingerprint, Polls};
 use crate::locks::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -23,35 +20,6 @@ use super::accounts::Account;
 /// How often credential files are checked for changes. Short enough that a token written by
 /// `authorize` is used for the next message, long enough to cost nothing.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
-
-/// What a file looked like at the last look; `None` when it did not exist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    /// Device and inode: an atomic rename replaces them even when time and size match.
-    file_id: (u64, u64),
-}
-
-impl Fingerprint {
-    /// Follows symlinks, so a Kubernetes secret (a symlink into a directory swapped on update)
-    /// is seen to change.
-    fn of(path: &std::path::Path) -> Option<Fingerprint> {
-        let metadata = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let file_id = {
-            use std::os::unix::fs::MetadataExt;
-            (metadata.dev(), metadata.ino())
-        };
-        #[cfg(not(unix))]
-        let file_id = (0, 0);
-        Some(Fingerprint {
-            modified: metadata.modified().ok(),
-            len: metadata.len(),
-            file_id,
-        })
-    }
-}
 
 /// Reloads accounts' credentials when their files change, and on request (SIGHUP).
 pub struct CredentialWatcher {
@@ -63,7 +31,7 @@ pub struct CredentialWatcher {
 /// sharing a file must both see it change.
 struct Watched {
     account: Arc<Account>,
-    seen: Mutex<HashMap<PathBuf, Option<Fingerprint>>>,
+    seen: Mutex<HashMap<PathBuf, Option<FileFingerprint>>>,
 }
 
 impl CredentialWatcher {
@@ -78,7 +46,7 @@ impl CredentialWatcher {
                     .credential_files()
                     .into_iter()
                     .map(|path| {
-                        let fingerprint = Fingerprint::of(&path);
+                        let fingerprint = FileFingerprint::of(&path);
                         (path, fingerprint)
                     })
                     .collect();
@@ -93,14 +61,8 @@ impl CredentialWatcher {
 
     /// Polls until `shutdown` is cancelled.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        // After a stall (a suspended laptop) one look is enough, not a burst of them.
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut polls = Polls::new(self.interval, shutdown);
+        while polls.next().await {
             let watcher = self.clone();
             // stat and a small JSON read: blocking calls, kept off the SMTP sessions' threads.
             if let Err(err) = tokio::task::spawn_blocking(move || watcher.poll()).await {
@@ -150,7 +112,7 @@ impl Watched {
         let mut seen = lock(&self.seen);
         let mut changed = false;
         for (path, before) in seen.iter_mut() {
-            let now = Fingerprint::of(path);
+            let now = FileFingerprint::of(path);
             if now.is_none() && before.is_some() {
                 tracing::warn!(
                     account = %account.name,
