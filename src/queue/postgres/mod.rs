@@ -12,6 +12,7 @@ pub mod chunks;
 pub mod claims;
 pub mod connect;
 pub mod error;
+pub mod groups;
 pub mod lease;
 pub mod listener;
 pub mod schema;
