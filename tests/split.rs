@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,68 +13,14 @@ use common::WAIT;
 use common::fake_google::FakeGoogle;
 use common::process::ServerProcess;
 use common::serving::{Serving, gmail_mode};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use common::split_message::{
+    self, assert_once_each, bcc_recipients, everyone, header_recipients, message, transactions,
+};
 use smtp2gmail::config::{Delivery, HeaderOnlyRecipients};
 
-/// The header recipients: 80 in To, 40 in Cc.
-fn header_recipients() -> Vec<String> {
-    (0..120).map(|i| format!("r{i:03}@example.org")).collect()
-}
-
-/// Envelope-only recipients (Bcc).
-fn bcc_recipients() -> Vec<String> {
-    (0..5).map(|i| format!("hidden{i}@example.net")).collect()
-}
-
-/// One message naming every header recipient, as an MTA would relay it.
-fn message() -> Vec<u8> {
-    let header = header_recipients();
-    format!(
-        "From: app@example.com\r\nTo: {}\r\nCc: {}\r\nSubject: split\r\n\
-         Message-ID: <split-test-1@example.com>\r\nDate: Mon, 1 Jun 2026 10:00:00 +0000\r\n\r\n\
-         one message, many recipients\r\n",
-        header[..80].join(",\r\n "),
-        header[80..].join(",\r\n "),
-    )
-    .into_bytes()
-}
-
-/// The three transactions Postfix would make: 50, 50 and 20 header recipients, the Bcc
-/// recipients spread over them.
-fn transactions() -> Vec<Vec<String>> {
-    let (header, bcc) = (header_recipients(), bcc_recipients());
-    vec![
-        [&header[..50], &bcc[..2]].concat(),
-        [&header[50..100], &bcc[2..3]].concat(),
-        [&header[100..], &bcc[3..]].concat(),
-    ]
-}
-
-/// Sends `message()` once per envelope, all at once on separate connections (as Postfix's
-/// delivery agents do); returns the queue ids.
+/// Sends `message()` once per envelope to `served`, all at once; returns the queue ids.
 async fn send(served: &ServerProcess, envelopes: &[Vec<String>]) -> Vec<String> {
-    let sends = envelopes.iter().map(|rcpts| {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(served.smtp.port())
-            .build();
-        let envelope = Envelope::new(
-            Some("app@example.com".parse().unwrap()),
-            rcpts.iter().map(|r| r.parse().unwrap()).collect(),
-        )
-        .unwrap();
-        async move { transport.send_raw(&envelope, &message()).await }
-    });
-    let replies = futures_util::future::join_all(sends).await;
-    replies
-        .into_iter()
-        .map(|reply| {
-            let reply = reply.expect("every transaction is accepted");
-            let text = reply.message().collect::<Vec<_>>().join(" ");
-            assert!(text.contains("queued as "), "{text}");
-            text.rsplit(' ').next().unwrap().to_string()
-        })
-        .collect()
+    split_message::send_to(served.smtp, envelopes).await
 }
 
 /// The `.msg` files in a spool directory.
@@ -97,20 +42,6 @@ async fn until_messages(dir: &Path, place: &str, count: usize) {
         }
     });
     assert!(waited.await.is_ok(), "{place}: {:?}", messages(dir, place));
-}
-
-/// Asserts that `recipients` (what Gmail delivered to) names everyone in `expected` exactly once.
-#[track_caller]
-fn assert_once_each(recipients: &[String], expected: impl IntoIterator<Item = String>) {
-    let unique: BTreeSet<&String> = recipients.iter().collect();
-    assert_eq!(unique.len(), recipients.len(), "someone would get it twice");
-    let expected: BTreeSet<String> = expected.into_iter().collect();
-    let got: BTreeSet<String> = recipients.iter().cloned().collect();
-    assert_eq!(got, expected);
-}
-
-fn everyone() -> Vec<String> {
-    [header_recipients(), bcc_recipients()].concat()
 }
 
 #[tokio::test]
