@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use common::WAIT;
 use common::fake_google::FakeGoogle;
+use common::pg_store;
 use common::postfix::Postfix;
 use common::postgres::PgServer;
 use common::process::ServerProcess;
@@ -25,9 +26,11 @@ use common::split_message::{
     transactions,
 };
 use smtp2gmail::config::{Config, Delivery, HeaderOnlyRecipients, QueueBackend};
-use smtp2gmail::message::{Address, Envelope, MessageId};
+use smtp2gmail::message::{Address, Envelope, Message, MessageId};
 use smtp2gmail::queue::postgres::schema::MIGRATIONS;
-use smtp2gmail::queue::record::{Entry, IfIncomplete, Merge, SplitRecord};
+use smtp2gmail::queue::record::{Entry, IfIncomplete, Merge, Place, SplitRecord};
+use smtp2gmail::queue::split::shared::SharedGroups;
+use smtp2gmail::queue::store::Store;
 
 /// A replica of the shared queue at `db`.
 fn replica_config(google: &FakeGoogle, dir: &Path, db: &PgServer) -> Config {
@@ -190,6 +193,87 @@ async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// The merge of `parts` (the first one the oldest), as a replica would record it.
+fn merge_of(parts: &[&Entry]) -> Merge {
+    let mut entry = parts[0].clone();
+    entry.rcpt_to = parts.iter().flat_map(|p| p.rcpt_to.clone()).collect();
+    let split = entry.split.as_mut().unwrap();
+    split.parts = parts.iter().map(|p| p.id.clone()).collect();
+    Merge {
+        entry,
+        dead: false,
+        served: Default::default(),
+        at: SystemTime::now(),
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
+async fn a_group_is_released_only_as_it_was_read_and_only_once() {
+    let db = PgServer::start();
+    let store = pg_store::store(&db, pg_store::MINUTE).await;
+    let header = ["a@x.org", "b@x.org"].map(String::from).into();
+    let bytes = Message::from_bytes(b"To: a@x.org, b@x.org\r\n\r\nhi\r\n".to_vec());
+    let now = SystemTime::now();
+    let first = held_record(&["a@x.org".to_string()], "g");
+    store.hold(&first, &header, &bytes, now).await.unwrap();
+    let read = store.due_groups(now, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        (read[0].parts.len(), read[0].header.as_ref()),
+        (1, Some(&header))
+    );
+    let due = store.next_group_due().await.unwrap();
+    assert!(due.is_some_and(|due| due <= now), "due at once: {due:?}");
+
+    // Another transaction joins after the group was read: what was decided on the group as it
+    // was read is not written.
+    let second = held_record(&["b@x.org".to_string()], "g");
+    store.hold(&second, &header, &bytes, now).await.unwrap();
+    let stale = read[0].version;
+    let later = now + Duration::from_secs(60);
+    assert!(!store.reschedule("g", stale, later).await.unwrap());
+    assert!(
+        !store
+            .settle("g", stale, &merge_of(&[&first]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count(Place::Held).await.unwrap(), 2, "nothing moved");
+
+    // Read again, it is released once: two replicas releasing it find it gone the second time.
+    let read = store.due_groups(now, 10).await.unwrap();
+    assert_eq!(read[0].parts.len(), 2);
+    let merge = merge_of(&[&first, &second]);
+    let version = read[0].version;
+    let (one, other) = tokio::join!(
+        store.settle("g", version, &merge),
+        store.settle("g", version, &merge)
+    );
+    assert_eq!(
+        [one.unwrap(), other.unwrap()]
+            .iter()
+            .filter(|x| **x)
+            .count(),
+        1,
+        "released exactly once"
+    );
+    assert_eq!(store.count(Place::Held).await.unwrap(), 0);
+    let queued = store.read(Place::Queue, &first.id).await.unwrap().unwrap();
+    assert_eq!(queued, merge.entry, "the oldest, under the merged record");
+    assert_eq!(store.next_group_due().await.unwrap(), None);
+    assert_eq!(
+        sql(
+            &db,
+            "SELECT count(*) FROM smtp2gmail.merges WHERE group_key = 'g'"
+        ),
+        "1"
+    );
 }
 
 /// Waits until a session of the queue's database waits for a row lock.

@@ -24,10 +24,11 @@ use crate::queue::record::{Entry, Merge, Place};
 use crate::queue::split::shared::{HeldGroup, SharedGroups};
 use crate::queue::store::StoreError;
 
-/// A held transaction's group as it joins it: the header recipients and when it is due.
+/// A held transaction's group as it joins it: the header recipients (`None`: read from a
+/// transaction's head when the group is looked at) and when it is due.
 pub(super) struct Joining<'a> {
-    header: &'a BTreeSet<String>,
-    now: SystemTime,
+    pub header: Option<&'a BTreeSet<String>>,
+    pub now: SystemTime,
 }
 
 /// Creates the group of a transaction being held, or counts one more transaction in it (the
@@ -55,7 +56,8 @@ impl PgStore {
                 entry.id
             )));
         };
-        let header: Vec<&str> = group.header.iter().map(String::as_str).collect();
+        let header: Option<Vec<&str>> =
+            (group.header).map(|header| header.iter().map(String::as_str).collect());
         tx.execute(
             JOIN,
             &[&split.group, &header, &entry.next_attempt, &group.now],
@@ -205,7 +207,10 @@ impl SharedGroups for PgStore {
         message: &Message,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let joining = Joining { header, now };
+        let joining = Joining {
+            header: Some(header),
+            now,
+        };
         self.store(Place::Held, entry, message, Some(joining)).await
     }
 

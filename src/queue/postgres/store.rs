@@ -266,8 +266,17 @@ fn not_found(id: &str, place: Place) -> StoreError {
 impl Store for PgStore {
     /// One transaction: the row, the chunks, the `NOTIFY`; `Ok` only after the commit. Any
     /// failure rolls it back (a connection lost midway rolls back on the server).
+    ///
+    /// A held transaction joins its group (`split_groups`), which replicas then look at: its
+    /// header recipients are read from its head then. (The replicas' intake holds through
+    /// `SharedGroups::hold`, which stores them with the group.)
     async fn put(&self, place: Place, entry: &Entry, message: &Message) -> Result<(), StoreError> {
-        self.store(place, entry, message, None).await
+        let group =
+            (place == Place::Held && entry.split.is_some()).then(|| super::groups::Joining {
+                header: None,
+                now: std::time::SystemTime::now(),
+            });
+        self.store(place, entry, message, group).await
     }
 
     /// The record and its next attempt; a lease on the message is left as it is (its holder's

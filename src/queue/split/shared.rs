@@ -154,7 +154,12 @@ impl SharedSplitter {
                 _ = shutdown.cancelled() => break,
             }
             let now = SystemTime::now();
-            failed = !self.release_due(now).await;
+            // Cancelled at shutdown even while it waits for a lock: a release not committed is
+            // rolled back whole, and the group stays due for any replica.
+            tokio::select! {
+                released = self.release_due(now) => failed = !released,
+                _ = shutdown.cancelled() => break,
+            }
             if pruned.is_none_or(|at: SystemTime| {
                 now.duration_since(at).unwrap_or_default() >= PRUNE_EVERY
             }) {
