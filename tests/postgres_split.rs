@@ -22,8 +22,7 @@ use common::process::ServerProcess;
 use common::server::TestServer;
 use common::serving::{Serving, gmail_mode, queue_command};
 use common::split_message::{
-    self, MESSAGE_ID, assert_once_each, bcc_recipients, everyone, header_recipients, message,
-    transactions,
+    self, MESSAGE_ID, assert_once_each, everyone, header_recipients, message, transactions,
 };
 use smtp2gmail::config::{Config, Delivery, HeaderOnlyRecipients, QueueBackend};
 use smtp2gmail::message::{Address, Envelope, Message, MessageId};
@@ -107,12 +106,8 @@ async fn transactions_reaching_two_replicas_are_merged_and_sent_once() {
     google.wait_for_uploads(1).await;
     logged_by_either(&a, &b, "transactions of a split message merged").await;
     until_empty(a.config_file()).await;
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send");
-    assert_once_each(&uploads[0].recipients, everyone());
-    let body = &uploads[0].body;
-    let from = body.windows(6).position(|w| w == b"From: ").unwrap();
-    assert!(body.starts_with(b"Bcc: ") && body[from..].starts_with(&message()));
+    let upload = split_message::assert_one_send_to_everyone(&google);
+    split_message::assert_bcc_in_front_of_the_message(&upload.body);
     assert_eq!(sql(&db, "SELECT count(*) FROM smtp2gmail.merges"), "1");
 
     // A transaction sent again (its 250 lost), to either replica: nobody new, nothing sent.
@@ -150,24 +145,8 @@ async fn incomplete_across_two_replicas(
 async fn transactions_that_never_name_everyone_become_one_dead_letter_under_reject() {
     let (_db, google, _dir, [a, b]) =
         incomplete_across_two_replicas(HeaderOnlyRecipients::Reject).await;
-    let listed = until_listed(a.config_file(), |l| l.contains("DEAD LETTER")).await;
-    assert_eq!(listed.matches("DEAD LETTER").count(), 1, "{listed}");
-    assert!(!listed.contains("HELD"), "{listed}");
-    assert!(
-        listed.contains(&format!("split message <{MESSAGE_ID}> incomplete"))
-            && listed.contains("named 100 of its 120 header recipients")
-            && listed.contains("r100@example.org")
-            && listed.contains("header_only_recipients"),
-        "{listed}"
-    );
-    let dead = listed.split_whitespace().next().unwrap();
-    let (ok, shown) = a.queue_command(&["show", dead]).await;
-    assert!(ok, "{shown}");
-    assert!(shown.contains("merged from:  2 transactions"), "{shown}");
-    assert!(
-        shown.contains("in no envelope: 20 header recipients"),
-        "{shown}"
-    );
+    until_listed(a.config_file(), |l| l.contains("DEAD LETTER")).await;
+    split_message::assert_dead_letter_of_the_first_two(&b).await;
     assert!(google.uploads().is_empty(), "nothing was sent");
     a.stop().await;
     b.stop().await;
@@ -183,14 +162,7 @@ async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
         incomplete_across_two_replicas(HeaderOnlyRecipients::Allow).await;
     google.wait_for_uploads(1).await;
     until_empty(a.config_file()).await;
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send, not one per transaction");
-    // Gmail delivers to every header address; the Bcc recipients of the missing transaction
-    // were never named to any replica.
-    assert_once_each(
-        &uploads[0].recipients,
-        [header_recipients(), bcc_recipients()[..3].to_vec()].concat(),
-    );
+    split_message::assert_one_send_for_the_first_two(&google);
     a.stop().await;
     b.stop().await;
 }
@@ -329,9 +301,8 @@ async fn a_replica_killed_in_the_middle_of_a_merge_leaves_it_to_another() {
         .await;
     google.wait_for_uploads(1).await;
     until_empty(survivor.config_file()).await;
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "no loss, no second copy");
-    assert_once_each(&uploads[0].recipients, everyone());
+    // No loss, no second copy.
+    split_message::assert_one_send_to_everyone(&google);
     assert_eq!(sql(&db, "SELECT count(*) FROM smtp2gmail.merges"), "1");
     assert_eq!(
         sql(&db, "SELECT count(*) FROM smtp2gmail.split_groups"),
@@ -499,9 +470,8 @@ async fn postfix_as_the_relayhost_client_of_a_replica_bounces_nothing() {
     assert_eq!(transactions.len(), 3, "{transactions:?}");
     logged_by_either(&a, &b, "transactions of a split message merged").await;
     until_empty(a.config_file()).await;
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send, and no bounce relayed");
-    assert_once_each(&uploads[0].recipients, everyone());
+    // And no bounce relayed.
+    split_message::assert_one_send_to_everyone(&google);
     drop(postfix);
     a.stop().await;
     b.stop().await;

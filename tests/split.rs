@@ -13,9 +13,7 @@ use common::WAIT;
 use common::fake_google::FakeGoogle;
 use common::process::ServerProcess;
 use common::serving::{Serving, gmail_mode};
-use common::split_message::{
-    self, assert_once_each, bcc_recipients, everyone, header_recipients, message, transactions,
-};
+use common::split_message::{self, transactions};
 use smtp2gmail::config::{Delivery, HeaderOnlyRecipients};
 
 /// Sends `message()` once per envelope to `served`, all at once; returns the queue ids.
@@ -58,13 +56,8 @@ async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
         .await;
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send");
-    assert_once_each(&uploads[0].recipients, everyone());
-    // The received bytes (lettre ends them with one more CRLF), with a Bcc field in front.
-    let body = &uploads[0].body;
-    let from = body.windows(6).position(|w| w == b"From: ").unwrap();
-    assert!(body.starts_with(b"Bcc: ") && body[from..].starts_with(&message()));
+    let upload = split_message::assert_one_send_to_everyone(&google);
+    split_message::assert_bcc_in_front_of_the_message(&upload.body);
 
     // Postfix sends a transaction again when it never saw our 250: it adds nobody, so nothing
     // is sent again.
@@ -93,24 +86,8 @@ async fn transactions_that_never_name_everyone_become_a_dead_letter_under_reject
     let dead = &messages(dir.path(), "dead")[0];
     assert!(ids.iter().any(|id| dead.starts_with(id.as_str())));
 
-    let (ok, listed) = served.queue_command(&["list"]).await;
-    assert!(ok, "{listed}");
-    assert!(listed.contains("DEAD LETTER"), "{listed}");
-    assert!(
-        listed.contains("split message <split-test-1@example.com> incomplete")
-            && listed.contains("named 100 of its 120 header recipients")
-            && listed.contains("r100@example.org")
-            && listed.contains("header_only_recipients"),
-        "{listed}"
-    );
-    let dead_id = dead.trim_end_matches(".msg");
-    let (ok, shown) = served.queue_command(&["show", dead_id]).await;
-    assert!(ok, "{shown}");
-    assert!(shown.contains("merged from:  2 transactions"), "{shown}");
-    assert!(
-        shown.contains("in no envelope: 20 header recipients"),
-        "{shown}"
-    );
+    let listed = split_message::assert_dead_letter_of_the_first_two(&served).await;
+    assert_eq!(format!("{listed}.msg"), *dead);
     assert!(google.uploads().is_empty(), "nothing was sent");
     served.stop().await;
 }
@@ -129,14 +106,7 @@ async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
     assert!(logged.contains("r100@example.org"), "{logged}");
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send, not one per transaction");
-    // Gmail delivers to every header address; the Bcc recipients of the missing transaction
-    // were never named to the server.
-    assert_once_each(
-        &uploads[0].recipients,
-        [header_recipients(), bcc_recipients()[..3].to_vec()].concat(),
-    );
+    split_message::assert_one_send_for_the_first_two(&google);
     served.stop().await;
 }
 
@@ -161,8 +131,6 @@ async fn held_transactions_survive_a_restart_and_are_merged_after_it() {
     google.wait_for_uploads(1).await;
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1);
-    assert_once_each(&uploads[0].recipients, everyone());
+    split_message::assert_one_send_to_everyone(&google);
     served.stop().await;
 }

@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
+use super::fake_gmail::Upload;
+use super::fake_google::FakeGoogle;
+use super::serving::Serving;
+
 /// The Message-ID of [`message`].
 pub const MESSAGE_ID: &str = "split-test-1@example.com";
 
@@ -100,4 +104,62 @@ pub fn assert_once_each(recipients: &[String], expected: impl IntoIterator<Item 
     let expected: BTreeSet<String> = expected.into_iter().collect();
     let got: BTreeSet<String> = recipients.iter().cloned().collect();
     assert_eq!(got, expected);
+}
+
+/// Asserts what `queue list` and `queue show` say of the one dead letter the first two of
+/// [`transactions`] become when the third never comes (under `header_only_recipients =
+/// "reject"`); returns its id.
+pub async fn assert_dead_letter_of_the_first_two(server: &impl Serving) -> String {
+    let (ok, listed) = server.queue_command(&["list"]).await;
+    assert!(ok, "{listed}");
+    assert_eq!(listed.matches("DEAD LETTER").count(), 1, "{listed}");
+    assert!(!listed.contains("HELD"), "{listed}");
+    assert!(
+        listed.contains(&format!("split message <{MESSAGE_ID}> incomplete"))
+            && listed.contains("named 100 of its 120 header recipients")
+            && listed.contains("r100@example.org")
+            && listed.contains("header_only_recipients"),
+        "{listed}"
+    );
+    let dead = listed.lines().find(|l| l.contains("DEAD LETTER")).unwrap();
+    let id = dead.split_whitespace().next().unwrap().to_string();
+    let (ok, shown) = server.queue_command(&["show", &id]).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains("merged from:  2 transactions"), "{shown}");
+    assert!(
+        shown.contains("in no envelope: 20 header recipients"),
+        "{shown}"
+    );
+    id
+}
+
+/// Asserts that Gmail got the first two of [`transactions`] as one message, the third never
+/// having come (under `header_only_recipients = "allow"`): every header recipient (Gmail
+/// delivers to them) and the Bcc recipients of those two, once each.
+#[track_caller]
+pub fn assert_one_send_for_the_first_two(google: &FakeGoogle) {
+    let uploads = google.uploads();
+    assert_eq!(uploads.len(), 1, "one Gmail send, not one per transaction");
+    // The Bcc recipients of the missing transaction were never named to the server.
+    assert_once_each(
+        &uploads[0].recipients,
+        [header_recipients(), bcc_recipients()[..3].to_vec()].concat(),
+    );
+}
+
+/// Asserts that Gmail got one message, naming every recipient (header and Bcc) once; returns it.
+#[track_caller]
+pub fn assert_one_send_to_everyone(google: &FakeGoogle) -> Upload {
+    let mut uploads = google.uploads();
+    assert_eq!(uploads.len(), 1, "one Gmail send");
+    assert_once_each(&uploads[0].recipients, everyone());
+    uploads.remove(0)
+}
+
+/// Asserts that `body` (what Gmail got) is [`message`] as received (lettre ends it with one more
+/// CRLF) with a Bcc field in front.
+#[track_caller]
+pub fn assert_bcc_in_front_of_the_message(body: &[u8]) {
+    let from = body.windows(6).position(|w| w == b"From: ").unwrap();
+    assert!(body.starts_with(b"Bcc: ") && body[from..].starts_with(&message()));
 }
