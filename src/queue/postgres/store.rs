@@ -437,8 +437,9 @@ impl Store for PgStore {
     }
 }
 
-/// The `merges` table: the journal every replica reads, so that a merge one replica began is
-/// completed by whichever starts next.
+/// The `merges` table through the journal's interface. The replicas' splitter records its merges
+/// inside the transaction that releases a group (`groups`), with the same statement
+/// ([`record_merge`]), and finds them by group key.
 #[async_trait::async_trait]
 impl MergeJournal for PgStore {
     /// Replaces an earlier record of the same merge, as the spool's atomic rename does.
