@@ -248,6 +248,35 @@ async fn a_group_is_released_only_as_it_was_read_and_only_once() {
     );
 }
 
+#[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
+async fn a_window_that_ended_while_no_replica_ran_starts_again() {
+    let db = PgServer::start();
+    let store = pg_store::store(&db, pg_store::MINUTE).await;
+    let header = ["a@x.org", "b@x.org"].map(String::from).into();
+    let bytes = Message::from_bytes(b"To: a@x.org, b@x.org\r\n\r\nhi\r\n".to_vec());
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let mut ended = held_record(&["a@x.org".to_string()], "ended");
+    ended.next_attempt = now - hour;
+    let open = held_record(&["a@x.org".to_string()], "open");
+    for part in [&ended, &open] {
+        store.hold(part, &header, &bytes, now).await.unwrap();
+    }
+    let window = Duration::from_secs(900);
+    let restarted = store
+        .restart_windows(now - pg_store::MINUTE, now + window, now)
+        .await
+        .unwrap();
+    assert_eq!(restarted, 1, "only the group whose window ended unreleased");
+    let deadlines = "SELECT string_agg(key || ':' || (deadline > now()), ',' ORDER BY key) \
+                     FROM smtp2gmail.split_groups";
+    assert_eq!(sql(&db, deadlines), "ended:true,open:true");
+}
+
 /// Waits until a session of the queue's database waits for a row lock.
 async fn until_a_session_waits_for_a_lock(db: &PgServer) {
     let waiting = "SELECT count(*) FROM pg_stat_activity \
