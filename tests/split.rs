@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,68 +13,12 @@ use common::WAIT;
 use common::fake_google::FakeGoogle;
 use common::process::ServerProcess;
 use common::serving::{Serving, gmail_mode};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use common::split_message::{self, transactions};
 use smtp2gmail::config::{Delivery, HeaderOnlyRecipients};
 
-/// The header recipients: 80 in To, 40 in Cc.
-fn header_recipients() -> Vec<String> {
-    (0..120).map(|i| format!("r{i:03}@example.org")).collect()
-}
-
-/// Envelope-only recipients (Bcc).
-fn bcc_recipients() -> Vec<String> {
-    (0..5).map(|i| format!("hidden{i}@example.net")).collect()
-}
-
-/// One message naming every header recipient, as an MTA would relay it.
-fn message() -> Vec<u8> {
-    let header = header_recipients();
-    format!(
-        "From: app@example.com\r\nTo: {}\r\nCc: {}\r\nSubject: split\r\n\
-         Message-ID: <split-test-1@example.com>\r\nDate: Mon, 1 Jun 2026 10:00:00 +0000\r\n\r\n\
-         one message, many recipients\r\n",
-        header[..80].join(",\r\n "),
-        header[80..].join(",\r\n "),
-    )
-    .into_bytes()
-}
-
-/// The three transactions Postfix would make: 50, 50 and 20 header recipients, the Bcc
-/// recipients spread over them.
-fn transactions() -> Vec<Vec<String>> {
-    let (header, bcc) = (header_recipients(), bcc_recipients());
-    vec![
-        [&header[..50], &bcc[..2]].concat(),
-        [&header[50..100], &bcc[2..3]].concat(),
-        [&header[100..], &bcc[3..]].concat(),
-    ]
-}
-
-/// Sends `message()` once per envelope, all at once on separate connections (as Postfix's
-/// delivery agents do); returns the queue ids.
+/// Sends `message()` once per envelope to `served`, all at once; returns the queue ids.
 async fn send(served: &ServerProcess, envelopes: &[Vec<String>]) -> Vec<String> {
-    let sends = envelopes.iter().map(|rcpts| {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(served.smtp.port())
-            .build();
-        let envelope = Envelope::new(
-            Some("app@example.com".parse().unwrap()),
-            rcpts.iter().map(|r| r.parse().unwrap()).collect(),
-        )
-        .unwrap();
-        async move { transport.send_raw(&envelope, &message()).await }
-    });
-    let replies = futures_util::future::join_all(sends).await;
-    replies
-        .into_iter()
-        .map(|reply| {
-            let reply = reply.expect("every transaction is accepted");
-            let text = reply.message().collect::<Vec<_>>().join(" ");
-            assert!(text.contains("queued as "), "{text}");
-            text.rsplit(' ').next().unwrap().to_string()
-        })
-        .collect()
+    split_message::send_to(served.smtp, envelopes).await
 }
 
 /// The `.msg` files in a spool directory.
@@ -99,20 +42,6 @@ async fn until_messages(dir: &Path, place: &str, count: usize) {
     assert!(waited.await.is_ok(), "{place}: {:?}", messages(dir, place));
 }
 
-/// Asserts that `recipients` (what Gmail delivered to) names everyone in `expected` exactly once.
-#[track_caller]
-fn assert_once_each(recipients: &[String], expected: impl IntoIterator<Item = String>) {
-    let unique: BTreeSet<&String> = recipients.iter().collect();
-    assert_eq!(unique.len(), recipients.len(), "someone would get it twice");
-    let expected: BTreeSet<String> = expected.into_iter().collect();
-    let got: BTreeSet<String> = recipients.iter().cloned().collect();
-    assert_eq!(got, expected);
-}
-
-fn everyone() -> Vec<String> {
-    [header_recipients(), bcc_recipients()].concat()
-}
-
 #[tokio::test]
 async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
@@ -127,13 +56,8 @@ async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
         .await;
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send");
-    assert_once_each(&uploads[0].recipients, everyone());
-    // The received bytes (lettre ends them with one more CRLF), with a Bcc field in front.
-    let body = &uploads[0].body;
-    let from = body.windows(6).position(|w| w == b"From: ").unwrap();
-    assert!(body.starts_with(b"Bcc: ") && body[from..].starts_with(&message()));
+    let upload = split_message::assert_one_send_to_everyone(&google);
+    split_message::assert_bcc_in_front_of_the_message(&upload.body);
 
     // Postfix sends a transaction again when it never saw our 250: it adds nobody, so nothing
     // is sent again.
@@ -162,24 +86,8 @@ async fn transactions_that_never_name_everyone_become_a_dead_letter_under_reject
     let dead = &messages(dir.path(), "dead")[0];
     assert!(ids.iter().any(|id| dead.starts_with(id.as_str())));
 
-    let (ok, listed) = served.queue_command(&["list"]).await;
-    assert!(ok, "{listed}");
-    assert!(listed.contains("DEAD LETTER"), "{listed}");
-    assert!(
-        listed.contains("split message <split-test-1@example.com> incomplete")
-            && listed.contains("named 100 of its 120 header recipients")
-            && listed.contains("r100@example.org")
-            && listed.contains("header_only_recipients"),
-        "{listed}"
-    );
-    let dead_id = dead.trim_end_matches(".msg");
-    let (ok, shown) = served.queue_command(&["show", dead_id]).await;
-    assert!(ok, "{shown}");
-    assert!(shown.contains("merged from:  2 transactions"), "{shown}");
-    assert!(
-        shown.contains("in no envelope: 20 header recipients"),
-        "{shown}"
-    );
+    let listed = split_message::assert_dead_letter_of_the_first_two(&served).await;
+    assert_eq!(format!("{listed}.msg"), *dead);
     assert!(google.uploads().is_empty(), "nothing was sent");
     served.stop().await;
 }
@@ -198,14 +106,7 @@ async fn transactions_that_never_name_everyone_are_sent_once_under_allow() {
     assert!(logged.contains("r100@example.org"), "{logged}");
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send, not one per transaction");
-    // Gmail delivers to every header address; the Bcc recipients of the missing transaction
-    // were never named to the server.
-    assert_once_each(
-        &uploads[0].recipients,
-        [header_recipients(), bcc_recipients()[..3].to_vec()].concat(),
-    );
+    split_message::assert_one_send_for_the_first_two(&google);
     served.stop().await;
 }
 
@@ -230,8 +131,6 @@ async fn held_transactions_survive_a_restart_and_are_merged_after_it() {
     google.wait_for_uploads(1).await;
     until_messages(dir.path(), "queue", 0).await;
     assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1);
-    assert_once_each(&uploads[0].recipients, everyone());
+    split_message::assert_one_send_to_everyone(&google);
     served.stop().await;
 }

@@ -38,7 +38,7 @@ use record::{Entry, Place, Request};
 use schedule::{Pickup, Scheduler};
 use shared::{SharedState, SharedStore};
 use spool::Spool;
-use store::{MergeJournal, Store};
+use store::Store;
 
 use crate::tasks::Tasks;
 
@@ -125,7 +125,7 @@ pub struct Started {
     /// Where bodies should be spilled while they arrive, so that storing them is a hard link.
     pub spill_dir: Option<std::path::PathBuf>,
     deliveries: Deliveries,
-    splitter: split::Splitter,
+    splitter: split::Task,
     lock: Option<std::fs::File>,
 }
 
@@ -186,7 +186,8 @@ pub async fn start(
     storage: &Tasks,
 ) -> Result<Started, StartError> {
     let (scheduled, incoming) = mpsc::unbounded_channel();
-    let (store, journal, deliveries, lock): (Arc<dyn Store>, Arc<dyn MergeJournal>, _, _) =
+    let routing: Arc<dyn split::Routing> = gmail.clone();
+    let (store, deliveries, (intake, splitter), lock): (Arc<dyn Store>, _, _, _) =
         match config.backend {
             QueueBackend::Spool => {
                 let (spool, lock) = Spool::open_for_server(&config.dir)?;
@@ -194,12 +195,9 @@ pub async fn start(
                 let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
                     .await
                     .with_commands(spool.clone());
-                (
-                    spool.clone(),
-                    spool,
-                    Deliveries::Spool(Box::new(core)),
-                    Some(lock),
-                )
+                let store: Arc<dyn Store> = spool.clone();
+                let split = split::in_memory(&store, spool, config, routing, scheduled.clone());
+                (store, Deliveries::Spool(Box::new(core)), split, Some(lock))
             }
             QueueBackend::Postgres => {
                 let database = Arc::new(open_database(config, storage.clone()).await?);
@@ -208,18 +206,12 @@ pub async fn start(
                 drop(incoming);
                 let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
                 let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone());
-                (
-                    database.clone(),
-                    database,
-                    Deliveries::Shared(Box::new(core)),
-                    None,
-                )
+                // Held transactions are grouped in the database, so that the parts of one
+                // message reaching different replicas are merged all the same.
+                let split = split::shared(database.clone(), config, routing);
+                (database, Deliveries::Shared(Box::new(core)), split, None)
             }
         };
-    let split_config = split_config(config);
-    let routing: Arc<dyn split::Routing> = gmail.clone();
-    let (intake, splitter) =
-        split::build(&store, journal, &split_config, routing, scheduled.clone());
     Ok(Started {
         acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
         spill_dir: store.spill_dir(),
@@ -228,23 +220,6 @@ pub async fn start(
         splitter,
         lock,
     })
-}
-
-/// The configuration the splitter runs with. The transactions of a split message may reach
-/// different replicas, and the splitter groups them in one process's memory: with replicas each
-/// transaction is queued on its own (as with `split_window = "0s"`) until holding is shared too
-/// (docs/queue.md).
-fn split_config(config: &QueueConfig) -> QueueConfig {
-    if config.backend == QueueBackend::Spool || config.split_window.is_zero() {
-        return config.clone();
-    }
-    tracing::info!(
-        "queue.split_window does not apply to the PostgreSQL queue yet: split transactions are queued on their own"
-    );
-    QueueConfig {
-        split_window: Duration::ZERO,
-        ..config.clone()
-    }
 }
 
 /// The queue's storage as the `queue` commands use it: its records, and the way a command

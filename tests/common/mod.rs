@@ -12,12 +12,14 @@ pub mod fake_oauth;
 pub mod inbox;
 pub mod logs;
 pub mod pg_store;
+pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod programs;
 pub mod python;
 pub mod server;
 pub mod serving;
+pub mod split_message;
 pub mod tls;
 
 #[allow(unused_imports)] // not every test binary starts a server in process

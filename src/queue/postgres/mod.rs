@@ -2,7 +2,8 @@
 //! connection pool ([`connect`]), the schema and its migrations ([`schema`]), the failures in the
 //! operator's terms ([`error`]), and the claim and lease statements ([`lease`]); on top of them
 //! the queue's storage itself, [`PgStore`] ([`store`]: the message records; [`chunks`]: their
-//! bytes; [`claims`]: what replicas share; [`listener`]: waking on new mail).
+//! bytes; [`claims`]: what replicas share; [`groups`]: the held transactions of split messages,
+//! grouped for every replica; [`listener`]: waking on new mail).
 //!
 //! The queue's storage on top of these keeps the spool's promises (docs/queue.md): the bytes and
 //! the envelope are in a committed transaction before 250; one replica sends a message at a time,
@@ -12,6 +13,7 @@ pub mod chunks;
 pub mod claims;
 pub mod connect;
 pub mod error;
+pub mod groups;
 pub mod lease;
 pub mod listener;
 pub mod schema;

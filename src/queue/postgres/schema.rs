@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "streaks of failed preconditions shared by replicas",
         sql: include_str!("schema_v2.sql"),
     },
+    Migration {
+        version: 3,
+        name: "held transactions of split messages grouped for every replica",
+        sql: include_str!("schema_v3.sql"),
+    },
 ];
 
 /// The schema version this build writes.

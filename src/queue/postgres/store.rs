@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
 use super::error::{DatabaseError, Step};
@@ -113,6 +114,41 @@ impl PgStore {
         Ok(())
     }
 
+    /// Stores a message in one transaction — its row, its chunks, the announcement, and for a
+    /// held transaction its `group` — and returns only after the commit. Any failure rolls it
+    /// back (a connection lost midway rolls back on the server), so nothing is left behind.
+    pub(super) async fn store(
+        &self,
+        place: Place,
+        entry: &Entry,
+        message: &Message,
+        group: Option<super::groups::Joining<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(self.fail("starting to store a message"))?;
+        let stored = match group {
+            // The group first: its row lock orders the transactions of one message.
+            Some(group) => match self.join(&tx, entry, group).await {
+                Ok(()) => self.insert(&tx, place, entry, message).await,
+                Err(err) => Err(err),
+            },
+            None => self.insert(&tx, place, entry, message).await,
+        };
+        match stored {
+            Ok(()) => Ok(tx
+                .commit()
+                .await
+                .map_err(self.fail("committing a stored message"))?),
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
     /// The message's row and its chunks, and the announcement, in the caller's transaction.
     async fn insert(
         &self,
@@ -122,11 +158,13 @@ impl PgStore {
         message: &Message,
     ) -> Result<(), StoreError> {
         let mailbox = mailbox_column(entry.mailbox.as_deref());
+        // A held transaction's group, for finding the transactions of one message.
+        let group = entry.split.as_ref().filter(|_| place == Place::Held);
         let inserted = tx
             .execute(
                 "INSERT INTO smtp2gmail.messages
-                        (id, place, entry, account, mailbox, size, next_attempt)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                        (id, place, entry, account, mailbox, size, next_attempt, split_group)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     &entry.id,
@@ -136,6 +174,7 @@ impl PgStore {
                     &mailbox,
                     &(message.len() as i64),
                     &entry.next_attempt,
+                    &group.map(|split| split.group.as_str()),
                 ],
             )
             .await
@@ -171,6 +210,51 @@ pub(super) fn parse(id: &str, value: serde_json::Value) -> Result<Entry, StoreEr
     Entry::from_json_value(value).map_err(|err| StoreError::Unreadable(format!("{id}: {err}")))
 }
 
+/// Moves a message from one place to another under its new record (and its account and
+/// mailbox), ending any lease (a dead letter or a message back from the dead is nobody's, a
+/// merged message nobody's yet) and any group (a merged transaction is no longer held); returns
+/// how many rows moved (0 or 1). For the caller's client or transaction.
+pub(super) async fn move_in(
+    client: &impl GenericClient,
+    from: Place,
+    to: Place,
+    entry: &Entry,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE smtp2gmail.messages
+                SET place = $3, entry = $4, next_attempt = $5, account = $6, mailbox = $7,
+                    lease_owner = NULL, lease_until = NULL, split_group = NULL
+              WHERE id = $1 AND place = $2",
+            &[
+                &entry.id,
+                &place_name(from),
+                &place_name(to),
+                &Json(entry),
+                &entry.next_attempt,
+                &entry.account,
+                &mailbox_column(entry.mailbox.as_deref()),
+            ],
+        )
+        .await
+}
+
+/// Records a merge (replacing an earlier record of the same merge, as the spool's atomic rename
+/// does), under its group key, so that a transaction of the same message sent again is found.
+pub(super) async fn record_merge(
+    client: &impl GenericClient,
+    merge: &Merge,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO smtp2gmail.merges (id, record, at, group_key) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE
+                SET record = EXCLUDED.record, at = EXCLUDED.at, group_key = EXCLUDED.group_key",
+            &[&merge.entry.id, &Json(merge), &merge.at, &merge.group()],
+        )
+        .await
+}
+
 fn not_found(id: &str, place: Place) -> StoreError {
     StoreError::Io(io::Error::new(
         io::ErrorKind::NotFound,
@@ -182,22 +266,17 @@ fn not_found(id: &str, place: Place) -> StoreError {
 impl Store for PgStore {
     /// One transaction: the row, the chunks, the `NOTIFY`; `Ok` only after the commit. Any
     /// failure rolls it back (a connection lost midway rolls back on the server).
+    ///
+    /// A held transaction joins its group (`split_groups`), which replicas then look at: its
+    /// header recipients are read from its head then. (The replicas' intake holds through
+    /// `SharedGroups::hold`, which stores them with the group.)
     async fn put(&self, place: Place, entry: &Entry, message: &Message) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(self.fail("starting to store a message"))?;
-        match self.insert(&tx, place, entry, message).await {
-            Ok(()) => Ok(tx
-                .commit()
-                .await
-                .map_err(self.fail("committing a stored message"))?),
-            Err(err) => {
-                let _ = tx.rollback().await;
-                Err(err)
-            }
-        }
+        let group =
+            (place == Place::Held && entry.split.is_some()).then(|| super::groups::Joining {
+                header: None,
+                now: std::time::SystemTime::now(),
+            });
+        self.store(place, entry, message, group).await
     }
 
     /// The record and its next attempt; a lease on the message is left as it is (its holder's
@@ -287,20 +366,7 @@ impl Store for PgStore {
     /// message back from the dead is nobody's).
     async fn move_to(&self, from: Place, to: Place, entry: &Entry) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let moved = client
-            .execute(
-                "UPDATE smtp2gmail.messages
-                    SET place = $3, entry = $4, next_attempt = $5,
-                        lease_owner = NULL, lease_until = NULL
-                  WHERE id = $1 AND place = $2",
-                &[
-                    &entry.id,
-                    &place_name(from),
-                    &place_name(to),
-                    &Json(entry),
-                    &entry.next_attempt,
-                ],
-            )
+        let moved = move_in(&client, from, to, entry)
             .await
             .map_err(self.fail("moving a message"))?;
         if moved == 0 {
@@ -371,19 +437,15 @@ impl Store for PgStore {
     }
 }
 
-/// The `merges` table: the journal every replica reads, so that a merge one replica began is
-/// completed by whichever starts next.
+/// The `merges` table through the journal's interface. The replicas' splitter records its merges
+/// inside the transaction that releases a group (`groups`), with the same statement
+/// ([`record_merge`]), and finds them by group key.
 #[async_trait::async_trait]
 impl MergeJournal for PgStore {
     /// Replaces an earlier record of the same merge, as the spool's atomic rename does.
     async fn save_merge(&self, merge: &Merge) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO smtp2gmail.merges (id, record, at) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, at = EXCLUDED.at",
-                &[&merge.entry.id, &Json(merge), &merge.at],
-            )
+        record_merge(&client, merge)
             .await
             .map_err(self.fail("recording a merge"))?;
         Ok(())

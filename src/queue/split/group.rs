@@ -44,13 +44,37 @@ impl Group {
         group
     }
 
+    /// A group as replicas keep it: its transactions as the database holds them (in any order)
+    /// and the end of its window as stored with it. Complete, it settles [`SETTLE`] after its
+    /// latest transaction was received, as the spool's settles after its latest arrived.
+    pub fn of(mut parts: Vec<Entry>, header: BTreeSet<String>, deadline: SystemTime) -> Group {
+        parts.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        let mut group = Group {
+            header,
+            parts: Vec::new(),
+            deadline,
+            settled_at: None,
+        };
+        for part in parts {
+            let received = part.received_at;
+            group.insert(part, received);
+        }
+        group
+    }
+
     /// Adds a transaction that arrived (or was loaded) `now`. A transaction already held (the
     /// same id) is not added twice.
     pub fn add(&mut self, part: Entry, now: SystemTime, window: Duration) {
+        self.deadline = self.deadline.min(part.received_at + window);
+        self.insert(part, now);
+    }
+
+    /// Adds a transaction in its place (oldest first), unless it is held already; complete, the
+    /// group settles [`SETTLE`] after `now`.
+    fn insert(&mut self, part: Entry, now: SystemTime) {
         if self.parts.iter().any(|p| p.id == part.id) {
             return;
         }
-        self.deadline = self.deadline.min(part.received_at + window);
         let at = self
             .parts
             .partition_point(|p| (p.received_at, &p.id) <= (part.received_at, &part.id));
@@ -189,6 +213,25 @@ mod tests {
             group.served(&Outcome::Queue),
             ["a@x", "b@x", "bcc@y", "c@x"]
         );
+    }
+
+    #[test]
+    fn a_group_read_back_from_the_database_settles_after_its_latest_transaction() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = t0 + Duration::from_secs(3);
+        let deadline = t0 + WINDOW;
+        let parts = vec![part("02", later, &["b@x", "c@x"]), part("01", t0, &["a@x"])];
+        let group = Group::of(parts, header(), deadline);
+        let ids: Vec<&str> = group.parts.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["01", "02"], "oldest first");
+        assert_eq!(group.due(), later + SETTLE);
+        assert_eq!(
+            group.deadline, deadline,
+            "the stored window, not one from the parts"
+        );
+
+        let incomplete = Group::of(vec![part("01", t0, &["a@x"])], header(), deadline);
+        assert_eq!(incomplete.due(), deadline);
     }
 
     #[test]

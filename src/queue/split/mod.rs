@@ -18,13 +18,22 @@
 //! `header_only_recipients`: `reject` makes it a dead letter with the reason (250 was already
 //! given), `allow` queues it once with the union envelope.
 //!
-//! A merge is crash-safe through a record written before anything moves ([`journal`]): at start
-//! an interrupted merge is completed from it. The record also stays for `queue.max_age`, so a
-//! transaction the client sends again later (its 250 was lost) is recognised and dropped instead
-//! of sending the message a second time.
+//! Who keeps the groups depends on the backend; what a release makes does not ([`release`]):
+//! - the spool's one server keeps them in its memory ([`Splitter`]). A merge is crash-safe
+//!   through a record written before anything moves ([`journal`]): at start an interrupted merge
+//!   is completed from it;
+//! - replicas keep them in the database, where any replica releases a group that is due, even
+//!   one whose transactions another replica held before it died ([`shared`]). A merge is one
+//!   database transaction.
+//!
+//! The record of a merge stays for `queue.max_age` on both, so a transaction the client sends
+//! again later (its 250 was lost) is recognised and dropped instead of sending the message a
+//! second time.
 
 mod group;
 mod journal;
+mod release;
+pub mod shared;
 mod splitter;
 
 use std::collections::BTreeSet;
@@ -34,16 +43,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
 use super::record::{Entry, IfIncomplete, Place, SplitRecord};
 use super::store::{MergeJournal, Store};
-use crate::config::HeaderOnlyRecipients;
+use crate::config::{HeaderOnlyRecipients, QueueConfig};
 use crate::message::headers::{Headers, header_end};
-use crate::message::{Envelope, Message};
+use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{DeliveryError, Gmail, Receipt};
+use release::Rules;
+use shared::{SharedGroups, SharedSplitter};
 
 pub use splitter::Splitter;
 
@@ -118,6 +130,16 @@ fn header_recipients(headers: &Headers) -> Option<BTreeSet<String>> {
     Some(headers.recipients().into_iter().collect())
 }
 
+/// The header recipients of a held transaction, read from its stored head; `None` when it is
+/// gone or its headers cannot be read.
+async fn header_of(store: &dyn Store, entry: &Entry) -> Option<BTreeSet<String>> {
+    let head = match store.message(Place::Held, entry).await {
+        Ok(Some(message)) => message.head(HEAD_LIMIT).await.ok()?,
+        _ => return None,
+    };
+    header_recipients(&Headers::read(&head))
+}
+
 /// The Message-ID of a message head, without its angle brackets.
 fn message_id(head: &[u8]) -> Option<String> {
     let section = &head[..header_end(head)];
@@ -128,10 +150,24 @@ fn message_id(head: &[u8]) -> Option<String> {
 
 /// The accepting side: recognises parts and holds them.
 pub struct Intake {
-    store: Arc<dyn Store>,
     routing: Arc<dyn Routing>,
     window: Duration,
-    parts: mpsc::UnboundedSender<HeldPart>,
+    keeping: Keeping,
+}
+
+/// Who keeps the groups, and how a held part reaches them.
+enum Keeping {
+    /// The spool's splitter, in the one server's memory: the part is stored, then announced.
+    Memory {
+        store: Arc<dyn Store>,
+        parts: mpsc::UnboundedSender<HeldPart>,
+    },
+    /// The database every replica shares: the part is stored with its group, then this
+    /// replica's splitter is woken to look at the group.
+    Shared {
+        groups: Arc<dyn SharedGroups>,
+        wake: Arc<Notify>,
+    },
 }
 
 /// A held part announced to the [`Splitter`].
@@ -159,7 +195,8 @@ impl Intake {
         })
     }
 
-    /// Stores `part` durably in `held/` and hands it to the splitter; the receipt is its queue id.
+    /// Stores `part` durably as held and hands it to whoever groups it; the receipt is its
+    /// queue id.
     pub async fn hold(
         &self,
         part: Part,
@@ -181,8 +218,18 @@ impl Intake {
             parts: Vec::new(),
             uncovered: Vec::new(),
         });
-        if let Err(err) = self.store.put(Place::Held, &entry, message).await {
-            tracing::error!(id = %envelope.id, %err, store = %self.store.describe(), "cannot hold the message");
+        let (stored, store): (_, &dyn Store) = match &self.keeping {
+            Keeping::Memory { store, .. } => {
+                (store.put(Place::Held, &entry, message).await, &**store)
+            }
+            Keeping::Shared { groups, .. } => {
+                let now = std::time::SystemTime::now();
+                let held = groups.hold(&entry, &part.header, message, now).await;
+                (held, &**groups)
+            }
+        };
+        if let Err(err) = stored {
+            tracing::error!(id = %envelope.id, %err, store = %store.describe(), "cannot hold the message");
             return Err(DeliveryError::local(
                 "cannot queue the message, try again later",
             ));
@@ -194,11 +241,17 @@ impl Intake {
             header_recipients = part.header.len(),
             "held for the other transactions of its message"
         );
-        // The splitter stops only at shutdown; the part is on disk and is loaded at the next start.
-        let _ = self.parts.send(HeldPart {
-            entry,
-            header: part.header,
-        });
+        match &self.keeping {
+            // The splitter stops only at shutdown; the part is stored and is loaded at the next
+            // start.
+            Keeping::Memory { parts, .. } => {
+                let _ = parts.send(HeldPart {
+                    entry,
+                    header: part.header,
+                });
+            }
+            Keeping::Shared { wake, .. } => wake.notify_one(),
+        }
         Ok(Receipt {
             id: envelope.id.to_string(),
             queued: true,
@@ -244,23 +297,73 @@ impl tokio::io::AsyncWrite for Hashing {
     }
 }
 
-/// The intake for the acceptor and the splitter to run, sharing a channel.
-pub fn build(
+/// The splitter of a queue, to run until shutdown: the spool's or the replicas'.
+pub enum Task {
+    /// Groups in the one server's memory.
+    Memory(Box<Splitter>),
+    /// Groups in the database replicas share.
+    Shared(SharedSplitter),
+}
+
+impl Task {
+    /// Runs until `shutdown`; held transactions stay stored.
+    pub async fn run(self, shutdown: CancellationToken) {
+        match self {
+            Task::Memory(splitter) => splitter.run(shutdown).await,
+            Task::Shared(splitter) => splitter.run(shutdown).await,
+        }
+    }
+}
+
+fn rules(config: &QueueConfig, routing: Arc<dyn Routing>) -> Rules {
+    Rules {
+        window: config.split_window,
+        routing,
+    }
+}
+
+/// The intake and the splitter of the spool: groups in the one server's memory, merges through
+/// `journal`, merged messages announced to the scheduler through `scheduled`.
+pub fn in_memory(
     store: &Arc<dyn Store>,
     journal: Arc<dyn MergeJournal>,
-    config: &crate::config::QueueConfig,
+    config: &QueueConfig,
     routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
-) -> (Intake, Splitter) {
+) -> (Intake, Task) {
     let (parts, incoming) = mpsc::unbounded_channel();
     let intake = Intake {
-        store: store.clone(),
         routing: routing.clone(),
         window: config.split_window,
-        parts,
+        keeping: Keeping::Memory {
+            store: store.clone(),
+            parts,
+        },
     };
-    let splitter = Splitter::new(store.clone(), journal, config, routing, scheduled, incoming);
-    (intake, splitter)
+    let rules = rules(config, routing);
+    let splitter = Splitter::new(store.clone(), journal, config, rules, scheduled, incoming);
+    (intake, Task::Memory(Box::new(splitter)))
+}
+
+/// The intake and the splitter of one replica: groups in the database `groups` every replica
+/// shares (a merged message wakes the replicas' schedulers through it).
+pub fn shared(
+    groups: Arc<dyn SharedGroups>,
+    config: &QueueConfig,
+    routing: Arc<dyn Routing>,
+) -> (Intake, Task) {
+    let wake = Arc::new(Notify::new());
+    let intake = Intake {
+        routing: routing.clone(),
+        window: config.split_window,
+        keeping: Keeping::Shared {
+            groups: groups.clone(),
+            wake: wake.clone(),
+        },
+    };
+    let rules = rules(config, routing);
+    let splitter = SharedSplitter::new(groups, rules, config.max_age, wake);
+    (intake, Task::Shared(splitter))
 }
 
 /// The relay's side for the splitter's tests: `reject`.
@@ -304,12 +407,14 @@ mod tests {
 
     fn intake(window: Duration) -> Intake {
         Intake {
-            store: Arc::new(
-                crate::queue::spool::Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
-            ),
             routing: Arc::new(Rejecting),
             window,
-            parts: mpsc::unbounded_channel().0,
+            keeping: Keeping::Memory {
+                store: Arc::new(
+                    crate::queue::spool::Spool::open(tempfile::tempdir().unwrap().path()).unwrap(),
+                ),
+                parts: mpsc::unbounded_channel().0,
+            },
         }
     }
 

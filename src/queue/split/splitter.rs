@@ -1,5 +1,7 @@
-//! The task that owns the held transactions: groups them, releases each group once it is complete
-//! (or its window has passed), and remembers what it released.
+//! The spool's splitter: the task that owns the held transactions of the one server, groups
+//! them in its memory, releases each group once it is complete (or its window has passed), and
+//! remembers what it released. What a release makes is decided in [`super::release`], shared
+//! with the replicas' splitter ([`super::shared`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,31 +10,27 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::group::{Group, Outcome};
-use super::journal;
-use super::{HeldPart, Routing, header_recipients, if_incomplete};
+use super::group::Group;
+use super::release::{Rules, drop_repeat, repeats};
+use super::{HeldPart, header_of, journal};
 use crate::config::QueueConfig;
-use crate::message::HEAD_LIMIT;
-use crate::message::headers::Headers;
-use crate::message::mailbox::mailbox_key;
-use crate::queue::record::{Entry, IfIncomplete, Merge, Place};
+use crate::queue::record::{Entry, Merge, Place};
 use crate::queue::store::{MergeJournal, Store};
 
 /// The longest sleep: held transactions are few, but the clock may jump.
 const IDLE: Duration = Duration::from_secs(60);
 /// After a failed release (disk trouble), the next try.
-const RETRY: Duration = Duration::from_secs(60);
+pub(super) const RETRY: Duration = Duration::from_secs(60);
 /// How often merge records past their time are forgotten.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Owns the held transactions while the server runs.
 pub struct Splitter {
     store: Arc<dyn Store>,
     journal: Arc<dyn MergeJournal>,
-    window: Duration,
+    rules: Rules,
     /// How long merges are remembered (`queue.max_age`).
     retention: Duration,
-    routing: Arc<dyn Routing>,
     scheduled: mpsc::UnboundedSender<Entry>,
     incoming: mpsc::UnboundedReceiver<HeldPart>,
     /// Open groups by key.
@@ -47,16 +45,15 @@ impl Splitter {
         store: Arc<dyn Store>,
         journal: Arc<dyn MergeJournal>,
         config: &QueueConfig,
-        routing: Arc<dyn Routing>,
+        rules: Rules,
         scheduled: mpsc::UnboundedSender<Entry>,
         incoming: mpsc::UnboundedReceiver<HeldPart>,
     ) -> Splitter {
         Splitter {
             store,
             journal,
-            window: config.split_window,
+            rules,
             retention: config.max_age,
-            routing,
             scheduled,
             incoming,
             groups: HashMap::new(),
@@ -132,12 +129,7 @@ impl Splitter {
             );
         }
         for entry in held {
-            let head = match self.store.message(Place::Held, &entry).await {
-                Ok(Some(message)) => message.head(HEAD_LIMIT).await.ok(),
-                _ => None,
-            };
-            let header = head.and_then(|head| header_recipients(&Headers::read(&head)));
-            let Some(header) = header else {
+            let Some(header) = header_of(&*self.store, &entry).await else {
                 tracing::error!(id = %entry.id, "held transaction whose headers cannot be read left in place; inspect or delete it");
                 continue;
             };
@@ -147,7 +139,7 @@ impl Splitter {
         // While the server was down the client could not send the rest: the window counts from
         // this start at the earliest, or a stop longer than the window would end every group
         // held across it incomplete.
-        let window_from_start = SystemTime::now() + self.window;
+        let window_from_start = SystemTime::now() + self.rules.window;
         for group in self.groups.values_mut() {
             group.deadline = group.deadline.max(window_from_start);
         }
@@ -164,40 +156,18 @@ impl Splitter {
             tracing::error!(id = %part.entry.id, "held transaction without a split record left in place");
             return;
         };
-        if let Some(merge) = self.repeats(&key, &part.entry) {
-            let (id, merged) = (part.entry.id.clone(), merge.entry.id.clone());
-            // Gone already when it is itself part of that merge (loaded, then announced).
-            match self.store.remove(Place::Held, &id).await {
-                Ok(true) => tracing::info!(
-                    id,
-                    merged,
-                    "transaction repeats a message already released; dropped"
-                ),
-                Ok(false) => {}
-                Err(err) => tracing::error!(id, %err, "cannot remove a repeated transaction"),
-            }
-            return;
+        let released = self.released.get(&key).into_iter().flatten();
+        if let Some(merge) = repeats(released, &part.entry) {
+            return drop_repeat(&*self.store, &part.entry, merge).await;
         }
+        let window = self.rules.window;
         match self.groups.get_mut(&key) {
-            Some(group) => group.add(part.entry, now, self.window),
+            Some(group) => group.add(part.entry, now, window),
             None => {
-                let group = Group::new(part.entry, part.header, now, self.window);
+                let group = Group::new(part.entry, part.header, now, window);
                 self.groups.insert(key, group);
             }
         }
-    }
-
-    /// A merge of the same message that already includes this transaction or served every one
-    /// of its recipients.
-    fn repeats(&self, key: &str, part: &Entry) -> Option<&Merge> {
-        let merges = self.released.get(key)?;
-        merges.iter().find(|merge| {
-            merge.parts().contains(&part.id)
-                || part
-                    .rcpt_to
-                    .iter()
-                    .all(|a| merge.served.contains(&mailbox_key(a)))
-        })
     }
 
     async fn release_due(&mut self) {
@@ -236,98 +206,21 @@ impl Splitter {
         if group.parts.is_empty() {
             return;
         }
-        let mut outcome = match self.if_incomplete(&group) {
-            None | Some(IfIncomplete::Send) => Outcome::Queue,
-            Some(IfIncomplete::Refuse) => Outcome::Dead(self.incomplete_reason(&key, &group)),
-        };
-        let mut entry = group.merged(&outcome, now);
-        if let Some(reason) = too_large(&entry).filter(|_| outcome == Outcome::Queue) {
-            outcome = Outcome::Dead(reason);
-            entry = group.merged(&outcome, now);
-        }
-        let merge = Merge {
-            entry,
-            dead: outcome != Outcome::Queue,
-            served: group.served(&outcome).into_iter().collect(),
-            at: now,
-        };
-        if let Err(err) = journal::carry_out(&*self.store, &*self.journal, &merge).await {
+        let earlier = self.released.get(&key).and_then(|merges| merges.last());
+        let release = self.rules.release(&group, earlier, now);
+        let merge = &release.merge;
+        if let Err(err) = journal::carry_out(&*self.store, &*self.journal, merge).await {
             tracing::error!(id = %merge.entry.id, %err, "cannot release held transactions; trying again in a minute");
             group.settled_at = None;
             group.deadline = now + RETRY;
             self.groups.insert(key, group);
             return;
         }
-        self.log_release(&merge, &group, &outcome);
+        release.log(&group);
         if !merge.dead {
             let _ = self.scheduled.send(merge.entry.clone());
         }
-        self.remember(merge);
-    }
-
-    /// What to do with the group if it is incomplete (`None` when it is complete): what was
-    /// decided when its oldest transaction was accepted, or for a transaction held by version 1
-    /// (which did not store it) the account's setting now.
-    fn if_incomplete(&self, group: &Group) -> Option<IfIncomplete> {
-        if group.is_complete() {
-            return None;
-        }
-        let first = &group.parts[0];
-        let stored = first.split.as_ref().and_then(|split| split.incomplete);
-        Some(
-            stored.unwrap_or_else(|| {
-                if_incomplete(self.routing.header_only_recipients(&first.account))
-            }),
-        )
-    }
-
-    fn log_release(&self, merge: &Merge, group: &Group, outcome: &Outcome) {
-        let entry = &merge.entry;
-        let message_id = entry.split.as_ref().map_or("", |s| s.message_id.as_str());
-        let (id, parts, recipients) = (&entry.id, group.parts.len(), entry.rcpt_to.len());
-        match outcome {
-            Outcome::Queue if group.is_complete() => tracing::info!(
-                id,
-                message_id,
-                parts,
-                recipients,
-                "transactions of a split message merged"
-            ),
-            Outcome::Queue => tracing::warn!(
-                id, message_id, parts, recipients,
-                uncovered = %list(&group.uncovered()),
-                "split message incomplete after queue.split_window: queued once \
-                 (header_only_recipients = \"allow\")"
-            ),
-            Outcome::Dead(reason) => tracing::warn!(id, message_id, %reason, "dead letter"),
-        }
-    }
-
-    fn incomplete_reason(&self, key: &str, group: &Group) -> String {
-        let uncovered = group.uncovered();
-        let message_id = group.parts[0]
-            .split
-            .as_ref()
-            .map_or("", |s| s.message_id.as_str());
-        let earlier = match self.released.get(key).and_then(|m| m.last()) {
-            Some(merge) => format!(
-                " (other transactions of it arrived earlier and were released as {})",
-                merge.entry.id
-            ),
-            None => String::new(),
-        };
-        format!(
-            "split message <{message_id}> incomplete: within queue.split_window ({}) its {} \
-             transaction(s) named {} of its {} header recipients{earlier}; never in an envelope: \
-             {}. Refused by gmail.header_only_recipients = \"reject\" (Gmail would deliver to \
-             them); set it to \"allow\" and run `smtp2gmail queue retry` on this message to send \
-             it to every header recipient",
-            humantime::format_duration(self.window),
-            group.parts.len(),
-            group.header.len() - uncovered.len(),
-            group.header.len(),
-            list(&uncovered),
-        )
+        self.remember(release.merge);
     }
 
     /// Forgets merges older than `retention` whose transactions are all gone.
@@ -356,37 +249,9 @@ impl Splitter {
     }
 }
 
-/// Why a merged message cannot go to Gmail, if it cannot: its Bcc, now naming the envelope-only
-/// recipients of every transaction, takes the upload over Gmail's limit (each transaction was
-/// checked with its own share before its 250).
-fn too_large(merged: &Entry) -> Option<String> {
-    let route = merged.route.as_ref()?;
-    let upload: usize = route.upload.iter().map(|piece| piece.len()).sum();
-    let limit = crate::message::gmail_size::GMAIL_UPLOAD_LIMIT;
-    let violation = crate::message::gmail_rules::PolicyViolation::TooLarge {
-        upload: upload as u64,
-        received: merged.size,
-    };
-    (upload as u64 > limit).then(|| violation.to_string())
-}
-
-/// The first few addresses of a list, and how many more.
-fn list(addresses: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut text = addresses
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if addresses.len() > SHOWN {
-        text.push_str(&format!(" and {} more", addresses.len() - SHOWN));
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::group::Outcome;
     use super::*;
     use crate::message::Message;
     use crate::queue::spool::Spool;
@@ -402,8 +267,11 @@ mod tests {
         };
         let (scheduled, queued) = mpsc::unbounded_channel();
         let incoming = mpsc::unbounded_channel().1;
-        let routing = Arc::new(super::super::Rejecting);
-        let splitter = Splitter::new(spool, journal, &config, routing, scheduled, incoming);
+        let rules = Rules {
+            window,
+            routing: Arc::new(super::super::Rejecting),
+        };
+        let splitter = Splitter::new(spool, journal, &config, rules, scheduled, incoming);
         (splitter, queued)
     }
 
