@@ -1,12 +1,12 @@
-//! Messages an MTA splits into several transactions (Postfix: 50 recipients each): in queue mode
-//! every recipient receives the message exactly once, envelope-only (Bcc) recipients included,
-//! and nothing is refused; a message whose transactions never name all its header recipients is
-//! handled by `header_only_recipients`. The real server binary, lettre over real sockets, the
-//! fake Gmail. (tests/postfix_relayhost.rs does the same with a real Postfix as the client.)
+//! Messages an MTA splits into several transactions (Postfix: 50 recipients each), on the spool:
+//! a message whose transactions never name all its header recipients is handled by
+//! `header_only_recipients`, and held transactions survive a restart. The real server binary,
+//! lettre over real sockets, the fake Gmail. (The merge itself, every recipient exactly once on
+//! both backends: tests/queue_behaviour/split.rs; with a real Postfix as the client:
+//! tests/postfix_relayhost.rs.)
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,68 +14,14 @@ use common::WAIT;
 use common::fake_google::FakeGoogle;
 use common::process::ServerProcess;
 use common::serving::{Serving, gmail_mode};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use common::split_message::{
+    assert_once_each, bcc_recipients, everyone, header_recipients, transactions,
+};
 use smtp2gmail::config::{Delivery, HeaderOnlyRecipients};
 
-/// The header recipients: 80 in To, 40 in Cc.
-fn header_recipients() -> Vec<String> {
-    (0..120).map(|i| format!("r{i:03}@example.org")).collect()
-}
-
-/// Envelope-only recipients (Bcc).
-fn bcc_recipients() -> Vec<String> {
-    (0..5).map(|i| format!("hidden{i}@example.net")).collect()
-}
-
-/// One message naming every header recipient, as an MTA would relay it.
-fn message() -> Vec<u8> {
-    let header = header_recipients();
-    format!(
-        "From: app@example.com\r\nTo: {}\r\nCc: {}\r\nSubject: split\r\n\
-         Message-ID: <split-test-1@example.com>\r\nDate: Mon, 1 Jun 2026 10:00:00 +0000\r\n\r\n\
-         one message, many recipients\r\n",
-        header[..80].join(",\r\n "),
-        header[80..].join(",\r\n "),
-    )
-    .into_bytes()
-}
-
-/// The three transactions Postfix would make: 50, 50 and 20 header recipients, the Bcc
-/// recipients spread over them.
-fn transactions() -> Vec<Vec<String>> {
-    let (header, bcc) = (header_recipients(), bcc_recipients());
-    vec![
-        [&header[..50], &bcc[..2]].concat(),
-        [&header[50..100], &bcc[2..3]].concat(),
-        [&header[100..], &bcc[3..]].concat(),
-    ]
-}
-
-/// Sends `message()` once per envelope, all at once on separate connections (as Postfix's
-/// delivery agents do); returns the queue ids.
+/// Sends the split message once per envelope to `served`; returns the queue ids.
 async fn send(served: &ServerProcess, envelopes: &[Vec<String>]) -> Vec<String> {
-    let sends = envelopes.iter().map(|rcpts| {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(served.smtp.port())
-            .build();
-        let envelope = Envelope::new(
-            Some("app@example.com".parse().unwrap()),
-            rcpts.iter().map(|r| r.parse().unwrap()).collect(),
-        )
-        .unwrap();
-        async move { transport.send_raw(&envelope, &message()).await }
-    });
-    let replies = futures_util::future::join_all(sends).await;
-    replies
-        .into_iter()
-        .map(|reply| {
-            let reply = reply.expect("every transaction is accepted");
-            let text = reply.message().collect::<Vec<_>>().join(" ");
-            assert!(text.contains("queued as "), "{text}");
-            text.rsplit(' ').next().unwrap().to_string()
-        })
-        .collect()
+    common::split_message::send(&[served.smtp], envelopes).await
 }
 
 /// The `.msg` files in a spool directory.
@@ -97,53 +43,6 @@ async fn until_messages(dir: &Path, place: &str, count: usize) {
         }
     });
     assert!(waited.await.is_ok(), "{place}: {:?}", messages(dir, place));
-}
-
-/// Asserts that `recipients` (what Gmail delivered to) names everyone in `expected` exactly once.
-#[track_caller]
-fn assert_once_each(recipients: &[String], expected: impl IntoIterator<Item = String>) {
-    let unique: BTreeSet<&String> = recipients.iter().collect();
-    assert_eq!(unique.len(), recipients.len(), "someone would get it twice");
-    let expected: BTreeSet<String> = expected.into_iter().collect();
-    let got: BTreeSet<String> = recipients.iter().cloned().collect();
-    assert_eq!(got, expected);
-}
-
-fn everyone() -> Vec<String> {
-    [header_recipients(), bcc_recipients()].concat()
-}
-
-#[tokio::test]
-async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
-    let served = ServerProcess::with_config(&config, dir.path()).await;
-    let ids = send(&served, &transactions()).await;
-    assert_eq!(ids.len(), 3);
-
-    google.wait_for_uploads(1).await;
-    served
-        .wait_for_log("transactions of a split message merged")
-        .await;
-    until_messages(dir.path(), "queue", 0).await;
-    assert!(messages(dir.path(), "held").is_empty());
-    let uploads = google.uploads();
-    assert_eq!(uploads.len(), 1, "one Gmail send");
-    assert_once_each(&uploads[0].recipients, everyone());
-    // The received bytes (lettre ends them with one more CRLF), with a Bcc field in front.
-    let body = &uploads[0].body;
-    let from = body.windows(6).position(|w| w == b"From: ").unwrap();
-    assert!(body.starts_with(b"Bcc: ") && body[from..].starts_with(&message()));
-
-    // Postfix sends a transaction again when it never saw our 250: it adds nobody, so nothing
-    // is sent again.
-    send(&served, &transactions()[..1]).await;
-    served
-        .wait_for_log("repeats a message already released")
-        .await;
-    until_messages(dir.path(), "held", 0).await;
-    assert_eq!(google.uploads().len(), 1, "no second copy");
-    served.stop().await;
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ pub mod programs;
 pub mod python;
 pub mod server;
 pub mod serving;
+pub mod split_message;
 pub mod tls;
 
 #[allow(unused_imports)] // not every test binary starts a server in process
