@@ -7,6 +7,7 @@ use std::time::Duration;
 use smtp2gmail::queue::record::Place;
 
 use crate::bench::{Backend, Bench, Waits, hour_long_backoff};
+use crate::common::WAIT;
 use crate::common::fake_gmail::SendFault;
 use crate::common::serving::{Serving, queued_id};
 
@@ -168,3 +169,32 @@ async fn queue_delete_removes_waiting_mail_and_dead_letters(backend: Backend) {
     );
 }
 on_both_backends!(queue_delete_removes_waiting_mail_and_dead_letters);
+
+/// An operator's retry of a message whose delivery is running is refused, wherever the command
+/// runs: that attempt's outcome decides (sent, or due again after its backoff), so "will be
+/// retried now" would be a promise the outcome then breaks.
+async fn a_retry_of_a_message_being_delivered_is_refused(backend: Backend) {
+    let bench = Bench::new(backend).await;
+    let google = &bench.google;
+    google.hold_sends();
+    // The binary: the in-process server gives up on a send that hangs after 300 ms.
+    let served = bench.process(&bench.config()).await;
+    let id = queued_id(&served.send(&["alice@example.com"]).await);
+    let in_flight = tokio::time::timeout(WAIT, async {
+        while google.most_concurrent_sends() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(in_flight.await.is_ok(), "the delivery never started");
+    let (ok, out) = bench.queue_command(&["retry", &id]).await;
+    assert!(
+        !ok && out.contains(&format!("{id}: being delivered right now")),
+        "{out}"
+    );
+    google.release_sends();
+    google.wait_for_uploads(1).await;
+    bench.store().await.store().until(Place::Queue, 0).await;
+    assert_eq!(google.uploads().len(), 1);
+    served.stop().await;
+}
+on_both_backends!(a_retry_of_a_message_being_delivered_is_refused [flavor = "multi_thread", worker_threads = 2]);
