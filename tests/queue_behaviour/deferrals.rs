@@ -6,9 +6,19 @@ use std::time::{Duration, SystemTime};
 
 use smtp2gmail::queue::record::Place;
 
+use smtp2gmail::queue::record::Entry;
+
 use crate::bench::{Backend, Bench, Waits, hour_long_backoff};
+use crate::common::TestServer;
 use crate::common::fake_gmail::SendFault;
 use crate::common::serving::{Serving, queued_id};
+
+/// Sends one message and waits for its first attempt to fail; its record then.
+async fn first_failure(queued: &TestServer) -> Entry {
+    queued_id(&queued.send(&["alice@example.com"]).await);
+    queued.store().until_attempted(1).await;
+    queued.store().only(Place::Queue).await
+}
 
 async fn the_daily_sending_limit_defers_for_hours_not_seconds(backend: Backend) {
     let bench = Bench::new(backend).await;
@@ -18,10 +28,8 @@ async fn the_daily_sending_limit_defers_for_hours_not_seconds(backend: Backend) 
         seconds: 3 * 3600,
     }]);
     let queued = bench.serve().await;
-    queued_id(&queued.send(&["alice@example.com"]).await);
-    queued.store().until_attempted(1).await;
-    let record = queued.store().only(Place::Queue).await;
-    let wait = record
+    let wait = first_failure(&queued)
+        .await
         .next_attempt
         .duration_since(SystemTime::now())
         .unwrap();
@@ -41,10 +49,8 @@ async fn a_retry_after_in_the_past_is_ordinary_backoff_not_a_retry_loop(backend:
         .google
         .fail_sends([SendFault::retry_after_in_message(skewed)]);
     let queued = bench.serve_with(hour_long_backoff).await;
-    queued_id(&queued.send(&["alice@example.com"]).await);
-    queued.store().until_attempted(1).await;
-    let record = queued.store().only(Place::Queue).await;
-    let wait = record
+    let wait = first_failure(&queued)
+        .await
         .next_attempt
         .duration_since(SystemTime::now())
         .unwrap_or_default();
@@ -65,9 +71,7 @@ async fn an_unreachable_gmail_keeps_the_message_queued(backend: Backend) {
     let queued = bench
         .serve_with(|config| config.gmail.api_base = format!("http://{closed}"))
         .await;
-    queued_id(&queued.send(&["alice@example.com"]).await);
-    queued.store().until_attempted(1).await;
-    let record = queued.store().only(Place::Queue).await;
+    let record = first_failure(&queued).await;
     let error = record.last_error.unwrap_or_default();
     assert!(error.contains("could not connect"), "{error}");
     assert!(record.dead_reason.is_none());
@@ -98,9 +102,7 @@ async fn dropped_connections_and_timeouts_keep_the_message_queued(backend: Backe
         let queued = bench
             .serve_with(|config| config.gmail.api_base = api_base)
             .await;
-        queued_id(&queued.send(&["alice@example.com"]).await);
-        queued.store().until_attempted(1).await;
-        let record = queued.store().only(Place::Queue).await;
+        let record = first_failure(&queued).await;
         let error = record.last_error.unwrap_or_default();
         assert!(error.contains(expected), "{error}");
         assert!(

@@ -7,9 +7,9 @@ use std::time::Duration;
 use smtp2gmail::queue::record::Place;
 
 use crate::bench::{Backend, Bench, Waits, hour_long_backoff};
-use crate::common::WAIT;
 use crate::common::fake_gmail::SendFault;
 use crate::common::serving::{Serving, queued_id};
+use crate::common::{TestServer, WAIT};
 
 async fn permanent_failures_become_dead_letters_that_can_be_retried_from_anywhere(
     backend: Backend,
@@ -92,15 +92,21 @@ async fn an_operator_retry_lifts_the_daily_limit_deferral(backend: Backend) {
 }
 on_both_backends!(an_operator_retry_lifts_the_daily_limit_deferral);
 
-async fn retry_all_sends_every_waiting_message_now(backend: Backend) {
-    let bench = Bench::new(backend).await;
-    let failing = std::iter::repeat_n(SendFault::google(503, "backendError"), 3);
+/// A server on `bench` with `count` messages that failed once and wait an hour.
+async fn waiting(bench: &Bench, count: usize) -> TestServer {
+    let failing = std::iter::repeat_n(SendFault::google(503, "backendError"), count);
     bench.google.fail_sends(failing);
     let queued = bench.serve_with(hour_long_backoff).await;
-    for _ in 0..3 {
+    for _ in 0..count {
         queued_id(&queued.send(&["alice@example.com"]).await);
     }
-    queued.store().until_attempted(3).await;
+    queued.store().until_attempted(count).await;
+    queued
+}
+
+async fn retry_all_sends_every_waiting_message_now(backend: Backend) {
+    let bench = Bench::new(backend).await;
+    let queued = waiting(&bench, 3).await;
     let (ok, out) = bench.queue_command(&["retry", "--all"]).await;
     assert!(
         ok && out.contains("3 messages will be retried now"),
@@ -114,17 +120,8 @@ on_both_backends!(retry_all_sends_every_waiting_message_now);
 
 async fn queued_messages_survive_a_restart_and_retry_all_without_a_server(backend: Backend) {
     let bench = Bench::new(backend).await;
-    bench.google.fail_sends([
-        SendFault::google(503, "backendError"),
-        SendFault::google(503, "backendError"),
-    ]);
-    let queued = bench.serve_with(hour_long_backoff).await;
-    for _ in 0..2 {
-        queued_id(&queued.send(&["alice@example.com"]).await);
-    }
     // Both failed once and now wait an hour; the server stops.
-    queued.store().until_attempted(2).await;
-    queued.stop().await;
+    waiting(&bench, 2).await.stop().await;
     assert!(bench.google.uploads().is_empty());
     // With no server running the command changes the queue itself, and says when mail goes out.
     let (ok, out) = bench.queue_command(&["retry", "--all"]).await;

@@ -123,6 +123,16 @@ async fn claimed_over(state: &mut impl State, limits: &Limits) -> usize {
     total
 }
 
+/// The backend's state with one message of `default`, claimed: the claim creates the database's
+/// row for the mailbox, as in service.
+async fn one_claimed(backend: Backend) -> Backed {
+    let fast = limits(1_000_000.0);
+    let mut backed = state(backend, 1, DEFAULT, &fast).await;
+    let took = on_state!(&mut backed, state => claimed(state, &fast).await);
+    assert_eq!(took, 1);
+    backed
+}
+
 fn key() -> MailboxKey {
     MailboxKey {
         account: DEFAULT.into(),
@@ -148,11 +158,8 @@ on_both_backends!(a_removed_account_gets_the_default_concurrency_and_the_configu
 /// "Precondition check failed." streaks are the state's: counted in a row, ended by a send that
 /// goes through (replicas count together).
 async fn precondition_streaks_count_in_a_row_until_a_send_goes_through(backend: Backend) {
-    let fast = limits(1_000_000.0);
-    let mut backed = state(backend, 1, DEFAULT, &fast).await;
+    let mut backed = one_claimed(backend).await;
     on_state!(&mut backed, state => {
-        // A claim creates the database's row for the mailbox, as in service.
-        assert_eq!(claimed(state, &fast).await, 1);
         for expected in 1..=3 {
             assert_eq!(state.precondition(&key()).await.unwrap(), expected);
         }
@@ -164,10 +171,8 @@ on_both_backends!(precondition_streaks_count_in_a_row_until_a_send_goes_through)
 
 /// A hold is news once; an operator's retry lifts it.
 async fn a_held_mailbox_is_news_once_and_an_operator_retry_lifts_it(backend: Backend) {
-    let fast = limits(1_000_000.0);
-    let mut backed = state(backend, 1, DEFAULT, &fast).await;
+    let mut backed = one_claimed(backend).await;
     on_state!(&mut backed, state => {
-        assert_eq!(claimed(state, &fast).await, 1);
         let later = SystemTime::now() + Duration::from_secs(3600);
         assert!(state.note(&key(), Note::Held(later)).await.unwrap());
         assert!(!state.note(&key(), Note::Held(later)).await.unwrap(), "not news");
