@@ -1,6 +1,7 @@
 //! What the operator sees and does, through the `queue` commands: dead letters (a permanent
 //! failure, or older than `max_age`) listed, shown and retried; `queue retry` lifting a deferral;
-//! `retry --all` with and without a server; `queue delete`; queued mail surviving a restart.
+//! `retry --all` with and without a server; `queue delete`; queued mail surviving a restart; a
+//! retry or delete of a message whose delivery is running.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use smtp2gmail::queue::record::Place;
 
 use crate::bench::{Backend, Bench, Waits, hour_long_backoff};
 use crate::common::fake_gmail::SendFault;
+use crate::common::process::ServerProcess;
 use crate::common::serving::{Serving, queued_id};
 use crate::common::{TestServer, WAIT};
 
@@ -167,31 +169,58 @@ async fn queue_delete_removes_waiting_mail_and_dead_letters(backend: Backend) {
 }
 on_both_backends!(queue_delete_removes_waiting_mail_and_dead_letters);
 
+/// The binary on `bench` with one message whose delivery is running, held at the fake Gmail
+/// until the test releases it (the in-process server gives up on a send after 300 ms); its id.
+async fn in_flight(bench: &Bench) -> (ServerProcess, String) {
+    let google = &bench.google;
+    google.hold_sends();
+    let served = bench.process(&bench.config()).await;
+    let id = queued_id(&served.send(&["alice@example.com"]).await);
+    let started = tokio::time::timeout(WAIT, async {
+        while google.most_concurrent_sends() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(started.await.is_ok(), "the delivery never started");
+    (served, id)
+}
+
 /// An operator's retry of a message whose delivery is running is refused, wherever the command
 /// runs: that attempt's outcome decides (sent, or due again after its backoff), so "will be
 /// retried now" would be a promise the outcome then breaks.
 async fn a_retry_of_a_message_being_delivered_is_refused(backend: Backend) {
     let bench = Bench::new(backend).await;
-    let google = &bench.google;
-    google.hold_sends();
-    // The binary: the in-process server gives up on a send that hangs after 300 ms.
-    let served = bench.process(&bench.config()).await;
-    let id = queued_id(&served.send(&["alice@example.com"]).await);
-    let in_flight = tokio::time::timeout(WAIT, async {
-        while google.most_concurrent_sends() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    assert!(in_flight.await.is_ok(), "the delivery never started");
+    let (served, id) = in_flight(&bench).await;
     let (ok, out) = bench.queue_command(&["retry", &id]).await;
     assert!(
         !ok && out.contains(&format!("{id}: being delivered right now")),
         "{out}"
     );
-    google.release_sends();
-    google.wait_for_uploads(1).await;
+    bench.google.release_sends();
+    bench.google.wait_for_uploads(1).await;
     bench.store().await.store().until(Place::Queue, 0).await;
-    assert_eq!(google.uploads().len(), 1);
+    assert_eq!(bench.google.uploads().len(), 1);
     served.stop().await;
 }
 on_both_backends!(a_retry_of_a_message_being_delivered_is_refused [flavor = "multi_thread", worker_threads = 2]);
+
+/// A message deleted while its delivery runs stays deleted: the attempt's outcome (here a
+/// temporary failure) is dropped instead of writing the message back.
+async fn a_message_deleted_while_being_delivered_is_not_written_back(backend: Backend) {
+    let bench = Bench::new(backend).await;
+    bench
+        .google
+        .fail_sends([SendFault::google(503, "backendError")]);
+    let (served, id) = in_flight(&bench).await;
+    let (ok, out) = bench.queue_command(&["delete", &id]).await;
+    assert!(ok && out.contains(&format!("{id}: deleted")), "{out}");
+    bench.google.release_sends();
+    served.wait_for_log("deleted meanwhile").await;
+    let stored = bench.store().await;
+    for place in [Place::Queue, Place::Dead] {
+        assert_eq!(stored.store().count(place).await.unwrap(), 0, "{place:?}");
+    }
+    assert!(bench.google.uploads().is_empty());
+    served.stop().await;
+}
+on_both_backends!(a_message_deleted_while_being_delivered_is_not_written_back [flavor = "multi_thread", worker_threads = 2]);
