@@ -112,9 +112,9 @@ impl Bench {
             .expect("something was queued")
     }
 
-    /// Runs `smtp2gmail queue ARGS` as an operator would on another host: with a configuration
-    /// that names only the queue (the spool's directory, or the database), none of the server's
-    /// files; its success and output.
+    /// Runs `smtp2gmail queue ARGS` as an operator would from wherever the queue is reachable
+    /// (for the database, another host): with a configuration that names only the queue (the
+    /// spool's directory, or the database), none of the server's files; its success and output.
     pub async fn queue_command(&self, args: &[&str]) -> (bool, String) {
         let config = Config {
             queue: self.queue(),
