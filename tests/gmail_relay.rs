@@ -246,6 +246,20 @@ async fn a_lasting_outage_is_451_and_nothing_is_sent() {
 }
 
 #[tokio::test]
+async fn a_missing_mailbox_is_451_with_the_fix_and_a_precondition_is_retried() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = start(&gmail_config(&google, dir.path())).await;
+    google.fail_sends([SendFault::mail_service_not_enabled()]);
+    let reply = common::send_simple(server.addr).await;
+    assert!(reply.starts_with("451 4.7.0"), "{reply}");
+    assert!(reply.contains("turn Gmail on"), "{reply}");
+    google.fail_sends([SendFault::precondition_check_failed()]);
+    assert_code(&common::send_simple(server.addr).await, 250);
+    assert_eq!(google.uploads().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_request_is_554_with_googles_message() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let server = start(&gmail_config(&google, dir.path())).await;

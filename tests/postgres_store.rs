@@ -376,3 +376,28 @@ async fn merge_records_are_kept_until_forgotten() {
     store.forget_merge(&merge.entry.id).await.unwrap();
     assert!(store.merges().await.unwrap().0.is_empty());
 }
+
+/// Mail queued by the previous version (records without `"version"`) is read by this one from the
+/// database too; a record of a newer version is reported, not half-read.
+#[tokio::test]
+#[cfg_attr(
+    missing_postgres,
+    ignore = "needs PostgreSQL: bash tests/postgres/install.sh"
+)]
+async fn the_database_reads_records_of_the_previous_version() {
+    let server = PgServer::start();
+    let store = store(&server, MINUTE).await;
+    let queued = put(&store, None).await;
+    let sql = |change: &str| {
+        server.psql_in(
+            DATABASE,
+            &format!("UPDATE smtp2gmail.messages SET entry = {change}"),
+        )
+    };
+    sql("entry - 'version'");
+    let read = store.read(Place::Queue, &queued.id).await.unwrap().unwrap();
+    assert_eq!(read, queued, "read as version 1, brought up to date");
+    sql("jsonb_set(entry, '{version}', '99')");
+    let err = store.read(Place::Queue, &queued.id).await.unwrap_err();
+    assert!(err.to_string().contains("newer smtp2gmail"), "{err}");
+}

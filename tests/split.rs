@@ -1,8 +1,9 @@
-//! Messages an MTA splits into several transactions (Postfix: 50 recipients each): in queue mode
-//! every recipient receives the message exactly once, envelope-only (Bcc) recipients included,
-//! and nothing is refused; a message whose transactions never name all its header recipients is
-//! handled by `header_only_recipients`. The real server binary, lettre over real sockets, the
-//! fake Gmail. (tests/postfix_relayhost.rs does the same with a real Postfix as the client.)
+//! Messages an MTA splits into several transactions (Postfix: 50 recipients each), on the spool:
+//! a message whose transactions never name all its header recipients is handled by
+//! `header_only_recipients`, and held transactions survive a restart. The real server binary,
+//! lettre over real sockets, the fake Gmail. (The merge itself, every recipient exactly once on
+//! both backends: tests/queue_behaviour/split.rs; with a real Postfix as the client:
+//! tests/postfix_relayhost.rs.)
 
 mod common;
 
@@ -40,34 +41,6 @@ async fn until_messages(dir: &Path, place: &str, count: usize) {
         }
     });
     assert!(waited.await.is_ok(), "{place}: {:?}", messages(dir, place));
-}
-
-#[tokio::test]
-async fn a_message_split_into_three_transactions_is_sent_once_to_everyone() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let config = gmail_mode(&google, dir.path(), Delivery::Queue);
-    let served = ServerProcess::with_config(&config, dir.path()).await;
-    let ids = send(&served, &transactions()).await;
-    assert_eq!(ids.len(), 3);
-
-    google.wait_for_uploads(1).await;
-    served
-        .wait_for_log("transactions of a split message merged")
-        .await;
-    until_messages(dir.path(), "queue", 0).await;
-    assert!(messages(dir.path(), "held").is_empty());
-    let upload = split_message::assert_one_send_to_everyone(&google);
-    split_message::assert_bcc_in_front_of_the_message(&upload.body);
-
-    // Postfix sends a transaction again when it never saw our 250: it adds nobody, so nothing
-    // is sent again.
-    send(&served, &transactions()[..1]).await;
-    served
-        .wait_for_log("repeats a message already released")
-        .await;
-    until_messages(dir.path(), "held", 0).await;
-    assert_eq!(google.uploads().len(), 1, "no second copy");
-    served.stop().await;
 }
 
 #[tokio::test]

@@ -39,6 +39,9 @@ pub trait SharedStore: Store {
     /// Counts one more failed precondition of the mailbox; returns the streak.
     async fn count_precondition(&self, mailbox: &MailboxKey) -> Result<u32, StoreError>;
 
+    /// Whether a replica holds a live lease on the queued message `id`: its delivery is running.
+    async fn being_delivered(&self, id: &str) -> Result<bool, StoreError>;
+
     /// Ends the mailbox's deferral and hold, and its account's pause; true when any was set.
     async fn lift(&self, mailbox: &MailboxKey) -> Result<bool, StoreError>;
 
@@ -155,6 +158,17 @@ impl State for SharedState {
         id: &str,
         now: SystemTime,
     ) -> Result<(Entry, String), ControlError> {
+        // A delivery running on any replica decides, as the spool's server refuses a retry of
+        // its own delivery in flight: the attempt's outcome would overwrite "due now". (A claim
+        // between this look and the update below is the one case it cannot catch.)
+        let leased = self.store.being_delivered(id).await;
+        let leased = leased.map_err(|source| ControlError::Store {
+            id: id.to_string(),
+            source,
+        })?;
+        if leased {
+            return Err(ControlError::InFlight(id.to_string()));
+        }
         let done = control::retry(&*self.store, id, now).await?;
         if let Err(err) = self.store.announce().await {
             // The replicas still find it within their idle sleep.

@@ -127,6 +127,8 @@ pub struct GmailEndpoint {
     recent: HashMap<String, VecDeque<std::time::Instant>>,
     /// Uploads refused for the quota.
     over_quota: usize,
+    /// While true, sends wait (in progress) until it is false again.
+    held: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FakeGoogle {
@@ -195,6 +197,25 @@ impl FakeGoogle {
     /// Every send is answered only after `latency` (Gmail takes 100-300 ms).
     pub fn set_send_latency(&self, latency: Duration) {
         self.state().gmail.latency = latency;
+    }
+
+    /// From now on sends stay in progress (counted by [`FakeGoogle::most_concurrent_sends`])
+    /// until [`FakeGoogle::release_sends`]: a delivery caught in flight for as long as a test
+    /// needs.
+    pub fn hold_sends(&self) {
+        let mut state = self.state();
+        let held = state
+            .gmail
+            .held
+            .get_or_insert_with(|| tokio::sync::watch::channel(false).0);
+        held.send_replace(true);
+    }
+
+    /// Sends held by [`FakeGoogle::hold_sends`] go on, and new ones are not held.
+    pub fn release_sends(&self) {
+        if let Some(held) = &self.state().gmail.held {
+            held.send_replace(false);
+        }
     }
 
     /// Access tokens issued so far stop working: the next send with one gets 401.
@@ -297,7 +318,7 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (fault, latency, in_flight, most) = {
+    let (fault, latency, in_flight, most, held) = {
         let mut state = state.lock().unwrap();
         let gmail = &mut state.gmail;
         gmail.requests += 1;
@@ -306,10 +327,14 @@ pub async fn send(
             gmail.latency,
             gmail.in_flight.clone(),
             gmail.most_in_flight.clone(),
+            gmail.held.as_ref().map(|held| held.subscribe()),
         )
     };
     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     most.fetch_max(now, Ordering::SeqCst);
+    if let Some(mut held) = held {
+        let _ = held.wait_for(|held| !held).await;
+    }
     tokio::time::sleep(latency).await;
     in_flight.fetch_sub(1, Ordering::SeqCst);
     match fault {

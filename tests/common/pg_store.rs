@@ -18,7 +18,12 @@ pub const MIB: usize = 1024 * 1024;
 
 /// A replica's store on `server`, connected and migrated as at start.
 pub async fn store(server: &PgServer, lease_time: Duration) -> PgStore {
-    let url = DatabaseUrl::parse(&server.url()).unwrap();
+    store_at(&server.url(), lease_time).await
+}
+
+/// A replica's store on the database at `url`, connected and migrated as at start.
+pub async fn store_at(url: &str, lease_time: Duration) -> PgStore {
+    let url = DatabaseUrl::parse(url).unwrap();
     let (database, _) = tokio::time::timeout(WAIT, Database::open(url, 4))
         .await
         .expect("opening the database hangs")

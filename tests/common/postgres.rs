@@ -11,9 +11,16 @@
 //! `initdb` and the server refuse to run as root. As root (CI), the directory is given to the
 //! `postgres` user the package creates, and the server's commands run as that user through
 //! `runuser`; `psql` connects over the socket with trust authentication as the superuser.
+//!
+//! A test that needs nothing of the server but a queue database of its own takes a
+//! [`TestDatabase`]: one server per test binary, shared by its tests, each with its own database,
+//! so a suite of many short tests does not pay an `initdb` each. A test that stops, restarts or
+//! reconfigures the server starts its own [`PgServer`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::free_port;
 use super::programs;
@@ -31,7 +38,8 @@ const SUPERUSER_PASSWORD: &str = "fake-pg-superuser-password";
 const HOW_TO_INSTALL: &str = "install them with `bash tests/postgres/install.sh` (Debian's \
      postgresql package, no system cluster started), or run everything with `bash .ci/run`";
 
-/// A running private server. Each test starts its own.
+/// A running private server: a test's own, or the one its binary's tests share
+/// ([`TestDatabase`]).
 pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -283,6 +291,75 @@ impl PgServer {
         command
             .output()
             .unwrap_or_else(|err| panic!("cannot run {}: {err}", program.display()))
+    }
+}
+
+/// A database of its own for one test, owned by [`ROLE`], on a server the tests of the test
+/// binary share. The server is started by the first test that asks and lives as long as the
+/// binary: a watchdog process stops it and removes its directory once the binary has exited,
+/// however it exits (a `static` is never dropped, and a binary killed by a timeout must not leave
+/// a server running either).
+pub struct TestDatabase {
+    server: &'static PgServer,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a new database on the shared server, starting the server first if this is the
+    /// binary's first. Panics, saying how to install them, when the PostgreSQL binaries are
+    /// missing.
+    pub fn create() -> TestDatabase {
+        static SHARED: OnceLock<PgServer> = OnceLock::new();
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        let server = SHARED.get_or_init(|| {
+            let server = PgServer::start();
+            server.stop_when_this_process_exits();
+            server
+        });
+        let name = format!("queue_{}", CREATED.fetch_add(1, Ordering::Relaxed));
+        server.psql(&format!("CREATE DATABASE {name} OWNER {ROLE}"));
+        TestDatabase { server, name }
+    }
+
+    /// The queue's URL for this database: [`ROLE`] over TCP, TLS off.
+    pub fn url(&self) -> String {
+        self.server.url_as(ROLE, PASSWORD, &self.name)
+    }
+
+    /// Runs SQL as the superuser in this database; the unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.server.psql_in(&self.name, sql)
+    }
+}
+
+impl PgServer {
+    /// Leaves a watchdog (`sh`) that waits for this process to end, then stops the server at
+    /// once and removes its directory. It polls (`kill -0`): a process can wait only for its own
+    /// children, and the watchdog must outlive this process.
+    fn stop_when_this_process_exits(&self) {
+        let quote = |arg: &Path| format!("'{}'", arg.display());
+        let mut stop = Vec::new();
+        if self.as_postgres {
+            stop.push("runuser -u postgres --".to_string());
+        }
+        stop.push(quote(&self.bin.join("pg_ctl")));
+        stop.push(format!("-D {}", quote(&self.data_dir())));
+        stop.push("stop -m immediate -w".to_string());
+        let dir = quote(self.dir.path());
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; cd {dir} && {stop}; cd / && rm -rf {dir}",
+            pid = std::process::id(),
+            stop = stop.join(" "),
+        );
+        // In the background of a shell that ends at once: the watchdog is nobody's child to reap.
+        let started = Command::new("sh")
+            .args(["-c", &format!("({script}) &")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("sh runs");
+        assert!(started.success(), "the watchdog starts: {started}");
     }
 }
 

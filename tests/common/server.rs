@@ -176,6 +176,11 @@ impl TestServer {
         &self.handle
     }
 
+    /// The queue's storage (the spool or the database), for tests that assert through it.
+    pub fn store(&self) -> &dyn smtp2gmail::queue::store::Store {
+        &**self.handle.queue().expect("a server with a queue")
+    }
+
     /// The Gmail account `name`.
     pub fn account(&self, name: &str) -> Arc<Account> {
         let accounts = self.handle.accounts().iter();

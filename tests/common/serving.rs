@@ -225,29 +225,6 @@ pub trait Serving {
         assert!(waited.await.is_ok(), "{place}: {:?}", self.files(place));
     }
 
-    /// Waits until `count` queue records show one failed attempt.
-    async fn until_failed_once(&self, count: usize) {
-        let failed_once = || {
-            let records = self.files("queue").into_iter();
-            // Records only: a temporary file holding the next version is not the record yet.
-            records
-                .filter(|name| name.ends_with(".json"))
-                .filter(|name| {
-                    let path = self.spool().join("queue").join(name);
-                    std::fs::read_to_string(path)
-                        .unwrap_or_default()
-                        .contains("\"attempts\": 1")
-                })
-                .count()
-        };
-        let waited = tokio::time::timeout(WAIT, async {
-            while failed_once() < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        assert!(waited.await.is_ok(), "{:?}", self.files("queue"));
-    }
-
     /// Runs `smtp2gmail queue ARGS` beside the server; returns its success and output.
     async fn queue_command(&self, args: &[&str]) -> (bool, String) {
         queue_command(self.config_file(), args).await

@@ -91,8 +91,17 @@ pub async fn send(parts: &[(SocketAddr, &[String])]) -> Vec<String> {
 
 /// Sends each of `envelopes` to `server` ([`send`]).
 pub async fn send_to(server: SocketAddr, envelopes: &[Vec<String>]) -> Vec<String> {
-    let parts: Vec<(SocketAddr, &[String])> =
-        envelopes.iter().map(|e| (server, e.as_slice())).collect();
+    send_spread(&[server], envelopes).await
+}
+
+/// Sends envelope `i` to `servers[i % servers.len()]` ([`send`]): the transactions of one
+/// message reaching different replicas.
+pub async fn send_spread(servers: &[SocketAddr], envelopes: &[Vec<String>]) -> Vec<String> {
+    let parts: Vec<(SocketAddr, &[String])> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (servers[i % servers.len()], e.as_slice()))
+        .collect();
     send(&parts).await
 }
 

@@ -386,6 +386,19 @@ impl SharedStore for PgStore {
         Ok(released)
     }
 
+    async fn being_delivered(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT lease_until > now() FROM smtp2gmail.messages
+                  WHERE id = $1 AND place = 'queue'",
+                &[&id],
+            )
+            .await
+            .map_err(self.fail("reading a message's lease"))?;
+        Ok(row.and_then(|row| row.get::<_, Option<bool>>(0)) == Some(true))
+    }
+
     async fn note(&self, key: &MailboxKey, note: Note) -> Result<bool, StoreError> {
         let news = |row: Option<tokio_postgres::Row>| {
             row.and_then(|row| row.get::<_, Option<bool>>(0))

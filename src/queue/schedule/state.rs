@@ -21,6 +21,9 @@
 //!   account's probe time comes; the database lets every replica claim again from then on (a
 //!   failure pauses the account again). Holding the probe to one message across replicas would
 //!   need a claim on the account's row; not done yet.
+//! - A retry of a message whose delivery is running is refused on both: the spool's server knows
+//!   its deliveries in flight; the database knows a live lease, looked up just before the retry's
+//!   update (a claim between the two is not caught).
 //! - The `queue` commands: the spool's state is in the server's memory, so a command reaches it
 //!   through the spool's request files ([`crate::queue::store::CommandChannel`]); the database's
 //!   state is in the tables every replica and every command uses, so commands act directly.
