@@ -15,6 +15,7 @@
 
 pub mod control;
 pub mod courier;
+pub mod notice;
 pub mod postgres;
 pub mod record;
 pub mod schedule;
@@ -22,6 +23,7 @@ pub mod shared;
 pub mod split;
 pub mod spool;
 pub mod store;
+mod tap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +32,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{QueueBackend, QueueConfig};
-use crate::message::headers::Headers;
+use crate::message::headers::{Headers, message_id};
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use control::ControlError;
+use notice::Notices;
 use record::{Entry, Place, Request};
 use schedule::{Pickup, Scheduler};
 use shared::{SharedState, SharedStore};
@@ -85,11 +88,16 @@ impl Deliver for Queue {
         })?;
         // The headers are read once, here, for both the split check and the decision.
         let headers = Headers::read(&head);
+        let message_id = message_id(&head);
         let decide = |for_envelope: &Envelope| {
             let decision = self
                 .gmail
                 .decide_head(for_envelope, &head, &headers, message.len())?;
-            Ok::<_, DeliveryError>(Entry::decided(envelope, message.len(), decision.into()))
+            let entry = Entry::decided(envelope, message.len(), decision.into());
+            Ok::<_, DeliveryError>(Entry {
+                message_id: message_id.clone(),
+                ..entry
+            })
         };
         if let Some(part) = self.split.recognise(envelope, &head, &headers) {
             // Refused for what would refuse the merged message; decided again once merged.
@@ -177,15 +185,18 @@ impl StartError {
 
 /// Builds the queue on the configured backend: the spool (opened, locked, recovered after a
 /// crash) or the database shared by replicas (connected, migrated, listening), the scheduler core
-/// over that backend's state, and the splitter. The storage's own background work (the
-/// database's connections and listener) runs as `storage`; closing it closes the storage, which
-/// the server does once nothing uses the queue any more.
+/// over that backend's state, telling what `notices` says, and the splitter, whose dead letters
+/// the core tells of too. The storage's own background work (the database's connections and
+/// listener) runs as `storage`; closing it closes the storage, which the server does once nothing
+/// uses the queue any more.
 pub async fn start(
     config: &QueueConfig,
     gmail: Arc<Gmail>,
+    notices: Notices,
     storage: &Tasks,
 ) -> Result<Started, StartError> {
     let (scheduled, incoming) = mpsc::unbounded_channel();
+    let (given_up, told) = mpsc::unbounded_channel();
     let (store, journal, deliveries, lock): (Arc<dyn Store>, Arc<dyn MergeJournal>, _, _) =
         match config.backend {
             QueueBackend::Spool => {
@@ -193,7 +204,8 @@ pub async fn start(
                 let spool = Arc::new(spool);
                 let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
                     .await
-                    .with_commands(spool.clone());
+                    .with_commands(spool.clone())
+                    .with_notices(notices, told);
                 (
                     spool.clone(),
                     spool,
@@ -207,7 +219,8 @@ pub async fn start(
                 // Announcements are not needed: a committed message wakes every replica (NOTIFY).
                 drop(incoming);
                 let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
-                let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone());
+                let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone())
+                    .with_notices(notices, told);
                 (
                     database.clone(),
                     database,
@@ -218,8 +231,9 @@ pub async fn start(
         };
     let split_config = split_config(config);
     let routing: Arc<dyn split::Routing> = gmail.clone();
+    let tapped: Arc<dyn Store> = Arc::new(tap::DeadLetterTap::new(store.clone(), given_up));
     let (intake, splitter) =
-        split::build(&store, journal, &split_config, routing, scheduled.clone());
+        split::build(&tapped, journal, &split_config, routing, scheduled.clone());
     Ok(Started {
         acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
         spill_dir: store.spill_dir(),

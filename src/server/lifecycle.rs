@@ -35,6 +35,8 @@ impl Stopped {
 pub(super) struct Stopping {
     /// The server's background tasks; their closing signal is the shutdown itself.
     pub tasks: Tasks,
+    /// The webhook senders: closed after the scheduler, which emits the events.
+    pub notify: Tasks,
     /// The queue's storage: closed after every task that stores through it.
     pub storage: Tasks,
     /// The spool's lock, released last.
@@ -60,6 +62,15 @@ impl Stopping {
                 "background tasks still running after the grace period; stopping anyway"
             );
             unfinished += self.tasks.len();
+        }
+        self.notify.close();
+        let closed = tokio::time::timeout(SHUTDOWN_MARGIN, self.notify.wait());
+        if closed.await.is_err() {
+            tracing::warn!(
+                tasks = self.notify.len(),
+                "the webhook senders did not stop in time; stopping anyway"
+            );
+            unfinished += self.notify.len();
         }
         self.storage.close();
         let closed = tokio::time::timeout(SHUTDOWN_MARGIN, self.storage.wait());
