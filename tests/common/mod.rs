@@ -6,6 +6,7 @@
 
 pub mod burst;
 pub mod credential_files;
+pub mod dsn;
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
@@ -19,6 +20,7 @@ pub mod python;
 pub mod server;
 pub mod serving;
 pub mod tls;
+pub mod webhooks;
 
 #[allow(unused_imports)] // not every test binary starts a server in process
 pub use server::{TestServer, test_config};
