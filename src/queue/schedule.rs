@@ -76,6 +76,9 @@ pub struct Scheduler<S: State = MemoryState> {
     generations: HashMap<String, u64>,
     /// Ids whose delivery is running in this process.
     in_flight: HashSet<String>,
+    /// Accounts this process saw paused and not resumed since: a send of theirs that goes
+    /// through resumes them (the probe that worked), and is told.
+    paused: HashSet<String>,
     results: (
         mpsc::UnboundedSender<Finished>,
         mpsc::UnboundedReceiver<Finished>,
@@ -141,6 +144,7 @@ impl<S: State> Scheduler<S> {
             commands: None,
             generations: HashMap::new(),
             in_flight: HashSet::new(),
+            paused: HashSet::new(),
             results: mpsc::unbounded_channel(),
             deliveries: TaskTracker::new(),
             store,
@@ -242,6 +246,7 @@ impl<S: State> Scheduler<S> {
                     account,
                     user: None,
                 };
+                self.paused.remove(&key.account);
                 match self.state.note(&key, Note::Resumed).await {
                     Ok(true) => {
                         self.tell_resumed(&key, "credentials changed: held mail goes out now")
@@ -306,7 +311,8 @@ impl<S: State> Scheduler<S> {
         let error = match outcome {
             // Removed (and logged) by the delivery's task.
             Ok(receipt) => {
-                if entry.held.as_deref() == Some(verdict::HELD_FOR_ACCOUNT) {
+                let met_the_pause = entry.held.as_deref() == Some(verdict::HELD_FOR_ACCOUNT);
+                if self.paused.remove(&key.account) || met_the_pause {
                     self.resume_after(&key).await;
                 }
                 self.note(&key, Note::Sent).await;
@@ -400,6 +406,7 @@ impl<S: State> Scheduler<S> {
         let configured = self.courier.limits(&key.account).is_some();
         let held = match verdict::effect(error, configured) {
             Effect::PauseAccount => {
+                self.paused.insert(key.account.clone());
                 if self.note(key, Note::Paused(probe_at)).await {
                     tracing::warn!(account = %key.account, error = %error.summary(), "account paused until its credentials change");
                     self.tell_held(key, false, error);

@@ -127,9 +127,9 @@ impl<S: State> Scheduler<S> {
         });
     }
 
-    /// A message held for its account went through: the account works again. Resumed in the
+    /// A send of an account seen paused went through: the account works again. Resumed in the
     /// state (on the spool this is the probe that went through; with replicas the first replica
-    /// to see it), and told once.
+    /// to see it: the state answers whether it was news), and told once.
     pub(super) async fn resume_after(&mut self, key: &MailboxKey) {
         let key = MailboxKey {
             account: key.account.clone(),
