@@ -447,6 +447,57 @@ mod tests {
         );
     }
 
+    /// The code block of `page` that starts with `first` (its first line), without the fences.
+    fn block<'a>(page: &'a str, first: &str) -> &'a str {
+        let start = page.find(&format!("```\n{first}")).unwrap() + 4;
+        let end = start + page[start..].find("\n```").unwrap();
+        &page[start..=end]
+    }
+
+    /// The DSN docs/operations.md shows is what this code composes for that dead letter.
+    #[test]
+    fn the_documented_dsn_is_what_is_composed() {
+        let page = include_str!("../../docs/operations.md");
+        let received = SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_888_800);
+        let mut envelope = crate::queue::test_envelope(received);
+        envelope.id = MessageId::from_stored("019de0a1b2c3d4e5f6");
+        envelope.rcpt_to = vec![Address::new("bob@example.org")];
+        let head = b"From: app@example.com\r\nTo: bob@example.org\r\nSubject: Invoice 42\r\n\
+            Message-ID: <inv42@example.com>\r\n\r\n";
+        let mut original = Entry::new(&envelope, head.len() as u64, "default");
+        let error = DeliveryError::Permanent {
+            status: Status::BAD_MESSAGE,
+            reason: "Gmail API 400 invalidArgument: Invalid To header".into(),
+        };
+        original.record(received + Duration::from_secs(930), error.summary());
+        let sender = DsnSender {
+            address: Some("relay@example.com".into()),
+            subject: None,
+        };
+        let now = received + Duration::from_secs(931);
+        let cause = Cause::Refused(&error);
+        let (_, raw) = notices(&[])
+            .dsn(&original, head, cause, sender, now)
+            .unwrap();
+        let raw = String::from_utf8(raw).unwrap().replace("\r\n", "\n");
+
+        let shown = block(page, "From: Mail Delivery System");
+        let (fields, text) = shown.split_once("\n\n").unwrap();
+        for field in fields.lines() {
+            assert!(
+                raw.contains(&format!("\n{field}\n")) || raw.starts_with(field),
+                "{field}"
+            );
+        }
+        let text_part = raw
+            .split("Content-Transfer-Encoding: 7bit\n\n")
+            .nth(1)
+            .unwrap();
+        assert_eq!(&text_part[..text.len()], text);
+        let report = block(page, "Content-Type: message/delivery-status");
+        assert!(raw.contains(report), "{raw}");
+    }
+
     #[test]
     fn without_bounces_there_is_no_dsn() {
         let error = refused();
