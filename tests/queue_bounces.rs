@@ -141,13 +141,7 @@ async fn a_message_gmail_refuses_gets_one_dsn_to_its_sender_through_its_account(
     assert_eq!(field(&headers["headers"], "Subject"), "Invoice 42");
 
     // Exactly one: the next message goes out, and nothing else did.
-    send_raw(
-        &server,
-        "app@example.com",
-        &["alice@example.com"],
-        common::serving::MESSAGE,
-    )
-    .await;
+    server.send(&["alice@example.com"]).await;
     google.wait_for_uploads(2).await;
     server.until_files("queue", 0).await;
     let uploads = google.uploads();
@@ -181,13 +175,7 @@ async fn null_sender_and_auto_submitted_mail_get_no_dsn() {
     send_raw(&server, "app@example.com", &["alice@example.com"], robot).await;
     server.until_files("dead", 4).await;
     // A DSN would be queued before this message could be claimed; it goes out alone.
-    send_raw(
-        &server,
-        "app@example.com",
-        &["alice@example.com"],
-        common::serving::MESSAGE,
-    )
-    .await;
+    server.send(&["alice@example.com"]).await;
     google.wait_for_uploads(1).await;
     server.until_files("queue", 0).await;
     let uploads = google.uploads();

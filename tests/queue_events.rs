@@ -34,13 +34,20 @@ fn with_webhook(google: &FakeGoogle, dir: &Path, url: &str) -> Config {
     config
 }
 
-/// A message from app@example.com to alice@example.com with Message-ID `<{tag}@example.com>`.
-fn tagged(tag: &str) -> Vec<u8> {
-    format!(
+/// Sends a message from app@example.com to alice@example.com with Message-ID
+/// `<{tag}@example.com>`; its queue id.
+async fn send_tagged(server: &impl Serving, tag: &str) -> String {
+    let wire = format!(
         "From: app@example.com\r\nTo: alice@example.com\r\nMessage-ID: <{tag}@example.com>\r\n\
          Subject: {tag}\r\n\r\nhello\r\n.\r\n"
+    );
+    send_raw(
+        server,
+        "app@example.com",
+        &["alice@example.com"],
+        wire.as_bytes(),
     )
-    .into_bytes()
+    .await
 }
 
 /// The first event of type `kind` about queued message `id`.
@@ -66,13 +73,7 @@ async fn events_from_the_running_server_arrive_signed_and_verify() {
     let server = TestServer::assembled(config).await;
 
     // A temporary failure, then the delivery.
-    let id = send_raw(
-        &server,
-        "app@example.com",
-        &["alice@example.com"],
-        &tagged("ev1"),
-    )
-    .await;
+    let id = send_tagged(&server, "ev1").await;
     let deferred = event_about(&hooks, "deferred", &id).await;
     assert_eq!(deferred["message_id"], "<ev1@example.com>");
     assert_eq!(deferred["account"], "default");
@@ -195,13 +196,7 @@ async fn on_postgres_a_dead_letter_is_told_once_with_one_dsn() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
     let [first, second] = replicas(&google, dir.path(), &db, hooks.url.as_str()).await;
     google.fail_sends_from("app@example.com", SendFault::google(400, "invalidArgument"));
-    let id = send_raw(
-        &first,
-        "app@example.com",
-        &["alice@example.com"],
-        &tagged("pg1"),
-    )
-    .await;
+    let id = send_tagged(&first, "pg1").await;
     let dead = event_about(&hooks, "dead_letter", &id).await;
     assert_eq!(dead["message_id"], "<pg1@example.com>");
     google.wait_for_uploads(1).await;

@@ -63,28 +63,29 @@ impl Stopping {
             );
             unfinished += self.tasks.len();
         }
-        self.notify.close();
-        let closed = tokio::time::timeout(SHUTDOWN_MARGIN, self.notify.wait());
-        if closed.await.is_err() {
-            tracing::warn!(
-                tasks = self.notify.len(),
-                "the webhook senders did not stop in time; stopping anyway"
-            );
-            unfinished += self.notify.len();
-        }
-        self.storage.close();
-        let closed = tokio::time::timeout(SHUTDOWN_MARGIN, self.storage.wait());
-        if closed.await.is_err() {
-            tracing::warn!(
-                tasks = self.storage.len(),
-                "the queue's database sessions did not close in time; stopping anyway"
-            );
-            unfinished += self.storage.len();
-        }
+        unfinished += close(&self.notify, "the webhook senders").await;
+        unfinished += close(&self.storage, "the queue's database sessions").await;
         drop(self.spool_lock);
         tracing::info!("stopped");
         Stopped { unfinished }
     }
+}
+
+/// Closes `set` and waits for it within [`SHUTDOWN_MARGIN`]; returns how many of its tasks were
+/// still running then (`what` names them in the warning).
+async fn close(set: &Tasks, what: &str) -> usize {
+    set.close();
+    if tokio::time::timeout(SHUTDOWN_MARGIN, set.wait())
+        .await
+        .is_ok()
+    {
+        return 0;
+    }
+    tracing::warn!(
+        tasks = set.len(),
+        "{what} did not stop in time; stopping anyway"
+    );
+    set.len()
 }
 
 /// What a reload reloads.

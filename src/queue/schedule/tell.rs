@@ -30,12 +30,7 @@ impl<S: State> Scheduler<S> {
     /// `entry` failed temporarily with `error` and waits for its next attempt (or its hold).
     pub(super) fn tell_deferred(&self, entry: &Entry, error: &DeliveryError) {
         self.notices.event(EventKind::Deferred, || {
-            Detail::Deferred(MessageEvent {
-                status: Some(error.status()),
-                reason: Some(error.summary()),
-                next_attempt: entry.held.is_none().then_some(entry.next_attempt),
-                ..message_event(entry)
-            })
+            Detail::Deferred(waiting(entry, error))
         });
     }
 
@@ -85,12 +80,7 @@ impl<S: State> Scheduler<S> {
             account_gone: self.courier.limits(&entry.account).is_none(),
         };
         self.notices.event(EventKind::Delayed, || {
-            Detail::Delayed(MessageEvent {
-                status: Some(error.status()),
-                reason: Some(error.summary()),
-                next_attempt: entry.held.is_none().then_some(entry.next_attempt),
-                ..message_event(entry)
-            })
+            Detail::Delayed(waiting(entry, error))
         });
         self.queue_dsn(entry, Place::Queue, cause).await;
     }
@@ -181,5 +171,16 @@ impl<S: State> Scheduler<S> {
                 tracing::error!(id = %original.id, %err, "cannot queue the DSN; the sender is not told")
             }
         }
+    }
+}
+
+/// The event data of `entry` waiting after `error`: its status and reason, and when it is tried
+/// next (none for held mail: it goes out when the hold lifts).
+fn waiting(entry: &Entry, error: &DeliveryError) -> MessageEvent {
+    MessageEvent {
+        status: Some(error.status()),
+        reason: Some(error.summary()),
+        next_attempt: entry.held.is_none().then_some(entry.next_attempt),
+        ..message_event(entry)
     }
 }
