@@ -226,6 +226,52 @@ async fn a_dsn_that_fails_is_dropped_without_a_second_one() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dsn_its_account_cannot_send_waits_in_the_queue_like_any_message() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    // The message is refused; the account then cannot send at all (Gmail off for its user).
+    google.fail_sends_from("app@example.com", SendFault::google(400, "invalidArgument"));
+    google.fail_sends_from(RELAY, SendFault::mail_service_not_enabled());
+    let server = TestServer::assembled(one_account(&google, dir.path())).await;
+    let id = queued_id(&server.send(&["alice@example.com"]).await);
+    server.until_files("dead", 2).await;
+    let dsn = until_queued_dsn(&server).await;
+    let (ok, shown) = server.queue_command(&["show", &dsn]).await;
+    assert!(
+        ok && shown.contains(&format!("DSN about:    {id}")),
+        "{shown}"
+    );
+    assert!(shown.contains("from:         <>"), "{shown}");
+    assert!(google.uploads().is_empty());
+    // Gmail turned on, SIGHUP: the DSN goes out.
+    google.clear_faults_from(RELAY);
+    server.handle().reload("SIGHUP").await;
+    google.wait_for_uploads(1).await;
+    assert!(is_dsn(&google.uploads()[0]));
+    server.until_files("queue", 0).await;
+    server.stop().await;
+}
+
+/// The id of the DSN waiting in the queue, once its record says it was attempted and held.
+async fn until_queued_dsn(server: &TestServer) -> String {
+    let spool = server.spool();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let records = server.files("queue").into_iter();
+            for name in records.filter(|n| n.ends_with(".json")) {
+                let text = std::fs::read_to_string(spool.join("queue").join(&name));
+                let record: Value =
+                    serde_json::from_str(&text.unwrap_or_default()).unwrap_or_default();
+                if record["dsn_for"].is_string() && record["held"].is_string() {
+                    return name.trim_end_matches(".json").to_string();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.expect("a DSN held in the queue")
+}
+
 #[tokio::test]
 async fn a_message_given_up_at_max_age_gets_a_dsn_with_4_4_7() {
     let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
@@ -275,6 +321,8 @@ async fn a_delay_warning_goes_out_once_also_across_a_restart() {
     let spool = server.spool();
     let warned = until_record(&spool, "queue", &id, |r| r["delay_warned"] == true).await;
     let attempts = warned["attempts"].as_u64().unwrap();
+    let (_, shown) = server.queue_command(&["show", &id]).await;
+    assert!(shown.contains("delay warning sent"), "{shown}");
     // Attempts go on; no second warning.
     until_record(&spool, "queue", &id, |r| {
         r["attempts"].as_u64() >= Some(attempts + 3)
