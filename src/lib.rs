@@ -43,7 +43,8 @@
 //!   tests, benches ───────────────────┼─▶ server::Server::start ─▶ ServerHandle
 //!                                     │      server::delivery: relay / inbox / queue::start
 //!                                     │      smtp::Server, http::serve, scheduler, splitter,
-//!                                     │      credential watcher ─ tracked (tasks::Tasks)
+//!                                     │      credential watcher, webhook senders
+//!                                     │      ─ tracked (tasks::Tasks)
 //! ```
 //!
 //! # Layout
@@ -64,8 +65,10 @@
 //!   (`queue::store`: records, the merge journal, the command channel) with the file spool and
 //!   PostgreSQL as implementations, one scheduler core (`queue::schedule`: retries, backoff,
 //!   per-mailbox limits and holds, dead letters, the `queue` commands) over two state backends,
-//!   transactions of one message an MTA split (held, in the database when replicas share the
-//!   queue; merged from their decisions; sent once).
+//!   which tells each outcome where it applies it (`queue::notice`: webhook events, and DSNs
+//!   queued through the message's own account), and transactions of one message an MTA split
+//!   (held, in the database when replicas share the queue; merged from their decisions; sent
+//!   once).
 //! - [`notify`]: telling people when queued mail cannot be delivered: RFC 3464 delivery status
 //!   notifications composed from plain data (and which failures get one), and signed Standard
 //!   Webhooks events sent to the operator's endpoints without holding up mail.

@@ -38,6 +38,12 @@ impl Tasks {
         self.tracker.spawn(task)
     }
 
+    /// The tracker itself, for a component that spawns its own tasks on it (the webhook
+    /// senders); they are waited for like any of these tasks.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
     /// Cancelled once the tasks must end; each task watches it (or a child of it).
     pub fn closing(&self) -> &CancellationToken {
         &self.closing

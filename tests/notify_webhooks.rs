@@ -8,112 +8,22 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use common::logs::{Captured, capture_here};
-use common::python;
-use serde_json::{Value, json};
+use common::webhooks::{SECRET, python_verifies, receiver, silent_receiver};
+use serde_json::Value;
 use smtp2gmail::notify::signature::SigningKey;
 use smtp2gmail::notify::{
     CredentialsEvent, CredentialsState, Detail, Endpoint, Event, EventKind, MessageEvent, Notifier,
     WebhookDelivery, WebhookStats,
 };
 use smtp2gmail::status::Status;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// An obviously fake secret: 32 bytes of 0x2a.
-const SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 /// How long a test waits for something that should take milliseconds before it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// What a receiver got: the headers that matter and the exact body.
-#[derive(Debug, Clone)]
-struct Received {
-    headers: HeaderMap,
-    body: String,
-}
-
-/// An HTTP receiver on 127.0.0.1:0 that answers with the statuses it is given, then 200.
-struct Receiver {
-    url: url::Url,
-    received: Arc<Mutex<Vec<Received>>>,
-    count: watch::Receiver<usize>,
-}
-
-#[derive(Clone)]
-struct ReceiverState {
-    answers: Arc<Mutex<VecDeque<StatusCode>>>,
-    received: Arc<Mutex<Vec<Received>>>,
-    count: Arc<watch::Sender<usize>>,
-}
-
-async fn receive(
-    State(state): State<ReceiverState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    state.received.lock().unwrap().push(Received {
-        headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    });
-    state.count.send_modify(|n| *n += 1);
-    let next = state.answers.lock().unwrap().pop_front();
-    next.unwrap_or(StatusCode::OK)
-}
-
-async fn receiver(answers: &[u16]) -> Receiver {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let (count, count_rx) = watch::channel(0);
-    let state = ReceiverState {
-        answers: Arc::new(Mutex::new(
-            answers
-                .iter()
-                .map(|&s| StatusCode::from_u16(s).unwrap())
-                .collect(),
-        )),
-        received: received.clone(),
-        count: Arc::new(count),
-    };
-    let app = Router::new()
-        .route("/hooks/secret-token", post(receive))
-        .with_state(state);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Receiver {
-        url: format!("http://{address}/hooks/secret-token")
-            .parse()
-            .unwrap(),
-        received,
-        count: count_rx,
-    }
-}
-
-/// A receiver that accepts connections and never answers; counts them and keeps them open.
-async fn silent_receiver() -> (SocketAddr, watch::Receiver<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (count, count_rx) = watch::channel(0);
-    tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-            count.send_modify(|n| *n += 1);
-        }
-    });
-    (address, count_rx)
-}
 
 fn quick(attempts: u32, timeout: Duration) -> WebhookDelivery {
     WebhookDelivery {
@@ -177,28 +87,6 @@ async fn wait_stats(notifier: &Notifier, done: impl FnMut(&WebhookStats) -> bool
         .expect("the webhook worker did not get there in time")
         .unwrap();
     *stats
-}
-
-/// Runs the independent verifier over `requests`; returns how many it verified.
-fn python_verifies(requests: &[Received]) -> u64 {
-    let requests: Vec<Value> = requests
-        .iter()
-        .map(|r| {
-            let header = |name: &str| r.headers[name].to_str().unwrap().to_string();
-            json!({
-                "headers": {
-                    "webhook-id": header("webhook-id"),
-                    "webhook-timestamp": header("webhook-timestamp"),
-                    "webhook-signature": header("webhook-signature"),
-                },
-                "body": r.body,
-            })
-        })
-        .collect();
-    let input = json!({"secret": SECRET, "requests": requests}).to_string();
-    let output = python::run_script("notify/verify_webhooks.py", input.as_bytes());
-    let result: Value = serde_json::from_slice(&output).unwrap();
-    result["verified"].as_u64().unwrap()
 }
 
 #[tokio::test]

@@ -61,7 +61,17 @@ async fn transactions_that_never_name_everyone_become_a_dead_letter_under_reject
 
     let listed = split_message::assert_dead_letter_of_the_first_two(&served).await;
     assert_eq!(format!("{listed}.msg"), *dead);
-    assert!(google.uploads().is_empty(), "nothing was sent");
+    // Nothing was sent to the recipients; the sender is told, by one DSN (5.7.1, the reason).
+    served.wait_for_log("DSN queued").await;
+    google.wait_for_uploads(1).await;
+    let uploads = google.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].recipients, ["app@example.com"]);
+    let dsn = String::from_utf8_lossy(&uploads[0].body);
+    assert!(
+        dsn.contains("Status: 5.7.1") && dsn.contains("In-Reply-To: <split-test-1@example.com>"),
+        "{dsn}"
+    );
     served.stop().await;
 }
 

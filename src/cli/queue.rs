@@ -245,6 +245,12 @@ fn print_entry(entry: &Entry, place: Place) {
     println!("size:         {} bytes", entry.size);
     println!("account:      {}", entry.account);
     println!("attempts:     {}", entry.attempts);
+    if let Some(about) = &entry.dsn_for {
+        println!("DSN about:    {about}");
+    }
+    if entry.delay_warned {
+        println!("delay warning sent");
+    }
     match place {
         Place::Queue => match &entry.held {
             Some(why) => println!("held:         {why}"),

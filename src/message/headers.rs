@@ -261,6 +261,28 @@ pub fn header_fields(section: &[u8]) -> Vec<&[u8]> {
     fields
 }
 
+/// The `Message-ID` field of a message head (the first, when there are several), as it is written
+/// between its angle brackets: the id with them, e.g. `<inv42@example.com>`. `None` when there is
+/// none, or when what is there could not be written back as one (no brackets, white space or
+/// control characters inside, absurdly long). A plain scan, cheap enough for every accepted
+/// message; it reports the id, it decides nothing.
+pub fn message_id(head: &[u8]) -> Option<String> {
+    let section = &head[..header_end(head)];
+    let field = header_fields(section).into_iter().find(|field| {
+        let name = field.split(|&b| b == b':').next().unwrap_or_default();
+        name.trim_ascii().eq_ignore_ascii_case(b"message-id")
+    })?;
+    let value = String::from_utf8_lossy(&field[field.iter().position(|&b| b == b':')? + 1..]);
+    let value = value.trim();
+    let id = value.strip_prefix('<')?.strip_suffix('>')?;
+    let usable = !id.is_empty()
+        && id.len() <= 250
+        && !id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>'));
+    usable.then(|| format!("<{id}>"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +290,23 @@ mod tests {
     fn addresses(fields: &[AddressField]) -> Vec<&str> {
         let all = fields.iter().flat_map(|f| &f.addresses);
         all.map(String::as_str).collect()
+    }
+
+    #[test]
+    fn the_message_id_is_read_with_its_brackets_or_not_at_all() {
+        let head = b"From: a@x\r\nmessage-id:\r\n <inv42@example.com>\r\n\r\nMessage-ID: <b@x>\r\n";
+        assert_eq!(message_id(head).as_deref(), Some("<inv42@example.com>"));
+        assert_eq!(
+            message_id(b"Message-ID: <a b@x>\r\n\r\n"),
+            None,
+            "white space"
+        );
+        assert_eq!(message_id(b"Message-ID: a@x\r\n\r\n"), None, "no brackets");
+        assert_eq!(
+            message_id(b"To: a@x\r\n\r\nMessage-ID: <a@x>\r\n"),
+            None,
+            "in the body"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Once the queue has answered `250` it is responsible for the message (RFC 5321 §6.1); a
 //! message it gives up must not vanish without a word. This module only composes and sends; the
-//! queue decides when.
+//! queue decides when: its scheduler core, where it applies each outcome (`queue::schedule`,
+//! module `tell`), with what `queue::notice` builds from the record.
 //!
 //! # What the queue calls
 //! - **A message becomes a dead letter** (or is still queued after

@@ -244,6 +244,14 @@ impl Notifier {
         })
     }
 
+    /// True when an endpoint wants events of `kind` (so that the caller need not build one
+    /// nobody receives).
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| inner.outboxes.iter().any(|o| o.events.contains(&kind)))
+    }
+
     /// Offers `event` to every endpoint that wants its kind. Never blocks and never fails: an
     /// event an endpoint has no room for is dropped and counted.
     pub fn event(&self, event: Event) {

@@ -27,6 +27,17 @@ pub struct Limits {
     pub generation: u64,
 }
 
+/// How a DSN about a message goes out through the message's own account (the stored decision:
+/// a DSN is never routed by its sender, which is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnSender {
+    /// The account's address, for the DSN's From (Gmail keeps only the account's own addresses);
+    /// `None` when it is not known.
+    pub address: Option<String>,
+    /// The user a service-account token is minted for: the original's.
+    pub subject: Option<String>,
+}
+
 /// Delivers one queued message.
 #[async_trait::async_trait]
 pub trait Courier: Send + Sync + 'static {
@@ -46,6 +57,16 @@ pub trait Courier: Send + Sync + 'static {
     /// readiness (the tests' scripted ones) has nothing to note.
     fn note_hold(&self, account: &str, user: Option<&str>, reason: &str, fix: &str) {
         let _ = (account, user, reason, fix);
+    }
+
+    /// How a DSN about `original` goes out: through its account as the same user, from the
+    /// account's address. A courier that knows no addresses (the tests' scripted ones) keeps the
+    /// stored user and names no address.
+    fn dsn_sender(&self, original: &Entry) -> DsnSender {
+        DsnSender {
+            address: None,
+            subject: original.route.as_ref().and_then(|r| r.subject.clone()),
+        }
     }
 }
 
@@ -90,6 +111,30 @@ impl Courier for Gmail {
             scope: crate::relay::Scope::Mailbox,
         };
         configured.note_outcome(user, &Err(held));
+    }
+
+    /// The stored user (for a record older than stored decisions, the one the account would
+    /// choose for its sender), and the account's address as that user.
+    fn dsn_sender(&self, original: &Entry) -> DsnSender {
+        let account = self.router().account(&original.account);
+        let subject = match (&original.route, account) {
+            (Some(route), _) => route.subject.clone(),
+            (None, Some(account)) => account
+                .subject(original.mail_from.as_deref())
+                .map(str::to_string),
+            (None, None) => None,
+        };
+        // An account no longer configured: the DSN waits for it like the message did.
+        let Some(account) = account else {
+            return DsnSender {
+                address: None,
+                subject,
+            };
+        };
+        DsnSender {
+            address: account.address(subject.as_deref()),
+            subject,
+        }
     }
 }
 

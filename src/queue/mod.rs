@@ -15,6 +15,7 @@
 
 pub mod control;
 pub mod courier;
+pub mod notice;
 pub mod postgres;
 pub mod record;
 pub mod schedule;
@@ -22,6 +23,7 @@ pub mod shared;
 pub mod split;
 pub mod spool;
 pub mod store;
+mod tap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +32,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{QueueBackend, QueueConfig};
-use crate::message::headers::Headers;
+use crate::message::headers::{Headers, message_id};
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use control::ControlError;
+use notice::Notices;
 use record::{Entry, Place, Request};
 use schedule::{Pickup, Scheduler};
 use shared::{SharedState, SharedStore};
@@ -85,11 +88,16 @@ impl Deliver for Queue {
         })?;
         // The headers are read once, here, for both the split check and the decision.
         let headers = Headers::read(&head);
+        let message_id = message_id(&head);
         let decide = |for_envelope: &Envelope| {
             let decision = self
                 .gmail
                 .decide_head(for_envelope, &head, &headers, message.len())?;
-            Ok::<_, DeliveryError>(Entry::decided(envelope, message.len(), decision.into()))
+            let entry = Entry::decided(envelope, message.len(), decision.into());
+            Ok::<_, DeliveryError>(Entry {
+                message_id: message_id.clone(),
+                ..entry
+            })
         };
         if let Some(part) = self.split.recognise(envelope, &head, &headers) {
             // Refused for what would refuse the merged message; decided again once merged.
@@ -177,41 +185,51 @@ impl StartError {
 
 /// Builds the queue on the configured backend: the spool (opened, locked, recovered after a
 /// crash) or the database shared by replicas (connected, migrated, listening), the scheduler core
-/// over that backend's state, and the splitter. The storage's own background work (the
-/// database's connections and listener) runs as `storage`; closing it closes the storage, which
-/// the server does once nothing uses the queue any more.
+/// over that backend's state, telling what `notices` says, and the splitter, whose dead letters
+/// the core tells of too. The storage's own background work (the database's connections and
+/// listener) runs as `storage`; closing it closes the storage, which the server does once nothing
+/// uses the queue any more.
 pub async fn start(
     config: &QueueConfig,
     gmail: Arc<Gmail>,
+    notices: Notices,
     storage: &Tasks,
 ) -> Result<Started, StartError> {
     let (scheduled, incoming) = mpsc::unbounded_channel();
+    let (given_up, told) = mpsc::unbounded_channel();
     let routing: Arc<dyn split::Routing> = gmail.clone();
-    let (store, deliveries, (intake, splitter), lock): (Arc<dyn Store>, _, _, _) =
-        match config.backend {
-            QueueBackend::Spool => {
-                let (spool, lock) = Spool::open_for_server(&config.dir)?;
-                let spool = Arc::new(spool);
-                let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
-                    .await
-                    .with_commands(spool.clone());
-                let store: Arc<dyn Store> = spool.clone();
-                let split = split::in_memory(&store, spool, config, routing, scheduled.clone());
-                (store, Deliveries::Spool(Box::new(core)), split, Some(lock))
-            }
-            QueueBackend::Postgres => {
-                let database = Arc::new(open_database(config, storage.clone()).await?);
-                database.listen().await?;
-                // Announcements are not needed: a committed message wakes every replica (NOTIFY).
-                drop(incoming);
-                let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
-                let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone());
-                // Held transactions are grouped in the database, so that the parts of one
-                // message reaching different replicas are merged all the same.
-                let split = split::shared(database.clone(), config, routing);
-                (database, Deliveries::Shared(Box::new(core)), split, None)
-            }
-        };
+    let (store, deliveries, (intake, splitter), lock): (Arc<dyn Store>, _, _, _) = match config
+        .backend
+    {
+        QueueBackend::Spool => {
+            let (spool, lock) = Spool::open_for_server(&config.dir)?;
+            let spool = Arc::new(spool);
+            let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
+                .await
+                .with_commands(spool.clone())
+                .with_notices(notices, told);
+            let store: Arc<dyn Store> = spool.clone();
+            // The splitter's dead letters reach the core through the tap, which tells of them.
+            let tapped: Arc<dyn Store> = Arc::new(tap::DeadLetterTap::new(store.clone(), given_up));
+            let split = split::in_memory(&tapped, spool, config, routing, scheduled.clone());
+            (store, Deliveries::Spool(Box::new(core)), split, Some(lock))
+        }
+        QueueBackend::Postgres => {
+            let database = Arc::new(open_database(config, storage.clone()).await?);
+            database.listen().await?;
+            // Announcements are not needed: a committed message wakes every replica (NOTIFY).
+            drop(incoming);
+            let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
+            let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone())
+                .with_notices(notices, told);
+            // Held transactions are grouped in the database, so that the parts of one
+            // message reaching different replicas are merged all the same; a group given up
+            // is released in one database transaction, and the replica that committed it
+            // hands the dead letter to its core.
+            let split = split::shared(database.clone(), config, routing, given_up);
+            (database, Deliveries::Shared(Box::new(core)), split, None)
+        }
+    };
     Ok(Started {
         acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
         spill_dir: store.spill_dir(),

@@ -31,7 +31,10 @@ use crate::message::{Address, Envelope, MessageId};
 /// - 2: the Bcc a decision adds is a list of addresses (`{"bcc": …}` in `route.upload`), not bytes,
 ///   so that a merge can take the union of its parts' lists; a held transaction's record says what
 ///   to do when its message stays incomplete (`split.incomplete`).
-pub const VERSION: u32 = 2;
+/// - 3: what the queue tells about a message: its `message_id` (for events), whether its delay
+///   warning went out (`delay_warned`; older records read as "not warned"), and for a DSN the
+///   queue made, the message it reports on (`dsn_for`).
+pub const VERSION: u32 = 3;
 
 /// Where an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +157,18 @@ pub struct Entry {
     /// first delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<Route>,
+    /// The message's `Message-ID` field as accepted, with its angle brackets, for the events
+    /// about it; `None` when it has none (and in records older than version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// True once the delay warning (`notify.delay_warning`) about it went out, so that a restart
+    /// or another replica does not send a second one. False in records older than version 3.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
+    /// For a DSN the queue made: the queue id of the message it reports on. Such a message is
+    /// never reported on itself; if it cannot be delivered it is logged and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_for: Option<String>,
 }
 
 fn first_version() -> u32 {
@@ -205,6 +220,9 @@ impl Entry {
             history: Vec::new(),
             split: None,
             route: None,
+            message_id: None,
+            delay_warned: false,
+            dsn_for: None,
         }
     }
 
@@ -270,6 +288,8 @@ impl Entry {
     ///   merged with the other transactions' lists; the merged message is then routed at its
     ///   first delivery, as records written before decisions were stored are. A queued or dead
     ///   message keeps its decision: its bytes are still exactly what to send.
+    /// - versions 1 and 2: nothing to change; the fields version 3 added read as absent (no
+    ///   Message-ID known, not warned, not a DSN).
     pub fn upgrade(mut self) -> Result<Entry, RecordError> {
         if self.version > VERSION {
             return Err(RecordError::Newer {

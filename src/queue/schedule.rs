@@ -19,6 +19,11 @@
 //!   (counted by the state, so replicas count together) the mailbox is held as a setup problem;
 //! - permanent failure, or older than `max_age`: a dead letter, kept with the reason.
 //!
+//! Each outcome is told where it is applied ([`tell`]): a webhook event (`delivered`,
+//! `deferred`, `dead_letter`, `delayed`, `credentials`) and, for a dead letter or a message still
+//! queued after `notify.delay_warning`, a DSN queued through the message's own account. Dead
+//! letters the splitter makes reach the core to be told the same way.
+//!
 //! The `queue` commands (retry, retry --all, delete) are carried out by the same core
 //! ([`requests`]), and so is the shutdown: deliveries in flight may finish within the grace, and
 //! their outcomes are written down.
@@ -27,6 +32,7 @@ mod mailboxes;
 mod memory;
 mod requests;
 mod state;
+mod tell;
 pub mod verdict;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::courier::{Clock, Courier, Finished, spawn_attempt};
+use super::notice::{Cause, Notices};
 use super::record::{Entry, Place};
 use super::store::{CommandChannel, Store};
 use crate::config::QueueConfig;
@@ -69,12 +76,19 @@ pub struct Scheduler<S: State = MemoryState> {
     generations: HashMap<String, u64>,
     /// Ids whose delivery is running in this process.
     in_flight: HashSet<String>,
+    /// Accounts this process saw paused and not resumed since: a send of theirs that goes
+    /// through resumes them (the probe that worked), and is told.
+    paused: HashSet<String>,
     results: (
         mpsc::UnboundedSender<Finished>,
         mpsc::UnboundedReceiver<Finished>,
     ),
     deliveries: TaskTracker,
     store: Arc<dyn Store>,
+    /// What to tell, and to whom.
+    notices: Notices,
+    /// Dead letters made outside the core (the splitter's), to be told.
+    given_up: Option<mpsc::UnboundedReceiver<Entry>>,
 }
 
 /// The limits of the configured accounts, as `courier` knows them.
@@ -130,10 +144,25 @@ impl<S: State> Scheduler<S> {
             commands: None,
             generations: HashMap::new(),
             in_flight: HashSet::new(),
+            paused: HashSet::new(),
             results: mpsc::unbounded_channel(),
             deliveries: TaskTracker::new(),
             store,
+            notices: Notices::off(),
+            given_up: None,
         }
+    }
+
+    /// The same scheduler telling what `notices` says, also of the dead letters `given_up`
+    /// brings (made by the splitter).
+    pub fn with_notices(
+        mut self,
+        notices: Notices,
+        given_up: mpsc::UnboundedReceiver<Entry>,
+    ) -> Self {
+        self.notices = notices;
+        self.given_up = Some(given_up);
+        self
     }
 
     /// The same scheduler taking the `queue` commands' requests from `channel`.
@@ -158,6 +187,9 @@ impl<S: State> Scheduler<S> {
                     while let Ok((entry, outcome)) = self.results.1.try_recv() {
                         self.finish(entry, outcome).await;
                     }
+                }
+                Some(entry) = next_given_up(&mut self.given_up) => {
+                    self.tell_dead(&entry, Cause::GivenUp).await;
                 }
                 // Not per message: reporting walks the whole queue.
                 _ = tick.tick() => self.housekeeping().await,
@@ -214,9 +246,10 @@ impl<S: State> Scheduler<S> {
                     account,
                     user: None,
                 };
+                self.paused.remove(&key.account);
                 match self.state.note(&key, Note::Resumed).await {
                     Ok(true) => {
-                        tracing::info!(account = %key.account, "credentials changed: held mail goes out now")
+                        self.tell_resumed(&key, "credentials changed: held mail goes out now")
                     }
                     Ok(false) => {}
                     Err(err) => tracing::warn!(%err, "cannot resume the account in the queue"),
@@ -269,15 +302,21 @@ impl<S: State> Scheduler<S> {
         );
     }
 
-    /// Writes down one delivery's outcome and its consequence for the mailbox and the account.
+    /// Writes down one delivery's outcome and its consequence for the mailbox and the account,
+    /// and tells of it once the state took it.
     async fn finish(&mut self, mut entry: Entry, outcome: Result<Receipt, DeliveryError>) {
         self.in_flight.remove(&entry.id);
         let now = self.clock.now();
         let key = MailboxKey::of(&entry);
         let error = match outcome {
             // Removed (and logged) by the delivery's task.
-            Ok(_) => {
+            Ok(receipt) => {
+                let met_the_pause = entry.held.as_deref() == Some(verdict::HELD_FOR_ACCOUNT);
+                if self.paused.remove(&key.account) || met_the_pause {
+                    self.resume_after(&key).await;
+                }
                 self.note(&key, Note::Sent).await;
+                self.tell_delivered(&entry, &receipt);
                 self.settle(Settled::Sent(entry)).await;
                 return;
             }
@@ -285,21 +324,32 @@ impl<S: State> Scheduler<S> {
         };
         entry.record(now, error.summary());
         if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
-            if !verdict::too_old(&self.config, &entry, now) {
+            let too_old = verdict::too_old(&self.config, &entry, now);
+            if !too_old {
                 // A message's own fault says nothing against the mailbox or the credentials.
                 self.note(&key, Note::Sent).await;
             }
             tracing::warn!(id = %entry.id, %reason, "dead letter");
             entry.dead_reason = Some(reason);
-            if let Err(err) = self
-                .state
-                .settle(&self.limits, Settled::Dead(entry.clone()))
-                .await
-            {
-                tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
-                entry.dead_reason = None;
-                entry.next_attempt = now + backoff(&self.config, entry.attempts);
-                self.settle(Settled::Retry(entry)).await;
+            let settled = Settled::Dead(entry.clone());
+            match self.state.settle(&self.limits, settled).await {
+                Ok(true) => {
+                    let cause = match too_old {
+                        true => Cause::Expired {
+                            last: &error,
+                            account_gone: self.courier.limits(&entry.account).is_none(),
+                        },
+                        false => Cause::Refused(&error),
+                    };
+                    self.tell_dead(&entry, cause).await;
+                }
+                Ok(false) => forgotten(&entry.id),
+                Err(err) => {
+                    tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
+                    entry.dead_reason = None;
+                    entry.next_attempt = now + backoff(&self.config, entry.attempts);
+                    self.settle(Settled::Retry(entry)).await;
+                }
             }
             return;
         }
@@ -314,26 +364,31 @@ impl<S: State> Scheduler<S> {
                 tracing::info!(id = %entry.id, attempts = entry.attempts, retry_in = ?wait, error = %error.summary(), "deferred")
             }
         }
-        self.settle(Settled::Retry(entry)).await;
+        let warn = self.due_for_warning(&mut entry, now);
+        if self.settle(Settled::Retry(entry.clone())).await {
+            self.tell_deferred(&entry, &error);
+            if warn {
+                self.tell_delayed(&entry, &error).await;
+            }
+        }
     }
 
-    /// Settles an attempt; a failure is logged (the record on disk, or the lease lapsing, keeps
-    /// the message).
-    async fn settle(&mut self, settled: Settled) {
+    /// Settles an attempt; true when the state took it. A failure is logged (the record on
+    /// disk, or the lease lapsing, keeps the message).
+    async fn settle(&mut self, settled: Settled) -> bool {
         let id = match &settled {
             Settled::Sent(entry) | Settled::Retry(entry) | Settled::Dead(entry) => entry.id.clone(),
         };
         match self.state.settle(&self.limits, settled).await {
-            Ok(true) => {}
+            Ok(true) => true,
             // Its record must not be written back.
             Ok(false) => {
-                tracing::info!(
-                    id,
-                    "deleted meanwhile, or taken over by another replica; forgotten"
-                )
+                forgotten(&id);
+                false
             }
             Err(err) => {
-                tracing::error!(id, %err, "cannot update the queue record; it is tried again")
+                tracing::error!(id, %err, "cannot update the queue record; it is tried again");
+                false
             }
         }
     }
@@ -351,14 +406,17 @@ impl<S: State> Scheduler<S> {
         let configured = self.courier.limits(&key.account).is_some();
         let held = match verdict::effect(error, configured) {
             Effect::PauseAccount => {
+                self.paused.insert(key.account.clone());
                 if self.note(key, Note::Paused(probe_at)).await {
                     tracing::warn!(account = %key.account, error = %error.summary(), "account paused until its credentials change");
+                    self.tell_held(key, false, error);
                 }
                 Some(verdict::HELD_FOR_ACCOUNT)
             }
             Effect::HoldMailbox => {
                 if self.note(key, Note::Held(probe_at)).await {
                     tracing::warn!(mailbox = %key, error = %error.summary(), "mailbox held until it is fixed");
+                    self.tell_held(key, true, error);
                 }
                 Some(verdict::HELD_FOR_MAILBOX)
             }
@@ -374,7 +432,9 @@ impl<S: State> Scheduler<S> {
                          for a service account check its domain-wide delegation, for a new user \
                          wait until the mailbox exists; `queue retry` or SIGHUP to try again now"
                     );
-                    self.note(key, Note::Held(probe_at)).await;
+                    if self.note(key, Note::Held(probe_at)).await {
+                        self.tell_held(key, true, error);
+                    }
                     let user = key.user.as_deref();
                     let reason = error.summary();
                     let fix = verdict::PRECONDITION_FIX;
@@ -413,6 +473,23 @@ impl<S: State> Scheduler<S> {
                 true
             }
         }
+    }
+}
+
+/// A message deleted meanwhile, or taken over by another replica: its outcome is not this
+/// process's to write (nor to tell).
+fn forgotten(id: &str) {
+    tracing::info!(
+        id,
+        "deleted meanwhile, or taken over by another replica; forgotten"
+    );
+}
+
+/// The next dead letter made outside the core; never, without a source.
+async fn next_given_up(given_up: &mut Option<mpsc::UnboundedReceiver<Entry>>) -> Option<Entry> {
+    match given_up {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

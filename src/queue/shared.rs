@@ -16,6 +16,7 @@ use super::control::{self, ControlError};
 use super::record::{Entry, Place};
 use super::schedule::{Limits, MailboxKey, Note, Settled, State};
 use super::store::{Store, StoreError};
+use crate::message::Message;
 
 /// What a store shared by replicas adds to [`Store`].
 #[async_trait::async_trait]
@@ -131,17 +132,31 @@ impl State for SharedState {
             // The delivery removed the row, and its lease with it.
             Settled::Sent(_) => Ok(true),
             Settled::Retry(entry) => self.store.release(&entry).await,
-            // Moving ends the lease; a row gone or taken over is not ours to move.
-            Settled::Dead(entry) => match self.store.read(Place::Queue, &entry.id).await? {
-                Some(_) => {
-                    self.store
-                        .move_to(Place::Queue, Place::Dead, &entry)
-                        .await?;
-                    Ok(true)
+            // Only while this replica holds the lease: it gives the message back due a lease's
+            // time from now (so no replica claims it meanwhile), then moves it, which is not
+            // conditional. A replica whose lease lapsed finds it taken over and moves nothing:
+            // one replica makes it a dead letter, and only that one tells of it. A stop between
+            // the two leaves a queued message that is tried again.
+            Settled::Dead(entry) => {
+                let parked = Entry {
+                    next_attempt: SystemTime::now() + self.store.lease_time(),
+                    dead_reason: None,
+                    ..entry.clone()
+                };
+                if !self.store.release(&parked).await? {
+                    return Ok(false);
                 }
-                None => Ok(false),
-            },
+                self.store
+                    .move_to(Place::Queue, Place::Dead, &entry)
+                    .await?;
+                Ok(true)
+            }
         }
+    }
+
+    /// Committed with its `NOTIFY`, which wakes every replica.
+    async fn enqueue(&mut self, entry: Entry, message: &Message) -> Result<(), StoreError> {
+        self.store.put(Place::Queue, &entry, message).await
     }
 
     async fn note(&mut self, key: &MailboxKey, note: Note) -> Result<bool, StoreError> {

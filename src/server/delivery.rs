@@ -12,7 +12,9 @@ use crate::inbox::Inbox;
 use crate::inbox::capture::Capture;
 use crate::inbox::guard::Guard;
 use crate::inbox::release::Release;
+use crate::notify::Notifier;
 use crate::queue;
+use crate::queue::notice::Notices;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{self, Deliver, Gmail};
@@ -45,6 +47,16 @@ impl Target {
     }
 }
 
+/// The task sets the delivery target's parts run on.
+pub(super) struct TaskSets<'a> {
+    /// The server's shutdown (the inbox's listeners watch it).
+    pub shutdown: &'a CancellationToken,
+    /// The queue's storage (the database's connections and listener).
+    pub storage: &'a Tasks,
+    /// The webhook senders, closed after the scheduler.
+    pub notify: &'a Tasks,
+}
+
 /// Builds the target `config` asks for (or the one `seams` hands in). Gmail is built here rather
 /// than through [`relay::from_config`] because the watcher and the queue need the concrete
 /// accounts, which `Arc<dyn Deliver>` hides. In queue mode, large bodies are spilled inside the
@@ -53,11 +65,22 @@ pub(super) async fn build(
     config: &Config,
     seams: &Seams,
     smtp: &mut SmtpConfig,
-    shutdown: &CancellationToken,
-    storage: &Tasks,
+    sets: TaskSets<'_>,
 ) -> Result<Target, StartError> {
+    let TaskSets {
+        shutdown,
+        storage,
+        notify,
+    } = sets;
     if let Some(target) = &seams.deliver_to {
         return Ok(Target::only(target.clone()));
+    }
+    let queued = config.relay.mode == RelayMode::Gmail && config.relay.delivery == Delivery::Queue;
+    if !queued && !config.notify.webhooks.is_empty() {
+        tracing::warn!(
+            "notify.webhooks tell of queued mail: they send nothing in this mode (gmail mode with \
+             delivery = \"queue\" sends them)"
+        );
     }
     if config.relay.mode != RelayMode::Gmail {
         let mut deliver = relay::from_config(config)?;
@@ -94,7 +117,9 @@ pub(super) async fn build(
             ..Target::only(gmail)
         });
     }
-    let started = queue::start(&config.queue, gmail, storage).await?;
+    let notifier = Notifier::from_config(&config.notify, notify.tracker(), notify.closing())?;
+    let notices = Notices::from_config(config, notifier);
+    let started = queue::start(&config.queue, gmail, notices, storage).await?;
     if smtp.spill_dir.is_none() {
         smtp.spill_dir = started.spill_dir.clone();
     }

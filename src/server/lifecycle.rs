@@ -35,6 +35,8 @@ impl Stopped {
 pub(super) struct Stopping {
     /// The server's background tasks; their closing signal is the shutdown itself.
     pub tasks: Tasks,
+    /// The webhook senders: closed after the scheduler, which emits the events.
+    pub notify: Tasks,
     /// The queue's storage: closed after every task that stores through it.
     pub storage: Tasks,
     /// The spool's lock, released last.
@@ -61,19 +63,29 @@ impl Stopping {
             );
             unfinished += self.tasks.len();
         }
-        self.storage.close();
-        let closed = tokio::time::timeout(SHUTDOWN_MARGIN, self.storage.wait());
-        if closed.await.is_err() {
-            tracing::warn!(
-                tasks = self.storage.len(),
-                "the queue's database sessions did not close in time; stopping anyway"
-            );
-            unfinished += self.storage.len();
-        }
+        unfinished += close(&self.notify, "the webhook senders").await;
+        unfinished += close(&self.storage, "the queue's database sessions").await;
         drop(self.spool_lock);
         tracing::info!("stopped");
         Stopped { unfinished }
     }
+}
+
+/// Closes `set` and waits for it within [`SHUTDOWN_MARGIN`]; returns how many of its tasks were
+/// still running then (`what` names them in the warning).
+async fn close(set: &Tasks, what: &str) -> usize {
+    set.close();
+    if tokio::time::timeout(SHUTDOWN_MARGIN, set.wait())
+        .await
+        .is_ok()
+    {
+        return 0;
+    }
+    tracing::warn!(
+        tasks = set.len(),
+        "{what} did not stop in time; stopping anyway"
+    );
+    set.len()
 }
 
 /// What a reload reloads.

@@ -15,9 +15,11 @@
 //!    meanwhile the scheduler lets the deliveries in flight finish (within the grace) and leaves
 //!    the rest queued, and the HTTP endpoints (the inbox's live-update listeners closed), the
 //!    credential watcher and the split-message task end;
-//! 3. the queue's storage closes: the database's listener and connections end (nothing can use
+//! 3. the webhook senders stop: the scheduler, the last to emit events, has ended (what they
+//!    have not sent is dropped and counted, a stopping server does not wait on receivers);
+//! 4. the queue's storage closes: the database's listener and connections end (nothing can use
 //!    them any more);
-//! 4. the spool's lock is released: only when nothing can still write to the spool may another
+//! 5. the spool's lock is released: only when nothing can still write to the spool may another
 //!    server take it.
 
 mod announce;
@@ -107,20 +109,32 @@ impl Server {
     pub async fn start(self) -> Result<ServerHandle, StartError> {
         let tasks = Tasks::new();
         let storage = Tasks::new();
-        let started = self.assemble(&tasks, &storage).await;
+        let notify = Tasks::new();
+        let started = self.assemble(&tasks, &storage, &notify).await;
         if started.is_err() {
-            // A database opened before a later step failed: its sessions go with the error.
+            // A database opened before a later step failed: its sessions go with the error, and
+            // the webhook senders with them.
+            notify.close();
             storage.close();
         }
         started
     }
 
-    async fn assemble(self, tasks: &Tasks, storage: &Tasks) -> Result<ServerHandle, StartError> {
+    async fn assemble(
+        self,
+        tasks: &Tasks,
+        storage: &Tasks,
+        notify: &Tasks,
+    ) -> Result<ServerHandle, StartError> {
         let config = &self.config;
         let shutdown = tasks.closing();
         let mut smtp_config = config.smtp.clone();
-        let target =
-            delivery::build(config, &self.seams, &mut smtp_config, shutdown, storage).await?;
+        let sets = delivery::TaskSets {
+            shutdown,
+            storage,
+            notify,
+        };
+        let target = delivery::build(config, &self.seams, &mut smtp_config, sets).await?;
         let smtp = smtp::Server::bind(smtp_config, target.deliver.clone()).await?;
         let http = match config.http.address() {
             Some(addr) => Some(
@@ -178,6 +192,7 @@ impl Server {
         };
         let stopping = lifecycle::Stopping {
             tasks: tasks.clone(),
+            notify: notify.clone(),
             storage: storage.clone(),
             spool_lock: spool_lock.flatten(),
             grace,
@@ -313,6 +328,9 @@ pub enum StartError {
     /// The queue cannot start (the spool, or the database).
     #[error(transparent)]
     Queue(#[from] crate::queue::StartError),
+    /// The webhooks cannot be set up (a secret that changed since the configuration was read).
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifierError),
     /// The SMTP listeners cannot start (an address, the TLS identity, the users).
     #[error(transparent)]
     Smtp(#[from] smtp::StartError),
@@ -334,7 +352,10 @@ impl StartError {
             StartError::Queue(err) => !err.is_outage(),
             StartError::Smtp(err) => err.is_config(),
             StartError::Http { .. } => false,
-            StartError::Relay(_) | StartError::InboxGuard(_) | StartError::Inbox { .. } => true,
+            StartError::Relay(_)
+            | StartError::InboxGuard(_)
+            | StartError::Inbox { .. }
+            | StartError::Notify(_) => true,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod burst;
 pub mod credential_files;
+pub mod dsn;
 pub mod fake_gmail;
 pub mod fake_google;
 pub mod fake_oauth;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod serving;
 pub mod split_message;
 pub mod tls;
+pub mod webhooks;
 
 #[allow(unused_imports)] // not every test binary starts a server in process
 pub use server::{TestServer, test_config};

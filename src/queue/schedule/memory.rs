@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::mailboxes::{Index, MailboxKey};
 use super::state::{Limits, Note, Settled, State};
 use crate::config::QueueConfig;
+use crate::message::Message;
 use crate::queue::control::{self, ControlError};
 use crate::queue::courier::Clock;
 use crate::queue::record::{Entry, Place};
@@ -302,6 +303,12 @@ impl State for MemoryState {
                 Ok(true)
             }
         }
+    }
+
+    async fn enqueue(&mut self, entry: Entry, message: &Message) -> Result<(), StoreError> {
+        self.store.put(Place::Queue, &entry, message).await?;
+        self.schedule(entry);
+        Ok(())
     }
 
     async fn note(&mut self, key: &MailboxKey, note: Note) -> Result<bool, StoreError> {

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use super::mailboxes::MailboxKey;
+use crate::message::Message;
 use crate::queue::control::ControlError;
 use crate::queue::record::Entry;
 use crate::queue::store::{Store, StoreError};
@@ -129,6 +130,10 @@ pub trait State: Send + 'static {
     /// message is no longer this process's to write: deleted meanwhile, or taken over by another
     /// replica after its lease lapsed (that outcome counts).
     async fn settle(&mut self, limits: &Limits, settled: Settled) -> Result<bool, StoreError>;
+
+    /// Queues a message the core made itself (a DSN), durably, to be claimed like any other: the
+    /// spool's state schedules it, replicas hear of it from the database.
+    async fn enqueue(&mut self, entry: Entry, message: &Message) -> Result<(), StoreError>;
 
     /// Keeps a consequence for a mailbox or its account. True when it is news (the mailbox was
     /// not held, the account not paused, already): the core then says so in the log once.

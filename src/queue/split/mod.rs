@@ -351,6 +351,7 @@ pub fn shared(
     groups: Arc<dyn SharedGroups>,
     config: &QueueConfig,
     routing: Arc<dyn Routing>,
+    given_up: mpsc::UnboundedSender<Entry>,
 ) -> (Intake, Task) {
     let wake = Arc::new(Notify::new());
     let intake = Intake {
@@ -362,7 +363,7 @@ pub fn shared(
         },
     };
     let rules = rules(config, routing);
-    let splitter = SharedSplitter::new(groups, rules, config.max_age, wake);
+    let splitter = SharedSplitter::new(groups, rules, config.max_age, wake, given_up);
     (intake, Task::Shared(splitter))
 }
 

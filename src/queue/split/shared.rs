@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::group::Group;
@@ -121,6 +121,9 @@ pub struct SharedSplitter {
     retention: Duration,
     /// Woken by this replica's intake when it holds a transaction.
     wake: Arc<Notify>,
+    /// The scheduler core, told of each split message this replica gave up (it tells the
+    /// sender and the operator); the replica whose release committed is the one that tells.
+    given_up: mpsc::UnboundedSender<Entry>,
 }
 
 impl SharedSplitter {
@@ -129,12 +132,14 @@ impl SharedSplitter {
         rules: Rules,
         retention: Duration,
         wake: Arc<Notify>,
+        given_up: mpsc::UnboundedSender<Entry>,
     ) -> SharedSplitter {
         SharedSplitter {
             groups,
             rules,
             retention,
             wake,
+            given_up,
         }
     }
 
@@ -266,6 +271,10 @@ impl SharedSplitter {
             .await?
         {
             release.log(&group);
+            if release.merge.dead {
+                // The core stops only at shutdown, with the splitter.
+                let _ = self.given_up.send(release.merge.entry.clone());
+            }
         }
         Ok(())
     }

@@ -175,6 +175,21 @@ impl Account {
         }
     }
 
+    /// The address mail sent through this account as `subject` (the user a service-account token
+    /// is minted for) is from, as Gmail sees it: that user for a service account; for refresh-token
+    /// credentials the token's own address when it is known (token.json's `account`, a `user_id`
+    /// that is an address), else the first `send_as` address. `None` when none is known.
+    pub fn address(&self, subject: Option<&str>) -> Option<String> {
+        let address = |text: &str| text.contains('@').then(|| text.to_string());
+        match &self.impersonate {
+            Impersonate::Sender | Impersonate::Fixed(_) => subject.and_then(address),
+            Impersonate::TokenUser => (self.tokens.credentials().account())
+                .and_then(address)
+                .or_else(|| address(&self.user_id))
+                .or_else(|| self.policy.send_as.first().and_then(|a| address(a))),
+        }
+    }
+
     /// Remembers a setup problem from a send's outcome, or forgets it once a send to that
     /// mailbox works again.
     pub fn note_outcome(&self, subject: Option<&str>, outcome: &Result<Receipt, DeliveryError>) {
