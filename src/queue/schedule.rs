@@ -324,33 +324,8 @@ impl<S: State> Scheduler<S> {
         };
         entry.record(now, error.summary());
         if let Some(reason) = verdict::dead_reason(&self.config, &entry, &error, now) {
-            let too_old = verdict::too_old(&self.config, &entry, now);
-            if !too_old {
-                // A message's own fault says nothing against the mailbox or the credentials.
-                self.note(&key, Note::Sent).await;
-            }
-            tracing::warn!(id = %entry.id, %reason, "dead letter");
             entry.dead_reason = Some(reason);
-            let settled = Settled::Dead(entry.clone());
-            match self.state.settle(&self.limits, settled).await {
-                Ok(true) => {
-                    let cause = match too_old {
-                        true => Cause::Expired {
-                            last: &error,
-                            account_gone: self.courier.limits(&entry.account).is_none(),
-                        },
-                        false => Cause::Refused(&error),
-                    };
-                    self.tell_dead(&entry, cause).await;
-                }
-                Ok(false) => forgotten(&entry.id),
-                Err(err) => {
-                    tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
-                    entry.dead_reason = None;
-                    entry.next_attempt = now + backoff(&self.config, entry.attempts);
-                    self.settle(Settled::Retry(entry)).await;
-                }
-            }
+            self.give_up(&key, entry, &error, now).await;
             return;
         }
         let wait = self.consequence(&key, &mut entry, &error, now).await;
@@ -369,6 +344,44 @@ impl<S: State> Scheduler<S> {
             self.tell_deferred(&entry, &error);
             if warn {
                 self.tell_delayed(&entry, &error).await;
+            }
+        }
+    }
+
+    /// Makes `entry` (its `dead_reason` set after `error`) a dead letter, and tells of it once
+    /// the state took it; if the state cannot, it stays queued and is tried again.
+    async fn give_up(
+        &mut self,
+        key: &MailboxKey,
+        mut entry: Entry,
+        error: &DeliveryError,
+        now: SystemTime,
+    ) {
+        let too_old = verdict::too_old(&self.config, &entry, now);
+        if !too_old {
+            // A message's own fault says nothing against the mailbox or the credentials.
+            self.note(key, Note::Sent).await;
+        }
+        let reason = entry.dead_reason.as_deref().unwrap_or_default();
+        tracing::warn!(id = %entry.id, %reason, "dead letter");
+        let settled = Settled::Dead(entry.clone());
+        match self.state.settle(&self.limits, settled).await {
+            Ok(true) => {
+                let cause = match too_old {
+                    true => Cause::Expired {
+                        last: error,
+                        account_gone: self.courier.limits(&entry.account).is_none(),
+                    },
+                    false => Cause::Refused(error),
+                };
+                self.tell_dead(&entry, cause).await;
+            }
+            Ok(false) => forgotten(&entry.id),
+            Err(err) => {
+                tracing::error!(id = %entry.id, %err, "cannot move the message to dead letters; it stays queued");
+                entry.dead_reason = None;
+                entry.next_attempt = now + backoff(&self.config, entry.attempts);
+                self.settle(Settled::Retry(entry)).await;
             }
         }
     }
