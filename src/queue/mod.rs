@@ -23,7 +23,6 @@ pub mod shared;
 pub mod split;
 pub mod spool;
 pub mod store;
-mod tap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,38 +197,36 @@ pub async fn start(
     let (scheduled, incoming) = mpsc::unbounded_channel();
     let (given_up, told) = mpsc::unbounded_channel();
     let routing: Arc<dyn split::Routing> = gmail.clone();
-    let (store, deliveries, (intake, splitter), lock): (Arc<dyn Store>, _, _, _) = match config
-        .backend
-    {
-        QueueBackend::Spool => {
-            let (spool, lock) = Spool::open_for_server(&config.dir)?;
-            let spool = Arc::new(spool);
-            let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
-                .await
-                .with_commands(spool.clone())
-                .with_notices(notices, told);
-            let store: Arc<dyn Store> = spool.clone();
-            // The splitter's dead letters reach the core through the tap, which tells of them.
-            let tapped: Arc<dyn Store> = Arc::new(tap::DeadLetterTap::new(store.clone(), given_up));
-            let split = split::in_memory(&tapped, spool, config, routing, scheduled.clone());
-            (store, Deliveries::Spool(Box::new(core)), split, Some(lock))
-        }
-        QueueBackend::Postgres => {
-            let database = Arc::new(open_database(config, storage.clone()).await?);
-            database.listen().await?;
-            // Announcements are not needed: a committed message wakes every replica (NOTIFY).
-            drop(incoming);
-            let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
-            let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone())
-                .with_notices(notices, told);
-            // Held transactions are grouped in the database, so that the parts of one
-            // message reaching different replicas are merged all the same; a group given up
-            // is released in one database transaction, and the replica that committed it
-            // hands the dead letter to its core.
-            let split = split::shared(database.clone(), config, routing, given_up);
-            (database, Deliveries::Shared(Box::new(core)), split, None)
-        }
-    };
+    let (store, deliveries, (intake, splitter), lock): (Arc<dyn Store>, _, _, _) =
+        match config.backend {
+            QueueBackend::Spool => {
+                let (spool, lock) = Spool::open_for_server(&config.dir)?;
+                let spool = Arc::new(spool);
+                let core = Scheduler::new(spool.clone(), gmail.clone(), config.clone(), incoming)
+                    .await
+                    .with_commands(spool.clone())
+                    .with_notices(notices, told);
+                let store: Arc<dyn Store> = spool.clone();
+                let announce = (scheduled.clone(), given_up);
+                let split = split::in_memory(&store, spool, config, routing, announce);
+                (store, Deliveries::Spool(Box::new(core)), split, Some(lock))
+            }
+            QueueBackend::Postgres => {
+                let database = Arc::new(open_database(config, storage.clone()).await?);
+                database.listen().await?;
+                // Announcements are not needed: a committed message wakes every replica (NOTIFY).
+                drop(incoming);
+                let state = SharedState::new(database.clone() as Arc<dyn SharedStore>);
+                let core = Scheduler::over(state, database.clone(), gmail.clone(), config.clone())
+                    .with_notices(notices, told);
+                // Held transactions are grouped in the database, so that the parts of one
+                // message reaching different replicas are merged all the same; a group given up
+                // is released in one database transaction, and the replica that committed it
+                // hands the dead letter to its core.
+                let split = split::shared(database.clone(), config, routing, given_up);
+                (database, Deliveries::Shared(Box::new(core)), split, None)
+            }
+        };
     Ok(Started {
         acceptor: Arc::new(Queue::new(store.clone(), gmail, scheduled, intake)),
         spill_dir: store.spill_dir(),

@@ -323,13 +323,14 @@ fn rules(config: &QueueConfig, routing: Arc<dyn Routing>) -> Rules {
 }
 
 /// The intake and the splitter of the spool: groups in the one server's memory, merges through
-/// `journal`, merged messages announced to the scheduler through `scheduled`.
+/// `journal`, merged messages announced to the scheduler through `scheduled`, split messages
+/// given up through `given_up` (the core tells of them).
 pub fn in_memory(
     store: &Arc<dyn Store>,
     journal: Arc<dyn MergeJournal>,
     config: &QueueConfig,
     routing: Arc<dyn Routing>,
-    scheduled: mpsc::UnboundedSender<Entry>,
+    (scheduled, given_up): (mpsc::UnboundedSender<Entry>, mpsc::UnboundedSender<Entry>),
 ) -> (Intake, Task) {
     let (parts, incoming) = mpsc::unbounded_channel();
     let intake = Intake {
@@ -341,7 +342,14 @@ pub fn in_memory(
         },
     };
     let rules = rules(config, routing);
-    let splitter = Splitter::new(store.clone(), journal, config, rules, scheduled, incoming);
+    let splitter = Splitter::new(
+        store.clone(),
+        journal,
+        config,
+        rules,
+        (scheduled, given_up),
+        incoming,
+    );
     (intake, Task::Memory(Box::new(splitter)))
 }
 

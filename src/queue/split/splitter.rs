@@ -32,6 +32,9 @@ pub struct Splitter {
     /// How long merges are remembered (`queue.max_age`).
     retention: Duration,
     scheduled: mpsc::UnboundedSender<Entry>,
+    /// The scheduler core, told of each split message given up (it tells the sender and the
+    /// operator, as of its own dead letters).
+    given_up: mpsc::UnboundedSender<Entry>,
     incoming: mpsc::UnboundedReceiver<HeldPart>,
     /// Open groups by key.
     groups: HashMap<String, Group>,
@@ -46,7 +49,7 @@ impl Splitter {
         journal: Arc<dyn MergeJournal>,
         config: &QueueConfig,
         rules: Rules,
-        scheduled: mpsc::UnboundedSender<Entry>,
+        (scheduled, given_up): (mpsc::UnboundedSender<Entry>, mpsc::UnboundedSender<Entry>),
         incoming: mpsc::UnboundedReceiver<HeldPart>,
     ) -> Splitter {
         Splitter {
@@ -55,6 +58,7 @@ impl Splitter {
             rules,
             retention: config.max_age,
             scheduled,
+            given_up,
             incoming,
             groups: HashMap::new(),
             released: HashMap::new(),
@@ -98,9 +102,7 @@ impl Splitter {
             match journal::complete(&*self.store, &merge).await {
                 Ok(true) => {
                     tracing::info!(id = %merge.entry.id, "completed a merge of held transactions that a stop interrupted");
-                    if !merge.dead {
-                        let _ = self.scheduled.send(merge.entry.clone());
-                    }
+                    self.hand_on(&merge);
                 }
                 Ok(false) => {}
                 Err(err) => {
@@ -217,10 +219,19 @@ impl Splitter {
             return;
         }
         release.log(&group);
-        if !merge.dead {
-            let _ = self.scheduled.send(merge.entry.clone());
-        }
+        self.hand_on(merge);
         self.remember(release.merge);
+    }
+
+    /// The merged message to the scheduler core: to deliver, or (a dead letter) to tell of.
+    /// The core stops only at shutdown, with the splitter.
+    fn hand_on(&self, merge: &Merge) {
+        let to = if merge.dead {
+            &self.given_up
+        } else {
+            &self.scheduled
+        };
+        let _ = to.send(merge.entry.clone());
     }
 
     /// Forgets merges older than `retention` whose transactions are all gone.
@@ -271,7 +282,15 @@ mod tests {
             window,
             routing: Arc::new(super::super::Rejecting),
         };
-        let splitter = Splitter::new(spool, journal, &config, rules, scheduled, incoming);
+        let given_up = mpsc::unbounded_channel().0;
+        let splitter = Splitter::new(
+            spool,
+            journal,
+            &config,
+            rules,
+            (scheduled, given_up),
+            incoming,
+        );
         (splitter, queued)
     }
 
