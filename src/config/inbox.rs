@@ -18,6 +18,18 @@ pub struct InboxConfig {
     /// Ask for one of `[[smtp.users]]` even on loopback: every local user, and a reverse proxy
     /// on this machine, reach a loopback inbox and could read the mail and release it.
     pub auth_required: bool,
+    /// Captured mail older than this (`"7d"`, `"12h"`) is deleted, in console and file modes;
+    /// empty keeps it (up to `max_messages` in console mode).
+    pub max_age: String,
+    /// Serve Mailpit's chaos API (`/api/v1/chaos`), as Mailpit's `--enable-chaos`.
+    pub chaos: bool,
+    /// Mailpit's `--webhook-url`: each captured message's summary JSON is POSTed here.
+    pub webhook_url: String,
+    /// Signs the webhook's requests as the queue's webhooks are (Standard Webhooks):
+    /// `whsec_<base64>`, or `env:NAME` / `file:PATH` holding one; empty sends them unsigned.
+    pub webhook_secret: String,
+    /// Tag messages with the `+tag` of their addresses (`app+signup@example.com`), as Mailpit.
+    pub tags_plus_addresses: bool,
 }
 
 impl Default for InboxConfig {
@@ -27,6 +39,11 @@ impl Default for InboxConfig {
             max_messages: 1000,
             allowed_hosts: Vec::new(),
             auth_required: false,
+            max_age: String::new(),
+            chaos: false,
+            webhook_url: String::new(),
+            webhook_secret: String::new(),
+            tags_plus_addresses: false,
         }
     }
 }
@@ -48,6 +65,15 @@ impl Config {
         self.inbox_active() && (remote || asked)
     }
 
+    /// `inbox.max_age` as a duration, when set (validation has checked it parses).
+    pub fn inbox_max_age(&self) -> Option<std::time::Duration> {
+        let text = self.inbox.max_age.trim();
+        (!text.is_empty())
+            .then(|| humantime::parse_duration(text).ok())
+            .flatten()
+            .filter(|age| !age.is_zero())
+    }
+
     /// The inbox's rules: a keepable number of messages, and no captured mail (nor release
     /// through Gmail) for whoever reaches the port.
     pub(super) fn validate_inbox(&self) -> Result<(), Broken> {
@@ -57,6 +83,7 @@ impl Config {
                 "must be at least 1 (set inbox.enabled = false to turn the inbox off)",
             ));
         }
+        self.validate_inbox_additions()?;
         if self.inbox_needs_auth() && self.smtp.users.is_empty() && self.inbox.auth_required {
             return Err(Broken::new(
                 "inbox.auth_required",
@@ -76,6 +103,36 @@ impl Config {
                  can reach it: add [[smtp.users]] (the inbox then asks for one of them with HTTP \
                  Basic authentication), listen on loopback, or set inbox.enabled = false",
             ));
+        }
+        Ok(())
+    }
+
+    /// The rules of the keys of retention, chaos and the webhook.
+    fn validate_inbox_additions(&self) -> Result<(), Broken> {
+        let age = self.inbox.max_age.trim();
+        if !age.is_empty() && humantime::parse_duration(age).map_or(true, |a| a.is_zero()) {
+            return Err(Broken::new(
+                "inbox.max_age",
+                "must be a duration such as \"7d\" or \"12h\", or \"\" to keep mail",
+            ));
+        }
+        let url = self.inbox.webhook_url.trim();
+        if !url.is_empty() {
+            let parsed = url::Url::parse(url).ok();
+            let web = parsed
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !web {
+                return Err(Broken::new(
+                    "inbox.webhook_url",
+                    "must be an http:// or https:// URL, or \"\" for no webhook",
+                ));
+            }
+        }
+        let secret = self.inbox.webhook_secret.trim();
+        if !secret.is_empty()
+            && let Err(err) = crate::notify::signature::SigningKey::from_config(secret)
+        {
+            return Err(Broken::new("inbox.webhook_secret", &err.to_string()));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ use super::index::Entry;
 use super::mailpit::{ListItem, Message, MessageList};
 use super::request::{json_body, message_ids};
 use super::search::{Candidate, Query as Search};
-use super::{Inbox, budget, events, guard, mime, release};
+use super::{Inbox, budget, chaos, events, guard, mime, release, send, tags_api};
 
 /// Mailpit's default page size.
 const DEFAULT_LIMIT: usize = 50;
@@ -38,7 +38,13 @@ pub fn routes() -> Router<Arc<Inbox>> {
         .route("/api/v1/message/{id}/release", post(release::release))
         .route("/api/v1/info", get(info))
         .route("/api/v1/webui", get(webui))
-        .route("/api/v1/tags", get(|| async { axum::Json(json!([])) }))
+        .route("/api/v1/tags", get(tags_api::list).put(tags_api::set))
+        .route(
+            "/api/v1/tags/{tag}",
+            put(tags_api::rename).delete(tags_api::delete),
+        )
+        .route("/api/v1/chaos", get(chaos::get).put(chaos::put))
+        .route("/api/v1/send", post(send::send))
         .route("/api/events", get(events::upgrade))
 }
 
@@ -87,7 +93,8 @@ fn number(params: &HashMap<String, String>, name: &str, default: usize) -> usize
         .unwrap_or(default)
 }
 
-fn ok() -> Response {
+/// The answer of a success without content: `ok`, as Mailpit.
+pub fn ok() -> Response {
     ([(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
 }
 
@@ -99,11 +106,17 @@ pub async fn find(inbox: &Inbox, id: &str) -> Result<Entry, ApiError> {
 
 async fn page(inbox: &Inbox, ids: Vec<InboxId>) -> Vec<ListItem> {
     inbox.store.ensure_loaded(ids.clone()).await;
+    let tags = inbox.tags.snapshot();
     let index = inbox.store.index();
     ids.iter()
         .filter_map(|id| index.get(id))
-        .map(ListItem::new)
+        .map(|entry| ListItem::new(entry, tags.of(entry)))
         .collect()
+}
+
+/// Every tag in use, sorted, for the lists' `tags`.
+async fn all_tags(inbox: &Inbox) -> Vec<String> {
+    tags_api::counts(inbox).await.into_keys().collect()
 }
 
 /// `GET /api/v1/messages?start=&limit=`
@@ -124,7 +137,7 @@ async fn list(State(inbox): State<Arc<Inbox>>, Query(params): Params) -> Respons
         messages_count: total,
         messages_unread: unread,
         start,
-        tags: Vec::new(),
+        tags: all_tags(&inbox).await,
         messages,
     })
     .into_response()
@@ -136,15 +149,18 @@ async fn matching(inbox: &Inbox, text: &str) -> Result<Vec<Entry>, ApiError> {
     if query.is_empty() {
         return Err(ApiError::bad("Error: no search query"));
     }
+    let tags = inbox.tags.snapshot();
     Ok(inbox
         .store
         .scan(move |entry, raw| {
             let empty = mime::Summary::default();
+            let entry_tags = tags.of(entry);
             let candidate = Candidate {
                 summary: entry.summary.as_deref().unwrap_or(&empty),
                 read: entry.read,
                 size: entry.size,
                 received: entry.received_ms.div_euclid(1000),
+                tags: &entry_tags,
             };
             // Without the bytes, a term that needs the body leaves the answer open.
             let mut undecided = false;
@@ -187,7 +203,7 @@ async fn search(
         messages_count: found.len(),
         messages_unread: found.iter().filter(|e| !e.read).count(),
         start,
-        tags: Vec::new(),
+        tags: all_tags(&inbox).await,
         messages,
     })
     .into_response())
@@ -277,7 +293,8 @@ async fn message(
         .map_err(ApiError::storage)?
         .ok_or_else(ApiError::not_found)?;
     let summary = entry.summary.clone().unwrap_or_default();
-    let body = axum::Json(Message::new(&entry, &summary, &view)).into_response();
+    let tags = inbox.tags.of(&entry);
+    let body = axum::Json(Message::new(&entry, &summary, tags, &view)).into_response();
     inbox.set_read(std::slice::from_ref(&entry.id), true).await;
     Ok(budget::hold(body, charge).await)
 }
@@ -426,7 +443,7 @@ async fn info(State(inbox): State<Arc<Inbox>>) -> Response {
         "DatabaseSize": 0,
         "Messages": total,
         "Unread": unread,
-        "Tags": {},
+        "Tags": tags_api::counts(&inbox).await,
         "RuntimeStats": {
             "Memory": resident_bytes(),
             "MessagesDeleted": inbox.deleted.load(Ordering::Relaxed),
@@ -467,7 +484,7 @@ async fn webui(State(inbox): State<Arc<Inbox>>) -> Response {
         },
         "ReleaseHelp": relay.help(),
         "SpamAssassin": false,
-        "ChaosEnabled": false,
+        "ChaosEnabled": inbox.chaos.enabled(),
         "DuplicatesIgnored": false,
         "HideDeleteAllButton": false,
     }))

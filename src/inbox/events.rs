@@ -51,6 +51,11 @@ impl Events {
         }
     }
 
+    /// The server's shutdown, for the inbox's own background work.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Waits, once `shutdown` has fired, until every listener has been sent its close frame.
     pub async fn closed(&self) {
         self.shutdown.cancelled().await;
@@ -68,9 +73,9 @@ impl Events {
         }
     }
 
-    /// A message arrived.
-    pub fn new_message(&self, entry: &Entry) {
-        self.send("new", ListItem::new(entry));
+    /// A message arrived, with its tags.
+    pub fn new_message(&self, entry: &Entry, tags: Vec<String>) {
+        self.send("new", ListItem::new(entry, tags));
     }
 
     /// A message was deleted.
@@ -86,6 +91,16 @@ impl Events {
     /// A message was marked read or unread.
     pub fn updated(&self, id: &str, read: bool) {
         self.send("update", json!({ "ID": id, "Read": read }));
+    }
+
+    /// A message's tags were set.
+    pub fn tags_updated(&self, id: &str, tags: &[String]) {
+        self.send("update", json!({ "ID": id, "Tags": tags }));
+    }
+
+    /// A tag was renamed or deleted: listeners reload what they show (Mailpit's `prune`).
+    pub fn pruned(&self) {
+        self.send("prune", serde_json::Value::Null);
     }
 
     /// The totals changed.

@@ -40,8 +40,14 @@ pub struct ListItem {
 }
 
 impl ListItem {
-    /// The list item of an entry; an entry whose summary is not loaded shows what the index knows.
-    pub fn new(entry: &Entry) -> ListItem {
+    /// The message's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The list item of an entry with its tags; an entry whose summary is not loaded shows what
+    /// the index knows.
+    pub fn new(entry: &Entry, tags: Vec<String>) -> ListItem {
         let empty = Summary::default();
         let s = entry.summary.as_deref().unwrap_or(&empty);
         ListItem {
@@ -56,7 +62,7 @@ impl ListItem {
             subject: s.subject.clone(),
             created: rfc3339_ms(entry.received_ms),
             username: String::new(),
-            tags: Vec::new(),
+            tags,
             size: entry.size,
             attachments: s.attachments,
             snippet: s.snippet.clone(),
@@ -79,7 +85,7 @@ pub struct MessageList {
     pub messages_unread: usize,
     /// The offset of this page.
     pub start: usize,
-    /// Every tag in use: none here.
+    /// Every tag in use, sorted.
     pub tags: Vec<String>,
     /// This page, newest first.
     pub messages: Vec<ListItem>,
@@ -123,8 +129,8 @@ struct ListUnsubscribe {
 }
 
 impl Message {
-    /// The full message: the index's summary and the parsed view.
-    pub fn new(entry: &Entry, summary: &Summary, view: &View) -> Message {
+    /// The full message: the index's summary, its tags and the parsed view.
+    pub fn new(entry: &Entry, summary: &Summary, tags: Vec<String>, view: &View) -> Message {
         let date = summary
             .date
             .map_or(entry.received_ms, |s| s.saturating_mul(1000));
@@ -140,7 +146,7 @@ impl Message {
             subject: summary.subject.clone(),
             list_unsubscribe: ListUnsubscribe::default(),
             date: rfc3339_ms(date),
-            tags: Vec::new(),
+            tags,
             username: String::new(),
             text: view.text.clone(),
             html: view.html.clone(),
@@ -170,7 +176,7 @@ mod tests {
             read: true,
             summary: None,
         };
-        let json = serde_json::to_value(ListItem::new(&entry)).unwrap();
+        let json = serde_json::to_value(ListItem::new(&entry, Vec::new())).unwrap();
         for key in [
             "ID",
             "MessageID",

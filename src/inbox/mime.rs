@@ -54,6 +54,8 @@ pub struct Summary {
     pub return_path: String,
     /// The start of the text body, whitespace collapsed.
     pub snippet: String,
+    /// The `X-Tags` header's tags, cleaned as Mailpit cleans them (see [`super::tags`]).
+    pub tags: Vec<String>,
 }
 
 /// One attachment or inline part, as Mailpit's JSON writes it.
@@ -153,7 +155,19 @@ pub fn summarize(raw: &[u8], envelope: &Envelope) -> Summary {
         attachments: message.attachment_count(),
         return_path,
         snippet: snippet(&body_text(&message)),
+        tags: x_tags(&message),
     }
+}
+
+/// The tags of every `X-Tags` field (comma-separated; a sender may give several fields).
+fn x_tags(message: &mail_parser::Message<'_>) -> Vec<String> {
+    let fields = message
+        .headers()
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("x-tags"));
+    let values = fields.filter_map(|h| h.value().as_text().map(str::to_string));
+    let listed: Vec<String> = values.flat_map(|v| super::tags::split(&v)).collect();
+    super::tags::normalized(listed)
 }
 
 /// Envelope recipients that no header field names, as mailboxes.

@@ -19,6 +19,7 @@ pub mod api;
 pub mod body;
 pub mod budget;
 pub mod capture;
+pub mod chaos;
 pub mod events;
 pub mod guard;
 pub mod id;
@@ -27,19 +28,25 @@ pub mod mailpit;
 pub mod mime;
 pub mod release;
 pub mod request;
+pub mod retention;
 pub mod search;
+pub mod send;
 pub mod store;
+pub mod tags;
+pub mod tags_api;
 pub mod web;
+pub mod webhook;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayMode};
 use crate::message::{Envelope, Message};
+use crate::relay::Deliver;
 use budget::Charge;
 use id::InboxId;
 use index::Entry;
@@ -64,6 +71,18 @@ pub struct Inbox {
     accepted_bytes: AtomicU64,
     deleted: AtomicU64,
     views: Mutex<Vec<(InboxId, Arc<View>)>>,
+    /// Mailpit's chaos triggers (`inbox.chaos`).
+    chaos: chaos::Chaos,
+    /// The messages' tags.
+    tags: tags::Tags,
+    /// `inbox.webhook_url`: where captured messages are told of.
+    webhook: Option<webhook::Webhook>,
+    /// The delivery target that captures into this inbox (the relay wrapped by
+    /// [`capture::Capture`]): where `POST /api/v1/send` hands its messages, as an SMTP session
+    /// would. Weak: the target holds the inbox.
+    injector: OnceLock<Weak<dyn Deliver>>,
+    /// `inbox.max_age`: older messages are deleted by [`retention`].
+    max_age: Option<std::time::Duration>,
 }
 
 impl Inbox {
@@ -80,6 +99,13 @@ impl Inbox {
             RelayMode::File => Store::dir(&config.file.dir, budget)?,
             _ => Store::memory(config.inbox.max_messages, budget)?,
         };
+        let plus = config.inbox.tags_plus_addresses;
+        let tags = match config.relay.mode {
+            RelayMode::File => tags::Tags::dir(&config.file.dir, &store.index(), plus)?,
+            _ => tags::Tags::memory(plus),
+        };
+        let webhook = webhook::Webhook::from_config(&config.inbox, shutdown.clone())
+            .map_err(io::Error::other)?;
         Ok(Arc::new(Inbox {
             store: Arc::new(store),
             events: events::Events::new(shutdown),
@@ -90,13 +116,42 @@ impl Inbox {
             accepted_bytes: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             views: Mutex::default(),
+            chaos: chaos::Chaos::new(config.inbox.chaos),
+            tags,
+            webhook,
+            injector: OnceLock::new(),
+            max_age: config.inbox_max_age(),
         }))
+    }
+
+    /// `inner` (the console or file relay) wrapped so that what it delivers is captured here;
+    /// also where `POST /api/v1/send` injects its messages.
+    pub fn capturing(self: &Arc<Self>, inner: Arc<dyn Deliver>) -> Arc<dyn Deliver> {
+        let target: Arc<dyn Deliver> = Arc::new(capture::Capture::new(inner, self.clone()));
+        let _ = self.injector.set(Arc::downgrade(&target));
+        target
+    }
+
+    /// The delivery target messages are injected into, while the server runs.
+    pub fn injector(&self) -> Option<Arc<dyn Deliver>> {
+        self.injector.get().and_then(Weak::upgrade)
+    }
+
+    /// The reply code to fail `step` of an SMTP session with, when a chaos trigger fires.
+    pub fn injected_failure(&self, step: crate::relay::SessionStep) -> Option<u16> {
+        self.chaos.fires(step)
     }
 
     /// File mode: reads the summaries of the messages already in the directory, newest first;
     /// the server runs it in the background, on its task tracker.
     pub fn loading(&self) -> impl Future<Output = ()> + Send + 'static {
         self.store.clone().load_all()
+    }
+
+    /// Deletes messages older than `inbox.max_age` until shutdown (ends at once without it); the
+    /// server runs it on its task tracker.
+    pub fn sweeping(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        retention::run(self.clone())
     }
 
     /// Ends, after shutdown, when every live-update listener has been closed; the server tracks it.
@@ -118,7 +173,12 @@ impl Inbox {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 self.accepted_bytes
                     .fetch_add(message.len(), Ordering::Relaxed);
-                self.events.new_message(&captured.entry);
+                let tags = self.tags.of(&captured.entry);
+                if let Some(webhook) = &self.webhook {
+                    webhook.offer(&mailpit::ListItem::new(&captured.entry, tags.clone()));
+                }
+                self.events.new_message(&captured.entry, tags);
+                self.tags.forget(&captured.evicted);
                 for id in &captured.evicted {
                     self.events.deleted(id);
                 }
@@ -186,6 +246,7 @@ impl Inbox {
         self.deleted.fetch_add(gone.len() as u64, Ordering::Relaxed);
         self.cached_views()
             .retain(|(k, _)| !gone.iter().any(|g| g == k));
+        self.tags.forget(&gone);
         if all && self.store.index().is_empty() {
             self.events.truncated();
         } else {

@@ -18,20 +18,46 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     };
     let object: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|err| ApiError::bad(format!("the body must be a JSON object: {err}")))?;
-    let mut fields = Map::new();
-    for (key, value) in object {
-        if fields.insert(key.to_ascii_lowercase(), value).is_some() {
-            return Err(ApiError::bad(format!(
-                "the key {key:?} is given twice (keys are matched whatever their case)"
-            )));
-        }
-    }
+    let fields = lowercase_keys(object)?;
     serde_json::from_value(Value::Object(fields)).map_err(|err| {
         ApiError::bad(format!(
             "invalid request: {err} (keys are matched whatever their case)"
         ))
     })
 }
+
+/// The object with its keys in lowercase, and those of the objects it holds (`{"From": {"Email":
+/// …}}` of a send), except the keys of [`DATA_KEYED`] maps, which are data, not field names.
+fn lowercase_keys(object: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    let mut fields = Map::new();
+    for (key, value) in object {
+        let name = key.to_ascii_lowercase();
+        let value = match value {
+            Value::Object(inner) if !DATA_KEYED.contains(&name.as_str()) => {
+                Value::Object(lowercase_keys(inner)?)
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Object(inner) => lowercase_keys(inner).map(Value::Object),
+                        other => Ok(other),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => other,
+        };
+        if fields.insert(name, value).is_some() {
+            return Err(ApiError::bad(format!(
+                "the key {key:?} is given twice (keys are matched whatever their case)"
+            )));
+        }
+    }
+    Ok(fields)
+}
+
+/// Maps whose keys are data: the header fields of `POST /api/v1/send`.
+const DATA_KEYED: &[&str] = &["headers"];
 
 /// The `IDs` of a request, each checked: one that is not an id refuses the whole request, before
 /// anything is changed.

@@ -1,7 +1,8 @@
 //! Mailpit's search language, the part the inbox supports: plain words and `"quoted phrases"`
 //! (subject, addresses, names, Message-ID and the text body), `subject:`, `from:`, `to:`, `cc:`,
 //! `bcc:`, `reply-to:`, `message-id:`, `is:read`, `is:unread`, `has:attachment`, `larger:`,
-//! `smaller:`, `after:`, `before:`, `tag:` (no message has tags here), and `-` or `!` in front of
+//! `smaller:`, `after:`, `before:`, `tag:` (one of the message's tags, whatever its case),
+//! `is:tagged`, and `-` or `!` in front of
 //! any term to negate it. Every term must hold. Matching ignores case.
 
 use super::mime::{Mailbox, Summary};
@@ -52,8 +53,10 @@ pub enum Test {
     After(i64),
     /// `before:YYYY-MM-DD` (UTC): received before that day.
     Before(i64),
-    /// `tag:` and `is:tagged`: nothing carries tags here.
-    Never,
+    /// `tag:NAME`: the message carries that tag (case ignored).
+    Tag(String),
+    /// `is:tagged`: the message carries a tag.
+    Tagged,
 }
 
 /// What a message offers to be matched against.
@@ -66,6 +69,8 @@ pub struct Candidate<'a> {
     pub size: u64,
     /// When it was received, seconds since the epoch.
     pub received: i64,
+    /// Its tags.
+    pub tags: &'a [String],
 }
 
 impl Query {
@@ -123,7 +128,8 @@ impl Test {
             Test::Smaller(size) => c.size < *size,
             Test::After(at) => c.received >= *at,
             Test::Before(at) => c.received < *at,
-            Test::Never => false,
+            Test::Tag(tag) => c.tags.iter().any(|t| t.to_lowercase() == *tag),
+            Test::Tagged => !c.tags.is_empty(),
         }
     }
 }
@@ -209,9 +215,9 @@ fn filter(key: &str, value: &str) -> Option<Test> {
         "message-id" => Test::MessageId(text.trim_matches(['<', '>']).to_string()),
         "is" if word == "read" => Test::Read,
         "is" if word == "unread" => Test::Unread,
-        "is" if word == "tagged" => Test::Never,
+        "is" if word == "tagged" => Test::Tagged,
         "has" if word.starts_with("attachment") => Test::Attachment,
-        "tag" => Test::Never,
+        "tag" => Test::Tag(text),
         "larger" => Test::Larger(size(word)?),
         "smaller" => Test::Smaller(size(word)?),
         "after" => Test::After(day(word)?),
@@ -261,6 +267,7 @@ mod tests {
             attachments: 1,
             return_path: String::new(),
             snippet: String::new(),
+            tags: Vec::new(),
         }
     }
 
@@ -271,6 +278,7 @@ mod tests {
             read,
             size: 20_000,
             received: 1_796_119_200, // 2026-12-01T10:00:00Z
+            tags: &["Signup".to_string()],
         };
         Query::parse(query).matches(&candidate, &mut || "the token is xyzzy-42 here".into())
     }
@@ -345,6 +353,7 @@ mod tests {
         assert!(check("after:2026-12-01 before:2026-12-02", false));
         assert!(!check("before:2026-12-01", false));
         assert!(!check("tag:x", false) && check("-tag:x", false));
+        assert!(check("tag:signup is:tagged", false) && !check("tag:sign", false));
         // Words found only in the body.
         assert!(check("xyzzy-42", false) && !check("-xyzzy-42", false));
         assert!(!check("nowhere", false) && check("!nowhere", false));
@@ -358,6 +367,7 @@ mod tests {
             read: false,
             size: 1,
             received: 0,
+            tags: &[],
         };
         let mut reads = 0;
         let mut body = || {

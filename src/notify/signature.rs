@@ -88,6 +88,29 @@ impl SigningKey {
     }
 }
 
+/// The three Standard Webhooks headers of a request sending `body` as event `id` now
+/// (`webhook-id`, `webhook-timestamp`, `webhook-signature`); unsigned, without a key, only the
+/// first two.
+pub fn webhook_headers(
+    key: Option<&SigningKey>,
+    id: &str,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    // The attempt's time, not the event's: receivers reject old timestamps (replays).
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut headers = vec![
+        ("webhook-id", id.to_string()),
+        ("webhook-timestamp", timestamp.to_string()),
+    ];
+    if let Some(key) = key {
+        headers.push(("webhook-signature", key.sign(id, timestamp, body)));
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

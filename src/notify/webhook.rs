@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use super::event::{Event, EventKind};
-use super::signature::{KeyError, SigningKey};
+use super::signature::{KeyError, SigningKey, webhook_headers};
 use crate::config::{NotifyConfig, WebhookConfig};
 
 /// How events are delivered. [`WebhookDelivery::default`] is what the server uses; tests
@@ -427,30 +427,26 @@ impl Worker {
 
     /// One signed POST.
     async fn attempt(&self, job: &Job) -> Result<(), AttemptError> {
-        // The attempt's time, not the event's: receivers reject old timestamps (replays).
-        let timestamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let signature = self.endpoint.key.sign(&job.id, timestamp, &job.body);
-        let response = self
+        let mut request = self
             .http
             .post(self.endpoint.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(
                 USER_AGENT,
                 concat!("smtp2gmail/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("webhook-id", &*job.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(job.body.clone())
-            .send()
-            .await
-            .map_err(|err| AttemptError::Retry {
-                reason: self.describe(err),
-                retry_after: None,
-            })?;
+            );
+        for (name, value) in webhook_headers(Some(&self.endpoint.key), &job.id, &job.body) {
+            request = request.header(name, value);
+        }
+        let response =
+            request
+                .body(job.body.clone())
+                .send()
+                .await
+                .map_err(|err| AttemptError::Retry {
+                    reason: self.describe(err),
+                    retry_after: None,
+                })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

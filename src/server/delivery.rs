@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Seams, StartError};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
 use crate::inbox::Inbox;
-use crate::inbox::capture::Capture;
 use crate::inbox::guard::Guard;
 use crate::inbox::release::Release;
 use crate::notify::Notifier;
@@ -89,7 +88,7 @@ pub(super) async fn build(
             false => None,
         };
         if let Some(inbox) = &inbox {
-            deliver = Arc::new(Capture::new(deliver, inbox.clone()));
+            deliver = inbox.capturing(deliver);
         }
         return Ok(Target {
             inbox,

@@ -173,6 +173,7 @@ impl Server {
         }
         if let Some(inbox) = &target.inbox {
             tasks.spawn(inbox.loading());
+            tasks.spawn(inbox.sweeping());
             tasks.spawn(inbox.closing());
         }
         lifecycle::verify_credentials(&target.accounts, tasks);

@@ -25,7 +25,7 @@ use super::reply::Reply;
 use super::tls::Tls;
 use crate::config::SmtpConfig;
 use crate::message::{Address, BodyError, BodyWriter, Envelope, MessageId};
-use crate::relay::Deliver;
+use crate::relay::{Deliver, SessionStep};
 use crate::status::Status;
 
 /// Longest command line accepted. RFC 5321 says 512 octets; real clients (long AUTH responses,
@@ -287,6 +287,9 @@ impl Session {
         if let Some(refused) = self.sender_refused(mail_from.as_ref()) {
             return refused;
         }
+        if let Some(injected) = self.injected_failure(SessionStep::Sender) {
+            return injected;
+        }
         self.transaction = Some(Transaction {
             mail_from,
             smtputf8,
@@ -323,6 +326,9 @@ impl Session {
         {
             return Reply::new(250, Status::RECIPIENT_OK, "OK (duplicate recipient)");
         }
+        if let Some(code) = self.ctx.deliver.injected_failure(SessionStep::Recipient) {
+            return injected_reply(SessionStep::Recipient, code);
+        }
         if transaction.rcpt_to.len() >= max {
             return Reply::new(
                 452,
@@ -332,6 +338,12 @@ impl Session {
         }
         transaction.rcpt_to.push(Address::new(address));
         Reply::new(250, Status::RECIPIENT_OK, "OK")
+    }
+
+    /// The reply of a failure the delivery target injects at `step` (the inbox's chaos API).
+    fn injected_failure(&self, step: SessionStep) -> Option<Reply> {
+        let code = self.ctx.deliver.injected_failure(step)?;
+        Some(injected_reply(step, code))
     }
 
     /// A size no message can have: refuse MAIL; for BDAT the chunk cannot be skipped, so the
@@ -550,6 +562,23 @@ fn help() -> Reply {
         Status::OK,
         "smtp2gmail: commands EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
     )
+}
+
+/// The reply of an injected failure: its code, with the enhanced status a real server would give
+/// at that step (a temporary failure is a mail system problem, a permanent one names the address
+/// or the credentials).
+fn injected_reply(step: SessionStep, code: u16) -> Reply {
+    let temporary = code < 500;
+    let (status, what) = match step {
+        SessionStep::Sender if temporary => (Status::SYSTEM_TEMPORARY, "sender"),
+        SessionStep::Sender => (Status::BAD_ADDRESS, "sender"),
+        SessionStep::Recipient if temporary => (Status::SYSTEM_TEMPORARY, "recipient"),
+        SessionStep::Recipient => (Status::NO_SUCH_MAILBOX, "recipient"),
+        SessionStep::Authentication if temporary => (Status::SECURITY_TEMPORARY, "authentication"),
+        SessionStep::Authentication => (Status::BAD_CREDENTIALS, "authentication"),
+    };
+    let text = format!("{what} refused: a simulated failure (the inbox's chaos triggers)");
+    Reply::new(code, status, text)
 }
 
 /// The reply for an address [`address::check`] refused; `status` is 5.1.7 (sender) or 5.1.3.

@@ -13,6 +13,7 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use super::{Flow, MAX_LINE, Session};
 use crate::message::Address;
 use crate::message::headers::Headers;
+use crate::relay::SessionStep;
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
 use crate::smtp::reply::Reply;
@@ -107,6 +108,9 @@ impl Session {
             Credentials::Given(name, password) => (name, password),
             Credentials::Refused(reply) => return self.answer(reply),
         };
+        if let Some(injected) = self.injected_failure(SessionStep::Authentication) {
+            return self.answer(injected);
+        }
         // The name is client input: bounded and escaped before it reaches a log line.
         let shown: String = name.chars().take(64).collect();
         match self
