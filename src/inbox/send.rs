@@ -261,7 +261,9 @@ mod tests {
     use super::*;
 
     fn request(json: serde_json::Value) -> SendRequest {
-        json_body(json.to_string().as_bytes()).unwrap()
+        json_body(json.to_string().as_bytes())
+            .map_err(|e| e.1)
+            .unwrap()
     }
 
     #[test]
