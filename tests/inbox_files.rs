@@ -12,12 +12,7 @@ use reqwest::Method;
 use serde_json::json;
 
 async fn file_mode(dir: &Path) -> ServerProcess {
-    let config = format!(
-        "[relay]\nmode = \"file\"\n[file]\ndir = '{}'\n",
-        dir.join("mail").display()
-    );
-    common::inbox::write_config(dir, &config);
-    ServerProcess::in_dir(dir).await
+    common::inbox::file_mode_with(dir, "").await
 }
 
 fn files(dir: &Path) -> Vec<String> {

@@ -25,6 +25,16 @@ pub async fn console(dir: &Path) -> ServerProcess {
     ServerProcess::in_dir(dir).await
 }
 
+/// A file-mode server with the inbox, its `file.dir` `dir/mail`; `extra` ends the config.
+pub async fn file_mode_with(dir: &Path, extra: &str) -> ServerProcess {
+    let config = format!(
+        "[relay]\nmode = \"file\"\n[file]\ndir = '{}'\n{extra}",
+        dir.join("mail").display()
+    );
+    write_config(dir, &config);
+    ServerProcess::in_dir(dir).await
+}
+
 /// Sends `message` over SMTP with lettre (envelope from its headers).
 pub async fn send(smtp: SocketAddr, message: lettre::Message) {
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
