@@ -137,3 +137,42 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn inbox(section: &str) -> Result<Config, String> {
+        let text = format!("[inbox]\n{section}\n");
+        Config::parse(&text, Path::new("config.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn retention_chaos_and_webhook_keys() {
+        let config = inbox("max_age = \"7d\"\nchaos = true").unwrap();
+        assert_eq!(
+            config.inbox_max_age(),
+            Some(std::time::Duration::from_secs(7 * 86400))
+        );
+        assert!(config.inbox.chaos);
+        assert_eq!(inbox("").unwrap().inbox_max_age(), None);
+        for (bad, key) in [
+            ("max_age = \"soon\"", "inbox.max_age"),
+            ("max_age = \"0s\"", "inbox.max_age"),
+            ("webhook_url = \"ftp://example.com/\"", "inbox.webhook_url"),
+            (
+                "webhook_url = \"http://127.0.0.1:1/\"\nwebhook_secret = \"plain\"",
+                "inbox.webhook_secret",
+            ),
+        ] {
+            let err = inbox(bad).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let secret = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let signed =
+            format!("webhook_url = \"http://127.0.0.1:1/\"\nwebhook_secret = \"{secret}\"");
+        assert!(inbox(&signed).is_ok());
+    }
+}

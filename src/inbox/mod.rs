@@ -83,6 +83,8 @@ pub struct Inbox {
     injector: OnceLock<Weak<dyn Deliver>>,
     /// `inbox.max_age`: older messages are deleted by [`retention`].
     max_age: Option<std::time::Duration>,
+    /// `smtp.max_message_size`, which bounds what the send API takes too.
+    max_message_size: u64,
 }
 
 impl Inbox {
@@ -121,6 +123,7 @@ impl Inbox {
             webhook,
             injector: OnceLock::new(),
             max_age: config.inbox_max_age(),
+            max_message_size: config.smtp.max_message_size,
         }))
     }
 

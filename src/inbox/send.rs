@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -86,8 +86,19 @@ fn json_error(reason: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// `POST /api/v1/send`
-pub async fn send(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Response {
+/// `POST /api/v1/send`. The body may be as large as the largest message in base64 and some
+/// more (axum's default limit of 2 MB would refuse most attachments); beyond, `413`.
+pub async fn send(State(inbox): State<Arc<Inbox>>, body: Body) -> Response {
+    let limit = (inbox.max_message_size / 3 * 4 + 64 * 1024) as usize;
+    let body: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            let reason = format!("the request is larger than {limit} bytes");
+            let mut response = json_error(reason);
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return response;
+        }
+    };
     let request: SendRequest = match json_body(&body) {
         Ok(request) => request,
         Err(err) => return json_error(err.1),
@@ -96,6 +107,10 @@ pub async fn send(State(inbox): State<Arc<Inbox>>, body: Bytes) -> Response {
         Ok(built) => built,
         Err(reason) => return json_error(reason),
     };
+    if raw.len() as u64 > inbox.max_message_size {
+        let limit = inbox.max_message_size;
+        return json_error(format!("message size exceeds fixed limit of {limit} bytes"));
+    }
     let Some(target) = inbox.injector() else {
         return json_error("the server is not accepting mail");
     };

@@ -116,14 +116,8 @@ impl Tags {
 
     /// The tags of `entry`.
     pub fn of(&self, entry: &Entry) -> Vec<String> {
-        if let Some(tags) = self.set_tags().get(&entry.id) {
-            return tags.clone();
-        }
-        entry
-            .summary
-            .as_deref()
-            .map(|s| self.from_summary(s))
-            .unwrap_or_default()
+        let set = self.set_tags().get(&entry.id).cloned();
+        effective(set, entry, self.plus_addresses)
     }
 
     /// A copy to read many messages' tags by, without holding the lock (searches run on the
@@ -133,10 +127,6 @@ impl Tags {
             set: self.set_tags().clone(),
             plus_addresses: self.plus_addresses,
         }
-    }
-
-    fn from_summary(&self, summary: &Summary) -> Vec<String> {
-        from_summary(summary, self.plus_addresses)
     }
 
     /// Sets the tags of `ids` (cleaned); returns them as set.
@@ -189,14 +179,7 @@ pub struct TagView {
 impl TagView {
     /// The tags of `entry`.
     pub fn of(&self, entry: &Entry) -> Vec<String> {
-        if let Some(tags) = self.set.get(&entry.id) {
-            return tags.clone();
-        }
-        entry
-            .summary
-            .as_deref()
-            .map(|s| from_summary(s, self.plus_addresses))
-            .unwrap_or_default()
+        effective(self.set.get(&entry.id).cloned(), entry, self.plus_addresses)
     }
 
     /// Every tag in use with how many messages carry it, by name.
@@ -209,6 +192,14 @@ impl TagView {
         }
         counts
     }
+}
+
+/// The tags set through the API, else those of the entry's summary.
+fn effective(set: Option<Vec<String>>, entry: &Entry, plus_addresses: bool) -> Vec<String> {
+    set.unwrap_or_else(|| {
+        let summary = entry.summary.as_deref();
+        summary.map_or_else(Vec::new, |s| from_summary(s, plus_addresses))
+    })
 }
 
 fn from_summary(summary: &Summary, plus_addresses: bool) -> Vec<String> {
