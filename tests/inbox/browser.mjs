@@ -192,6 +192,39 @@ await step("release off: the dialog says how to turn it on, commands shown as co
   await other.close();
 });
 
+await step("tags and chaos", async () => {
+  const chaotic = await server("[inbox]\nchaos = true\n");
+  const tagged = "X-Tags: alpha, beta\r\n" + htmlMail({ subject: "Tagged mail", html: "<p>tags</p>" });
+  await sendMail(chaotic.smtpPort, "app@example.com", ["dev@example.org"], tagged);
+  const other = await context.newPage();
+  other.on("pageerror", (error) => pageErrors.push(String(error)));
+  await other.goto(`${chaotic.http}/`);
+  const row = other.locator("#list .item", { hasText: "Tagged mail" });
+  await row.waitFor();
+  check("tags: shown in the list", JSON.stringify(await row.locator(".tag").allTextContents()) === '["alpha","beta"]', await row.innerHTML());
+  await row.click();
+  const tagList = other.locator("#tag-list .tag");
+  await tagList.first().waitFor();
+  check("tags: shown with the message", (await tagList.count()) === 2);
+  await other.fill("#tag-add", "gamma");
+  await other.press("#tag-add", "Enter");
+  await other.waitForFunction(() => document.querySelectorAll("#tag-list .tag").length === 3);
+  const id = (await (await other.request.get(`${chaotic.http}/api/v1/messages`)).json()).messages[0].ID;
+  const tagsNow = async () => (await (await other.request.get(`${chaotic.http}/api/v1/message/${id}`)).json()).Tags;
+  check("tags: added in the page", JSON.stringify(await tagsNow()) === '["alpha","beta","gamma"]');
+  await other.click("#tag-list .tag-remove >> nth=0");
+  await other.waitForFunction(() => document.querySelectorAll("#tag-list .tag").length === 2);
+  check("tags: removed in the page", JSON.stringify(await tagsNow()) === '["beta","gamma"]');
+  check("tags: the list row follows", JSON.stringify(await row.locator(".tag").allTextContents()) === '["beta","gamma"]');
+  check("chaos: not shown while no trigger is set", await other.isHidden("#chaos"));
+  const set = await other.request.put(`${chaotic.http}/api/v1/chaos`, { data: { Recipient: { ErrorCode: 451, Probability: 100 } } });
+  check("chaos: set through the API", set.status() === 200, await set.text());
+  await other.locator("#chaos").waitFor({ timeout: 15000 });
+  check("chaos: the page says chaos is active", (await other.textContent("#chaos")).includes("Chaos active"));
+  check("chaos: and which trigger", (await other.getAttribute("#chaos", "title")).includes("Recipient: 451 at 100 %"));
+  await other.close();
+});
+
 check("no script errors in the page", pageErrors.length === 0, pageErrors.join("; "));
 
 if (process.env.INBOX_SCREENSHOT) {

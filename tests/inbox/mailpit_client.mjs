@@ -6,7 +6,9 @@ import { check, fakeGoogle, finish, htmlMail, sendMail, server, step } from "./h
 
 const PDF = "%PDF-1.4\n% client test\n";
 const google = await fakeGoogle(process.env.WORK);
-const inbox = await server(`[gmail]\ncredentials = '${process.env.WORK}/token.json'\napi_base = "${google.apiBase}"\n`);
+const inbox = await server(
+  `[gmail]\ncredentials = '${process.env.WORK}/token.json'\napi_base = "${google.apiBase}"\n[inbox]\nchaos = true\n`,
+);
 const mailpit = new MailpitClient(inbox.http);
 const send = (subject, to, options = {}) =>
   sendMail(inbox.smtpPort, "app@example.com", [to, "hidden@example.org"], htmlMail({ subject, to, ...options }));
@@ -87,6 +89,53 @@ await step("releaseMessage", async () => {
   check("releaseMessage: ok", answer === "ok", answer);
   const upload = JSON.parse(await google.uploads.wait('"fake-gmail-1"'));
   check("releaseMessage: Gmail got it for exactly the given recipient", JSON.stringify(upload.recipients) === '["qa@example.org"]', JSON.stringify(upload));
+});
+
+await step("tags", async () => {
+  await mailpit.setTags({ IDs: [ids[0], ids[1]], Tags: ["Release", "qa"] });
+  check("setTags / getTags", JSON.stringify(await mailpit.getTags()) === '["Release","qa"]');
+  const tagged = await mailpit.searchMessages({ query: "tag:qa" });
+  check("search tag:", tagged.messages_count === 2 && JSON.stringify(tagged.messages[0].Tags) === '["Release","qa"]', JSON.stringify(tagged.messages.map((m) => m.Tags)));
+  check("listMessages tags", JSON.stringify((await mailpit.listMessages()).tags) === '["Release","qa"]');
+  await mailpit.renameTag("qa", "checked");
+  check("renameTag", JSON.stringify(await mailpit.getTags()) === '["Release","checked"]');
+  await mailpit.deleteTag("Release");
+  check("deleteTag", JSON.stringify(await mailpit.getTags()) === '["checked"]');
+  await mailpit.setTags({ IDs: [ids[1]] });
+  check("setTags without Tags removes them", (await mailpit.searchMessages({ query: "tag:checked" })).messages_count === 1);
+});
+
+await step("chaos", async () => {
+  const defaults = await mailpit.getChaosTriggers();
+  check("getChaosTriggers", defaults.Recipient.ErrorCode === 451 && defaults.Authentication.ErrorCode === 535 && defaults.Sender.Probability === 0, JSON.stringify(defaults));
+  const set = await mailpit.setChaosTriggers({ Recipient: { ErrorCode: 550, Probability: 100 } });
+  check("setChaosTriggers", set.Recipient.ErrorCode === 550 && set.Recipient.Probability === 100 && set.Sender.Probability === 0, JSON.stringify(set));
+  const refused = await send("Refused by chaos", "dave@example.org").then(() => "accepted", (error) => error.message);
+  check("chaos: RCPT answered 550", refused.includes("550"), refused);
+  const reset = await mailpit.setChaosTriggers();
+  check("setChaosTriggers(): reset", reset.Recipient.Probability === 0, JSON.stringify(reset));
+  check("chaos: nothing captured", (await mailpit.searchMessages({ query: "subject:refused" })).messages_count === 0);
+});
+
+await step("sendMessage", async () => {
+  const sent = await mailpit.sendMessage({
+    From: { Email: "api@example.com", Name: "API" },
+    To: [{ Email: "erin@example.org", Name: "Erin" }],
+    Bcc: ["audit@example.org"],
+    Subject: "Sent with sendMessage",
+    Text: "text from the API",
+    HTML: "<p>html from the API</p>",
+    Attachments: [{ Content: Buffer.from(PDF).toString("base64"), Filename: "sent.pdf", ContentType: "application/pdf" }],
+    Tags: ["api"],
+  });
+  check("sendMessage: an ID", typeof sent.ID === "string" && sent.ID.length > 0, JSON.stringify(sent));
+  const message = await mailpit.getMessageSummary(sent.ID);
+  check("sendMessage: captured", message.Subject === "Sent with sendMessage" && message.To[0].Address === "erin@example.org" && message.Bcc[0].Address === "audit@example.org", JSON.stringify(message).slice(0, 300));
+  check("sendMessage: parts and tags", message.HTML.includes("html from the API") && message.Attachments[0].FileName === "sent.pdf" && JSON.stringify(message.Tags) === '["api"]');
+  await mailpit.setReadStatus({ IDs: [sent.ID], Read: false });
+  check("setReadStatus: unread again", (await mailpit.searchMessages({ query: "is:unread subject:sendMessage" })).messages_count === 1);
+  await mailpit.deleteMessagesBySearch({ query: "tag:api" });
+  check("deleteMessagesBySearch tag:", (await mailpit.searchMessages({ query: "subject:sendMessage" })).messages_count === 0);
 });
 
 await step("deleteMessages", async () => {
