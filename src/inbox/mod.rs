@@ -14,6 +14,9 @@
 //!   built into the binary; [`events`]: the live updates;
 //! - [`guard`]: what keeps other web pages and other hosts out; [`release`]: sending a captured
 //!   message through the Gmail relay to the recipients given, and only to them.
+//! - the rest of Mailpit's API: [`chaos`] (SMTP failures on demand), [`tags`] and [`tags_api`],
+//!   [`send`] (messages posted as JSON, injected through the delivery target), [`webhook`] (each
+//!   captured message's summary POSTed), [`retention`] (`inbox.max_age`).
 
 pub mod api;
 pub mod body;

@@ -8,7 +8,8 @@
 # client sent, dot-unstuffed) and <id>.json (the envelope); the checks are in e2e.py next to this
 # file (its helpers in e2e_support.py). A second server with TLS and AUTH is used by swaks, curl,
 # msmtp and Django over STARTTLS and implicit TLS. Then two console-mode servers check that stdout
-# carries only mail and stderr only logs.
+# carries only mail and stderr only logs, and one with the inbox's chaos API on checks that Django
+# meets a Recipient trigger's 451 as SMTPRecipientsRefused (e2e_inbox.py).
 #
 # Prints one `ok - ...` / `not ok - ...` line per check and ends with `N passed, M failed`; exits 1
 # if anything failed (the temporary directory is then kept for inspection).
@@ -522,6 +523,17 @@ console_mode() {
     fi
 }
 
+inbox_chaos() {
+    header "inbox chaos: Django meets the 451 of a Recipient trigger"
+    printf '[http]\nlisten = "127.0.0.1:0"\n[smtp]\nlisten = ["127.0.0.1:0"]\nshutdown_grace = "5s"\n\n[relay]\nmode = "console"\n\n[inbox]\nchaos = true\n' \
+        >"$WORK/chaos.toml"
+    start_server chaos "$WORK/chaos.toml"
+    local pid=$SERVER_PID http
+    http=$(grep -so 'inbox at http://127\.0\.0\.1:[0-9]*' "$WORK/chaos.stderr" | head -n1)
+    E2E_PORT=$PORT E2E_HTTP=${http#inbox at } checks "inbox chaos" "$PY" "$HERE/e2e_inbox.py"
+    stop_server "$pid"
+}
+
 # --- main ------------------------------------------------------------------------------------
 
 header "tools"
@@ -535,6 +547,7 @@ file_mode
 secure_mode
 console_mode raw json
 console_mode summary text
+inbox_chaos
 
 DONE=1
 header "done in $((SECONDS - BUILT)) s after the build ($((SECONDS - STARTED)) s in all)"
