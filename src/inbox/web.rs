@@ -24,6 +24,8 @@ use super::{Inbox, budget};
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
+/// Tags and the chaos mark: their own file, loaded before `app.js`.
+const TAGS_SCRIPT: &str = include_str!("assets/tags.js");
 const STYLE: &str = include_str!("assets/app.css");
 const ICON: &str = include_str!("assets/favicon.svg");
 
@@ -34,6 +36,10 @@ pub fn routes() -> Router<Arc<Inbox>> {
         .route(
             "/assets/app.js",
             get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(
+            "/assets/tags.js",
+            get(|| asset("text/javascript; charset=utf-8", TAGS_SCRIPT)),
         )
         .route(
             "/assets/app.css",
