@@ -38,6 +38,7 @@ from e2e_support import (
     find,
     parse,
     port,
+    setup_django,
     take_stored,
     text_of,
 )
@@ -244,20 +245,13 @@ def scenario_chunking(c):
 
 
 def scenario_django(c):
-    from django.conf import settings
-
-    settings.configure(
-        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+    setup_django(
         EMAIL_HOST=HOST,
         EMAIL_PORT=port(),
         EMAIL_USE_TLS=False,
         EMAIL_USE_SSL=False,
-        EMAIL_TIMEOUT=TIMEOUT,
         DEFAULT_FROM_EMAIL="webmaster@example.com",
     )
-    import django
-
-    django.setup()
     from django.core import mail
     from django.core.mail.utils import DNS_NAME
 
@@ -404,18 +398,11 @@ def curl_sent(path, crlf):
 def scenario_django_secure(c):
     """Django's stock backend with a user and password, over STARTTLS (EMAIL_USE_TLS) and implicit
     TLS (EMAIL_USE_SSL); the certificate is trusted through SSL_CERT_FILE."""
-    from django.conf import settings
-
-    settings.configure(
-        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+    setup_django(
         EMAIL_HOST="localhost",
         EMAIL_HOST_USER=env("E2E_USER"),
         EMAIL_HOST_PASSWORD=env("E2E_PASSWORD"),
-        EMAIL_TIMEOUT=TIMEOUT,
     )
-    import django
-
-    django.setup()
     from django.core.mail import get_connection, send_mail
 
     for name, tls, ssl_, port_var in (

@@ -11,7 +11,7 @@ import smtplib
 import sys
 import urllib.request
 
-from e2e_support import HOST, TIMEOUT, Checks, env, port
+from e2e_support import HOST, TIMEOUT, Checks, env, port, setup_django
 
 
 def inbox(method, path, body=None):
@@ -25,17 +25,7 @@ def inbox(method, path, body=None):
 
 
 def scenario_django_chaos(c):
-    from django.conf import settings
-
-    settings.configure(
-        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-        EMAIL_HOST=HOST,
-        EMAIL_PORT=port(),
-        EMAIL_TIMEOUT=TIMEOUT,
-    )
-    import django
-
-    django.setup()
+    setup_django(EMAIL_HOST=HOST, EMAIL_PORT=port())
     from django.core import mail
 
     set_ = inbox("PUT", "/api/v1/chaos", {"Recipient": {"ErrorCode": 451, "Probability": 100}})

@@ -70,6 +70,21 @@ def port():
     return int(env("E2E_PORT"))
 
 
+def setup_django(**email_settings):
+    """Configures Django's stock SMTP EmailBackend with `email_settings` (EMAIL_HOST, ...) and the
+    timeout, and starts Django."""
+    from django.conf import settings
+
+    settings.configure(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_TIMEOUT=TIMEOUT,
+        **email_settings,
+    )
+    import django
+
+    django.setup()
+
+
 # --- the mail dir ----------------------------------------------------------------------------
 
 
