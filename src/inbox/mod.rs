@@ -16,6 +16,7 @@
 //!   message through the Gmail relay to the recipients given, and only to them.
 
 pub mod api;
+pub mod auto_release;
 pub mod body;
 pub mod budget;
 pub mod capture;
@@ -27,6 +28,7 @@ pub mod mailpit;
 pub mod mime;
 pub mod release;
 pub mod request;
+pub mod rules;
 pub mod search;
 pub mod store;
 pub mod web;

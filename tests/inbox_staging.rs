@@ -1,0 +1,267 @@
+//! Auto-release for staging (`[inbox] release_matching`, `release_blocked`): mail to matched
+//! envelope recipients is captured and also queued for the fake Gmail, to exactly those
+//! recipients, through gmail mode's queue (its spool, retries and `queue` commands); every other
+//! recipient, and every blocked one, is never sent to — by the rule or by a person's release.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::fake_gmail::SendFault;
+use common::fake_google::{self, FakeGoogle};
+use common::serving::{Serving, gmail_mode, queue_config, queued_id};
+use common::{Client, TestServer, WAIT};
+use serde_json::{Value, json};
+use smtp2gmail::config::{Delivery, RelayMode};
+
+/// The team's domain: released.
+const TEAM: &str = r"@team\.example$";
+/// On the team, but never to be sent to.
+const BLOCKED: &str = "boss@team.example";
+
+/// A message to a team member, a customer and the blocked team address (To and Cc).
+const MAIL: &[u8] = b"From: app@example.com\r\nTo: dev@team.example, customer@example.org\r\n\
+Cc: boss@team.example\r\nSubject: Your staging order\r\nMessage-ID: <order-1@app.example>\r\n\r\n\
+Order 1 confirmed.\r\n.\r\n";
+
+/// Console mode against `google` in `dir`, auto-releasing to the team but not to [`BLOCKED`],
+/// the spool in `dir/spool` with the tests' fast retries.
+async fn staging(google: &FakeGoogle, dir: &Path) -> TestServer {
+    let mut config = gmail_mode(google, dir, Delivery::Queue);
+    config.relay.mode = RelayMode::Console;
+    config.inbox.release_matching = TEAM.to_string();
+    config.inbox.release_blocked = vec![BLOCKED.to_string()];
+    config.queue = queue_config(&dir.join("spool"));
+    TestServer::assembled(config).await
+}
+
+/// Sends [`MAIL`] to the team member, the customer and the blocked address; the reply to DATA.
+async fn send_order(server: &TestServer) -> String {
+    let mut client: Client = server.client().await;
+    let rcpts = ["dev@team.example", "customer@example.org", BLOCKED];
+    client.start_transaction("app@example.com", &rcpts).await;
+    client.data(MAIL).await
+}
+
+/// GET `path` as JSON (200 asserted).
+async fn json_at(server: &TestServer, path: &str) -> Value {
+    let (status, body) = server.get(path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `done` holds, polling the fake (bounded by the harness's wait).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(waited.await.is_ok(), "waited in vain for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matched_recipients_get_one_copy_through_the_queue_and_the_others_stay_captured() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = staging(&google, dir.path()).await;
+    google.hold_sends();
+    let id = queued_id(&send_order(&server).await);
+
+    // The 250 came once the copy was in the spool: it is there, and the `queue` commands see it.
+    assert_eq!(server.files("queue"), [format!("{id}.msg")]);
+    let (listed, list) = server.queue_command(&["list"]).await;
+    assert!(listed && list.contains(&id), "{list}");
+    let (shown, show) = server.queue_command(&["show", &id]).await;
+    assert!(shown && show.contains("dev@team.example"), "{show}");
+    assert!(
+        !show.contains("customer@example.org") && !show.contains(BLOCKED),
+        "{show}"
+    );
+    let (ready, readiness) = server.readiness().await;
+    assert_eq!(ready, 200, "{readiness}");
+
+    // …and the message is captured as sent, every recipient included.
+    let captured = json_at(&server, &format!("/api/v1/message/{id}")).await;
+    assert_eq!(captured["Subject"], "Your staging order");
+    let to = captured["To"].to_string();
+    assert!(to.contains("customer@example.org"), "{to}");
+
+    google.release_sends();
+    google.wait_for_uploads(1).await;
+    server.until_files("queue", 0).await;
+    let uploads = google.uploads();
+    assert_eq!(uploads.len(), 1, "released once");
+    assert_eq!(uploads[0].recipients, ["dev@team.example"]);
+    let body = String::from_utf8_lossy(&uploads[0].body);
+    assert!(
+        !body.contains("customer@example.org") && !body.contains(BLOCKED),
+        "{body}"
+    );
+    assert!(body.contains("Subject: Your staging order") && body.contains("Order 1 confirmed."));
+    assert!(
+        !body.contains("order-1@app.example"),
+        "a new Message-ID: {body}"
+    );
+    assert_eq!(google.send_requests(), 1);
+    assert!(server.files("dead").is_empty());
+
+    // Mail to nobody the rule releases is only captured.
+    let mut client = server.client().await;
+    client
+        .start_transaction("app@example.com", &["customer@example.org", BLOCKED])
+        .await;
+    let reply = client.data(MAIL).await;
+    assert!(reply.starts_with("250 2.0.0 OK "), "{reply}");
+    assert!(server.files("queue").is_empty());
+    let list = json_at(&server, "/api/v1/messages").await;
+    assert_eq!(list["total"], 2);
+    drop(client);
+    server.stop().await;
+    assert_eq!(google.uploads().len(), 1, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gmail_outage_keeps_the_released_copy_queued_until_gmail_recovers() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = staging(&google, dir.path()).await;
+    google.fail_sends_from("app@example.com", SendFault::google(503, "backendError"));
+    let id = queued_id(&send_order(&server).await);
+    until("two failed attempts", || google.send_requests() >= 2).await;
+    assert!(google.uploads().is_empty());
+    let queued = server.files("queue");
+    assert!(
+        queued.contains(&format!("{id}.msg")),
+        "kept in the queue: {queued:?}"
+    );
+    let (_, show) = server.queue_command(&["show", &id]).await;
+    assert!(
+        show.contains("503") || show.contains("backendError"),
+        "{show}"
+    );
+
+    google.clear_faults_from("app@example.com");
+    google.wait_for_uploads(1).await;
+    server.until_files("queue", 0).await;
+    let uploads = google.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].recipients, ["dev@team.example"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_never_sends_to_a_blocked_address() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = staging(&google, dir.path()).await;
+    let mut client = server.client().await;
+    client
+        .start_transaction("app@example.com", &["customer@example.org"])
+        .await;
+    let reply = client.data(MAIL).await;
+    assert!(reply.starts_with("250 2.0.0 OK "), "{reply}");
+    let id = reply.trim_end().rsplit(' ').next().unwrap().to_string();
+
+    let webui = json_at(&server, "/api/v1/webui").await;
+    assert_eq!(webui["AutoRelease"], TEAM);
+    assert_eq!(
+        webui["MessageRelay"]["BlockedRecipients"],
+        r"(?i)(?:^boss@team\.example$)"
+    );
+
+    // As Mailpit answers a relay-blocked recipient: 400, the entries named, nothing sent.
+    let release = |to: Value| {
+        let url = server.url(&format!("/api/v1/message/{id}/release"));
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({ "To": to }))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let refused = release(json!(["qa@example.org", "Boss <BOSS@team.example>"])).await;
+    assert_eq!(
+        refused,
+        (
+            400,
+            "Failed: Address found on blocklist: Boss <BOSS@team.example>".to_string()
+        )
+    );
+    assert!(google.uploads().is_empty());
+    let (status, text) = release(json!(["qa@example.org"])).await;
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    assert_eq!(google.uploads().len(), 1);
+    assert_eq!(google.uploads()[0].recipients, ["qa@example.org"]);
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_spool_cannot_take_is_451_and_the_message_is_captured() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let server = staging(&google, dir.path()).await;
+    // Root ignores permissions, so break the spool by putting a file where its directory was.
+    std::fs::remove_dir_all(server.spool().join("queue")).unwrap();
+    std::fs::write(server.spool().join("queue"), b"not a directory").unwrap();
+    let reply = send_order(&server).await;
+    assert!(
+        reply.starts_with("451 4.3.0 captured, but not released through Gmail"),
+        "{reply}"
+    );
+    let list = json_at(&server, "/api/v1/messages").await;
+    assert_eq!(list["total"], 1);
+    server.stop().await;
+    assert!(google.uploads().is_empty());
+}
+
+/// `smtp2gmail check` (as `serve`) refuses release rules that cannot work, naming the key.
+#[tokio::test]
+async fn broken_release_rules_are_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await;
+    fake_google::write_json(
+        dir.path(),
+        "token.json",
+        &fake_google::token_json(&google.token_uri()),
+    );
+    let gmail = "[gmail]\ncredentials = \"token.json\"\n";
+    let cases = [
+        (
+            format!("{gmail}[inbox]\nrelease_matching = '(unclosed'\n"),
+            "inbox.release_matching: not a regular expression",
+        ),
+        (
+            format!("{gmail}[inbox]\nrelease_blocked = ['ok@x.example', '[z-a]']\n"),
+            "inbox.release_blocked: not a regular expression",
+        ),
+        (
+            "[inbox]\nrelease_matching = '@team$'\n".to_string(),
+            "inbox.release_matching: releases through Gmail and no Gmail credentials",
+        ),
+        (
+            format!("[relay]\nmode = \"gmail\"\n{gmail}[inbox]\nrelease_matching = '@team$'\n"),
+            "only console and file modes capture",
+        ),
+        (
+            format!(
+                "[relay]\nmode = \"gmail\"\n{gmail}[inbox]\nrelease_blocked = ['a@x.example']\n"
+            ),
+            "inbox.release_blocked: release applies to captured mail",
+        ),
+    ];
+    for (config, expected) in cases {
+        std::fs::write(dir.path().join("config.toml"), &config).unwrap();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+            .args(["--config", "config.toml", "check"])
+            .current_dir(dir.path())
+            .env_remove("GMAIL_API_REFRESH_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{config}: {stderr}");
+        assert!(stderr.contains(expected), "{config}: {stderr}");
+    }
+}
