@@ -13,7 +13,7 @@ use common::fake_google::{self, FakeGoogle};
 use common::serving::{Serving, gmail_mode, queue_config, queued_id};
 use common::{Client, TestServer, WAIT};
 use serde_json::{Value, json};
-use smtp2gmail::config::{Delivery, RelayMode};
+use smtp2gmail::config::{Delivery, FromPolicy, RelayMode};
 
 /// The team's domain: released.
 const TEAM: &str = r"@team\.example$";
@@ -212,6 +212,29 @@ async fn a_copy_the_spool_cannot_take_is_451_and_the_message_is_captured() {
     );
     let list = json_at(&server, "/api/v1/messages").await;
     assert_eq!(list["total"], 1);
+    server.stop().await;
+    assert!(google.uploads().is_empty());
+}
+
+/// A copy gmail mode would refuse (here: a From that is not one of the account's addresses, with
+/// `from_policy = "reject"`) is refused as gmail mode refuses it, though the message is captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_gmail_mode_would_refuse_is_refused_with_its_reason_and_captured() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    config.relay.mode = RelayMode::Console;
+    config.inbox.release_matching = TEAM.to_string();
+    config.gmail.send_as = vec!["staging@team.example".to_string()];
+    config.gmail.from_policy = Some(FromPolicy::Reject);
+    let server = TestServer::assembled(config).await;
+    let reply = send_order(&server).await;
+    assert!(
+        reply.starts_with("550 5.7.1 captured, but not released through Gmail"),
+        "{reply}"
+    );
+    let list = json_at(&server, "/api/v1/messages").await;
+    assert_eq!(list["total"], 1);
+    assert!(server.files("queue").is_empty());
     server.stop().await;
     assert!(google.uploads().is_empty());
 }

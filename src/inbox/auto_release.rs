@@ -89,25 +89,37 @@ impl AutoRelease {
 
 #[async_trait::async_trait]
 impl Deliver for AutoRelease {
-    fn size_limit(&self, max_recipients: usize) -> Option<u64> {
-        self.inner.size_limit(max_recipients)
-    }
-
+    // No `size_limit`: the capture has none (as `Capture`), and Gmail's would refuse mail to the
+    // recipients that stay captured. A copy too large for Gmail is refused by the queue instead.
     async fn deliver(
         &self,
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
-        let receipt = self.inner.deliver(envelope, message).await?;
+        match self.inner.deliver(envelope, message).await {
+            Ok(captured) => self.release(envelope, message, captured).await,
+            refused => refused,
+        }
+    }
+}
+
+impl AutoRelease {
+    /// After `captured`: queues the copy when the rules release any recipient, and answers.
+    async fn release(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+        captured: Receipt,
+    ) -> Result<Receipt, DeliveryError> {
         let recipients = self.released(envelope);
         if recipients.is_empty() {
-            return Ok(receipt);
+            return Ok(captured);
         }
         match self.queue_copy(envelope, message, recipients).await {
             // `250 … queued as ID`: the id names the copy in the queue as well.
             Ok(()) => Ok(Receipt {
                 queued: true,
-                ..receipt
+                ..captured
             }),
             Err(err) => {
                 tracing::warn!(id = %envelope.id, err = %err.summary(), "auto-release: captured, not queued for Gmail");
