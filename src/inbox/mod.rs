@@ -13,7 +13,9 @@
 //! - [`api`] and [`mailpit`]: the endpoints and their JSON; [`web`]: the page and its assets,
 //!   built into the binary; [`events`]: the live updates;
 //! - [`guard`]: what keeps other web pages and other hosts out; [`release`]: sending a captured
-//!   message through the Gmail relay to the recipients given, and only to them.
+//!   message through the Gmail relay to the recipients given, and only to them;
+//! - [`auto_release`]: the staging stage after the capture that queues a copy for the
+//!   recipients [`rules`] release (`release_matching`, never `release_blocked`).
 
 pub mod api;
 pub mod auto_release;

@@ -9,7 +9,8 @@
 //! The result is read back with the same header reader the Gmail rules use, and sent only if
 //! its recipients are exactly the ones given. Then the usual Gmail path runs — routing by the
 //! original envelope sender, the From policy, the sync retry budget — and the answer carries
-//! Gmail's id or Google's error.
+//! Gmail's id or Google's error. An address `[inbox] release_blocked` names refuses the whole
+//! release, as Mailpit refuses a relay-blocked recipient.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
