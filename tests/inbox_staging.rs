@@ -239,6 +239,32 @@ async fn a_copy_gmail_mode_would_refuse_is_refused_with_its_reason_and_captured(
     assert!(google.uploads().is_empty());
 }
 
+/// A released copy Gmail refuses becomes a dead letter, and its DSN goes only to addresses the
+/// release rules send to: the team's sender, not the `bounce_to` address outside the team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dsn_of_a_released_copy_goes_only_where_release_may_send() {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
+    config.relay.mode = RelayMode::Console;
+    config.inbox.release_matching = TEAM.to_string();
+    config.notify.bounce_to = vec!["postmaster@example.org".to_string()];
+    let server = TestServer::assembled(config).await;
+    google.fail_sends([SendFault::google(400, "invalidArgument")]);
+    let id = queued_id(
+        &server
+            .send_as("app@team.example", &["dev@team.example"])
+            .await,
+    );
+    google.wait_for_uploads(1).await;
+    server.until_files("queue", 0).await;
+    assert!(server.files("dead").contains(&format!("{id}.msg")));
+    let dsn = &google.uploads()[0];
+    assert_eq!(dsn.recipients, ["app@team.example"]);
+    let body = String::from_utf8_lossy(&dsn.body);
+    assert!(body.contains("message/delivery-status"), "{body}");
+    server.stop().await;
+}
+
 /// `smtp2gmail check` (as `serve`) refuses release rules that cannot work, naming the key.
 #[tokio::test]
 async fn broken_release_rules_are_refused_at_startup() {

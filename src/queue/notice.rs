@@ -9,6 +9,7 @@
 //! reverse-path, the original's account and user (the stored decision: a DSN is never routed by
 //! its sender, which is empty), and `dsn_for` naming the original.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::courier::DsnSender;
@@ -29,6 +30,19 @@ pub struct Notices {
     bounces: Option<Bounces>,
     delay_warning: Option<Duration>,
     max_age: Duration,
+    /// When set, the only addresses a DSN may go to (auto-release: those the release rules send
+    /// to); `None`: whoever `[notify]` names.
+    dsn_only_to: Option<AllowedRecipients>,
+}
+
+/// A test of the addresses a DSN may go to.
+#[derive(Clone)]
+struct AllowedRecipients(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AllowedRecipients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AllowedRecipients(..)")
+    }
 }
 
 /// Where DSNs go and what they say of this server.
@@ -72,6 +86,7 @@ impl Notices {
             bounces: None,
             delay_warning: None,
             max_age: Duration::MAX,
+            dsn_only_to: None,
         }
     }
 
@@ -87,6 +102,17 @@ impl Notices {
             bounces,
             delay_warning: config.notify.delay_warning(),
             max_age: config.queue.max_age,
+            dsn_only_to: None,
+        }
+    }
+
+    /// DSNs go only to the addresses `allowed` accepts (of the sender and `notify.bounce_to`);
+    /// with none left there is no DSN. Auto-release passes its release rules: a staging server
+    /// sends nothing through Gmail to an address they do not release.
+    pub fn only_to(self, allowed: impl Fn(&str) -> bool + Send + Sync + 'static) -> Notices {
+        Notices {
+            dsn_only_to: Some(AllowedRecipients(Arc::new(allowed))),
+            ..self
         }
     }
 
@@ -123,9 +149,15 @@ impl Notices {
             return Err("DSNs are off".into());
         };
         dsn::deserves_dsn(original.mail_from.as_deref(), head).map_err(|no| no.to_string())?;
-        let to = bounces
+        let mut to = bounces
             .notify
             .bounce_recipients(original.mail_from.as_deref());
+        if let Some(allowed) = &self.dsn_only_to {
+            to.retain(|address| (allowed.0)(address));
+            if to.is_empty() {
+                return Err("no recipient of the DSN is one the release rules send to".into());
+            }
+        }
         let from = sender
             .address
             .or_else(|| original.mail_from.clone())

@@ -97,7 +97,7 @@ pub(super) async fn build(
             ..Target::only(gmail)
         });
     }
-    let started = start_queue(config, gmail, &sets).await?;
+    let started = start_queue(config, gmail, &sets, None).await?;
     if smtp.spill_dir.is_none() {
         smtp.spill_dir = started.spill_dir.clone();
     }
@@ -151,7 +151,7 @@ async fn capturing(
             ..Target::only(deliver)
         });
     };
-    let started = start_queue(config, gmail, &sets).await?;
+    let started = start_queue(config, gmail, &sets, Some(rules.clone())).await?;
     Ok(Target {
         deliver: Arc::new(AutoRelease::new(deliver, started.acceptor.clone(), rules)),
         watcher: Some(watcher),
@@ -191,15 +191,20 @@ fn gmail_parts(config: &Config, seams: &Seams) -> Result<GmailParts, StartError>
     })
 }
 
-/// The queue of `[queue]` delivering through `gmail`, with `[notify]`'s DSNs and webhooks.
+/// The queue of `[queue]` delivering through `gmail`, with `[notify]`'s DSNs and webhooks; with
+/// `release` (auto-release), DSNs only to addresses the release rules send to.
 async fn start_queue(
     config: &Config,
     gmail: Arc<Gmail>,
     sets: &TaskSets<'_>,
+    release: Option<Arc<ReleaseRules>>,
 ) -> Result<queue::Started, StartError> {
     let notifier =
         Notifier::from_config(&config.notify, sets.notify.tracker(), sets.notify.closing())?;
-    let notices = Notices::from_config(config, notifier);
+    let mut notices = Notices::from_config(config, notifier);
+    if let Some(rules) = release {
+        notices = notices.only_to(move |address| rules.is_released(address));
+    }
     Ok(queue::start(&config.queue, gmail, notices, sets.storage).await?)
 }
 
