@@ -5,15 +5,17 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::fake_gmail::SendFault;
 use common::fake_google::{self, FakeGoogle};
+use common::inbox::with_gmail;
+use common::process::ServerProcess;
 use common::serving::{Serving, gmail_mode, queue_config, queued_id};
 use common::{Client, TestServer, WAIT};
 use serde_json::{Value, json};
-use smtp2gmail::config::{Delivery, FromPolicy, RelayMode};
+use smtp2gmail::config::{Config, Delivery, FromPolicy, RelayMode};
+use tempfile::TempDir;
 
 /// The team's domain: released.
 const TEAM: &str = r"@team\.example$";
@@ -25,15 +27,31 @@ const MAIL: &[u8] = b"From: app@example.com\r\nTo: dev@team.example, customer@ex
 Cc: boss@team.example\r\nSubject: Your staging order\r\nMessage-ID: <order-1@app.example>\r\n\r\n\
 Order 1 confirmed.\r\n.\r\n";
 
-/// Console mode against `google` in `dir`, auto-releasing to the team but not to [`BLOCKED`],
-/// the spool in `dir/spool` with the tests' fast retries.
-async fn staging(google: &FakeGoogle, dir: &Path) -> TestServer {
-    let mut config = gmail_mode(google, dir, Delivery::Queue);
+/// A new fake Google, a temporary directory, and console mode against them auto-releasing to
+/// the team but not to [`BLOCKED`], the spool in the directory with the tests' fast retries;
+/// `adjust` may change the configuration first.
+async fn staging(adjust: impl FnOnce(&mut Config)) -> (FakeGoogle, TempDir, TestServer) {
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
     config.relay.mode = RelayMode::Console;
     config.inbox.release_matching = TEAM.to_string();
     config.inbox.release_blocked = vec![BLOCKED.to_string()];
-    config.queue = queue_config(&dir.join("spool"));
-    TestServer::assembled(config).await
+    config.queue = queue_config(&dir.path().join("spool"));
+    adjust(&mut config);
+    let server = TestServer::assembled(config).await;
+    (google, dir, server)
+}
+
+/// Sends [`MAIL`] and checks that it was refused with `reply` (its start) and captured all the
+/// same, and that nothing reached Gmail; stops the server.
+async fn refused_but_captured(server: TestServer, google: &FakeGoogle, reply: &str) {
+    let got = send_order(&server).await;
+    assert!(got.starts_with(reply), "{got}");
+    let list = json_at(&server, "/api/v1/messages").await;
+    assert_eq!(list["total"], 1);
+    assert!(server.files("queue").is_empty());
+    server.stop().await;
+    assert!(google.uploads().is_empty());
 }
 
 /// Sends [`MAIL`] to the team member, the customer and the blocked address; the reply to DATA.
@@ -63,8 +81,7 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matched_recipients_get_one_copy_through_the_queue_and_the_others_stay_captured() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = staging(&google, dir.path()).await;
+    let (google, _dir, server) = staging(|_| {}).await;
     google.hold_sends();
     let id = queued_id(&send_order(&server).await);
 
@@ -123,8 +140,7 @@ async fn matched_recipients_get_one_copy_through_the_queue_and_the_others_stay_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gmail_outage_keeps_the_released_copy_queued_until_gmail_recovers() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = staging(&google, dir.path()).await;
+    let (google, _dir, server) = staging(|_| {}).await;
     google.fail_sends_from("app@example.com", SendFault::google(503, "backendError"));
     let id = queued_id(&send_order(&server).await);
     until("two failed attempts", || google.send_requests() >= 2).await;
@@ -151,8 +167,7 @@ async fn a_gmail_outage_keeps_the_released_copy_queued_until_gmail_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_never_sends_to_a_blocked_address() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = staging(&google, dir.path()).await;
+    let (google, _dir, server) = staging(|_| {}).await;
     let mut client = server.client().await;
     client
         .start_transaction("app@example.com", &["customer@example.org"])
@@ -198,57 +213,35 @@ async fn release_never_sends_to_a_blocked_address() {
     server.stop().await;
 }
 
+/// A copy the queue refuses is refused to the client although the message is captured: the
+/// spool cannot take it (451), or gmail mode would refuse it (here a From that is not one of
+/// the account's addresses, with `from_policy = "reject"`: 550).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_the_spool_cannot_take_is_451_and_the_message_is_captured() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let server = staging(&google, dir.path()).await;
+async fn a_copy_the_queue_refuses_is_refused_with_its_reason_and_the_message_captured() {
+    let (google, _dir, server) = staging(|_| {}).await;
     // Root ignores permissions, so break the spool by putting a file where its directory was.
     std::fs::remove_dir_all(server.spool().join("queue")).unwrap();
     std::fs::write(server.spool().join("queue"), b"not a directory").unwrap();
-    let reply = send_order(&server).await;
-    assert!(
-        reply.starts_with("451 4.3.0 captured, but not released through Gmail"),
-        "{reply}"
-    );
-    let list = json_at(&server, "/api/v1/messages").await;
-    assert_eq!(list["total"], 1);
-    server.stop().await;
-    assert!(google.uploads().is_empty());
-}
+    let refusal = "451 4.3.0 captured, but not released through Gmail";
+    refused_but_captured(server, &google, refusal).await;
 
-/// A copy gmail mode would refuse (here: a From that is not one of the account's addresses, with
-/// `from_policy = "reject"`) is refused as gmail mode refuses it, though the message is captured.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_gmail_mode_would_refuse_is_refused_with_its_reason_and_captured() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
-    config.relay.mode = RelayMode::Console;
-    config.inbox.release_matching = TEAM.to_string();
-    config.gmail.send_as = vec!["staging@team.example".to_string()];
-    config.gmail.from_policy = Some(FromPolicy::Reject);
-    let server = TestServer::assembled(config).await;
-    let reply = send_order(&server).await;
-    assert!(
-        reply.starts_with("550 5.7.1 captured, but not released through Gmail"),
-        "{reply}"
-    );
-    let list = json_at(&server, "/api/v1/messages").await;
-    assert_eq!(list["total"], 1);
-    assert!(server.files("queue").is_empty());
-    server.stop().await;
-    assert!(google.uploads().is_empty());
+    let (google, _dir, server) = staging(|config| {
+        config.gmail.send_as = vec!["staging@team.example".to_string()];
+        config.gmail.from_policy = Some(FromPolicy::Reject);
+    })
+    .await;
+    let refusal = "550 5.7.1 captured, but not released through Gmail";
+    refused_but_captured(server, &google, refusal).await;
 }
 
 /// A released copy Gmail refuses becomes a dead letter, and its DSN goes only to addresses the
 /// release rules send to: the team's sender, not the `bounce_to` address outside the team.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dsn_of_a_released_copy_goes_only_where_release_may_send() {
-    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
-    let mut config = gmail_mode(&google, dir.path(), Delivery::Queue);
-    config.relay.mode = RelayMode::Console;
-    config.inbox.release_matching = TEAM.to_string();
-    config.notify.bounce_to = vec!["postmaster@example.org".to_string()];
-    let server = TestServer::assembled(config).await;
+    let (google, _dir, server) = staging(|config| {
+        config.notify.bounce_to = vec!["postmaster@example.org".to_string()];
+    })
+    .await;
     google.fail_sends([SendFault::google(400, "invalidArgument")]);
     let id = queued_id(
         &server
@@ -262,6 +255,43 @@ async fn the_dsn_of_a_released_copy_goes_only_where_release_may_send() {
     assert_eq!(dsn.recipients, ["app@team.example"]);
     let body = String::from_utf8_lossy(&dsn.body);
     assert!(body.contains("message/delivery-status"), "{body}");
+    server.stop().await;
+}
+
+/// The binary, killed while Gmail is down with a released copy in its spool, sends it once
+/// Gmail is back and the server runs again; its startup line says what it auto-releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_copy_survives_a_crash_of_the_server() {
+    let extra = format!(
+        "[inbox]\nrelease_matching = '{TEAM}'\n\
+         [queue]\nretry_min = \"20ms\"\nretry_max = \"100ms\"\nmax_send_rate = 1000.0\n"
+    );
+    let (google, dir) = (FakeGoogle::start().await, tempfile::tempdir().unwrap());
+    google.fail_sends_from("app@example.com", SendFault::google(503, "backendError"));
+    let server = with_gmail(dir.path(), &google, &extra).await;
+    assert!(
+        server.startup.contains("is also queued in spool")
+            && server.startup.contains("auto-release"),
+        "{}",
+        server.startup
+    );
+    let id = queued_id(
+        &server
+            .send(&["dev@team.example", "customer@example.org"])
+            .await,
+    );
+    until("a failed attempt", || google.send_requests() >= 1).await;
+    server.kill().await;
+
+    google.clear_faults_from("app@example.com");
+    let server = ServerProcess::in_dir(dir.path()).await;
+    google.wait_for_uploads(1).await;
+    server.until_files("queue", 0).await;
+    let uploads = google.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].recipients, ["dev@team.example"]);
+    let (_, list) = server.queue_command(&["list"]).await;
+    assert!(!list.contains(&id), "{list}");
     server.stop().await;
 }
 
