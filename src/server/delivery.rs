@@ -26,7 +26,8 @@ use crate::tasks::Tasks;
 pub(super) struct Target {
     /// What the SMTP sessions hand accepted mail to.
     pub deliver: Arc<dyn Deliver>,
-    /// Gmail mode: reloads the accounts' credentials when their files change (and on SIGHUP).
+    /// Gmail mode and auto-release: reloads the accounts' credentials when their files change
+    /// (and on SIGHUP).
     pub watcher: Option<Arc<CredentialWatcher>>,
     /// Gmail queue mode, and auto-release in console and file modes: the queue, not running yet.
     pub queue: Option<crate::queue::Started>,
