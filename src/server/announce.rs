@@ -58,7 +58,7 @@ pub fn mode_description(config: &Config) -> String {
     let mode = relay_description(config);
     match config.relay.mode != RelayMode::Gmail && config.releases_automatically() {
         true => format!(
-            "{mode}; mail to recipients matching {:?} is also queued in {} and sent through the \
+            "{mode}; mail to recipients matching '{}' is also queued in {} and sent through the \
              Gmail API (auto-release)",
             config.inbox.release_matching,
             queue_description(config)
