@@ -354,6 +354,25 @@ To: body-text@example.com\r\n";
     }
 
     #[test]
+    fn blocked_entries_refuse_the_release_in_mailpits_words() {
+        let inbox = crate::config::InboxConfig {
+            release_blocked: vec!["ceo@x.org".into(), r"@customer\.example$".into()],
+            ..Default::default()
+        };
+        let rules = ReleaseRules::from_config(&inbox).unwrap();
+        let to = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(refuse_blocked(&to(&["qa@x.org"]), &rules), Ok(()));
+        assert_eq!(
+            refuse_blocked(&to(&["qa@x.org", "CEO <Ceo@X.org>"]), &rules),
+            Err("Failed: Address found on blocklist: CEO <Ceo@X.org>".to_string())
+        );
+        assert_eq!(
+            refuse_blocked(&to(&["ceo@x.org", "a@customer.example"]), &rules),
+            Err("Failed: Addresses found on blocklist: ceo@x.org, a@customer.example".to_string())
+        );
+    }
+
+    #[test]
     fn a_bare_cr_in_the_header_section_is_refused() {
         let raw = b"To: a@x\r\nX-A: 1\rBcc: smuggled@evil.example\r\n\r\nbody\r\n";
         let id = MessageId::from_stored("0123456789abcdef012");
