@@ -4,27 +4,12 @@
 mod common;
 
 use common::fake_gmail::SendFault;
-use common::fake_google::{self, FakeGoogle};
-use common::inbox::{json, send, send_json};
+use common::fake_google::FakeGoogle;
+use common::inbox::{json, send, send_json, with_gmail};
 use common::process::ServerProcess;
 use common::serving::Serving;
 use reqwest::Method;
 use serde_json::json;
-
-/// A server in `dir` with release through the fake Google; `extra` is more configuration.
-async fn with_gmail(dir: &std::path::Path, google: &FakeGoogle, extra: &str) -> ServerProcess {
-    fake_google::write_json(
-        dir,
-        "token.json",
-        &fake_google::token_json(&google.token_uri()),
-    );
-    let gmail = format!(
-        "[gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n{extra}",
-        google.api_base()
-    );
-    common::inbox::write_config(dir, &gmail);
-    ServerProcess::in_dir(dir).await
-}
 
 async fn release(server: &ServerProcess, id: &str, to: serde_json::Value) -> reqwest::Response {
     reqwest::Client::new()

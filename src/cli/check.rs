@@ -78,7 +78,8 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
             }
         }
     }
-    if config.relay.mode != RelayMode::Gmail {
+    // Auto-release sends through the accounts as gmail mode does: they are checked alike.
+    if config.relay.mode != RelayMode::Gmail && !config.releases_automatically() {
         println!("No Google credentials are needed in this mode. All good.");
         return ExitCode::SUCCESS;
     }

@@ -30,6 +30,12 @@ pub struct InboxConfig {
     pub webhook_secret: String,
     /// Tag messages with the `+tag` of their addresses (`app+signup@example.com`), as Mailpit.
     pub tags_plus_addresses: bool,
+    /// A regular expression: mail to envelope recipients matching it (and not blocked) is also
+    /// queued for delivery through Gmail to exactly those recipients, as it arrives. Empty: off.
+    pub release_matching: String,
+    /// Addresses (exact) or regular expressions that release never sends to, whether a person
+    /// releases a message or `release_matching` does.
+    pub release_blocked: Vec<String>,
 }
 
 impl Default for InboxConfig {
@@ -44,6 +50,8 @@ impl Default for InboxConfig {
             webhook_url: String::new(),
             webhook_secret: String::new(),
             tags_plus_addresses: false,
+            release_matching: String::new(),
+            release_blocked: Vec::new(),
         }
     }
 }
@@ -102,6 +110,55 @@ impl Config {
                 "the inbox would show captured mail (and release it through Gmail) to anyone who \
                  can reach it: add [[smtp.users]] (the inbox then asks for one of them with HTTP \
                  Basic authentication), listen on loopback, or set inbox.enabled = false",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether mail is released through Gmail as it arrives (`inbox.release_matching` is set).
+    pub fn releases_automatically(&self) -> bool {
+        !self.inbox.release_matching.is_empty()
+    }
+
+    /// Whether Gmail credentials are configured for release, in any way gmail mode reads them:
+    /// `[gmail]` itself, named accounts, or the `GMAIL_API_*` environment.
+    pub fn release_credentials_configured(&self) -> bool {
+        self.gmail.has_own_credentials()
+            || !self.gmail.accounts.is_empty()
+            || std::env::var_os(crate::google::ENV_REFRESH_TOKEN).is_some()
+    }
+
+    /// The release rules: patterns that compile, a mode that captures mail, and Gmail to release
+    /// through when mail is released as it arrives.
+    pub(super) fn validate_release(&self) -> Result<(), Broken> {
+        crate::inbox::rules::ReleaseRules::from_config(&self.inbox).map_err(|err| {
+            let broken = Broken::new(err.key, &err.message);
+            match err.entry {
+                Some(entry) => broken.at_entry(entry),
+                None => broken,
+            }
+        })?;
+        let capturing = matches!(self.relay.mode, RelayMode::Console | RelayMode::File);
+        let automatic = self.releases_automatically();
+        if !capturing && (automatic || !self.inbox.release_blocked.is_empty()) {
+            let key = match automatic {
+                true => "inbox.release_matching",
+                false => "inbox.release_blocked",
+            };
+            return Err(Broken::new(
+                key,
+                "release applies to captured mail, and only console and file modes capture it \
+                 (gmail mode sends every message it accepts to all its recipients): set \
+                 relay.mode = \"console\" or \"file\", or remove the key",
+            ));
+        }
+        if automatic && !self.release_credentials_configured() {
+            return Err(Broken::new(
+                "inbox.release_matching",
+                "releases through Gmail and no Gmail credentials are configured: add [gmail] \
+                 credentials = \"token.json\" (the file `smtp2gmail authorize --client-secret \
+                 client_secret.json` writes), [[gmail.accounts]], or set GMAIL_API_CLIENT_ID, \
+                 GMAIL_API_CLIENT_SECRET and GMAIL_API_REFRESH_TOKEN",
             ));
         }
         Ok(())

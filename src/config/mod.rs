@@ -326,6 +326,7 @@ impl Config {
             ));
         }
         self.validate_inbox()?;
+        self.validate_release()?;
         let rate = self.queue.max_send_rate;
         if !(rate.is_finite() && rate >= 1.0 / 3600.0) {
             return Err(Broken::new(

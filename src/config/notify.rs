@@ -100,12 +100,15 @@ impl NotifyConfig {
 }
 
 impl Config {
-    /// Whether DSNs are sent: `notify.bounces` in gmail mode with the queue (sync mode answers
-    /// the client directly; console, file and discard modes deliver at once).
+    /// Whether DSNs are sent: `notify.bounces` where a queue delivers — gmail mode with the
+    /// queue, and auto-release in console and file modes (sync mode answers the client
+    /// directly; console, file and discard modes otherwise deliver at once).
     pub fn bounces_active(&self) -> bool {
-        self.notify.bounces
-            && self.relay.mode == RelayMode::Gmail
-            && self.relay.delivery == Delivery::Queue
+        let gmail_queue =
+            self.relay.mode == RelayMode::Gmail && self.relay.delivery == Delivery::Queue;
+        let auto_release = matches!(self.relay.mode, RelayMode::Console | RelayMode::File)
+            && self.releases_automatically();
+        self.notify.bounces && (gmail_queue || auto_release)
     }
 
     /// The rules of `[notify]`, for [`Config::validate`].

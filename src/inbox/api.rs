@@ -467,8 +467,9 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// `GET /api/v1/webui`: what the page needs to know; `ReleaseHelp` is ours (how to turn release
-/// on, when it is off).
+/// `GET /api/v1/webui`: what the page needs to know; `ReleaseHelp` (how to turn release on, when
+/// it is off) and `AutoRelease` (`[inbox] release_matching`, empty when off) are ours.
+/// `BlockedRecipients` is `release_blocked` as one regular expression, as Mailpit gives it.
 async fn webui(State(inbox): State<Arc<Inbox>>) -> Response {
     let relay = &inbox.release;
     axum::Json(json!({
@@ -477,12 +478,14 @@ async fn webui(State(inbox): State<Arc<Inbox>>) -> Response {
             "Enabled": relay.enabled(),
             "SMTPServer": relay.description(),
             "AllowedRecipients": "",
-            "BlockedRecipients": "",
+            "BlockedRecipients": relay.rules().blocked_pattern(),
+            "DefaultReleaseTo": "",
             "ReturnPath": "",
             "OverrideFrom": "",
             "PreserveMessageIDs": false,
         },
         "ReleaseHelp": relay.help(),
+        "AutoRelease": relay.rules().matching_pattern(),
         "SpamAssassin": false,
         "ChaosEnabled": inbox.chaos.enabled(),
         "DuplicatesIgnored": false,

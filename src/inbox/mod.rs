@@ -13,12 +13,15 @@
 //! - [`api`] and [`mailpit`]: the endpoints and their JSON; [`web`]: the page and its assets,
 //!   built into the binary; [`events`]: the live updates;
 //! - [`guard`]: what keeps other web pages and other hosts out; [`release`]: sending a captured
-//!   message through the Gmail relay to the recipients given, and only to them.
+//!   message through the Gmail relay to the recipients given, and only to them;
 //! - the rest of Mailpit's API: [`chaos`] (SMTP failures on demand), [`tags`] and [`tags_api`],
 //!   [`send`] (messages posted as JSON, injected through the delivery target), [`webhook`] (each
-//!   captured message's summary POSTed), [`retention`] (`inbox.max_age`).
+//!   captured message's summary POSTed), [`retention`] (`inbox.max_age`);
+//! - [`auto_release`]: the staging stage after the capture that queues a copy for the
+//!   recipients [`rules`] release (`release_matching`, never `release_blocked`).
 
 pub mod api;
+pub mod auto_release;
 pub mod body;
 pub mod budget;
 pub mod capture;
@@ -32,6 +35,7 @@ pub mod mime;
 pub mod release;
 pub mod request;
 pub mod retention;
+pub mod rules;
 pub mod search;
 pub mod send;
 pub mod store;
@@ -130,12 +134,17 @@ impl Inbox {
         }))
     }
 
-    /// `inner` (the console or file relay) wrapped so that what it delivers is captured here;
-    /// also where `POST /api/v1/send` injects its messages.
+    /// `inner` (the console or file relay) wrapped so that what it delivers is captured here.
     pub fn capturing(self: &Arc<Self>, inner: Arc<dyn Deliver>) -> Arc<dyn Deliver> {
-        let target: Arc<dyn Deliver> = Arc::new(capture::Capture::new(inner, self.clone()));
-        let _ = self.injector.set(Arc::downgrade(&target));
-        target
+        Arc::new(capture::Capture::new(inner, self.clone()))
+    }
+
+    /// Where `POST /api/v1/send` injects its messages: the whole delivery target SMTP sessions
+    /// use (the capture, and any stage around it such as auto-release), so that a posted message
+    /// goes the way one received over SMTP goes. The first target given wins; the assembly gives
+    /// the outermost one, after the stages are built.
+    pub fn injects_into(&self, target: &Arc<dyn Deliver>) {
+        let _ = self.injector.set(Arc::downgrade(target));
     }
 
     /// The delivery target messages are injected into, while the server runs.

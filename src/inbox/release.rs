@@ -9,7 +9,8 @@
 //! The result is read back with the same header reader the Gmail rules use, and sent only if
 //! its recipients are exactly the ones given. Then the usual Gmail path runs — routing by the
 //! original envelope sender, the From policy, the sync retry budget — and the answer carries
-//! Gmail's id or Google's error.
+//! Gmail's id or Google's error. An address `[inbox] release_blocked` names refuses the whole
+//! release, as Mailpit refuses a relay-blocked recipient.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use super::Inbox;
 use super::api::{ApiError, raw_bytes};
 use super::request::json_body;
+use super::rules::ReleaseRules;
 use crate::config::Config;
 use crate::message::date::rfc5322_date;
 use crate::message::headers::{Headers, LineEnding, check_line_endings, header_end, header_fields};
@@ -49,9 +51,11 @@ const MAX_RECIPIENTS: usize = 100;
 /// The answer's header carrying Gmail's id of the sent message.
 pub const GMAIL_ID_HEADER: &str = "x-gmail-message-id";
 
-/// Where released mail goes: the Gmail relay, or why there is none.
+/// Where released mail goes: the Gmail relay, or why there is none; and the addresses it never
+/// goes to.
 pub struct Release {
     gmail: Result<Arc<Gmail>, String>,
+    rules: Arc<ReleaseRules>,
 }
 
 impl Release {
@@ -60,10 +64,7 @@ impl Release {
     /// Credentials that cannot be loaded turn it off with their error (logged), not the server.
     pub fn from_config(config: &Config) -> Release {
         let gmail = &config.gmail;
-        let configured = gmail.has_own_credentials()
-            || !gmail.accounts.is_empty()
-            || std::env::var_os(crate::google::ENV_REFRESH_TOKEN).is_some();
-        if !configured {
+        if !config.release_credentials_configured() {
             return Release::off(
                 "release sends through Gmail and no Gmail credentials are configured: add \
                  [gmail] credentials = \"token.json\" to the config (the file \
@@ -85,14 +86,28 @@ impl Release {
 
     /// Release through `gmail`.
     pub fn through(gmail: Arc<Gmail>) -> Release {
-        Release { gmail: Ok(gmail) }
+        Release {
+            gmail: Ok(gmail),
+            rules: Arc::default(),
+        }
     }
 
     /// No release; `why` says how to turn it on.
     pub fn off(why: &str) -> Release {
         Release {
             gmail: Err(why.to_string()),
+            rules: Arc::default(),
         }
+    }
+
+    /// Never sending to what `rules` block (the default blocks nothing).
+    pub fn with_rules(self, rules: Arc<ReleaseRules>) -> Release {
+        Release { rules, ..self }
+    }
+
+    /// The release rules, for the page.
+    pub fn rules(&self) -> &ReleaseRules {
+        &self.rules
     }
 
     /// Whether messages can be released.
@@ -138,6 +153,7 @@ pub async fn release(
     let request: Request = json_body(&body)
         .map_err(|err| ApiError::bad(format!("expected {{\"To\": [addresses]}}: {}", err.1)))?;
     let recipients = recipients(&request.to).map_err(ApiError::bad)?;
+    refuse_blocked(&request.to, &inbox.release.rules).map_err(ApiError::bad)?;
     let (entry, raw) = raw_bytes(&inbox, &id).await?;
     let released_id = MessageId::generate();
     let readdressed = readdress(&raw, &recipients, &released_id).map_err(ApiError::bad)?;
@@ -178,11 +194,7 @@ fn recipients(to: &[String]) -> Result<Vec<String>, String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for text in to {
-        let mailbox: lettre::message::Mailbox = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("Invalid email address: {text}"))?;
-        let address = mailbox.email.to_string();
+        let address = address_of(text)?;
         if seen.insert(mailbox_key(&address)) {
             out.push(address);
         }
@@ -199,9 +211,44 @@ fn recipients(to: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The address of `text` (`a@example.com` or `Name <a@example.com>`).
+fn address_of(text: &str) -> Result<String, String> {
+    let mailbox: lettre::message::Mailbox = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("Invalid email address: {text}"))?;
+    Ok(mailbox.email.to_string())
+}
+
+/// Refuses the whole release when `rules` block any entry of `to`, in Mailpit's words for a
+/// relay-blocked recipient (its `--smtp-relay-blocked-recipients`), naming every blocked entry.
+fn refuse_blocked(to: &[String], rules: &ReleaseRules) -> Result<(), String> {
+    let blocked: Vec<&str> = to
+        .iter()
+        .filter(|text| address_of(text).is_ok_and(|address| rules.is_blocked(&address)))
+        .map(|text| text.as_str())
+        .collect();
+    match blocked.len() {
+        0 => Ok(()),
+        1 => Err(format!(
+            "Failed: Address found on blocklist: {}",
+            blocked[0]
+        )),
+        _ => Err(format!(
+            "Failed: Addresses found on blocklist: {}",
+            blocked.join(", ")
+        )),
+    }
+}
+
 /// `raw` addressed to exactly `recipients`, with a new Message-ID and Date; an error when the
-/// result would not say exactly that (which no input is known to cause).
-fn readdress(raw: &[u8], recipients: &[String], id: &MessageId) -> Result<Vec<u8>, String> {
+/// result would not say exactly that (which no input is known to cause). Manual release and
+/// [`super::auto_release`] both send what this makes.
+pub(crate) fn readdress(
+    raw: &[u8],
+    recipients: &[String],
+    id: &MessageId,
+) -> Result<Vec<u8>, String> {
     // Stored messages may predate the rule (or be files put in file mode's folder by hand); with
     // it, the LF-split reading below finds the fields every reader finds.
     check_line_endings(raw).map_err(|err| format!("cannot release this message: {err}"))?;
@@ -304,6 +351,25 @@ To: body-text@example.com\r\n";
         );
         let many: Vec<String> = (0..101).map(|i| format!("u{i}@x.org")).collect();
         assert!(recipients(&many).is_err());
+    }
+
+    #[test]
+    fn blocked_entries_refuse_the_release_in_mailpits_words() {
+        let inbox = crate::config::InboxConfig {
+            release_blocked: vec!["ceo@x.org".into(), r"@customer\.example$".into()],
+            ..Default::default()
+        };
+        let rules = ReleaseRules::from_config(&inbox).unwrap();
+        let to = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(refuse_blocked(&to(&["qa@x.org"]), &rules), Ok(()));
+        assert_eq!(
+            refuse_blocked(&to(&["qa@x.org", "CEO <Ceo@X.org>"]), &rules),
+            Err("Failed: Address found on blocklist: CEO <Ceo@X.org>".to_string())
+        );
+        assert_eq!(
+            refuse_blocked(&to(&["ceo@x.org", "a@customer.example"]), &rules),
+            Err("Failed: Addresses found on blocklist: ceo@x.org, a@customer.example".to_string())
+        );
     }
 
     #[test]

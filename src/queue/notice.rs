@@ -9,12 +9,14 @@
 //! reverse-path, the original's account and user (the stored decision: a DSN is never routed by
 //! its sender, which is empty), and `dsn_for` naming the original.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::courier::DsnSender;
 use super::record::{Decision, Entry, Route};
 use crate::config::{Config, NotifyConfig};
 use crate::message::header_edits::Piece;
+use crate::message::mailbox::mailbox_key;
 use crate::message::{Address, Envelope, MessageId};
 use crate::notify::dsn::{self, Action, RecipientOutcome};
 use crate::notify::{Detail, Event, EventKind, MessageEvent, Notifier};
@@ -29,6 +31,19 @@ pub struct Notices {
     bounces: Option<Bounces>,
     delay_warning: Option<Duration>,
     max_age: Duration,
+    /// When set, the only addresses a DSN may go to (auto-release: those the release rules send
+    /// to); `None`: whoever `[notify]` names.
+    dsn_only_to: Option<AllowedRecipients>,
+}
+
+/// A test of the addresses a DSN may go to.
+#[derive(Clone)]
+struct AllowedRecipients(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AllowedRecipients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AllowedRecipients(..)")
+    }
 }
 
 /// Where DSNs go and what they say of this server.
@@ -72,6 +87,7 @@ impl Notices {
             bounces: None,
             delay_warning: None,
             max_age: Duration::MAX,
+            dsn_only_to: None,
         }
     }
 
@@ -87,6 +103,17 @@ impl Notices {
             bounces,
             delay_warning: config.notify.delay_warning(),
             max_age: config.queue.max_age,
+            dsn_only_to: None,
+        }
+    }
+
+    /// DSNs go only to the addresses `allowed` accepts, and to `notify.bounce_to` (the
+    /// operator's own); with none left there is no DSN. Auto-release passes its release rules: a staging server
+    /// sends nothing through Gmail to an address they do not release.
+    pub fn only_to(self, allowed: impl Fn(&str) -> bool + Send + Sync + 'static) -> Notices {
+        Notices {
+            dsn_only_to: Some(AllowedRecipients(Arc::new(allowed))),
+            ..self
         }
     }
 
@@ -123,9 +150,20 @@ impl Notices {
             return Err("DSNs are off".into());
         };
         dsn::deserves_dsn(original.mail_from.as_deref(), head).map_err(|no| no.to_string())?;
-        let to = bounces
+        let mut to = bounces
             .notify
             .bounce_recipients(original.mail_from.as_deref());
+        if let Some(allowed) = &self.dsn_only_to {
+            // The operator's own `bounce_to` addresses keep theirs: the rules keep staging mail
+            // away from customers, and a postmaster named in the config is not one.
+            let fixed = &bounces.notify.bounce_to;
+            to.retain(|address| {
+                (allowed.0)(address) || fixed.iter().any(|f| mailbox_key(f) == mailbox_key(address))
+            });
+            if to.is_empty() {
+                return Err("no recipient of the DSN is one the release rules send to".into());
+            }
+        }
         let from = sender
             .address
             .or_else(|| original.mail_from.clone())

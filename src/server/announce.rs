@@ -55,6 +55,28 @@ pub(super) fn http_endpoints(addr: Option<SocketAddr>, inbox: bool) {
 
 /// What the relay mode does with mail, for the startup line and `check`.
 pub fn mode_description(config: &Config) -> String {
+    let mode = relay_description(config);
+    match config.relay.mode != RelayMode::Gmail && config.releases_automatically() {
+        true => format!(
+            "{mode}; mail to recipients matching '{}' is also queued in {} and sent through the \
+             Gmail API (auto-release)",
+            config.inbox.release_matching,
+            queue_description(config)
+        ),
+        false => mode,
+    }
+}
+
+/// Where the queue keeps messages.
+fn queue_description(config: &Config) -> String {
+    match config.queue.backend {
+        QueueBackend::Spool => config.queue.dir.display().to_string(),
+        QueueBackend::Postgres => "PostgreSQL (shared by replicas)".into(),
+    }
+}
+
+/// What the relay mode itself does with mail.
+fn relay_description(config: &Config) -> String {
     match config.relay.mode {
         RelayMode::Console => "console mode: messages are printed on stdout".to_string(),
         RelayMode::File => format!(
@@ -64,10 +86,7 @@ pub fn mode_description(config: &Config) -> String {
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
         RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
             "gmail mode: messages are queued in {} and sent through the Gmail API",
-            match config.queue.backend {
-                QueueBackend::Spool => config.queue.dir.display().to_string(),
-                QueueBackend::Postgres => "PostgreSQL (shared by replicas)".into(),
-            }
+            queue_description(config)
         ),
         RelayMode::Gmail => {
             "gmail mode: messages are sent through the Gmail API before 250".to_string()

@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Seams, StartError};
 use crate::config::{Config, Delivery, RelayMode, SmtpConfig};
 use crate::inbox::Inbox;
+use crate::inbox::auto_release::AutoRelease;
 use crate::inbox::guard::Guard;
 use crate::inbox::release::Release;
+use crate::inbox::rules::ReleaseRules;
 use crate::notify::Notifier;
 use crate::queue;
 use crate::queue::notice::Notices;
@@ -23,11 +25,12 @@ use crate::tasks::Tasks;
 pub(super) struct Target {
     /// What the SMTP sessions hand accepted mail to.
     pub deliver: Arc<dyn Deliver>,
-    /// Gmail mode: reloads the accounts' credentials when their files change (and on SIGHUP).
+    /// Gmail mode and auto-release: reloads the accounts' credentials when their files change
+    /// (and on SIGHUP).
     pub watcher: Option<Arc<CredentialWatcher>>,
-    /// Gmail queue mode: the queue, not running yet.
+    /// Gmail queue mode, and auto-release in console and file modes: the queue, not running yet.
     pub queue: Option<crate::queue::Started>,
-    /// The Gmail accounts, for readiness.
+    /// The Gmail accounts (gmail mode, auto-release), for readiness.
     pub accounts: Vec<Arc<Account>>,
     /// Console and file modes: the development inbox, which the delivery target feeds.
     pub inbox: Option<Arc<Inbox>>,
@@ -66,35 +69,116 @@ pub(super) async fn build(
     smtp: &mut SmtpConfig,
     sets: TaskSets<'_>,
 ) -> Result<Target, StartError> {
-    let TaskSets {
-        shutdown,
-        storage,
-        notify,
-    } = sets;
     if let Some(target) = &seams.deliver_to {
         return Ok(Target::only(target.clone()));
     }
-    let queued = config.relay.mode == RelayMode::Gmail && config.relay.delivery == Delivery::Queue;
-    if !queued && !config.notify.webhooks.is_empty() {
+    let gmail_queue =
+        config.relay.mode == RelayMode::Gmail && config.relay.delivery == Delivery::Queue;
+    let auto_release = config.relay.mode != RelayMode::Gmail && config.releases_automatically();
+    if !gmail_queue && !auto_release && !config.notify.webhooks.is_empty() {
         tracing::warn!(
             "notify.webhooks tell of queued mail: they send nothing in this mode (gmail mode with \
-             delivery = \"queue\" sends them)"
+             delivery = \"queue\", or [inbox] release_matching in console and file modes, sends \
+             them)"
         );
     }
     if config.relay.mode != RelayMode::Gmail {
-        let mut deliver = relay::from_config(config)?;
-        let inbox = match config.inbox_active() {
-            true => Some(build_inbox(config, shutdown)?),
-            false => None,
-        };
+        return capturing(config, seams, sets).await;
+    }
+    let GmailParts {
+        gmail,
+        accounts,
+        watcher,
+    } = gmail_parts(config, seams)?;
+    if config.relay.delivery == Delivery::Sync {
+        return Ok(Target {
+            watcher: Some(watcher),
+            accounts,
+            ..Target::only(gmail)
+        });
+    }
+    let started = start_queue(config, gmail, &sets, None).await?;
+    if smtp.spill_dir.is_none() {
+        smtp.spill_dir = started.spill_dir.clone();
+    }
+    Ok(Target {
+        deliver: started.acceptor.clone(),
+        watcher: Some(watcher),
+        queue: Some(started),
+        accounts,
+        inbox: None,
+    })
+}
+
+/// Console and file modes: the relay, the inbox that captures what it is given (with release
+/// through `[gmail]` when it is configured), and with `[inbox] release_matching` the stage that
+/// also queues the matched recipients' copy for Gmail ([`AutoRelease`]), on gmail mode's queue,
+/// accounts and credential watcher.
+async fn capturing(
+    config: &Config,
+    seams: &Seams,
+    sets: TaskSets<'_>,
+) -> Result<Target, StartError> {
+    let rules = Arc::new(ReleaseRules::from_config(&config.inbox)?);
+    let mut deliver = relay::from_config(config)?;
+    let auto = match rules.releases_automatically() {
+        true => Some(gmail_parts(config, seams)?),
+        false => None,
+    };
+    let release = match &auto {
+        Some(parts) => Release::through(parts.gmail.clone()),
+        None => Release::from_config(config),
+    };
+    let inbox = match config.inbox_active() {
+        true => Some(build_inbox(
+            config,
+            release.with_rules(rules.clone()),
+            sets.shutdown,
+        )?),
+        false => None,
+    };
+    if let Some(inbox) = &inbox {
+        deliver = inbox.capturing(deliver);
+    }
+    let Some(GmailParts {
+        gmail,
+        accounts,
+        watcher,
+    }) = auto
+    else {
         if let Some(inbox) = &inbox {
-            deliver = inbox.capturing(deliver);
+            inbox.injects_into(&deliver);
         }
         return Ok(Target {
             inbox,
             ..Target::only(deliver)
         });
+    };
+    let started = start_queue(config, gmail, &sets, Some(rules.clone())).await?;
+    let deliver: Arc<dyn Deliver> =
+        Arc::new(AutoRelease::new(deliver, started.acceptor.clone(), rules));
+    if let Some(inbox) = &inbox {
+        // Mail posted to the send API is released as SMTP mail is.
+        inbox.injects_into(&deliver);
     }
+    Ok(Target {
+        deliver,
+        watcher: Some(watcher),
+        queue: Some(started),
+        accounts,
+        inbox,
+    })
+}
+
+/// The Gmail relay of `[gmail]`, its accounts, and the watcher that reloads their credentials.
+struct GmailParts {
+    gmail: Arc<Gmail>,
+    accounts: Vec<Arc<Account>>,
+    watcher: Arc<CredentialWatcher>,
+}
+
+/// Builds the Gmail relay with the seams' retries and timeout.
+fn gmail_parts(config: &Config, seams: &Seams) -> Result<GmailParts, StartError> {
     let mut gmail = Gmail::from_config(&config.gmail, relay::http_client()?)
         .map_err(relay::BuildError::from)?;
     if let Some(retry) = seams.gmail_retry {
@@ -105,36 +189,41 @@ pub(super) async fn build(
     }
     let gmail = Arc::new(gmail);
     let accounts: Vec<Arc<Account>> = gmail.router().accounts().cloned().collect();
-    let watcher = Some(Arc::new(CredentialWatcher::new(
+    let watcher = Arc::new(CredentialWatcher::new(
         accounts.iter().cloned(),
         POLL_INTERVAL,
-    )));
-    if config.relay.delivery == Delivery::Sync {
-        return Ok(Target {
-            watcher,
-            accounts,
-            ..Target::only(gmail)
-        });
-    }
-    let notifier = Notifier::from_config(&config.notify, notify.tracker(), notify.closing())?;
-    let notices = Notices::from_config(config, notifier);
-    let started = queue::start(&config.queue, gmail, notices, storage).await?;
-    if smtp.spill_dir.is_none() {
-        smtp.spill_dir = started.spill_dir.clone();
-    }
-    Ok(Target {
-        deliver: started.acceptor.clone(),
-        watcher,
-        queue: Some(started),
+    ));
+    Ok(GmailParts {
+        gmail,
         accounts,
-        inbox: None,
+        watcher,
     })
 }
 
-/// The inbox of console and file modes, with release through `[gmail]` when it is configured.
-fn build_inbox(config: &Config, shutdown: &CancellationToken) -> Result<Arc<Inbox>, StartError> {
+/// The queue of `[queue]` delivering through `gmail`, with `[notify]`'s DSNs and webhooks; with
+/// `release` (auto-release), DSNs only to addresses the release rules send to.
+async fn start_queue(
+    config: &Config,
+    gmail: Arc<Gmail>,
+    sets: &TaskSets<'_>,
+    release: Option<Arc<ReleaseRules>>,
+) -> Result<queue::Started, StartError> {
+    let notifier =
+        Notifier::from_config(&config.notify, sets.notify.tracker(), sets.notify.closing())?;
+    let mut notices = Notices::from_config(config, notifier);
+    if let Some(rules) = release {
+        notices = notices.only_to(move |address| rules.is_released(address));
+    }
+    Ok(queue::start(&config.queue, gmail, notices, sets.storage).await?)
+}
+
+/// The inbox of console and file modes, releasing through `release`.
+fn build_inbox(
+    config: &Config,
+    release: Release,
+    shutdown: &CancellationToken,
+) -> Result<Arc<Inbox>, StartError> {
     let guard = Guard::from_config(config)?;
-    let release = Release::from_config(config);
     Inbox::new(config, release, guard, shutdown.clone()).map_err(|source| StartError::Inbox {
         place: match config.relay.mode {
             RelayMode::File => format!(" in {}", config.file.dir.display()),

@@ -329,6 +329,9 @@ pub enum StartError {
     /// The queue cannot start (the spool, or the database).
     #[error(transparent)]
     Queue(#[from] crate::queue::StartError),
+    /// `[inbox] release_matching` or `release_blocked` cannot be compiled.
+    #[error(transparent)]
+    ReleaseRules(#[from] crate::inbox::rules::RuleError),
     /// The webhooks cannot be set up (a secret that changed since the configuration was read).
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifierError),
@@ -356,6 +359,7 @@ impl StartError {
             StartError::Relay(_)
             | StartError::InboxGuard(_)
             | StartError::Inbox { .. }
+            | StartError::ReleaseRules(_)
             | StartError::Notify(_) => true,
         }
     }

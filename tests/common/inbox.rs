@@ -19,6 +19,23 @@ pub fn write_config(dir: &Path, extra: &str) {
     std::fs::write(dir.join("config.toml"), config).unwrap();
 }
 
+/// A console-mode server in `dir` with release through the fake Google (a token.json written
+/// into `dir`); `extra` is more configuration.
+pub async fn with_gmail(
+    dir: &Path,
+    google: &super::fake_google::FakeGoogle,
+    extra: &str,
+) -> ServerProcess {
+    use super::fake_google::{token_json, write_json};
+    write_json(dir, "token.json", &token_json(&google.token_uri()));
+    let gmail = format!(
+        "[gmail]\ncredentials = \"token.json\"\napi_base = \"{}\"\n{extra}",
+        google.api_base()
+    );
+    write_config(dir, &gmail);
+    ServerProcess::in_dir(dir).await
+}
+
 /// A console-mode server with the inbox, in `dir`.
 pub async fn console(dir: &Path) -> ServerProcess {
     write_config(dir, "");

@@ -225,6 +225,39 @@ await step("tags and chaos", async () => {
   await other.close();
 });
 
+await step("staging: auto-release shown, blocked refused, the release address remembered", async () => {
+  const staging = await server(
+    `[gmail]\ncredentials = '${process.env.WORK}/token.json'\napi_base = "${google.apiBase}"\n` +
+      `[inbox]\nrelease_matching = '@team\\.example$'\nrelease_blocked = ["boss@team.example"]\n`,
+  );
+  await sendMail(staging.smtpPort, "app@example.com", ["dev@team.example", "customer@example.org"], htmlMail({ subject: "Staging order", html: "<p>ok</p>", to: "dev@team.example" }));
+  const upload = JSON.parse(await google.uploads.wait('"dev@team.example"'));
+  check("staging: the team member's copy went out alone", JSON.stringify(upload.recipients) === '["dev@team.example"]', JSON.stringify(upload));
+  const other = await context.newPage();
+  other.on("pageerror", (error) => pageErrors.push(String(error)));
+  await other.goto(`${staging.http}/`);
+  const note = other.locator("#auto-release");
+  await note.waitFor();
+  check("staging: the header shows the rule", (await note.textContent()).includes("@team\\.example$"), await note.textContent());
+  await other.locator("#list .item", { hasText: "Staging order" }).click();
+  await other.waitForFunction(() => document.getElementById("subject").textContent === "Staging order");
+  await other.click("#release");
+  const rules = await other.textContent("#release-rules");
+  check("staging: the dialog names the rule and the blocklist", rules.includes("released on its own") && rules.includes("boss@team"), rules);
+  await other.fill("#release-to", "boss@team.example");
+  await other.click("#release-send");
+  await other.waitForFunction(() => /blocklist/.test(document.getElementById("release-result").textContent));
+  check("staging: a blocked address is refused", (await other.textContent("#release-result")).includes("Failed: Address found on blocklist"));
+  await other.fill("#release-to", "qa@example.org");
+  await other.click("#release-send");
+  await other.waitForFunction(() => /^Sent to/.test(document.getElementById("release-result").textContent), null, { timeout: 30000 });
+  await other.click("#release-cancel");
+  await other.click("#release");
+  check("staging: the next release starts with the last address", (await other.inputValue("#release-to")) === "qa@example.org");
+  await other.click("#release-cancel");
+  await other.close();
+});
+
 check("no script errors in the page", pageErrors.length === 0, pageErrors.join("; "));
 
 if (process.env.INBOX_SCREENSHOT) {

@@ -358,6 +358,8 @@ function openRelease() {
   $("release-to").disabled = !enabled;
   $("release-send").disabled = !enabled;
   $("release-result").textContent = "";
+  showReleaseRules();
+  if (enabled) $("release-to").value = rememberedReleaseTo();
   dialog.showModal();
   if (enabled) $("release-to").focus();
 }
@@ -378,12 +380,56 @@ async function sendRelease(event) {
     const response = await api("POST", `/api/v1/message/${encodeURIComponent(state.open.ID)}/release`, { To: to });
     const gmailId = response.headers.get("X-Gmail-Message-Id");
     result.textContent = `Sent to ${to.join(", ")}${gmailId ? ` (Gmail id ${gmailId})` : ""}.`;
+    rememberReleaseTo(to);
   } catch (error) {
     showSentence(result, error.message);
     result.classList.add("error");
   } finally {
     $("release-send").disabled = false;
   }
+}
+
+// ---- release defaults and rules (staging) -------------------------------------------------
+
+const RELEASE_TO_KEY = "smtp2gmail.releaseTo";
+
+/** The addresses of the last release from this browser, else the server's default, else "". */
+function rememberedReleaseTo() {
+  let remembered = null;
+  try {
+    remembered = localStorage.getItem(RELEASE_TO_KEY);
+  } catch {
+    // Storage turned off: no default.
+  }
+  return remembered || (state.relay.MessageRelay && state.relay.MessageRelay.DefaultReleaseTo) || "";
+}
+
+/** Remembers `to` (a list of addresses) as the next release's default. */
+function rememberReleaseTo(to) {
+  try {
+    localStorage.setItem(RELEASE_TO_KEY, to.join(", "));
+  } catch {
+    // Storage turned off: nothing remembered.
+  }
+}
+
+/** The release rules in the dialog: what goes out on its own, and what never goes out. */
+function showReleaseRules() {
+  const rules = [];
+  if (state.relay.AutoRelease) rules.push(`Mail to addresses matching ${state.relay.AutoRelease} is released on its own as it arrives.`);
+  const blocked = state.relay.MessageRelay && state.relay.MessageRelay.BlockedRecipients;
+  if (blocked) rules.push(`Never sent to addresses matching ${blocked}.`);
+  $("release-rules").textContent = rules.join(" ");
+  $("release-rules").hidden = rules.length === 0;
+}
+
+/** The header's note that auto-release is on (`[inbox] release_matching`). */
+function showAutoRelease(config) {
+  const note = $("auto-release");
+  note.hidden = !config.AutoRelease;
+  if (!config.AutoRelease) return;
+  note.textContent = `Auto-release: ${config.AutoRelease}`;
+  note.title = `Mail to recipients matching ${config.AutoRelease} is also sent to them through Gmail (the queue); everything else stays here.`;
 }
 
 // ---- live updates ---------------------------------------------------------------------------
@@ -554,6 +600,7 @@ function start() {
       }
       state.relay = config;
       if (!config.MessageRelay.Enabled) $("release").title = `Release is off: ${config.ReleaseHelp.replaceAll("`", "")}`;
+      showAutoRelease(config);
     })
     .catch(() => {});
   loadList();
