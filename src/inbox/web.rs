@@ -26,6 +26,8 @@ const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 /// Tags and the chaos mark: their own file, loaded before `app.js`.
 const TAGS_SCRIPT: &str = include_str!("assets/tags.js");
+/// The release dialog's remembered address and the auto-release rule: loaded before `app.js`.
+const RELEASE_SCRIPT: &str = include_str!("assets/release.js");
 const STYLE: &str = include_str!("assets/app.css");
 const ICON: &str = include_str!("assets/favicon.svg");
 
@@ -40,6 +42,10 @@ pub fn routes() -> Router<Arc<Inbox>> {
         .route(
             "/assets/tags.js",
             get(|| asset("text/javascript; charset=utf-8", TAGS_SCRIPT)),
+        )
+        .route(
+            "/assets/release.js",
+            get(|| asset("text/javascript; charset=utf-8", RELEASE_SCRIPT)),
         )
         .route(
             "/assets/app.css",
