@@ -19,7 +19,7 @@ pub use file::FileDrop;
 pub use gmail::Gmail;
 
 use crate::config::{Config, RelayMode};
-use crate::message::gmail_rules::PolicyViolation;
+use crate::message::recipient_rules::PolicyViolation;
 use crate::message::{Envelope, Message};
 use crate::status::Status;
 
@@ -212,15 +212,19 @@ pub fn http_client() -> Result<reqwest::Client, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::recipient_rules::Provider;
 
     #[test]
     fn policy_violations_are_permanent_and_too_large_is_5_3_4() {
         let header_only = DeliveryError::from(PolicyViolation::HeaderOnlyRecipients {
+            provider: Provider::Gmail,
             addresses: vec!["eve@x.org".into()],
         });
         assert!(header_only.is_permanent());
         assert_eq!(header_only.status(), Status::POLICY);
         let too_large = DeliveryError::from(PolicyViolation::TooLarge {
+            provider: Provider::Gmail,
+            limit: 36_700_160,
             upload: 36_700_161,
             received: 36_000_000,
         });

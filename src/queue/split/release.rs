@@ -162,7 +162,9 @@ fn too_large(merged: &Entry) -> Option<String> {
     let route = merged.route.as_ref()?;
     let upload: usize = route.upload.iter().map(|piece| piece.len()).sum();
     let limit = crate::message::gmail_size::GMAIL_UPLOAD_LIMIT;
-    let violation = crate::message::gmail_rules::PolicyViolation::TooLarge {
+    let violation = crate::message::recipient_rules::PolicyViolation::TooLarge {
+        provider: Default::default(),
+        limit,
         upload: upload as u64,
         received: merged.size,
     };

@@ -15,8 +15,8 @@ use super::slots::SendSlots;
 
 use crate::config::{AccountConfig, GmailConfig};
 use crate::google::{self, CredentialError, CredentialSpec, Credentials, TokenSource};
-use crate::message::gmail_rules::GmailPolicy;
 use crate::message::mailbox::{mailbox_key, matches_pattern};
+use crate::message::recipient_rules::{Provider, SendPolicy};
 use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -47,7 +47,7 @@ pub struct Account {
     /// Who the token is for.
     pub impersonate: Impersonate,
     /// Recipient and From rules.
-    pub policy: GmailPolicy,
+    pub policy: SendPolicy,
     /// Caps simultaneous sends per mailbox.
     pub sends: SendSlots,
     /// The cap itself, so the queue dispatches no more than can run.
@@ -118,7 +118,8 @@ impl Account {
                 .unwrap_or_else(|| "me".to_string()),
             tokens: Arc::new(TokenSource::new(name.clone(), credentials, http.clone())),
             impersonate,
-            policy: GmailPolicy {
+            policy: SendPolicy {
+                provider: Provider::Gmail,
                 header_only_recipients: config.header_only_recipients.unwrap_or_default(),
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),

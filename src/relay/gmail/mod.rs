@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use super::{Cause, Deliver, DeliveryError, Receipt, Scope};
 use crate::config::GmailConfig;
 use crate::google::TokenError;
-use crate::message::gmail_rules::{self, Prepared};
 use crate::message::gmail_size;
 use crate::message::header_edits::Piece;
 use crate::message::headers::Headers;
+use crate::message::recipient_rules::{self, Prepared};
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::status::Status;
 use accounts::{Account, Router};
@@ -190,7 +190,8 @@ impl Gmail {
                 ),
             });
         };
-        let prepared = gmail_rules::prepare_with_headers(&account.policy, envelope, head, headers)?;
+        let prepared =
+            recipient_rules::prepare_with_headers(&account.policy, envelope, head, headers)?;
         gmail_size::check_upload_size(&prepared, head.len(), total)?;
         if let Some(address) = &prepared.unknown_from
             && account.first_warning_for(address)
