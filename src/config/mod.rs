@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod gmail;
 mod inbox;
+pub mod microsoft;
 mod notify;
 mod queue;
 mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
 pub use inbox::InboxConfig;
+pub use microsoft::{LargeMessages, MicrosoftAccountConfig, MicrosoftConfig};
 pub use notify::{NotifyConfig, WebhookConfig};
 pub use queue::{DatabaseUrl, MIN_LEASE_TIME, QueueBackend, RootCerts, SslMode, UrlError};
 pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
@@ -38,6 +40,8 @@ pub struct Config {
     pub file: FileConfig,
     /// Gmail mode: accounts, credentials, recipient and From rules.
     pub gmail: GmailConfig,
+    /// Microsoft mode: Entra apps, mailboxes, the same recipient and From rules, limits.
+    pub microsoft: MicrosoftConfig,
     /// The durable queue (gmail mode with `relay.delivery = "queue"`).
     pub queue: QueueConfig,
     /// The operator's HTTP endpoints.
@@ -155,6 +159,16 @@ pub enum RelayMode {
     Discard,
     /// Send through the Gmail API.
     Gmail,
+    /// Send through Microsoft Graph (and Exchange Online SMTP for large messages).
+    Microsoft,
+}
+
+impl RelayMode {
+    /// True for the modes that send through a mail provider's API (gmail, microsoft): accounts,
+    /// credentials, the queue.
+    pub fn is_provider(self) -> bool {
+        matches!(self, RelayMode::Gmail | RelayMode::Microsoft)
+    }
 }
 
 /// `[console]`.
@@ -342,6 +356,17 @@ impl Config {
         }
         self.queue.validate_backend()?;
         self.validate_notify()?;
+        if self.relay.mode == RelayMode::Microsoft
+            && self.smtp.max_recipients > microsoft::MAX_RECIPIENTS_PER_MESSAGE
+        {
+            return Err(Broken::new(
+                "smtp.max_recipients",
+                "must be at most 500 in microsoft mode (Exchange Online's per-message limit)",
+            ));
+        }
+        self.microsoft
+            .validate()
+            .map_err(|(key, message)| Broken::new(key, &message))?;
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))

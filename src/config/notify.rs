@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Broken, Config, Delivery, RelayMode};
+use super::{Broken, Config, Delivery};
 use crate::message::mailbox::mailbox_key;
 use crate::notify::dsn::address_fits_header;
 use crate::notify::event::EventKind;
@@ -104,7 +104,7 @@ impl Config {
     /// the client directly; console, file and discard modes deliver at once).
     pub fn bounces_active(&self) -> bool {
         self.notify.bounces
-            && self.relay.mode == RelayMode::Gmail
+            && self.relay.mode.is_provider()
             && self.relay.delivery == Delivery::Queue
     }
 

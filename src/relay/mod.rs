@@ -8,6 +8,7 @@ mod console;
 mod discard;
 mod file;
 pub mod gmail;
+pub mod microsoft;
 pub mod summary;
 
 use std::sync::Arc;
@@ -195,7 +196,15 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, BuildError> {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
         RelayMode::Discard => Arc::new(Discard),
-        RelayMode::Gmail => Arc::new(Gmail::from_config(&config.gmail, http_client()?)?),
+        RelayMode::Gmail | RelayMode::Microsoft => Arc::new(provider(config, http_client()?)?),
+    })
+}
+
+/// The relay of a provider mode (gmail, microsoft), with its accounts.
+pub fn provider(config: &Config, http: reqwest::Client) -> Result<Gmail, BuildError> {
+    Ok(match config.relay.mode {
+        RelayMode::Microsoft => Gmail::from_microsoft(&config.microsoft, http)?,
+        _ => Gmail::from_config(&config.gmail, http)?,
     })
 }
 

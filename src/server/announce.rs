@@ -62,15 +62,24 @@ pub fn mode_description(config: &Config) -> String {
             config.file.dir.display()
         ),
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
-        RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
-            "gmail mode: messages are queued in {} and sent through the Gmail API",
-            match config.queue.backend {
-                QueueBackend::Spool => config.queue.dir.display().to_string(),
-                QueueBackend::Postgres => "PostgreSQL (shared by replicas)".into(),
+        RelayMode::Gmail | RelayMode::Microsoft => {
+            let (mode, api) = match config.relay.mode {
+                RelayMode::Microsoft => ("microsoft", "Microsoft Graph"),
+                _ => ("gmail", "the Gmail API"),
+            };
+            match (config.relay.delivery, config.queue.backend) {
+                (Delivery::Sync, _) => {
+                    format!("{mode} mode: messages are sent through {api} before 250")
+                }
+                (Delivery::Queue, QueueBackend::Spool) => format!(
+                    "{mode} mode: messages are queued in {} and sent through {api}",
+                    config.queue.dir.display()
+                ),
+                (Delivery::Queue, QueueBackend::Postgres) => format!(
+                    "{mode} mode: messages are queued in PostgreSQL (shared by replicas) and sent \
+                     through {api}"
+                ),
             }
-        ),
-        RelayMode::Gmail => {
-            "gmail mode: messages are sent through the Gmail API before 250".to_string()
         }
     }
 }

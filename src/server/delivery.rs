@@ -17,7 +17,7 @@ use crate::queue;
 use crate::queue::notice::Notices;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
-use crate::relay::{self, Deliver, Gmail};
+use crate::relay::{self, Deliver};
 use crate::tasks::Tasks;
 
 /// The delivery target and what comes with it.
@@ -75,14 +75,14 @@ pub(super) async fn build(
     if let Some(target) = &seams.deliver_to {
         return Ok(Target::only(target.clone()));
     }
-    let queued = config.relay.mode == RelayMode::Gmail && config.relay.delivery == Delivery::Queue;
+    let queued = config.relay.mode.is_provider() && config.relay.delivery == Delivery::Queue;
     if !queued && !config.notify.webhooks.is_empty() {
         tracing::warn!(
             "notify.webhooks tell of queued mail: they send nothing in this mode (gmail mode with \
              delivery = \"queue\" sends them)"
         );
     }
-    if config.relay.mode != RelayMode::Gmail {
+    if !config.relay.mode.is_provider() {
         let mut deliver = relay::from_config(config)?;
         let inbox = match config.inbox_active() {
             true => Some(build_inbox(config, shutdown)?),
@@ -96,8 +96,7 @@ pub(super) async fn build(
             ..Target::only(deliver)
         });
     }
-    let mut gmail = Gmail::from_config(&config.gmail, relay::http_client()?)
-        .map_err(relay::BuildError::from)?;
+    let mut gmail = relay::provider(config, relay::http_client()?)?;
     if let Some(retry) = seams.gmail_retry {
         gmail = gmail.with_retry(retry);
     }
@@ -119,7 +118,7 @@ pub(super) async fn build(
     }
     let notifier = Notifier::from_config(&config.notify, notify.tracker(), notify.closing())?;
     let notices = Notices::from_config(config, notifier);
-    let started = queue::start(&config.queue, gmail, notices, storage).await?;
+    let started = queue::start(&queue_config(config), gmail, notices, storage).await?;
     if smtp.spill_dir.is_none() {
         smtp.spill_dir = started.spill_dir.clone();
     }
@@ -130,6 +129,17 @@ pub(super) async fn build(
         accounts,
         inbox: None,
     })
+}
+
+/// `[queue]` as the scheduler obeys it: in microsoft mode no mailbox sends faster than Exchange
+/// Online's `max_messages_per_minute` (30), whatever `max_send_rate` says.
+fn queue_config(config: &Config) -> crate::config::QueueConfig {
+    let mut queue = config.queue.clone();
+    if config.relay.mode == RelayMode::Microsoft {
+        let per_second = f64::from(config.microsoft.messages_per_minute()) / 60.0;
+        queue.max_send_rate = queue.max_send_rate.min(per_second);
+    }
+    queue
 }
 
 /// The inbox of console and file modes, with release through `[gmail]` when it is configured.

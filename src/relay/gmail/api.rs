@@ -285,7 +285,7 @@ fn needs_quota_project(message: &str) -> bool {
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after_header(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after_header(value: &str) -> Option<Duration> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }

@@ -59,6 +59,17 @@ impl Upload {
         reqwest::Body::wrap_stream(self.stream())
     }
 
+    /// The bytes in one buffer: for an API that takes them encoded (Graph's base64 body, at
+    /// most a few MB).
+    pub async fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(self.len() as usize);
+        let mut stream = self.stream();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes)
+    }
+
     /// The bytes as a stream, never joined into one buffer.
     fn stream(&self) -> ByteStream {
         match self {
