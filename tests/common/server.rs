@@ -100,7 +100,9 @@ impl TestServer {
     /// exec, so a restart in this process can find it taken for a moment.
     pub async fn assembled(config: Config) -> Self {
         let config_file = match config.relay.mode {
-            RelayMode::Gmail => write_config(&config, &config.queue.dir.with_extension("toml")),
+            mode if mode.is_provider() => {
+                write_config(&config, &config.queue.dir.with_extension("toml"))
+            }
             _ => PathBuf::new(),
         };
         let handle = tokio::time::timeout(WAIT, async {

@@ -1,0 +1,214 @@
+//! Microsoft 365 mode end to end: real SMTP clients (Django's stock SMTP backend among them), the
+//! server as `serve` assembles it, and the fake Microsoft (token endpoint and Graph) on
+//! 127.0.0.1.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::fake_microsoft::{self, FakeMicrosoft, GraphFault};
+use common::serving::{Serving, queue_config, queued_id};
+use common::{TestServer, assert_code, django};
+use smtp2gmail::config::{Config, Delivery, RelayMode};
+
+/// The mailbox the app sends through, and the From the fake lets it use.
+const MAILBOX: &str = "app@contoso.example";
+
+/// Microsoft mode against `fake`, with the client secret in `dir/secret`, delivering as
+/// `delivery`; `adjust` may change the configuration.
+async fn serve(
+    fake: &FakeMicrosoft,
+    dir: &Path,
+    delivery: Delivery,
+    adjust: impl FnOnce(&mut Config),
+) -> TestServer {
+    let mut config = Config {
+        microsoft: fake.config(&dir.join("secret"), MAILBOX),
+        queue: queue_config(&dir.join("spool")),
+        ..Config::default()
+    };
+    config.relay.mode = RelayMode::Microsoft;
+    config.relay.delivery = delivery;
+    config.smtp.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    config.smtp.shutdown_grace = Duration::from_secs(5);
+    config.http.listen = "127.0.0.1:0".to_string();
+    adjust(&mut config);
+    TestServer::assembled(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_with_bcc_reaches_each_envelope_recipient_once_and_hides_bcc() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Queue, |_| {}).await;
+    let sent = django::send(
+        server.addr,
+        MAILBOX,
+        &["alice@example.com"],
+        &["bob@example.com"],
+        &["carol@example.com"],
+    )
+    .await;
+    assert_eq!(sent, "1");
+    fake.wait_for_accepted(1).await;
+    server.until_files("queue", 0).await;
+    let accepted = fake.accepted();
+    assert_eq!(accepted.len(), 1, "one message, one request");
+    let message = &accepted[0];
+    assert_eq!(message.mailbox, MAILBOX);
+    let mut recipients = message.recipients.clone();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["alice@example.com", "bob@example.com", "carol@example.com"],
+        "every envelope recipient exactly once"
+    );
+    let mime = String::from_utf8_lossy(&message.mime);
+    assert!(
+        mime.contains("\r\nBcc: carol@example.com\r\n")
+            || mime.starts_with("Bcc: carol@example.com\r\n"),
+        "{mime}"
+    );
+    assert!(
+        mime.contains("Hello from Django."),
+        "the body is the one Django sent"
+    );
+    let copy = String::from_utf8_lossy(&message.delivered_copy);
+    assert!(
+        !copy.contains("carol"),
+        "the To and Cc recipients do not see the Bcc: {copy}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttled_burst_is_paced_by_retry_after_and_nothing_is_lost() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Queue, |_| {}).await;
+    fake.fail_sends([
+        GraphFault::Throttled(1),
+        GraphFault::Throttled(1),
+        GraphFault::Unavailable(1),
+    ]);
+    let started = Instant::now();
+    for _ in 0..8 {
+        queued_id(&server.send_as(MAILBOX, &["alice@example.com"]).await);
+    }
+    fake.wait_for_accepted(8).await;
+    server.until_files("queue", 0).await;
+    assert_eq!(fake.accepted().len(), 8, "each message exactly once");
+    assert_eq!(fake.send_requests(), 8 + 3);
+    // The mailbox waited as long as Graph asked before it was sent to again.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_secret_answers_451_naming_the_fix_until_the_secret_file_is_replaced() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Sync, |_| {}).await;
+    fake.expire_secret();
+    let reply = server.send_as(MAILBOX, &["alice@example.com"]).await;
+    assert!(reply.starts_with("451 4.7.0 "), "{reply}");
+    assert!(
+        reply.contains("AADSTS7000222") && reply.contains("has expired"),
+        "{reply}"
+    );
+    let secret_file = dir.path().join("secret");
+    assert!(
+        reply.contains(&secret_file.display().to_string()),
+        "names where the new secret goes: {reply}"
+    );
+    std::fs::write(&secret_file, fake_microsoft::NEW_CLIENT_SECRET).unwrap();
+    // The credential watcher notices the file; the reload it makes is what SIGHUP would do.
+    let account = server.account("default");
+    let generation = account.tokens.generation();
+    server.handle().reload("test").await;
+    assert!(account.tokens.generation() > generation);
+    assert_code(&server.send_as(MAILBOX, &["alice@example.com"]).await, 250);
+    assert_eq!(fake.accepted().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mail_held_for_an_expired_secret_goes_at_once_when_the_new_secret_is_written() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Queue, |config| {
+        // Without the new secret the message would wait an hour.
+        config.queue.retry_min = Duration::from_secs(3600);
+        config.queue.retry_max = Duration::from_secs(3600);
+    })
+    .await;
+    fake.expire_secret();
+    queued_id(&server.send_as(MAILBOX, &["alice@example.com"]).await);
+    let held = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let (status, readiness) = server.readiness().await;
+            if status == 503 && readiness.to_string().contains("has expired") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        held.await.is_ok(),
+        "readiness never named the expired secret"
+    );
+    assert!(fake.accepted().is_empty());
+    // The operator writes the new secret where client_secret = "file:…" points; no signal.
+    std::fs::write(dir.path().join("secret"), fake_microsoft::NEW_CLIENT_SECRET).unwrap();
+    fake.wait_for_accepted(1).await;
+    server.until_files("queue", 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn send_as_denied_is_permanent_with_a_dsn_to_the_sender() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Queue, |_| {}).await;
+    let mut client = server.client().await;
+    client
+        .start_transaction(MAILBOX, &["alice@example.com"])
+        .await;
+    let message =
+        "From: ceo@contoso.example\r\nTo: alice@example.com\r\nSubject: s\r\n\r\nhi\r\n.\r\n";
+    queued_id(&client.data(message.as_bytes()).await);
+    // The message becomes a dead letter; its DSN goes through the same mailbox, from itself.
+    server.until_files("dead", 2).await;
+    fake.wait_for_accepted(1).await;
+    let dsn = &fake.accepted()[0];
+    let text = String::from_utf8_lossy(&dsn.mime);
+    assert_eq!(dsn.recipients, [MAILBOX], "to the envelope sender");
+    assert!(
+        text.contains("multipart/report") && text.contains("ErrorSendAsDenied"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.7.1"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_mailbox_outside_the_access_policy_is_held_with_the_fix() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Sync, |_| {}).await;
+    fake.restrict_to(&["other@contoso.example"]);
+    let reply = server.send_as(MAILBOX, &["alice@example.com"]).await;
+    assert!(reply.starts_with("451 4.7.0 "), "{reply}");
+    assert!(reply.contains("ErrorAccessDenied"), "{reply}");
+    let (_, readiness) = server.readiness().await;
+    assert!(
+        readiness.to_string().contains("RBAC for Applications"),
+        "{readiness}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn size_follows_the_graph_request_limit_when_there_is_no_large_path() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Sync, |_| {}).await;
+    let size = server.advertised_size().await as u64;
+    // 4,000,000 bytes of base64 less room for the Bcc field and a From rewrite.
+    assert!(size < 3_000_000 && size > 2_900_000, "SIZE {size}");
+    server.stop().await;
+}
