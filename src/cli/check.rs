@@ -174,7 +174,7 @@ async fn check_account(account: &Account, http: &reqwest::Client, sender: Option
     if let Some(project) = credentials.quota_project() {
         field("quota project", project);
     }
-    let subject = match subject(&account, sender) {
+    let subject = match subject(account, sender) {
         Ok(subject) => subject,
         Err(problem) => {
             field("problem", problem);
@@ -187,7 +187,7 @@ async fn check_account(account: &Account, http: &reqwest::Client, sender: Option
     };
     field(
         "sends as",
-        sends_as(&account, &credentials, subject.as_deref()),
+        sends_as(account, &credentials, subject.as_deref()),
     );
     // A fresh request, not the access token a token.json may carry: that one can still be valid
     // for an hour after the refresh token died, and would hide exactly what check is for.

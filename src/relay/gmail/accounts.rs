@@ -72,7 +72,7 @@ pub struct Account {
 #[derive(Debug, Clone)]
 pub enum Settings {
     /// `[gmail]` or `[[gmail.accounts]]`.
-    Gmail(AccountConfig),
+    Gmail(Box<AccountConfig>),
     /// `[microsoft]` or `[[microsoft.accounts]]`, with `login_base`.
     Microsoft(Box<MicrosoftAccountConfig>, String),
 }
@@ -189,7 +189,7 @@ impl Account {
             warned_from: Mutex::new(HashSet::new()),
             budget: None,
             app_slots: None,
-            settings: Settings::Gmail(config.clone()),
+            settings: Settings::Gmail(Box::new(config.clone())),
         })
     }
 
