@@ -130,8 +130,12 @@ impl Gmail {
         http: reqwest::Client,
     ) -> Result<Gmail, AccountError> {
         let router = super::microsoft::router(config, &http)?;
+        let graph = Graph::from_config(config, http);
+        if let Some(warning) = graph.large_path_warning() {
+            tracing::warn!("{warning}");
+        }
         Ok(Gmail {
-            api: Api::Graph(Box::new(Graph::from_config(config, http))),
+            api: Api::Graph(Box::new(graph)),
             router,
             retry: RetryPolicy::default(),
         })

@@ -60,14 +60,23 @@ impl Graph {
     }
 
     /// The largest message any configured path takes: what is advertised as `SIZE` (less the
-    /// room the recipient rules need) and checked before 250.
+    /// room the recipient rules need) and checked before 250. The large paths ("smtp",
+    /// "upload") are not built yet, so whatever is configured only Graph's own limit is
+    /// promised: refusing at DATA beats accepting what cannot be sent (docs/microsoft-365.md).
     pub fn upload_limit(&self) -> u64 {
-        match self.large_messages {
-            LargeMessages::None => self.graph_message_limit(),
-            LargeMessages::Smtp | LargeMessages::Upload => {
-                self.mailbox_size_limit.max(self.graph_message_limit())
-            }
-        }
+        self.graph_message_limit()
+    }
+
+    /// A warning for the startup log when the configured large path is not available.
+    pub fn large_path_warning(&self) -> Option<String> {
+        (self.large_messages != LargeMessages::None).then(|| {
+            format!(
+                "microsoft.large_messages = {:?} is not available in this version: messages \
+                 above {} bytes (one Graph request) are refused with 552 at DATA",
+                self.large_messages,
+                self.graph_message_limit()
+            )
+        })
     }
 }
 
