@@ -5,7 +5,11 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::burst::{self, Acknowledged};
+use common::process::ServerProcess;
 
 use common::fake_microsoft::{self, FakeMicrosoft, GraphFault};
 use common::serving::{Serving, queue_config, queued_id};
@@ -211,4 +215,45 @@ async fn size_follows_the_graph_request_limit_when_there_is_no_large_path() {
     // 4,000,000 bytes of base64 less room for the Bcc field and a From rewrite.
     assert!(size < 3_000_000 && size > 2_900_000, "SIZE {size}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_9_during_a_burst_loses_no_acknowledged_message() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    // The burst's From is app@example.com: the mailbox has Send As for it.
+    fake.grant_send_as(MAILBOX, "app@example.com");
+    let mut config = Config {
+        microsoft: fake.config(&dir.path().join("secret"), MAILBOX),
+        queue: queue_config(&dir.path().join("spool")),
+        ..Config::default()
+    };
+    config.relay.mode = RelayMode::Microsoft;
+    config.smtp.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    config.http.listen = String::new();
+    let doomed = ServerProcess::with_config(&config, dir.path()).await;
+    let acknowledged: Acknowledged = Arc::default();
+    let burst = burst::send(&[doomed.smtp], 4, 60, &acknowledged);
+    tokio::time::timeout(common::WAIT, async {
+        while acknowledged.lock().unwrap().len() < 60 || fake.accepted().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the burst gets going");
+    doomed.kill().await; // SIGKILL
+    for client in burst {
+        client.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let survivor = ServerProcess::with_config(&config, dir.path()).await;
+    burst::until_delivered(&fake, &acknowledged, Duration::from_secs(120)).await;
+    survivor.stop().await;
+    let seen = burst::delivered(&fake);
+    assert!(
+        seen.values().all(|count| *count <= 2),
+        "sent three times or more"
+    );
+    let twice = seen.values().filter(|count| **count == 2).count();
+    // Only what was in flight when the server died: at most the mailbox's concurrency.
+    assert!(twice <= 4, "{twice} duplicates");
 }
