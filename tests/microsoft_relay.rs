@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::burst::{self, Acknowledged};
+use common::fake_exchange_smtp::FakeExchangeSmtp;
 use common::process::ServerProcess;
 
 use common::fake_microsoft::{self, FakeMicrosoft, GraphFault};
 use common::serving::{Serving, queue_config, queued_id};
 use common::{TestServer, assert_code, django};
-use smtp2gmail::config::{Config, Delivery, RelayMode};
+use smtp2gmail::config::{Config, Delivery, LargeMessages, RelayMode};
 
 /// The mailbox the app sends through, and the From the fake lets it use.
 const MAILBOX: &str = "app@contoso.example";
@@ -214,6 +215,17 @@ async fn size_follows_the_graph_request_limit_when_there_is_no_large_path() {
     let size = server.advertised_size().await as u64;
     // 4,000,000 bytes of base64 less room for the Bcc field and a From rewrite.
     assert!(size < 3_000_000 && size > 2_900_000, "SIZE {size}");
+    // Larger: 552 at DATA, nothing sent.
+    let line = format!("{}\r\n", "y".repeat(76));
+    let message = format!(
+        "From: {MAILBOX}\r\nTo: a@example.com\r\n\r\n{}",
+        line.repeat(40_000)
+    );
+    let mut client = server.client().await;
+    client.start_transaction(MAILBOX, &["a@example.com"]).await;
+    let reply = client.data(format!("{message}.\r\n").as_bytes()).await;
+    assert!(reply.starts_with("552 "), "{reply}");
+    assert_eq!(fake.send_requests(), 0);
     server.stop().await;
 }
 
@@ -256,4 +268,50 @@ async fn kill_minus_9_during_a_burst_loses_no_acknowledged_message() {
     let twice = seen.values().filter(|count| **count == 2).count();
     // Only what was in flight when the server died: at most the mailbox's concurrency.
     assert!(twice <= 4, "{twice} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mb_message_goes_byte_exact_through_smtp_with_xoauth2() {
+    let fake = Arc::new(FakeMicrosoft::start().await);
+    let exchange = FakeExchangeSmtp::start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&fake, dir.path(), Delivery::Queue, |config| {
+        let microsoft = &mut config.microsoft;
+        microsoft.large_messages = LargeMessages::Smtp;
+        microsoft.smtp_host = "localhost".into();
+        microsoft.smtp_port = exchange.addr.port();
+        microsoft.smtp_ca = Some(exchange.cert.cert_path());
+    })
+    .await;
+    assert!(
+        server.advertised_size().await > 30_000_000,
+        "SIZE follows the SMTP path"
+    );
+    let line = format!("{}\r\n", "x".repeat(76));
+    let body = line.repeat(10 * 1024 * 1024 / line.len());
+    let message = format!(
+        "From: {MAILBOX}\r\nTo: alice@example.com\r\nSubject: large\r\n\r\n.leading dot\r\n{body}"
+    );
+    let mut client = server.client().await;
+    client
+        .start_transaction(MAILBOX, &["alice@example.com"])
+        .await;
+    let wire = format!("{}.\r\n", message.replace("\r\n.", "\r\n.."));
+    queued_id(&client.data(wire.as_bytes()).await);
+    server.until_files("queue", 0).await;
+    let submitted = exchange.submitted();
+    assert_eq!(submitted.len(), 1);
+    let sent = &submitted[0];
+    assert_eq!(
+        (sent.user.as_str(), sent.mail_from.as_str()),
+        (MAILBOX, MAILBOX)
+    );
+    assert_eq!(sent.rcpt_to, ["alice@example.com"]);
+    assert!(
+        sent.data == message.as_bytes(),
+        "byte-exact ({} bytes)",
+        sent.data.len()
+    );
+    assert!(fake.accepted().is_empty(), "nothing through Graph");
+    server.stop().await;
 }

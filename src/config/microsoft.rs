@@ -117,6 +117,9 @@ microsoft_account_struct! {
         pub smtp_host: String,
         /// `large_messages = "smtp"`: its port (STARTTLS).
         pub smtp_port: u16,
+        /// `large_messages = "smtp"`: CA certificates (PEM) trusted besides the public ones.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub smtp_ca: Option<PathBuf>,
         /// Further accounts, chosen by envelope sender or From header.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         pub accounts: Vec<MicrosoftAccountConfig>,
@@ -143,6 +146,7 @@ impl Default for MicrosoftConfig {
             mailbox_size_limit: MAILBOX_SEND_LIMIT,
             smtp_host: "smtp.office365.com".to_string(),
             smtp_port: 587,
+            smtp_ca: None,
             accounts: Vec::new(),
             tenant: None,
             client_id: None,

@@ -506,6 +506,7 @@ mod tests {
             mailbox_size_limit: 1,
             smtp_host: "x".into(),
             smtp_port: 1,
+            smtp_ca: Some("x".into()),
             accounts: vec![app("b")],
             tenant: m.tenant,
             client_id: m.client_id,

@@ -111,6 +111,16 @@ impl Credentials {
         }
     }
 
+    /// The same Entra app asking for tokens for another resource (`scope`); other credentials
+    /// unchanged.
+    pub fn with_entra_scope(&self, scope: &str) -> Credentials {
+        let mut credentials = self.without_cached_token();
+        if let Grant::EntraApp(app) = &mut credentials.grant {
+            app.scope = scope.to_string();
+        }
+        credentials
+    }
+
     /// What kind of credentials these are and where they came from.
     pub fn kind(&self) -> &CredentialKind {
         &self.kind

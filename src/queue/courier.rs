@@ -84,7 +84,7 @@ impl Courier for Gmail {
             // A record written before decisions were stored: decided now, once per attempt.
             None => self.prepare(&entry.envelope(), message).await?,
         };
-        outgoing.recipients = entry.rcpt_to.len();
+        outgoing.rcpt_to = entry.rcpt_to.clone();
         self.attempt(&outgoing).await
     }
 

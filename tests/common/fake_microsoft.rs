@@ -30,6 +30,10 @@ pub const CLIENT_ID: &str = "00000000-fake-4000-8000-000000000001";
 pub const CLIENT_SECRET: &str = "fake-m365-client-secret";
 /// The secret an operator creates after the first one expired.
 pub const NEW_CLIENT_SECRET: &str = "fake-m365-client-secret-2";
+/// The scope of Graph tokens.
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// The scope of tokens for SMTP AUTH.
+pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 /// Graph's request limit ("The maximum request length supported is 4MB").
 pub const REQUEST_LIMIT: usize = 4 << 20;
 
@@ -60,7 +64,8 @@ struct State {
     accepted_secrets: Vec<String>,
     expired_secrets: Vec<String>,
     certificate_thumbprint: Option<(String, jsonwebtoken::DecodingKey)>,
-    issued: Vec<String>,
+    /// Access tokens issued, with their scope.
+    issued: Vec<(String, String)>,
     token_requests: usize,
     /// Mailboxes the app may send through; `None` = any (no access policy).
     access_policy: Option<HashSet<String>>,
@@ -109,9 +114,9 @@ async fn token(
         let text = "Application was not found in the directory.";
         return aadsts(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, text);
     }
-    if field("scope") != "https://graph.microsoft.com/.default"
-        || field("grant_type") != "client_credentials"
-    {
+    let scope = field("scope");
+    let known = [GRAPH_SCOPE, OUTLOOK_SCOPE];
+    if !known.contains(&scope) || field("grant_type") != "client_credentials" {
         return aadsts(StatusCode::BAD_REQUEST, "invalid_scope", 70011, "bad scope");
     }
     let secret = field("client_secret");
@@ -132,7 +137,7 @@ async fn token(
         return aadsts(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, text);
     }
     let access_token = format!("fake-graph-token-{}", state.issued.len() + 1);
-    state.issued.push(access_token.clone());
+    state.issued.push((access_token.clone(), scope.to_string()));
     Json(
         json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
         "access_token": access_token}),
@@ -141,6 +146,10 @@ async fn token(
 }
 
 impl State {
+    fn is_token(&self, token: &str, scope: &str) -> bool {
+        self.issued.iter().any(|(t, s)| t == token && s == scope)
+    }
+
     fn verify_assertion(&self, assertion: &str) -> bool {
         let Some((thumbprint, key)) = &self.certificate_thumbprint else {
             return false;
@@ -178,7 +187,7 @@ async fn send_mail(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !state.issued.iter().any(|t| t == bearer) {
+    if !state.is_token(bearer, GRAPH_SCOPE) {
         let message = "Access token validation failure. Invalid audience.";
         return graph_error(
             StatusCode::UNAUTHORIZED,
@@ -386,6 +395,11 @@ impl FakeMicrosoft {
     /// The next sendMail requests get these faults, in order.
     pub fn fail_sends(&self, faults: impl IntoIterator<Item = GraphFault>) {
         self.state().faults.extend(faults);
+    }
+
+    /// True when `token` was issued for `scope` (the fake SMTP server checks XOAUTH2 with it).
+    pub fn is_token(&self, token: &str, scope: &str) -> bool {
+        self.state().is_token(token, scope)
     }
 
     /// Token requests so far.

@@ -62,8 +62,9 @@ pub struct Outgoing {
     pub subject: Option<String>,
     /// The bytes to upload: the received bytes plus any added header.
     pub upload: Upload,
-    /// How many envelope recipients it has (Microsoft's daily recipient budget counts them).
-    pub recipients: usize,
+    /// The envelope recipients (Microsoft's daily recipient budget counts them; its SMTP path
+    /// gives them as RCPT TO).
+    pub rcpt_to: Vec<String>,
 }
 
 /// The API a relay sends through.
@@ -130,7 +131,11 @@ impl Gmail {
         http: reqwest::Client,
     ) -> Result<Gmail, AccountError> {
         let router = super::microsoft::router(config, &http)?;
-        let graph = Graph::from_config(config, http);
+        let graph = Graph::from_config(config, http).map_err(|problem| AccountError {
+            account: "default".to_string(),
+            problem: AccountProblem::Microsoft(problem),
+            fix: None,
+        })?;
         if let Some(warning) = graph.large_path_warning() {
             tracing::warn!("{warning}");
         }
@@ -192,7 +197,11 @@ impl Gmail {
         let mut outgoing = self
             .outgoing(&decision.account, subject, upload, message)
             .await?;
-        outgoing.recipients = envelope.rcpt_to.len();
+        outgoing.rcpt_to = envelope
+            .rcpt_to
+            .iter()
+            .map(|a| a.as_str().to_string())
+            .collect();
         Ok(outgoing)
     }
 
@@ -301,7 +310,7 @@ impl Gmail {
             account: account.clone(),
             subject: subject.map(str::to_string),
             upload,
-            recipients: 1,
+            rcpt_to: Vec::new(),
         })
     }
 
@@ -330,7 +339,7 @@ impl Gmail {
             Some(slots) => Some(slots.acquire().await.map_err(|_| slots_closed())?),
             None => None,
         };
-        let budget = budget_for(account, subject, outgoing.recipients)?;
+        let budget = budget_for(account, subject, outgoing.rcpt_to.len().max(1))?;
         let outcome = self.send_with_refresh(outgoing).await;
         if let (Some((budget, mailbox, count)), Err(_)) = (&budget, &outcome) {
             budget.give_back(mailbox, *count);
@@ -355,10 +364,7 @@ impl Gmail {
                     let project = credentials.quota_project();
                     (api.send(&account.user_id, token.expose(), project, &outgoing.upload)).await
                 }
-                Api::Graph(graph) => {
-                    let mailbox = subject.unwrap_or(&account.user_id);
-                    graph.send(mailbox, token.expose(), &outgoing.upload).await
-                }
+                Api::Graph(graph) => graph.send(outgoing, token.expose()).await,
             };
             match sent {
                 Err(SendError::Unauthorized(reason)) if !refreshed => {

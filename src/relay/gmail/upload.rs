@@ -71,7 +71,7 @@ impl Upload {
     }
 
     /// The bytes as a stream, never joined into one buffer.
-    fn stream(&self) -> ByteStream {
+    pub fn stream(&self) -> ByteStream {
         match self {
             Upload::Memory(chunks) => {
                 futures_util::stream::iter(chunks.clone().into_iter().map(Ok)).boxed()
@@ -91,7 +91,8 @@ fn piece_len(piece: &Piece) -> u64 {
     piece.len() as u64
 }
 
-type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+/// An upload's bytes, chunk by chunk.
+pub type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
 
 async fn open_piece(path: PathBuf, piece: Piece) -> std::io::Result<ByteStream> {
     match piece {

@@ -132,7 +132,7 @@ impl GraphApi {
 }
 
 /// A random GUID for `client-request-id` (its uniqueness matters, not its secrecy).
-fn guid() -> String {
+pub(crate) fn guid() -> String {
     let (a, b, c, d) = (
         fastrand::u32(..),
         fastrand::u16(..),

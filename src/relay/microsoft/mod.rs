@@ -11,30 +11,38 @@
 
 pub mod budget;
 pub mod graph;
+pub mod smtp;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
+use super::gmail::Outgoing;
 use super::gmail::accounts::{
     Account, AccountError, AccountParts, AccountProblem, Impersonate, Router, Settings,
 };
 use super::gmail::api::{SendError, Sent};
-use super::gmail::upload::Upload;
 use crate::config::microsoft::{GRAPH_CONCURRENCY, RECIPIENTS_PER_DAY};
 use crate::config::{LargeMessages, MicrosoftAccountConfig, MicrosoftConfig};
-use crate::google::{Credentials, TokenSource, resolve_secret};
+use crate::google::{Credentials, TokenError, TokenSource, resolve_secret};
+use crate::locks::lock;
 use crate::message::recipient_rules::{Provider, SendPolicy};
 use crate::microsoft::{AppProof, Certificate, EntraApp, GRAPH_SCOPE, secret_source};
 pub use budget::RecipientBudget;
 use graph::GraphApi;
+use smtp::{OUTLOOK_SCOPE, Submission};
 
 /// What the relay needs to send through Microsoft: Graph and the size paths.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Graph {
     /// Graph's sendMail.
     pub api: GraphApi,
+    /// `large_messages = "smtp"`: where to submit.
+    submission: Option<Submission>,
+    /// App tokens for SMTP AUTH, per account and credentials generation.
+    smtp_tokens: SmtpTokens,
+    http: reqwest::Client,
     /// The largest Graph request (the base64 of a message).
     pub request_limit: u64,
     /// The path above it.
@@ -44,14 +52,25 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// From `[microsoft]`.
-    pub fn from_config(config: &MicrosoftConfig, http: reqwest::Client) -> Graph {
-        Graph {
-            api: GraphApi::new(http, &config.graph_base),
+    /// From `[microsoft]`; the error names an unusable `smtp_ca`.
+    pub fn from_config(config: &MicrosoftConfig, http: reqwest::Client) -> Result<Graph, String> {
+        let submission = match config.large_messages {
+            LargeMessages::Smtp => Some(Submission::new(
+                &config.smtp_host,
+                config.smtp_port,
+                config.smtp_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        Ok(Graph {
+            api: GraphApi::new(http.clone(), &config.graph_base),
+            submission,
+            smtp_tokens: SmtpTokens::default(),
+            http,
             request_limit: config.graph_request_limit,
             large_messages: config.large_messages,
             mailbox_size_limit: config.mailbox_size_limit,
-        }
+        })
     }
 
     /// The largest message one sendMail request takes.
@@ -60,16 +79,19 @@ impl Graph {
     }
 
     /// The largest message any configured path takes: what is advertised as `SIZE` (less the
-    /// room the recipient rules need) and checked before 250. The large paths ("smtp",
-    /// "upload") are not built yet, so whatever is configured only Graph's own limit is
-    /// promised: refusing at DATA beats accepting what cannot be sent (docs/microsoft-365.md).
+    /// room the recipient rules need) and checked before 250. The "upload" path is not built
+    /// yet, so with it only Graph's own limit is promised: refusing at DATA beats accepting what
+    /// cannot be sent (docs/microsoft-365.md).
     pub fn upload_limit(&self) -> u64 {
-        self.graph_message_limit()
+        match self.large_messages {
+            LargeMessages::Smtp => self.mailbox_size_limit.max(self.graph_message_limit()),
+            LargeMessages::Upload | LargeMessages::None => self.graph_message_limit(),
+        }
     }
 
     /// A warning for the startup log when the configured large path is not available.
     pub fn large_path_warning(&self) -> Option<String> {
-        (self.large_messages != LargeMessages::None).then(|| {
+        (self.large_messages == LargeMessages::Upload).then(|| {
             format!(
                 "microsoft.large_messages = {:?} is not available in this version: messages \
                  above {} bytes (one Graph request) are refused with 552 at DATA",
@@ -81,16 +103,29 @@ impl Graph {
 }
 
 impl Graph {
-    /// Sends `upload` through `mailbox`: with sendMail while its request fits, else on the
+    /// Sends `outgoing` through its mailbox: with sendMail while its request fits, else on the
     /// configured large path.
-    pub async fn send(
-        &self,
-        mailbox: &str,
-        access_token: &str,
-        upload: &Upload,
-    ) -> Result<Sent, SendError> {
+    pub async fn send(&self, outgoing: &Outgoing, access_token: &str) -> Result<Sent, SendError> {
+        let account = &outgoing.account;
+        let mailbox = outgoing.subject.as_deref().unwrap_or(&account.user_id);
+        let upload = &outgoing.upload;
         if graph::request_len(upload.len()) <= self.request_limit {
             return self.api.send_mail(mailbox, access_token, upload).await;
+        }
+        if let Some(submission) = &self.submission {
+            let tokens = self.smtp_tokens.source(account, &self.http);
+            let token = tokens
+                .access_token(None)
+                .await
+                .map_err(smtp_token_failure)?;
+            let rcpt_to = &outgoing.rcpt_to;
+            submission
+                .submit(mailbox, token.expose(), rcpt_to, upload)
+                .await?;
+            return Ok(Sent {
+                id: graph::guid(),
+                thread_id: None,
+            });
         }
         // The decision at DATA refuses what no configured path takes; what reaches here is for
         // a path this version cannot take yet.
@@ -105,6 +140,48 @@ impl Graph {
                 self.large_messages
             ),
         })
+    }
+}
+
+/// App tokens for SMTP AUTH: the account's Entra app asking for Exchange Online's resource
+/// instead of Graph's, rebuilt when the account's credentials change (a new secret reaches both
+/// paths without anything else to reload).
+#[derive(Debug, Default)]
+struct SmtpTokens(Mutex<HashMap<String, (u64, Arc<TokenSource>)>>);
+
+impl SmtpTokens {
+    fn source(&self, account: &Account, http: &reqwest::Client) -> Arc<TokenSource> {
+        let generation = account.tokens.generation();
+        let mut sources = lock(&self.0);
+        if let Some((built, source)) = sources.get(&account.name)
+            && *built == generation
+        {
+            return source.clone();
+        }
+        let credentials = account.tokens.credentials().with_entra_scope(OUTLOOK_SCOPE);
+        let source = Arc::new(TokenSource::new(&account.name, credentials, http.clone()));
+        sources.insert(account.name.clone(), (generation, source.clone()));
+        source
+    }
+}
+
+/// A refused SMTP token is the app's setup (SMTP.SendAsApp), held like Graph's.
+fn smtp_token_failure(err: TokenError) -> SendError {
+    match err {
+        TokenError::Credentials {
+            error,
+            description,
+            fix,
+        } => SendError::Configuration {
+            reason: format!("Microsoft refused a token for SMTP AUTH ({error}: {description})"),
+            fix,
+            mailbox: false,
+        },
+        other => SendError::Temporary {
+            reason: format!("no token for SMTP AUTH: {other}"),
+            retry_after: None,
+            cause: crate::relay::Cause::Outage,
+        },
     }
 }
 
