@@ -9,24 +9,34 @@ use std::process::Command;
 
 use base64::Engine;
 use common::fake_microsoft::{self, FakeMicrosoft};
+use common::process::smtp2gmail;
 use sha2::{Digest, Sha256};
 
 /// Exit code and everything printed.
-async fn smtp2gmail(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code(), printed)
+async fn run(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let run = smtp2gmail(dir, args).await;
+    (run.code, format!("{}{}", run.stdout, run.stderr))
+}
+
+/// `check` passes printing `expected`, and `send` gets one message through Graph.
+async fn check_and_send(fake: &FakeMicrosoft, dir: &Path, expected: &[&str]) {
+    let (code, printed) = run(dir, &["check"]).await;
+    assert_eq!(code, Some(0), "{printed}");
+    for expected in expected {
+        assert!(printed.contains(expected), "{expected:?} in {printed}");
+    }
+    let args = [
+        "send",
+        "--from",
+        "app@contoso.example",
+        "--to",
+        "alice@example.com",
+    ];
+    let (code, printed) = run(dir, &args).await;
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("accepted by Microsoft Graph"), "{printed}");
+    assert_eq!(fake.accepted().len(), 1);
+    assert_eq!(fake.accepted()[0].recipients, ["alice@example.com"]);
 }
 
 /// `config.toml` in microsoft mode against the fake, with `credential` lines for the app.
@@ -47,32 +57,17 @@ async fn check_and_send_work_with_a_client_secret() {
     let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
     std::fs::write(dir.path().join("secret"), fake_microsoft::CLIENT_SECRET).unwrap();
     microsoft_mode(&fake, dir.path(), "client_secret = \"file:secret\"");
-    let (code, printed) = smtp2gmail(dir.path(), &["check"]).await;
-    assert_eq!(code, Some(0), "{printed}");
-    for expected in [
+    let expected = [
         "microsoft mode",
         "Entra app",
         "client secret from file:secret",
         "access token",
-    ] {
-        assert!(printed.contains(expected), "{expected:?} in {printed}");
-    }
-    let args = [
-        "send",
-        "--from",
-        "app@contoso.example",
-        "--to",
-        "alice@example.com",
     ];
-    let (code, printed) = smtp2gmail(dir.path(), &args).await;
-    assert_eq!(code, Some(0), "{printed}");
-    assert!(printed.contains("accepted by Microsoft Graph"), "{printed}");
-    assert_eq!(fake.accepted().len(), 1);
-    assert_eq!(fake.accepted()[0].recipients, ["alice@example.com"]);
+    check_and_send(&fake, dir.path(), &expected).await;
 
     // An expired secret: check fails and names the fix.
     fake.expire_secret();
-    let (code, printed) = smtp2gmail(dir.path(), &["check"]).await;
+    let (code, printed) = run(dir.path(), &["check"]).await;
     assert_eq!(code, Some(1), "{printed}");
     assert!(
         printed.contains("AADSTS7000222") && printed.contains("has expired"),
@@ -120,17 +115,5 @@ async fn check_and_send_work_with_a_certificate() {
         dir.path(),
         "certificate = \"cert.pem\"\nprivate_key = \"key.pem\"",
     );
-    let (code, printed) = smtp2gmail(dir.path(), &["check"]).await;
-    assert_eq!(code, Some(0), "{printed}");
-    assert!(printed.contains("with certificate cert.pem"), "{printed}");
-    let args = [
-        "send",
-        "--from",
-        "app@contoso.example",
-        "--to",
-        "alice@example.com",
-    ];
-    let (code, printed) = smtp2gmail(dir.path(), &args).await;
-    assert_eq!(code, Some(0), "{printed}");
-    assert_eq!(fake.accepted().len(), 1);
+    check_and_send(&fake, dir.path(), &["with certificate cert.pem"]).await;
 }

@@ -245,13 +245,7 @@ async fn kill_minus_9_during_a_burst_loses_no_acknowledged_message() {
     let doomed = ServerProcess::with_config(&config, dir.path()).await;
     let acknowledged: Acknowledged = Arc::default();
     let burst = burst::send(&[doomed.smtp], 4, 60, &acknowledged);
-    tokio::time::timeout(common::WAIT, async {
-        while acknowledged.lock().unwrap().len() < 60 || fake.accepted().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the burst gets going");
+    burst::until_under_way(&acknowledged, 60, || !fake.accepted().is_empty()).await;
     doomed.kill().await; // SIGKILL
     for client in burst {
         client.await.unwrap();

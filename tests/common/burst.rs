@@ -90,6 +90,22 @@ pub fn send(
         .collect()
 }
 
+/// Waits until at least `count` messages are acknowledged and `delivering()` says deliveries are
+/// under way: the moment the crash tests kill a server.
+pub async fn until_under_way(
+    acknowledged: &Acknowledged,
+    count: usize,
+    delivering: impl Fn() -> bool,
+) {
+    tokio::time::timeout(super::WAIT, async {
+        while acknowledged.lock().unwrap().len() < count || !delivering() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the burst gets going");
+}
+
 /// How many times each number reached Gmail.
 pub fn delivered(sink: &impl Sink) -> HashMap<usize, usize> {
     let mut seen: HashMap<usize, usize> = HashMap::new();

@@ -162,18 +162,15 @@ impl Account {
             CredentialSpec::Environment => (None, true),
             CredentialSpec::Inline { .. } => (None, false),
         };
-        Ok(Account {
+        let user_id = config.user_id.clone().or_else(|| {
+            from_environment
+                .then(|| std::env::var(google::ENV_USER_ID).ok())
+                .flatten()
+        });
+        let mut account = Account::new(AccountParts {
             name: name.clone(),
             senders: config.senders.clone(),
-            user_id: config
-                .user_id
-                .clone()
-                .or_else(|| {
-                    from_environment
-                        .then(|| std::env::var(google::ENV_USER_ID).ok())
-                        .flatten()
-                })
-                .unwrap_or_else(|| "me".to_string()),
+            user_id: user_id.unwrap_or_else(|| "me".to_string()),
             tokens: Arc::new(TokenSource::new(name.clone(), credentials, http.clone())),
             impersonate,
             policy: SendPolicy {
@@ -182,15 +179,13 @@ impl Account {
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
             },
-            sends: SendSlots::new(max_sends),
             max_sends,
-            attention: Mutex::new(HashMap::new()),
-            token_file,
-            warned_from: Mutex::new(HashSet::new()),
             budget: None,
             app_slots: None,
             settings: Settings::Gmail(Box::new(config.clone())),
-        })
+        });
+        account.token_file = token_file;
+        Ok(account)
     }
 
     /// Loads the credentials again from where the configuration says they are (file, `file:`

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::relay::Cause;
-use crate::relay::gmail::api::{SendError, Sent, parse_retry_after_header};
+use crate::relay::gmail::api::{Answer, SendError, Sent};
 use crate::relay::gmail::upload::Upload;
 
 const BASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,18 +94,12 @@ impl GraphApi {
             .timeout(timeout)
             .body(body)
             .send()
-            .await
-            .map_err(|err| transport_error(&err))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after_header);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&err))?;
+            .await;
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = Answer::read("Microsoft Graph", response).await?;
         if (200..300).contains(&status) {
             // 202 and nothing else: accepted for sending, not yet sent; no id to report but ours.
             return Ok(Sent {
@@ -145,21 +139,6 @@ pub(crate) fn guid() -> String {
         (d >> 48) as u16 & 0x3fff | 0x8000,
         d & 0xffff_ffff_ffff
     )
-}
-
-fn transport_error(err: &reqwest::Error) -> SendError {
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else {
-        "connection failed"
-    };
-    SendError::Temporary {
-        reason: format!("Microsoft Graph {what}: {err}"),
-        retry_after: None,
-        cause: Cause::Outage,
-    }
 }
 
 /// Classifies a non-2xx answer of sendMail.
