@@ -298,6 +298,54 @@ impl MicrosoftConfig {
     }
 }
 
+/// A `[microsoft]` with every optional key set, for the test that every key is documented.
+/// Struct literals without `..`: adding a field breaks this until the docs are updated too.
+#[cfg(test)]
+pub(super) fn every_key() -> MicrosoftConfig {
+    let app = |name: &str| MicrosoftAccountConfig {
+        name: name.to_string(),
+        tenant: Some("x".into()),
+        client_id: Some("x".into()),
+        client_secret: Some("x".into()),
+        certificate: Some("x".into()),
+        private_key: Some("x".into()),
+        mailbox: Some("x".into()),
+        senders: vec![],
+        send_as: vec![],
+        from_policy: Some(FromPolicy::Keep),
+        header_only_recipients: Some(HeaderOnlyRecipients::Reject),
+        max_concurrent_sends: Some(1),
+        max_messages_per_minute: Some(1),
+        max_recipients_per_day: Some(1),
+    };
+    let m = app("a");
+    MicrosoftConfig {
+        graph_base: "x".into(),
+        login_base: "x".into(),
+        large_messages: LargeMessages::None,
+        graph_request_limit: 1,
+        graph_concurrency: 1,
+        mailbox_size_limit: 1,
+        smtp_host: "x".into(),
+        smtp_port: 1,
+        smtp_ca: Some("x".into()),
+        accounts: vec![app("b")],
+        tenant: m.tenant,
+        client_id: m.client_id,
+        client_secret: m.client_secret,
+        certificate: m.certificate,
+        private_key: m.private_key,
+        mailbox: m.mailbox,
+        senders: m.senders,
+        send_as: m.send_as,
+        from_policy: m.from_policy,
+        header_only_recipients: m.header_only_recipients,
+        max_concurrent_sends: m.max_concurrent_sends,
+        max_messages_per_minute: m.max_messages_per_minute,
+        max_recipients_per_day: m.max_recipients_per_day,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -480,48 +480,7 @@ mod tests {
             impersonate: a.impersonate,
             max_concurrent_sends: a.max_concurrent_sends,
         };
-        let app = |name: &str| MicrosoftAccountConfig {
-            name: name.to_string(),
-            tenant: Some("x".into()),
-            client_id: Some("x".into()),
-            client_secret: Some("x".into()),
-            certificate: Some("x".into()),
-            private_key: Some("x".into()),
-            mailbox: Some("x".into()),
-            senders: vec![],
-            send_as: vec![],
-            from_policy: Some(FromPolicy::Keep),
-            header_only_recipients: Some(HeaderOnlyRecipients::Reject),
-            max_concurrent_sends: Some(1),
-            max_messages_per_minute: Some(1),
-            max_recipients_per_day: Some(1),
-        };
-        let m = app("a");
-        let microsoft = MicrosoftConfig {
-            graph_base: "x".into(),
-            login_base: "x".into(),
-            large_messages: LargeMessages::None,
-            graph_request_limit: 1,
-            graph_concurrency: 1,
-            mailbox_size_limit: 1,
-            smtp_host: "x".into(),
-            smtp_port: 1,
-            smtp_ca: Some("x".into()),
-            accounts: vec![app("b")],
-            tenant: m.tenant,
-            client_id: m.client_id,
-            client_secret: m.client_secret,
-            certificate: m.certificate,
-            private_key: m.private_key,
-            mailbox: m.mailbox,
-            senders: m.senders,
-            send_as: m.send_as,
-            from_policy: m.from_policy,
-            header_only_recipients: m.header_only_recipients,
-            max_concurrent_sends: m.max_concurrent_sends,
-            max_messages_per_minute: m.max_messages_per_minute,
-            max_recipients_per_day: m.max_recipients_per_day,
-        };
+        let microsoft = microsoft::every_key();
         let config = Config {
             microsoft,
             smtp: SmtpConfig {

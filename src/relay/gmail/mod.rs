@@ -18,7 +18,7 @@ pub mod upload;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::microsoft::{Graph, RecipientBudget};
+use super::microsoft::{Graph, budget};
 use super::{Cause, Deliver, DeliveryError, Receipt, Scope};
 use crate::config::{GmailConfig, MicrosoftConfig};
 use crate::google::TokenError;
@@ -339,7 +339,7 @@ impl Gmail {
             Some(slots) => Some(slots.acquire().await.map_err(|_| slots_closed())?),
             None => None,
         };
-        let budget = budget_for(account, subject, outgoing.rcpt_to.len().max(1))?;
+        let budget = budget::take(account, subject, outgoing.rcpt_to.len().max(1))?;
         let outcome = self.send_with_refresh(outgoing).await;
         if let (Some((budget, mailbox, count)), Err(_)) = (&budget, &outcome) {
             budget.give_back(mailbox, *count);
@@ -443,35 +443,6 @@ fn log_edits(envelope: &Envelope, account: &Account, prepared: &Prepared) {
 
 fn unreadable(err: std::io::Error) -> DeliveryError {
     DeliveryError::local(format!("cannot read the message: {err}"))
-}
-
-/// Takes the message's recipients from its mailbox's daily budget (Microsoft accounts), or says
-/// when the mailbox may send again: a rate limit as far away as the window, which the queue
-/// treats as a daily limit and defers the whole mailbox for.
-fn budget_for<'a>(
-    account: &'a Account,
-    subject: Option<&str>,
-    recipients: usize,
-) -> Result<Option<(&'a RecipientBudget, String, u64)>, DeliveryError> {
-    let Some(budget) = &account.budget else {
-        return Ok(None);
-    };
-    let mailbox = crate::message::mailbox::mailbox_key(subject.unwrap_or(&account.user_id));
-    let count = recipients as u64;
-    match budget.take(&mailbox, count) {
-        Ok(()) => Ok(Some((budget, mailbox, count))),
-        Err(wait) => Err(DeliveryError::Temporary {
-            status: Status::CONGESTION,
-            reason: format!(
-                "mailbox {mailbox} reached its daily recipient budget \
-                 (max_recipients_per_day of account {}); sending resumes in {}",
-                account.name,
-                humantime::format_duration(Duration::from_secs(wait.as_secs()))
-            ),
-            retry_after: Some(wait),
-            cause: Cause::RateLimit,
-        }),
-    }
 }
 
 fn slots_closed() -> DeliveryError {

@@ -13,6 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::locks::lock;
+use crate::relay::gmail::accounts::Account;
+use crate::relay::{Cause, DeliveryError};
+use crate::status::Status;
 
 /// The window Exchange counts recipients over.
 pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -69,6 +72,35 @@ impl RecipientBudget {
         {
             window.remove(position);
         }
+    }
+}
+
+/// Takes the message's recipients from its mailbox's daily budget (Microsoft accounts), or says
+/// when the mailbox may send again: a rate limit as far away as the window, which the queue
+/// treats as a daily limit and defers the whole mailbox for.
+pub fn take<'a>(
+    account: &'a Account,
+    subject: Option<&str>,
+    recipients: usize,
+) -> Result<Option<(&'a RecipientBudget, String, u64)>, DeliveryError> {
+    let Some(budget) = &account.budget else {
+        return Ok(None);
+    };
+    let mailbox = crate::message::mailbox::mailbox_key(subject.unwrap_or(&account.user_id));
+    let count = recipients as u64;
+    match budget.take(&mailbox, count) {
+        Ok(()) => Ok(Some((budget, mailbox, count))),
+        Err(wait) => Err(DeliveryError::Temporary {
+            status: Status::CONGESTION,
+            reason: format!(
+                "mailbox {mailbox} reached its daily recipient budget \
+                 (max_recipients_per_day of account {}); sending resumes in {}",
+                account.name,
+                humantime::format_duration(Duration::from_secs(wait.as_secs()))
+            ),
+            retry_after: Some(wait),
+            cause: Cause::RateLimit,
+        }),
     }
 }
 
