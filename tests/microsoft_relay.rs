@@ -15,7 +15,7 @@ use common::process::ServerProcess;
 use common::fake_microsoft::{self, FakeMicrosoft, GraphFault};
 use common::serving::{Serving, queue_config, queued_id};
 use common::{TestServer, assert_code, django};
-use smtp2gmail::config::{Config, Delivery, LargeMessages, RelayMode};
+use smtp2gmail::config::{Config, Delivery, FromPolicy, LargeMessages, RelayMode};
 
 /// The mailbox the app sends through, and the From the fake lets it use.
 const MAILBOX: &str = "app@contoso.example";
@@ -307,5 +307,72 @@ async fn a_10_mb_message_goes_byte_exact_through_smtp_with_xoauth2() {
         sent.data.len()
     );
     assert!(fake.accepted().is_empty(), "nothing through Graph");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_daily_recipient_budget_mail_waits_instead_of_bouncing() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Queue, |config| {
+        config.microsoft.max_recipients_per_day = Some(3);
+    })
+    .await;
+    queued_id(
+        &server
+            .send_as(MAILBOX, &["a@example.com", "b@example.com"])
+            .await,
+    );
+    fake.wait_for_accepted(1).await;
+    let waiting = queued_id(
+        &server
+            .send_as(MAILBOX, &["c@example.com", "d@example.com"])
+            .await,
+    );
+    // Two more would make four of three: the message stays queued, the mailbox deferred.
+    let deferred = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let (_, listed) = server.queue_command(&["show", &waiting]).await;
+            if listed.contains("daily recipient budget") {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let listed = deferred
+        .await
+        .expect("the message is deferred for the budget");
+    assert!(listed.contains(MAILBOX), "{listed}");
+    assert_eq!(fake.accepted().len(), 1, "nothing more was sent");
+    assert_eq!(
+        server.files("queue").len(),
+        2,
+        "the message and its record stay queued"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn send_as_denied_for_a_declared_from_is_held_with_the_fix() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    let server = serve(&fake, dir.path(), Delivery::Sync, |config| {
+        config.microsoft.send_as = vec!["ceo@contoso.example".into()];
+        config.microsoft.from_policy = Some(FromPolicy::Reject);
+    })
+    .await;
+    let reply = server
+        .send_as("ceo@contoso.example", &["alice@example.com"])
+        .await;
+    assert!(reply.starts_with("451 4.7.0 "), "{reply}");
+    assert!(
+        reply.contains("ErrorSendAsDenied") && reply.contains("Add-RecipientPermission"),
+        "{reply}"
+    );
+    fake.grant_send_as(MAILBOX, "ceo@contoso.example");
+    assert_code(
+        &server
+            .send_as("ceo@contoso.example", &["alice@example.com"])
+            .await,
+        250,
+    );
     server.stop().await;
 }

@@ -155,7 +155,7 @@ impl Gmail {
     }
 
     /// The most an upload may be (after the rules' additions).
-    fn upload_limit(&self) -> u64 {
+    pub fn upload_limit(&self) -> u64 {
         match &self.api {
             Api::Gmail(_) => gmail_size::GMAIL_UPLOAD_LIMIT,
             Api::Graph(graph) => graph.upload_limit(),
@@ -437,12 +437,19 @@ fn log_edits(envelope: &Envelope, account: &Account, prepared: &Prepared) {
         account = %account.name,
         added_bcc = ?bcc,
         from_rewritten = prepared.from_rewritten,
-        "headers added for the mail API"
+        "headers added for {}",
+        account.policy.provider.service()
     );
 }
 
 fn unreadable(err: std::io::Error) -> DeliveryError {
     DeliveryError::local(format!("cannot read the message: {err}"))
+}
+
+/// True when every From this account sends is one the operator listed in `send_as`.
+fn declared_from(account: &Account) -> bool {
+    !account.policy.send_as.is_empty()
+        && account.policy.from_policy != crate::config::FromPolicy::Keep
 }
 
 fn slots_closed() -> DeliveryError {
@@ -505,6 +512,22 @@ fn send_failure(
             retry_after,
             cause,
         },
+        // ErrorSendAsDenied for a From the operator declared (send_as with a policy that lets
+        // no other From through): Exchange's grant is missing, a setup problem to hold for.
+        SendError::Permanent {
+            status: 403,
+            reason,
+        } if provider == Provider::Microsoft && declared_from(account) => {
+            DeliveryError::Credentials {
+                account: account.name.clone(),
+                reason,
+                fix: "grant the mailbox Send As for the From addresses in send_as \
+                      (Add-RecipientPermission <from> -AccessRights SendAs -Trustee <mailbox>); \
+                      held mail is retried on SIGHUP"
+                    .to_string(),
+                scope: Scope::Mailbox,
+            }
+        }
         SendError::Permanent { status, reason } => DeliveryError::Permanent {
             status: match (status, provider) {
                 (413, _) => Status::TOO_BIG,
