@@ -189,6 +189,14 @@ async fn send_as_denied_is_permanent_with_a_dsn_to_the_sender() {
         "{text}"
     );
     assert!(text.contains("Status: 5.7.1"), "{text}");
+    assert!(
+        text.contains("Microsoft 365 refused the message permanently"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: X-Microsoft-Graph;"),
+        "{text}"
+    );
     server.stop().await;
 }
 
