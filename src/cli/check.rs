@@ -285,6 +285,11 @@ async fn check_account(account: &Account, http: &reqwest::Client, sender: Option
 /// tokens. A service account that impersonates the envelope sender needs a concrete address:
 /// `--sender` when this account serves it, else its first non-wildcard `senders` entry.
 fn subject(account: &Account, sender: Option<&str>) -> Result<Option<String>, String> {
+    // An Entra app's token is the app's, whichever mailbox sends: no sender is needed.
+    let app_token = *account.tokens.credentials().kind() == google::CredentialKind::EntraApp;
+    if app_token && account.impersonate == Impersonate::Sender {
+        return Ok(None);
+    }
     match &account.impersonate {
         Impersonate::TokenUser => Ok(None),
         Impersonate::Fixed(user) => Ok(Some(user.clone())),
@@ -315,6 +320,12 @@ fn sends_as(account: &Account, credentials: &google::Credentials, subject: Optio
             Impersonate::Sender => format!("the envelope sender (checked as {subject})"),
             _ => subject.to_string(),
         };
+    }
+    if account.impersonate == Impersonate::Sender {
+        return format!(
+            "each envelope sender's own mailbox (senders: {})",
+            account.senders.join(", ")
+        );
     }
     match (credentials.account(), account.user_id.as_str()) {
         (Some(user), _) => user.to_string(),

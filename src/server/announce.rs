@@ -39,8 +39,13 @@ pub(super) fn startup(
         tracing::info!(
             size = smtp.max_message_size(),
             max_message_size = config.smtp.max_message_size,
-            "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room for \
-             the Bcc header added for up to max_recipients recipients"
+            "advertising a smaller SIZE than max_message_size: {} less room for the Bcc header \
+             added for up to max_recipients recipients",
+            match config.relay.mode {
+                RelayMode::Microsoft =>
+                    "the largest message Microsoft 365 takes on the configured paths",
+                _ => "Gmail's upload limit",
+            }
         );
     }
 }
