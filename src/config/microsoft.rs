@@ -49,51 +49,38 @@ pub enum LargeMessages {
 /// `[microsoft]` and `[[microsoft.accounts]]` cannot drift apart.
 macro_rules! microsoft_account_struct {
     ($(#[$meta:meta])* pub struct $name:ident { $($extra:tt)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct $name {
-            $($extra)*
-            /// The directory (tenant) id or a verified domain such as `contoso.onmicrosoft.com`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub tenant: Option<String>,
-            /// The app registration's application (client) id.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub client_id: Option<String>,
-            /// A client secret; may be `env:NAME` or `file:PATH` (a file is watched).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub client_secret: Option<String>,
-            /// A PEM certificate uploaded to the app registration: a signed assertion is sent
-            /// instead of a secret (preferred).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub certificate: Option<PathBuf>,
-            /// The certificate's PEM private key (RSA); default: the `certificate` file itself.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub private_key: Option<PathBuf>,
-            /// The mailbox mail is sent through (`/users/{mailbox}/sendMail`); empty or unset:
-            /// the envelope sender's own mailbox.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub mailbox: Option<String>,
-            /// Envelope senders this account serves (`user@domain` or `*@domain`); empty = any.
-            pub senders: Vec<String>,
-            /// From addresses the mailbox may send as (itself, Send As grants).
-            pub send_as: Vec<String>,
-            /// What to do with a From address not in `send_as`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub from_policy: Option<FromPolicy>,
-            /// What to do with header recipients that are not envelope recipients.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub header_only_recipients: Option<HeaderOnlyRecipients>,
-            /// Most simultaneous sends per mailbox.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub max_concurrent_sends: Option<usize>,
-            /// Most messages a minute per mailbox (Exchange Online: 30).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub max_messages_per_minute: Option<u32>,
-            /// Most recipients per mailbox over a rolling 24 hours (Exchange Online: 10,000);
-            /// further mail waits in the queue instead of coming back as an NDR.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub max_recipients_per_day: Option<u32>,
+        account_with_rules! {
+            $(#[$meta])*
+            pub struct $name {
+                $($extra)*
+                /// The directory (tenant) id or a verified domain such as `contoso.onmicrosoft.com`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub tenant: Option<String>,
+                /// The app registration's application (client) id.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub client_id: Option<String>,
+                /// A client secret; may be `env:NAME` or `file:PATH` (a file is watched).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub client_secret: Option<String>,
+                /// A PEM certificate uploaded to the app registration: a signed assertion is sent
+                /// instead of a secret (preferred).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub certificate: Option<PathBuf>,
+                /// The certificate's PEM private key (RSA); default: the `certificate` file itself.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub private_key: Option<PathBuf>,
+                /// The mailbox mail is sent through (`/users/{mailbox}/sendMail`); empty or unset:
+                /// the envelope sender's own mailbox.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub mailbox: Option<String>,
+                /// Most messages a minute per mailbox (Exchange Online: 30).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub max_messages_per_minute: Option<u32>,
+                /// Most recipients per mailbox over a rolling 24 hours (Exchange Online: 10,000);
+                /// further mail waits in the queue instead of coming back as an NDR.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub max_recipients_per_day: Option<u32>,
+            }
         }
     };
 }

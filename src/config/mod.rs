@@ -9,6 +9,35 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Declares an account struct of a provider's table: `$fields` (the provider's own keys), then
+/// the keys of the recipient and From rules every provider's accounts share, so that `[gmail]`
+/// and `[microsoft]` (and their named accounts) cannot drift apart. `FromPolicy` and
+/// `HeaderOnlyRecipients` resolve where it is used.
+macro_rules! account_with_rules {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $($fields)*
+            /// Envelope senders this account serves (`user@domain` or `*@domain`); empty = any.
+            pub senders: Vec<String>,
+            /// From addresses the provider keeps for this account (the account itself, its
+            /// verified aliases or Send As grants).
+            pub send_as: Vec<String>,
+            /// What to do with a From address not in `send_as`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub from_policy: Option<FromPolicy>,
+            /// What to do with header recipients that are not envelope recipients.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub header_only_recipients: Option<HeaderOnlyRecipients>,
+            /// Most simultaneous sends per mailbox (Gmail answers 429 at about 10).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub max_concurrent_sends: Option<usize>,
+        }
+    };
+}
+
 pub mod gmail;
 mod inbox;
 pub mod microsoft;
