@@ -94,6 +94,7 @@ pub mod http;
 pub mod inbox;
 pub mod locks;
 pub mod message;
+pub mod microsoft;
 pub mod notify;
 pub mod queue;
 pub mod relay;

@@ -7,30 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::fake_google::{self, FakeGoogle, Fault};
-
-/// Exit code, stdout and stderr of one run.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `smtp2gmail ARGS` in `dir`.
-async fn smtp2gmail(dir: &Path, args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use common::process::smtp2gmail;
 
 /// `config.toml` for gmail mode against the fake, with `token` as `token.json`.
 fn gmail_mode(google: &FakeGoogle, dir: &Path, token: &serde_json::Value) {

@@ -79,10 +79,11 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
         }
     }
     // Auto-release sends through the accounts as gmail mode does: they are checked alike.
-    if config.relay.mode != RelayMode::Gmail && !config.releases_automatically() {
+    if !config.relay.mode.is_provider() && !config.releases_automatically() {
         println!("No Google credentials are needed in this mode. All good.");
         return ExitCode::SUCCESS;
     }
+    let microsoft = config.relay.mode == RelayMode::Microsoft;
     let http = match relay::http_client() {
         Ok(http) => http,
         Err(err) => {
@@ -91,28 +92,58 @@ pub async fn run(config: Config, source: Option<PathBuf>, args: CheckArgs) -> Ex
         }
     };
     let (named, default) = Router::account_configs(&config.gmail);
-    let accounts: Vec<&AccountConfig> = named.iter().chain(default.as_ref()).collect();
+    let gmail_accounts: Vec<&AccountConfig> = named.iter().chain(default.as_ref()).collect();
+    let microsoft_accounts = config.microsoft.account_configs();
+    let count = match microsoft {
+        true => microsoft_accounts.len(),
+        false => gmail_accounts.len(),
+    };
     let mut worst = Verdict::Works;
     let mut failing = 0;
-    for account in &accounts {
+    for index in 0..count {
         println!();
-        let verdict = check_account(account, &http, args.sender.as_deref()).await;
+        let sender = args.sender.as_deref();
+        let built = match microsoft {
+            true => {
+                let account = &microsoft_accounts[index];
+                println!("account {}", account.name);
+                relay::microsoft::account(account, &config.microsoft.login_base, &http)
+            }
+            false => {
+                println!("account {}", gmail_accounts[index].name);
+                Account::from_config(gmail_accounts[index], &http)
+            }
+        };
+        let verdict = match built {
+            Ok(account) => check_account(&account, &http, sender).await,
+            Err(err) => {
+                field("problem", &err.problem);
+                if let Some(fix) = &err.fix {
+                    field("fix", fix);
+                }
+                Verdict::Misconfigured
+            }
+        };
         failing += usize::from(verdict != Verdict::Works);
         worst = worst.max(verdict);
     }
     println!();
-    if failing == 0 {
-        println!("All {} account(s) can get access tokens.", accounts.len());
+    if failing == 0 && microsoft {
+        println!("All {count} account(s) can get access tokens.");
+        println!(
+            "Not checked: whether the app may send through each mailbox (Mail.Send consent, RBAC \
+             for Applications scope, Exchange licence): only a send can tell. `smtp2gmail send` \
+             tries it."
+        );
+    } else if failing == 0 {
+        println!("All {count} account(s) can get access tokens.");
         println!(
             "Not checked: whether the Gmail API is enabled for the Cloud project (only a send can \
              tell). `smtp2gmail send` tries it; if it reports accessNotConfigured, enable the API \
              at {ENABLE_GMAIL_API}"
         );
     } else {
-        println!(
-            "{failing} of {} account(s) need attention (see problem and fix above).",
-            accounts.len()
-        );
+        println!("{failing} of {count} account(s) need attention (see problem and fix above).");
     }
     worst.exit_code()
 }
@@ -133,29 +164,18 @@ fn field(label: &str, value: impl Display) {
     println!("  {label:<13} {value}");
 }
 
-/// Builds one account as the server would, gets a fresh token for it, and reports.
-async fn check_account(
-    config: &AccountConfig,
-    http: &reqwest::Client,
-    sender: Option<&str>,
-) -> Verdict {
-    println!("account {}", config.name);
-    let account = match Account::from_config(config, http) {
-        Ok(account) => account,
-        Err(err) => {
-            field("problem", &err.problem);
-            if let Some(fix) = &err.fix {
-                field("fix", fix);
-            }
-            return Verdict::Misconfigured;
-        }
-    };
+/// Gets a fresh token for one account built as the server would, and reports.
+async fn check_account(account: &Account, http: &reqwest::Client, sender: Option<&str>) -> Verdict {
     let credentials = account.tokens.credentials();
+    let issuer = match credentials.kind() {
+        google::CredentialKind::EntraApp => "Microsoft",
+        _ => "Google",
+    };
     field("credentials", &credentials);
     if let Some(project) = credentials.quota_project() {
         field("quota project", project);
     }
-    let subject = match subject(&account, sender) {
+    let subject = match subject(account, sender) {
         Ok(subject) => subject,
         Err(problem) => {
             field("problem", problem);
@@ -168,7 +188,7 @@ async fn check_account(
     };
     field(
         "sends as",
-        sends_as(&account, &credentials, subject.as_deref()),
+        sends_as(account, &credentials, subject.as_deref()),
     );
     // A fresh request, not the access token a token.json may carry: that one can still be valid
     // for an hour after the refresh token died, and would hide exactly what check is for.
@@ -189,7 +209,10 @@ async fn check_account(
             } else {
                 format!("{error} ({description})")
             };
-            field("problem", format!("Google refused the credentials: {said}"));
+            field(
+                "problem",
+                format!("{issuer} refused the credentials: {said}"),
+            );
             field("fix", fix);
             return Verdict::Fails;
         }
@@ -225,6 +248,12 @@ async fn check_account(
             humantime::format_duration(remaining)
         ),
     );
+    if issuer == "Microsoft" {
+        // An app token carries roles, not scopes; whether Mail.Send is among them only a send
+        // tells (Graph answers ErrorAccessDenied).
+        field("status", "ok");
+        return Verdict::Works;
+    }
     let scopes = token.scopes().or(credentials.scopes());
     match scopes {
         Some(scopes) => field("scopes", scopes.join(" ")),
@@ -257,6 +286,11 @@ async fn check_account(
 /// tokens. A service account that impersonates the envelope sender needs a concrete address:
 /// `--sender` when this account serves it, else its first non-wildcard `senders` entry.
 fn subject(account: &Account, sender: Option<&str>) -> Result<Option<String>, String> {
+    // An Entra app's token is the app's, whichever mailbox sends: no sender is needed.
+    let app_token = *account.tokens.credentials().kind() == google::CredentialKind::EntraApp;
+    if app_token && account.impersonate == Impersonate::Sender {
+        return Ok(None);
+    }
     match &account.impersonate {
         Impersonate::TokenUser => Ok(None),
         Impersonate::Fixed(user) => Ok(Some(user.clone())),
@@ -287,6 +321,12 @@ fn sends_as(account: &Account, credentials: &google::Credentials, subject: Optio
             Impersonate::Sender => format!("the envelope sender (checked as {subject})"),
             _ => subject.to_string(),
         };
+    }
+    if account.impersonate == Impersonate::Sender {
+        return format!(
+            "each envelope sender's own mailbox (senders: {})",
+            account.senders.join(", ")
+        );
     }
     match (credentials.account(), account.user_id.as_str()) {
         (Some(user), _) => user.to_string(),

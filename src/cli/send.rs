@@ -137,6 +137,7 @@ fn default_body(config: &Config) -> String {
         RelayMode::File => "file",
         RelayMode::Discard => "discard",
         RelayMode::Gmail => "gmail",
+        RelayMode::Microsoft => "microsoft",
     };
     format!(
         "This is a test message from `smtp2gmail send` ({mode} mode).\n\
@@ -149,6 +150,8 @@ fn describe_receipt(config: &Config, receipt: &Receipt) -> String {
     let id = &receipt.id;
     match config.relay.mode {
         RelayMode::Gmail => format!("sent: Gmail message id {id}"),
+        // Graph answers 202 without an id: ours is the request's client-request-id.
+        RelayMode::Microsoft => format!("accepted by Microsoft Graph: request id {id}"),
         RelayMode::File => format!(
             "stored: {}",
             config.file.dir.join(format!("{id}.eml")).display()

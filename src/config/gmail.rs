@@ -41,46 +41,33 @@ pub enum FromPolicy {
 /// `[[gmail.accounts]]` cannot drift apart.
 macro_rules! account_struct {
     ($(#[$meta:meta])* pub struct $name:ident { $($extra:tt)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct $name {
-            $($extra)*
-            /// A credentials file: quickstart token.json, gcloud authorized_user, or a
-            /// service-account key (detected by content).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub credentials: Option<PathBuf>,
-            /// OAuth client id, instead of a file; may be `env:NAME` or `file:PATH`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub client_id: Option<String>,
-            /// OAuth client secret, instead of a file; may be `env:NAME` or `file:PATH`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub client_secret: Option<String>,
-            /// Refresh token, instead of a file; may be `env:NAME` or `file:PATH`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub refresh_token: Option<String>,
-            /// The Gmail `userId` in API paths; `me` is the authenticated account.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub user_id: Option<String>,
-            /// Token endpoint; default: the one in the credentials file, else Google's.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub token_uri: Option<String>,
-            /// Envelope senders this account serves (`user@domain` or `*@domain`); empty = any.
-            pub senders: Vec<String>,
-            /// From addresses Gmail keeps for this account (the account and verified aliases).
-            pub send_as: Vec<String>,
-            /// What to do with a From address not in `send_as`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub from_policy: Option<FromPolicy>,
-            /// What to do with header recipients that are not envelope recipients.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub header_only_recipients: Option<HeaderOnlyRecipients>,
-            /// Service accounts only: `"sender"` (the envelope sender) or a fixed `user@domain`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub impersonate: Option<String>,
-            /// Most simultaneous sends for this account (Gmail answers 429 at about 10).
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pub max_concurrent_sends: Option<usize>,
+        account_with_rules! {
+            $(#[$meta])*
+            pub struct $name {
+                $($extra)*
+                /// A credentials file: quickstart token.json, gcloud authorized_user, or a
+                /// service-account key (detected by content).
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub credentials: Option<PathBuf>,
+                /// OAuth client id, instead of a file; may be `env:NAME` or `file:PATH`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub client_id: Option<String>,
+                /// OAuth client secret, instead of a file; may be `env:NAME` or `file:PATH`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub client_secret: Option<String>,
+                /// Refresh token, instead of a file; may be `env:NAME` or `file:PATH`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub refresh_token: Option<String>,
+                /// The Gmail `userId` in API paths; `me` is the authenticated account.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub user_id: Option<String>,
+                /// Token endpoint; default: the one in the credentials file, else Google's.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub token_uri: Option<String>,
+                /// Service accounts only: `"sender"` (the envelope sender) or a fixed `user@domain`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub impersonate: Option<String>,
+            }
         }
     };
 }

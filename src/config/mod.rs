@@ -9,14 +9,45 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Declares an account struct of a provider's table: `$fields` (the provider's own keys), then
+/// the keys of the recipient and From rules every provider's accounts share, so that `[gmail]`
+/// and `[microsoft]` (and their named accounts) cannot drift apart. `FromPolicy` and
+/// `HeaderOnlyRecipients` resolve where it is used.
+macro_rules! account_with_rules {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $($fields)*
+            /// Envelope senders this account serves (`user@domain` or `*@domain`); empty = any.
+            pub senders: Vec<String>,
+            /// From addresses the provider keeps for this account (the account itself, its
+            /// verified aliases or Send As grants).
+            pub send_as: Vec<String>,
+            /// What to do with a From address not in `send_as`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub from_policy: Option<FromPolicy>,
+            /// What to do with header recipients that are not envelope recipients.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub header_only_recipients: Option<HeaderOnlyRecipients>,
+            /// Most simultaneous sends per mailbox (Gmail answers 429 at about 10).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub max_concurrent_sends: Option<usize>,
+        }
+    };
+}
+
 pub mod gmail;
 mod inbox;
+pub mod microsoft;
 mod notify;
 mod queue;
 mod smtp;
 
 pub use gmail::{AccountConfig, FromPolicy, GmailConfig, HeaderOnlyRecipients};
 pub use inbox::InboxConfig;
+pub use microsoft::{LargeMessages, MicrosoftAccountConfig, MicrosoftConfig};
 pub use notify::{NotifyConfig, WebhookConfig};
 pub use queue::{DatabaseUrl, MIN_LEASE_TIME, QueueBackend, RootCerts, SslMode, UrlError};
 pub use smtp::{AuthWithoutTls, SmtpConfig, TlsConfig, UserConfig};
@@ -38,6 +69,8 @@ pub struct Config {
     pub file: FileConfig,
     /// Gmail mode: accounts, credentials, recipient and From rules.
     pub gmail: GmailConfig,
+    /// Microsoft mode: Entra apps, mailboxes, the same recipient and From rules, limits.
+    pub microsoft: MicrosoftConfig,
     /// The durable queue (gmail mode with `relay.delivery = "queue"`).
     pub queue: QueueConfig,
     /// The operator's HTTP endpoints.
@@ -155,6 +188,16 @@ pub enum RelayMode {
     Discard,
     /// Send through the Gmail API.
     Gmail,
+    /// Send through Microsoft Graph (and Exchange Online SMTP for large messages).
+    Microsoft,
+}
+
+impl RelayMode {
+    /// True for the modes that send through a mail provider's API (gmail, microsoft): accounts,
+    /// credentials, the queue.
+    pub fn is_provider(self) -> bool {
+        matches!(self, RelayMode::Gmail | RelayMode::Microsoft)
+    }
 }
 
 /// `[console]`.
@@ -343,6 +386,17 @@ impl Config {
         }
         self.queue.validate_backend()?;
         self.validate_notify()?;
+        if self.relay.mode == RelayMode::Microsoft
+            && self.smtp.max_recipients > microsoft::MAX_RECIPIENTS_PER_MESSAGE
+        {
+            return Err(Broken::new(
+                "smtp.max_recipients",
+                "must be at most 500 in microsoft mode (Exchange Online's per-message limit)",
+            ));
+        }
+        self.microsoft
+            .validate()
+            .map_err(|(key, message)| Broken::new(key, &message))?;
         self.gmail
             .validate()
             .map_err(|(key, message)| Broken::new(key, &message))
@@ -456,7 +510,9 @@ mod tests {
             impersonate: a.impersonate,
             max_concurrent_sends: a.max_concurrent_sends,
         };
+        let microsoft = microsoft::every_key();
         let config = Config {
+            microsoft,
             smtp: SmtpConfig {
                 spill_dir: Some("x".into()),
                 auth_required: Some(true),

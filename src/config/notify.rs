@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Broken, Config, Delivery, RelayMode};
+use super::{Broken, Config, Delivery};
 use crate::message::mailbox::mailbox_key;
 use crate::notify::dsn::address_fits_header;
 use crate::notify::event::EventKind;
@@ -104,11 +104,10 @@ impl Config {
     /// queue, and auto-release in console and file modes (sync mode answers the client
     /// directly; console, file and discard modes otherwise deliver at once).
     pub fn bounces_active(&self) -> bool {
-        let gmail_queue =
-            self.relay.mode == RelayMode::Gmail && self.relay.delivery == Delivery::Queue;
-        let auto_release = matches!(self.relay.mode, RelayMode::Console | RelayMode::File)
-            && self.releases_automatically();
-        self.notify.bounces && (gmail_queue || auto_release)
+        let provider_queue =
+            self.relay.mode.is_provider() && self.relay.delivery == Delivery::Queue;
+        let auto_release = !self.relay.mode.is_provider() && self.releases_automatically();
+        self.notify.bounces && (provider_queue || auto_release)
     }
 
     /// The rules of `[notify]`, for [`Config::validate`].

@@ -23,6 +23,8 @@ pub enum CredentialKind {
     Inline,
     /// The `GMAIL_API_*` environment variables.
     Environment,
+    /// A Microsoft Entra app registration's client credentials (`[microsoft]`).
+    EntraApp,
 }
 
 /// An account's credentials, ready to obtain access tokens.
@@ -54,6 +56,9 @@ pub(crate) enum Grant {
     },
     /// A signed JWT per user to impersonate (RFC 7523 jwt-bearer grant).
     ServiceAccount(ServiceAccountKey),
+    /// Microsoft's client credentials grant: one token for the app, whichever mailbox it sends
+    /// through.
+    EntraApp(crate::microsoft::EntraApp),
 }
 
 /// The parts of a service account key the JWT grant needs.
@@ -93,6 +98,29 @@ impl Credentials {
         }
     }
 
+    /// The credentials of a Microsoft Entra app, exchanged at `token_uri`.
+    pub fn entra_app(app: crate::microsoft::EntraApp, token_uri: String) -> Self {
+        Credentials {
+            kind: CredentialKind::EntraApp,
+            grant: Grant::EntraApp(app),
+            token_uri,
+            account: None,
+            scopes: None,
+            quota_project: None,
+            cached_token: None,
+        }
+    }
+
+    /// The same Entra app asking for tokens for another resource (`scope`); other credentials
+    /// unchanged.
+    pub fn with_entra_scope(&self, scope: &str) -> Credentials {
+        let mut credentials = self.without_cached_token();
+        if let Grant::EntraApp(app) = &mut credentials.grant {
+            app.scope = scope.to_string();
+        }
+        credentials
+    }
+
     /// What kind of credentials these are and where they came from.
     pub fn kind(&self) -> &CredentialKind {
         &self.kind
@@ -104,7 +132,7 @@ impl Credentials {
             CredentialKind::TokenFile(path)
             | CredentialKind::AuthorizedUser(path)
             | CredentialKind::ServiceAccount(path) => Some(path),
-            CredentialKind::Inline | CredentialKind::Environment => None,
+            CredentialKind::Inline | CredentialKind::Environment | CredentialKind::EntraApp => None,
         }
     }
 
@@ -141,6 +169,7 @@ impl Credentials {
         match &self.grant {
             Grant::RefreshToken { client_id, .. } => Some(client_id),
             Grant::ServiceAccount(key) => key.client_id.as_deref(),
+            Grant::EntraApp(app) => Some(&app.client_id),
         }
     }
 
@@ -177,6 +206,7 @@ impl Credentials {
                     && client_secret == other_secret
                     && refresh_token == other_token
             }
+            (Grant::EntraApp(app), Grant::EntraApp(other)) => app.is_same(other),
             _ => false,
         };
         same_grant
@@ -220,6 +250,8 @@ impl fmt::Display for Credentials {
             }
             (CredentialKind::Inline, _) => f.write_str("refresh token from the configuration"),
             (CredentialKind::Environment, _) => f.write_str("environment variables GMAIL_API_*"),
+            (CredentialKind::EntraApp, Grant::EntraApp(app)) => write!(f, "{app}"),
+            (CredentialKind::EntraApp, _) => f.write_str("Entra app"),
         }
     }
 }

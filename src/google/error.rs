@@ -143,6 +143,7 @@ fn fix(code: &str, credentials: &Credentials, subject: Option<&str>) -> String {
     let token_uri = &credentials.token_uri;
     let key = match &credentials.grant {
         Grant::ServiceAccount(key) => key,
+        Grant::EntraApp(app) => return format!("check the credentials of {app}"),
         Grant::RefreshToken { .. } => {
             return match code {
                 "invalid_grant" => format!(
@@ -214,6 +215,7 @@ pub fn authorize_again(kind: &CredentialKind) -> String {
             command("token.json")
         ),
         CredentialKind::ServiceAccount(_) => command("token.json"),
+        CredentialKind::EntraApp => "check the app's credential in [microsoft]".to_string(),
     }
 }
 

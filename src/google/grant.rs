@@ -150,16 +150,25 @@ pub(crate) async fn request(
     subject: Option<&str>,
     timeout: Duration,
 ) -> Result<Granted, TokenError> {
-    let exchange = async {
-        match &credentials.grant {
-            Grant::RefreshToken {
-                client_id,
-                client_secret,
-                refresh_token,
-            } => refresh(http, credentials, client_id, client_secret, refresh_token).await,
-            Grant::ServiceAccount(key) => jwt_bearer(http, credentials, key, subject).await,
-        }
-    };
+    let exchange =
+        async {
+            match &credentials.grant {
+                Grant::RefreshToken {
+                    client_id,
+                    client_secret,
+                    refresh_token,
+                } => refresh(http, credentials, client_id, client_secret, refresh_token).await,
+                Grant::ServiceAccount(key) => jwt_bearer(http, credentials, key, subject).await,
+                Grant::EntraApp(app) => crate::microsoft::request(http, credentials, app)
+                    .await
+                    .map(|token| Granted {
+                        access_token: token.access_token,
+                        expires_in: token.expires_in,
+                        refresh_token: None,
+                        scopes: None,
+                    }),
+            }
+        };
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| {
@@ -245,20 +254,7 @@ async fn jwt_bearer(
         ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
         ("assertion", assertion.as_str()),
     ]);
-    let request = oauth2::http::Request::post(&credentials.token_uri)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .body(body.into_bytes())
-        .map_err(|_| {
-            TokenError::local(
-                "invalid_token_uri",
-                "",
-                format!("set a valid token URI instead of {}", credentials.token_uri),
-            )
-        })?;
-    let response = execute(http, request)
-        .await
-        .map_err(|failure| failure.into_token_error(credentials))?;
+    let response = token_endpoint(http, credentials, body).await?;
     let body = response.body();
     if response.status().is_success() {
         let granted: GoogleTokenResponse =
@@ -273,6 +269,37 @@ async fn jwt_bearer(
         credentials,
         Some(subject),
     ))
+}
+
+/// POSTs a form to the credentials' token endpoint: the answer, or why there is none.
+pub(crate) async fn token_endpoint(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    body: String,
+) -> Result<HttpResponse, TokenError> {
+    let request = oauth2::http::Request::post(&credentials.token_uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(body.into_bytes())
+        .map_err(|_| {
+            TokenError::local(
+                "invalid_token_uri",
+                "",
+                format!("set a valid token URI instead of {}", credentials.token_uri),
+            )
+        })?;
+    execute(http, request)
+        .await
+        .map_err(|failure| failure.into_token_error(credentials))
+}
+
+/// The access token and lifetime of a token response.
+pub(crate) fn granted(response: GoogleTokenResponse) -> (Secret, Option<Duration>) {
+    let lifetime = response.expires_in();
+    (
+        Secret::new(response.access_token.secret().as_str()),
+        lifetime,
+    )
 }
 
 /// Signs the one-hour assertion for Google's token endpoint as the key file names it, wherever
@@ -305,7 +332,7 @@ fn sign(key: &ServiceAccountKey, subject: &str) -> Result<String, TokenError> {
     })
 }
 
-fn form_urlencoded<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn form_urlencoded<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     oauth2::url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()

@@ -30,6 +30,7 @@ pub use credential_error::CredentialError;
 pub use credentials::{CredentialKind, Credentials};
 pub use error::{TokenError, authorize_again, set_quota_project};
 pub use grant::{GoogleClient, GoogleTokenResponse};
+pub(crate) use grant::{form_urlencoded, granted, token_endpoint};
 pub use secret::{Secret, resolve_secret};
 pub use source::{AccessToken, CredentialState, DEFAULT_TIMEOUT, REFRESH_MARGIN, TokenSource};
 pub use spec::{

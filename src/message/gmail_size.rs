@@ -1,7 +1,9 @@
-//! Whether a message still fits Gmail's upload limit once the Gmail rules have added to it: the
-//! largest message to advertise as `SIZE`, and the exact check per message before 250.
+//! Whether a message still fits an API's upload limit once the recipient rules have added to it:
+//! the largest message to advertise as `SIZE`, and the exact check per message before 250. The
+//! functions take the limit (Gmail's 35 MB upload, or the largest message Microsoft 365 takes on
+//! its configured paths); the `GMAIL_` names are Gmail's.
 
-use super::gmail_rules::{PolicyViolation, Prepared};
+use super::recipient_rules::{PolicyViolation, Prepared, Provider};
 
 /// Gmail's upload limit for `users.messages.send` (`maxSize` 36,700,160 bytes): what the message
 /// must fit in *after* our additions.
@@ -17,17 +19,22 @@ const ADDRESS_OCTETS: u64 = 256;
 const FROM_REWRITE_ROOM: u64 = 1024;
 
 /// The largest message to accept for Gmail with at most `max_recipients` recipients: Gmail's limit
-/// less the longest Bcc field [`prepare_for_gmail`](super::gmail_rules::prepare_for_gmail) can add for that many RFC-sized addresses and
+/// less the longest Bcc field [`prepare_for_api`](super::recipient_rules::prepare_for_api) can add for that many RFC-sized addresses and
 /// room for a From rewrite. Advertised as `SIZE`, so that a message that fits it is never refused
 /// for size after the client sent it, unless a quoted address or a long From is beyond those
 /// bounds.
 pub fn largest_message(max_recipients: usize) -> u64 {
+    largest_message_within(GMAIL_UPLOAD_LIMIT, max_recipients)
+}
+
+/// [`largest_message`] for an upload limit of `limit` bytes.
+pub fn largest_message_within(limit: u64, max_recipients: usize) -> u64 {
     // "Bcc: ", or ",<CRLF> " before the first address when a Bcc field is extended; each address
     // with its separator (", " or ",<CRLF> "); the CRLF ending the field and the empty line added
     // to a message without header fields.
     let per_address = ADDRESS_OCTETS + ",\r\n ".len() as u64;
     let bcc = ",\r\n ".len() as u64 + max_recipients as u64 * per_address + 2 * 2;
-    GMAIL_UPLOAD_LIMIT.saturating_sub(bcc + FROM_REWRITE_ROOM)
+    limit.saturating_sub(bcc + FROM_REWRITE_ROOM)
 }
 
 /// Refuses a message whose upload would be over [`GMAIL_UPLOAD_LIMIT`]. `prepared` was made from
@@ -37,11 +44,24 @@ pub fn check_upload_size(
     head: usize,
     total: u64,
 ) -> Result<(), PolicyViolation> {
+    check_upload_within(Provider::Gmail, GMAIL_UPLOAD_LIMIT, prepared, head, total)
+}
+
+/// [`check_upload_size`] for `provider`'s limit of `limit` bytes.
+pub fn check_upload_within(
+    provider: Provider,
+    limit: u64,
+    prepared: &Prepared,
+    head: usize,
+    total: u64,
+) -> Result<(), PolicyViolation> {
     let upload = total.saturating_sub(head as u64) + prepared.len() as u64;
-    if upload <= GMAIL_UPLOAD_LIMIT {
+    if upload <= limit {
         return Ok(());
     }
     Err(PolicyViolation::TooLarge {
+        provider,
+        limit,
         upload,
         received: total,
     })
@@ -52,8 +72,8 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::message::gmail_rules::{
-        FromPolicy, GmailPolicy, HeaderOnlyRecipients, prepare_for_gmail,
+    use crate::message::recipient_rules::{
+        FromPolicy, HeaderOnlyRecipients, SendPolicy, prepare_for_api,
     };
     use crate::message::{Address, Envelope, MessageId};
 
@@ -80,10 +100,11 @@ mod tests {
     #[test]
     fn the_largest_message_leaves_room_for_the_longest_bcc_and_a_from_rewrite() {
         let rcpt = long_addresses(100, 256);
-        let rewrite = GmailPolicy {
+        let rewrite = SendPolicy {
             header_only_recipients: HeaderOnlyRecipients::Allow,
             send_as: vec!["relay@example.com".to_string()],
             from_policy: FromPolicy::Rewrite,
+            ..SendPolicy::default()
         };
         let largest = largest_message(100);
         assert_eq!(largest, 36_673_128, "as documented in gmail-mode.md");
@@ -93,7 +114,7 @@ mod tests {
             b"no header field at all\r\n",
         ];
         for head in heads {
-            let prepared = prepare_for_gmail(&rewrite, &envelope(&rcpt), head).unwrap();
+            let prepared = prepare_for_api(&rewrite, &envelope(&rcpt), head).unwrap();
             assert_eq!(prepared.added_bcc.len(), 100);
             check_upload_size(&prepared, head.len(), largest).unwrap();
             let over = check_upload_size(&prepared, head.len(), GMAIL_UPLOAD_LIMIT);
@@ -106,10 +127,13 @@ mod tests {
     fn addresses_beyond_the_rfc_limit_can_still_make_a_message_too_large() {
         let rcpt = long_addresses(100, 1000);
         let head = b"From: app@example.com\r\n\r\n";
-        let prepared = prepare_for_gmail(&GmailPolicy::default(), &envelope(&rcpt), head).unwrap();
+        let prepared = prepare_for_api(&SendPolicy::default(), &envelope(&rcpt), head).unwrap();
         let largest = largest_message(100);
         let refusal = check_upload_size(&prepared, head.len(), largest).unwrap_err();
-        let PolicyViolation::TooLarge { upload, received } = refusal.clone() else {
+        let PolicyViolation::TooLarge {
+            upload, received, ..
+        } = refusal.clone()
+        else {
             panic!("{refusal:?}")
         };
         assert_eq!(received, largest);

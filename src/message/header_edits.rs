@@ -362,7 +362,7 @@ fn fold_list(out: &mut Vec<u8>, mut column: usize, addresses: &[&str], eol: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::gmail_rules::Prepared;
+    use crate::message::recipient_rules::Prepared;
 
     /// `raw` with `edits` applied, through the same code the upload uses.
     fn apply(raw: &[u8], edits: Vec<Edit>) -> Vec<u8> {

@@ -9,11 +9,11 @@
 pub const HEAD_LIMIT: usize = 256 * 1024;
 
 pub mod date;
-pub mod gmail_rules;
 pub mod gmail_size;
 pub mod header_edits;
 pub mod headers;
 pub mod mailbox;
+pub mod recipient_rules;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -35,6 +35,8 @@ pub const DELAYED_SUBJECT: &str = "Delayed Mail (still being retried)";
 /// The `diagnostic-type` for Google's answers (RFC 3464 §2.3.6: `smtp` is for SMTP replies;
 /// others are `X-` names, as Postfix's `X-Postfix`).
 pub const GMAIL_DIAGNOSTIC_TYPE: &str = "X-Gmail-API";
+/// The `diagnostic-type` for Microsoft Graph's (and Exchange Online's) answers.
+pub const GRAPH_DIAGNOSTIC_TYPE: &str = "X-Microsoft-Graph";
 /// The display name of the DSN's From, as Postfix's.
 const SENDER_NAME: &str = "Mail Delivery System";
 /// Width of the text for people.

@@ -75,7 +75,7 @@ pub trait Courier: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl Courier for Gmail {
     async fn deliver(&self, entry: &Entry, message: &Message) -> Result<Receipt, DeliveryError> {
-        let outgoing = match &entry.route {
+        let mut outgoing = match &entry.route {
             Some(route) => {
                 let (subject, upload) = (route.subject.as_deref(), route.upload.clone());
                 self.outgoing(&entry.account, subject, upload, message)
@@ -84,6 +84,7 @@ impl Courier for Gmail {
             // A record written before decisions were stored: decided now, once per attempt.
             None => self.prepare(&entry.envelope(), message).await?,
         };
+        outgoing.rcpt_to = entry.rcpt_to.clone();
         self.attempt(&outgoing).await
     }
 

@@ -17,6 +17,7 @@ use super::record::{Decision, Entry, Route};
 use crate::config::{Config, NotifyConfig};
 use crate::message::header_edits::Piece;
 use crate::message::mailbox::mailbox_key;
+use crate::message::recipient_rules::Provider;
 use crate::message::{Address, Envelope, MessageId};
 use crate::notify::dsn::{self, Action, RecipientOutcome};
 use crate::notify::{Detail, Event, EventKind, MessageEvent, Notifier};
@@ -52,6 +53,8 @@ struct Bounces {
     notify: NotifyConfig,
     /// `smtp.hostname`: the DSN's `Reporting-MTA` and the right side of its Message-ID.
     reporting_host: String,
+    /// Whose answers the DSN reports (its wording and `Diagnostic-Code` type).
+    provider: Provider,
 }
 
 /// Why the queue tells about a message: why it became a dead letter, or that it waits too long.
@@ -97,6 +100,10 @@ impl Notices {
         let bounces = config.bounces_active().then(|| Bounces {
             notify: config.notify.clone(),
             reporting_host: config.smtp.hostname.clone(),
+            provider: match config.relay.mode {
+                crate::config::RelayMode::Microsoft => Provider::Microsoft,
+                _ => Provider::Gmail,
+            },
         });
         Notices {
             notifier,
@@ -184,14 +191,17 @@ impl Notices {
             })
             .collect();
         let envelope = original.envelope();
-        let explanation = cause.explanation(original, self.max_age);
+        let explanation = cause.explanation(original, self.max_age, bounces.provider);
         let report = dsn::Report {
             original: &envelope,
             original_head: head,
             recipients: &recipients,
             explanation: &explanation,
             reporting_host: &bounces.reporting_host,
-            diagnostic_type: dsn::GMAIL_DIAGNOSTIC_TYPE,
+            diagnostic_type: match bounces.provider {
+                Provider::Gmail => dsn::GMAIL_DIAGNOSTIC_TYPE,
+                Provider::Microsoft => dsn::GRAPH_DIAGNOSTIC_TYPE,
+            },
             from: &from,
             to: &to,
             will_retry_until: Some(original.received_at + self.max_age)
@@ -264,7 +274,15 @@ impl Cause<'_> {
     }
 
     /// What the sender reads: what happened, and what the operator of the relay can do.
-    fn explanation(&self, original: &Entry, max_age: Duration) -> String {
+    fn explanation(&self, original: &Entry, max_age: Duration, provider: Provider) -> String {
+        let service = provider.service();
+        let (issuer, renew) = match provider {
+            Provider::Gmail => (
+                "Google",
+                "`smtp2gmail authorize`, or the service account's key and delegation",
+            ),
+            Provider::Microsoft => ("Microsoft", "a new client secret or certificate"),
+        };
         let retry = format!(
             "the operator of the relay can send it again with `smtp2gmail queue retry {}`",
             original.id
@@ -280,23 +298,22 @@ impl Cause<'_> {
                  {retry}."
             ),
             Cause::Refused(_) => format!(
-                "Gmail refused the message permanently: retrying cannot change its answer.\n\n\
+                "{service} refused the message permanently: retrying cannot change its answer.\n\n\
                  If the message should go out after all (the recipient's address was \
                  corrected, an alias was verified), {retry}."
             ),
             Cause::Expired {
                 account_gone: true, ..
             } => format!(
-                "{given_up}: the Gmail account it was routed to ({account}) is no longer \
+                "{given_up}: the {service} account it was routed to ({account}) is no longer \
                  configured on the relay.\n\nIf the account is restored, {retry}."
             ),
             Cause::Expired {
                 last: DeliveryError::Credentials { .. },
                 ..
             } => format!(
-                "{given_up}: Google refused the credentials of the Gmail account it is sent \
-                 through ({account}).\n\nOnce they are renewed (`smtp2gmail authorize`, or the \
-                 service account's key and delegation), {retry}."
+                "{given_up}: {issuer} refused the credentials of the {service} account it is \
+                 sent through ({account}).\n\nOnce they are renewed ({renew}), {retry}."
             ),
             Cause::Expired { last, .. } => format!(
                 "{given_up}. Its last attempt failed: {}.\n\nOnce the cause is fixed, {retry}.",
@@ -312,14 +329,14 @@ impl Cause<'_> {
             Cause::Delayed {
                 account_gone: true, ..
             } => format!(
-                "The Gmail account it was routed to ({account}) is no longer configured on the \
+                "The {service} account it was routed to ({account}) is no longer configured on the \
                  relay; it goes out if the account is restored."
             ),
             Cause::Delayed {
                 last: DeliveryError::Credentials { .. },
                 ..
             } => format!(
-                "Google refused the credentials of the Gmail account it is sent through \
+                "{issuer} refused the credentials of the {service} account it is sent through \
                  ({account}); it goes out once the operator of the relay renews them."
             ),
             Cause::Delayed { last, .. } => format!(
@@ -452,7 +469,7 @@ mod tests {
         };
         assert_eq!(expired.status(&original), Status::EXPIRED);
         assert_eq!(expired.diagnostic(), None, "not Google's answer");
-        let words = expired.explanation(&original, Duration::from_secs(5 * 86400));
+        let words = expired.explanation(&original, Duration::from_secs(5 * 86400), Provider::Gmail);
         assert!(
             words.contains("within 5days (queue.max_age)")
                 && words.contains("(support) is no longer configured"),
@@ -473,14 +490,14 @@ mod tests {
             delayed.diagnostic().as_deref(),
             Some("account support: invalid_grant")
         );
-        let words = delayed.explanation(&original, Duration::from_secs(3600));
+        let words = delayed.explanation(&original, Duration::from_secs(3600), Provider::Gmail);
         assert!(words.contains("refused the credentials"), "{words}");
         let mut split = original.clone();
         split.dead_reason = Some("split message <m@x> incomplete".into());
         assert_eq!(Cause::GivenUp.status(&split), Status::POLICY);
         assert!(
             Cause::GivenUp
-                .explanation(&split, Duration::MAX)
+                .explanation(&split, Duration::MAX, Provider::Gmail)
                 .ends_with("without sending it: split message <m@x> incomplete")
         );
     }

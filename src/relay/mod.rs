@@ -8,6 +8,7 @@ mod console;
 mod discard;
 mod file;
 pub mod gmail;
+pub mod microsoft;
 pub mod summary;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub use file::FileDrop;
 pub use gmail::Gmail;
 
 use crate::config::{Config, RelayMode};
-use crate::message::gmail_rules::PolicyViolation;
+use crate::message::recipient_rules::PolicyViolation;
 use crate::message::{Envelope, Message};
 use crate::status::Status;
 
@@ -214,7 +215,15 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Deliver>, BuildError> {
         RelayMode::Console => Arc::new(Console::new(config.console.format)),
         RelayMode::File => Arc::new(FileDrop::new(config.file.dir.clone())),
         RelayMode::Discard => Arc::new(Discard),
-        RelayMode::Gmail => Arc::new(Gmail::from_config(&config.gmail, http_client()?)?),
+        RelayMode::Gmail | RelayMode::Microsoft => Arc::new(provider(config, http_client()?)?),
+    })
+}
+
+/// The relay of a provider mode (gmail, microsoft), with its accounts.
+pub fn provider(config: &Config, http: reqwest::Client) -> Result<Gmail, BuildError> {
+    Ok(match config.relay.mode {
+        RelayMode::Microsoft => Gmail::from_microsoft(&config.microsoft, http)?,
+        _ => Gmail::from_config(&config.gmail, http)?,
     })
 }
 
@@ -231,15 +240,19 @@ pub fn http_client() -> Result<reqwest::Client, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::recipient_rules::Provider;
 
     #[test]
     fn policy_violations_are_permanent_and_too_large_is_5_3_4() {
         let header_only = DeliveryError::from(PolicyViolation::HeaderOnlyRecipients {
+            provider: Provider::Gmail,
             addresses: vec!["eve@x.org".into()],
         });
         assert!(header_only.is_permanent());
         assert_eq!(header_only.status(), Status::POLICY);
         let too_large = DeliveryError::from(PolicyViolation::TooLarge {
+            provider: Provider::Gmail,
+            limit: 36_700_160,
             upload: 36_700_161,
             received: 36_000_000,
         });

@@ -39,8 +39,13 @@ pub(super) fn startup(
         tracing::info!(
             size = smtp.max_message_size(),
             max_message_size = config.smtp.max_message_size,
-            "advertising a smaller SIZE than max_message_size: Gmail's upload limit less room for \
-             the Bcc header added for up to max_recipients recipients"
+            "advertising a smaller SIZE than max_message_size: {} less room for the Bcc header \
+             added for up to max_recipients recipients",
+            match config.relay.mode {
+                RelayMode::Microsoft =>
+                    "the largest message Microsoft 365 takes on the configured paths",
+                _ => "Gmail's upload limit",
+            }
         );
     }
 }
@@ -84,12 +89,20 @@ fn relay_description(config: &Config) -> String {
             config.file.dir.display()
         ),
         RelayMode::Discard => "discard mode: messages are accepted and dropped".to_string(),
-        RelayMode::Gmail if config.relay.delivery == Delivery::Queue => format!(
-            "gmail mode: messages are queued in {} and sent through the Gmail API",
-            queue_description(config)
-        ),
-        RelayMode::Gmail => {
-            "gmail mode: messages are sent through the Gmail API before 250".to_string()
+        RelayMode::Gmail | RelayMode::Microsoft => {
+            let (mode, api) = match config.relay.mode {
+                RelayMode::Microsoft => ("microsoft", "Microsoft Graph"),
+                _ => ("gmail", "the Gmail API"),
+            };
+            match config.relay.delivery {
+                Delivery::Sync => {
+                    format!("{mode} mode: messages are sent through {api} before 250")
+                }
+                Delivery::Queue => format!(
+                    "{mode} mode: messages are queued in {} and sent through {api}",
+                    queue_description(config)
+                ),
+            }
         }
     }
 }

@@ -72,17 +72,16 @@ pub(super) async fn build(
     if let Some(target) = &seams.deliver_to {
         return Ok(Target::only(target.clone()));
     }
-    let gmail_queue =
-        config.relay.mode == RelayMode::Gmail && config.relay.delivery == Delivery::Queue;
-    let auto_release = config.relay.mode != RelayMode::Gmail && config.releases_automatically();
-    if !gmail_queue && !auto_release && !config.notify.webhooks.is_empty() {
+    let queued = config.relay.mode.is_provider() && config.relay.delivery == Delivery::Queue;
+    let auto_release = !config.relay.mode.is_provider() && config.releases_automatically();
+    if !queued && !auto_release && !config.notify.webhooks.is_empty() {
         tracing::warn!(
             "notify.webhooks tell of queued mail: they send nothing in this mode (gmail mode with \
              delivery = \"queue\", or [inbox] release_matching in console and file modes, sends \
              them)"
         );
     }
-    if config.relay.mode != RelayMode::Gmail {
+    if !config.relay.mode.is_provider() {
         return capturing(config, seams, sets).await;
     }
     let GmailParts {
@@ -170,17 +169,17 @@ async fn capturing(
     })
 }
 
-/// The Gmail relay of `[gmail]`, its accounts, and the watcher that reloads their credentials.
+/// The provider's relay, its accounts, and the watcher that reloads their credentials.
 struct GmailParts {
     gmail: Arc<Gmail>,
     accounts: Vec<Arc<Account>>,
     watcher: Arc<CredentialWatcher>,
 }
 
-/// Builds the Gmail relay with the seams' retries and timeout.
+/// Builds the provider's relay (`[gmail]` in console and file modes, where it releases) with
+/// the seams' retries and timeout.
 fn gmail_parts(config: &Config, seams: &Seams) -> Result<GmailParts, StartError> {
-    let mut gmail = Gmail::from_config(&config.gmail, relay::http_client()?)
-        .map_err(relay::BuildError::from)?;
+    let mut gmail = relay::provider(config, relay::http_client()?)?;
     if let Some(retry) = seams.gmail_retry {
         gmail = gmail.with_retry(retry);
     }
@@ -214,7 +213,18 @@ async fn start_queue(
     if let Some(rules) = release {
         notices = notices.only_to(move |address| rules.is_released(address));
     }
-    Ok(queue::start(&config.queue, gmail, notices, sets.storage).await?)
+    Ok(queue::start(&queue_config(config), gmail, notices, sets.storage).await?)
+}
+
+/// `[queue]` as the scheduler obeys it: in microsoft mode no mailbox sends faster than Exchange
+/// Online's `max_messages_per_minute` (30), whatever `max_send_rate` says.
+fn queue_config(config: &Config) -> crate::config::QueueConfig {
+    let mut queue = config.queue.clone();
+    if config.relay.mode == RelayMode::Microsoft {
+        let per_second = f64::from(config.microsoft.messages_per_minute()) / 60.0;
+        queue.max_send_rate = queue.max_send_rate.min(per_second);
+    }
+    queue
 }
 
 /// The inbox of console and file modes, releasing through `release`.

@@ -9,6 +9,31 @@ use std::time::Duration;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::fake_google::FakeGoogle;
+use super::fake_microsoft::FakeMicrosoft;
+
+/// A fake provider whose accepted messages can be read back: the fake Gmail, the fake Graph.
+pub trait Sink {
+    /// Every message body it accepted, in order.
+    fn bodies(&self) -> Vec<Vec<u8>>;
+}
+
+impl Sink for FakeGoogle {
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.uploads()
+            .into_iter()
+            .map(|upload| upload.body)
+            .collect()
+    }
+}
+
+impl Sink for FakeMicrosoft {
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.accepted()
+            .into_iter()
+            .map(|accepted| accepted.mime)
+            .collect()
+    }
+}
 
 /// Message `n`: subject `burst-N`.
 pub fn message(n: usize) -> lettre::Message {
@@ -65,12 +90,28 @@ pub fn send(
         .collect()
 }
 
+/// Waits until at least `count` messages are acknowledged and `delivering()` says deliveries are
+/// under way: the moment the crash tests kill a server.
+pub async fn until_under_way(
+    acknowledged: &Acknowledged,
+    count: usize,
+    delivering: impl Fn() -> bool,
+) {
+    tokio::time::timeout(super::WAIT, async {
+        while acknowledged.lock().unwrap().len() < count || !delivering() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the burst gets going");
+}
+
 /// How many times each number reached Gmail.
-pub fn delivered(google: &FakeGoogle) -> HashMap<usize, usize> {
+pub fn delivered(sink: &impl Sink) -> HashMap<usize, usize> {
     let mut seen: HashMap<usize, usize> = HashMap::new();
-    for upload in google.uploads() {
+    for body in sink.bodies() {
         *seen
-            .entry(number(&upload.body).expect("a burst subject"))
+            .entry(number(&body).expect("a burst subject"))
             .or_default() += 1;
     }
     seen
@@ -78,7 +119,7 @@ pub fn delivered(google: &FakeGoogle) -> HashMap<usize, usize> {
 
 /// Waits (up to `bound`) until every acknowledged number reached Gmail; panics naming the
 /// missing ones.
-pub async fn until_delivered(google: &FakeGoogle, acknowledged: &HashSet<usize>, bound: Duration) {
+pub async fn until_delivered(google: &impl Sink, acknowledged: &HashSet<usize>, bound: Duration) {
     if let Err(missing) = delivered_within(google, acknowledged, bound).await {
         panic!("acknowledged but never delivered: {missing:?}");
     }
@@ -87,7 +128,7 @@ pub async fn until_delivered(google: &FakeGoogle, acknowledged: &HashSet<usize>,
 /// Waits (up to `bound`) until every acknowledged number reached Gmail; the missing ones if
 /// some never did.
 pub async fn delivered_within(
-    google: &FakeGoogle,
+    google: &impl Sink,
     acknowledged: &HashSet<usize>,
     bound: Duration,
 ) -> Result<(), Vec<usize>> {

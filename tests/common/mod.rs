@@ -6,9 +6,12 @@
 
 pub mod burst;
 pub mod credential_files;
+pub mod django;
 pub mod dsn;
+pub mod fake_exchange_smtp;
 pub mod fake_gmail;
 pub mod fake_google;
+pub mod fake_microsoft;
 pub mod fake_oauth;
 pub mod inbox;
 pub mod logs;

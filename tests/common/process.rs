@@ -218,3 +218,30 @@ fn word_after<'a>(line: &'a str, marker: &str) -> &'a str {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no word after {marker:?} in {line}"))
 }
+
+/// Exit code, stdout and stderr of one run.
+pub struct Run {
+    /// The exit code.
+    pub code: Option<i32>,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs `smtp2gmail ARGS` in `dir`.
+pub async fn smtp2gmail(dir: &Path, args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtp2gmail"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -99,12 +99,12 @@ impl TestServer {
     /// child process another test spawns inherits every descriptor (the lock's too) until its
     /// exec, so a restart in this process can find it taken for a moment.
     pub async fn assembled(config: Config) -> Self {
-        // Where there is a queue (gmail mode, auto-release), the `queue` commands read this file.
-        let config_file =
-            match config.relay.mode == RelayMode::Gmail || config.releases_automatically() {
-                true => write_config(&config, &config.queue.dir.with_extension("toml")),
-                false => PathBuf::new(),
-            };
+        // Where there is a queue (gmail and microsoft modes, auto-release), the `queue` commands
+        // read this file.
+        let config_file = match config.relay.mode.is_provider() || config.releases_automatically() {
+            true => write_config(&config, &config.queue.dir.with_extension("toml")),
+            false => PathBuf::new(),
+        };
         let handle = tokio::time::timeout(WAIT, async {
             loop {
                 let server = Server::new(config.clone())

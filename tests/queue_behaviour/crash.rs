@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bench::{Backend, Bench};
-use crate::common::WAIT;
 use crate::common::burst::{self, Acknowledged};
 use crate::common::serving::Serving;
 
@@ -27,13 +26,7 @@ async fn kill_minus_9_loses_no_acknowledged_message(backend: Backend) {
     let burst = burst::send(&[doomed.smtp], CLIENTS, PER_CLIENT, &acknowledged);
     // Kill once a third of the burst is acknowledged and deliveries are under way.
     let third = CLIENTS * PER_CLIENT / 3;
-    tokio::time::timeout(WAIT, async {
-        while acknowledged.lock().unwrap().len() < third || google.uploads().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the burst gets going");
+    burst::until_under_way(&acknowledged, third, || !google.uploads().is_empty()).await;
     doomed.kill().await; // SIGKILL
     for client in burst {
         client.await.unwrap();

@@ -52,6 +52,7 @@ use super::record::{Entry, IfIncomplete, Place, SplitRecord};
 use super::store::{MergeJournal, Store};
 use crate::config::{HeaderOnlyRecipients, QueueConfig};
 use crate::message::headers::{Headers, header_end};
+use crate::message::recipient_rules::Provider;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{DeliveryError, Gmail, Receipt};
 use release::Rules;
@@ -66,6 +67,14 @@ pub use splitter::Splitter;
 pub trait Routing: Send + Sync + 'static {
     /// `header_only_recipients` of the account called `account` (the default when it is gone).
     fn header_only_recipients(&self, account: &str) -> HeaderOnlyRecipients;
+
+    /// The provider and the most its upload may be: a merged message's Bcc may take it over.
+    fn upload_limit(&self) -> (Provider, u64) {
+        (
+            Provider::Gmail,
+            crate::message::gmail_size::GMAIL_UPLOAD_LIMIT,
+        )
+    }
 }
 
 impl Routing for Gmail {
@@ -75,6 +84,10 @@ impl Routing for Gmail {
             .map_or(HeaderOnlyRecipients::default(), |a| {
                 a.policy.header_only_recipients
             })
+    }
+
+    fn upload_limit(&self) -> (Provider, u64) {
+        (self.provider(), Gmail::upload_limit(self))
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use super::group::{Group, Outcome};
 use super::{Routing, if_incomplete};
 use crate::message::mailbox::mailbox_key;
+use crate::message::recipient_rules::Provider;
 use crate::queue::record::{Entry, IfIncomplete, Merge, Place};
 use crate::queue::store::Store;
 
@@ -42,7 +43,8 @@ impl Rules {
             Some(IfIncomplete::Refuse) => Outcome::Dead(self.incomplete_reason(group, earlier)),
         };
         let mut entry = group.merged(&outcome, now);
-        if let Some(reason) = too_large(&entry).filter(|_| outcome == Outcome::Queue) {
+        let limit = self.routing.upload_limit();
+        if let Some(reason) = too_large(&entry, limit).filter(|_| outcome == Outcome::Queue) {
             outcome = Outcome::Dead(reason);
             entry = group.merged(&outcome, now);
         }
@@ -87,14 +89,15 @@ impl Rules {
         format!(
             "split message <{message_id}> incomplete: within queue.split_window ({}) its {} \
              transaction(s) named {} of its {} header recipients{earlier}; never in an envelope: \
-             {}. Refused by gmail.header_only_recipients = \"reject\" (Gmail would deliver to \
-             them); set it to \"allow\" and run `smtp2gmail queue retry` on this message to send \
+             {}. Refused by {table}.header_only_recipients = \"reject\" (the API would deliver \
+             to them); set it to \"allow\" and run `smtp2gmail queue retry` on this message to send \
              it to every header recipient",
             humantime::format_duration(self.window),
             group.parts.len(),
             group.header.len() - uncovered.len(),
             group.header.len(),
             list(&uncovered),
+            table = self.routing.upload_limit().0.table(),
         )
     }
 }
@@ -158,11 +161,12 @@ pub(super) async fn drop_repeat(store: &dyn Store, part: &Entry, merge: &Merge) 
 /// Why a merged message cannot go to Gmail, if it cannot: its Bcc, now naming the envelope-only
 /// recipients of every transaction, takes the upload over Gmail's limit (each transaction was
 /// checked with its own share before its 250).
-fn too_large(merged: &Entry) -> Option<String> {
+fn too_large(merged: &Entry, (provider, limit): (Provider, u64)) -> Option<String> {
     let route = merged.route.as_ref()?;
     let upload: usize = route.upload.iter().map(|piece| piece.len()).sum();
-    let limit = crate::message::gmail_size::GMAIL_UPLOAD_LIMIT;
-    let violation = crate::message::gmail_rules::PolicyViolation::TooLarge {
+    let violation = crate::message::recipient_rules::PolicyViolation::TooLarge {
+        provider,
+        limit,
         upload: upload as u64,
         received: merged.size,
     };

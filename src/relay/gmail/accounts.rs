@@ -13,10 +13,11 @@ use std::time::SystemTime;
 
 use super::slots::SendSlots;
 
-use crate::config::{AccountConfig, GmailConfig};
+use crate::config::{AccountConfig, GmailConfig, MicrosoftAccountConfig};
 use crate::google::{self, CredentialError, CredentialSpec, Credentials, TokenSource};
-use crate::message::gmail_rules::GmailPolicy;
 use crate::message::mailbox::{mailbox_key, matches_pattern};
+use crate::message::recipient_rules::{Provider, SendPolicy};
+use crate::relay::microsoft::RecipientBudget;
 use crate::relay::{DeliveryError, Receipt, Scope};
 
 /// Parallel sends per account unless configured: below the ~10 at which Gmail answers 429
@@ -47,7 +48,7 @@ pub struct Account {
     /// Who the token is for.
     pub impersonate: Impersonate,
     /// Recipient and From rules.
-    pub policy: GmailPolicy,
+    pub policy: SendPolicy,
     /// Caps simultaneous sends per mailbox.
     pub sends: SendSlots,
     /// The cap itself, so the queue dispatches no more than can run.
@@ -59,8 +60,45 @@ pub struct Account {
     pub token_file: Option<PathBuf>,
     /// From addresses already warned about under `from_policy = "keep"`: one warning each.
     warned_from: Mutex<HashSet<String>>,
+    /// Microsoft accounts: recipients per mailbox over a rolling day, counted before each send.
+    pub budget: Option<RecipientBudget>,
+    /// Microsoft accounts: Graph's concurrency per app, shared by the app's accounts.
+    pub app_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The account's settings, kept so its credentials can be loaded again the same way.
-    config: AccountConfig,
+    settings: Settings,
+}
+
+/// Where an account's credentials are configured, to load them again on a reload.
+#[derive(Debug, Clone)]
+pub enum Settings {
+    /// `[gmail]` or `[[gmail.accounts]]`.
+    Gmail(Box<AccountConfig>),
+    /// `[microsoft]` or `[[microsoft.accounts]]`, with `login_base`.
+    Microsoft(Box<MicrosoftAccountConfig>, String),
+}
+
+/// What a provider's account is made of; [`Account::new`] adds the bookkeeping.
+pub struct AccountParts {
+    /// The account's name.
+    pub name: String,
+    /// Envelope senders it serves.
+    pub senders: Vec<String>,
+    /// The API's user or mailbox in paths.
+    pub user_id: String,
+    /// Its token source.
+    pub tokens: Arc<TokenSource>,
+    /// Whom it sends as.
+    pub impersonate: Impersonate,
+    /// Its recipient and From rules.
+    pub policy: SendPolicy,
+    /// Simultaneous sends per mailbox.
+    pub max_sends: usize,
+    /// A daily recipient budget per mailbox, if the provider has one.
+    pub budget: Option<RecipientBudget>,
+    /// A concurrency limit per app, if the provider has one.
+    pub app_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Where its credentials are configured.
+    pub settings: Settings,
 }
 
 impl Account {
@@ -72,6 +110,26 @@ impl Account {
             Impersonate::TokenUser => Some(None),
             Impersonate::Fixed(user) => Some(Some(user)),
             Impersonate::Sender => None,
+        }
+    }
+
+    /// An account of `parts`, with no problem noted yet.
+    pub fn new(parts: AccountParts) -> Account {
+        Account {
+            name: parts.name,
+            senders: parts.senders,
+            user_id: parts.user_id,
+            tokens: parts.tokens,
+            impersonate: parts.impersonate,
+            policy: parts.policy,
+            sends: SendSlots::new(parts.max_sends),
+            max_sends: parts.max_sends,
+            attention: Mutex::new(HashMap::new()),
+            token_file: None,
+            warned_from: Mutex::new(HashSet::new()),
+            budget: parts.budget,
+            app_slots: parts.app_slots,
+            settings: parts.settings,
         }
     }
 
@@ -104,32 +162,30 @@ impl Account {
             CredentialSpec::Environment => (None, true),
             CredentialSpec::Inline { .. } => (None, false),
         };
-        Ok(Account {
+        let user_id = config.user_id.clone().or_else(|| {
+            from_environment
+                .then(|| std::env::var(google::ENV_USER_ID).ok())
+                .flatten()
+        });
+        let mut account = Account::new(AccountParts {
             name: name.clone(),
             senders: config.senders.clone(),
-            user_id: config
-                .user_id
-                .clone()
-                .or_else(|| {
-                    from_environment
-                        .then(|| std::env::var(google::ENV_USER_ID).ok())
-                        .flatten()
-                })
-                .unwrap_or_else(|| "me".to_string()),
+            user_id: user_id.unwrap_or_else(|| "me".to_string()),
             tokens: Arc::new(TokenSource::new(name.clone(), credentials, http.clone())),
             impersonate,
-            policy: GmailPolicy {
+            policy: SendPolicy {
+                provider: Provider::Gmail,
                 header_only_recipients: config.header_only_recipients.unwrap_or_default(),
                 send_as: config.send_as.clone(),
                 from_policy: config.from_policy.unwrap_or_default(),
             },
-            sends: SendSlots::new(max_sends),
             max_sends,
-            attention: Mutex::new(HashMap::new()),
-            token_file,
-            warned_from: Mutex::new(HashSet::new()),
-            config: config.clone(),
-        })
+            budget: None,
+            app_slots: None,
+            settings: Settings::Gmail(Box::new(config.clone())),
+        });
+        account.token_file = token_file;
+        Ok(account)
     }
 
     /// Loads the credentials again from where the configuration says they are (file, `file:`
@@ -137,13 +193,27 @@ impl Account {
     /// keeps using its current credentials until the caller hands these to
     /// [`TokenSource::replace`].
     pub fn load_credentials(&self) -> Result<Credentials, AccountError> {
-        load_credentials(&self.config).map(|(_, credentials)| credentials)
+        match &self.settings {
+            Settings::Gmail(config) => load_credentials(config).map(|(_, credentials)| credentials),
+            Settings::Microsoft(config, login_base) => {
+                crate::relay::microsoft::load_credentials(config, login_base)
+            }
+        }
     }
 
     /// The files the credentials are read from: the `credentials` file and any `file:PATH`
     /// values. Watching them is how a token written by `authorize` reaches a running server.
     pub fn credential_files(&self) -> Vec<PathBuf> {
-        let config = &self.config;
+        let config = match &self.settings {
+            Settings::Gmail(config) => config,
+            Settings::Microsoft(config, _) => {
+                return crate::microsoft::credential_files(
+                    config.client_secret.as_deref(),
+                    config.certificate.as_ref(),
+                    config.private_key.as_ref().or(config.certificate.as_ref()),
+                );
+            }
+        };
         let secret_files = [
             &config.client_id,
             &config.client_secret,
@@ -323,6 +393,9 @@ pub enum AccountProblem {
     /// The credentials (file, secret, environment) cannot be loaded.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// A Microsoft account's app or credential is incomplete or unusable.
+    #[error("{0}")]
+    Microsoft(String),
 }
 
 /// Reads an account's credentials the way its configuration says; errors name the account.
@@ -360,6 +433,7 @@ fn credential_spec(config: &AccountConfig) -> Result<CredentialSpec, AccountProb
 }
 
 /// Picks the account for each message.
+#[derive(Default)]
 pub struct Router {
     /// Named accounts, in configuration order.
     named: Vec<Arc<Account>>,
@@ -396,6 +470,12 @@ impl Router {
         let default = (config.has_own_credentials() || named.is_empty() || env_configured)
             .then(|| config.default_account());
         (named, default)
+    }
+
+    /// A router over accounts built elsewhere (Microsoft's): `named` are chosen by their
+    /// senders, `default` serves the rest.
+    pub fn of(named: Vec<Arc<Account>>, default: Option<Arc<Account>>) -> Router {
+        Router { named, default }
     }
 
     /// The account with this name, if it still exists.

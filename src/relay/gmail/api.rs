@@ -136,18 +136,12 @@ impl GmailApi {
             .timeout(timeout)
             .body(upload.body())
             .send()
-            .await
-            .map_err(|err| transport_error(&err))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after_header);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&err))?;
+            .await;
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = Answer::read("Gmail API", response).await?;
         if status == 200 {
             return serde_json::from_slice(&body).map_err(|err| SendError::Temporary {
                 reason: format!("Gmail answered 200 with an unreadable body ({err}); the message may have been sent"),
@@ -185,7 +179,40 @@ impl GmailApi {
     }
 }
 
-fn transport_error(err: &reqwest::Error) -> SendError {
+/// What an API answered: status, `Retry-After` and body.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) body: bytes::Bytes,
+}
+
+impl Answer {
+    /// Reads the answer to a request to `service`; no answer is a temporary failure.
+    pub(crate) async fn read(
+        service: &str,
+        response: reqwest::Result<reqwest::Response>,
+    ) -> Result<Answer, SendError> {
+        let response = response.map_err(|err| transport_error(service, &err))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after_header);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| transport_error(service, &err))?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// A request to `service` that got no answer: temporary.
+pub(crate) fn transport_error(service: &str, err: &reqwest::Error) -> SendError {
     let what = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -195,7 +222,7 @@ fn transport_error(err: &reqwest::Error) -> SendError {
     };
     // reqwest errors name the URL, which carries no secret (the token is in a header).
     SendError::Temporary {
-        reason: format!("Gmail API {what}: {err}"),
+        reason: format!("{service} {what}: {err}"),
         retry_after: None,
         cause: Cause::Outage,
     }
@@ -285,7 +312,7 @@ fn needs_quota_project(message: &str) -> bool {
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after_header(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after_header(value: &str) -> Option<Duration> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }

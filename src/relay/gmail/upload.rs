@@ -59,8 +59,19 @@ impl Upload {
         reqwest::Body::wrap_stream(self.stream())
     }
 
+    /// The bytes in one buffer: for an API that takes them encoded (Graph's base64 body, at
+    /// most a few MB).
+    pub async fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(self.len() as usize);
+        let mut stream = self.stream();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes)
+    }
+
     /// The bytes as a stream, never joined into one buffer.
-    fn stream(&self) -> ByteStream {
+    pub fn stream(&self) -> ByteStream {
         match self {
             Upload::Memory(chunks) => {
                 futures_util::stream::iter(chunks.clone().into_iter().map(Ok)).boxed()
@@ -80,7 +91,8 @@ fn piece_len(piece: &Piece) -> u64 {
     piece.len() as u64
 }
 
-type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+/// An upload's bytes, chunk by chunk.
+pub type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
 
 async fn open_piece(path: PathBuf, piece: Piece) -> std::io::Result<ByteStream> {
     match piece {

@@ -1,11 +1,12 @@
-//! What a received message needs before Gmail gets it, decided without I/O.
+//! What a received message needs before a mail API (Gmail's or Microsoft Graph's) gets it,
+//! decided without I/O. One set of rules for both providers.
 //!
-//! Gmail has no envelope: it delivers to the addresses in the To, Cc and Bcc headers and nowhere
-//! else, and it silently replaces a From that is not the account or a verified send-as alias. SMTP
-//! clients assume the opposite (Django writes bcc recipients into `RCPT TO` only). So
-//! [`prepare_for_gmail`] makes the headers say what the envelope says — envelope recipients missing
-//! from the headers are added as Bcc — and applies the operator's policy to recipients that are
-//! only in the headers and to the From address.
+//! Neither API has an envelope: both deliver to the addresses in the To, Cc and Bcc headers and
+//! nowhere else. Gmail silently replaces a From that is not the account or a verified send-as
+//! alias; Exchange refuses it (`ErrorSendAsDenied`). SMTP clients assume the opposite (Django
+//! writes bcc recipients into `RCPT TO` only). So [`prepare_for_api`] makes the headers say what
+//! the envelope says — envelope recipients missing from the headers are added as Bcc — and applies
+//! the operator's policy to recipients that are only in the headers and to the From address.
 //!
 //! The result is a list of [`Piece`]s, new bytes and ranges of the original, so a 35 MB message is
 //! uploaded without being copied. Apart from the edits listed in [`Prepared`], every byte is the
@@ -27,9 +28,39 @@ const LIST_BUDGET: usize = 200;
 
 pub use crate::config::{FromPolicy, HeaderOnlyRecipients};
 
-/// The operator's choices for the rules, one per way Gmail differs from SMTP.
+/// Which API a message goes to: the rules are the same, the settings named in refusals are not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// The Gmail API (`[gmail]`).
+    #[default]
+    Gmail,
+    /// Microsoft Graph or Exchange Online (`[microsoft]`).
+    Microsoft,
+}
+
+impl Provider {
+    /// The configuration table whose keys change the outcome.
+    pub fn table(self) -> &'static str {
+        match self {
+            Provider::Gmail => "gmail",
+            Provider::Microsoft => "microsoft",
+        }
+    }
+
+    /// The service's name in replies and logs.
+    pub fn service(self) -> &'static str {
+        match self {
+            Provider::Gmail => "Gmail",
+            Provider::Microsoft => "Microsoft 365",
+        }
+    }
+}
+
+/// The operator's choices for the rules, one per way the mail APIs differ from SMTP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GmailPolicy {
+pub struct SendPolicy {
+    /// The API the rules prepare for (names the settings in refusals).
+    pub provider: Provider,
     /// Recipients that appear in To/Cc/Bcc but not in `RCPT TO`.
     pub header_only_recipients: HeaderOnlyRecipients,
     /// The From addresses Gmail keeps (the account and its verified aliases). Empty means unknown,
@@ -45,35 +76,45 @@ pub struct GmailPolicy {
 pub enum PolicyViolation {
     /// To/Cc/Bcc name addresses (or entries that are not addresses) outside the envelope.
     #[error(
-        "header recipients not in the envelope: {} (set gmail.header_only_recipients = \"allow\" \
+        "header recipients not in the envelope: {} (set {}.header_only_recipients = \"allow\" \
          to send anyway)",
-        list(.addresses)
+        list(.addresses),
+        .provider.table()
     )]
     HeaderOnlyRecipients {
+        /// The API (names the setting).
+        provider: Provider,
         /// The addresses, normalized, or the raw text of unreadable entries.
         addresses: Vec<String>,
     },
     /// The From address is not one Gmail would keep.
     #[error(
-        "From {} is not a send-as address of the account ({}); add it to gmail.send_as or set \
-         gmail.from_policy = \"rewrite\"",
+        "From {} is not a send-as address of the account ({}); add it to {table}.send_as or set \
+         {table}.from_policy = \"rewrite\"",
         list(std::slice::from_ref(.from)),
-        list(.send_as)
+        list(.send_as),
+        table = .provider.table()
     )]
     UnknownFrom {
+        /// The API (names the settings).
+        provider: Provider,
         /// The offending From address.
         from: String,
         /// The configured send-as addresses.
         send_as: Vec<String>,
     },
-    /// With the Bcc field (and From rewrite) added, the upload is over Gmail's limit
+    /// With the Bcc field (and From rewrite) added, the upload is over the API's limit
     /// ([`check_upload_size`](super::gmail_size::check_upload_size)).
     #[error(
-        "message too large for Gmail: {received} bytes received, {upload} with the headers added \
-         for Gmail (Bcc for envelope-only recipients); Gmail accepts at most {}",
-        super::gmail_size::GMAIL_UPLOAD_LIMIT
+        "message too large for {service}: {received} bytes received, {upload} with the headers \
+         added for {service} (Bcc for envelope-only recipients); {service} accepts at most {limit}",
+        service = .provider.service()
     )]
     TooLarge {
+        /// The API.
+        provider: Provider,
+        /// The most it takes, in bytes.
+        limit: u64,
         /// The size of the upload.
         upload: u64,
         /// The size of the message as received.
@@ -134,18 +175,18 @@ impl Prepared {
 /// Header-only recipients are checked before From, so a message with both problems is refused for
 /// the one that concerns who receives it. A message without any From (or with an empty one) passes
 /// the From check: Gmail then uses the account's address, which is what such a client expects.
-pub fn prepare_for_gmail(
-    policy: &GmailPolicy,
+pub fn prepare_for_api(
+    policy: &SendPolicy,
     envelope: &Envelope,
     raw: &[u8],
 ) -> Result<Prepared, PolicyViolation> {
     prepare_with_headers(policy, envelope, raw, &Headers::read(raw))
 }
 
-/// [`prepare_for_gmail`] for a caller that has already read the headers of `raw` (the relay reads
+/// [`prepare_for_api`] for a caller that has already read the headers of `raw` (the relay reads
 /// them once, to route the message, and reuses them here).
 pub fn prepare_with_headers(
-    policy: &GmailPolicy,
+    policy: &SendPolicy,
     envelope: &Envelope,
     raw: &[u8],
     headers: &Headers,
@@ -153,7 +194,10 @@ pub fn prepare_with_headers(
     if policy.header_only_recipients == HeaderOnlyRecipients::Reject {
         let outside = header_only_recipients(headers, &envelope.rcpt_to);
         if !outside.is_empty() {
-            return Err(PolicyViolation::HeaderOnlyRecipients { addresses: outside });
+            return Err(PolicyViolation::HeaderOnlyRecipients {
+                provider: policy.provider,
+                addresses: outside,
+            });
         }
     }
 
@@ -164,6 +208,7 @@ pub fn prepare_with_headers(
         match policy.from_policy {
             FromPolicy::Reject => {
                 return Err(PolicyViolation::UnknownFrom {
+                    provider: policy.provider,
                     from,
                     send_as: policy.send_as.clone(),
                 });
@@ -286,17 +331,17 @@ mod tests {
         }
     }
 
-    fn policy(send_as: &[&str], from_policy: FromPolicy) -> GmailPolicy {
-        GmailPolicy {
+    fn policy(send_as: &[&str], from_policy: FromPolicy) -> SendPolicy {
+        SendPolicy {
             send_as: send_as.iter().map(|a| a.to_string()).collect(),
             from_policy,
-            ..GmailPolicy::default()
+            ..SendPolicy::default()
         }
     }
 
     /// The upload for `raw` under `policy`, checked for consistency between its three forms.
-    fn prepare(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) -> (Prepared, Vec<u8>) {
-        let prepared = prepare_for_gmail(policy, &envelope(rcpt_to), raw).unwrap();
+    fn prepare(policy: &SendPolicy, rcpt_to: &[&str], raw: &[u8]) -> (Prepared, Vec<u8>) {
+        let prepared = prepare_for_api(policy, &envelope(rcpt_to), raw).unwrap();
         let out = prepared.to_vec(raw);
         assert_eq!(prepared.len(), out.len());
         assert_eq!(
@@ -306,11 +351,11 @@ mod tests {
         (prepared, out)
     }
 
-    fn refusal(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) -> PolicyViolation {
-        prepare_for_gmail(policy, &envelope(rcpt_to), raw).unwrap_err()
+    fn refusal(policy: &SendPolicy, rcpt_to: &[&str], raw: &[u8]) -> PolicyViolation {
+        prepare_for_api(policy, &envelope(rcpt_to), raw).unwrap_err()
     }
 
-    fn assert_unchanged(policy: &GmailPolicy, rcpt_to: &[&str], raw: &[u8]) {
+    fn assert_unchanged(policy: &SendPolicy, rcpt_to: &[&str], raw: &[u8]) {
         let (prepared, out) = prepare(policy, rcpt_to, raw);
         assert!(prepared.is_unchanged() && prepared.added_bcc.is_empty());
         assert_eq!(out, raw);
@@ -322,7 +367,7 @@ mod tests {
     #[test]
     fn envelope_only_recipients_become_a_bcc_field_in_front() {
         let rcpt = ["a@x.org", "b@x.org", "c@x.org"];
-        let (prepared, out) = prepare(&GmailPolicy::default(), &rcpt, DJANGO);
+        let (prepared, out) = prepare(&SendPolicy::default(), &rcpt, DJANGO);
         let added = b"Bcc: c@x.org\r\n";
         assert_eq!(&out[..added.len()], added);
         assert_eq!(&out[added.len()..], DJANGO, "the rest is byte-identical");
@@ -336,11 +381,12 @@ mod tests {
     #[test]
     fn merged_decisions_upload_what_the_union_would() {
         let with_bcc = b"To: a@x.org, b@x.org\r\nBcc: x@y.org\r\nSubject: s\r\n\r\nbody\r\n";
-        let policy = GmailPolicy {
+        let policy = SendPolicy {
             from_policy: FromPolicy::Rewrite,
             send_as: vec!["me@gmail.com".into()],
             // As the queue decides a transaction: as if every header recipient were named.
             header_only_recipients: HeaderOnlyRecipients::Allow,
+            ..SendPolicy::default()
         };
         for raw in [DJANGO, &with_bcc[..]] {
             for parts in [
@@ -370,7 +416,7 @@ mod tests {
 
     #[test]
     fn nothing_is_added_when_the_headers_name_every_recipient() {
-        assert_unchanged(&GmailPolicy::default(), &["a@x.org", "b@x.org"], DJANGO);
+        assert_unchanged(&SendPolicy::default(), &["a@x.org", "b@x.org"], DJANGO);
         let names = b"To: \"Bob\" <Bob@Example.COM>, =?utf-8?q?J=C3=B6rg?= <jorg@x.org>\r\n\
             Cc: \"eve@x.org\" <c@x.org>, (eve@x.org) d@x.org, =?utf-8?q?eve=40x.org?= <e@x.org>\r\n\r\n";
         let rcpt = [
@@ -380,26 +426,27 @@ mod tests {
             "d@x.org",
             "e@x.org",
         ];
-        assert_unchanged(&GmailPolicy::default(), &rcpt, names);
+        assert_unchanged(&SendPolicy::default(), &rcpt, names);
         let group = b"To: team: a@x.org, b@x.org;\r\nCc: folded@x.org,\r\n  c@x.org\r\n\r\n";
         let rcpt = ["a@x.org", "b@x.org", "c@x.org", "folded@x.org"];
-        assert_unchanged(&GmailPolicy::default(), &rcpt, group);
+        assert_unchanged(&SendPolicy::default(), &rcpt, group);
     }
 
     #[test]
     fn undisclosed_recipients_are_all_added() {
         let raw = b"To: undisclosed-recipients:;\r\n\r\nbody";
-        let (_, out) = prepare(&GmailPolicy::default(), &["a@x.org", "b@x.org"], raw);
+        let (_, out) = prepare(&SendPolicy::default(), &["a@x.org", "b@x.org"], raw);
         assert_eq!(out, [&b"Bcc: a@x.org, b@x.org\r\n"[..], raw].concat());
     }
 
     #[test]
     fn header_only_recipients_are_refused_unless_allowed() {
         let raw = b"To: a@x.org, Eve <EVE@x.org>, bob\r\nCc: a@x.org\r\n\r\n";
-        let refused = refusal(&GmailPolicy::default(), &["a@x.org"], raw);
+        let refused = refusal(&SendPolicy::default(), &["a@x.org"], raw);
         assert_eq!(
             refused,
             PolicyViolation::HeaderOnlyRecipients {
+                provider: Provider::Gmail,
                 addresses: vec!["eve@x.org".into(), "bob".into()]
             }
         );
@@ -409,9 +456,9 @@ mod tests {
              (set gmail.header_only_recipients = \"allow\" to send anyway)"
         );
 
-        let allow = GmailPolicy {
+        let allow = SendPolicy {
             header_only_recipients: HeaderOnlyRecipients::Allow,
-            ..GmailPolicy::default()
+            ..SendPolicy::default()
         };
         let (_, out) = prepare(&allow, &["a@x.org", "z@x.org"], raw);
         assert_eq!(out, [&b"Bcc: z@x.org\r\n"[..], raw].concat());
@@ -496,7 +543,7 @@ mod tests {
             "the reader stops at the empty line"
         );
         let strict = policy(&["app@example.com"], FromPolicy::Reject);
-        let prepared = prepare_for_gmail(&strict, &envelope(&["a@x.org", "c@x.org"]), &raw)
+        let prepared = prepare_for_api(&strict, &envelope(&["a@x.org", "c@x.org"]), &raw)
             .expect("body lines are no header recipients");
         let chunks = prepared.to_chunks(raw.clone());
         assert_eq!(chunks.len(), 2);
