@@ -84,7 +84,7 @@ async fn authorize(dir: &Path, fake: &FakeMicrosoft, decide: impl FnOnce(&str)) 
     .await
     .unwrap_or_else(|_| panic!("no user code printed: {printed}"));
     assert!(
-        printed.contains(fake_microsoft::VERIFICATION_URI),
+        printed.contains(fake_microsoft::delegated::VERIFICATION_URI),
         "{printed}"
     );
     decide(&code);

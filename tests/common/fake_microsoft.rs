@@ -10,8 +10,7 @@
 //! removes Bcc from the copies it delivers. A user's sign-in (device code, rotating refresh
 //! tokens, `/me/sendMail`) is in [`delegated`].
 
-mod delegated;
-pub use delegated::VERIFICATION_URI;
+pub mod delegated;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
