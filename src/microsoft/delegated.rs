@@ -5,15 +5,13 @@
 //! (90 days, less when idle): the new one is written back to the file by the shared token source
 //! (as for Gmail's token.json), so the window keeps sliding as long as mail is sent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 use super::aadsts;
 use crate::google::{CredentialError, Credentials, Fields, Secret, TokenError};
-use crate::google::{
-    GoogleTokenResponse, Granted, form_urlencoded, key_error, read_json, token_endpoint,
-};
+use crate::google::{Granted, form_urlencoded, key_error, read_json};
 
 /// Sending as the user through Graph (`/me/sendMail`), and staying signed in.
 pub const USER_GRAPH_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
@@ -96,22 +94,15 @@ pub(crate) async fn refresh_user(
         ("refresh_token", user.refresh_token.expose()),
         ("scope", user.scope.as_str()),
     ]);
-    let response = token_endpoint(http, credentials, form).await?;
-    let body = response.body();
-    if response.status().is_success() {
-        let response: GoogleTokenResponse =
-            serde_json::from_slice(body).map_err(|_| TokenError::Temporary {
-                reason: format!("token endpoint {token_uri} sent an unreadable token response"),
-            })?;
-        return Ok(Granted::from(response));
-    }
     let file = credentials
         .path()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    Err(aadsts::classify_with(token_uri, body, |code| {
-        user_fix(user, &file, code)
-    }))
+    let response = super::exchange(http, credentials, form, |body| {
+        aadsts::classify_with(token_uri, body, |code| user_fix(user, &file, code))
+    })
+    .await?;
+    Ok(Granted::from(response))
 }
 
 /// The command that signs the user in again, writing `file`.
@@ -124,7 +115,7 @@ pub fn authorize_user_again(file: &Path) -> String {
 }
 
 /// What to do about AADSTS `code` on a user's refresh.
-fn user_fix(user: &EntraUser, file: &PathBuf, code: Option<u64>) -> String {
+fn user_fix(user: &EntraUser, file: &Path, code: Option<u64>) -> String {
     let (id, tenant) = (&user.client_id, &user.tenant);
     let again = authorize_user_again(file);
     match code {
@@ -158,8 +149,8 @@ mod tests {
             scope: USER_GRAPH_SCOPE.into(),
         };
         let body = br#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.","error_codes":[700082]}"#;
-        let file = PathBuf::from("/etc/smtp2gmail/m365-token.json");
-        let error = aadsts::classify_with("http://t", body, |code| user_fix(&user, &file, code));
+        let file = Path::new("/etc/smtp2gmail/m365-token.json");
+        let error = aadsts::classify_with("http://t", body, |code| user_fix(&user, file, code));
         let fix = error.fix().unwrap();
         assert!(
             fix.contains("authorize --microsoft --token-file /etc/smtp2gmail/m365-token.json"),

@@ -131,21 +131,37 @@ pub(crate) async fn request(
             form.push(("client_assertion", assertion.as_str()));
         }
     }
-    let response = token_endpoint(http, credentials, form_urlencoded(form)).await?;
+    let response = exchange(http, credentials, form_urlencoded(form), |body| {
+        aadsts::classify(app, token_uri, body)
+    })
+    .await?;
+    let (access_token, lifetime) = granted(response);
+    Ok(AppToken {
+        access_token,
+        // Microsoft always sends it (60–90 minutes); an hour if it did not.
+        expires_in: lifetime.unwrap_or(Duration::from_secs(3600)),
+    })
+}
+
+/// POSTs `form` to `credentials`' token endpoint: the token response, or the refusal as
+/// `refused` reads its body.
+async fn exchange(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    form: String,
+    refused: impl FnOnce(&[u8]) -> TokenError,
+) -> Result<GoogleTokenResponse, TokenError> {
+    let response = token_endpoint(http, credentials, form).await?;
     let body = response.body();
-    if response.status().is_success() {
-        let response: GoogleTokenResponse =
-            serde_json::from_slice(body).map_err(|_| TokenError::Temporary {
-                reason: format!("token endpoint {token_uri} sent an unreadable token response"),
-            })?;
-        let (access_token, lifetime) = granted(response);
-        return Ok(AppToken {
-            access_token,
-            // Microsoft always sends it (60–90 minutes); an hour if it did not.
-            expires_in: lifetime.unwrap_or(Duration::from_secs(3600)),
-        });
+    if !response.status().is_success() {
+        return Err(refused(body));
     }
-    Err(aadsts::classify(app, token_uri, body))
+    serde_json::from_slice(body).map_err(|_| TokenError::Temporary {
+        reason: format!(
+            "token endpoint {} sent an unreadable token response",
+            credentials.token_uri()
+        ),
+    })
 }
 
 /// Where a configured secret value comes from, without the value: for fixes and `check`.

@@ -190,15 +190,19 @@ async fn send_mail(
 ) -> Response {
     let mut state = state.lock().unwrap();
     state.requests += 1;
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !state.is_token(bearer, GRAPH_SCOPE) {
+    if !state.is_token(bearer(&headers), GRAPH_SCOPE) {
         return invalid_token();
     }
     deliver(&mut state, &mailbox, &headers, &body)
+}
+
+/// The bearer token of a request ("" without one).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
 }
 
 /// 401 for a token Graph does not take here.

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{CLIENT_ID, FakeMicrosoft, State, TENANT, aadsts, deliver, invalid_token};
+use super::{CLIENT_ID, FakeMicrosoft, State, TENANT, aadsts, bearer, deliver, invalid_token};
 
 /// Where the fake sends the user.
 pub const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
@@ -181,12 +181,7 @@ pub(super) async fn send_mail_as_user(
 ) -> Response {
     let mut state = state.lock().unwrap();
     state.requests += 1;
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let Some(user) = state.users.tokens.get(bearer).cloned() else {
+    let Some(user) = state.users.tokens.get(bearer(&headers)).cloned() else {
         return invalid_token();
     };
     deliver(&mut state, &user, &headers, &body)
