@@ -3,15 +3,17 @@
 //! the device code the binary printed, as the user would on another device), then `check`,
 //! `send` and the server sending through `/me/sendMail` with the token file it wrote; the
 //! refresh token's rotation written back; a revoked sign-in holding mail with 451 until the user
-//! signs in again, without a restart.
+//! signs in again, without a restart; a large message submitted by SMTP with the user's token.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::fake_exchange_smtp::FakeExchangeSmtp;
 use common::fake_microsoft::{self, FakeMicrosoft};
 use common::process::smtp2gmail;
 use common::serving::{Serving, queue_config};
@@ -113,6 +115,26 @@ async fn authorize(dir: &Path, fake: &FakeMicrosoft, decide: impl FnOnce(&str)) 
     }
 }
 
+/// The server in this process, delivering synchronously with the user's token file in `dir`;
+/// `adjust` may change `[microsoft]`.
+async fn serve(
+    fake: &FakeMicrosoft,
+    dir: &Path,
+    adjust: impl FnOnce(&mut MicrosoftConfig),
+) -> TestServer {
+    let mut config = Config {
+        microsoft: microsoft(fake, dir),
+        queue: queue_config(&dir.join("spool")),
+        ..Config::default()
+    };
+    adjust(&mut config.microsoft);
+    config.relay.mode = RelayMode::Microsoft;
+    config.relay.delivery = Delivery::Sync;
+    config.smtp.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    config.http.listen = "127.0.0.1:0".to_string();
+    TestServer::assembled(config).await
+}
+
 fn token_file(dir: &Path) -> (PathBuf, Value) {
     let path = dir.join("m365-token.json");
     let value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -185,16 +207,7 @@ async fn a_revoked_sign_in_holds_mail_with_451_until_the_user_signs_in_again() {
     write_config(&fake, dir.path());
     let signed_in = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
     assert_eq!(signed_in.code, Some(0), "{}", signed_in.stderr);
-    let mut config = Config {
-        microsoft: microsoft(&fake, dir.path()),
-        queue: queue_config(&dir.path().join("spool")),
-        ..Config::default()
-    };
-    config.relay.mode = RelayMode::Microsoft;
-    config.relay.delivery = Delivery::Sync;
-    config.smtp.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
-    config.http.listen = "127.0.0.1:0".to_string();
-    let server = TestServer::assembled(config).await;
+    let server = serve(&fake, dir.path(), |_| {}).await;
     assert_code(&server.send_as(USER, &["bob@example.com"]).await, 250);
 
     // The sign-in ends (idle for 90 days, a password reset): the access token is refused, the
@@ -227,5 +240,40 @@ async fn a_revoked_sign_in_holds_mail_with_451_until_the_user_signs_in_again() {
     let accepted = fake.accepted();
     assert_eq!(accepted.len(), 2);
     assert!(accepted.iter().all(|a| a.mailbox == USER));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_goes_by_smtp_as_the_signed_in_user() {
+    let fake = Arc::new(FakeMicrosoft::start().await);
+    let exchange = FakeExchangeSmtp::start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(&fake, dir.path());
+    let signed_in = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
+    assert_eq!(signed_in.code, Some(0), "{}", signed_in.stderr);
+    let server = serve(&fake, dir.path(), |microsoft| {
+        microsoft.large_messages = LargeMessages::Smtp;
+        microsoft.graph_request_limit = 4096;
+        microsoft.smtp_host = "localhost".into();
+        microsoft.smtp_port = exchange.addr.port();
+        microsoft.smtp_ca = Some(exchange.cert.cert_path());
+    })
+    .await;
+    let body = format!("{}\r\n", "x".repeat(76)).repeat(100);
+    let message = format!("From: {USER}\r\nTo: bob@example.com\r\nSubject: large\r\n\r\n{body}");
+    let mut client = server.client().await;
+    client.start_transaction(USER, &["bob@example.com"]).await;
+    assert_code(
+        &client.data(format!("{message}.\r\n").as_bytes()).await,
+        250,
+    );
+    let submitted = exchange.submitted();
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(
+        submitted[0].user, USER,
+        "XOAUTH2 as the user, with the user's SMTP token"
+    );
+    assert_eq!(submitted[0].data, message.as_bytes());
+    assert!(fake.accepted().is_empty(), "nothing through Graph");
     server.stop().await;
 }

@@ -20,8 +20,10 @@ use super::{CLIENT_ID, FakeMicrosoft, State, TENANT, aadsts, bearer, deliver, in
 
 /// Where the fake sends the user.
 pub const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
-/// The delegated scope sending needs.
+/// The delegated scope sending through Graph needs.
 pub const MAIL_SEND: &str = "https://graph.microsoft.com/Mail.Send";
+/// The delegated scope of SMTP AUTH with XOAUTH2.
+pub const SMTP_SEND: &str = "https://outlook.office.com/SMTP.Send";
 
 /// What a device code's next poll is answered while the user has not decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +54,8 @@ pub(super) struct Users {
     refresh: HashMap<String, String>,
     /// The newest refresh token issued.
     latest: Option<String>,
-    /// Access token → user.
-    tokens: HashMap<String, String>,
+    /// Access token → (user, the resource's scope: [`MAIL_SEND`] or [`SMTP_SEND`]).
+    tokens: HashMap<String, (String, &'static str)>,
     /// Refresh tokens used, in order.
     refreshes: usize,
     issued: usize,
@@ -61,28 +63,36 @@ pub(super) struct Users {
 
 impl Users {
     /// A new access token, refresh token and ID token for `user`, as the token endpoint sends.
+    /// The token is for the first resource among the scopes, as Microsoft's is.
     fn issue(&mut self, user: &str, scope: &str) -> Response {
         self.issued += 1;
         let access_token = format!("fake-user-token-{}", self.issued);
         let refresh_token = format!("fake-user-refresh-token-{}", self.issued);
-        self.tokens.insert(access_token.clone(), user.to_string());
+        let resource = resource(scope).unwrap_or(MAIL_SEND);
+        let entry = (user.to_string(), resource);
+        self.tokens.insert(access_token.clone(), entry);
         self.refresh.insert(refresh_token.clone(), user.to_string());
         self.latest = Some(refresh_token.clone());
         let claims = json!({"preferred_username": user, "tid": TENANT, "aud": CLIENT_ID});
         let key = jsonwebtoken::EncodingKey::from_secret(b"fake-id-token-key");
         let id_token =
             jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
-        let granted: Vec<&str> = scope
-            .split_whitespace()
-            .filter(|s| s.starts_with("https://graph.microsoft.com/"))
-            .collect();
         Json(
-            json!({"token_type": "Bearer", "scope": granted.join(" "), "expires_in": 3599,
+            json!({"token_type": "Bearer", "scope": resource, "expires_in": 3599,
             "ext_expires_in": 3599, "access_token": access_token, "refresh_token": refresh_token,
             "id_token": id_token}),
         )
         .into_response()
     }
+}
+
+/// The first sending scope among `scope`'s.
+fn resource(scope: &str) -> Option<&'static str> {
+    scope.split_whitespace().find_map(|s| match s {
+        MAIL_SEND => Some(MAIL_SEND),
+        SMTP_SEND => Some(SMTP_SEND),
+        _ => None,
+    })
 }
 
 fn oauth_error(error: &str, code: u64, text: &str) -> Response {
@@ -163,7 +173,7 @@ pub(super) fn grant(state: &mut State, form: &HashMap<String, String>) -> Option
                 return Some(oauth_error("invalid_grant", 700082, text));
             };
             let scope = field("scope");
-            if !scope.split_whitespace().any(|s| s == MAIL_SEND) {
+            if resource(scope).is_none() {
                 return Some(oauth_error("invalid_scope", 70011, "bad scope"));
             }
             users.refreshes += 1;
@@ -181,7 +191,7 @@ pub(super) async fn send_mail_as_user(
 ) -> Response {
     let mut state = state.lock().unwrap();
     state.requests += 1;
-    let Some(user) = state.users.tokens.get(bearer(&headers)).cloned() else {
+    let Some((user, MAIL_SEND)) = state.users.tokens.get(bearer(&headers)).cloned() else {
         return invalid_token();
     };
     deliver(&mut state, &user, &headers, &body)
@@ -243,6 +253,14 @@ impl FakeMicrosoft {
     /// The newest refresh token issued.
     pub fn latest_refresh_token(&self) -> Option<String> {
         self.state().users.latest.clone()
+    }
+
+    /// The user whose SMTP token `token` is, for the fake Exchange's XOAUTH2 check.
+    pub fn smtp_user(&self, token: &str) -> Option<String> {
+        match self.state().users.tokens.get(token) {
+            Some((user, SMTP_SEND)) => Some(user.clone()),
+            _ => None,
+        }
     }
 
     /// How many refresh-token grants succeeded.
