@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::fake_exchange_smtp::FakeExchangeSmtp;
 use common::fake_microsoft::{self, FakeMicrosoft};
 use common::process::smtp2gmail;
-use common::serving::{Serving, queue_config};
+use common::serving::{Serving, queue_config, queued_id};
 use common::{TestServer, WAIT, assert_code};
 use serde_json::Value;
 use smtp2gmail::config::{Config, Delivery, LargeMessages, MicrosoftConfig, RelayMode};
@@ -116,20 +116,16 @@ async fn authorize(dir: &Path, fake: &FakeMicrosoft, decide: impl FnOnce(&str)) 
 }
 
 /// The server in this process, delivering synchronously with the user's token file in `dir`;
-/// `adjust` may change `[microsoft]`.
-async fn serve(
-    fake: &FakeMicrosoft,
-    dir: &Path,
-    adjust: impl FnOnce(&mut MicrosoftConfig),
-) -> TestServer {
+/// `adjust` may change the configuration.
+async fn serve(fake: &FakeMicrosoft, dir: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config {
         microsoft: microsoft(fake, dir),
         queue: queue_config(&dir.join("spool")),
         ..Config::default()
     };
-    adjust(&mut config.microsoft);
     config.relay.mode = RelayMode::Microsoft;
     config.relay.delivery = Delivery::Sync;
+    adjust(&mut config);
     config.smtp.listen = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
     config.http.listen = "127.0.0.1:0".to_string();
     TestServer::assembled(config).await
@@ -251,7 +247,8 @@ async fn a_large_message_goes_by_smtp_as_the_signed_in_user() {
     write_config(&fake, dir.path());
     let signed_in = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
     assert_eq!(signed_in.code, Some(0), "{}", signed_in.stderr);
-    let server = serve(&fake, dir.path(), |microsoft| {
+    let server = serve(&fake, dir.path(), |config| {
+        let microsoft = &mut config.microsoft;
         microsoft.large_messages = LargeMessages::Smtp;
         microsoft.graph_request_limit = 4096;
         microsoft.smtp_host = "localhost".into();
@@ -275,5 +272,42 @@ async fn a_large_message_goes_by_smtp_as_the_signed_in_user() {
     );
     assert_eq!(submitted[0].data, message.as_bytes());
     assert!(fake.accepted().is_empty(), "nothing through Graph");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queued_mail_waits_for_a_new_sign_in_and_goes_when_the_file_is_rewritten() {
+    let (fake, dir) = (FakeMicrosoft::start().await, tempfile::tempdir().unwrap());
+    write_config(&fake, dir.path());
+    let signed_in = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
+    assert_eq!(signed_in.code, Some(0), "{}", signed_in.stderr);
+    let server = serve(&fake, dir.path(), |config| {
+        config.relay.delivery = Delivery::Queue;
+        // Without the new sign-in the message would wait an hour.
+        config.queue.retry_min = Duration::from_secs(3600);
+        config.queue.retry_max = Duration::from_secs(3600);
+    })
+    .await;
+    fake.revoke_sign_ins();
+    queued_id(&server.send_as(USER, &["bob@example.com"]).await);
+    let held = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, readiness) = server.readiness().await;
+            if status == 503 && readiness.to_string().contains("authorize --microsoft") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        held.await.is_ok(),
+        "readiness never named authorize --microsoft"
+    );
+    assert!(fake.accepted().is_empty());
+    let again = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    fake.wait_for_accepted(1).await;
+    server.until_files("queue", 0).await;
+    assert_eq!(fake.accepted()[0].mailbox, USER);
     server.stop().await;
 }
