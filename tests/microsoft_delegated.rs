@@ -290,19 +290,7 @@ async fn queued_mail_waits_for_a_new_sign_in_and_goes_when_the_file_is_rewritten
     .await;
     fake.revoke_sign_ins();
     queued_id(&server.send_as(USER, &["bob@example.com"]).await);
-    let held = tokio::time::timeout(WAIT, async {
-        loop {
-            let (status, readiness) = server.readiness().await;
-            if status == 503 && readiness.to_string().contains("authorize --microsoft") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(
-        held.await.is_ok(),
-        "readiness never named authorize --microsoft"
-    );
+    server.until_unready_naming("authorize --microsoft").await;
     assert!(fake.accepted().is_empty());
     let again = authorize(dir.path(), &fake, |code| fake.approve(code, USER)).await;
     assert_eq!(again.code, Some(0), "{}", again.stderr);
