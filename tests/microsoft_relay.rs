@@ -146,19 +146,7 @@ async fn mail_held_for_an_expired_secret_goes_at_once_when_the_new_secret_is_wri
     .await;
     fake.expire_secret();
     queued_id(&server.send_as(MAILBOX, &["alice@example.com"]).await);
-    let held = tokio::time::timeout(common::WAIT, async {
-        loop {
-            let (status, readiness) = server.readiness().await;
-            if status == 503 && readiness.to_string().contains("has expired") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(
-        held.await.is_ok(),
-        "readiness never named the expired secret"
-    );
+    server.until_unready_naming("has expired").await;
     assert!(fake.accepted().is_empty());
     // The operator writes the new secret where client_secret = "file:…" points; no signal.
     std::fs::write(dir.path().join("secret"), fake_microsoft::NEW_CLIENT_SECRET).unwrap();

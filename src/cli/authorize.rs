@@ -20,11 +20,22 @@ use crate::google::authorize::{
 #[derive(Debug, clap::Args)]
 pub struct AuthorizeArgs {
     /// OAuth client file downloaded from the Google Cloud console (a "Desktop app" client)
+    #[arg(long, value_name = "PATH", required_unless_present = "microsoft")]
+    pub client_secret: Option<PathBuf>,
+    /// Where to write the token, mode 0600 [default: token.json; with --microsoft the
+    /// [microsoft] credentials file, else m365-token.json]
     #[arg(long, value_name = "PATH")]
-    pub client_secret: PathBuf,
-    /// Where to write the token (quickstart token.json format, mode 0600)
-    #[arg(long, value_name = "PATH", default_value = "token.json")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
+    /// Sign a Microsoft 365 user in instead (device code: open a URL on any device and enter
+    /// the code shown); the app is the configuration's [microsoft] tenant and client_id
+    #[arg(long, conflicts_with_all = ["client_secret", "port", "scopes"])]
+    pub microsoft: bool,
+    /// With --microsoft: the tenant id or domain [default: [microsoft] tenant]
+    #[arg(long, value_name = "TENANT", requires = "microsoft")]
+    pub tenant: Option<String>,
+    /// With --microsoft: the app registration's client id [default: [microsoft] client_id]
+    #[arg(long, value_name = "ID", requires = "microsoft")]
+    pub client_id: Option<String>,
     /// Do not try to open a browser; open the printed URL yourself (on any machine)
     #[arg(long)]
     pub no_browser: bool,
@@ -40,7 +51,11 @@ pub struct AuthorizeArgs {
 }
 
 /// Runs the flow; exit status 2 for wrong files or options, 1 for failures while running.
-pub async fn run(args: AuthorizeArgs) -> ExitCode {
+/// `config` is the `--config` option (read only with `--microsoft`: Google's flow needs none).
+pub async fn run(args: AuthorizeArgs, config: Option<&Path>) -> ExitCode {
+    if args.microsoft {
+        return super::authorize_microsoft::run(args, config).await;
+    }
     match authorize(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -55,8 +70,12 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
 }
 
 async fn authorize(args: AuthorizeArgs) -> Result<(), AuthorizeError> {
-    let client = ClientSecretFile::load(&args.client_secret)?;
-    check_token_file(&args.token_file, &client)?;
+    let client_secret = args.client_secret.unwrap_or_default();
+    let token_file = args
+        .token_file
+        .unwrap_or_else(|| PathBuf::from("token.json"));
+    let client = ClientSecretFile::load(&client_secret)?;
+    check_token_file(&token_file, &client)?;
     let http =
         crate::relay::http_client().map_err(|err| AuthorizeError::Exchange(err.to_string()))?;
     let defaults = AuthorizeOptions::default();
@@ -82,8 +101,8 @@ async fn authorize(args: AuthorizeArgs) -> Result<(), AuthorizeError> {
     let opened = !args.no_browser && open_browser(pending.url().as_str());
     instructions(&pending, opened, timeout);
     let authorized = pending.finish(stdin_lines(), &http).await?;
-    authorized.write(&args.token_file)?;
-    report(&authorized, &args.token_file);
+    authorized.write(&token_file)?;
+    report(&authorized, &token_file);
     Ok(())
 }
 
@@ -113,15 +132,21 @@ fn report(authorized: &Authorized, token_file: &Path) {
         Some(account) => account.clone(),
         None => "the account (its address is unknown without the openid email scopes)".into(),
     };
-    // Absolute, because the relay resolves a relative path from its own working directory.
-    let path = std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_path_buf());
-    let quoted = toml::Value::String(path.display().to_string()).to_string();
-    println!("Authorized {who}.");
-    println!("Token written to {} (mode 0600).", path.display());
+    let quoted = written(&who, token_file);
     println!(
         "To send through it, put this in the configuration file:\n\n\
          [relay]\nmode = \"gmail\"\n\n[gmail]\ncredentials = {quoted}"
     );
+}
+
+/// Prints who was authorized and where the token went; the file's path as a TOML string for the
+/// configuration lines. Absolute, because the relay resolves a relative path from its own
+/// working directory.
+pub(super) fn written(who: &str, token_file: &Path) -> String {
+    let path = std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_path_buf());
+    println!("Authorized {who}.");
+    println!("Token written to {} (mode 0600).", path.display());
+    toml::Value::String(path.display().to_string()).to_string()
 }
 
 /// Opens the URL in the desktop's browser when there is one; false when not tried or it failed.

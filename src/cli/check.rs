@@ -168,7 +168,7 @@ fn field(label: &str, value: impl Display) {
 async fn check_account(account: &Account, http: &reqwest::Client, sender: Option<&str>) -> Verdict {
     let credentials = account.tokens.credentials();
     let issuer = match credentials.kind() {
-        google::CredentialKind::EntraApp => "Microsoft",
+        kind if kind.is_microsoft() => "Microsoft",
         _ => "Google",
     };
     field("credentials", &credentials);

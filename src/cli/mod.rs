@@ -25,7 +25,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Obtain a token file: Google's consent screen in a browser, a loopback redirect, PKCE
+    /// Obtain a token file: Google's consent screen in a browser, a loopback redirect, PKCE; or
+    /// with --microsoft a Microsoft 365 user's sign-in with a device code
     Authorize(authorize::AuthorizeArgs),
     /// Run the SMTP server until SIGTERM or SIGINT
     Serve(serve::ServeArgs),
@@ -50,6 +51,7 @@ pub enum Command {
 }
 
 mod authorize;
+mod authorize_microsoft;
 mod check;
 mod completions;
 mod hash_password;
@@ -86,7 +88,8 @@ pub fn main() -> ExitCode {
     let command = match cli.command {
         Command::HashPassword => return hash_password::run(),
         Command::Authorize(args) => {
-            return with_runtime(|runtime| runtime.block_on(authorize::run(args)));
+            let config = cli.config.as_deref();
+            return with_runtime(|runtime| runtime.block_on(authorize::run(args, config)));
         }
         command => command,
     };
@@ -103,7 +106,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => runtime.block_on(check::run(config, source, args)),
         Command::Send(args) => runtime.block_on(send::run(config, args)),
         Command::Healthcheck(args) => runtime.block_on(healthcheck::run(&config, args)),
-        Command::Authorize(args) => runtime.block_on(authorize::run(args)),
+        Command::Authorize(args) => runtime.block_on(authorize::run(args, None)),
         Command::Completions(args) => completions::run(args),
         Command::HashPassword => hash_password::run(),
     })

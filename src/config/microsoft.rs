@@ -69,6 +69,10 @@ macro_rules! microsoft_account_struct {
                 /// The certificate's PEM private key (RSA); default: the `certificate` file itself.
                 #[serde(skip_serializing_if = "Option::is_none")]
                 pub private_key: Option<PathBuf>,
+                /// A user's token file written by `smtp2gmail authorize --microsoft`: mail is sent
+                /// as that user (delegated `Mail.Send`, `/me/sendMail`) instead of as the app.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub credentials: Option<PathBuf>,
                 /// The mailbox mail is sent through (`/users/{mailbox}/sendMail`); empty or unset:
                 /// the envelope sender's own mailbox.
                 #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,7 @@ impl Default for MicrosoftConfig {
             client_secret: None,
             certificate: None,
             private_key: None,
+            credentials: None,
             mailbox: None,
             senders: Vec::new(),
             send_as: Vec::new(),
@@ -162,6 +167,7 @@ impl MicrosoftConfig {
             client_secret: self.client_secret.clone(),
             certificate: self.certificate.clone(),
             private_key: self.private_key.clone(),
+            credentials: self.credentials.clone(),
             mailbox: self.mailbox.clone(),
             senders: self.senders.clone(),
             send_as: self.send_as.clone(),
@@ -174,9 +180,12 @@ impl MicrosoftConfig {
     }
 
     /// A named account with what it leaves unset taken from `[microsoft]`: the app and its
-    /// credential, the policy and the limits; never the senders, mailbox or send-as addresses.
+    /// credential, the policy and the limits; never the senders, mailbox, send-as addresses or a
+    /// user's token file (`credentials`: one user's mailbox is one account's).
     pub fn inherit(&self, account: &MicrosoftAccountConfig) -> MicrosoftAccountConfig {
-        let own_credential = account.client_secret.is_some() || account.certificate.is_some();
+        let own_credential = account.client_secret.is_some()
+            || account.certificate.is_some()
+            || account.credentials.is_some();
         let defaults = self.default_account();
         let mut merged = account.clone();
         merged.tenant = merged.tenant.or(defaults.tenant);
@@ -205,8 +214,9 @@ impl MicrosoftConfig {
     /// or senders.
     pub fn account_configs(&self) -> Vec<MicrosoftAccountConfig> {
         let mut accounts: Vec<_> = self.accounts.iter().map(|a| self.inherit(a)).collect();
-        let own =
-            self.mailbox.as_deref().is_some_and(|m| !m.is_empty()) || !self.senders.is_empty();
+        let own = self.mailbox.as_deref().is_some_and(|m| !m.is_empty())
+            || !self.senders.is_empty()
+            || self.credentials.is_some();
         if accounts.is_empty() || own {
             accounts.push(self.default_account());
         }
@@ -296,6 +306,7 @@ pub(super) fn every_key() -> MicrosoftConfig {
         client_secret: Some("x".into()),
         certificate: Some("x".into()),
         private_key: Some("x".into()),
+        credentials: Some("x".into()),
         mailbox: Some("x".into()),
         senders: vec![],
         send_as: vec![],
@@ -322,6 +333,7 @@ pub(super) fn every_key() -> MicrosoftConfig {
         client_secret: m.client_secret,
         certificate: m.certificate,
         private_key: m.private_key,
+        credentials: m.credentials,
         mailbox: m.mailbox,
         senders: m.senders,
         send_as: m.send_as,

@@ -25,6 +25,19 @@ pub enum CredentialKind {
     Environment,
     /// A Microsoft Entra app registration's client credentials (`[microsoft]`).
     EntraApp,
+    /// A Microsoft user's refresh token in the file `smtp2gmail authorize --microsoft` wrote
+    /// (`[microsoft] credentials`).
+    EntraUser(PathBuf),
+}
+
+impl CredentialKind {
+    /// True for Microsoft's credentials (app or user), whose errors and fixes are Microsoft's.
+    pub fn is_microsoft(&self) -> bool {
+        matches!(
+            self,
+            CredentialKind::EntraApp | CredentialKind::EntraUser(_)
+        )
+    }
 }
 
 /// An account's credentials, ready to obtain access tokens.
@@ -59,6 +72,9 @@ pub(crate) enum Grant {
     /// Microsoft's client credentials grant: one token for the app, whichever mailbox it sends
     /// through.
     EntraApp(crate::microsoft::EntraApp),
+    /// Microsoft's refresh-token grant for one user (delegated Mail.Send): a public client, so
+    /// no secret, and the scope says which resource the token is for.
+    EntraUser(crate::microsoft::EntraUser),
 }
 
 /// The parts of a service account key the JWT grant needs.
@@ -111,12 +127,31 @@ impl Credentials {
         }
     }
 
-    /// The same Entra app asking for tokens for another resource (`scope`); other credentials
-    /// unchanged.
-    pub fn with_entra_scope(&self, scope: &str) -> Credentials {
+    /// A Microsoft user's delegated credentials from the token file at `path`.
+    pub(crate) fn entra_user(
+        user: crate::microsoft::EntraUser,
+        path: PathBuf,
+        token_uri: String,
+    ) -> Self {
+        Credentials {
+            kind: CredentialKind::EntraUser(path),
+            grant: Grant::EntraUser(user),
+            token_uri,
+            account: None,
+            scopes: None,
+            quota_project: None,
+            cached_token: None,
+        }
+    }
+
+    /// The same Entra app (or user) asking for tokens for another resource: `app_scope` for an
+    /// app, `user_scope` for a user; other credentials unchanged.
+    pub fn with_entra_scope(&self, app_scope: &str, user_scope: &str) -> Credentials {
         let mut credentials = self.without_cached_token();
-        if let Grant::EntraApp(app) = &mut credentials.grant {
-            app.scope = scope.to_string();
+        match &mut credentials.grant {
+            Grant::EntraApp(app) => app.scope = app_scope.to_string(),
+            Grant::EntraUser(user) => user.scope = user_scope.to_string(),
+            _ => {}
         }
         credentials
     }
@@ -131,7 +166,8 @@ impl Credentials {
         match &self.kind {
             CredentialKind::TokenFile(path)
             | CredentialKind::AuthorizedUser(path)
-            | CredentialKind::ServiceAccount(path) => Some(path),
+            | CredentialKind::ServiceAccount(path)
+            | CredentialKind::EntraUser(path) => Some(path),
             CredentialKind::Inline | CredentialKind::Environment | CredentialKind::EntraApp => None,
         }
     }
@@ -170,6 +206,7 @@ impl Credentials {
             Grant::RefreshToken { client_id, .. } => Some(client_id),
             Grant::ServiceAccount(key) => key.client_id.as_deref(),
             Grant::EntraApp(app) => Some(&app.client_id),
+            Grant::EntraUser(user) => Some(&user.client_id),
         }
     }
 
@@ -207,6 +244,7 @@ impl Credentials {
                     && refresh_token == other_token
             }
             (Grant::EntraApp(app), Grant::EntraApp(other)) => app.is_same(other),
+            (Grant::EntraUser(user), Grant::EntraUser(other)) => user == other,
             _ => false,
         };
         same_grant
@@ -215,11 +253,22 @@ impl Credentials {
             && self.quota_project == other.quota_project
     }
 
+    /// The refresh token, for the grants that have one (Google's and a Microsoft user's).
+    pub(crate) fn current_refresh_token(&self) -> Option<&Secret> {
+        match &self.grant {
+            Grant::RefreshToken { refresh_token, .. } => Some(refresh_token),
+            Grant::EntraUser(user) => Some(&user.refresh_token),
+            Grant::ServiceAccount(_) | Grant::EntraApp(_) => None,
+        }
+    }
+
     /// A copy that uses a rotated refresh token from now on.
     pub(crate) fn with_refresh_token(&self, new: Secret) -> Self {
         let mut credentials = self.clone();
-        if let Grant::RefreshToken { refresh_token, .. } = &mut credentials.grant {
-            *refresh_token = new;
+        match &mut credentials.grant {
+            Grant::RefreshToken { refresh_token, .. } => *refresh_token = new,
+            Grant::EntraUser(user) => user.refresh_token = new,
+            Grant::ServiceAccount(_) | Grant::EntraApp(_) => {}
         }
         credentials
     }
@@ -252,6 +301,12 @@ impl fmt::Display for Credentials {
             (CredentialKind::Environment, _) => f.write_str("environment variables GMAIL_API_*"),
             (CredentialKind::EntraApp, Grant::EntraApp(app)) => write!(f, "{app}"),
             (CredentialKind::EntraApp, _) => f.write_str("Entra app"),
+            (CredentialKind::EntraUser(path), _) => write!(
+                f,
+                "Microsoft 365 user {} signed in with authorize --microsoft, token file {}",
+                self.account.as_deref().unwrap_or("(address unknown)"),
+                path.display()
+            ),
         }
     }
 }

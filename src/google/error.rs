@@ -144,6 +144,7 @@ fn fix(code: &str, credentials: &Credentials, subject: Option<&str>) -> String {
     let key = match &credentials.grant {
         Grant::ServiceAccount(key) => key,
         Grant::EntraApp(app) => return format!("check the credentials of {app}"),
+        Grant::EntraUser(_) => return authorize_again(&credentials.kind),
         Grant::RefreshToken { .. } => {
             return match code {
                 "invalid_grant" => format!(
@@ -216,6 +217,7 @@ pub fn authorize_again(kind: &CredentialKind) -> String {
         ),
         CredentialKind::ServiceAccount(_) => command("token.json"),
         CredentialKind::EntraApp => "check the app's credential in [microsoft]".to_string(),
+        CredentialKind::EntraUser(path) => crate::microsoft::authorize_user_again(path),
     }
 }
 

@@ -152,7 +152,11 @@ pub(crate) struct Fields<'a, E> {
     error: fn(PathBuf, &'static str, &'static str) -> E,
 }
 
-fn key_error(path: PathBuf, key: &'static str, problem: &'static str) -> CredentialError {
+pub(crate) fn key_error(
+    path: PathBuf,
+    key: &'static str,
+    problem: &'static str,
+) -> CredentialError {
     CredentialError::Key { path, key, problem }
 }
 
@@ -194,7 +198,7 @@ impl<'a, E> Fields<'a, E> {
 }
 
 impl Fields<'_, CredentialError> {
-    fn token_uri(&self) -> Result<String, CredentialError> {
+    pub(crate) fn token_uri(&self) -> Result<String, CredentialError> {
         let uri = self.optional("token_uri")?.unwrap_or(DEFAULT_TOKEN_URI);
         oauth2::TokenUrl::new(uri.to_string())
             .map_err(|_| self.invalid("token_uri", "is not a valid URL"))?;
@@ -202,7 +206,7 @@ impl Fields<'_, CredentialError> {
     }
 
     /// google-auth writes a list; older tools and hand-made files a space-separated string.
-    fn scopes(&self) -> Result<Option<Vec<String>>, CredentialError> {
+    pub(crate) fn scopes(&self) -> Result<Option<Vec<String>>, CredentialError> {
         let problem = "must be a list of strings or a space-separated string";
         match self.map.get("scopes") {
             None | Some(Value::Null) => Ok(None),
@@ -219,7 +223,7 @@ impl Fields<'_, CredentialError> {
 
     /// `token` with its `expiry`. A token without an expiry is ignored rather than trusted
     /// forever (google-auth would treat it as never expiring); an expired one is harmless.
-    fn cached_token(&self) -> Result<Option<(Secret, SystemTime)>, CredentialError> {
+    pub(crate) fn cached_token(&self) -> Result<Option<(Secret, SystemTime)>, CredentialError> {
         let (Some(token), Some(expiry)) = (self.optional("token")?, self.optional("expiry")?)
         else {
             return Ok(None);
@@ -255,7 +259,7 @@ pub(crate) fn save_rotated(
     expiry: SystemTime,
 ) -> io::Result<Saved> {
     let (path, with_access_token) = match kind {
-        CredentialKind::TokenFile(path) => (path, true),
+        CredentialKind::TokenFile(path) | CredentialKind::EntraUser(path) => (path, true),
         // gcloud's format has no access token; keep the file in gcloud's shape.
         CredentialKind::AuthorizedUser(path) => (path, false),
         _ => return Ok(Saved::NoFile),

@@ -150,25 +150,27 @@ pub(crate) async fn request(
     subject: Option<&str>,
     timeout: Duration,
 ) -> Result<Granted, TokenError> {
-    let exchange =
-        async {
-            match &credentials.grant {
-                Grant::RefreshToken {
-                    client_id,
-                    client_secret,
-                    refresh_token,
-                } => refresh(http, credentials, client_id, client_secret, refresh_token).await,
-                Grant::ServiceAccount(key) => jwt_bearer(http, credentials, key, subject).await,
-                Grant::EntraApp(app) => crate::microsoft::request(http, credentials, app)
+    let exchange = async {
+        match &credentials.grant {
+            Grant::RefreshToken {
+                client_id,
+                client_secret,
+                refresh_token,
+            } => refresh(http, credentials, client_id, client_secret, refresh_token).await,
+            Grant::ServiceAccount(key) => jwt_bearer(http, credentials, key, subject).await,
+            Grant::EntraApp(app) => {
+                crate::microsoft::request(http, credentials, app)
                     .await
                     .map(|token| Granted {
                         access_token: token.access_token,
                         expires_in: token.expires_in,
                         refresh_token: None,
                         scopes: None,
-                    }),
+                    })
             }
-        };
+            Grant::EntraUser(user) => crate::microsoft::refresh_user(http, credentials, user).await,
+        }
+    };
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| {

@@ -29,8 +29,9 @@ mod spec;
 pub use credential_error::CredentialError;
 pub use credentials::{CredentialKind, Credentials};
 pub use error::{TokenError, authorize_again, set_quota_project};
+pub(crate) use files::{Fields, key_error, read_json, write_json};
 pub use grant::{GoogleClient, GoogleTokenResponse};
-pub(crate) use grant::{form_urlencoded, granted, token_endpoint};
+pub(crate) use grant::{Granted, form_urlencoded, granted, token_endpoint};
 pub use secret::{Secret, resolve_secret};
 pub use source::{AccessToken, CredentialState, DEFAULT_TIMEOUT, REFRESH_MARGIN, TokenSource};
 pub use spec::{

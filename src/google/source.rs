@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::credentials::{Credentials, Grant};
+use super::credentials::Credentials;
 use super::files::Saved;
 use super::grant::{self, Granted};
 use super::{Secret, TokenError, files};
@@ -332,11 +332,7 @@ impl TokenSource {
         let Some(new) = granted.refresh_token.clone() else {
             return;
         };
-        let Grant::RefreshToken {
-            refresh_token: previous,
-            ..
-        } = &credentials.grant
-        else {
+        let Some(previous) = credentials.current_refresh_token() else {
             return;
         };
         if *previous == new {
@@ -356,18 +352,18 @@ impl TokenSource {
         let file = file.as_deref().unwrap_or_default();
         match saved {
             Ok(Saved::Written) => {
-                tracing::info!(account = %self.name, file, "saved the new refresh token Google issued")
+                tracing::info!(account = %self.name, file, "saved the new refresh token the token endpoint issued")
             }
             Ok(Saved::NoFile) => {
                 tracing::warn!(account = %self.name, credentials = %rotated,
-                    "Google issued a new refresh token; it is used until restart, then the configured one may be refused")
+                    "the token endpoint issued a new refresh token; it is used until restart, then the configured one may be refused")
             }
             Ok(Saved::FileChanged) => {
                 tracing::info!(account = %self.name, file, "not saving the new refresh token: the file was changed meanwhile")
             }
             Err(error) => {
                 tracing::warn!(account = %self.name, file, %error,
-                    "cannot save the new refresh token Google issued; it is used until restart, then the old one may be refused")
+                    "cannot save the new refresh token the token endpoint issued; it is used until restart, then the old one may be refused")
             }
         }
         let mut current = write(&self.current);

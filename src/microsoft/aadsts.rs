@@ -20,8 +20,18 @@ struct ErrorBody {
 /// AADSTS codes that pass by themselves: retry with backoff.
 const TEMPORARY_CODES: [u64; 5] = [50033, 90006, 90024, 90033, 90090];
 
-/// Classifies a refusal of the token endpoint at `token_uri`.
+/// Classifies a refusal of the token endpoint at `token_uri` to `app`.
 pub(super) fn classify(app: &EntraApp, token_uri: &str, body: &[u8]) -> TokenError {
+    classify_with(token_uri, body, |code| fix(app, code))
+}
+
+/// Classifies a refusal of the token endpoint at `token_uri`; `fix` says what to do about an
+/// AADSTS code that needs a person.
+pub(super) fn classify_with(
+    token_uri: &str,
+    body: &[u8],
+    fix: impl FnOnce(Option<u64>) -> String,
+) -> TokenError {
     let Ok(body) = serde_json::from_slice::<ErrorBody>(body) else {
         return TokenError::Temporary {
             reason: format!("token endpoint {token_uri} answered without an OAuth error"),
@@ -44,7 +54,7 @@ pub(super) fn classify(app: &EntraApp, token_uri: &str, body: &[u8]) -> TokenErr
     TokenError::Credentials {
         error: body.error,
         description,
-        fix: fix(app, code),
+        fix: fix(code),
     }
 }
 

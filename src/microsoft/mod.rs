@@ -1,5 +1,6 @@
 //! The Microsoft identity platform: an Entra app registration's client-credentials tokens for
-//! Microsoft Graph, and what each AADSTS refusal asks an operator to do.
+//! Microsoft Graph, one user's delegated tokens ([`delegated`], signed in with the device code
+//! flow of [`device_code`]), and what each AADSTS refusal asks an operator to do.
 //!
 //! The app proves itself with a client secret or, preferred, a certificate: a short JWT signed
 //! with the certificate's key and naming the certificate by its SHA-256 thumbprint (`x5t#S256`,
@@ -10,6 +11,8 @@
 
 mod aadsts;
 mod assertion;
+pub mod delegated;
+pub mod device_code;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,6 +21,8 @@ use std::time::Duration;
 use crate::google::{Credentials, Secret, TokenError};
 use crate::google::{GoogleTokenResponse, form_urlencoded, granted, token_endpoint};
 pub use assertion::{Certificate, CertificateError};
+pub(crate) use delegated::refresh_user;
+pub use delegated::{EntraUser, authorize_user_again};
 
 /// The resource every Graph token is for.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -53,11 +58,7 @@ pub enum AppProof {
 impl EntraApp {
     /// The token endpoint under `login_base` for this app's tenant.
     pub fn token_uri(&self, login_base: &str) -> String {
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            login_base.trim_end_matches('/'),
-            self.tenant
-        )
+        endpoint(login_base, &self.tenant, "token")
     }
 
     /// The same app without comparing key material: true when a reloaded configuration asks for
@@ -88,6 +89,14 @@ impl fmt::Display for EntraApp {
             }
         }
     }
+}
+
+/// The identity platform's endpoint `name` (`token`, `devicecode`) for `tenant`.
+pub fn endpoint(login_base: &str, tenant: &str, name: &str) -> String {
+    format!(
+        "{}/{tenant}/oauth2/v2.0/{name}",
+        login_base.trim_end_matches('/')
+    )
 }
 
 /// What a token request yields, in the terms the shared token source keeps.
@@ -122,21 +131,37 @@ pub(crate) async fn request(
             form.push(("client_assertion", assertion.as_str()));
         }
     }
-    let response = token_endpoint(http, credentials, form_urlencoded(form)).await?;
+    let response = exchange(http, credentials, form_urlencoded(form), |body| {
+        aadsts::classify(app, token_uri, body)
+    })
+    .await?;
+    let (access_token, lifetime) = granted(response);
+    Ok(AppToken {
+        access_token,
+        // Microsoft always sends it (60–90 minutes); an hour if it did not.
+        expires_in: lifetime.unwrap_or(Duration::from_secs(3600)),
+    })
+}
+
+/// POSTs `form` to `credentials`' token endpoint: the token response, or the refusal as
+/// `refused` reads its body.
+async fn exchange(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    form: String,
+    refused: impl FnOnce(&[u8]) -> TokenError,
+) -> Result<GoogleTokenResponse, TokenError> {
+    let response = token_endpoint(http, credentials, form).await?;
     let body = response.body();
-    if response.status().is_success() {
-        let response: GoogleTokenResponse =
-            serde_json::from_slice(body).map_err(|_| TokenError::Temporary {
-                reason: format!("token endpoint {token_uri} sent an unreadable token response"),
-            })?;
-        let (access_token, lifetime) = granted(response);
-        return Ok(AppToken {
-            access_token,
-            // Microsoft always sends it (60–90 minutes); an hour if it did not.
-            expires_in: lifetime.unwrap_or(Duration::from_secs(3600)),
-        });
+    if !response.status().is_success() {
+        return Err(refused(body));
     }
-    Err(aadsts::classify(app, token_uri, body))
+    serde_json::from_slice(body).map_err(|_| TokenError::Temporary {
+        reason: format!(
+            "token endpoint {} sent an unreadable token response",
+            credentials.token_uri()
+        ),
+    })
 }
 
 /// Where a configured secret value comes from, without the value: for fixes and `check`.

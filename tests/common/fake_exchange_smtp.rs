@@ -127,7 +127,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     Some((who.to_string(), rest.strip_suffix("\x01\x01")?.to_string()))
                 });
             match parsed {
-                Some((who, token)) if microsoft.is_token(&token, OUTLOOK_SCOPE) => {
+                // An app's token for any mailbox it has FullAccess to; a user's for that user.
+                Some((who, token))
+                    if microsoft.is_token(&token, OUTLOOK_SCOPE)
+                        || microsoft.smtp_user(&token).as_deref() == Some(who.as_str()) =>
+                {
                     user = Some(who);
                     reply(&mut stream, "235 2.7.0 Authentication successful").await;
                 }

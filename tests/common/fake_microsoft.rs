@@ -7,7 +7,10 @@
 //! AADSTS7000222 for an expired secret.
 //!
 //! Like Exchange, it delivers to the addresses in To, Cc and Bcc (there is no envelope) and
-//! removes Bcc from the copies it delivers.
+//! removes Bcc from the copies it delivers. A user's sign-in (device code, rotating refresh
+//! tokens, `/me/sendMail`) is in [`delegated`].
+
+pub mod delegated;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -75,6 +78,8 @@ struct State {
     requests: usize,
     accepted: Vec<Accepted>,
     count: Option<tokio::sync::watch::Sender<usize>>,
+    /// Signed-in users: device codes, refresh tokens, their access tokens.
+    users: delegated::Users,
 }
 
 /// The fake's handle; the server task ends with the test's runtime.
@@ -113,6 +118,9 @@ async fn token(
     if field("client_id") != CLIENT_ID {
         let text = "Application was not found in the directory.";
         return aadsts(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, text);
+    }
+    if let Some(answer) = delegated::grant(&mut state, &form) {
+        return answer;
     }
     let scope = field("scope");
     let known = [GRAPH_SCOPE, OUTLOOK_SCOPE];
@@ -182,19 +190,33 @@ async fn send_mail(
 ) -> Response {
     let mut state = state.lock().unwrap();
     state.requests += 1;
-    let bearer = headers
+    if !state.is_token(bearer(&headers), GRAPH_SCOPE) {
+        return invalid_token();
+    }
+    deliver(&mut state, &mailbox, &headers, &body)
+}
+
+/// The bearer token of a request ("" without one).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !state.is_token(bearer, GRAPH_SCOPE) {
-        let message = "Access token validation failure. Invalid audience.";
-        return graph_error(
-            StatusCode::UNAUTHORIZED,
-            "InvalidAuthenticationToken",
-            message,
-        );
-    }
+        .unwrap_or_default()
+}
+
+/// 401 for a token Graph does not take here.
+fn invalid_token() -> Response {
+    let message = "Access token validation failure. Invalid audience.";
+    graph_error(
+        StatusCode::UNAUTHORIZED,
+        "InvalidAuthenticationToken",
+        message,
+    )
+}
+
+/// What sendMail does once the token is accepted for `mailbox`.
+fn deliver(state: &mut State, mailbox: &str, headers: &HeaderMap, body: &Bytes) -> Response {
     if body.len() > REQUEST_LIMIT {
         // What Graph answers above its limit: no code of its own.
         let message = "The maximum request length supported is 4MB.";
@@ -231,7 +253,7 @@ async fn send_mail(
     }
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
     let Ok(mime) = base64::engine::general_purpose::STANDARD
-        .decode(&body)
+        .decode(body)
         .map_err(|_| ())
         .and_then(|mime| {
             if content_type == Some("text/plain") {
@@ -351,6 +373,11 @@ impl FakeMicrosoft {
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
+            .route(
+                "/{tenant}/oauth2/v2.0/devicecode",
+                post(delegated::device_code),
+            )
+            .route("/v1.0/me/sendMail", post(delegated::send_mail_as_user))
             // Above Graph's own limit, so that the fake answers 413 itself.
             .layer(axum::extract::DefaultBodyLimit::max(REQUEST_LIMIT * 4))
             .with_state(state.clone());

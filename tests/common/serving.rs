@@ -200,6 +200,21 @@ pub trait Serving {
         (status, serde_json::from_str(&body).unwrap())
     }
 
+    /// Waits (up to the tests' bound) until `/readyz` answers 503 with `needle` in its body: held
+    /// mail whose fix readiness names.
+    async fn until_unready_naming(&self, needle: &str) {
+        let named = tokio::time::timeout(WAIT, async {
+            loop {
+                let (status, readiness) = self.readiness().await;
+                if status == 503 && readiness.to_string().contains(needle) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(named.await.is_ok(), "readiness never named {needle:?}");
+    }
+
     /// The files in the spool's `place` (`queue`, `dead`, `held`: a message and its record
     /// each), sorted; none when the spool has no such place (sync mode). Temporary files of atomic
     /// writes are not counted.

@@ -207,11 +207,13 @@ impl Account {
         let config = match &self.settings {
             Settings::Gmail(config) => config,
             Settings::Microsoft(config, _) => {
-                return crate::microsoft::credential_files(
+                let mut files = crate::microsoft::credential_files(
                     config.client_secret.as_deref(),
                     config.certificate.as_ref(),
                     config.private_key.as_ref().or(config.certificate.as_ref()),
                 );
+                files.extend(config.credentials.clone());
+                return files;
             }
         };
         let secret_files = [

@@ -458,7 +458,7 @@ fn slots_closed() -> DeliveryError {
 
 fn token_failure(account: &Account, err: TokenError) -> DeliveryError {
     let issuer = match account.tokens.credentials().kind() {
-        crate::google::CredentialKind::EntraApp => "Microsoft",
+        kind if kind.is_microsoft() => "Microsoft",
         _ => "Google",
     };
     match err {

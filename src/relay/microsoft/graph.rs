@@ -1,8 +1,8 @@
 //! Microsoft Graph's `sendMail` with the MIME bytes, and the classification of every answer
 //! Graph gives (microsoft.md, "Errors").
 //!
-//! `POST {graph_base}/v1.0/users/{mailbox}/sendMail`, `Content-Type: text/plain`, the body the
-//! base64 of the message. Graph answers 202 with no body and no message id: the receipt's id is
+//! `POST {graph_base}/v1.0/users/{mailbox}/sendMail` (an app's token; `/v1.0/me/sendMail` with a
+//! user's own), `Content-Type: text/plain`, the body the base64 of the message. Graph answers 202 with no body and no message id: the receipt's id is
 //! the `client-request-id` we send (Graph echoes it, and Microsoft support finds a request by it).
 //! Errors are read by `error.code`, never by the message, except "maximum request length", which
 //! has no code of its own.
@@ -68,10 +68,11 @@ impl GraphApi {
         self
     }
 
-    /// Sends `upload` through `mailbox` with the app's `access_token`.
+    /// Sends `upload` through `mailbox` with the app's `access_token`, or with `None` through
+    /// the signed-in user's own mailbox (`/me`, a delegated token).
     pub async fn send_mail(
         &self,
-        mailbox: &str,
+        mailbox: Option<&str>,
         access_token: &str,
         upload: &Upload,
     ) -> Result<Sent, SendError> {
@@ -110,17 +111,23 @@ impl GraphApi {
         Err(classify(status, &body, retry_after))
     }
 
-    fn send_url(&self, mailbox: &str) -> Result<url::Url, SendError> {
+    fn send_url(&self, mailbox: Option<&str>) -> Result<url::Url, SendError> {
         let broken = || SendError::Configuration {
             reason: format!("microsoft.graph_base {:?} is not a base URL", self.base),
             fix: "correct microsoft.graph_base in the configuration".to_string(),
             mailbox: false,
         };
         let mut url = url::Url::parse(&self.base).map_err(|_| broken())?;
+        let user = match mailbox {
+            Some(mailbox) => vec!["users", mailbox],
+            None => vec!["me"],
+        };
         url.path_segments_mut()
             .map_err(|()| broken())?
             .pop_if_empty()
-            .extend(["v1.0", "users", mailbox, "sendMail"]);
+            .push("v1.0")
+            .extend(user)
+            .push("sendMail");
         Ok(url)
     }
 }

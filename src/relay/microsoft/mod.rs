@@ -28,6 +28,7 @@ use crate::config::{LargeMessages, MicrosoftAccountConfig, MicrosoftConfig};
 use crate::google::{Credentials, TokenError, TokenSource, resolve_secret};
 use crate::locks::lock;
 use crate::message::recipient_rules::{Provider, SendPolicy};
+use crate::microsoft::delegated::USER_SMTP_SCOPE;
 use crate::microsoft::{AppProof, Certificate, EntraApp, GRAPH_SCOPE, secret_source};
 pub use budget::RecipientBudget;
 use graph::GraphApi;
@@ -110,7 +111,9 @@ impl Graph {
         let mailbox = outgoing.subject.as_deref().unwrap_or(&account.user_id);
         let upload = &outgoing.upload;
         if graph::request_len(upload.len()) <= self.request_limit {
-            return self.api.send_mail(mailbox, access_token, upload).await;
+            // A user's own token sends through /me: the mailbox is whoever signed in.
+            let user = (account.impersonate != Impersonate::TokenUser).then_some(mailbox);
+            return self.api.send_mail(user, access_token, upload).await;
         }
         if let Some(submission) = &self.submission {
             let tokens = self.smtp_tokens.source(account, &self.http);
@@ -158,7 +161,10 @@ impl SmtpTokens {
         {
             return source.clone();
         }
-        let credentials = account.tokens.credentials().with_entra_scope(OUTLOOK_SCOPE);
+        let credentials = account
+            .tokens
+            .credentials()
+            .with_entra_scope(OUTLOOK_SCOPE, USER_SMTP_SCOPE);
         let source = Arc::new(TokenSource::new(&account.name, credentials, http.clone()));
         sources.insert(account.name.clone(), (generation, source.clone()));
         source
@@ -236,7 +242,15 @@ fn account_from_config(
 ) -> Result<Account, AccountError> {
     let credentials = load_credentials(config, login_base)?;
     let mailbox = config.mailbox.clone().filter(|m| !m.is_empty());
+    let delegated = config.credentials.is_some();
     let impersonate = match &mailbox {
+        Some(_) if delegated => {
+            return Err(problem(
+                config,
+                "a user's token file (credentials) sends as that user through /me: remove mailbox",
+            ));
+        }
+        None if delegated => Impersonate::TokenUser,
         Some(mailbox) => Impersonate::Fixed(mailbox.clone()),
         None if config.senders.is_empty() => {
             return Err(problem(
@@ -250,7 +264,10 @@ fn account_from_config(
     Ok(Account::new(AccountParts {
         name: config.name.clone(),
         senders: config.senders.clone(),
-        user_id: mailbox.unwrap_or_default(),
+        // The signed-in user's address (the daily budget counts against it), else Graph's "me".
+        user_id: mailbox
+            .or_else(|| delegated.then(|| credentials.account().unwrap_or("me").to_string()))
+            .unwrap_or_default(),
         tokens: Arc::new(TokenSource::new(
             config.name.clone(),
             credentials,
@@ -277,6 +294,15 @@ pub fn load_credentials(
     config: &MicrosoftAccountConfig,
     login_base: &str,
 ) -> Result<Credentials, AccountError> {
+    if let Some(file) = &config.credentials {
+        return crate::microsoft::delegated::load_token_file(file, login_base).map_err(|err| {
+            AccountError {
+                account: config.name.clone(),
+                problem: AccountProblem::Credentials(err),
+                fix: Some(crate::microsoft::authorize_user_again(file)),
+            }
+        });
+    }
     let (Some(tenant), Some(client_id)) = (&config.tenant, &config.client_id) else {
         return Err(problem(
             config,
