@@ -26,12 +26,12 @@ mod recover;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::record::{Entry, Place, is_valid_id};
 use super::record::{Merge, Request};
 use super::store::{CommandChannel, Listing, MergeJournal, Store, StoreError};
 use crate::message::Message;
+use crate::group_commit::GroupCommit;
 use crate::safeio;
 pub use commands::{steer, try_lock};
 use format::{read_trailer, record_error, to_json};
@@ -75,45 +75,34 @@ pub enum OpenError {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
-    /// Group commit of `queue/`'s directory entries.
-    queue_sync: Arc<DirSync>,
-    /// The same for `held/`.
-    held_sync: Arc<DirSync>,
+    /// Group commit of the directory entries of `queue/`, `held/` and `dead/`, in that order.
+    dir_syncs: Arc<[DirSync; 3]>,
 }
 
-/// One directory fsync shared by everyone waiting for one: twenty sessions storing at once pay
-/// for one or two directory syncs instead of twenty in a row (group commit).
+/// One directory fsync shared by everyone waiting for one ([`GroupCommit`]): twenty sessions
+/// storing at once pay for one or two directory syncs instead of twenty in a row.
 #[derive(Debug)]
 pub struct DirSync {
     dir: PathBuf,
-    /// Numbers handed to callers, each taken after the caller created or removed a name.
-    requested: AtomicU64,
-    /// The highest number a finished sync is known to cover; held while a sync runs.
-    synced: tokio::sync::Mutex<u64>,
+    group: GroupCommit,
 }
 
 impl DirSync {
     fn new(dir: PathBuf) -> Self {
         DirSync {
             dir,
-            requested: AtomicU64::new(0),
-            synced: tokio::sync::Mutex::new(0),
+            group: GroupCommit::new(),
         }
     }
 
     /// Returns once a directory fsync that started after this call's changes has finished.
     pub async fn sync(&self) -> io::Result<()> {
-        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut synced = self.synced.lock().await;
-        if *synced >= mine {
-            return Ok(());
-        }
-        // Everything requested so far happened before this sync starts, so it covers them all.
-        let covers = self.requested.load(Ordering::SeqCst);
-        let dir = self.dir.clone();
-        blocking(move || safeio::sync_dir(&dir)).await?;
-        *synced = covers;
-        Ok(())
+        self.group
+            .run(|| {
+                let dir = self.dir.clone();
+                blocking(move || safeio::sync_dir(&dir))
+            })
+            .await
     }
 }
 
@@ -122,8 +111,10 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let spool = Spool {
             root: root.to_path_buf(),
-            queue_sync: Arc::new(DirSync::new(root.join(dir_name(Place::Queue)))),
-            held_sync: Arc::new(DirSync::new(root.join(dir_name(Place::Held)))),
+            dir_syncs: Arc::new(
+                [Place::Queue, Place::Held, Place::Dead]
+                    .map(|place| DirSync::new(root.join(dir_name(place)))),
+            ),
         };
         for dir in [
             spool.incoming(),
@@ -179,6 +170,15 @@ impl Spool {
     /// is a hard link, not a copy.
     fn incoming(&self) -> PathBuf {
         self.root.join("incoming")
+    }
+
+    /// The group commit of `place`'s directory.
+    fn dir_sync(&self, place: Place) -> &DirSync {
+        &self.dir_syncs[match place {
+            Place::Queue => 0,
+            Place::Held => 1,
+            Place::Dead => 2,
+        }]
     }
 
     fn dir(&self, place: Place) -> PathBuf {
@@ -252,10 +252,7 @@ impl Store for Spool {
     /// [`recover`](Spool::recover) removes: no 250 was given for it.
     async fn put(&self, place: Place, entry: &Entry, message: &Message) -> Result<(), StoreError> {
         let path = self.msg(place, &entry.id);
-        let sync = match place {
-            Place::Held => &self.held_sync,
-            _ => &self.queue_sync,
-        };
+        let sync = self.dir_sync(place);
         let written = {
             let (path, entry) = (path.clone(), entry.clone());
             let message = format::Bytes::of(message);
@@ -301,19 +298,21 @@ impl Store for Spool {
             .then(|| Message::stored(path, entry.size)))
     }
 
-    /// The message first, durably, then its record.
+    /// The message first, durably, then its record. The directory fsync that makes the removal
+    /// durable is shared with the sessions storing into the same directory at that moment.
     async fn remove(&self, place: Place, id: &str) -> Result<bool, StoreError> {
-        let (msg, json, dir) = (self.msg(place, id), self.json(place, id), self.dir(place));
-        let removed = blocking(move || {
-            match std::fs::remove_file(&msg) {
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-                other => other?,
-            }
-            safeio::sync_dir(&dir)?;
-            std::fs::remove_file(&json).or_else(ignore_missing)?;
-            Ok(true)
+        let msg = self.msg(place, id);
+        let removed = blocking(move || match std::fs::remove_file(&msg) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            other => other.map(|()| true),
         });
-        Ok(removed.await?)
+        if !removed.await? {
+            return Ok(false);
+        }
+        self.dir_sync(place).sync().await?;
+        let json = self.json(place, id);
+        blocking(move || std::fs::remove_file(&json).or_else(ignore_missing)).await?;
+        Ok(true)
     }
 
     /// The record is written first and the old one removed last, so a crash midway leaves the

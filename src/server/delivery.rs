@@ -17,6 +17,7 @@ use crate::queue;
 use crate::queue::notice::Notices;
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
+use crate::relay::backlog::{Backlog, BacklogWorker};
 use crate::relay::{self, Deliver, Gmail};
 use crate::tasks::Tasks;
 
@@ -32,6 +33,8 @@ pub(super) struct Target {
     pub accounts: Vec<Arc<Account>>,
     /// Console and file modes: the development inbox, which the delivery target feeds.
     pub inbox: Option<Arc<Inbox>>,
+    /// Console mode: what prints (and captures) accepted mail after the 250; it must run.
+    pub backlog: Option<BacklogWorker>,
 }
 
 impl Target {
@@ -43,6 +46,7 @@ impl Target {
             queue: None,
             accounts: Vec::new(),
             inbox: None,
+            backlog: None,
         }
     }
 }
@@ -91,8 +95,16 @@ pub(super) async fn build(
         if let Some(inbox) = &inbox {
             deliver = Arc::new(Capture::new(deliver, inbox.clone()));
         }
+        // What the console prints and the inbox shows is read later by a person: the client
+        // does not wait for it (relay::backlog). The file target's 250 still means "on disk".
+        let mut backlog = None;
+        if config.relay.mode == RelayMode::Console {
+            let (front, worker) = Backlog::new(deliver);
+            (deliver, backlog) = (Arc::new(front), Some(worker));
+        }
         return Ok(Target {
             inbox,
+            backlog,
             ..Target::only(deliver)
         });
     }
@@ -129,6 +141,7 @@ pub(super) async fn build(
         queue: Some(started),
         accounts,
         inbox: None,
+        backlog: None,
     })
 }
 
