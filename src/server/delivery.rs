@@ -15,9 +15,9 @@ use crate::inbox::release::Release;
 use crate::notify::Notifier;
 use crate::queue;
 use crate::queue::notice::Notices;
+use crate::relay::backlog::{Backlog, BacklogWorker};
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
-use crate::relay::backlog::{Backlog, BacklogWorker};
 use crate::relay::{self, Deliver, Gmail};
 use crate::tasks::Tasks;
 

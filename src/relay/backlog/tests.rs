@@ -53,7 +53,10 @@ async fn every_message_is_handed_on_in_order_and_drained_at_the_end() {
         let envelope = envelope();
         let message = Message::from_bytes(format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes());
         backlog.deliver(&envelope, &message).await.unwrap();
-        sent.push((envelope.id.to_string(), message.to_bytes().await.unwrap().to_vec()));
+        sent.push((
+            envelope.id.to_string(),
+            message.to_bytes().await.unwrap().to_vec(),
+        ));
     }
     // Nothing ran yet: the worker starts only now, after the last session let go.
     assert!(recorder.seen.lock().unwrap().is_empty());
