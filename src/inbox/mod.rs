@@ -64,6 +64,8 @@ pub struct Inbox {
     accepted_bytes: AtomicU64,
     deleted: AtomicU64,
     views: Mutex<Vec<(InboxId, Arc<View>)>>,
+    /// Console mode: the backlog that captures after the 250; requests wait for it to catch up.
+    captures: std::sync::OnceLock<Arc<crate::relay::backlog::Progress>>,
 }
 
 impl Inbox {
@@ -90,6 +92,7 @@ impl Inbox {
             accepted_bytes: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             views: Mutex::default(),
+            captures: std::sync::OnceLock::new(),
         }))
     }
 
@@ -222,9 +225,19 @@ impl Inbox {
             .merge(web::routes())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
+                capture::caught_up,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
                 guard::check,
             ))
             .with_state(self.clone())
+    }
+
+    /// Captures arrive through `backlog` after the 250: every request first waits until what
+    /// was accepted before it is captured, so mail is in the inbox once its sender has its 250.
+    pub fn captures_through(&self, backlog: Arc<crate::relay::backlog::Progress>) {
+        let _ = self.captures.set(backlog);
     }
 
     /// Whether the inbox asks for a password (it is reachable from the network).

@@ -14,13 +14,17 @@
 //! instead of growing the server's memory. At shutdown the worker finishes every message already
 //! accepted before it ends: the SMTP sessions end first, which closes the backlog.
 //!
+//! Whoever reads the result — the inbox's API, which a test calls right after its `250` —
+//! waits for [`Progress::caught_up`] first: the messages accepted before the request are then
+//! captured, as they were when capturing happened inside the transaction.
+//!
 //! What the wrapped target says can no longer change the answer, which was given: a failure is
 //! logged. The console and the inbox never refuse a message for its content, and a stdout that
 //! cannot be written is the developer's terminal gone.
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{Deliver, DeliveryError, Receipt};
 use crate::message::{Envelope, Message};
@@ -46,6 +50,32 @@ pub struct Backlog {
     memory_total: u32,
     /// The wrapped target's own size limit, passed on.
     size_limit: Arc<dyn Deliver>,
+    /// How many messages were handed to the worker; held while one is, so that the count and
+    /// the order in the channel agree.
+    handed: tokio::sync::Mutex<u64>,
+    progress: Arc<Progress>,
+}
+
+/// How far the worker has come: what a reader waits on (see the module docs).
+#[derive(Debug)]
+pub struct Progress {
+    /// Messages accepted (handed to the worker) so far.
+    accepted: watch::Sender<u64>,
+    /// Messages the worker has finished, in the order accepted.
+    done: watch::Sender<u64>,
+}
+
+impl Progress {
+    /// Returns once every message accepted before this call has been handed on (printed and
+    /// captured).
+    pub async fn caught_up(&self) {
+        let accepted = *self.accepted.borrow();
+        let _ = self
+            .done
+            .subscribe()
+            .wait_for(|done| *done >= accepted)
+            .await;
+    }
 }
 
 /// Runs the wrapped target on each accepted message, in order; ends once every [`Backlog`]
@@ -53,6 +83,7 @@ pub struct Backlog {
 pub struct BacklogWorker {
     waiting: mpsc::Receiver<Waiting>,
     target: Arc<dyn Deliver>,
+    progress: Arc<Progress>,
 }
 
 impl Backlog {
@@ -68,7 +99,13 @@ impl Backlog {
         max_in_memory: u64,
     ) -> (Backlog, BacklogWorker) {
         let (sender, receiver) = mpsc::channel(max_waiting);
+        let progress = Arc::new(Progress {
+            accepted: watch::Sender::new(0),
+            done: watch::Sender::new(0),
+        });
         let backlog = Backlog {
+            handed: tokio::sync::Mutex::new(0),
+            progress: progress.clone(),
             waiting: sender,
             memory: Arc::new(Semaphore::new(kib(max_in_memory) as usize)),
             memory_total: kib(max_in_memory),
@@ -77,8 +114,14 @@ impl Backlog {
         let worker = BacklogWorker {
             waiting: receiver,
             target,
+            progress,
         };
         (backlog, worker)
+    }
+
+    /// How far the worker has come, for readers of what it produces.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 }
 
@@ -118,7 +161,10 @@ impl Deliver for Backlog {
             message: shared,
             _memory: memory,
         };
+        let mut handed = self.handed.lock().await;
         self.waiting.send(waiting).await.map_err(|_| closed())?;
+        *handed += 1;
+        self.progress.accepted.send_replace(*handed);
         Ok(Receipt::new(envelope.id.to_string()))
     }
 }
@@ -143,6 +189,7 @@ impl BacklogWorker {
             }
             // Only now is the room it took free for the next one.
             drop((message, held));
+            self.progress.done.send_modify(|done| *done += 1);
         }
     }
 }

@@ -100,6 +100,9 @@ pub(super) async fn build(
         let mut backlog = None;
         if config.relay.mode == RelayMode::Console {
             let (front, worker) = Backlog::new(deliver);
+            if let Some(inbox) = &inbox {
+                inbox.captures_through(front.progress());
+            }
             (deliver, backlog) = (Arc::new(front), Some(worker));
         }
         return Ok(Target {

@@ -138,3 +138,29 @@ async fn a_spilled_body_outlives_the_session_and_leaves_nothing_behind() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A reader that waits for `caught_up` after a 250 finds that message handed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_waits_for_what_was_accepted_before() {
+    let recorder = Arc::new(Recorder::default());
+    let shut = recorder.gate.write().await;
+    let (backlog, worker) = Backlog::bounded(recorder.clone(), 100, 1 << 20);
+    let progress = backlog.progress();
+    let worker = tokio::spawn(worker.run());
+    let message = Message::from_bytes(b"Subject: x\r\n\r\nbody\r\n".to_vec());
+    for _ in 0..5 {
+        backlog.deliver(&envelope(), &message).await.unwrap();
+    }
+    {
+        let mut reader = Box::pin(progress.caught_up());
+        assert!(
+            (&mut reader).now_or_never().is_none(),
+            "caught up with the target shut"
+        );
+        drop(shut);
+        reader.await;
+    }
+    assert_eq!(recorder.seen.lock().unwrap().len(), 5);
+    drop(backlog);
+    worker.await.unwrap();
+}
