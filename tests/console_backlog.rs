@@ -55,6 +55,11 @@ async fn every_accepted_message_is_printed_in_order_even_when_stopped_at_once() 
         let sent: Vec<String> = (0..PER_CLIENT).map(|n| format!("c{client}-m{n}")).collect();
         assert_eq!(mine, sent, "client {client}'s messages in the order sent");
     }
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("spill")).unwrap().collect();
-    assert!(left.is_empty(), "spill files or their links left behind: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("spill"))
+        .unwrap()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "spill files or their links left behind: {left:?}"
+    );
 }

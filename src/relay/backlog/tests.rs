@@ -78,19 +78,25 @@ async fn a_full_backlog_holds_the_next_client_back() {
     for _ in 0..3 {
         backlog.deliver(&envelope(), &message).await.unwrap();
     }
-    let envelope = envelope();
-    {
-        let mut fourth = backlog.deliver(&envelope, &message);
-        assert!(
-            (&mut fourth).now_or_never().is_none(),
-            "a fourth message was taken with the backlog full"
-        );
-        drop(shut);
-        fourth.await.unwrap();
-    }
+    let why = "a fourth message was taken with the backlog full";
+    waits_until_opened(&backlog, &message, shut, why).await;
     drop(backlog);
     worker.await.unwrap();
     assert_eq!(recorder.seen.lock().unwrap().len(), 4);
+}
+
+/// Asserts that delivering `message` now waits; then opens the target (`shut`) and lets it in.
+async fn waits_until_opened(
+    backlog: &Backlog,
+    message: &Message,
+    shut: tokio::sync::RwLockWriteGuard<'_, ()>,
+    why: &str,
+) {
+    let envelope = envelope();
+    let mut next = backlog.deliver(&envelope, message);
+    assert!((&mut next).now_or_never().is_none(), "{why}");
+    drop(shut);
+    next.await.unwrap();
 }
 
 /// The memory bound counts bodies held in memory: with room for one, a second waits.
@@ -102,16 +108,8 @@ async fn bodies_in_memory_are_bounded_in_bytes() {
     let worker = tokio::spawn(worker.run());
     let big = Message::from_bytes(vec![b'x'; 40 * 1024]);
     backlog.deliver(&envelope(), &big).await.unwrap();
-    let envelope = envelope();
-    {
-        let mut second = backlog.deliver(&envelope, &big);
-        assert!(
-            (&mut second).now_or_never().is_none(),
-            "a second 40 KiB body was taken with 64 KiB allowed"
-        );
-        drop(shut);
-        second.await.unwrap();
-    }
+    let why = "a second 40 KiB body was taken with 64 KiB allowed";
+    waits_until_opened(&backlog, &big, shut, why).await;
     drop(backlog);
     worker.await.unwrap();
     assert_eq!(recorder.seen.lock().unwrap().len(), 2);
