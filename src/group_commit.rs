@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The coordinator of one step (see the module docs).
+/// The coordinator of one step run from async code (see the module docs).
 #[derive(Debug, Default)]
 pub struct GroupCommit {
     /// Tickets handed to callers, each taken after the caller's change.
@@ -41,6 +41,35 @@ impl GroupCommit {
         // Every ticket taken so far belongs to a change made before this run starts.
         let covers = self.requested.load(Ordering::SeqCst);
         step().await?;
+        *covered = covers;
+        Ok(())
+    }
+}
+
+/// The same for a blocking step run on a blocking thread (a directory fsync after the file's,
+/// in the same blocking task: one hand-over between threads per message instead of two).
+#[derive(Debug, Default)]
+pub struct BlockingGroupCommit {
+    requested: AtomicU64,
+    covered: std::sync::Mutex<u64>,
+}
+
+impl BlockingGroupCommit {
+    /// A coordinator with nothing requested yet.
+    pub fn new() -> BlockingGroupCommit {
+        BlockingGroupCommit::default()
+    }
+
+    /// [`GroupCommit::run`], blocking: waits on a std mutex, so call it only where blocking is
+    /// allowed.
+    pub fn run<E>(&self, step: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = crate::locks::lock(&self.covered);
+        if *covered >= mine {
+            return Ok(());
+        }
+        let covers = self.requested.load(Ordering::SeqCst);
+        step()?;
         *covered = covers;
         Ok(())
     }
@@ -88,6 +117,33 @@ mod tests {
         }
         let runs = runs.load(Ordering::SeqCst);
         assert!((1..=200).contains(&runs));
+    }
+
+    /// The blocking coordinator keeps the same promise, from many threads.
+    #[test]
+    fn blocking_callers_share_runs_that_cover_them() {
+        let group = Arc::new(BlockingGroupCommit::new());
+        let (changes, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (group, changes, seen) = (group.clone(), changes.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let mine = changes.fetch_add(1, Ordering::SeqCst) + 1;
+                        group
+                            .run(|| {
+                                seen.store(changes.load(Ordering::SeqCst), Ordering::SeqCst);
+                                Ok::<_, ()>(())
+                            })
+                            .unwrap();
+                        assert!(seen.load(Ordering::SeqCst) >= mine);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     #[tokio::test]

@@ -30,11 +30,20 @@ use std::sync::Arc;
 use super::record::{Entry, Place, is_valid_id};
 use super::record::{Merge, Request};
 use super::store::{CommandChannel, Listing, MergeJournal, Store, StoreError};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::BlockingGroupCommit;
 use crate::message::Message;
 use crate::safeio;
 pub use commands::{steer, try_lock};
 use format::{read_trailer, record_error, to_json};
+
+/// Where a place's [`DirSync`] is in [`Spool`]'s array.
+fn place_index(place: Place) -> usize {
+    match place {
+        Place::Queue => 0,
+        Place::Held => 1,
+        Place::Dead => 2,
+    }
+}
 
 /// The directory of each place.
 fn dir_name(place: Place) -> &'static str {
@@ -79,30 +88,28 @@ pub struct Spool {
     dir_syncs: Arc<[DirSync; 3]>,
 }
 
-/// One directory fsync shared by everyone waiting for one ([`GroupCommit`]): twenty sessions
-/// storing at once pay for one or two directory syncs instead of twenty in a row.
+/// One directory fsync shared by everyone waiting for one ([`BlockingGroupCommit`]): twenty
+/// sessions storing at once pay for one or two directory syncs instead of twenty in a row. Run
+/// in the blocking task that wrote (or removed) the file, so a message costs one hand-over to a
+/// blocking thread, not two.
 #[derive(Debug)]
 pub struct DirSync {
     dir: PathBuf,
-    group: GroupCommit,
+    group: BlockingGroupCommit,
 }
 
 impl DirSync {
     fn new(dir: PathBuf) -> Self {
         DirSync {
             dir,
-            group: GroupCommit::new(),
+            group: BlockingGroupCommit::new(),
         }
     }
 
-    /// Returns once a directory fsync that started after this call's changes has finished.
-    pub async fn sync(&self) -> io::Result<()> {
-        self.group
-            .run(|| {
-                let dir = self.dir.clone();
-                blocking(move || safeio::sync_dir(&dir))
-            })
-            .await
+    /// Returns once a directory fsync that started after this call's changes has finished;
+    /// blocking.
+    pub fn sync(&self) -> io::Result<()> {
+        self.group.run(|| safeio::sync_dir(&self.dir))
     }
 }
 
@@ -172,13 +179,10 @@ impl Spool {
         self.root.join("incoming")
     }
 
-    /// The group commit of `place`'s directory.
-    fn dir_sync(&self, place: Place) -> &DirSync {
-        &self.dir_syncs[match place {
-            Place::Queue => 0,
-            Place::Held => 1,
-            Place::Dead => 2,
-        }]
+    /// The group commit of `place`'s directory, to take into a blocking task.
+    fn dir_sync(&self, place: Place) -> impl Fn() -> io::Result<()> + Send + 'static {
+        let (syncs, at) = (self.dir_syncs.clone(), place_index(place));
+        move || syncs[at].sync()
     }
 
     fn dir(&self, place: Place) -> PathBuf {
@@ -251,26 +255,25 @@ impl Store for Spool {
     /// moment ([`DirSync`]). A crash before the fsync leaves a file without a valid footer, which
     /// [`recover`](Spool::recover) removes: no 250 was given for it.
     async fn put(&self, place: Place, entry: &Entry, message: &Message) -> Result<(), StoreError> {
-        let path = self.msg(place, &entry.id);
-        let sync = self.dir_sync(place);
-        let written = {
-            let (path, entry) = (path.clone(), entry.clone());
-            let message = format::Bytes::of(message);
-            blocking(move || format::write_msg(&path, &message, &entry)).await
-        };
-        let stored = match written {
-            Ok(()) => sync.sync().await,
-            // Another message's file: not ours to remove.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Exists(entry.id.clone()));
+        let (path, sync) = (self.msg(place, &entry.id), self.dir_sync(place));
+        let (stored_entry, message) = (entry.clone(), format::Bytes::of(message));
+        let stored = blocking(move || {
+            let stored = match format::write_msg(&path, &message, &stored_entry) {
+                // Another message's file: not ours to remove.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                written => written.and_then(|()| sync()),
+            };
+            if stored.is_err() {
+                // The client gets 451 and sends again: a file left here would be a second copy.
+                let _ = std::fs::remove_file(&path);
             }
-            Err(err) => Err(err),
-        };
-        if stored.is_err() {
-            // The client gets 451 and sends again: a file left here would be a second copy.
-            let _ = std::fs::remove_file(&path);
+            stored.map(|()| true)
+        });
+        match stored.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Exists(entry.id.clone())),
+            Err(err) => Err(err.into()),
         }
-        Ok(stored?)
     }
 
     async fn update(&self, place: Place, entry: &Entry) -> Result<(), StoreError> {
@@ -301,18 +304,21 @@ impl Store for Spool {
     /// The message first, durably, then its record. The directory fsync that makes the removal
     /// durable is shared with the sessions storing into the same directory at that moment.
     async fn remove(&self, place: Place, id: &str) -> Result<bool, StoreError> {
-        let msg = self.msg(place, id);
-        let removed = blocking(move || match std::fs::remove_file(&msg) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            other => other.map(|()| true),
+        let (msg, json, sync) = (
+            self.msg(place, id),
+            self.json(place, id),
+            self.dir_sync(place),
+        );
+        let removed = blocking(move || {
+            match std::fs::remove_file(&msg) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+                other => other?,
+            }
+            sync()?;
+            std::fs::remove_file(&json).or_else(ignore_missing)?;
+            Ok(true)
         });
-        if !removed.await? {
-            return Ok(false);
-        }
-        self.dir_sync(place).sync().await?;
-        let json = self.json(place, id);
-        blocking(move || std::fs::remove_file(&json).or_else(ignore_missing)).await?;
-        Ok(true)
+        Ok(removed.await?)
     }
 
     /// The record is written first and the old one removed last, so a crash midway leaves the
