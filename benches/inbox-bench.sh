@@ -8,19 +8,26 @@
 #      and the RSS, against MailDev holding the same 10,000; then the same directory after a
 #      restart;
 #   3. startup over a directory of STARTUP_MESSAGES (100,000) messages: time to the first page,
-#      and until every summary has been read (the first search answers then).
+#      and until every summary has been read (the first search answers then);
+#   4. large mail: 200 x 5 MiB over 20 connections into console mode with the inbox (stdout to
+#      /dev/null) against discard mode, a fresh server for each run: the rate the clients see,
+#      the time until the inbox holds all 200, and the peak RSS (issue 24's goal: >= 0.5 x
+#      discard's rate, peak RSS <= 100 MB).
 #
 #   benches/inbox-bench.sh          # from the repository root; ROUNDS=5 for more repeats
+#   SECTIONS=4 benches/inbox-bench.sh   # only the large mail (no MailDev needed)
 #
-# Needs node and npm (MailDev, pinned below, is installed into a temporary directory), curl and
-# python3. Everything it starts is stopped on exit.
+# Needs node and npm for parts 1 - 3 (MailDev, pinned below, is installed into a temporary
+# directory), curl and python3. Everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 MAILDEV_VERSION=${MAILDEV_VERSION:-3.0.0}
 STARTUP_MESSAGES=${STARTUP_MESSAGES:-100000}
-SECTIONS=${SECTIONS:-123}     # which of the three parts to run
+SECTIONS=${SECTIONS:-1234}    # which of the four parts to run
+BIG_MESSAGES=${BIG_MESSAGES:-200}
+BIG_SIZE=${BIG_SIZE:-5242880}
 
 work=$(mktemp -d)
 pids=()
@@ -34,8 +41,10 @@ trap cleanup EXIT
 cargo build --release --quiet
 load_bin=$(cargo bench --bench smtp_load --no-run --quiet --message-format=json |
     grep -o '"executable":"[^"]*/smtp_load-[^"]*"' | cut -d'"' -f4)
-echo "installing maildev@$MAILDEV_VERSION"
-(cd "$work" && npm install --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" >/dev/null)
+if [[ $SECTIONS == *[123]* ]]; then
+    echo "installing maildev@$MAILDEV_VERSION"
+    (cd "$work" && npm install --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" >/dev/null)
+fi
 maildev=$work/node_modules/maildev/dist/bin/maildev.js
 
 free_port() {
@@ -206,4 +215,38 @@ print(f"every summary read (first search answered) after {loaded - started:.2f} 
 EOF
 echo "VmRSS with every summary: $(rss "$PID") kB"
 stop "$PID"
+fi
+
+if [[ $SECTIONS == *4* ]]; then
+echo
+echo "== 4. large mail: $BIG_MESSAGES x $BIG_SIZE B over 20 connections, console mode with the inbox vs discard, $ROUNDS rounds"
+uptime
+ratios=()
+for round in $(seq "$ROUNDS"); do
+    declare -A rates=()
+    for target in discard console; do
+        start_inbox "$target" "$work/mail"
+        started=$(date +%s.%N)
+        "$load_bin" --addr "127.0.0.1:$SMTP" --messages "$BIG_MESSAGES" --size "$BIG_SIZE" \
+            --connections 20 >"$work/load.log"
+        answered=$(date +%s.%N)
+        kept="-"
+        if [[ $target == console ]]; then # until the backlog is printed and captured
+            until [[ $(inbox_total) == "$BIG_MESSAGES" ]]; do sleep 0.05; done
+            kept=$(inbox_total)
+        fi
+        done_at=$(date +%s.%N)
+        rates[$target]=$(rate)
+        printf 'round %s, %-8s %s | errors %s | all in the inbox after %.2f s (%.0f msg/s; answers took %.2f s) | kept %s | VmHWM %s kB\n' \
+            "$round" "$target" "$(grep -o 'rate: [0-9]* messages/s' "$work/load.log")" \
+            "$(grep -o 'errors: [0-9]*' "$work/load.log" | cut -d' ' -f2)" \
+            "$(echo "$done_at - $started" | bc)" "$(echo "$BIG_MESSAGES / ($done_at - $started)" | bc -l)" \
+            "$(echo "$answered - $started" | bc)" "$kept" "$(hwm "$PID")"
+        stop "$PID"
+    done
+    ratio=$(echo "${rates[console]} / ${rates[discard]}" | bc -l)
+    ratios+=("$ratio")
+    printf 'round %s: console with the inbox / discard = %.2f (goal >= 0.5)\n' "$round" "$ratio"
+done
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{ r[NR] = $1 } END { m = r[int((NR + 1) / 2)]; printf "median ratio %.2f (goal >= 0.5): %s\n", m, (m >= 0.5) ? "met" : "NOT met" }'
 fi

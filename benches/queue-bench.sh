@@ -9,6 +9,7 @@
 #      delivers them to the fake Gmail.
 #
 #   benches/queue-bench.sh        # from anywhere; ROUNDS=3 MESSAGES=5000 DJANGO_CALLS=200 BIG_ROUNDS=3
+#   SECTIONS=django benches/queue-bench.sh   # only some of "ingest django big"
 #
 # Needs: Postfix (Debian: DEBIAN_FRONTEND=noninteractive apt-get install -y postfix; for
 # smtp-source and for a private Postfix instance this script configures and runs in the foreground
@@ -31,6 +32,8 @@ MESSAGES=${MESSAGES:-5000}
 DJANGO_CALLS=${DJANGO_CALLS:-200}
 SYNC_CALLS=${SYNC_CALLS:-30}
 BIG_ROUNDS=${BIG_ROUNDS:-3}
+SECTIONS=${SECTIONS:-ingest django big} # which of 1, 2 and 3 to run
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 BIG=$((30 * 1024 * 1024))        # the "30 MB" messages: 30 MiB
 LATENCY_MS=${LATENCY_MS:-150}
 
@@ -69,6 +72,7 @@ machine_report
 echo; echo "== Postfix"
 start_postfix
 
+if section ingest; then
 echo; echo "== 1. ingest: smtp-source -s 20 -l 10240 -m $MESSAGES (new connection per message)"
 echo "   smtp2gmail: queue mode, fresh spool each round, Gmail at a closed port (deliveries fail, retry in 1 h)"
 closed=http://127.0.0.1:$CLOSED_PORT
@@ -106,10 +110,12 @@ for round in $(seq "$ROUNDS"); do
 done
 stop_servers
 ((pf_ok)) && pf_purge
+fi
 
 echo; echo "== fake Google on 127.0.0.1:$GOOGLE_PORT, uploads answered after $LATENCY_MS ms"
 start_google "$LATENCY_MS"
 
+if section django; then
 echo; echo "== 2. Django $DJANGO_VERSION send_mail, SMTP EmailBackend, $DJANGO_CALLS calls per target"
 start_server django "$PORT" queue "$api" 2.0
 targets=("smtp2gmail-queue=$PORT")
@@ -121,8 +127,10 @@ echo "-- for contrast: smtp2gmail with delivery = \"sync\" (250 only after Gmail
 start_server sync "$SYNC_PORT" sync "$api" 2.0
 django_send "$SYNC_CALLS" 1 "smtp2gmail-sync=$SYNC_PORT"
 stop_servers
+fi
 stop_postfix
 
+if section big; then
 echo; echo "== 3. 10 concurrent 30 MiB messages, fresh server each round, delivered to the fake Gmail"
 echo "   (max_send_rate 100, so up to max_concurrent_sends = 5 uploads overlap with the ingest)"
 for round in $(seq "$BIG_ROUNDS"); do
@@ -140,4 +148,5 @@ for round in $(seq "$BIG_ROUNDS"); do
         "most uploads in flight at the fake so far: $(google_stat most_in_flight)"
 done
 stop_servers
+fi
 echo; echo "done $(date -u '+%H:%M UTC')"

@@ -77,6 +77,8 @@
 //!   outcomes.
 //! - [`backoff`]: the one retry backoff with jitter, for the queue and the relay's own retries.
 //! - [`safeio`]: atomic, durable file writes shared by every stage that stores files.
+//! - [`group_commit`]: one run of an expensive step (a directory fsync, a `NOTIFY`) for every
+//!   caller that asked before it started.
 //! - [`fingerprint`]: noticing that a file changed (credentials, the TLS certificate), by polling.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for operators.
 //! - [`inbox`]: the development inbox of console and file modes: captured mail in a web page and
@@ -90,6 +92,7 @@ pub mod cli;
 pub mod config;
 pub mod fingerprint;
 pub mod google;
+pub mod group_commit;
 pub mod http;
 pub mod inbox;
 pub mod locks;

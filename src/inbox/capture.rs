@@ -37,3 +37,15 @@ impl Deliver for Capture {
         Ok(receipt)
     }
 }
+
+/// The middleware in front of every inbox route (see [`Inbox::captures_through`]).
+pub async fn caught_up(
+    axum::extract::State(inbox): axum::extract::State<Arc<Inbox>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(backlog) = inbox.captures.get() {
+        backlog.caught_up().await;
+    }
+    next.run(request).await
+}

@@ -200,11 +200,9 @@ fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
     }
 }
 
-fn body_text(message: &mail_parser::Message<'_>) -> String {
-    message
-        .body_text(0)
-        .map(|text| text.into_owned())
-        .unwrap_or_default()
+fn body_text<'a>(message: &'a mail_parser::Message<'_>) -> std::borrow::Cow<'a, str> {
+    // Borrowed when the part needs no decoding: no copy of a 5 MB text just for its snippet.
+    message.body_text(0).unwrap_or_default()
 }
 
 /// The first [`SNIPPET_CHARS`] characters of `text` with every run of whitespace made one space.
@@ -254,7 +252,7 @@ pub fn view(raw: &[u8]) -> View {
         .map(|(_, cid)| cid.to_ascii_lowercase())
         .collect();
     let mut view = View {
-        text: body_text(&message),
+        text: body_text(&message).into_owned(),
         html,
         ..View::default()
     };

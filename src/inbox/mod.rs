@@ -92,6 +92,8 @@ pub struct Inbox {
     max_age: Option<std::time::Duration>,
     /// `smtp.max_message_size`, which bounds what the send API takes too.
     max_message_size: u64,
+    /// Console mode: the backlog that captures after the 250; requests wait for it to catch up.
+    captures: OnceLock<Arc<crate::relay::backlog::Progress>>,
 }
 
 impl Inbox {
@@ -131,6 +133,7 @@ impl Inbox {
             injector: OnceLock::new(),
             max_age: config.inbox_max_age(),
             max_message_size: config.smtp.max_message_size,
+            captures: OnceLock::new(),
         }))
     }
 
@@ -298,9 +301,19 @@ impl Inbox {
             .merge(web::routes())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
+                capture::caught_up,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
                 guard::check,
             ))
             .with_state(self.clone())
+    }
+
+    /// Captures arrive through `backlog` after the 250: every request first waits until what
+    /// was accepted before it is captured, so mail is in the inbox once its sender has its 250.
+    pub fn captures_through(&self, backlog: Arc<crate::relay::backlog::Progress>) {
+        let _ = self.captures.set(backlog);
     }
 
     /// Whether the inbox asks for a password (it is reachable from the network).

@@ -166,9 +166,14 @@ impl Store {
                 }
                 fits
             };
-            let body = match kept {
-                true => Body::Memory(raw.clone()),
-                false => {
+            let body = match (kept, message.source()) {
+                (true, _) => Body::Memory(raw.clone()),
+                // The message's own spill file: kept open, it outlives its name, and nothing
+                // is copied (5 MB written again per large message, before).
+                (false, message::Source::OwnFile(path)) => {
+                    Body::File(Arc::new(std::fs::File::open(path)?))
+                }
+                (false, _) => {
                     let bytes = raw.clone();
                     let file = tokio::task::spawn_blocking(move || {
                         let mut file = tempfile::tempfile()?;

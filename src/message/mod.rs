@@ -221,6 +221,46 @@ impl Message {
         }
     }
 
+    /// A second handle on the same bytes that outlives this one, without copying them: the same
+    /// `Bytes`, a hard link to the spill file (removed when the new handle is dropped), or the
+    /// same stored file. For work done after the session has let go of its message (the
+    /// console's summary and the inbox's capture, `relay::backlog`).
+    pub async fn share(&self) -> io::Result<Message> {
+        let body = match &self.body {
+            Body::Memory(bytes) => Body::Memory(bytes.clone()),
+            Body::Stored(path) => Body::Stored(path.clone()),
+            Body::Spilled(path) => {
+                let source = path.to_path_buf();
+                let linked = tokio::task::spawn_blocking(move || {
+                    let dir = crate::safeio::parent_dir(&source);
+                    tempfile::Builder::new()
+                        .prefix(".shared-")
+                        // A copy only where the filesystem has no hard links.
+                        .make_in(dir, |link| {
+                            std::fs::hard_link(&source, link)
+                                .or_else(|_| std::fs::copy(&source, link).map(drop))
+                        })
+                        .map(tempfile::NamedTempFile::into_temp_path)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                Body::Spilled(linked)
+            }
+        };
+        Ok(Message {
+            len: self.len,
+            body,
+        })
+    }
+
+    /// The bytes held in memory (0 for a body in a file): what keeping this handle costs.
+    pub fn in_memory(&self) -> u64 {
+        match &self.body {
+            Body::Memory(_) => self.len,
+            Body::Spilled(_) | Body::Stored(_) => 0,
+        }
+    }
+
     /// The file holding the bytes, if they are not in memory.
     pub fn file(&self) -> Option<&Path> {
         match &self.body {

@@ -26,15 +26,24 @@ mod recover;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::record::{Entry, Place, is_valid_id};
 use super::record::{Merge, Request};
 use super::store::{CommandChannel, Listing, MergeJournal, Store, StoreError};
+use crate::group_commit::BlockingGroupCommit;
 use crate::message::Message;
 use crate::safeio;
 pub use commands::{steer, try_lock};
 use format::{read_trailer, record_error, to_json};
+
+/// Where a place's [`DirSync`] is in [`Spool`]'s array.
+fn place_index(place: Place) -> usize {
+    match place {
+        Place::Queue => 0,
+        Place::Held => 1,
+        Place::Dead => 2,
+    }
+}
 
 /// The directory of each place.
 fn dir_name(place: Place) -> &'static str {
@@ -75,45 +84,32 @@ pub enum OpenError {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
-    /// Group commit of `queue/`'s directory entries.
-    queue_sync: Arc<DirSync>,
-    /// The same for `held/`.
-    held_sync: Arc<DirSync>,
+    /// Group commit of the directory entries of `queue/`, `held/` and `dead/`, in that order.
+    dir_syncs: Arc<[DirSync; 3]>,
 }
 
-/// One directory fsync shared by everyone waiting for one: twenty sessions storing at once pay
-/// for one or two directory syncs instead of twenty in a row (group commit).
+/// One directory fsync shared by everyone waiting for one ([`BlockingGroupCommit`]): twenty
+/// sessions storing at once pay for one or two directory syncs instead of twenty in a row. Run
+/// in the blocking task that wrote (or removed) the file, so a message costs one hand-over to a
+/// blocking thread, not two.
 #[derive(Debug)]
 pub struct DirSync {
     dir: PathBuf,
-    /// Numbers handed to callers, each taken after the caller created or removed a name.
-    requested: AtomicU64,
-    /// The highest number a finished sync is known to cover; held while a sync runs.
-    synced: tokio::sync::Mutex<u64>,
+    group: BlockingGroupCommit,
 }
 
 impl DirSync {
     fn new(dir: PathBuf) -> Self {
         DirSync {
             dir,
-            requested: AtomicU64::new(0),
-            synced: tokio::sync::Mutex::new(0),
+            group: BlockingGroupCommit::new(),
         }
     }
 
-    /// Returns once a directory fsync that started after this call's changes has finished.
-    pub async fn sync(&self) -> io::Result<()> {
-        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut synced = self.synced.lock().await;
-        if *synced >= mine {
-            return Ok(());
-        }
-        // Everything requested so far happened before this sync starts, so it covers them all.
-        let covers = self.requested.load(Ordering::SeqCst);
-        let dir = self.dir.clone();
-        blocking(move || safeio::sync_dir(&dir)).await?;
-        *synced = covers;
-        Ok(())
+    /// Returns once a directory fsync that started after this call's changes has finished;
+    /// blocking.
+    pub fn sync(&self) -> io::Result<()> {
+        self.group.run(|| safeio::sync_dir(&self.dir))
     }
 }
 
@@ -122,8 +118,10 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let spool = Spool {
             root: root.to_path_buf(),
-            queue_sync: Arc::new(DirSync::new(root.join(dir_name(Place::Queue)))),
-            held_sync: Arc::new(DirSync::new(root.join(dir_name(Place::Held)))),
+            dir_syncs: Arc::new(
+                [Place::Queue, Place::Held, Place::Dead]
+                    .map(|place| DirSync::new(root.join(dir_name(place)))),
+            ),
         };
         for dir in [
             spool.incoming(),
@@ -179,6 +177,12 @@ impl Spool {
     /// is a hard link, not a copy.
     fn incoming(&self) -> PathBuf {
         self.root.join("incoming")
+    }
+
+    /// The group commit of `place`'s directory, to take into a blocking task.
+    fn dir_sync(&self, place: Place) -> impl Fn() -> io::Result<()> + Send + 'static {
+        let (syncs, at) = (self.dir_syncs.clone(), place_index(place));
+        move || syncs[at].sync()
     }
 
     fn dir(&self, place: Place) -> PathBuf {
@@ -251,29 +255,25 @@ impl Store for Spool {
     /// moment ([`DirSync`]). A crash before the fsync leaves a file without a valid footer, which
     /// [`recover`](Spool::recover) removes: no 250 was given for it.
     async fn put(&self, place: Place, entry: &Entry, message: &Message) -> Result<(), StoreError> {
-        let path = self.msg(place, &entry.id);
-        let sync = match place {
-            Place::Held => &self.held_sync,
-            _ => &self.queue_sync,
-        };
-        let written = {
-            let (path, entry) = (path.clone(), entry.clone());
-            let message = format::Bytes::of(message);
-            blocking(move || format::write_msg(&path, &message, &entry)).await
-        };
-        let stored = match written {
-            Ok(()) => sync.sync().await,
-            // Another message's file: not ours to remove.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Exists(entry.id.clone()));
+        let (path, sync) = (self.msg(place, &entry.id), self.dir_sync(place));
+        let (stored_entry, message) = (entry.clone(), format::Bytes::of(message));
+        let stored = blocking(move || {
+            let stored = match format::write_msg(&path, &message, &stored_entry) {
+                // Another message's file: not ours to remove.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                written => written.and_then(|()| sync()),
+            };
+            if stored.is_err() {
+                // The client gets 451 and sends again: a file left here would be a second copy.
+                let _ = std::fs::remove_file(&path);
             }
-            Err(err) => Err(err),
-        };
-        if stored.is_err() {
-            // The client gets 451 and sends again: a file left here would be a second copy.
-            let _ = std::fs::remove_file(&path);
+            stored.map(|()| true)
+        });
+        match stored.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Exists(entry.id.clone())),
+            Err(err) => Err(err.into()),
         }
-        Ok(stored?)
     }
 
     async fn update(&self, place: Place, entry: &Entry) -> Result<(), StoreError> {
@@ -301,15 +301,20 @@ impl Store for Spool {
             .then(|| Message::stored(path, entry.size)))
     }
 
-    /// The message first, durably, then its record.
+    /// The message first, durably, then its record. The directory fsync that makes the removal
+    /// durable is shared with the sessions storing into the same directory at that moment.
     async fn remove(&self, place: Place, id: &str) -> Result<bool, StoreError> {
-        let (msg, json, dir) = (self.msg(place, id), self.json(place, id), self.dir(place));
+        let (msg, json, sync) = (
+            self.msg(place, id),
+            self.json(place, id),
+            self.dir_sync(place),
+        );
         let removed = blocking(move || {
             match std::fs::remove_file(&msg) {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
                 other => other?,
             }
-            safeio::sync_dir(&dir)?;
+            sync()?;
             std::fs::remove_file(&json).or_else(ignore_missing)?;
             Ok(true)
         });

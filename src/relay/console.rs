@@ -29,13 +29,17 @@ impl Deliver for Console {
         message: &Message,
     ) -> Result<Receipt, DeliveryError> {
         let bytes = message
-            .bytes()
+            .to_bytes()
             .await
             .map_err(|err| DeliveryError::local(format!("cannot read message body: {err}")))?;
-        let block = match self.format {
-            ConsoleFormat::Summary => summary::render(envelope, &bytes).into_bytes(),
-            ConsoleFormat::Raw => summary::raw_block(envelope, &bytes),
-        };
+        // Parsing a large message takes milliseconds: not on the threads that serve sessions.
+        let (format, envelope_copy) = (self.format, envelope.clone());
+        let block = tokio::task::spawn_blocking(move || match format {
+            ConsoleFormat::Summary => summary::render(&envelope_copy, &bytes).into_bytes(),
+            ConsoleFormat::Raw => summary::raw_block(&envelope_copy, &bytes),
+        })
+        .await
+        .map_err(|err| DeliveryError::local(format!("cannot render the message: {err}")))?;
         // One write under the lock, so concurrent sessions never interleave their messages.
         let mut stdout = std::io::stdout().lock();
         stdout

@@ -4,6 +4,7 @@
 //! temporary or permanent. That one classification decides the SMTP reply after DATA (451 or 554/550)
 //! and, with the durable queue, whether to retry later or give up.
 
+pub mod backlog;
 mod console;
 mod discard;
 mod file;

@@ -18,6 +18,11 @@ const RULE_WIDTH: usize = 78;
 /// Labels are padded to this many columns so values line up.
 const LABEL_WIDTH: usize = 16;
 
+/// The most of one text body shown, in bytes: a person reads a terminal, and a 5 MB body
+/// printed whole scrolls everything else away (and cost more than the parse). The rest is
+/// counted; `format = "raw"` and the inbox show the message whole.
+const SHOWN_TEXT: usize = 256 * 1024;
+
 /// The headers shown, in this order.
 const HEADERS: [(&str, HeaderName<'static>); 7] = [
     ("From", HeaderName::From),
@@ -183,7 +188,14 @@ fn push_body(out: &mut String, message: &Message<'_>) {
         if part.is_text_html() {
             out.push_str("(converted from HTML)\n");
         }
-        push_text(out, &text);
+        let cut = text.floor_char_boundary(SHOWN_TEXT);
+        push_text(out, &text[..cut]);
+        if cut < text.len() {
+            let left = text.len() - cut;
+            out.push_str(&format!(
+                "(… {left} more bytes of text not shown: format = \"raw\" and the inbox show all)\n"
+            ));
+        }
         shown = true;
     }
     if !shown {
@@ -239,18 +251,39 @@ fn one_line(text: &str) -> String {
 /// The text with control characters made visible (as `\u{1b}`), so a message cannot move the
 /// cursor, change colours or retitle the developer's terminal. Body text keeps its newlines and
 /// tabs, and loses the carriage returns of CRLF line ends.
+///
+/// The text between control characters is copied in runs: char by char, a 5 MB body took
+/// longer than parsing the whole message.
 fn printable(text: &str, multiline: bool) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    let mut rest = text;
+    while let Some(at) = first_control(rest) {
+        out.push_str(&rest[..at]);
+        let c = rest[at..]
+            .chars()
+            .next()
+            .expect("a control character starts at a char boundary");
         match c {
             '\n' | '\t' if multiline => out.push(c),
             '\r' if multiline => {}
             '\r' | '\n' | '\t' => out.push(' '),
-            c if c.is_control() => out.extend(c.escape_unicode()),
-            c => out.push(c),
+            c => out.extend(c.escape_unicode()),
         }
+        rest = &rest[at + c.len_utf8()..];
     }
+    out.push_str(rest);
     out
+}
+
+/// Where the first control character of `text` starts: what `char::is_control` says, i.e. C0,
+/// DEL, and C1 (U+0080 – U+009F, in UTF-8 the lead byte 0xC2 and a second byte up to 0x9F).
+fn first_control(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..bytes.len()).find(|&i| match bytes[i] {
+        b if b < 0x20 || b == 0x7f => true,
+        0xc2 => matches!(bytes.get(i + 1), Some(0x80..=0x9f)),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -409,6 +442,53 @@ mod tests {
             .chars()
             .find(|&c| c.is_control() && c != '\n' && c != '\t');
         assert_eq!(stray, None, "{out}");
+    }
+
+    /// A body longer than a terminal can use is cut, on a character boundary, and says how
+    /// much is left out.
+    #[test]
+    fn a_huge_text_body_is_cut_and_counted() {
+        let body = "é".repeat(SHOWN_TEXT); // twice SHOWN_TEXT bytes
+        let out = render_one(format!("Subject: big\r\n\r\n{body}").as_bytes());
+        let shown = out.matches('é').count();
+        assert_eq!(shown, SHOWN_TEXT / 2, "{}", &out[..200]);
+        let note = format!("(… {SHOWN_TEXT} more bytes of text not shown");
+        assert!(out.contains(&note), "{}", &out[out.len() - 300..]);
+    }
+
+    /// The run-copying `printable` says exactly what the char-by-char rule says.
+    #[test]
+    fn printable_matches_the_rule_char_by_char() {
+        let by_char = |text: &str, multiline: bool| -> String {
+            let mut out = String::new();
+            for c in text.chars() {
+                match c {
+                    '\n' | '\t' if multiline => out.push(c),
+                    '\r' if multiline => {}
+                    '\r' | '\n' | '\t' => out.push(' '),
+                    c if c.is_control() => out.extend(c.escape_unicode()),
+                    c => out.push(c),
+                }
+            }
+            out
+        };
+        let pieces = [
+            "a", "é", "\u{80}", "\u{9f}", "\u{a0}", "\u{85}", "\r\n", "\t", "\x1b", "\x7f", "€",
+            "\0",
+        ];
+        for seed in 0..500u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let text: String = (0..rng.usize(0..40))
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect();
+            for multiline in [true, false] {
+                assert_eq!(
+                    printable(&text, multiline),
+                    by_char(&text, multiline),
+                    "{text:?}"
+                );
+            }
+        }
     }
 
     #[test]

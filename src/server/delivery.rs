@@ -16,6 +16,7 @@ use crate::inbox::rules::ReleaseRules;
 use crate::notify::Notifier;
 use crate::queue;
 use crate::queue::notice::Notices;
+use crate::relay::backlog::{Backlog, BacklogWorker};
 use crate::relay::gmail::accounts::Account;
 use crate::relay::gmail::reload::{CredentialWatcher, POLL_INTERVAL};
 use crate::relay::{self, Deliver, Gmail};
@@ -34,6 +35,8 @@ pub(super) struct Target {
     pub accounts: Vec<Arc<Account>>,
     /// Console and file modes: the development inbox, which the delivery target feeds.
     pub inbox: Option<Arc<Inbox>>,
+    /// Console mode: what prints (and captures) accepted mail after the 250; it must run.
+    pub backlog: Option<BacklogWorker>,
 }
 
 impl Target {
@@ -45,6 +48,7 @@ impl Target {
             queue: None,
             accounts: Vec::new(),
             inbox: None,
+            backlog: None,
         }
     }
 }
@@ -106,6 +110,7 @@ pub(super) async fn build(
         queue: Some(started),
         accounts,
         inbox: None,
+        backlog: None,
     })
 }
 
@@ -145,11 +150,22 @@ async fn capturing(
         watcher,
     }) = auto
     else {
+        // What the console prints and the inbox shows is read later by a person: the client
+        // does not wait for it (relay::backlog). The file target's 250 still means "on disk".
+        let mut backlog = None;
+        if config.relay.mode == RelayMode::Console {
+            let (front, worker) = Backlog::new(deliver);
+            if let Some(inbox) = &inbox {
+                inbox.captures_through(front.progress());
+            }
+            (deliver, backlog) = (Arc::new(front), Some(worker));
+        }
         if let Some(inbox) = &inbox {
             inbox.injects_into(&deliver);
         }
         return Ok(Target {
             inbox,
+            backlog,
             ..Target::only(deliver)
         });
     };
@@ -166,6 +182,8 @@ async fn capturing(
         queue: Some(started),
         accounts,
         inbox,
+        // Auto-release answers once the copy is queued, so capture stays in the transaction.
+        backlog: None,
     })
 }
 

@@ -171,6 +171,10 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        // Ends once the SMTP sessions are gone and what they accepted is printed and captured.
+        if let Some(worker) = target.backlog {
+            tasks.spawn(worker.run());
+        }
         if let Some(inbox) = &target.inbox {
             tasks.spawn(inbox.loading());
             tasks.spawn(inbox.sweeping());

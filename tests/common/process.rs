@@ -51,7 +51,8 @@ impl ServerProcess {
             .arg(config_file)
             .current_dir(&dir)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // Console mode's mail, for the tests that read what was printed.
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

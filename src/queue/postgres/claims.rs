@@ -114,7 +114,7 @@ const TAKE_SLOTS: &str = "
 const NOT_WAITING_FOR_THE_DISK: &str = "SET LOCAL synchronous_commit = off";
 
 /// A transaction whose commit does not wait for the disk ([`NOT_WAITING_FOR_THE_DISK`]).
-async fn undoable(
+pub(super) async fn undoable(
     client: &mut deadpool_postgres::Client,
 ) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -429,7 +429,7 @@ impl SharedStore for PgStore {
                     .limit_account(RESUME, &[&key.account], "resuming an account")
                     .await?;
                 // Held mail is due now, for every replica.
-                self.announce("").await?;
+                self.announce().await?;
                 Ok(resumed)
             }
         }
@@ -446,13 +446,13 @@ impl SharedStore for PgStore {
         if paused {
             SharedStore::note(self, key, Note::Resumed).await?;
         } else if lifted {
-            self.announce("").await?;
+            self.announce().await?;
         }
         Ok(lifted || paused)
     }
 
     async fn announce(&self) -> Result<(), StoreError> {
-        PgStore::announce(self, "").await
+        PgStore::announce(self).await
     }
 
     fn lease_time(&self) -> Duration {

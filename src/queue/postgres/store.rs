@@ -1,8 +1,9 @@
 //! [`PgStore`]: the queue's storage in PostgreSQL, shared by every replica of a deployment. It
 //! keeps the spool's promises ([`Store`]) with transactions instead of fsyncs:
-//! - [`Store::put`] writes the message's row, its bytes in chunks ([`super::chunks`]) and the
-//!   `NOTIFY` that wakes the replicas in one transaction, and returns only after `COMMIT`; on any
-//!   failure the transaction is rolled back, so nothing is left behind (the client gets 451);
+//! - [`Store::put`] writes the message's row and its bytes in chunks ([`super::chunks`]) in one
+//!   transaction, and returns only after `COMMIT`; on any failure the transaction is rolled back,
+//!   so nothing is left behind (the client gets 451). The `NOTIFY` that wakes the replicas follows
+//!   the commit, shared by the puts committed meanwhile ([`PgStore::announce`]);
 //! - a message is removed only when asked (after Gmail's 200, or an operator's delete);
 //! - a record and its bytes move between places together: the place is a column.
 //!
@@ -26,6 +27,7 @@ use tokio_postgres::types::Json;
 use super::error::{DatabaseError, Step};
 use super::listener::Listener;
 use super::{Database, NEW_MAIL_CHANNEL, chunks};
+use crate::group_commit::GroupCommit;
 use crate::message::Message;
 use crate::queue::record::{Entry, Merge, Place};
 use crate::queue::store::{Listing, MergeJournal, Store, StoreError};
@@ -59,6 +61,8 @@ pub struct PgStore {
     /// `queue.lease_time`.
     pub(super) lease_time: Duration,
     pub(super) listener: Listener,
+    /// One `NOTIFY` for every announcement asked for while the previous one was sent.
+    pub(super) announcements: GroupCommit,
 }
 
 impl PgStore {
@@ -73,6 +77,7 @@ impl PgStore {
             owner,
             lease_time,
             listener: Listener::new(),
+            announcements: GroupCommit::new(),
         }
     }
 
@@ -105,18 +110,32 @@ impl PgStore {
     }
 
     /// Wakes every replica (this one too): something may be claimable now.
-    pub(super) async fn announce(&self, payload: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute("SELECT pg_notify($1, $2)", &[&NEW_MAIL_CHANNEL, &payload])
+    ///
+    /// Never inside the transaction that made the news: a transaction that notifies holds
+    /// PostgreSQL's notification lock from its commit until its WAL is flushed, so commits that
+    /// notify cannot share a flush (group commit) — that serialised every accepted message. Here
+    /// the announcement is a transaction of its own, after the news committed, and holds nothing
+    /// durable, so its commit does not wait for the disk. Callers that ask while one is being sent
+    /// share the next one ([`GroupCommit`]): one per replica at a time, however many sessions
+    /// commit. The payload is empty; a replica only needs to know that it should look.
+    pub(super) async fn announce(&self) -> Result<(), StoreError> {
+        let fail = self.fail("announcing new mail");
+        self.announcements
+            .run(|| async {
+                let mut client = self.client().await?;
+                let tx = super::claims::undoable(&mut client).await.map_err(&fail)?;
+                tx.execute("SELECT pg_notify($1, '')", &[&NEW_MAIL_CHANNEL])
+                    .await
+                    .map_err(&fail)?;
+                tx.commit().await.map_err(&fail)
+            })
             .await
-            .map_err(self.fail("announcing new mail"))?;
-        Ok(())
     }
 
-    /// Stores a message in one transaction — its row, its chunks, the announcement, and for a
-    /// held transaction its `group` — and returns only after the commit. Any failure rolls it
-    /// back (a connection lost midway rolls back on the server), so nothing is left behind.
+    /// Stores a message in one transaction — its row, its chunks, and for a held transaction its
+    /// `group` — and returns only after the commit, and after the announcement of a queued one.
+    /// Any failure rolls it back (a connection lost midway rolls back on the server), so nothing
+    /// is left behind.
     pub(super) async fn store(
         &self,
         place: Place,
@@ -137,19 +156,27 @@ impl PgStore {
             },
             None => self.insert(&tx, place, entry, message).await,
         };
-        match stored {
-            Ok(()) => Ok(tx
-                .commit()
-                .await
-                .map_err(self.fail("committing a stored message"))?),
-            Err(err) => {
-                let _ = tx.rollback().await;
-                Err(err)
-            }
+        if let Err(err) = stored {
+            let _ = tx.rollback().await;
+            return Err(err);
         }
+        tx.commit()
+            .await
+            .map_err(self.fail("committing a stored message"))?;
+        // Back to the pool before the announcement takes one: eight puts holding theirs while
+        // waiting for a ninth would wait forever.
+        drop(client);
+        if place == Place::Queue
+            && let Err(err) = self.announce().await
+        {
+            // Stored all the same (a 451 now would make the client send it twice); the replicas
+            // find it within their idle sleep.
+            tracing::warn!(id = %entry.id, %err, "cannot wake the replicas for a queued message");
+        }
+        Ok(())
     }
 
-    /// The message's row and its chunks, and the announcement, in the caller's transaction.
+    /// The message's row and its chunks, in the caller's transaction.
     async fn insert(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -182,14 +209,7 @@ impl PgStore {
         if inserted == 0 {
             return Err(StoreError::Exists(entry.id.clone()));
         }
-        chunks::write(tx, self.database.target(), &entry.id, message).await?;
-        if place == Place::Queue {
-            // Delivered with the commit, and only if it commits.
-            tx.execute("SELECT pg_notify($1, $2)", &[&NEW_MAIL_CHANNEL, &mailbox])
-                .await
-                .map_err(self.fail("announcing new mail"))?;
-        }
-        Ok(())
+        chunks::write(tx, self.database.target(), &entry.id, message).await
     }
 }
 
@@ -264,8 +284,8 @@ fn not_found(id: &str, place: Place) -> StoreError {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
-    /// One transaction: the row, the chunks, the `NOTIFY`; `Ok` only after the commit. Any
-    /// failure rolls it back (a connection lost midway rolls back on the server).
+    /// One transaction: the row, the chunks; `Ok` only after the commit (and the `NOTIFY` that
+    /// follows it). Any failure rolls it back (a connection lost midway rolls back on the server).
     ///
     /// A held transaction joins its group (`split_groups`), which replicas then look at: its
     /// header recipients are read from its head then. (The replicas' intake holds through
@@ -373,9 +393,7 @@ impl Store for PgStore {
             return Err(not_found(&entry.id, from));
         }
         if to == Place::Queue
-            && let Err(err) = self
-                .announce(mailbox_column(entry.mailbox.as_deref()))
-                .await
+            && let Err(err) = self.announce().await
         {
             // Moved all the same; the replicas find it within their idle sleep.
             tracing::warn!(id = %entry.id, %err, "cannot wake the replicas for a queued message");

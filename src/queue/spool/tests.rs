@@ -275,3 +275,37 @@ async fn records_of_the_previous_version_are_read_and_of_a_newer_one_kept() {
     let (listed, broken) = spool.list(Place::Queue).await.unwrap();
     assert_eq!((listed.len(), broken.len()), (1, 1));
 }
+
+/// Many sessions storing and removing at once share directory syncs (group commit): each put
+/// and remove still completes, and a spool opened afresh sees exactly what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_and_removals_share_syncs_and_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut sessions = Vec::new();
+    for n in 0..64 {
+        let spool = spool.clone();
+        sessions.push(tokio::spawn(async move {
+            let message = Message::from_bytes(format!("Subject: {n}\r\n\r\nx\r\n").into_bytes());
+            let entry = entry_for(&message);
+            spool.put(Place::Queue, &entry, &message).await.unwrap();
+            // Every other one is delivered at once: its removal shares the syncs too.
+            if n % 2 == 0 {
+                assert!(spool.remove_delivered(&entry.id).await.is_ok());
+                None
+            } else {
+                Some(entry.id)
+            }
+        }));
+    }
+    let mut kept = Vec::new();
+    for session in sessions {
+        kept.extend(session.await.unwrap());
+    }
+    kept.sort();
+    let reopened = Spool::open(dir.path()).unwrap();
+    let (listed, broken) = reopened.list(Place::Queue).await.unwrap();
+    let mut ids: Vec<String> = listed.into_iter().map(|e| e.id).collect();
+    ids.sort();
+    assert_eq!((ids, broken.len()), (kept, 0));
+}
