@@ -22,6 +22,7 @@ import re
 import smtplib
 import socket
 import sys
+import time
 from email.message import EmailMessage
 
 from e2e_support import (
@@ -494,7 +495,17 @@ def scenario_console(c, args):
     conn.quit()
     ident = SENT[-1].reply_id
     c.check(f"console {args.format}: 250 2.0.0 OK <id>", ident is not None, f"{conn.replies}")
-    out, err = read(args.stdout), read(args.stderr)
+    # Console mode prints after the 250 (docs/design.md: the console backlog): wait, bounded,
+    # until the message's block is complete on stdout (its id ends the raw block's header and
+    # the summary's first line, and the marker is the body's last line).
+    deadline = time.monotonic() + 15
+    out = read(args.stdout)
+    while not (ident and ident.encode() in out and marker.encode() in out):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        out = read(args.stdout)
+    err = read(args.stderr)
     name = f"console {args.format}"
     if args.format == "raw":
         c.check(f"{name}: stdout has the exact message bytes", raw in out, f"stdout {out!r}")
