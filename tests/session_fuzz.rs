@@ -265,6 +265,7 @@ fn context(deliver: Arc<dyn Deliver>) -> Arc<SessionContext> {
         shutdown: CancellationToken::new(),
         tls: None,
         users: users(),
+        faults: None,
     })
 }
 

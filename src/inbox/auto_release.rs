@@ -21,7 +21,7 @@ use super::release;
 use super::rules::ReleaseRules;
 use crate::message::mailbox::mailbox_key;
 use crate::message::{Address, Envelope, Message};
-use crate::relay::{Deliver, DeliveryError, Receipt, SessionStep};
+use crate::relay::{Deliver, DeliveryError, Receipt};
 use crate::status::Status;
 
 /// Delivers through `inner` (the console or file target, with the inbox's capture), then queues
@@ -91,11 +91,6 @@ impl AutoRelease {
 impl Deliver for AutoRelease {
     // No `size_limit`: the capture has none (as `Capture`), and Gmail's would refuse mail to the
     // recipients that stay captured. A copy too large for Gmail is refused by the queue instead.
-    fn injected_failure(&self, step: SessionStep) -> Option<u16> {
-        // The chaos triggers are the capture's: a stage around it must not hide them.
-        self.inner.injected_failure(step)
-    }
-
     async fn deliver(
         &self,
         envelope: &Envelope,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Inbox;
 use crate::message::{Envelope, Message};
-use crate::relay::{Deliver, DeliveryError, Receipt, SessionStep};
+use crate::relay::{Deliver, DeliveryError, Receipt};
 
 /// Delivers through `inner`, then captures what it accepted.
 pub struct Capture {
@@ -23,10 +23,6 @@ impl Capture {
 
 #[async_trait::async_trait]
 impl Deliver for Capture {
-    fn injected_failure(&self, step: SessionStep) -> Option<u16> {
-        self.inbox.injected_failure(step)
-    }
-
     async fn deliver(
         &self,
         envelope: &Envelope,

@@ -1,8 +1,8 @@
 //! Mailpit's chaos triggers (`inbox.chaos`, as Mailpit's `--enable-chaos`): `GET`/`PUT
 //! /api/v1/chaos` set, for the sender (`MAIL FROM`), each recipient (`RCPT TO`) and `AUTH`, an
 //! SMTP error code and the percentage of commands answered with it, so that a test suite sees its
-//! retry handling meet a real `451` or `550`. The SMTP session asks through
-//! [`Deliver::injected_failure`](crate::relay::Deliver::injected_failure); a refused recipient
+//! retry handling meet a real `451` or `550`. The SMTP session asks the inbox
+//! as its [`Faults`](crate::smtp::faults::Faults); a refused recipient
 //! is never part of a message, so nothing is captured for it.
 //!
 //! Off by default: then both routes answer `400 Chaos is not enabled`, as Mailpit does, and no
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::Inbox;
 use super::api::ApiError;
 use super::request::json_body;
-use crate::relay::SessionStep;
+use crate::smtp::faults::SessionStep;
 
 /// One trigger: the reply code and how often, in percent, it is given.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

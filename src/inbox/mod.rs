@@ -155,11 +155,6 @@ impl Inbox {
         self.injector.get().and_then(Weak::upgrade)
     }
 
-    /// The reply code to fail `step` of an SMTP session with, when a chaos trigger fires.
-    pub fn injected_failure(&self, step: crate::relay::SessionStep) -> Option<u16> {
-        self.chaos.fires(step)
-    }
-
     /// File mode: reads the summaries of the messages already in the directory, newest first;
     /// the server runs it in the background, on its task tracker.
     pub fn loading(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -319,5 +314,12 @@ impl Inbox {
     /// Whether the inbox asks for a password (it is reachable from the network).
     pub fn requires_auth(&self) -> bool {
         self.guard.requires_auth()
+    }
+}
+
+/// The SMTP sessions ask the inbox's chaos triggers whether a step fails on purpose.
+impl crate::smtp::faults::Faults for Inbox {
+    fn failure(&self, step: crate::smtp::faults::SessionStep) -> Option<u16> {
+        self.chaos.fires(step)
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::{Deliver, DeliveryError, Receipt, SessionStep};
+use super::{Deliver, DeliveryError, Receipt};
 use crate::message::{Envelope, Message};
 
 /// How many accepted messages may wait for the worker.
@@ -48,8 +48,7 @@ pub struct Backlog {
     memory: Arc<Semaphore>,
     /// …of this many KiB in all.
     memory_total: u32,
-    /// The wrapped target, asked for what it answers during the session (its size limit, the
-    /// inbox's chaos triggers): those answers cannot wait for the worker.
+    /// The wrapped target, asked for its size limit (which cannot wait for the worker).
     target: Arc<dyn Deliver>,
     /// How many messages were handed to the worker; held while one is, so that the count and
     /// the order in the channel agree.
@@ -135,10 +134,6 @@ fn kib(bytes: u64) -> u32 {
 impl Deliver for Backlog {
     fn size_limit(&self, max_recipients: usize) -> Option<u64> {
         self.target.size_limit(max_recipients)
-    }
-
-    fn injected_failure(&self, step: SessionStep) -> Option<u16> {
-        self.target.injected_failure(step)
     }
 
     async fn deliver(

@@ -36,31 +36,12 @@ pub trait Deliver: Send + Sync {
         None
     }
 
-    /// A failure to answer at `step` of the SMTP session instead of going on: the reply code
-    /// (400–599) of a trigger of the inbox's chaos API (`inbox.chaos`), which lets a test suite
-    /// see its retry handling meet a real 451. Real targets never inject one.
-    fn injected_failure(&self, _step: SessionStep) -> Option<u16> {
-        None
-    }
-
     /// Delivers one message. Returning `Ok` means the target has taken responsibility for it.
     async fn deliver(
         &self,
         envelope: &Envelope,
         message: &Message,
     ) -> Result<Receipt, DeliveryError>;
-}
-
-/// The steps of an SMTP session at which a failure can be injected ([`Deliver::injected_failure`]),
-/// Mailpit's chaos triggers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionStep {
-    /// `MAIL FROM`.
-    Sender,
-    /// Each `RCPT TO`.
-    Recipient,
-    /// `AUTH`, once the credentials are given.
-    Authentication,
 }
 
 /// Proof of delivery: the id the client is told in `250 2.0.0 OK <id>`.

@@ -135,7 +135,13 @@ impl Server {
             notify,
         };
         let target = delivery::build(config, &self.seams, &mut smtp_config, sets).await?;
-        let smtp = smtp::Server::bind(smtp_config, target.deliver.clone()).await?;
+        let faults = target
+            .inbox
+            .clone()
+            .map(|inbox| inbox as Arc<dyn smtp::faults::Faults>);
+        let smtp = smtp::Server::bind(smtp_config, target.deliver.clone())
+            .await?
+            .with_faults(faults);
         let http = match config.http.address() {
             Some(addr) => Some(
                 TcpListener::bind(addr)

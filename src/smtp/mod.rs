@@ -11,6 +11,7 @@ pub mod address;
 pub mod auth;
 pub mod connection;
 pub mod data;
+pub mod faults;
 mod peers;
 mod quickack;
 pub mod reply;
@@ -32,6 +33,7 @@ use crate::config::SmtpConfig;
 use crate::relay::Deliver;
 use auth::{AuthError, Users};
 use connection::Connection;
+use faults::Faults;
 use peers::Peers;
 use session::{Origin, Session, SessionContext};
 use tls::{Tls, TlsError};
@@ -70,6 +72,7 @@ pub struct Server {
     deliver: Arc<dyn Deliver>,
     tls: Option<Arc<Tls>>,
     users: Arc<Users>,
+    faults: Option<Arc<dyn Faults>>,
 }
 
 impl Server {
@@ -109,7 +112,13 @@ impl Server {
             deliver,
             tls,
             users,
+            faults: None,
         })
+    }
+
+    /// Lets `faults` (the inbox's chaos triggers) fail session steps on purpose.
+    pub fn with_faults(self, faults: Option<Arc<dyn Faults>>) -> Server {
+        Server { faults, ..self }
     }
 
     /// The addresses actually bound: `config.listen`, then `config.listen_tls`.
@@ -143,6 +152,7 @@ impl Server {
             shutdown: shutdown.clone(),
             tls: self.tls,
             users: self.users,
+            faults: self.faults,
         });
         let sessions = TaskTracker::new();
         let acceptors = TaskTracker::new();

@@ -21,11 +21,12 @@ use super::address::{self, AddressProblem};
 use super::auth::{User, Users};
 use super::connection::{BODY_READ, Connection, Line, ReadError};
 use super::data::DotDecoder;
+use super::faults::{Faults, SessionStep};
 use super::reply::Reply;
 use super::tls::Tls;
 use crate::config::SmtpConfig;
 use crate::message::{Address, BodyError, BodyWriter, Envelope, MessageId};
-use crate::relay::{Deliver, SessionStep};
+use crate::relay::Deliver;
 use crate::status::Status;
 
 /// Longest command line accepted. RFC 5321 says 512 octets; real clients (long AUTH responses,
@@ -52,6 +53,16 @@ pub struct SessionContext {
     pub tls: Option<Arc<Tls>>,
     /// The accounts that may AUTH.
     pub users: Arc<Users>,
+    /// What fails session steps on purpose (the inbox's chaos triggers), if anything does.
+    pub faults: Option<Arc<dyn Faults>>,
+}
+
+impl SessionContext {
+    /// The reply of a failure injected at `step` (the inbox's chaos API), if one fires.
+    fn injected_failure(&self, step: SessionStep) -> Option<Reply> {
+        let code = self.faults.as_ref()?.failure(step)?;
+        Some(injected_reply(step, code))
+    }
 }
 
 /// Whether the session goes on after a command.
@@ -287,7 +298,7 @@ impl Session {
         if let Some(refused) = self.sender_refused(mail_from.as_ref()) {
             return refused;
         }
-        if let Some(injected) = self.injected_failure(SessionStep::Sender) {
+        if let Some(injected) = self.ctx.injected_failure(SessionStep::Sender) {
             return injected;
         }
         self.transaction = Some(Transaction {
@@ -326,8 +337,8 @@ impl Session {
         {
             return Reply::new(250, Status::RECIPIENT_OK, "OK (duplicate recipient)");
         }
-        if let Some(code) = self.ctx.deliver.injected_failure(SessionStep::Recipient) {
-            return injected_reply(SessionStep::Recipient, code);
+        if let Some(injected) = self.ctx.injected_failure(SessionStep::Recipient) {
+            return injected;
         }
         if transaction.rcpt_to.len() >= max {
             return Reply::new(
@@ -338,12 +349,6 @@ impl Session {
         }
         transaction.rcpt_to.push(Address::new(address));
         Reply::new(250, Status::RECIPIENT_OK, "OK")
-    }
-
-    /// The reply of a failure the delivery target injects at `step` (the inbox's chaos API).
-    fn injected_failure(&self, step: SessionStep) -> Option<Reply> {
-        let code = self.ctx.deliver.injected_failure(step)?;
-        Some(injected_reply(step, code))
     }
 
     /// A size no message can have: refuse MAIL; for BDAT the chunk cannot be skipped, so the

@@ -13,9 +13,9 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use super::{Flow, MAX_LINE, Session};
 use crate::message::Address;
 use crate::message::headers::Headers;
-use crate::relay::SessionStep;
 use crate::smtp::auth::{self, Mechanism, User};
 use crate::smtp::connection::{Line, ReadError};
+use crate::smtp::faults::SessionStep;
 use crate::smtp::reply::Reply;
 use crate::status::Status;
 
@@ -108,7 +108,7 @@ impl Session {
             Credentials::Given(name, password) => (name, password),
             Credentials::Refused(reply) => return self.answer(reply),
         };
-        if let Some(injected) = self.injected_failure(SessionStep::Authentication) {
+        if let Some(injected) = self.ctx.injected_failure(SessionStep::Authentication) {
             return self.answer(injected);
         }
         // The name is client input: bounded and escaped before it reaches a log line.
