@@ -135,6 +135,10 @@ pub struct Headers {
     pub from: Vec<AddressField>,
     /// Whether a `Reply-To` field exists, which a From rewrite must then leave alone.
     pub has_reply_to: bool,
+    /// The first `Message-ID` field's id as written, brackets included (`<inv42@example.com>`);
+    /// `None` without one, or when it could not be written back as one (see [`written_id`]).
+    /// Read in the same pass as the addresses: the queue records it for every message.
+    pub message_id: Option<String>,
     /// Whether any header field was found. Without one, the bytes are body text, and a field added
     /// in front needs an empty line after it so that the text does not become header lines.
     pub has_fields: bool,
@@ -166,8 +170,15 @@ impl Headers {
             return headers;
         };
         headers.has_fields = !message.headers().is_empty();
+        let mut message_id_seen = false;
         for header in message.headers() {
             let fields = match header.name {
+                HeaderName::MessageId if !message_id_seen => {
+                    message_id_seen = true;
+                    let value = header.offset_start as usize..(header.offset_end as usize).min(end);
+                    headers.message_id = section.get(value).and_then(written_id);
+                    continue;
+                }
                 HeaderName::To => &mut headers.to,
                 HeaderName::Cc => &mut headers.cc,
                 HeaderName::Bcc => &mut headers.bcc,
@@ -261,18 +272,12 @@ pub fn header_fields(section: &[u8]) -> Vec<&[u8]> {
     fields
 }
 
-/// The `Message-ID` field of a message head (the first, when there are several), as it is written
-/// between its angle brackets: the id with them, e.g. `<inv42@example.com>`. `None` when there is
-/// none, or when what is there could not be written back as one (no brackets, white space or
-/// control characters inside, absurdly long). A plain scan, cheap enough for every accepted
-/// message; it reports the id, it decides nothing.
-pub fn message_id(head: &[u8]) -> Option<String> {
-    let section = &head[..header_end(head)];
-    let field = header_fields(section).into_iter().find(|field| {
-        let name = field.split(|&b| b == b':').next().unwrap_or_default();
-        name.trim_ascii().eq_ignore_ascii_case(b"message-id")
-    })?;
-    let value = String::from_utf8_lossy(&field[field.iter().position(|&b| b == b':')? + 1..]);
+/// A `Message-ID` field's value as it is written between its angle brackets: the id with them,
+/// e.g. `<inv42@example.com>`. `None` when what is there could not be written back as one (no
+/// brackets, white space or control characters inside, absurdly long): it reports the id, it
+/// decides nothing.
+fn written_id(value: &[u8]) -> Option<String> {
+    let value = String::from_utf8_lossy(value);
     let value = value.trim();
     let id = value.strip_prefix('<')?.strip_suffix('>')?;
     let usable = !id.is_empty()
@@ -286,6 +291,10 @@ pub fn message_id(head: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message_id(head: &[u8]) -> Option<String> {
+        Headers::read(head).message_id
+    }
 
     fn addresses(fields: &[AddressField]) -> Vec<&str> {
         let all = fields.iter().flat_map(|f| &f.addresses);

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{QueueBackend, QueueConfig};
-use crate::message::headers::{Headers, message_id};
+use crate::message::headers::Headers;
 use crate::message::{Envelope, HEAD_LIMIT, Message};
 use crate::relay::{Deliver, DeliveryError, Gmail, Receipt};
 use control::ControlError;
@@ -87,14 +87,13 @@ impl Deliver for Queue {
         })?;
         // The headers are read once, here, for both the split check and the decision.
         let headers = Headers::read(&head);
-        let message_id = message_id(&head);
         let decide = |for_envelope: &Envelope| {
             let decision = self
                 .gmail
                 .decide_head(for_envelope, &head, &headers, message.len())?;
             let entry = Entry::decided(envelope, message.len(), decision.into());
             Ok::<_, DeliveryError>(Entry {
-                message_id: message_id.clone(),
+                message_id: headers.message_id.clone(),
                 ..entry
             })
         };
